@@ -1,0 +1,194 @@
+"""Audio in, log-Mel out: the method's constants and its front end.
+
+Everything the student hears goes through `load_audio` (any libsndfile
+format, or a video's audio track through PyAV; mono; 16 kHz; float32) and
+`log_mel` (64 Mel bands, 128 ms window, 32 ms hop, computed with torch in
+batches). A 3 s window is 94 frames. Files shorter than 3 s are zero-padded
+before the transform, so a file always has at least one full window.
+
+Windows are taken on the frame grid of the whole-file spectrogram: a random
+94-frame crop in training, and 94-frame windows every 0.1 s (rounded to the
+nearest frame) in evaluation. Training, evaluation, `predict` and the ONNX
+export all use this same definition.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from .errors import LiserError
+
+# ---- the method's constants (SPEC "Student", "Protocol"; one place) ----
+SAMPLE_RATE = 16_000  # Hz: every signal is resampled to this
+N_MELS = 64  # Mel bands of the student's input
+WIN_S = 0.128  # STFT window length, seconds
+HOP_S = 0.032  # STFT hop, seconds
+N_FFT = int(round(WIN_S * SAMPLE_RATE))  # 2048 samples
+HOP = int(round(HOP_S * SAMPLE_RATE))  # 512 samples
+CLIP_S = 3.0  # the student's input length, seconds
+CLIP_SAMPLES = int(CLIP_S * SAMPLE_RATE)  # 48,000
+CLIP_FRAMES = 1 + CLIP_SAMPLES // HOP  # 94 frames for 3 s
+PIECE_S = 0.5  # teachers label 0.5 s pieces; targets average the pieces in a window
+EVAL_STRIDE_S = 0.1  # sliding-window stride for evaluation
+F_MIN, F_MAX = 0.0, SAMPLE_RATE / 2  # Mel range
+LOG_FLOOR = 1e-10  # power floor before log10 (-100 dB)
+MIN_SAMPLES = N_FFT  # shorter than one STFT window is refused
+SILENCE_RMS = 1e-5  # a file whose RMS is below this (-100 dBFS) counts as silent
+
+VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".flv", ".mpg", ".mpeg", ".m4a", ".aac"}
+
+
+def load_audio(path: str | Path, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Read a file as mono float32 at `sr` Hz.
+
+    libsndfile formats (wav, flac, ogg/opus, mp3) are read with soundfile;
+    containers it cannot read (mp4, mkv, ...) go through PyAV's audio track.
+    Channels are averaged. Raises LiserError naming the file if it cannot be
+    read, has no samples, or holds NaN/inf.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise LiserError(f"{path}: no such file")
+    audio, file_sr = _read(path)
+    if audio.ndim == 2:
+        audio = audio.mean(axis=1)
+    audio = np.ascontiguousarray(audio, dtype=np.float32)
+    check_waveform(audio, str(path))
+    return resample(audio, file_sr, sr)
+
+
+def _read(path: Path) -> tuple[np.ndarray, int]:
+    import soundfile as sf
+
+    if path.suffix.lower() not in VIDEO_SUFFIXES:
+        try:
+            audio, file_sr = sf.read(str(path), dtype="float32", always_2d=True)
+            return audio, int(file_sr)
+        except Exception as e:  # libsndfile's message says why; PyAV may still read it
+            sf_error = e
+    else:
+        sf_error = None
+    try:
+        from .video import read_audio_track
+
+        return read_audio_track(path)
+    except LiserError:
+        raise
+    except Exception as e:
+        why = sf_error or e
+        raise LiserError(f"{path}: unreadable audio ({str(why).strip().splitlines()[0][:200]})") from None
+
+
+def check_waveform(audio: np.ndarray, name: str) -> None:
+    """Refuse empty signals and NaN/inf samples, naming the source."""
+    if audio.size == 0:
+        raise LiserError(f"{name}: empty audio (0 samples)")
+    if not np.isfinite(audio).all():
+        raise LiserError(f"{name}: audio holds NaN or inf samples")
+
+
+def resample(audio: np.ndarray, sr_in: int, sr_out: int = SAMPLE_RATE) -> np.ndarray:
+    """Band-limited resampling (soxr, or scipy's polyphase filter without it)."""
+    if sr_in == sr_out:
+        return audio.astype(np.float32, copy=False)
+    try:
+        import soxr
+
+        return soxr.resample(audio, sr_in, sr_out, quality="HQ").astype(np.float32)
+    except ImportError:
+        from scipy.signal import resample_poly
+
+        g = math.gcd(sr_in, sr_out)
+        return resample_poly(audio, sr_out // g, sr_in // g).astype(np.float32)
+
+
+def pad_to_clip(audio: np.ndarray) -> np.ndarray:
+    """Zero-pad a signal shorter than 3 s to 3 s (SPEC: shorter signals are zero-padded)."""
+    if audio.shape[-1] >= CLIP_SAMPLES:
+        return audio
+    pad = [(0, 0)] * (audio.ndim - 1) + [(0, CLIP_SAMPLES - audio.shape[-1])]
+    return np.pad(audio, pad)
+
+
+def _hz_to_mel(f: np.ndarray) -> np.ndarray:
+    """Slaney's Mel scale (linear below 1 kHz, log above), as librosa's default."""
+    f = np.asarray(f, dtype=np.float64)
+    f_sp, min_log_hz = 200.0 / 3, 1000.0
+    min_log_mel, logstep = min_log_hz / f_sp, math.log(6.4) / 27.0
+    return np.where(f >= min_log_hz, min_log_mel + np.log(np.maximum(f, 1e-12) / min_log_hz) / logstep, f / f_sp)
+
+
+def _mel_to_hz(m: np.ndarray) -> np.ndarray:
+    m = np.asarray(m, dtype=np.float64)
+    f_sp, min_log_hz = 200.0 / 3, 1000.0
+    min_log_mel, logstep = min_log_hz / f_sp, math.log(6.4) / 27.0
+    return np.where(m >= min_log_mel, min_log_hz * np.exp(logstep * (m - min_log_mel)), f_sp * m)
+
+
+@lru_cache(maxsize=4)
+def mel_filters(n_mels: int = N_MELS, n_fft: int = N_FFT, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Slaney-normalised triangular Mel filterbank [n_mels, n_fft//2+1] (= librosa.filters.mel)."""
+    fft_freqs = np.linspace(0, sr / 2, n_fft // 2 + 1)
+    mel_pts = _mel_to_hz(np.linspace(_hz_to_mel(F_MIN), _hz_to_mel(min(F_MAX, sr / 2)), n_mels + 2))
+    fdiff = np.diff(mel_pts)
+    ramps = mel_pts[:, None] - fft_freqs[None, :]
+    lower = -ramps[:-2] / fdiff[:-1, None]
+    upper = ramps[2:] / fdiff[1:, None]
+    weights = np.maximum(0, np.minimum(lower, upper))
+    weights *= (2.0 / (mel_pts[2 : n_mels + 2] - mel_pts[:n_mels]))[:, None]
+    return weights.astype(np.float32)
+
+
+def log_mel(audio, device: str = "cpu"):
+    """Log-Mel spectrogram in dB, [..., 64, frames], frames = 1 + samples // 512.
+
+    `audio` is a 1-D or batched [B, samples] float array or tensor at 16 kHz.
+    Power spectrogram (Hann window, centred frames, reflect padding) through
+    the Slaney Mel filterbank, then 10*log10 with a -100 dB floor. Returns a
+    torch tensor (float32).
+    """
+    import torch
+
+    x = torch.as_tensor(np.asarray(audio, dtype=np.float32) if not isinstance(audio, torch.Tensor) else audio)
+    x = x.to(device=device, dtype=torch.float32)
+    squeeze = x.ndim == 1
+    if squeeze:
+        x = x[None]
+    window = torch.hann_window(N_FFT, device=x.device)
+    spec = torch.stft(x, N_FFT, HOP, window=window, center=True, pad_mode="reflect", return_complex=True)
+    power = spec.real.square() + spec.imag.square()
+    mel = torch.matmul(torch.from_numpy(mel_filters()).to(x.device), power)
+    out = 10.0 * torch.log10(torch.clamp(mel, min=LOG_FLOOR))
+    return out[0] if squeeze else out
+
+
+def n_frames(n_samples: int) -> int:
+    """Frames of the (3 s-padded) spectrogram of a signal of n_samples."""
+    return 1 + max(n_samples, CLIP_SAMPLES) // HOP
+
+
+def window_starts(total_frames: int, stride_s: float = EVAL_STRIDE_S) -> np.ndarray:
+    """Frame offsets of 3 s windows every `stride_s` seconds over `total_frames`.
+
+    Offsets are rounded to the frame grid (32 ms); a last window flush with
+    the end is added when the stride does not land there, so the tail of the
+    file is always seen.
+    """
+    last = total_frames - CLIP_FRAMES
+    if last <= 0:
+        return np.zeros(1, dtype=np.int64)
+    step = stride_s / HOP_S
+    starts = np.unique(np.round(np.arange(0, last + 1e-9, step)).astype(np.int64))
+    starts = starts[starts <= last]
+    if starts[-1] != last:
+        starts = np.append(starts, last)
+    return starts
+
+
+def frames_to_seconds(frame: int | np.ndarray):
+    """Start time (s) of a frame offset on the 32 ms grid."""
+    return np.asarray(frame) * HOP_S

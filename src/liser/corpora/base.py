@@ -1,0 +1,231 @@
+"""The manifest: one row per utterance (or video), the file every later stage reads.
+
+An adapter (`prepare_<corpus>(root)`) lists the corpus's files with their
+speaker, label and gender as `Candidate`s; `build_manifest` opens every file
+once, records its duration, sample rate and channel count, and moves files
+that are unreadable, empty, too short, non-finite or silent to `rejected`
+with the reason, instead of dropping them silently. Duplicate ids are an
+error.
+
+On disk a manifest is a directory: `manifest.csv` (the rows, paths relative
+to the corpus root), `rejected.csv`, and `meta.json` (corpus, absolute root,
+class names, counts, liser version). Everything is written to a temporary
+directory and renamed at the end.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import LiserError
+
+# Canonical emotion vocabulary, in this order everywhere. Each corpus maps its
+# own codes onto these names; RAVDESS's `calm` stays its own class (the 8-class
+# RAVDESS task is the benchmark) unless a config merges it.
+EMOTIONS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised", "boredom")
+
+ROW_FIELDS = ("id", "path", "speaker", "label", "duration", "sample_rate", "channels", "corpus", "gender")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What an adapter knows about a file before it is opened."""
+
+    path: str  # relative to the corpus root, with forward slashes
+    speaker: str  # speaker id, unique within the corpus
+    label: str = ""  # canonical emotion, or "" for unlabeled data
+    gender: str = ""  # "M", "F" or "" when the corpus does not say
+
+
+@dataclass(frozen=True)
+class Item:
+    """One manifest row."""
+
+    id: str  # stable id: corpus/speaker/file-stem
+    path: str  # relative to the manifest's root
+    speaker: str  # speaker id
+    label: str  # canonical emotion; "" = unlabeled
+    duration: float  # seconds
+    sample_rate: int  # of the file as stored
+    channels: int  # of the file as stored
+    corpus: str  # corpus name
+    gender: str = ""  # "M", "F" or ""
+
+
+@dataclass
+class Manifest:
+    corpus: str
+    root: Path
+    items: list[Item]
+    rejected: list[dict] = field(default_factory=list)  # {"path", "reason"}
+
+    @property
+    def classes(self) -> list[str]:
+        """Labels present, in canonical order (unknown names after, sorted)."""
+        present = {it.label for it in self.items if it.label}
+        known = [e for e in EMOTIONS if e in present]
+        return known + sorted(present - set(EMOTIONS))
+
+    @property
+    def speakers(self) -> list[str]:
+        return sorted({it.speaker for it in self.items})
+
+    def abspath(self, item: Item) -> Path:
+        return self.root / item.path
+
+    def by_speakers(self, speakers) -> list[Item]:
+        keep = set(speakers)
+        return [it for it in self.items if it.speaker in keep]
+
+    def fingerprint(self) -> str:
+        """Hash of the rows and root: caches keyed on it are redone when the corpus changes."""
+        h = hashlib.sha256(str(self.root).encode())
+        for it in self.items:
+            h.update(f"{it.id}|{it.path}|{it.duration:.4f}|{it.label}\n".encode())
+        return h.hexdigest()[:16]
+
+    # ---- disk ----
+    def save(self, out_dir: str | Path) -> Path:
+        out_dir = Path(out_dir)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+        try:
+            with open(tmp / "manifest.csv", "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=ROW_FIELDS)
+                w.writeheader()
+                for it in self.items:
+                    w.writerow(asdict(it))
+            with open(tmp / "rejected.csv", "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=("path", "reason"))
+                w.writeheader()
+                w.writerows(self.rejected)
+            from .. import __version__
+
+            meta = {
+                "corpus": self.corpus,
+                "root": str(self.root),
+                "classes": self.classes,
+                "items": len(self.items),
+                "speakers": len(self.speakers),
+                "rejected": len(self.rejected),
+                "hours": round(sum(it.duration for it in self.items) / 3600, 4),
+                "fingerprint": self.fingerprint(),
+                "liser_version": __version__,
+            }
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+            if out_dir.exists():
+                shutil.rmtree(out_dir)
+            os.replace(tmp, out_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return out_dir
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Manifest":
+        path = Path(path)
+        d = path.parent if path.name in ("manifest.csv", "meta.json") else path
+        if not (d / "meta.json").is_file() or not (d / "manifest.csv").is_file():
+            raise LiserError(f"{d}: not a manifest directory (no meta.json / manifest.csv; run `liser prepare`)")
+        meta = json.loads((d / "meta.json").read_text())
+        types = {f.name: f.type for f in fields(Item)}
+        items = []
+        with open(d / "manifest.csv", newline="") as f:
+            for row in csv.DictReader(f):
+                items.append(
+                    Item(
+                        **{
+                            k: (float(v) if types[k] == "float" else int(v) if types[k] == "int" else v)
+                            for k, v in row.items()
+                            if k in types
+                        }
+                    )
+                )
+        rejected = []
+        if (d / "rejected.csv").is_file():
+            with open(d / "rejected.csv", newline="") as f:
+                rejected = list(csv.DictReader(f))
+        return cls(corpus=meta["corpus"], root=Path(meta["root"]), items=items, rejected=rejected)
+
+
+def probe(path: Path) -> tuple[float, int, int]:
+    """Open a file and check it: returns (duration_s, sample_rate, channels).
+
+    Raises LiserError with the reason for files the student cannot use:
+    unreadable, 0 samples, shorter than one STFT window, NaN/inf, silent.
+    """
+    from ..audio import MIN_SAMPLES, SILENCE_RMS, VIDEO_SUFFIXES, check_waveform
+
+    if path.suffix.lower() in VIDEO_SUFFIXES:
+        from ..video import read_audio_track
+
+        try:
+            audio, sr = read_audio_track(path)
+        except LiserError:
+            raise
+        except Exception as e:
+            raise LiserError(f"{path}: unreadable audio ({str(e).strip()[:200]})") from None
+    else:
+        import soundfile as sf
+
+        try:
+            audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        except Exception as e:
+            raise LiserError(f"{path}: unreadable audio ({str(e).strip().splitlines()[0][:200]})") from None
+    channels = audio.shape[1] if audio.ndim == 2 else 1
+    check_waveform(audio, str(path))
+    n = audio.shape[0]
+    if n * 16_000 / sr < MIN_SAMPLES:
+        raise LiserError(f"{path}: too short ({n / sr:.3f} s; at least one 128 ms STFT window is needed)")
+    rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
+    if rms < SILENCE_RMS:
+        raise LiserError(f"{path}: silent (RMS {rms:.1e})")
+    return n / sr, int(sr), int(channels)
+
+
+def build_manifest(corpus: str, root: Path, candidates: list[Candidate], progress: bool = True) -> Manifest:
+    """Open every candidate, keep the usable ones, list the others with the reason."""
+    from tqdm import tqdm
+
+    items, rejected, seen = [], [], {}
+    for c in tqdm(candidates, desc=f"prepare {corpus}", unit="file", disable=not progress, leave=False):
+        item_id = f"{corpus}/{c.speaker}/{Path(c.path).stem}"
+        if item_id in seen:
+            raise LiserError(f"{root / c.path}: duplicate id {item_id} (also {root / seen[item_id]})")
+        seen[item_id] = c.path
+        try:
+            dur, sr, ch = probe(root / c.path)
+        except LiserError as e:
+            rejected.append({"path": c.path, "reason": str(e).split(": ", 1)[-1]})
+            continue
+        items.append(Item(item_id, c.path, c.speaker, c.label, round(dur, 4), sr, ch, corpus, c.gender))
+    if not items:
+        raise LiserError(f"{root}: no usable {corpus} files ({len(rejected)} rejected)")
+    return Manifest(corpus=corpus, root=root.resolve(), items=items, rejected=rejected)
+
+
+def check_root(root: str | Path, corpus: str) -> Path:
+    root = Path(root)
+    if not root.exists():
+        raise LiserError(f"{root}: no such directory (the {corpus} root)")
+    if not root.is_dir():
+        raise LiserError(f"{root}: not a directory (the {corpus} root)")
+    return root
+
+
+def audio_files(root: Path, suffixes=(".wav", ".flac", ".ogg", ".opus", ".mp3")) -> list[Path]:
+    """All audio files under root, sorted, by suffix (case-insensitive)."""
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+
+
+def rel(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
