@@ -44,6 +44,7 @@ class Candidate:
     speaker: str  # speaker id, unique within the corpus
     label: str = ""  # canonical emotion, or "" for unlabeled data
     gender: str = ""  # "M", "F" or "" when the corpus does not say
+    key: str = ""  # id suffix when the file stem is not unique per speaker (nested trees); "" = stem
 
 
 @dataclass(frozen=True)
@@ -122,9 +123,14 @@ class Manifest:
                 "liser_version": __version__,
             }
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-            if out_dir.exists():
-                shutil.rmtree(out_dir)
+            old = None
+            if out_dir.exists():  # move the old one aside first: a crash never leaves no manifest
+                old = out_dir.with_name(f".{out_dir.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(out_dir, old)
             os.replace(tmp, out_dir)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -166,9 +172,9 @@ def probe(path: Path) -> tuple[float, int, int]:
     from ..audio import MIN_SAMPLES, SILENCE_RMS, VIDEO_SUFFIXES, check_waveform
 
     if path.suffix.lower() in VIDEO_SUFFIXES:
-        from ..video import read_audio_track
-
         try:
+            from ..video import read_audio_track
+
             audio, sr = read_audio_track(path)
         except LiserError:
             raise
@@ -197,15 +203,16 @@ def build_manifest(corpus: str, root: Path, candidates: list[Candidate], progres
     from tqdm import tqdm
 
     items, rejected, seen = [], [], {}
-    for c in tqdm(candidates, desc=f"prepare {corpus}", unit="file", disable=not progress, leave=False):
-        item_id = f"{corpus}/{c.speaker}/{Path(c.path).stem}"
+    for c in tqdm(candidates, desc=f"prepare {corpus}", unit="file", disable=None if progress else True, leave=False):
+        item_id = f"{corpus}/{c.speaker}/{c.key or Path(c.path).stem}"
         if item_id in seen:
             raise LiserError(f"{root / c.path}: duplicate id {item_id} (also {root / seen[item_id]})")
         seen[item_id] = c.path
         try:
             dur, sr, ch = probe(root / c.path)
         except LiserError as e:
-            rejected.append({"path": c.path, "reason": str(e).split(": ", 1)[-1]})
+            msg, prefix = str(e), f"{root / c.path}: "
+            rejected.append({"path": c.path, "reason": msg[len(prefix):] if msg.startswith(prefix) else msg})
             continue
         items.append(Item(item_id, c.path, c.speaker, c.label, round(dur, 4), sr, ch, corpus, c.gender))
     if not items:
@@ -224,7 +231,8 @@ def check_root(root: str | Path, corpus: str) -> Path:
 
 def audio_files(root: Path, suffixes=(".wav", ".flac", ".ogg", ".opus", ".mp3")) -> list[Path]:
     """All audio files under root, sorted, by suffix (case-insensitive)."""
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+    return sorted(p for p in root.rglob("*")
+                  if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith("."))
 
 
 def rel(path: Path, root: Path) -> str:

@@ -1,0 +1,56 @@
+"""Toronto Emotional Speech Set, TESS (Pichora-Fuller & Dupuis 2020).
+
+Layout: `{OAF,YAF}_<emotion>/*.{wav,...}`: two female speakers (OAF older,
+YAF younger), 7 emotions. The emotion is the folder name, spelled
+inconsistently across releases (`OAF_Fear`, `YAF_fear`,
+`OAF_Pleasant_surprise`, `YAF_pleasant_surprised`), so it is matched
+case-insensitively. Folders may sit at any depth under the root (some
+releases nest them); a folder of the same name twice in the tree gives
+duplicate ids, an error.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ..errors import LiserError
+from .base import Candidate, Manifest, audio_files, build_manifest, check_root, rel
+
+EMOTIONS = {
+    "angry": "angry",
+    "disgust": "disgust",
+    "fear": "fearful",
+    "happy": "happy",
+    "neutral": "neutral",
+    "sad": "sad",
+    "pleasant_surprise": "surprised",
+    "pleasant_surprised": "surprised",
+    "ps": "surprised",
+}
+FOLDER = re.compile(r"^(OAF|YAF)_(.+)$", re.IGNORECASE)
+
+
+def parse_folder(path: Path) -> tuple[str, str] | None:
+    """(speaker, emotion) from a TESS file's folder name, or None when the folder is not TESS-shaped."""
+    m = FOLDER.match(path.parent.name)
+    if not m:
+        return None
+    speaker, emotion = m.group(1).upper(), m.group(2).lower()
+    if emotion not in EMOTIONS:
+        raise LiserError(f"{path}: unknown TESS emotion folder {path.parent.name!r} (expected OAF_/YAF_ + one of {', '.join(EMOTIONS)})")
+    return speaker, EMOTIONS[emotion]
+
+
+def prepare_tess(root: str | Path, progress: bool = True) -> Manifest:
+    root = check_root(root, "TESS")
+    cands = []
+    for p in audio_files(root):
+        parsed = parse_folder(p)
+        if parsed is None:
+            continue
+        speaker, label = parsed
+        cands.append(Candidate(rel(p, root), speaker, label, "F"))
+    if not cands:
+        raise LiserError(f"{root}: not a TESS tree (no OAF_<emotion>/ or YAF_<emotion>/ folders with audio files found)")
+    return build_manifest("tess", root, cands, progress)

@@ -1,0 +1,152 @@
+"""Metrics and the sliding-window evaluation (SPEC "Protocol").
+
+A file is scored by sliding a 3 s window every 0.1 s over its whole
+log-Mel spectrogram, averaging the `g_sup` logits of the windows, and taking
+the arg-max: one prediction per file. UAR is the unweighted mean of the
+per-class recalls (macro recall), WAR the accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .audio import CLIP_FRAMES, EVAL_STRIDE_S, window_starts
+
+
+def confusion(y_true, y_pred, n_classes: int) -> np.ndarray:
+    """Rows = true class, columns = predicted class."""
+    cm = np.zeros((n_classes, n_classes), np.int64)
+    np.add.at(cm, (np.asarray(y_true, int), np.asarray(y_pred, int)), 1)
+    return cm
+
+
+def recalls(cm: np.ndarray) -> np.ndarray:
+    """Per-class recall; NaN for a class with no true items."""
+    support = cm.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(support > 0, np.diag(cm) / np.maximum(support, 1), np.nan)
+
+
+def uar(y_true, y_pred, n_classes: int) -> float:
+    """Unweighted average recall over the classes present in y_true."""
+    return float(np.nanmean(recalls(confusion(y_true, y_pred, n_classes))))
+
+
+def war(y_true, y_pred) -> float:
+    """Weighted average recall = accuracy."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    return float((y_true == y_pred).mean()) if len(y_true) else float("nan")
+
+
+def metrics(y_true, y_pred, classes: list[str]) -> dict:
+    cm = confusion(y_true, y_pred, len(classes))
+    rec = recalls(cm)
+    return {
+        "uar": float(np.nanmean(rec)),
+        "war": war(y_true, y_pred),
+        "n": int(len(y_true)),
+        "per_class_recall": {c: (None if np.isnan(r) else float(r)) for c, r in zip(classes, rec)},
+        "confusion": cm.tolist(),
+        "classes": list(classes),
+    }
+
+
+def bootstrap_ci(y_true, y_pred, n_classes: int, n: int = 1000, seed: int = 0) -> dict:
+    """95% percentile intervals of UAR and WAR by resampling files with replacement."""
+    rng = np.random.default_rng(seed)
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    u, w = [], []
+    for _ in range(n):
+        idx = rng.integers(0, len(y_true), len(y_true))
+        u.append(uar(y_true[idx], y_pred[idx], n_classes))
+        w.append(war(y_true[idx], y_pred[idx]))
+    return {"uar": [float(np.percentile(u, 2.5)), float(np.percentile(u, 97.5))],
+            "war": [float(np.percentile(w, 2.5)), float(np.percentile(w, 97.5))]}
+
+
+def windows_of(frames: np.ndarray, stride_s: float = EVAL_STRIDE_S) -> np.ndarray:
+    """All 3 s windows of one item's [frames, 64] features: [W, 64, 94] float32."""
+    starts = window_starts(len(frames), stride_s)
+    idx = starts[:, None] + np.arange(CLIP_FRAMES)[None, :]
+    return np.asarray(frames, dtype=np.float32)[idx].transpose(0, 2, 1)
+
+
+def file_logits(model, frames_list, stride_s: float = EVAL_STRIDE_S, batch: int = 512) -> np.ndarray:
+    """Mean g_sup logits over the sliding windows of each item: [items, K]."""
+    import torch
+
+    owners, wins = [], []
+    for i, fr in enumerate(frames_list):
+        w = windows_of(fr, stride_s)
+        wins.append(w)
+        owners.append(np.full(len(w), i))
+    allw = np.concatenate(wins)
+    owner = np.concatenate(owners)
+    was_training = model.training
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for a in range(0, len(allw), batch):
+            out.append(model.classify(torch.from_numpy(allw[a : a + batch])).float().numpy())
+    if was_training:
+        model.train()
+    logits = np.concatenate(out)
+    k = logits.shape[1]
+    sums = np.zeros((len(frames_list), k), np.float64)
+    np.add.at(sums, owner, logits)
+    return (sums / np.bincount(owner, minlength=len(frames_list))[:, None]).astype(np.float32)
+
+
+def evaluate_items(model, cache, items, classes: list[str], stride_s: float = EVAL_STRIDE_S) -> tuple[dict, np.ndarray]:
+    """Metrics of a model on manifest items (labels by name), and the per-file logits."""
+    cls = {c: i for i, c in enumerate(classes)}
+    logits = file_logits(model, [cache.frames(it.id) for it in items], stride_s)
+    y_true = np.array([cls[it.label] for it in items])
+    y_pred = logits.argmax(1)
+    return metrics(y_true, y_pred, classes), logits
+
+
+def plot_confusion(cm, classes: list[str], path: str | Path, title: str = "") -> None:
+    """Row-normalised confusion matrix as a PNG (counts in the cells)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(cm)
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(1 + 0.7 * len(classes), 0.8 + 0.6 * len(classes)))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, int(cm[i, j]), ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def summarize(run_dirs: list[str | Path]) -> dict:
+    """Mean and std of test UAR/WAR over runs (folds) that have a metrics.json."""
+    rows = []
+    for d in run_dirs:
+        p = Path(d) / "metrics.json"
+        if p.is_file():
+            m = json.loads(p.read_text())
+            rows.append((m["test"]["uar"], m["test"]["war"]))
+    if not rows:
+        return {"folds": 0}
+    a = np.array(rows)
+    return {"folds": len(rows), "uar_mean": float(a[:, 0].mean()), "uar_std": float(a[:, 0].std()),
+            "war_mean": float(a[:, 1].mean()), "war_std": float(a[:, 1].std()),
+            "uar": a[:, 0].tolist(), "war": a[:, 1].tolist()}

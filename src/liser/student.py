@@ -1,0 +1,99 @@
+"""The student: the CNN-LSTM of SPEC Table 1 (about 105K parameters).
+
+Input: log-Mel [B, 64, 94] (dB) of a 3 s window. Three conv blocks (64
+filters, BatchNorm, ReLU, max-pool (2,2), (4,2), (4,1) on (Mel, time)) turn
+64 Mel bins into 2, the LSTM (hidden 64) reads 64 channels x 2 bins = 128
+features per frame for 23 frames, and its last hidden state feeds three
+heads: `g_sup` (K_S, the only one used at inference), `g_sd` (32, K_S: speech
+distillation) and `g_vd` (32, K_V: video distillation).
+
+The input is standardised per Mel band by fixed buffers (`feat_mean`,
+`feat_std`) set from the training features: not parameters, so the count
+stays the paper's, but they travel with the weights and the ONNX graph.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .audio import CLIP_FRAMES, N_MELS
+
+
+def _block(c_in: int, c_out: int, kernel: tuple[int, int], pool: tuple[int, int]) -> nn.Sequential:
+    pad = (kernel[0] // 2, kernel[1] // 2)
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, kernel, padding=pad),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(pool),
+    )
+
+
+class Student(nn.Module):
+    def __init__(self, n_classes: int, n_video_classes: int = 7, channels: int = 64, hidden: int = 64,
+                 n_mels: int = N_MELS):
+        super().__init__()
+        self.n_classes, self.n_video_classes = n_classes, n_video_classes
+        self.register_buffer("feat_mean", torch.zeros(n_mels))
+        self.register_buffer("feat_std", torch.ones(n_mels))
+        self.conv = nn.Sequential(
+            _block(1, channels, (3, 3), (2, 2)),
+            _block(channels, channels, (3, 3), (4, 2)),
+            _block(channels, channels, (3, 1), (4, 1)),
+        )
+        mel_out = n_mels // 2 // 4 // 4
+        self.lstm = nn.LSTM(channels * mel_out, hidden, batch_first=True)
+        self.g_sup = nn.Linear(hidden, n_classes)
+        self.g_sd = nn.Sequential(nn.Linear(hidden, 32), nn.ReLU(inplace=True), nn.Linear(32, n_classes))
+        self.g_vd = nn.Sequential(nn.Linear(hidden, 32), nn.ReLU(inplace=True), nn.Linear(32, n_video_classes))
+
+    def set_normalisation(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.feat_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.feat_std.copy_(torch.clamp(torch.as_tensor(std, dtype=torch.float32), min=1e-3))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, 64, T] log-Mel -> [B, hidden] (the LSTM's last hidden state)."""
+        if x.dim() == 4:
+            x = x[:, 0]
+        x = (x - self.feat_mean[:, None]) / self.feat_std[:, None]
+        h = self.conv(x.unsqueeze(1).contiguous(memory_format=torch.channels_last))
+        b, c, f, t = h.shape
+        h = h.permute(0, 3, 1, 2).reshape(b, t, c * f)
+        _, (h_n, _) = self.lstm(h)
+        return h_n[-1]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits of the three heads: (g_sup, g_sd, g_vd)."""
+        z = self.embed(x)
+        return self.g_sup(z), self.g_sd(z), self.g_vd(z)
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """Supervised logits only: what inference and export use."""
+        return self.g_sup(self.embed(x))
+
+
+class Classifier(nn.Module):
+    """The inference graph: log-Mel windows [B, 64, 94] -> g_sup logits [B, K] (exported to ONNX)."""
+
+    def __init__(self, student: Student):
+        super().__init__()
+        self.student = student
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.student.classify(x)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def flops_per_sample(n_classes: int = 8, n_video_classes: int = 7) -> int:
+    """Multiply-adds x 2 of one forward pass on a 3 s window (conv, LSTM, heads)."""
+    f, t, flops, c_in = N_MELS, CLIP_FRAMES, 0, 1
+    for (kf, kt), (pf, pt) in (((3, 3), (2, 2)), ((3, 3), (4, 2)), ((3, 1), (4, 1))):
+        flops += 2 * c_in * 64 * kf * kt * f * t
+        f, t, c_in = f // pf, t // pt, 64
+    flops += 2 * 4 * 64 * (64 * f + 64) * t  # LSTM gates over t steps
+    flops += 2 * (64 * n_classes + 64 * 32 + 32 * n_classes + 64 * 32 + 32 * n_video_classes)
+    return flops
