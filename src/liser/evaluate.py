@@ -74,8 +74,8 @@ def windows_of(frames: np.ndarray, stride_s: float = EVAL_STRIDE_S) -> np.ndarra
     return np.asarray(frames, dtype=np.float32)[idx].transpose(0, 2, 1)
 
 
-def file_logits(model, frames_list, stride_s: float = EVAL_STRIDE_S, batch: int = 512) -> np.ndarray:
-    """Mean g_sup logits over the sliding windows of each item: [items, K]."""
+def file_logits(model, frames_list, stride_s: float = EVAL_STRIDE_S, batch: int = 512, head: str = "sup") -> np.ndarray:
+    """Mean logits of one head (sup, sd or vd) over the sliding windows of each item: [items, K]."""
     import torch
 
     owners, wins = [], []
@@ -90,7 +90,9 @@ def file_logits(model, frames_list, stride_s: float = EVAL_STRIDE_S, batch: int 
     out = []
     with torch.inference_mode():
         for a in range(0, len(allw), batch):
-            out.append(model.classify(torch.from_numpy(allw[a : a + batch])).float().numpy())
+            x = torch.from_numpy(allw[a : a + batch])
+            y = model.classify(x) if head == "sup" else model(x)[("sup", "sd", "vd").index(head)]
+            out.append(y.float().numpy())
     if was_training:
         model.train()
     logits = np.concatenate(out)
@@ -107,6 +109,19 @@ def evaluate_items(model, cache, items, classes: list[str], stride_s: float = EV
     y_true = np.array([cls[it.label] for it in items])
     y_pred = logits.argmax(1)
     return metrics(y_true, y_pred, classes), logits
+
+
+def head_by_class(model, cache, items, classes: list[str], head: str = "vd", stride_s: float = 0.5) -> list[list[float]]:
+    """Mean softmax of a distillation head per true class: [K_S, K_head].
+
+    For g_vd this is the correspondence the student learned between the
+    video teacher's classes and the labeled set's (the taxonomies differ).
+    """
+    logits = file_logits(model, [cache.frames(it.id) for it in items], stride_s, head=head)
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    y = np.array([classes.index(it.label) for it in items])
+    return [p[y == k].mean(0).round(4).tolist() if (y == k).any() else [] for k in range(len(classes))]
 
 
 def plot_confusion(cm, classes: list[str], path: str | Path, title: str = "") -> None:

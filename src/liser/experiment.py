@@ -106,3 +106,176 @@ def evaluate_run(run: str | Path, stride_s: float = 0.1, write: bool = False) ->
         os.replace(tmp, run / "metrics.json")
         plot_confusion(m["confusion"], classes, run / "confusion.png", f"{cfg.name} fold {cfg.fold}")
     return m
+
+
+# ---------------------------------------------------------------- grids (Tables 2 and 3, Fig. 2)
+def _as_list(v) -> list:
+    return list(v) if isinstance(v, (list, tuple)) else [v]
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+def load_grid(path: str | Path, overrides: list[str] | tuple = ()) -> dict:
+    """A grid file: `base` config, `runs` {name: {key: value or [values searched on validation]}},
+    optional `folds`, `fractions` with `fraction_runs`, `jobs`, `out`. `--set` overrides apply to the base."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise LiserError(f"{path}: no such grid file")
+    g = yaml.safe_load(path.read_text()) or {}
+    known = {"base", "runs", "folds", "fractions", "fraction_runs", "jobs", "out", "set"}
+    for k in g:
+        if k not in known:
+            raise LiserError(f"{path}: unknown grid key {k!r} (known: {', '.join(sorted(known))})")
+    if not g.get("runs"):
+        raise LiserError(f"{path}: a grid needs `runs`")
+    base_path = g.get("base")
+    if base_path and not Path(base_path).is_absolute():
+        base_path = str((path.parent / base_path)) if (path.parent / base_path).is_file() else base_path
+    sets = [f"{k}={v}" for k, v in (g.get("set") or {}).items()] + list(overrides)
+    base = Config.load(base_path, sets)
+    if g.get("out"):
+        base = base.replace(out=str(g["out"]))
+    for name, spec in g["runs"].items():
+        for k in (spec or {}):
+            if k not in base.to_dict():
+                raise LiserError(f"{path}: run {name}: unknown config key {k!r}")
+    return {"path": str(path), "base": base, "runs": g["runs"], "folds": g.get("folds"),
+            "fractions": [float(f) for f in g.get("fractions") or [1.0]],
+            "fraction_runs": g.get("fraction_runs") or [], "jobs": int(g.get("jobs") or 1)}
+
+
+def expand_grid(grid: dict, n_folds: int) -> list[dict]:
+    """Every run of the grid: {config (name), variant, fraction, fold, cfg}."""
+    import itertools
+
+    base: Config = grid["base"]
+    folds = grid["folds"] if grid["folds"] is not None else list(range(n_folds))
+    out = []
+    for name, spec in grid["runs"].items():
+        spec = dict(spec or {})
+        searched = {k: _as_list(v) for k, v in spec.items() if isinstance(v, list)}
+        fixed = {k: v for k, v in spec.items() if k not in searched}
+        fractions = grid["fractions"] if name in grid["fraction_runs"] else [1.0]
+        keys = sorted(searched)
+        for values in itertools.product(*(searched[k] for k in keys)):
+            variant = "-".join(f"{k.replace('lambda_', 'l')}{_fmt(v)}" for k, v in zip(keys, values)) or "default"
+            for frac in fractions:
+                run_name = f"{name}/{variant}" + ("" if frac == 1.0 else f"/frac{_fmt(frac)}")
+                for k in folds:
+                    cfg = Config.from_dict({**base.to_dict(), **fixed, **dict(zip(keys, values)),
+                                            "label_fraction": frac, "fold": k, "name": run_name})
+                    out.append({"config": name, "variant": variant, "fraction": frac, "fold": k, "cfg": cfg})
+    return out
+
+
+def run_grid(grid_path: str | Path, overrides: list[str] | tuple = (), jobs: int | None = None,
+             progress: bool = True, report: bool = True) -> dict:
+    """Run every (configuration x searched values x fraction x fold) of a grid, in parallel
+    processes, skipping finished runs; then pick each fold's values on validation and write the report."""
+    from .features import build_features
+    from .folds import folds_for_manifest, load_folds
+    from .train import labeled_manifest, load_unlabeled
+
+    grid = load_grid(grid_path, overrides)
+    base: Config = grid["base"]
+    manifest = labeled_manifest(base)
+    build_features(manifest, base.work, threads=base.threads or os.cpu_count() or 1, progress=progress)
+    try:
+        n_folds = len(load_folds(base.folds or manifest.corpus))
+    except LiserError:
+        n_folds = len(folds_for_manifest(manifest, seed=base.seed))
+    runs = expand_grid(grid, n_folds)
+    for r in runs:  # unlabeled manifests and their features: built once, before workers start
+        if r["cfg"].lambda_sd > 0 or r["cfg"].lambda_vd > 0:
+            load_unlabeled(r["cfg"], Path(base.work), progress)
+            break
+    jobs = jobs or grid["jobs"]
+    todo = [r for r in runs if not (Path(r["cfg"].out) / r["cfg"].name / f"fold{r['fold']}" / "metrics.json").is_file()]
+    t0 = time.time()
+    cores = os.cpu_count() or 1
+    print(f"grid {grid_path}: {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to go, {jobs} in parallel",
+          flush=True)
+    if todo:
+        if jobs == 1:
+            for r in todo:
+                _train_one(r["cfg"].to_dict(), base.threads or cores, progress)
+        else:
+            import multiprocessing as mp
+
+            per = base.threads or max(1, cores // jobs)
+            with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+                list(pool.map(_train_one, [r["cfg"].to_dict() for r in todo], [per] * len(todo), [False] * len(todo)))
+    wall = time.time() - t0
+    results = collect_grid(runs)
+    results.update({"grid": str(grid_path), "wall_s": round(wall, 1), "jobs": jobs, "runs_trained": len(todo),
+                    "runs_total": len(runs)})
+    out = Path(base.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".grid.json.tmp"
+    tmp.write_text(json.dumps(results, indent=1) + "\n")
+    os.replace(tmp, out / "grid.json")
+    if report:
+        from .report import write_report
+
+        write_report(out, results, base, grid_path, overrides)
+    return results
+
+
+def collect_grid(runs: list[dict]) -> dict:
+    """Per configuration and fraction: each fold's variant chosen on validation UAR, its test metrics."""
+    import numpy as np
+
+    from .evaluate import bootstrap_ci, metrics
+
+    chosen: dict[tuple, dict] = {}
+    for r in runs:
+        p = Path(r["cfg"].out) / r["cfg"].name / f"fold{r['fold']}" / "metrics.json"
+        if not p.is_file():
+            continue
+        m = json.loads(p.read_text())
+        key = (r["config"], r["fraction"], r["fold"])
+        if key not in chosen or m["val"]["uar"] > chosen[key]["val"]["uar"]:
+            chosen[key] = {**m, "variant": r["variant"], "run_dir": str(p.parent)}
+    table: dict = {}
+    for (name, frac, fold), m in sorted(chosen.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
+        t = table.setdefault(name, {}).setdefault(_fmt(frac), {"folds": [], "y_true": [], "y_pred": []})
+        t["folds"].append({"fold": fold, "variant": m["variant"], "uar": m["test"]["uar"], "war": m["test"]["war"],
+                           "val_uar": m["val"]["uar"], "run_dir": m["run_dir"],
+                           "video_head_by_class": m.get("video_head_by_class"), "video_classes": m.get("video_classes")})
+        t["classes"] = m["classes"]
+        t["y_true"] += m.get("test_y", [])
+        t["y_pred"] += np.asarray(m["test_logits"]).argmax(1).tolist() if m.get("test_logits") else []
+    for name, by_frac in table.items():
+        for frac, t in by_frac.items():
+            u = np.array([f["uar"] for f in t["folds"]])
+            w = np.array([f["war"] for f in t["folds"]])
+            t.update({"n_folds": len(u), "uar_mean": float(u.mean()), "uar_std": float(u.std()),
+                      "war_mean": float(w.mean()), "war_std": float(w.std())})
+            if t["y_true"]:
+                k = len(t["classes"])
+                t["pooled"] = metrics(t["y_true"], t["y_pred"], t["classes"])
+                t["ci95"] = bootstrap_ci(t["y_true"], t["y_pred"], k)
+            del t["y_true"], t["y_pred"]
+    return {"configs": table}
+
+
+def add_commands(sub) -> None:
+    sp = sub.add_parser("experiment", help="run a grid (configs x lambdas x fractions x folds) and write report.md")
+    sp.add_argument("grid", help="grid YAML (configs/grid-*.yaml)")
+    sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key of the grid's base config")
+    sp.add_argument("--jobs", type=int, help="runs in parallel processes (default: the grid's `jobs`)")
+    sp.add_argument("--no-report", action="store_true", help="only train; write no report")
+
+    def run(args) -> int:
+        import sys
+
+        res = run_grid(args.grid, args.set or [], args.jobs, progress=sys.stderr.isatty(), report=not args.no_report)
+        rows = {name: by_frac.get("1", next(iter(by_frac.values()))) for name, by_frac in res["configs"].items()}
+        print(summary_table({n: {"folds": r["n_folds"], **r} for n, r in rows.items()}))
+        return 0
+
+    sp.set_defaults(func=run)

@@ -216,7 +216,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, progress: bool = True)
     import torch
     from tqdm import tqdm
 
-    from .evaluate import evaluate_items, plot_confusion
+    from .evaluate import evaluate_items, head_by_class, plot_confusion
     from .features import build_features, normalisation_stats
     from .losses import joint_loss
     from .student import Student
@@ -355,7 +355,10 @@ def train(cfg: Config, run_dir: str | Path | None = None, progress: bool = True)
               "n_train": len(train_items), "n_val": len(val_items), "n_test": len(test_items),
               "n_unlabeled": 0 if pool is None else len(pool.ids),
               "test": test, "val": {"uar": val["uar"], "war": val["war"]},
-              "test_ids": [it.id for it in test_items], "test_logits": np.round(test_logits, 4).tolist()}
+              "video_classes": video_classes,
+              "video_head_by_class": head_by_class(model, cache, test_items, classes, "vd") if cfg.lambda_vd > 0 else None,
+              "test_ids": [it.id for it in test_items], "test_y": [cls_index[it.label] for it in test_items],
+              "test_logits": np.round(test_logits, 4).tolist()}
     plot_confusion(test["confusion"], classes, run / "confusion.png",
                    f"{cfg.name} fold {cfg.fold}: UAR {test['uar']:.3f} WAR {test['war']:.3f}")
     tmp = run / ".metrics.json.tmp"

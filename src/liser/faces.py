@@ -1,0 +1,537 @@
+"""Faces out of talking-face video: detect, follow one face, align, crop.
+
+The video teacher needs, for every frame, an aligned crop of the speaker's
+face (the paper used DeepFace; here OpenCV does the same three steps):
+
+1. Detection: YuNet (`cv2.FaceDetectorYN`, boxes + 5 landmarks) on a copy of
+   the frame shrunk to `coarse_side` px (longer side) first, and again at up
+   to `detect_side` px only when the coarse pass does not find the tracked
+   face (detection dominates the cost; halving the side doubles the speed
+   while talking faces are large). OpenCV's Haar cascade when the YuNet
+   ONNX file is not available (eye cascade for the eyes, the other
+   landmarks estimated from the box).
+2. Main face: the largest, most central face starts the track; in later
+   frames the detection overlapping the previous box most (IoU), or failing
+   that the nearest one, continues it. A face is re-acquired from scratch
+   only after the track has been lost for `REACQUIRE_S` seconds, so the
+   identity stays the same through short misses.
+3. Alignment: a similarity transform (rotation, scale, shift) of the 5
+   landmarks onto the ArcFace 112x112 template scaled to `size`, applied to
+   the full-resolution frame with `cv2.warpAffine`.
+
+Frames without the face keep a zero crop and valid=False: nothing is
+invented or interpolated. Landmark order everywhere is YuNet's: right eye,
+left eye, nose tip, right mouth corner, left mouth corner (the person's
+right, i.e. the image's left for a frontal face). Boxes are (x1, y1, x2, y2)
+in pixels of the upright frame.
+
+cv2 is imported inside functions so that importing liser stays fast.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import LiserError
+
+DEFAULT_YUNET = Path(__file__).resolve().parents[3] / "shared" / "models" / "face-detection" / "face_detection_yunet_2023mar.onnx"
+YUNET_ENV = "LISER_YUNET"  # environment variable naming the YuNet .onnx file
+SCORE_THRESHOLD = 0.6  # YuNet detection score threshold
+DETECT_SIDE = 640  # frames are shrunk to this longer side for detection only ...
+COARSE_SIDE = 320  # ... and to this one for the first, cheaper try
+REACQUIRE_S = 1.0  # after this long without the tracked face, pick the main face anew
+MATCH_IOU = 0.1  # a detection overlapping the previous box at least this much continues the track
+
+# ArcFace 5-point template for a 112x112 crop (insightface), YuNet's order.
+ARCFACE_112 = np.array(
+    [
+        [38.2946, 51.6963],  # right eye (image left)
+        [73.5318, 51.5014],  # left eye
+        [56.0252, 71.7366],  # nose tip
+        [41.5493, 92.3655],  # right mouth corner
+        [70.7299, 92.2041],  # left mouth corner
+    ],
+    dtype=np.float32,
+)
+
+# Landmarks as fractions of a Haar face box (x, y), used when the eye cascade finds no eye pair.
+HAAR_LANDMARKS = np.array([[0.32, 0.40], [0.68, 0.40], [0.50, 0.60], [0.35, 0.78], [0.65, 0.78]], dtype=np.float32)
+
+
+def template(size: int = 112) -> np.ndarray:
+    """The ArcFace template scaled to a size x size crop, [5, 2] float32."""
+    return ARCFACE_112 * (size / 112.0)
+
+
+@dataclass
+class Detections:
+    """Faces found in one frame: boxes [K,4] (x1,y1,x2,y2), landmarks [K,5,2], scores [K]."""
+
+    boxes: np.ndarray
+    landmarks: np.ndarray
+    scores: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+    @staticmethod
+    def empty() -> "Detections":
+        return Detections(np.zeros((0, 4), np.float32), np.zeros((0, 5, 2), np.float32), np.zeros(0, np.float32))
+
+    def scaled(self, factor: float) -> "Detections":
+        """Coordinates multiplied by `factor` (detection-size frame -> full frame)."""
+        return Detections(self.boxes * factor, self.landmarks * factor, self.scores)
+
+
+def _resolve_yunet(model_path: str | Path | None) -> Path | None:
+    """The YuNet file to use: the argument, else $LISER_YUNET, else the shared copy; None if missing."""
+    if model_path is not None:
+        p = Path(model_path)
+        if not p.is_file():
+            raise LiserError(f"{p}: YuNet model file not found")
+        return p
+    for cand in (os.environ.get(YUNET_ENV), DEFAULT_YUNET):
+        if cand and Path(cand).is_file():
+            return Path(cand)
+    return None
+
+
+class FaceDetector:
+    """YuNet face detector with 5 landmarks, or the Haar cascade fallback.
+
+    `backend`: "auto" (YuNet when its file is found, else Haar), "yunet" or
+    "haar". `detect(rgb)` takes an RGB uint8 frame and returns Detections in
+    that frame's pixel coordinates. The frame is shrunk to `detect_side`
+    (longer side), or to `coarse_side` with `coarse=True`, for detection;
+    coordinates are scaled back.
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        backend: str = "auto",
+        score_threshold: float = SCORE_THRESHOLD,
+        detect_side: int = DETECT_SIDE,
+        coarse_side: int = COARSE_SIDE,
+    ):
+        import cv2
+
+        if backend not in ("auto", "yunet", "haar"):
+            raise LiserError(f"face detector backend {backend!r}: expected auto, yunet or haar")
+        self.detect_side = int(detect_side)
+        self.coarse_side = min(int(coarse_side), self.detect_side)
+        self.score_threshold = float(score_threshold)
+        path = _resolve_yunet(model_path) if backend != "haar" else None
+        if backend == "yunet" and path is None:
+            raise LiserError(f"YuNet model not found (pass model_path or set ${YUNET_ENV}; default {DEFAULT_YUNET})")
+        self._input_size = None
+        if path is not None:
+            self.name = "yunet"
+            self.model_path = str(path)
+            try:
+                self._net = cv2.FaceDetectorYN.create(str(path), "", (320, 320), score_threshold=self.score_threshold)
+            except cv2.error as e:
+                raise LiserError(f"{path}: cannot load the YuNet model ({str(e).strip().splitlines()[-1][:200]})") from None
+        else:
+            self.name = "haar"
+            self.model_path = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
+            self._face = cv2.CascadeClassifier(self.model_path)
+            self._eyes = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_eye.xml")
+            if self._face.empty():
+                raise LiserError(f"{self.model_path}: cannot load the Haar face cascade")
+
+    def has_finer(self, shape: tuple[int, ...]) -> bool:
+        """Whether a full detect() sees more pixels than a coarse one for frames of this shape."""
+        return max(shape[:2]) > self.coarse_side
+
+    def detect(self, rgb: np.ndarray, coarse: bool = False) -> Detections:
+        """Faces in an RGB uint8 HxWx3 frame, best score first."""
+        import cv2
+
+        h, w = rgb.shape[:2]
+        scale = min(1.0, (self.coarse_side if coarse else self.detect_side) / max(h, w))
+        small = rgb
+        if scale < 1.0:
+            small = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+        bgr = cv2.cvtColor(small, cv2.COLOR_RGB2BGR)
+        dets = self._yunet(bgr) if self.name == "yunet" else self._haar(bgr)
+        return dets.scaled(1.0 / scale) if scale < 1.0 else dets
+
+    def _yunet(self, bgr: np.ndarray) -> Detections:
+        size = (bgr.shape[1], bgr.shape[0])
+        if size != self._input_size:
+            self._net.setInputSize(size)
+            self._input_size = size
+        _, faces = self._net.detect(bgr)
+        if faces is None or len(faces) == 0:
+            return Detections.empty()
+        faces = np.asarray(faces, dtype=np.float32)
+        boxes = faces[:, 0:4].copy()
+        boxes[:, 2:4] += boxes[:, 0:2]  # x, y, w, h -> x1, y1, x2, y2
+        order = np.argsort(-faces[:, 14])
+        return Detections(boxes[order], faces[order, 4:14].reshape(-1, 5, 2), faces[order, 14])
+
+    def _haar(self, bgr: np.ndarray) -> Detections:
+        import cv2
+
+        gray = cv2.equalizeHist(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY))
+        min_side = max(20, int(0.08 * min(gray.shape)))
+        rects = self._face.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(min_side, min_side))
+        if len(rects) == 0:
+            return Detections.empty()
+        boxes, marks = [], []
+        for x, y, w, h in np.asarray(rects, dtype=np.float32):
+            lm = HAAR_LANDMARKS * np.array([w, h], np.float32) + np.array([x, y], np.float32)
+            eyes = self._eye_pair(gray, int(x), int(y), int(w), int(h))
+            if eyes is not None:
+                lm[0:2] = eyes
+            boxes.append([x, y, x + w, y + h])
+            marks.append(lm)
+        boxes = np.asarray(boxes, np.float32)
+        order = np.argsort(-(boxes[:, 2] - boxes[:, 0]))  # no scores from Haar: largest first
+        return Detections(boxes[order], np.asarray(marks, np.float32)[order], np.ones(len(boxes), np.float32))
+
+    def _eye_pair(self, gray: np.ndarray, x: int, y: int, w: int, h: int) -> np.ndarray | None:
+        """Centres of two eyes in the upper half of a face box, image-left first; None unless plausible."""
+        roi = gray[y : y + h // 2, x : x + w]
+        eyes = self._eyes.detectMultiScale(roi, scaleFactor=1.1, minNeighbors=5, minSize=(max(5, w // 10), max(5, w // 10)))
+        if len(eyes) < 2:
+            return None
+        eyes = sorted(eyes, key=lambda e: -e[2] * e[3])[:2]
+        centres = np.array([[x + ex + ew / 2, y + ey + eh / 2] for ex, ey, ew, eh in eyes], np.float32)
+        centres = centres[np.argsort(centres[:, 0])]
+        dx, dy = centres[1] - centres[0]
+        if dx < 0.2 * w or abs(dy) > 0.5 * dx:  # the same eye twice, or an eyebrow/nostril pair
+            return None
+        return centres
+
+
+def iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Intersection over union of one (x1,y1,x2,y2) box with each of `boxes` [K,4]."""
+    x1 = np.maximum(box[0], boxes[:, 0])
+    y1 = np.maximum(box[1], boxes[:, 1])
+    x2 = np.minimum(box[2], boxes[:, 2])
+    y2 = np.minimum(box[3], boxes[:, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = lambda b: np.clip(b[..., 2] - b[..., 0], 0, None) * np.clip(b[..., 3] - b[..., 1], 0, None)  # noqa: E731
+    return inter / np.maximum(area(box) + area(boxes) - inter, 1e-9)
+
+
+def pick_main_face(dets: Detections, frame_shape: tuple[int, int], prev_box: np.ndarray | None) -> int | None:
+    """Index of the tracked face among `dets`, or None.
+
+    Without a previous box: the face with the best size-and-centrality score
+    (sqrt(area) / frame side, minus the centre's distance / frame diagonal).
+    With one: the detection with the highest IoU (>= MATCH_IOU), else the
+    nearest centre within one previous box width; None when neither exists.
+    """
+    if len(dets) == 0:
+        return None
+    h, w = frame_shape[:2]
+    boxes = dets.boxes
+    centres = (boxes[:, 0:2] + boxes[:, 2:4]) / 2
+    if prev_box is None:
+        area = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+        off = np.linalg.norm(centres - np.array([w / 2, h / 2]), axis=1) / np.hypot(w, h)
+        return int(np.argmax(np.sqrt(area) / min(h, w) - off))
+    overlap = iou(prev_box, boxes)
+    if overlap.max() >= MATCH_IOU:
+        return int(np.argmax(overlap))
+    prev_c = (prev_box[0:2] + prev_box[2:4]) / 2
+    dist = np.linalg.norm(centres - prev_c, axis=1)
+    j = int(np.argmin(dist))
+    return j if dist[j] <= max(prev_box[2] - prev_box[0], 1.0) else None
+
+
+def align_face(rgb: np.ndarray, landmarks: np.ndarray, size: int = 112) -> np.ndarray | None:
+    """Warp a face onto the ArcFace template: size x size RGB crop, or None if no transform fits."""
+    import cv2
+
+    src = np.asarray(landmarks, np.float32).reshape(5, 2)
+    dst = template(size)
+    m, _ = cv2.estimateAffinePartial2D(src, dst, method=cv2.LMEDS)
+    if m is None or not np.isfinite(m).all():
+        return None
+    return cv2.warpAffine(rgb, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+@dataclass
+class FaceTrack:
+    """The main face of one video, frame by frame (N frames)."""
+
+    crops: np.ndarray  # uint8 [N, size, size, 3] RGB; zeros where valid is False
+    times: np.ndarray  # float64 [N] frame timestamps, seconds
+    valid: np.ndarray  # bool [N] the main face was found and aligned
+    boxes: np.ndarray  # float32 [N, 4] x1, y1, x2, y2 in frame pixels (0 where invalid)
+    landmarks: np.ndarray  # float32 [N, 5, 2] (0 where invalid)
+    fps: float  # average frame rate of the track (requested fps, or the video's)
+    source: str  # the video's path
+    scores: np.ndarray | None = None  # float32 [N] detector score (0 where invalid)
+    detector: str = ""  # "yunet" or "haar"
+
+    @property
+    def size(self) -> int:
+        return int(self.crops.shape[1])
+
+    def __len__(self) -> int:
+        return int(self.times.shape[0])
+
+    def save(self, path: str | Path) -> Path:
+        """Compressed .npz, written to a temporary file and renamed (never half-written)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez_compressed(
+                    f,
+                    crops=self.crops,
+                    times=self.times.astype(np.float64),
+                    valid=self.valid.astype(bool),
+                    boxes=self.boxes.astype(np.float32),
+                    landmarks=self.landmarks.astype(np.float32),
+                    scores=(self.scores if self.scores is not None else np.zeros(len(self), np.float32)).astype(np.float32),
+                    fps=np.float64(self.fps),
+                    source=np.str_(self.source),
+                    detector=np.str_(self.detector),
+                )
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "FaceTrack":
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return cls(
+                    crops=z["crops"],
+                    times=z["times"],
+                    valid=z["valid"],
+                    boxes=z["boxes"],
+                    landmarks=z["landmarks"],
+                    fps=float(z["fps"]),
+                    source=str(z["source"]),
+                    scores=z["scores"] if "scores" in z.files else None,
+                    detector=str(z["detector"]) if "detector" in z.files else "",
+                )
+        except FileNotFoundError:
+            raise LiserError(f"{path}: no such face track file") from None
+        except (KeyError, ValueError, OSError) as e:
+            raise LiserError(f"{path}: not a liser face track ({str(e).strip()[:200]})") from None
+
+
+def track_faces(frames, detector: FaceDetector, size: int = 112):
+    """Detect, follow and align the main face over (t, rgb) frames.
+
+    Returns lists (times, crops, valid, boxes, landmarks, scores). A frame
+    object repeated by fps resampling reuses the previous frame's result.
+    """
+    times, crops, valid, boxes, marks, scores = [], [], [], [], [], []
+    prev_box, last_seen = None, None
+    last_img, last_result = None, None
+    zero_crop = np.zeros((size, size, 3), np.uint8)
+    for t, img in frames:
+        if img is last_img and last_result is not None:
+            result = last_result
+        else:
+            if prev_box is not None and last_seen is not None and t - last_seen > REACQUIRE_S:
+                prev_box = None  # lost for too long: start over with the main face of this frame
+            dets = detector.detect(img, coarse=True)
+            j = pick_main_face(dets, img.shape, prev_box)
+            if j is None and detector.has_finer(img.shape):  # not found cheaply: look closer
+                dets = detector.detect(img)
+                j = pick_main_face(dets, img.shape, prev_box)
+            crop = align_face(img, dets.landmarks[j], size) if j is not None else None
+            if crop is None:
+                result = (zero_crop, False, np.zeros(4, np.float32), np.zeros((5, 2), np.float32), 0.0)
+            else:
+                prev_box, last_seen = dets.boxes[j], t
+                result = (crop, True, dets.boxes[j], dets.landmarks[j], float(dets.scores[j]))
+            last_img, last_result = img, result
+        times.append(t)
+        crops.append(result[0])
+        valid.append(result[1])
+        boxes.append(result[2])
+        marks.append(result[3])
+        scores.append(result[4])
+    return times, crops, valid, boxes, marks, scores
+
+
+def extract_faces(
+    video_path: str | Path,
+    out_path: str | Path | None,
+    size: int = 112,
+    fps: float | None = None,
+    detector: FaceDetector | None = None,
+    progress: bool = True,
+    max_side: int | None = None,
+) -> FaceTrack:
+    """Aligned crops of the main face of every frame of a video, saved to `out_path` (.npz).
+
+    `fps` resamples the frames to a fixed rate first (see video.iter_frames);
+    `max_side` shrinks large frames before everything (faster, blurrier
+    crops of small faces). `out_path=None` only returns the track.
+    Raises LiserError for audio-only files and videos without decodable frames.
+    """
+    from tqdm import tqdm
+
+    from .video import iter_frames, video_info
+
+    video_path = Path(video_path)
+    if size < 16:
+        raise LiserError(f"{video_path}: face crop size {size} is too small (at least 16)")
+    info = video_info(video_path)
+    detector = detector or FaceDetector()
+    frames = iter_frames(video_path, fps=fps, max_side=max_side)
+    total = int(round(info.duration * fps)) + 1 if fps else info.n_frames
+    bar = tqdm(frames, total=total or None, desc=f"faces {video_path.name}", unit="frame", disable=not progress, leave=False)
+    times, crops, valid, boxes, marks, scores = track_faces(bar, detector, size)
+    bar.close()
+    track = FaceTrack(
+        crops=np.stack(crops).astype(np.uint8),
+        times=np.asarray(times, np.float64),
+        valid=np.asarray(valid, bool),
+        boxes=np.asarray(boxes, np.float32).reshape(-1, 4),
+        landmarks=np.asarray(marks, np.float32).reshape(-1, 5, 2),
+        fps=float(fps) if fps else float(info.fps),
+        source=str(video_path),
+        scores=np.asarray(scores, np.float32),
+        detector=detector.name,
+    )
+    if out_path is not None:
+        track.save(out_path)
+    return track
+
+
+def safe_id(item_id: str) -> str:
+    """A file name for a manifest id: '/' -> '__', anything outside [A-Za-z0-9._-] -> '_'."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", item_id.replace("/", "__")).lstrip(".") or "_"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _rejected_text(rows: list[dict]) -> str:
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=("id", "path", "reason"))
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def extract_faces_manifest(
+    manifest,
+    out_dir: str | Path,
+    size: int = 112,
+    shard: tuple[int, int] = (0, 1),
+    progress: bool = True,
+    fps: float | None = None,
+    detector: FaceDetector | None = None,
+    max_side: int | None = None,
+) -> dict:
+    """Face tracks for every item of a Manifest: `out_dir/<safe id>.npz`, resumable.
+
+    Shard (k, n) takes items k, k+n, k+2n, ... so n processes can share the
+    work. Items with an .npz already, or already listed as rejected, are
+    skipped. Videos that cannot be used (no video stream, no decodable
+    frame, no face in any frame) go to the rejected list with the reason and
+    the job goes on. Outputs: the .npz files, `rejected.csv` (id, path,
+    reason) and `faces.json` (summary); with n > 1 these two are named
+    `rejected.shard-K-of-N.csv` / `faces.shard-K-of-N.json`. All written
+    atomically. Returns the summary.
+    """
+    from tqdm import tqdm
+
+    k, n = int(shard[0]), int(shard[1])
+    if n < 1 or not 0 <= k < n:
+        raise LiserError(f"shard {shard}: expected (k, n) with 0 <= k < n")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tag = "" if n == 1 else f".shard-{k}-of-{n}"
+    rejected_path, summary_path = out_dir / f"rejected{tag}.csv", out_dir / f"faces{tag}.json"
+
+    if summary_path.is_file():  # a resumed job must not mix crop sizes or rates
+        old = json.loads(summary_path.read_text())
+        if old.get("size") != size or old.get("fps") != fps:
+            raise LiserError(
+                f"{out_dir}: holds faces of size {old.get('size')} at fps {old.get('fps')}; "
+                f"asked for size {size} at fps {fps} (use another directory)"
+            )
+    rejected = []
+    if rejected_path.is_file():
+        with open(rejected_path, newline="") as f:
+            rejected = list(csv.DictReader(f))
+    done_rejected = {r["id"] for r in rejected}
+
+    items = manifest.items[k::n]
+    todo = [it for it in items if it.id not in done_rejected and not (out_dir / f"{safe_id(it.id)}.npz").is_file()]
+    detector = detector or FaceDetector()
+    frames_run, start = 0, time.perf_counter()
+    bar = tqdm(todo, desc=f"faces {manifest.corpus}", unit="video", disable=not progress)
+    for it in bar:
+        path = manifest.abspath(it)
+        try:
+            track = extract_faces(path, None, size=size, fps=fps, detector=detector, progress=False, max_side=max_side)
+            frames_run += len(track)
+            if not track.valid.any():
+                raise LiserError(f"{path}: no face ({len(track)} frames, none with a face)")
+            track.save(out_dir / f"{safe_id(it.id)}.npz")
+        except LiserError as e:
+            reason = str(e).split(": ", 1)[-1] if str(e).startswith(str(path)) else str(e)
+            rejected.append({"id": it.id, "path": it.path, "reason": reason})
+            _write_atomic(rejected_path, _rejected_text(rejected))
+        bar.set_postfix(frames_per_s=f"{frames_run / max(time.perf_counter() - start, 1e-9):.1f}")
+    bar.close()
+    if not rejected_path.is_file():
+        _write_atomic(rejected_path, _rejected_text(rejected))
+
+    elapsed = time.perf_counter() - start
+    videos, frames, with_face = 0, 0, 0
+    for it in items:
+        p = out_dir / f"{safe_id(it.id)}.npz"
+        if p.is_file():
+            with np.load(p, allow_pickle=False) as z:  # reads only the `valid` member
+                v = z["valid"]
+            videos += 1
+            frames += int(v.size)
+            with_face += int(v.sum())
+    summary = {
+        "corpus": manifest.corpus,
+        "videos": videos,
+        "rejected": len(rejected),
+        "frames": frames,
+        "frames_with_face": with_face,
+        "face_fraction": round(with_face / frames, 4) if frames else 0.0,
+        "fps_achieved": round(frames_run / elapsed, 2) if elapsed > 0 and frames_run else None,
+        "frames_this_run": frames_run,
+        "seconds_this_run": round(elapsed, 2),
+        "detector": detector.name,
+        "size": size,
+        "fps": fps,
+        "shard": [k, n],
+        "manifest_fingerprint": manifest.fingerprint(),
+    }
+    _write_atomic(summary_path, json.dumps(summary, indent=2) + "\n")
+    return summary

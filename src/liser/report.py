@@ -1,0 +1,183 @@
+"""The experiment report: report.md + PNGs that a reviewer can read.
+
+Written by `liser experiment` (or `liser report OUT`) from the grid's
+results: the Table 2 and Table 3 analogues (UAR / WAR mean +- std over folds,
+bootstrap 95% intervals of the pooled test predictions, the values chosen on
+validation), the label-fraction curve, the pooled confusion matrix of each
+configuration, the teachers' own UAR and calibration where their evaluation
+files exist, the correspondence the student learned between the video
+teacher's classes and the labeled classes, and the exact command, config,
+data and code version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+TABLE2 = ("no-dstl", "vid-dstl", "sp-dstl", "vid-sp-dstl", "conf-vid-sp-dstl")
+TABLE3 = ("distill-ce", "vid-distill-ce", "sp-distill-ce", "two-stage", "vid-two-stage", "sp-two-stage")
+PAPER_RAVDESS = {"no-dstl": (0.517, 0.535), "vid-dstl": (0.534, 0.547), "sp-dstl": (0.545, 0.556),
+                 "vid-sp-dstl": (0.556, 0.570), "conf-vid-sp-dstl": (0.595, 0.611)}
+
+
+def _code_version() -> str:
+    from . import __version__
+
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=Path(__file__).parent, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        rev, dirty = "", ""
+    return f"liser {__version__}" + (f", git {rev}{' (modified)' if dirty else ''}" if rev else "")
+
+
+def _row(name: str, t: dict, base: dict | None) -> str:
+    ci = t.get("ci95", {})
+    ci_u = f"[{ci['uar'][0]:.3f}, {ci['uar'][1]:.3f}]" if ci else "-"
+    delta = f"{(t['uar_mean'] - base['uar_mean']) * 100:+.1f}" if base and name != "no-dstl" else ""
+    variants = ", ".join(sorted({f["variant"] for f in t["folds"]}))
+    return (f"| {name} | {t['uar_mean']:.3f} ± {t['uar_std']:.3f} | {t['war_mean']:.3f} ± {t['war_std']:.3f} "
+            f"| {ci_u} | {delta} | {t['n_folds']} | {variants} |")
+
+
+def _plot_fractions(configs: dict, path: Path) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    drawn = False
+    for name, by_frac in configs.items():
+        if len(by_frac) < 2:
+            continue
+        fr = sorted(by_frac, key=float)
+        ax.errorbar([float(f) * 100 for f in fr], [by_frac[f]["uar_mean"] for f in fr],
+                    yerr=[by_frac[f]["uar_std"] for f in fr], marker="o", capsize=3, label=name)
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return False
+    ax.set_xlabel("labeled training files used (%)")
+    ax.set_ylabel("test UAR (mean ± std over folds)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_report(out: str | Path, results: dict, base, grid_path, overrides=()) -> Path:
+    """Write <out>/report.md (and PNGs beside it) from run_grid's results."""
+    from .evaluate import plot_confusion
+
+    out = Path(out)
+    configs = results["configs"]
+    full = {name: by_frac.get("1") for name, by_frac in configs.items() if by_frac.get("1")}
+    ref = full.get("no-dstl")
+    lines = [f"# liser experiment report: {base.corpus}", ""]
+    lines += ["## Provenance", "",
+              f"- command: `liser experiment {grid_path}{''.join(f' --set {o}' for o in overrides)}`",
+              f"- written: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+              f"- code: {_code_version()}, Python {sys.version.split()[0]}",
+              f"- labeled data: {base.corpus} at `{base.root}`; folds `{base.folds or base.corpus}`",
+              f"- unlabeled data: {', '.join(base.unlabeled) or '(per run)'}",
+              f"- runs: {results.get('runs_total')} in the grid, {results.get('runs_trained')} trained by this call "
+              f"in {results.get('wall_s', 0) / 60:.1f} min with {results.get('jobs')} parallel jobs",
+              "", "Base config:", "", "```yaml"]
+    import yaml
+
+    lines += [yaml.safe_dump(base.to_dict(), sort_keys=False).rstrip(), "```", ""]
+
+    lines += ["## Table 2 analogue", "",
+              "Test UAR / WAR, mean ± std over folds; the 95% interval is a bootstrap over the pooled test files; "
+              "Δ is UAR points against no-dstl on the same folds and seeds; `values` lists what validation chose per fold.",
+              "", "| configuration | UAR | WAR | UAR 95% CI | Δ UAR | folds | values |", "|---|---|---|---|---|---|---|"]
+    for name in [n for n in TABLE2 if n in full] + [n for n in full if n not in TABLE2 and n not in TABLE3]:
+        lines.append(_row(name, full[name], ref))
+    if base.corpus == "ravdess":
+        lines += ["", "The paper's RAVDESS figures (UAR / WAR): " +
+                  "; ".join(f"{k} {u:.3f} / {w:.3f}" for k, (u, w) in PAPER_RAVDESS.items()) + "."]
+    t3 = [n for n in TABLE3 if n in full]
+    if t3:
+        lines += ["", "## Table 3 analogue (ablations)", "",
+                  "| configuration | UAR | WAR | UAR 95% CI | Δ UAR | folds | values |", "|---|---|---|---|---|---|---|"]
+        lines += [_row(n, full[n], ref) for n in t3]
+
+    if _plot_fractions(configs, out / "label_fraction.png"):
+        lines += ["", "## Label fraction (Figure 2 analogue)", "", "![label fraction](label_fraction.png)", "",
+                  "| configuration | fraction | UAR | WAR |", "|---|---|---|---|"]
+        for name, by_frac in configs.items():
+            if len(by_frac) > 1:
+                for f in sorted(by_frac, key=float):
+                    t = by_frac[f]
+                    lines.append(f"| {name} | {float(f):.0%} | {t['uar_mean']:.3f} ± {t['uar_std']:.3f} "
+                                 f"| {t['war_mean']:.3f} ± {t['war_std']:.3f} |")
+
+    lines += ["", "## Confusion matrices (pooled test files of every fold)", ""]
+    for name, t in full.items():
+        if "pooled" in t:
+            png = f"confusion_{name}.png"
+            plot_confusion(t["pooled"]["confusion"], t["classes"], out / png, f"{name}: pooled UAR {t['pooled']['uar']:.3f}")
+            lines.append(f"![{name}]({png})")
+
+    corr = [(n, t) for n, t in full.items() if any(f.get("video_head_by_class") for f in t["folds"])]
+    if corr:
+        lines += ["", "## What g_vd learned: video-teacher classes per labeled class", "",
+                  "Mean softmax of the student's video-distillation head on the test files of each labeled class "
+                  "(averaged over folds): the correspondence between the two taxonomies that distillation taught."]
+        for name, t in corr:
+            mats = [np.array(f["video_head_by_class"], dtype=object) for f in t["folds"] if f.get("video_head_by_class")]
+            vcls = next(f["video_classes"] for f in t["folds"] if f.get("video_classes"))
+            lines += ["", f"**{name}**", "", "| labeled class | " + " | ".join(vcls) + " |",
+                      "|---|" + "---|" * len(vcls)]
+            for k, c in enumerate(t["classes"]):
+                rows = [np.array(m[k], float) for m in mats if len(m[k])]
+                if rows:
+                    mean = np.mean(rows, axis=0)
+                    cells = [f"**{v:.2f}**" if v == mean.max() else f"{v:.2f}" for v in mean]
+                    lines.append(f"| {c} | " + " | ".join(cells) + " |")
+
+    teach = sorted(Path(base.work).glob(f"teachers/{base.corpus}/*/eval.json"))
+    if teach:
+        lines += ["", "## Teachers", "",
+                  "The speech teacher is trained per fold on that fold's training speakers only; its test UAR on the "
+                  "same test speakers as the student, whole utterances and 0.5 s pieces averaged per file (what the "
+                  "student is taught from), and its calibration on the fold's validation speakers.", "",
+                  "| teacher | fold | test UAR | test UAR (0.5 s pieces) | val ECE | fitted T | val ECE at T |",
+                  "|---|---|---|---|---|---|---|"]
+        for p in teach:
+            e = json.loads(p.read_text())
+            cal = e.get("calibration", {})
+
+            def f(x):
+                return "-" if x is None else f"{x:.3f}"
+
+            lines.append(f"| {e.get('teacher', p.parent.name)} | {e.get('fold', '-')} | {f(e.get('uar'))} "
+                         f"| {f(e.get('uar_pieces'))} | {f(cal.get('ece'))} | {f(cal.get('temperature'))} "
+                         f"| {f(cal.get('ece_tempered'))} |")
+        rel = sorted(Path(base.work).glob(f"teachers/{base.corpus}/*/reliability.png"))
+        for r in rel[:5]:
+            dst = out / f"reliability_{r.parent.name}.png"
+            dst.write_bytes(r.read_bytes())
+            lines.append(f"![reliability {r.parent.name}]({dst.name})")
+    lines += ["", "## Per-fold results", "", "| configuration | fold | values | val UAR | test UAR | test WAR |",
+              "|---|---|---|---|---|---|"]
+    for name, t in full.items():
+        for f in t["folds"]:
+            lines.append(f"| {name} | {f['fold']} | {f['variant']} | {f['val_uar']:.3f} | {f['uar']:.3f} | {f['war']:.3f} |")
+    path = out / "report.md"
+    tmp = out / ".report.md.tmp"
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,313 @@
+"""Video files in: the audio track, stream facts, and upright RGB frames (PyAV).
+
+Clock: every time here is in seconds on the container's presentation clock,
+counted from the container's start time. `read_audio_track` pads the front
+of the audio with zeros when the audio stream starts after the container
+start, so audio sample `int(t * sr)` and the video frame stamped `t` are the
+same instant (the usual case, both streams starting at 0, needs no padding).
+
+Frames carry their real presentation timestamps: variable-frame-rate video
+(phones, screen captures, dropped frames) is handled by the timestamps, never
+by counting frames. Rotation metadata (the display matrix, or the legacy
+'rotate' tag) is applied so frames come out upright.
+
+PyAV is imported inside the functions so that importing liser stays fast.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .errors import LiserError
+
+VFR_PROBE_FRAMES = 48  # frames whose pts deltas are checked for a variable frame rate
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a video file says about itself (`video_info`)."""
+
+    path: str
+    fps: float  # average frame rate (frames / s)
+    n_frames: int  # from the container when it says, else duration * fps (an estimate)
+    duration: float  # seconds (video stream, else container)
+    width: int  # of the frames iter_frames yields (upright, after rotation)
+    height: int
+    rotation: int  # clockwise degrees applied to show the frame upright: 0, 90, 180 or 270
+    variable_frame_rate: bool  # pts deltas of the first frames differ, or avg != r_frame_rate
+    has_audio: bool
+
+
+def _open(path: Path):
+    """Open a container, turning PyAV's errors into a LiserError naming the file."""
+    import av
+
+    if not path.is_file():
+        raise LiserError(f"{path}: no such file")
+    try:
+        return av.open(str(path))
+    except Exception as e:
+        raise LiserError(f"{path}: unreadable media file ({_why(e)})") from None
+
+
+def _why(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:200]
+
+
+def _start_s(container) -> float:
+    """Container start time in seconds (0 when unknown)."""
+    st = container.start_time
+    return float(st) / 1_000_000 if st is not None else 0.0
+
+
+def _to_float(arr: np.ndarray) -> np.ndarray:
+    """Integer or float PCM to float32 in [-1, 1]."""
+    if arr.dtype == np.float32:
+        return arr
+    if arr.dtype == np.float64:
+        return arr.astype(np.float32)
+    if arr.dtype == np.uint8:
+        return (arr.astype(np.float32) - 128.0) / 128.0
+    if np.issubdtype(arr.dtype, np.integer):
+        return (arr.astype(np.float64) / float(np.iinfo(arr.dtype).max + 1)).astype(np.float32)
+    raise TypeError(f"unsupported sample type {arr.dtype}")
+
+
+def read_audio_track(path: str | Path) -> tuple[np.ndarray, int]:
+    """The first audio stream of a media file as float32 [samples, channels] and its rate.
+
+    Native rate and channel count (`load_audio` down-mixes and resamples).
+    Only the audio stream is demuxed, so video packets are not decoded.
+    Sample 0 is the container's start time (see the module docstring).
+    Raises LiserError naming the file when there is no audio stream or it
+    cannot be decoded.
+    """
+    path = Path(path)
+    container = _open(path)
+    try:
+        if not container.streams.audio:
+            raise LiserError(f"{path}: no audio track")
+        stream = container.streams.audio[0]
+        chunks, rate, channels, first_time = [], None, None, None
+        try:
+            for frame in container.decode(stream):
+                n_ch = len(frame.layout.channels)
+                arr = frame.to_ndarray()
+                if not frame.format.is_planar:  # packed: [1, samples * channels]
+                    arr = arr.reshape(-1, n_ch).T
+                if rate is None:
+                    rate, channels = int(frame.sample_rate), n_ch
+                    first_time = frame.time
+                elif frame.sample_rate != rate or n_ch != channels:
+                    raise LiserError(
+                        f"{path}: audio format changes mid-stream ({rate} Hz x{channels} -> {frame.sample_rate} Hz x{n_ch})"
+                    )
+                chunks.append(_to_float(arr).T)
+        except LiserError:
+            raise
+        except Exception as e:
+            if not chunks:
+                raise LiserError(f"{path}: undecodable audio track ({_why(e)})") from None
+            warnings.warn(f"{path}: audio decoding stopped early ({_why(e)}); keeping what was decoded")
+        if rate is None:
+            rate = int(stream.codec_context.sample_rate or stream.rate or 16_000)
+            channels = int(stream.codec_context.channels or 1)
+            return np.zeros((0, channels), dtype=np.float32), rate
+        audio = np.concatenate(chunks, axis=0)
+        lead = 0.0 if first_time is None else float(first_time) - _start_s(container)
+        pad = int(round(lead * rate))
+        if pad > 0:  # audio starts after the container start: keep both streams on one clock
+            audio = np.concatenate([np.zeros((pad, channels), np.float32), audio], axis=0)
+        return np.ascontiguousarray(audio, dtype=np.float32), rate
+    finally:
+        container.close()
+
+
+def _video_stream(container, path: Path):
+    if not container.streams.video:
+        raise LiserError(f"{path}: no video stream (audio-only file)")
+    return container.streams.video[0]
+
+
+def rotation_cw(frame_rotation: int | float | None, tag: str | None = None) -> int:
+    """Clockwise degrees (0/90/180/270) that show a frame upright.
+
+    `frame_rotation` is PyAV's `VideoFrame.rotation` (the display matrix's
+    counter-clockwise angle); `tag` is the legacy 'rotate' metadata value
+    (already clockwise), used when there is no display matrix.
+    """
+    if frame_rotation:
+        deg = -float(frame_rotation)
+    elif tag:
+        try:
+            deg = float(tag)
+        except ValueError:
+            deg = 0.0
+    else:
+        deg = 0.0
+    return int(round(deg / 90.0)) % 4 * 90
+
+
+def rotate_upright(img: np.ndarray, rotation: int) -> np.ndarray:
+    """Rotate an HxWxC image clockwise by `rotation` degrees (a multiple of 90)."""
+    k = (rotation // 90) % 4
+    if k == 0:
+        return img
+    return np.ascontiguousarray(np.rot90(img, k=-k))  # np.rot90 turns counter-clockwise for k > 0
+
+
+def video_info(path: str | Path) -> VideoInfo:
+    """Frame rate, size, duration, rotation and VFR flag of a video file.
+
+    Decodes up to VFR_PROBE_FRAMES frames (for the rotation side data and the
+    pts deltas); everything else comes from the container header.
+    """
+    path = Path(path)
+    container = _open(path)
+    try:
+        stream = _video_stream(container, path)
+        has_audio = bool(container.streams.audio)
+        avg = stream.average_rate or stream.guessed_rate or stream.base_rate
+        base = stream.base_rate
+        times, first_rotation = [], 0
+        try:
+            for i, frame in enumerate(container.decode(stream)):
+                if i == 0:
+                    first_rotation = frame.rotation
+                if frame.pts is not None:
+                    times.append(frame.pts)
+                if i + 1 >= VFR_PROBE_FRAMES:
+                    break
+        except Exception as e:
+            if not times:
+                raise LiserError(f"{path}: no decodable video frames ({_why(e)})") from None
+        fps = float(avg) if avg else 0.0
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration = container.duration / 1_000_000
+        else:
+            duration = 0.0
+        if fps <= 0 and len(times) > 1:
+            fps = (len(times) - 1) / float((times[-1] - times[0]) * stream.time_base)
+        n_frames = int(stream.frames) if stream.frames else int(round(duration * fps))
+        rotation = rotation_cw(first_rotation, stream.metadata.get("rotate"))
+        w, h = stream.codec_context.width, stream.codec_context.height
+        if rotation in (90, 270):
+            w, h = h, w
+        vfr = _is_vfr(times, stream.time_base, avg, base)
+        return VideoInfo(str(path), fps, n_frames, duration, int(w), int(h), rotation, vfr, has_audio)
+    finally:
+        container.close()
+
+
+def _is_vfr(pts: list[int], time_base, avg, base) -> bool:
+    """Variable frame rate: uneven pts deltas (beyond one tick and 5%), or avg and r_frame_rate differ by >1%."""
+    if avg and base and abs(float(avg) - float(base)) > 0.01 * float(base):
+        return True
+    if len(pts) < 3:
+        return False
+    d = np.diff(np.sort(np.asarray(pts, dtype=np.int64)))
+    d = d[d > 0]
+    if d.size < 2:
+        return False
+    med = float(np.median(d))
+    tol = max(1.5, 0.05 * med)  # in time_base ticks: rounding of pts to the time base is not VFR
+    return bool(np.any(np.abs(d - med) > tol))
+
+
+def iter_frames(
+    path: str | Path, fps: float | None = None, max_side: int | None = None, threads: int = 0
+) -> Iterator[tuple[float, np.ndarray]]:
+    """Yield (timestamp_s, RGB uint8 HxWx3) for every frame, upright, in presentation order.
+
+    Timestamps are the frames' own pts (container clock, see module docstring).
+    With `fps`, frames are resampled to a fixed grid t_k = k / fps (k >= 0,
+    ticks from the first frame's time up to the last frame's time): each tick
+    gets the frame nearest to it and is stamped with the tick time; the same
+    frame array may be yielded for several ticks when upsampling.
+    `max_side` shrinks frames whose longer side exceeds it (aspect kept;
+    the RGB conversion of large frames is the costly part of decoding).
+    `threads`: decoder threads, 0 = FFmpeg's choice (frame + slice
+    threading), 1 = single-threaded.
+    Raises LiserError for an audio-only file or when no frame decodes; a
+    decoding error after some frames ends the iteration with a warning.
+    """
+    path = Path(path)
+    if fps is not None and not fps > 0:
+        raise LiserError(f"{path}: fps must be positive, got {fps}")
+    container = _open(path)
+    try:
+        stream = _video_stream(container, path)
+        stream.thread_type = "AUTO" if threads != 1 else "SLICE"
+        stream.thread_count = max(0, int(threads))
+        origin = _start_s(container)
+        rate = float(stream.average_rate or stream.guessed_rate or 25)
+        frames = _decoded(container, stream, path, origin, rate, max_side)
+        if fps is None:
+            yield from frames
+        else:
+            yield from _resample(frames, float(fps))
+    finally:
+        container.close()
+
+
+def _decoded(
+    container, stream, path: Path, origin: float, rate: float, max_side: int | None
+) -> Iterator[tuple[float, np.ndarray]]:
+    """Decode, timestamp and rotate the frames of one stream."""
+    rotation, count, last_t = None, 0, None
+    decoder = container.decode(stream)
+    while True:
+        try:
+            frame = next(decoder)
+        except StopIteration:
+            break
+        except Exception as e:
+            if count == 0:
+                raise LiserError(f"{path}: no decodable video frames ({_why(e)})") from None
+            warnings.warn(f"{path}: video decoding stopped after {count} frames ({_why(e)})")
+            break
+        if rotation is None:
+            rotation = rotation_cw(frame.rotation, stream.metadata.get("rotate"))
+        if frame.pts is not None:
+            t = float(frame.pts * frame.time_base) - origin
+        else:  # no pts: one nominal frame after the previous one
+            t = 0.0 if last_t is None else last_t + 1.0 / rate
+        last_t = t
+        if max_side and max(frame.width, frame.height) > max_side:
+            scale = max_side / max(frame.width, frame.height)
+            w, h = max(1, round(frame.width * scale)), max(1, round(frame.height * scale))
+            img = frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
+        else:
+            img = frame.to_ndarray(format="rgb24")
+        count += 1
+        yield t, rotate_upright(img, rotation)
+    if count == 0:
+        raise LiserError(f"{path}: no decodable video frames")
+
+
+def _resample(frames: Iterator[tuple[float, np.ndarray]], fps: float) -> Iterator[tuple[float, np.ndarray]]:
+    """Nearest frame per tick k / fps, streaming (keeps only the previous frame)."""
+    prev = None  # (t, img)
+    k = None
+    for t, img in frames:
+        if prev is None:
+            k = max(0, int(np.ceil(t * fps - 1e-6)))  # first tick at or after the first frame
+            prev = (t, img)
+            continue
+        mid = 0.5 * (prev[0] + t)
+        while k / fps <= mid + 1e-9:
+            yield k / fps, prev[1]
+            k += 1
+        prev = (t, img)
+    if prev is not None:
+        while k / fps <= prev[0] + 1e-6:
+            yield k / fps, prev[1]
+            k += 1
