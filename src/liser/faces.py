@@ -175,6 +175,9 @@ class FaceDetector:
         if faces is None or len(faces) == 0:
             return Detections.empty()
         faces = np.asarray(faces, dtype=np.float32)
+        faces = faces[np.isfinite(faces).all(axis=1)]  # YuNet can return NaN rows on tiny/noisy inputs
+        if len(faces) == 0:
+            return Detections.empty()
         boxes = faces[:, 0:4].copy()
         boxes[:, 2:4] += boxes[:, 0:2]  # x, y, w, h -> x1, y1, x2, y2
         order = np.argsort(-faces[:, 14])
