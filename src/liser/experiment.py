@@ -275,7 +275,7 @@ def add_commands(sub) -> None:
 
         res = run_grid(args.grid, args.set or [], args.jobs, progress=sys.stderr.isatty(), report=not args.no_report)
         rows = {name: by_frac.get("1", next(iter(by_frac.values()))) for name, by_frac in res["configs"].items()}
-        print(summary_table({n: {"folds": r["n_folds"], **r} for n, r in rows.items()}))
+        print(summary_table({n: {**r, "folds": r["n_folds"]} for n, r in rows.items()}))
         return 0
 
     sp.set_defaults(func=run)
