@@ -42,6 +42,9 @@ class Config:
     unlabeled: tuple = ()  # unlabeled corpora as "adapter:root" (or prepared manifest dirs)
     speech_store: str = ""  # speech-teacher soft-label store ("" = none, or "auto" per fold)
     video_store: str = ""  # video-teacher soft-label store ("" = none)
+    speech_teacher: str = ""  # YAML of the speech teacher's settings (SpeechTeacherConfig); "" = HuBERT-base, frozen
+    video_teacher: str = "fer2013-big"  # video teacher: fer2013-big | fer2013-mini | a .hdf5 / .onnx path | s2d:<path>
+    face_size: int = 112  # aligned face crop size for the video teacher's face cache
     lambda_sd: float = 0.0  # weight of the speech-distillation loss
     lambda_vd: float = 0.0  # weight of the video-distillation loss
     unlabeled_batch: int = 25  # unlabeled items per mini-batch (N_u)

@@ -237,3 +237,16 @@ def audio_files(root: Path, suffixes=(".wav", ".flac", ".ogg", ".opus", ".mp3"))
 
 def rel(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix()
+
+
+def merge_manifests(manifests: list[Manifest], name: str = "pool") -> Manifest:
+    """One manifest over several corpora (e.g. an unlabeled pool): paths become absolute, ids stay."""
+    items, rejected, seen = [], [], set()
+    for m in manifests:
+        for it in m.items:
+            if it.id in seen:
+                raise LiserError(f"{m.root}: duplicate id {it.id} across the merged manifests")
+            seen.add(it.id)
+            items.append(Item(**{**it.__dict__, "path": str(m.abspath(it))}))
+        rejected += [{**r, "path": str(m.root / r["path"])} for r in m.rejected]
+    return Manifest(corpus=name, root=Path("/"), items=items, rejected=rejected)

@@ -189,7 +189,8 @@ class StoreWriter:
         valid = np.concatenate([b[2] for b in self._buf])
         i, n = self.shard
         k = len(list((self.path / "parts").glob(f"part-{i}of{n}-*.npz")))
-        final = self.path / "parts" / f"part-{i}of{n}-{k:05d}.npz"
+        # the pid keeps two processes on the same shard from overwriting each other's part
+        final = self.path / "parts" / f"part-{i}of{n}-{k:05d}-{os.getpid()}.npz"
         fd, tmp = tempfile.mkstemp(suffix=".npz", dir=final.parent)
         os.close(fd)
         np.savez(tmp, ids=ids, lens=lens, durs=durs, probs=probs, valid=valid)
