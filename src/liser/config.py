@@ -114,7 +114,7 @@ def _coerce(f: dataclasses.Field, v: Any, source: str) -> Any:
         if t == "tuple":
             if v is None or v == "":
                 return ()
-            return tuple(v) if isinstance(v, (list, tuple)) else tuple(str(v).split(","))
+            return tuple(v) if isinstance(v, (list, tuple)) else tuple(x.strip() for x in str(v).split(",") if x.strip())
         if t == "int":
             if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
                 raise ValueError

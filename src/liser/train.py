@@ -222,6 +222,12 @@ def train(cfg: Config, run_dir: str | Path | None = None, progress: bool = True)
     from .student import Student
 
     run = Path(run_dir) if run_dir else run_dir_of(cfg)
+    if (run / "config.yaml").is_file() and (run / "metrics.json").is_file() or (run / "last.pt").is_file():
+        old = Config.load(run / "config.yaml").replace(threads=cfg.threads)
+        if old != cfg:
+            diff = [k for k, v in cfg.to_dict().items() if old.to_dict().get(k) != v]
+            raise LiserError(f"{run}: holds a run of another config (differs in {', '.join(diff)}); "
+                             "remove it or change `name` / `out`")
     if (run / "metrics.json").is_file():
         return run
     if cfg.schedule not in ("joint", "two-stage"):
@@ -244,6 +250,9 @@ def train(cfg: Config, run_dir: str | Path | None = None, progress: bool = True)
     train_items, val_items, test_items, classes = fold_items(cfg, manifest)
     cache = build_features(manifest, work, threads=cfg.threads or 2, progress=progress).load_into_memory()
     pool = load_unlabeled(cfg, work, progress)
+    if pool is None and cfg.schedule == "two-stage":
+        raise LiserError("schedule two-stage needs unlabeled data with soft labels "
+                         "(unlabeled, speech_store/video_store and lambda_sd/lambda_vd > 0)")
     if pool is not None and pool.speech is not None and list(pool.speech.classes) != list(classes):
         raise LiserError(f"{pool.speech.path}: speech teacher classes {pool.speech.classes} != the student's {classes}")
     video_classes = list(pool.video.classes) if pool is not None and pool.video is not None else \
@@ -259,6 +268,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, progress: bool = True)
     train_frames = [cache.frames(it.id) for it in train_items]
 
     start_epoch, best_uar, best_epoch, stale = 0, -1.0, -1, 0
+    u_order, u_pos = np.array([], dtype=np.int64), 0  # the unlabeled pool's permutation and position in it
     rng = np.random.default_rng(cfg.seed)
     last = run / "last.pt"
     if last.is_file():  # resume after the last completed epoch
@@ -266,14 +276,18 @@ def train(cfg: Config, run_dir: str | Path | None = None, progress: bool = True)
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
         start_epoch, best_uar, best_epoch, stale = st["epoch"] + 1, st["best_uar"], st["best_epoch"], st["stale"]
+        u_order, u_pos = st["u_order"].numpy(), int(st["u_pos"])
         rng.bit_generator.state = st["np_rng"]
         torch.set_rng_state(st["torch_rng"])
     log_path = run / "epochs.csv"
-    if start_epoch == 0 and log_path.exists():
+    if log_path.exists():  # keep only the epochs that last.pt holds (an interruption may have logged one more)
+        with open(log_path, newline="") as f:
+            kept = [r for r in csv.DictReader(f) if int(r["epoch"]) < start_epoch]
         log_path.unlink()
+        for r in kept:
+            _append_csv(log_path, r)
 
     n_u = cfg.unlabeled_batch if pool is not None else 0
-    u_order, u_pos = np.array([], dtype=np.int64), 0
     steps = int(np.ceil(len(train_items) / cfg.batch_size))
     epochs_bar = tqdm(range(start_epoch, cfg.epochs), desc=f"{cfg.name} fold{cfg.fold}", unit="epoch",
                       initial=start_epoch, total=cfg.epochs, disable=None if progress else True, leave=False)
@@ -335,7 +349,8 @@ def train(cfg: Config, run_dir: str | Path | None = None, progress: bool = True)
             stale += 1
         atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
                      "best_uar": best_uar, "best_epoch": best_epoch, "stale": stale,
-                     "np_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}, last)
+                     "np_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                     "u_order": torch.from_numpy(np.asarray(u_order, dtype=np.int64)), "u_pos": u_pos}, last)
         epochs_bar.set_postfix(val_uar=f"{val['uar']:.3f}", best=f"{best_uar:.3f}@{best_epoch}")
         if not progress:  # no bar (logs, CI, parallel workers): one line per epoch instead
             print(f"{cfg.name} fold{cfg.fold} epoch {epoch}: loss {row.get('loss', float('nan')):.4f} "

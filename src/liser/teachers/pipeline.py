@@ -1,0 +1,183 @@
+"""From a student config to the soft-label stores it reads: the teachers' side of the pipeline.
+
+- `fit_speech_teachers(cfg)`: one speech teacher per fold, trained on that
+  fold's training speakers only (so no test speaker reaches the student
+  through the teacher), in `<work>/teachers/<corpus>/speech-fold<k>/`, with
+  `eval.json`: its test UAR (whole utterances and 0.5 s pieces averaged per
+  file) and its calibration on the fold's validation speakers.
+- `label_speech(cfg)`: the unlabeled pool (`cfg.unlabeled`, merged) labeled
+  by each fold's teacher into `cfg.speech_store` (formatted with the fold).
+- `extract_pool_faces(cfg)`: face tracks of every video in the pool.
+- `label_video(cfg)`: the video teacher's store `cfg.video_store`.
+
+Every step skips what is already done, so re-running resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..audio import VIDEO_SUFFIXES
+from ..config import Config
+from ..errors import LiserError
+
+AUDIO_ONLY_CONTAINERS = {".m4a", ".aac"}
+
+
+def speech_teacher_config(cfg: Config, overrides: list[str] | tuple = ()):
+    """SpeechTeacherConfig from the YAML named by cfg.speech_teacher, then `key=value` overrides."""
+    import dataclasses
+
+    import yaml
+
+    from .speech import SpeechTeacherConfig
+
+    data: dict = {}
+    if cfg.speech_teacher:
+        p = Path(cfg.speech_teacher)
+        if not p.is_file():
+            raise LiserError(f"{p}: no such speech-teacher config (speech_teacher)")
+        data = yaml.safe_load(p.read_text()) or {}
+    for ov in overrides:
+        if "=" not in ov:
+            raise LiserError(f"--teacher-set {ov!r}: expected key=value")
+        k, v = ov.split("=", 1)
+        data[k.strip()] = yaml.safe_load(v)
+    known = {f.name for f in dataclasses.fields(SpeechTeacherConfig)}
+    for k in data:
+        if k not in known:
+            raise LiserError(f"{cfg.speech_teacher or '--teacher-set'}: unknown speech-teacher key {k!r}")
+    if "backbone" in data and cfg.speech_teacher and not Path(str(data["backbone"])).is_absolute():
+        local = Path(str(data["backbone"]))
+        if local.exists():  # a relative local folder: resolve now, runs may change directory
+            data["backbone"] = str(local.resolve())
+    return SpeechTeacherConfig(**data)
+
+
+def teacher_dir(cfg: Config, fold: int) -> Path:
+    return Path(cfg.work) / "teachers" / cfg.corpus / f"speech-fold{fold}"
+
+
+def _fold_list(cfg: Config, folds, manifest) -> list[int]:
+    from ..folds import folds_for_manifest, load_folds
+
+    if folds is not None:
+        return list(folds)
+    try:
+        return list(range(len(load_folds(cfg.folds or manifest.corpus))))
+    except LiserError:
+        if cfg.folds:
+            raise
+        return list(range(len(folds_for_manifest(manifest, seed=cfg.seed))))
+
+
+def fit_speech_teachers(cfg: Config, folds=None, overrides=(), progress: bool = True) -> list[dict]:
+    """Fit (or reuse) each fold's speech teacher and write its eval.json; returns the evals."""
+    import numpy as np
+
+    from ..calibration import ece, fit_temperature, plot_reliability, temper
+    from ..train import fold_items, labeled_manifest
+    from .speech import SpeechTeacher, evaluate_speech_teacher, fit_speech_teacher
+
+    tcfg = speech_teacher_config(cfg, overrides)
+    manifest = labeled_manifest(cfg)
+    evals = []
+    for k in _fold_list(cfg, folds, manifest):
+        fcfg = cfg.replace(fold=k, label_fraction=1.0)
+        train, val, test, classes = fold_items(fcfg, manifest)
+        if classes != manifest.classes:
+            raise LiserError("the speech teacher is trained on every class of the corpus; `classes` must be empty")
+        out = teacher_dir(cfg, k)
+        ev_path = out / "eval.json"
+        if ev_path.is_file():
+            evals.append(json.loads(ev_path.read_text()))
+            continue
+        if (out / "teacher.json").is_file():
+            teacher = SpeechTeacher.load(out)
+        else:
+            res = fit_speech_teacher(manifest, [it.id for it in train], out, tcfg, progress=progress)
+            teacher = res.teacher
+        te = evaluate_speech_teacher(teacher, manifest, [it.id for it in test], progress=progress)
+        va = evaluate_speech_teacher(teacher, manifest, [it.id for it in val], progress=progress)
+        # calibration of what the student is taught from: piece probabilities averaged per file
+        ids = [it.id for it in val]
+        probs = np.array([va["per_item_probs_pieces"][i] for i in ids])
+        y = np.array([classes.index(it.label) for it in val])
+        t = fit_temperature(probs, y)
+        plot_reliability(probs, y, out / "reliability.png", f"speech teacher fold {k}")
+        ev = {"teacher": f"speech:{Path(teacher.backbone).name}:{teacher.mode}", "fold": k, "hash": teacher.hash,
+              "uar": te["uar"], "war": te["war"], "uar_pieces": te["uar_pieces"], "war_pieces": te["war_pieces"],
+              "val_uar": va["uar"], "n_test": te["n"],
+              "calibration": {"ece": ece(probs, y), "temperature": t, "ece_tempered": ece(temper(probs, t), y),
+                              "mean_confidence": float(probs.max(1).mean()),
+                              "accuracy": float((probs.argmax(1) == y).mean())}}
+        tmp = out / ".eval.json.tmp"
+        tmp.write_text(json.dumps(ev, indent=1) + "\n")
+        os.replace(tmp, ev_path)
+        evals.append(ev)
+        print(f"speech teacher fold {k}: test UAR {ev['uar']:.3f} (0.5 s pieces {ev['uar_pieces']:.3f}), "
+              f"val ECE {ev['calibration']['ece']:.3f}", flush=True)
+    return evals
+
+
+def unlabeled_pool(cfg: Config, videos_only: bool = False):
+    """The config's unlabeled manifests merged into one (absolute paths), optionally only the videos."""
+    from ..corpora import merge_manifests
+    from ..train import unlabeled_manifests
+
+    ms = unlabeled_manifests(cfg)
+    if not ms:
+        raise LiserError("config has no `unlabeled` corpora to label")
+    pool = merge_manifests(ms)
+    if videos_only:
+        pool.items = [it for it in pool.items
+                      if Path(it.path).suffix.lower() in VIDEO_SUFFIXES - AUDIO_ONLY_CONTAINERS]
+        if not pool.items:
+            raise LiserError(f"no video files among the unlabeled corpora {list(cfg.unlabeled)}")
+    return pool
+
+
+def label_speech(cfg: Config, folds=None, shard=(0, 1), overrides=(), progress: bool = True) -> list[str]:
+    """Label the unlabeled pool with each fold's speech teacher; returns the store paths."""
+    from ..train import labeled_manifest
+    from .speech import SpeechTeacher, label_with_speech_teacher
+
+    if not cfg.speech_store:
+        raise LiserError("speech_store: the config names no store to write")
+    fit_speech_teachers(cfg, folds, overrides, progress)
+    pool = unlabeled_pool(cfg)
+    out = []
+    for k in _fold_list(cfg, folds, labeled_manifest(cfg)):
+        store = cfg.speech_store.format(fold=k)
+        teacher = SpeechTeacher.load(teacher_dir(cfg, k))
+        res = label_with_speech_teacher(teacher, pool, store, shard=shard, progress=progress)
+        print(f"{store}: {'complete' if res is not None else 'shard done; other shards pending'}", flush=True)
+        out.append(store)
+    return out
+
+
+def faces_dir(cfg: Config) -> Path:
+    return Path(cfg.work) / "faces" / f"pool-{cfg.face_size}"
+
+
+def extract_pool_faces(cfg: Config, shard=(0, 1), progress: bool = True) -> dict:
+    from ..faces import extract_faces_manifest
+
+    return extract_faces_manifest(unlabeled_pool(cfg, videos_only=True), faces_dir(cfg), size=cfg.face_size,
+                                  shard=shard, progress=progress)
+
+
+def label_video(cfg: Config, shard=(0, 1), progress: bool = True) -> str:
+    """Faces (if not yet extracted) then the video teacher's store."""
+    from .video import label_with_video_teacher, load_video_teacher
+
+    if not cfg.video_store:
+        raise LiserError("video_store: the config names no store to write")
+    extract_pool_faces(cfg, shard, progress)
+    teacher = load_video_teacher(cfg.video_teacher)
+    res = label_with_video_teacher(teacher, unlabeled_pool(cfg, videos_only=True), faces_dir(cfg), cfg.video_store,
+                                   shard=shard, progress=progress)
+    print(f"{cfg.video_store}: {'complete' if res is not None else 'shard done; other shards pending'}", flush=True)
+    return cfg.video_store

@@ -1,0 +1,102 @@
+"""Shared fixtures: the real data next to the repository, a small RAVDESS subset, a trained run.
+
+Real corpora are read from `../shared/data` (see its README); tests that need
+them skip with a clear message when it is absent. Everything heavy (the
+subset manifest, its features cache, one 2-epoch training run) is built once
+per session and reused, so the whole suite stays fast on a busy 2-core box.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+# The small RAVDESS subset: 4 actors (2 male, 2 female), 3 files per emotion = 24 files each.
+SMALL_ACTORS = ("Actor_01", "Actor_02", "Actor_03", "Actor_04")
+FILES_PER_EMOTION = 3
+# Its fold: 2 training actors, 1 validation actor, 1 test actor.
+SMALL_FOLD = {"train": ["Actor_01", "Actor_02"], "val": ["Actor_03"], "test": ["Actor_04"]}
+
+
+def real_root(name: str) -> Path:
+    """`../shared/data/<name>`, or skip the test when the real data is not there."""
+    root = DATA / name
+    if not root.is_dir():
+        pytest.skip(f"real data not found at {root} (the tests read ../shared/data next to the repository)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not DATA.is_dir():
+        pytest.skip(f"real data not found at {DATA}")
+    return DATA
+
+
+@dataclass(frozen=True)
+class SmallSet:
+    root: Path  # corpus tree of symlinks to the real files
+    manifest_dir: Path  # prepared manifest
+    manifest: object  # liser.corpora.Manifest
+    folds: Path  # fold file: 2 / 1 / 1 actors
+    work: Path  # shared cache root (features are computed once per session)
+
+
+def _link_subset(src: Path, dst: Path, actors=SMALL_ACTORS, per_emotion=FILES_PER_EMOTION) -> None:
+    for actor in actors:
+        files = sorted((src / actor).glob("*.flac"))
+        by_emotion: dict[str, list[Path]] = {}
+        for f in files:
+            by_emotion.setdefault(f.stem.split("-")[2], []).append(f)
+        (dst / actor).mkdir(parents=True)
+        for emo in sorted(by_emotion):
+            for f in by_emotion[emo][:per_emotion]:
+                (dst / actor / f.name).symlink_to(f)
+
+
+@pytest.fixture(scope="session")
+def small_ravdess(tmp_path_factory) -> SmallSet:
+    """A prepared manifest of 4 RAVDESS actors x 24 real files (all 8 emotions), and a 2/1/1 fold file."""
+    from liser.corpora import prepare
+
+    src = real_root("ravdess")
+    base = tmp_path_factory.mktemp("small_ravdess")
+    root = base / "corpus"
+    _link_subset(src, root)
+    m = prepare("ravdess", root, progress=False)
+    manifest_dir = m.save(base / "manifest")
+    folds = base / "folds.json"
+    folds.write_text(json.dumps({"corpus": "ravdess", "k": 1, "seed": 0, "folds": [SMALL_FOLD]}))
+    work = base / "work"
+    work.mkdir()
+    return SmallSet(root, manifest_dir, m, folds, work)
+
+
+@pytest.fixture(scope="session")
+def small_config(small_ravdess):
+    """A fast configuration on the small set (2 epochs, 1 thread, coarse evaluation strides)."""
+    from liser.config import Config
+
+    return Config(name="small", manifest=str(small_ravdess.manifest_dir), folds=str(small_ravdess.folds),
+                  fold=0, work=str(small_ravdess.work), out=str(small_ravdess.work / "runs"), epochs=2,
+                  batch_size=25, threads=1, seed=0, val_stride_s=0.5, test_stride_s=0.5)
+
+
+@pytest.fixture(scope="session")
+def trained_run(small_config, tmp_path_factory) -> Path:
+    """One finished 2-epoch run of `small_config` (shared by the train and CLI tests; do not modify)."""
+    from liser.train import train
+
+    return train(small_config, run_dir=tmp_path_factory.mktemp("trained") / "run", progress=False)

@@ -1,0 +1,117 @@
+"""The student of SPEC Table 1: parameter count, shapes, normalisation buffers, FLOPs."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from liser.student import Classifier, Student, count_parameters, flops_per_sample
+
+
+def _expected_parameters(k_s: int, k_v: int, c: int = 64, h: int = 64, mel_out: int = 2) -> int:
+    conv = lambda c_in, kf, kt: c_in * c * kf * kt + c  # noqa: E731  weights + biases
+    bn = 2 * c  # BatchNorm affine (gamma, beta); running stats are buffers
+    lstm_in = c * mel_out  # 64 channels x 2 Mel bins
+    lstm = 4 * h * (lstm_in + h) + 8 * h  # 4 gates: W_ih, W_hh and two bias vectors
+    g_sup = h * k_s + k_s
+    g_sd = (h * 32 + 32) + (32 * k_s + k_s)
+    g_vd = (h * 32 + 32) + (32 * k_v + k_v)
+    return conv(1, 3, 3) + bn + conv(c, 3, 3) + bn + conv(c, 3, 1) + bn + lstm + g_sup + g_sd + g_vd
+
+
+def test_parameter_count_is_the_papers_105k():
+    m = Student(8, 7)
+    n = count_parameters(m)
+    assert n == _expected_parameters(8, 7)
+    assert abs(n - 105_000) / 105_000 <= 0.02
+
+
+def test_parameter_count_other_class_counts():
+    assert count_parameters(Student(6, 7)) == _expected_parameters(6, 7)
+    assert count_parameters(Student(7, 3)) == _expected_parameters(7, 3)
+
+
+def test_output_shapes_of_the_three_heads():
+    torch.manual_seed(0)
+    m = Student(8, 7).eval()
+    x = torch.randn(3, 64, 94) * 10 - 40
+    sup, sd, vd = m(x)
+    assert sup.shape == (3, 8) and sd.shape == (3, 8) and vd.shape == (3, 7)
+    assert torch.equal(m.classify(x), sup)
+    assert torch.equal(Classifier(m)(x), sup)
+    # [B, 1, 64, 94] is accepted too
+    assert torch.equal(m.classify(x[:, None]), sup)
+    assert m.embed(x).shape == (3, 64)
+
+
+def test_batch_items_are_independent_in_eval_mode():
+    torch.manual_seed(0)
+    m = Student(8, 7).eval()
+    x = torch.randn(3, 64, 94)
+    torch.testing.assert_close(m.classify(x[1:2]), m.classify(x)[1:2], atol=1e-5, rtol=1e-5)
+
+
+def test_normalisation_buffers_are_state_but_not_parameters():
+    m = Student(8, 7)
+    names = {n for n, _ in m.named_parameters()}
+    assert "feat_mean" not in names and "feat_std" not in names
+    sd = m.state_dict()
+    assert sd["feat_mean"].shape == (64,) and sd["feat_std"].shape == (64,)
+    mean, std = torch.linspace(-50, -20, 64), torch.full((64,), 7.0)
+    std[0] = 0.0  # clamped, never a division by zero
+    m.set_normalisation(mean, std)
+    assert torch.equal(m.state_dict()["feat_mean"], mean)
+    assert m.feat_std[0] == 1e-3 and m.feat_std[1] == 7.0
+    m2 = Student(8, 7)
+    m2.load_state_dict(m.state_dict())
+    assert torch.equal(m2.feat_mean, mean)
+
+
+def test_normalisation_is_applied_to_the_input():
+    torch.manual_seed(0)
+    m = Student(8, 7).eval()
+    x = torch.randn(2, 64, 94)
+    before = m.classify(x)
+    mean, std = torch.full((64,), 3.0), torch.full((64,), 2.0)
+    m.set_normalisation(mean, std)
+    # standardising with (3, 2) is the same as feeding (x - 3) / 2 to the unnormalised model
+    ref = Student(8, 7).eval()
+    ref.load_state_dict({**m.state_dict(), "feat_mean": torch.zeros(64), "feat_std": torch.ones(64)})
+    torch.testing.assert_close(m.classify(x * 2 + 3), ref.classify(x), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ref.classify(x), before, atol=1e-5, rtol=1e-5)
+
+
+def _conv_flops_by_hooks() -> int:
+    """2 x MACs of every conv, from the actual output shapes of a forward pass."""
+    m = Student(8, 7).eval()
+    total = 0
+
+    def hook(mod, inp, out):
+        nonlocal total
+        kf, kt = mod.kernel_size
+        total += 2 * out.numel() * mod.in_channels * kf * kt
+
+    for mod in m.modules():
+        if isinstance(mod, nn.Conv2d):
+            mod.register_forward_hook(hook)
+    with torch.no_grad():
+        m(torch.zeros(1, 64, 94))
+    return total
+
+
+def test_flops_per_sample_by_hand():
+    # conv layers on (Mel, time): 64x94, then 32x47 after pool (2,2), then 8x23 after pool (4,2)
+    conv = 2 * (1 * 64 * 3 * 3 * 64 * 94) + 2 * (64 * 64 * 3 * 3 * 32 * 47) + 2 * (64 * 64 * 3 * 1 * 8 * 23)
+    assert conv == _conv_flops_by_hooks()
+    lstm = 2 * 4 * 64 * (128 + 64) * 23  # 2 Mel bins x 64 channels in, 23 frames after the pools
+    heads = 2 * (64 * 8 + 64 * 32 + 32 * 8 + 64 * 32 + 32 * 7)
+    assert flops_per_sample(8, 7) == conv + lstm + heads
+    assert abs(flops_per_sample(8, 7) - 124.6e6) / 124.6e6 < 0.001
+
+
+def test_pooling_gives_23_lstm_steps_of_128_features():
+    m = Student(8, 7).eval()
+    with torch.no_grad():
+        h = m.conv(torch.zeros(1, 1, 64, 94))
+    assert h.shape == (1, 64, 2, 23)
+    assert m.lstm.input_size == 128 and m.lstm.hidden_size == 64

@@ -1,0 +1,340 @@
+"""Training one fold end to end on a small real RAVDESS subset (4 actors, 2/1/1), 1-2 epochs, 1 thread."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from liser import train as tr
+from liser.errors import LiserError
+from liser.student import Student
+
+from conftest import SMALL_FOLD, real_root
+
+
+def _rows(run: Path) -> list[dict]:
+    with open(run / "epochs.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _metrics(run: Path) -> dict:
+    return json.loads((run / "metrics.json").read_text())
+
+
+TIMING = ("train_s", "epoch_s", "samples_per_s")
+
+
+def _untimed(rows):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+# ---------------------------------------------------------------- data selection
+def test_fold_items_follow_the_fold_file(small_config, small_ravdess):
+    train, val, test, classes = tr.fold_items(small_config, small_ravdess.manifest)
+    assert classes == ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
+    assert {it.speaker for it in train} == set(SMALL_FOLD["train"]) and len(train) == 48
+    assert {it.speaker for it in val} == set(SMALL_FOLD["val"]) and len(val) == 24
+    assert {it.speaker for it in test} == set(SMALL_FOLD["test"]) and len(test) == 24
+
+
+def test_fold_items_class_filter_and_errors(small_config, small_ravdess):
+    m = small_ravdess.manifest
+    train, val, test, classes = tr.fold_items(small_config.replace(classes=("sad", "happy")), m)
+    assert classes == ["sad", "happy"]  # the config's order
+    assert {it.label for it in train + val + test} == {"sad", "happy"} and len(train) == 2 * 2 * 3
+    with pytest.raises(LiserError, match="bored"):
+        tr.fold_items(small_config.replace(classes=("bored",)), m)
+    with pytest.raises(LiserError, match="label_fraction"):
+        tr.fold_items(small_config.replace(label_fraction=0.0), m)
+    with pytest.raises(LiserError, match="fold 1"):
+        tr.fold_items(small_config.replace(fold=1), m)
+
+
+def test_stratified_fraction(small_config, small_ravdess):
+    train = tr.fold_items(small_config, small_ravdess.manifest)[0]
+    per_class = {c: sum(it.label == c for it in train) for c in {it.label for it in train}}
+    assert set(per_class.values()) == {6}  # 2 actors x 3 files per emotion
+    half = tr.stratified_fraction(train, 0.5, seed=0)
+    assert len(half) == 24 and len({it.id for it in half}) == 24
+    assert all(sum(it.label == c for it in half) == 3 for c in per_class)
+    assert {it.id for it in half} <= {it.id for it in train}
+    assert [it.id for it in tr.stratified_fraction(train, 0.5, seed=0)] == [it.id for it in half]
+    assert {it.id for it in tr.stratified_fraction(train, 0.5, seed=1)} != {it.id for it in half}
+    tiny = tr.stratified_fraction(train, 0.01, seed=0)
+    assert len(tiny) == 8 and {it.label for it in tiny} == set(per_class)  # at least one per class
+
+
+def test_random_crop():
+    rng = np.random.default_rng(0)
+    frames = np.arange(200 * 64, dtype=np.float16).reshape(200, 64)
+    for _ in range(20):
+        x, start = tr.random_crop(frames, rng)
+        assert x.shape == (64, 94) and x.dtype == np.float32 and 0 <= start <= 106
+        assert x[0, 0] == frames[start, 0] and x[3, 93] == frames[start + 93, 3]
+    x, start = tr.random_crop(frames[:94], rng)
+    assert start == 0
+
+
+@pytest.mark.parametrize("key,value", [("schedule", "three-stage"), ("distill_loss", "kl"), ("weighting", "max")])
+def test_bad_choices_are_refused(small_config, tmp_path, key, value):
+    with pytest.raises(LiserError, match=key):
+        tr.train(small_config.replace(**{key: value}), run_dir=tmp_path / "r", progress=False)
+
+
+# ---------------------------------------------------------------- a full run
+def test_run_directory(trained_run, small_config, small_ravdess):
+    run = trained_run
+    for name in ("config.yaml", "epochs.csv", "best.pt", "metrics.json", "confusion.png"):
+        assert (run / name).is_file(), name
+    assert not (run / "last.pt").exists()  # removed once finished
+    from liser.config import Config
+
+    assert Config.load(run / "config.yaml") == small_config
+
+    rows = _rows(run)
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    for r in rows:
+        assert r["stage"] == "train"
+        assert float(r["loss"]) > 0 and float(r["ce"]) > 0 and r["sd"] == "" and r["vd"] == ""
+        assert float(r["loss"]) == pytest.approx(float(r["ce"]), abs=1e-4)  # no-dstl: loss = mean CE
+        assert 0 <= float(r["val_uar"]) <= 1
+
+    ck = torch.load(run / "best.pt", weights_only=True, map_location="cpu")
+    assert ck["classes"] == small_ravdess.manifest.classes and len(ck["classes"]) == 8
+    assert len(ck["video_classes"]) == 7
+    model = Student(8, 7)
+    model.load_state_dict(ck["state_dict"])  # loads strictly
+    assert not torch.equal(model.feat_mean, torch.zeros(64))  # normalisation from the training features
+    assert ck["epoch"] in (0, 1)
+    assert ck["val"]["uar"] == pytest.approx(max(float(r["val_uar"]) for r in rows), abs=1e-4)
+
+    m = _metrics(run)
+    t = m["test"]
+    assert m["n_train"] == 48 and m["n_val"] == 24 and m["n_test"] == 24 and m["n_unlabeled"] == 0
+    assert m["best_epoch"] == ck["epoch"]
+    assert set(t["per_class_recall"]) == set(ck["classes"])
+    cm = np.array(t["confusion"])
+    assert cm.shape == (8, 8) and cm.sum() == 24 and (cm.sum(1) == 3).all()  # 3 test files per emotion
+    recalls = np.diag(cm) / cm.sum(1)
+    assert t["uar"] == pytest.approx(recalls.mean()) and t["war"] == pytest.approx(np.trace(cm) / 24)
+    assert [t["per_class_recall"][c] for c in ck["classes"]] == pytest.approx(recalls.tolist())
+    assert len(m["test_ids"]) == 24 and np.array(m["test_logits"]).shape == (24, 8)
+    # the confusion matrix is rebuilt from the logged test ids (true labels) and logits (predictions)
+    label = {it.id: it.label for it in small_ravdess.manifest.items}
+    assert {label[i] for i in m["test_ids"]} == set(ck["classes"])
+    assert all(i.split("/")[1] == SMALL_FOLD["test"][0] for i in m["test_ids"])
+    # (logits are logged rounded to 4 decimals: near-ties are left out of the comparison)
+    rebuilt, clear = np.zeros((8, 8), int), 0
+    for i, lg in zip(m["test_ids"], m["test_logits"]):
+        top2 = np.sort(lg)[-2:]
+        if top2[1] - top2[0] > 2e-4:
+            rebuilt[ck["classes"].index(label[i]), int(np.argmax(lg))] += 1
+            clear += 1
+    assert clear >= 12 and (rebuilt <= cm).all()
+    assert m["val"]["uar"] == pytest.approx(ck["val"]["uar"], abs=1e-6)  # re-evaluated best == logged
+    assert (run / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_finished_run_is_skipped(trained_run, small_config):
+    before = (trained_run / "metrics.json").stat().st_mtime_ns
+    assert tr.train(small_config, run_dir=trained_run, progress=False) == trained_run
+    assert (trained_run / "metrics.json").stat().st_mtime_ns == before
+
+
+def test_same_seed_same_run(trained_run, small_config, tmp_path):
+    again = tr.train(small_config, run_dir=tmp_path / "again", progress=False)
+    assert _metrics(again) == _metrics(trained_run)
+    assert _untimed(_rows(again)) == _untimed(_rows(trained_run))
+
+
+def test_another_seed_another_run(small_config, trained_run, tmp_path):
+    other = tr.train(small_config.replace(seed=1, epochs=1), run_dir=tmp_path / "seed1", progress=False)
+    assert _rows(other)[0]["loss"] != _rows(trained_run)[0]["loss"]
+
+
+def test_resume_after_interruption(small_config, trained_run, tmp_path, monkeypatch):
+    import liser.evaluate as ev
+
+    real, calls = ev.evaluate_items, []
+
+    def interrupted(*a, **kw):  # Ctrl-C during the validation of epoch 1
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(ev, "evaluate_items", interrupted)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        tr.train(small_config, run_dir=run, progress=False)
+    assert (run / "last.pt").is_file() and not (run / "metrics.json").exists()
+    first = _rows(run)
+    assert len(first) == 1
+    monkeypatch.setattr(ev, "evaluate_items", real)
+
+    tr.train(small_config, run_dir=run, progress=False)
+    rows = _rows(run)
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert rows[0] == first[0]  # epoch 0 is not redone
+    # resuming gives exactly the uninterrupted run
+    assert _untimed(rows) == _untimed(_rows(trained_run))
+    assert _metrics(run) == _metrics(trained_run)
+    assert not (run / "last.pt").exists()
+
+
+def test_label_fraction_halves_the_training_files(small_config, tmp_path):
+    run = tr.train(small_config.replace(label_fraction=0.5, epochs=1), run_dir=tmp_path / "half", progress=False)
+    m = _metrics(run)
+    assert m["n_train"] == 24 and m["n_test"] == 24
+
+
+def test_two_stage_without_unlabeled_data_is_a_user_error(small_config, tmp_path):
+    with pytest.raises(LiserError):
+        tr.train(small_config.replace(schedule="two-stage", stage1_epochs=1), run_dir=tmp_path / "r", progress=False)
+
+
+# ---------------------------------------------------------------- distillation
+@pytest.fixture(scope="module")
+def speech_pool(small_ravdess, tmp_path_factory):
+    """12 real TESS files as an unlabeled pool, their features, and a fake speech-teacher store over them."""
+    from liser.corpora import prepare
+    from liser.features import build_features
+    from liser.teachers.store import StoreWriter, n_pieces
+
+    src = real_root("tess")
+    base = tmp_path_factory.mktemp("pool")
+    for folder in ("OAF_angry", "OAF_Sad", "YAF_happy", "YAF_neutral"):
+        (base / "tess" / folder).mkdir(parents=True)
+        for f in sorted((src / folder).glob("*.opus"))[:3]:
+            (base / "tess" / folder / f.name).symlink_to(f)
+    m = prepare("tess", base / "tess", progress=False)
+    m.items = [replace(it, label="") for it in m.items]  # unlabeled: labels are ignored
+    manifest_dir = m.save(base / "manifest")
+    build_features(m, small_ravdess.work, threads=1, progress=False)
+    classes = small_ravdess.manifest.classes
+    rng = np.random.default_rng(0)
+    w = StoreWriter(base / "store", "fake-speech", classes, "fakehash", flush_every=4)
+    for it in m.items:
+        n = n_pieces(it.duration)
+        w.add(it.id, rng.dirichlet(np.ones(len(classes)), size=n), np.ones(n, bool), it.duration)
+    w.finalize([it.id for it in m.items])
+    w2 = StoreWriter(base / "store2", "fake-speech", ["happy", "sad"], "fakehash", flush_every=64)
+    for it in m.items:
+        n = n_pieces(it.duration)
+        w2.add(it.id, rng.dirichlet(np.ones(2), size=n), np.ones(n, bool), it.duration)
+    w2.finalize()
+    return manifest_dir, base / "store", len(m.items)
+
+
+def test_distillation_run(small_config, speech_pool, tmp_path):
+    manifest_dir, store, n_items = speech_pool
+    cfg = small_config.replace(name="sp-dstl", lambda_sd=1.0, speech_store=str(store), unlabeled=(str(manifest_dir),),
+                               batch_size=48, unlabeled_batch=12, epochs=1)
+    run = tr.train(cfg, run_dir=tmp_path / "dstl", progress=False)
+    rows = _rows(run)
+    assert len(rows) == 1
+    r = rows[0]
+    sd, ce, loss = float(r["sd"]), float(r["ce"]), float(r["loss"])
+    assert 0 < sd < 1 and r["vd"] == ""
+    # one step of 48 labeled + 12 unlabeled items: eq. 4 with lambda_sd = 1 and all targets valid
+    assert loss == pytest.approx((48 * ce + 12 * sd) / (48 + 12), abs=2e-4)
+    m = _metrics(run)
+    assert m["n_unlabeled"] == n_items == 12
+    ck = torch.load(run / "best.pt", weights_only=True)
+    assert ck["config"]["lambda_sd"] == 1.0
+
+
+def test_distillation_with_mismatched_teacher_classes(small_config, speech_pool, tmp_path):
+    manifest_dir, store, _ = speech_pool
+    cfg = small_config.replace(classes=("happy", "sad"), lambda_sd=1.0, speech_store=str(store),
+                               unlabeled=(str(manifest_dir),), epochs=1)
+    with pytest.raises(LiserError, match="classes"):
+        tr.train(cfg, run_dir=tmp_path / "r", progress=False)
+
+
+def test_two_stage_schedule(small_config, speech_pool, tmp_path):
+    manifest_dir, store, _ = speech_pool
+    cfg = small_config.replace(name="two-stage", schedule="two-stage", stage1_epochs=1, epochs=2, lambda_sd=1.0,
+                               speech_store=str(store), unlabeled=(str(manifest_dir),), batch_size=48,
+                               unlabeled_batch=12)
+    run = tr.train(cfg, run_dir=tmp_path / "two", progress=False)
+    rows = _rows(run)
+    assert [r["stage"] for r in rows] == ["distil", "train"]
+    assert rows[0]["ce"] == "" and float(rows[0]["sd"]) > 0 and math.isnan(float(rows[0]["val_uar"]))
+    assert float(rows[0]["loss"]) == pytest.approx(float(rows[0]["sd"]), abs=1e-4)  # only distillation, / N_u
+    assert float(rows[1]["ce"]) > 0 and rows[1]["sd"] == ""  # fine-tuning on labeled data only
+    m = _metrics(run)
+    assert m["best_epoch"] == 1
+
+
+def test_two_stage_with_no_finetuning_epoch_is_an_error(small_config, speech_pool, tmp_path):
+    manifest_dir, store, _ = speech_pool
+    cfg = small_config.replace(schedule="two-stage", stage1_epochs=1, epochs=1, lambda_sd=1.0,
+                               speech_store=str(store), unlabeled=(str(manifest_dir),), unlabeled_batch=12)
+    with pytest.raises(LiserError, match="no epoch"):
+        tr.train(cfg, run_dir=tmp_path / "r", progress=False)
+
+
+def _interrupt_at_second_validation(monkeypatch):
+    import liser.evaluate as ev
+
+    real, calls = ev.evaluate_items, []
+
+    def interrupted(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(ev, "evaluate_items", interrupted)
+    return lambda: monkeypatch.setattr(ev, "evaluate_items", real)
+
+
+def test_resumed_distillation_run_equals_the_uninterrupted_one(small_config, speech_pool, tmp_path, monkeypatch):
+    manifest_dir, store, _ = speech_pool
+    # 2 classes (12 labeled training files: one step per epoch), 5 of the 12 unlabeled items per step,
+    # so epoch 1 continues the permutation drawn in epoch 0
+    cfg = small_config.replace(classes=("happy", "sad"), lambda_sd=1.0, speech_store=str(store.parent / "store2"),
+                               unlabeled=(str(manifest_dir),), batch_size=25, unlabeled_batch=5, epochs=2)
+    whole = tr.train(cfg, run_dir=tmp_path / "whole", progress=False)
+    restore = _interrupt_at_second_validation(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        tr.train(cfg, run_dir=tmp_path / "resumed", progress=False)
+    restore()
+    resumed = tr.train(cfg, run_dir=tmp_path / "resumed", progress=False)
+    assert _untimed(_rows(resumed)) == _untimed(_rows(whole))
+
+
+def test_interruption_while_saving_does_not_duplicate_log_rows(small_config, tmp_path, monkeypatch):
+    cfg = small_config.replace(classes=("happy", "sad"), epochs=2)
+    real, saves = tr.atomic_save, []
+
+    def interrupted(obj, path):
+        if path.name == "last.pt":
+            saves.append(1)
+            if len(saves) == 2:  # Ctrl-C while saving the resume state of epoch 1
+                raise KeyboardInterrupt
+        return real(obj, path)
+
+    monkeypatch.setattr(tr, "atomic_save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tr.train(cfg, run_dir=tmp_path / "r", progress=False)
+    monkeypatch.setattr(tr, "atomic_save", real)
+    tr.train(cfg, run_dir=tmp_path / "r", progress=False)
+    assert [int(r["epoch"]) for r in _rows(tmp_path / "r")] == [0, 1]
+
+
+def test_run_dir_of_another_config_is_refused(trained_run, small_config):
+    # same run directory, another learning rate: the old results must not come back as this config's
+    with pytest.raises(LiserError, match="lr"):
+        tr.train(small_config.replace(lr=small_config.lr * 10), run_dir=trained_run, progress=False)
+    # only the thread count differs: same run, skipped
+    assert tr.train(small_config.replace(threads=small_config.threads + 1), run_dir=trained_run,
+                    progress=False) == trained_run
