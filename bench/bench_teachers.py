@@ -1,0 +1,157 @@
+"""Benchmark the teachers' side (issue: teachers and soft labels), end to end on ../shared/data.
+
+Runs the real pipeline for a student config (default configs/vid-sp-dstl.yaml):
+per-fold speech teachers (fit or reuse; test UAR on whole utterances and on
+0.5 s pieces), labeling of the unlabeled pool (audio-seconds per second),
+faces of every pool video (frames per second, detection + alignment), the
+video teacher (frames per second) and the stores (size per audio hour, time
+to open, time to read a random 3 s window; also on a synthetic 50 h store).
+Prints a markdown table and writes bench/results/teachers.json.
+
+    .venv/bin/python bench/bench_teachers.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def store_figures(path: Path, reads: int = 2000) -> dict:
+    """Open time, random 3 s window read time, size per audio hour of a finalized store."""
+    from liser.teachers.store import SoftLabelStore
+
+    t0 = time.perf_counter()
+    s = SoftLabelStore(path)
+    open_s = time.perf_counter() - t0
+    rng = np.random.default_rng(0)
+    ids = s.ids
+    durs = np.array([s.index[i].duration for i in ids])
+    t0 = time.perf_counter()
+    for _ in range(reads):
+        k = int(rng.integers(len(ids)))
+        s.window(ids[k], float(rng.uniform(0, max(durs[k] - 3.0, 0.0))))
+    read_ms = (time.perf_counter() - t0) / reads * 1000
+    size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+    hours = durs.sum() / 3600
+    return {"items": len(ids), "audio_h": round(hours, 3), "open_s": round(open_s, 4),
+            "window_read_ms": round(read_ms, 4), "mb_per_audio_h": round(size / 1e6 / max(hours, 1e-9), 3)}
+
+
+def synthetic_store(hours: float = 50.0, classes: int = 8) -> Path:
+    """A store the size of 50 h of audio (9.25 s items, as MSP-Face's mean clip) with random probabilities."""
+    from liser.teachers.store import StoreWriter, n_pieces
+
+    d = Path(tempfile.mkdtemp()) / "s50h"
+    w = StoreWriter(d, "synthetic", [f"c{i}" for i in range(classes)], "x", flush_every=4096)
+    rng = np.random.default_rng(0)
+    n_items = int(hours * 3600 / 9.25)
+    ids = []
+    for i in range(n_items):
+        n = n_pieces(9.25)
+        w.add(f"synthetic/{i}", rng.dirichlet(np.ones(classes), n), np.ones(n, bool), 9.25)
+        ids.append(f"synthetic/{i}")
+    w.finalize(ids)
+    return d
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("config", nargs="?", default=str(REPO / "configs" / "vid-sp-dstl.yaml"))
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--json", default=str(REPO / "bench" / "results" / "teachers.json"))
+    args = ap.parse_args()
+    os.chdir(REPO)  # the configs' relative paths are relative to the repository
+
+    from liser.config import Config
+    from liser.teachers import pipeline as tp
+
+    cfg = Config.load(args.config, args.set)
+    res: dict = {"config": args.config, "date": date.today().isoformat(),
+                 "machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
+                 "command": " ".join(["python"] + sys.argv)}
+
+    t0 = time.time()
+    evals = tp.fit_speech_teachers(cfg, progress=False)
+    res["speech_fit_s"] = round(time.time() - t0, 1)
+    res["speech_teacher"] = evals[0]["teacher"] if evals else None
+    res["speech_teacher_uar_per_fold"] = [round(e["uar"], 4) for e in evals]
+    res["speech_teacher_uar_mean"] = float(np.mean([e["uar"] for e in evals]))
+    res["speech_teacher_uar_pieces_mean"] = float(np.mean([e["uar_pieces"] for e in evals]))
+    res["speech_teacher_val_ece_mean"] = float(np.mean([e["calibration"]["ece"] for e in evals]))
+
+    pool = tp.unlabeled_pool(cfg)
+    pool_audio_s = sum(it.duration for it in pool.items)
+    stores_before = [Path(cfg.speech_store.format(fold=e["fold"])) for e in evals]
+    fresh = [s for s in stores_before if not (s / "meta.json").is_file()]
+    t0 = time.time()
+    tp.label_speech(cfg, progress=False)
+    label_s = time.time() - t0
+    if fresh:
+        res["speech_label_audio_s_per_s"] = round(pool_audio_s * len(fresh) / label_s, 2)
+        res["speech_label_note"] = f"{len(fresh)} fold stores labeled in {label_s:.0f} s, {pool_audio_s / 3600:.2f} h of audio each"
+    else:
+        res["speech_label_note"] = "stores already labeled; delete them to time labeling"
+
+    # face throughput on a fixed subset (decode + detect + track + align), then the whole pool (resumable)
+    from liser.faces import extract_faces
+
+    videos = [Path(it.path) for it in tp.unlabeled_pool(cfg, videos_only=True).items][:12]
+    frames, t0 = 0, time.perf_counter()
+    for v in videos:
+        frames += len(extract_faces(v, None, size=cfg.face_size, progress=False).times)
+    res["face_fps"] = round(frames / (time.perf_counter() - t0), 1)
+    res["face_fps_subset"] = f"{len(videos)} pool videos, {frames} frames"
+    summary = tp.extract_pool_faces(cfg, progress=False)
+    res["faces_summary"] = {k: v for k, v in summary.items() if not isinstance(v, (list, dict))}
+
+    from liser.faces import FaceTrack
+    from liser.teachers.video import load_video_teacher
+
+    teacher = load_video_teacher(cfg.video_teacher)
+    crops = []
+    for f in sorted(tp.faces_dir(cfg).glob("*.npz"))[:20]:
+        tr = FaceTrack.load(f)
+        crops.append(tr.crops[tr.valid])
+    crops = np.concatenate(crops)[:1024]
+    teacher.predict_frames(crops[:64])  # warm-up
+    t0 = time.perf_counter()
+    teacher.predict_frames(crops)
+    res["video_teacher"] = cfg.video_teacher
+    res["video_teacher_fps"] = round(len(crops) / (time.perf_counter() - t0), 1)
+    t0 = time.time()
+    tp.label_video(cfg, progress=False)
+    res["video_label_s"] = round(time.time() - t0, 1)
+
+    real = store_figures(Path(cfg.speech_store.format(fold=0)))
+    res["speech_store"] = real
+    res["video_store"] = store_figures(Path(cfg.video_store))
+    syn = synthetic_store()
+    res["synthetic_50h_store"] = store_figures(syn)
+    res["store_open_s"] = res["synthetic_50h_store"]["open_s"]
+    res["store_window_read_ms"] = res["synthetic_50h_store"]["window_read_ms"]
+
+    print(json.dumps(res, indent=1))
+    print("| speech teacher | UAR (utt) | UAR (0.5 s pieces) | label audio-s/s | face fps | video teacher fps "
+          "| store MB/audio-h | open 50 h store | 3 s window read |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"| {res['speech_teacher']} | {res['speech_teacher_uar_mean']:.3f} | {res['speech_teacher_uar_pieces_mean']:.3f} "
+          f"| {res.get('speech_label_audio_s_per_s', '-')} | {res['face_fps']} | {res['video_teacher_fps']} "
+          f"| {real['mb_per_audio_h']} | {res['store_open_s'] * 1000:.1f} ms | {res['store_window_read_ms']:.3f} ms |")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
