@@ -22,6 +22,7 @@ from pathlib import Path
 from ..audio import VIDEO_SUFFIXES
 from ..config import Config
 from ..errors import LiserError
+from .store import store_complete
 
 AUDIO_ONLY_CONTAINERS = {".m4a", ".aac"}
 
@@ -152,9 +153,11 @@ def label_speech(cfg: Config, folds=None, shard=(0, 1), overrides=(), progress: 
     for k in _fold_list(cfg, folds, labeled_manifest(cfg)):
         store = cfg.speech_store.format(fold=k)
         teacher = SpeechTeacher.load(teacher_dir(cfg, k))
+        out.append(store)
+        if store_complete(store, [it.id for it in pool.items], teacher.hash):
+            continue
         res = label_with_speech_teacher(teacher, pool, store, shard=shard, progress=progress)
         print(f"{store}: {'complete' if res is not None else 'shard done; other shards pending'}", flush=True)
-        out.append(store)
     return out
 
 
@@ -175,9 +178,12 @@ def label_video(cfg: Config, shard=(0, 1), progress: bool = True) -> str:
 
     if not cfg.video_store:
         raise LiserError("video_store: the config names no store to write")
-    extract_pool_faces(cfg, shard, progress)
     teacher = load_video_teacher(cfg.video_teacher)
-    res = label_with_video_teacher(teacher, unlabeled_pool(cfg, videos_only=True), faces_dir(cfg), cfg.video_store,
+    pool = unlabeled_pool(cfg, videos_only=True)
+    if store_complete(cfg.video_store, [it.id for it in pool.items], teacher.hash):
+        return cfg.video_store
+    extract_pool_faces(cfg, shard, progress)
+    res = label_with_video_teacher(teacher, pool, faces_dir(cfg), cfg.video_store,
                                    shard=shard, progress=progress)
     print(f"{cfg.video_store}: {'complete' if res is not None else 'shard done; other shards pending'}", flush=True)
     return cfg.video_store

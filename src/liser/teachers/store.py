@@ -252,3 +252,18 @@ class StoreWriter:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return SoftLabelStore(self.path)
+
+
+def store_complete(path: str | Path, ids, teacher_hash: str) -> bool:
+    """True when `path` is a finalized store of this teacher covering every id (labeled or rejected)."""
+    path = Path(path)
+    if not (path / "meta.json").is_file():
+        return False
+    if json.loads((path / "meta.json").read_text()).get("teacher_hash") != teacher_hash:
+        return False
+    done = set()
+    for name in ("index.csv", "rejected.csv"):
+        if (path / name).is_file():
+            with open(path / name, newline="") as f:
+                done.update(row["id"] for row in csv.DictReader(f))
+    return set(ids) <= done
