@@ -3,8 +3,11 @@
 __version__ = "0.1.0"
 
 
-def load(path):
-    """Load a trained student (a run directory or a .pt checkpoint) for inference."""
+def load(path, **kwargs):
+    """Load a trained student for inference: a run directory, its best.pt, or an exported .onnx.
+
+    Keyword arguments go to `liser.predict.load` (e.g. `threads=1`).
+    """
     from .predict import load as _load
 
-    return _load(path)
+    return _load(path, **kwargs)

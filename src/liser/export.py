@@ -1,0 +1,390 @@
+"""`liser export`: a trained student as ONNX (fp32, optionally int8) with a parity check.
+
+The graph is the student's inference path, `liser.student.Classifier`:
+log-Mel windows `logmel` [B, 64, 94] (dB, float32) -> `logits` [B, K] of
+`g_sup`, with a dynamic batch axis. The per-band standardisation buffers are
+inside the graph.
+
+The log-Mel front end is NOT in the graph, on purpose: its 64 x 1025 Mel
+matrix alone is 262 KB in fp32 (more than the whole int8 student's < 200 KB
+budget), and ONNX STFT support differs across runtimes. It stays the
+documented separate step, `liser.audio.log_mel` (STFT with a 2048-sample Hann
+window, hop 512, centred with reflect padding; power through the Slaney Mel
+filterbank `liser.audio.mel_filters()`; 10*log10 with a 1e-10 floor), then
+3 s windows of 94 frames every 0.1 s (`liser.audio.window_starts`), mean of
+the logits over the windows. `liser.load("model.onnx")` does all of this
+around an onnxruntime session.
+
+The file's metadata_props hold `format` (liser-student-onnx), `classes` and
+`video_classes` (JSON lists), `front_end` (JSON), `liser_version`,
+`input_frames`, `eval_stride_s`, `quantization` and the source checkpoint's
+epoch and validation UAR.
+
+Parity: the export is checked on real files (the run's test fold, rebuilt
+from the checkpoint's config, or `--check-files`): max abs logit difference
+between PyTorch and onnxruntime over every window, and file-label agreement.
+An fp32 export with a difference above 1e-3 or any disagreeing label fails
+and leaves no file (everything is written under a temporary name and renamed
+on success).
+
+`--int8` tries two onnxruntime quantisations and keeps the better one:
+dynamic (int8 weights, activations quantised on the fly; Conv, Gemm, LSTM)
+and static QDQ (convolutions and the head with activation ranges calibrated
+on real training windows) plus dynamic int8 for the LSTM, which QDQ leaves in
+fp32. "Better" = higher test UAR, then label agreement with fp32, then size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from . import audio
+from .errors import LiserError
+
+FP32_TOLERANCE = 1e-3  # max abs logit difference torch vs onnxruntime for an fp32 export
+INT8_BUDGET = 200_000  # bytes: the int8 model's size target
+INPUT, OUTPUT = "logmel", "logits"
+CALIBRATION_WINDOWS = 200  # real training windows for static quantisation
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# ---------------------------------------------------------------- model and graph
+def _checkpoint_path(run: str | Path) -> Path:
+    run = Path(run)
+    if run.is_dir():
+        if not (run / "best.pt").is_file():
+            raise LiserError(f"{run}: no best.pt (not a finished run directory)")
+        return run / "best.pt"
+    if not run.is_file():
+        raise LiserError(f"{run}: no such run directory or checkpoint")
+    return run
+
+
+def metadata(ck: dict, quantization: str = "none") -> dict[str, str]:
+    """The metadata_props an exported student carries (strings only)."""
+    return {
+        "format": "liser-student-onnx",
+        "liser_version": str(ck["liser_version"]),
+        "classes": json.dumps(list(ck["classes"])),
+        "video_classes": json.dumps(list(ck.get("video_classes") or [])),
+        "front_end": json.dumps(ck.get("front_end") or {}),
+        "input": f"{INPUT} [batch, {audio.N_MELS}, {audio.CLIP_FRAMES}] log-Mel dB (liser.audio.log_mel)",
+        "output": f"{OUTPUT} [batch, {len(ck['classes'])}] g_sup logits; mean over windows, then softmax",
+        "input_frames": str(audio.CLIP_FRAMES),
+        "eval_stride_s": str(audio.EVAL_STRIDE_S),
+        "quantization": quantization,
+        "epoch": str(ck.get("epoch")),
+        "val_uar": str((ck.get("val") or {}).get("uar")),
+    }
+
+
+def _set_metadata(path: Path, meta: dict[str, str]) -> None:
+    import onnx
+
+    m = onnx.load(str(path))
+    del m.metadata_props[:]
+    for k, v in meta.items():
+        p = m.metadata_props.add()
+        p.key, p.value = k, v
+    onnx.save(m, str(path))
+
+
+def _torch_export(classifier, path: Path, opset: int) -> None:
+    """Classifier -> ONNX with a dynamic batch axis (TorchScript exporter; dynamo as the fallback)."""
+    import torch
+
+    x = torch.zeros(2, audio.N_MELS, audio.CLIP_FRAMES)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(classifier, (x,), str(path), input_names=[INPUT], output_names=[OUTPUT],
+                              opset_version=opset, dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+                              dynamo=False)
+        except Exception as first:  # the legacy exporter may be gone in a later torch
+            try:
+                batch = torch.export.Dim("batch", min=1, max=65536)
+                torch.onnx.export(classifier, (x,), str(path), input_names=[INPUT], output_names=[OUTPUT],
+                                  opset_version=opset, dynamic_shapes=({0: batch},), dynamo=True, external_data=False)
+            except Exception as e:
+                raise LiserError(f"ONNX export failed ({str(first).splitlines()[0][:120]}; dynamo: {str(e).splitlines()[0][:120]})") from None
+
+
+def _session(path: Path, threads: int = 1):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+# ---------------------------------------------------------------- real data
+class CheckData:
+    """Real files for the checks: per-file windows [W, 64, 94], true labels (or None), calibration windows."""
+
+    def __init__(self, names, wins, labels, calib, source: str, classes, stride_s: float):
+        self.names, self.wins, self.labels, self.calib = names, wins, labels, calib
+        self.source, self.classes, self.stride_s = source, classes, stride_s
+
+
+def _fold_data(ck: dict, max_calib: int = CALIBRATION_WINDOWS) -> CheckData | None:
+    """The run's test fold (and training windows for calibration), from the checkpoint's config."""
+    from .config import Config
+    from .evaluate import windows_of
+    from .features import build_features
+    from .train import fold_items, labeled_manifest
+
+    if not ck.get("config"):
+        return None
+    cfg = Config.from_dict(ck["config"], source="checkpoint config")
+    manifest = labeled_manifest(cfg)
+    train_items, _, test_items, classes = fold_items(cfg, manifest)
+    if list(classes) != list(ck["classes"]):
+        raise LiserError(f"the rebuilt fold's classes {classes} differ from the checkpoint's {ck['classes']}")
+    cache = build_features(manifest, cfg.work, threads=cfg.threads or 2, progress=sys.stderr.isatty())
+    stride = cfg.test_stride_s
+    wins = [windows_of(cache.frames(it.id), stride) for it in test_items]
+    labels = [classes.index(it.label) for it in test_items]
+    rng = np.random.default_rng(0)
+    calib = []
+    for i in rng.permutation(len(train_items))[:max_calib]:
+        w = windows_of(cache.frames(train_items[i].id), 0.5)
+        calib.append(w[rng.integers(len(w))])
+    return CheckData([it.id for it in test_items], wins, labels, np.stack(calib) if calib else None,
+                     f"test fold {cfg.fold} of {cfg.name} ({len(test_items)} files)", classes, stride)
+
+
+def _files_data(files: list[str], classes) -> CheckData:
+    """Check data from user-given files or folders (no labels; they also calibrate int8)."""
+    from .predict import expand_inputs, features, read_input, windows
+
+    paths, problems = expand_inputs(files)
+    if problems:
+        raise LiserError(problems[0])
+    wins = [windows(features(read_input(p)), audio.EVAL_STRIDE_S)[0] for p in paths]
+    calib = np.concatenate([w[:: max(1, len(w) // 4)] for w in wins])[:CALIBRATION_WINDOWS]
+    return CheckData(paths, wins, None, calib, f"{len(paths)} given files", classes, audio.EVAL_STRIDE_S)
+
+
+def _logits(fn, wins: list[np.ndarray]) -> list[np.ndarray]:
+    return [np.concatenate([fn(w[a : a + 512]) for a in range(0, len(w), 512)]) for w in wins]
+
+
+def _uar(file_logits: list[np.ndarray], labels, classes) -> float | None:
+    from .evaluate import metrics
+
+    if labels is None:
+        return None
+    return metrics(labels, [int(z.mean(0).argmax()) for z in file_logits], classes)["uar"]
+
+
+# ---------------------------------------------------------------- int8
+def _quantize(fp32: Path, out: Path, method: str, calib: np.ndarray | None) -> None:
+    """One int8 candidate: 'dynamic' or 'static-qdq' (QDQ for Conv/Gemm + dynamic LSTM)."""
+    import logging
+
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = out.with_name(out.name + ".pre.onnx")
+    mid = out.with_name(out.name + ".qdq.onnx")
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantiser logs every tensor it skips
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+            if method == "dynamic":
+                quantize_dynamic(str(pre), str(out), weight_type=QuantType.QInt8, per_channel=True,
+                                 op_types_to_quantize=["Conv", "MatMul", "Gemm", "LSTM"])
+            elif method == "static-qdq":
+                if calib is None or not len(calib):
+                    raise LiserError("static quantisation needs real windows to calibrate")
+
+                class Reader(CalibrationDataReader):
+                    def __init__(self):
+                        self.i = 0
+
+                    def get_next(self):
+                        if self.i >= len(calib):
+                            return None
+                        self.i += 1
+                        return {INPUT: np.ascontiguousarray(calib[self.i - 1 : self.i], dtype=np.float32)}
+
+                quantize_static(str(pre), str(mid), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                                op_types_to_quantize=["Conv", "Gemm", "MatMul"])
+                quantize_dynamic(str(mid), str(out), weight_type=QuantType.QInt8, op_types_to_quantize=["LSTM"])
+            else:
+                raise ValueError(method)
+    finally:
+        root.setLevel(level)
+        for p in (pre, mid):
+            p.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- the export
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def export_onnx(run: str | Path, out: str | Path, int8: str | Path | bool | None = None, opset: int = 17,
+                check_files: list[str] | None = None, threads: int = 1, say=_say) -> dict:
+    """Export a run's student to `out` (fp32) and, with `int8`, an int8 model; returns a report dict.
+
+    `int8` is a path, or True for `<out stem>.int8.onnx`. Raises LiserError
+    (and leaves no output file) when the fp32 parity check fails.
+    """
+    import torch
+
+    from .predict import read_checkpoint, student_from_checkpoint
+    from .student import Classifier
+
+    torch.set_num_threads(max(1, threads))
+    ck_path = _checkpoint_path(run)
+    ck = read_checkpoint(ck_path)
+    classifier = Classifier(student_from_checkpoint(ck, str(ck_path))).eval()
+    out = Path(out)
+    if out.suffix.lower() != ".onnx":
+        raise LiserError(f"{out}: the output must end in .onnx")
+    if not out.parent.is_dir():
+        raise LiserError(f"{out}: the folder {out.parent} does not exist")
+    int8_path = None
+    if int8:
+        int8_path = Path(int8) if not isinstance(int8, bool) else out.with_name(out.stem + ".int8.onnx")
+        if not int8_path.parent.is_dir():
+            raise LiserError(f"{int8_path}: the folder {int8_path.parent} does not exist")
+        if int8_path.resolve() == out.resolve():
+            raise LiserError(f"{int8_path}: the int8 model needs its own path (not --onnx's)")
+
+    # real data for the checks: --check-files, else the run's test fold
+    data = None
+    if check_files:
+        data = _files_data(check_files, ck["classes"])
+    else:
+        try:
+            data = _fold_data(ck)
+        except (LiserError, OSError) as e:
+            say(f"note: the run's test fold is not reachable ({e}); pass --check-files")
+    if data is None:
+        raise LiserError(f"{ck_path}: no real files to check the export on (pass --check-files FILES)")
+
+    report = {"checkpoint": str(ck_path), "onnx": str(out), "opset": opset, "classes": list(ck["classes"]),
+              "check_data": data.source}
+    tmp = _tmp_name(out)
+    tmp_int8 = _tmp_name(int8_path) if int8_path else None
+    try:
+        _torch_export(classifier, tmp, opset)
+        _set_metadata(tmp, metadata(ck))
+
+        def torch_fn(x):
+            with torch.inference_mode():
+                return classifier(torch.from_numpy(x)).numpy()
+
+        ref = _logits(torch_fn, data.wins)
+        sess = _session(tmp, threads)
+        got = _logits(lambda x: sess.run(None, {INPUT: x})[0], data.wins)
+        diff = max(float(np.abs(a - b).max()) for a, b in zip(ref, got))
+        ref_lab = np.array([int(z.mean(0).argmax()) for z in ref])
+        agree = float((ref_lab == np.array([int(z.mean(0).argmax()) for z in got])).mean())
+        n_win = sum(len(w) for w in data.wins)
+        say(f"parity on {data.source}, {n_win} windows: max |logit torch - onnxruntime| = {diff:.2e}, "
+            f"label agreement {agree:.1%}")
+        report.update(max_abs_diff=diff, agreement=agree, n_files=len(data.wins), n_windows=n_win)
+        if not diff <= FP32_TOLERANCE or agree < 1.0:
+            raise LiserError(f"{out}: parity check failed (max abs logit difference {diff:.2e}, limit "
+                             f"{FP32_TOLERANCE:.0e}; label agreement {agree:.1%}, needed 100%); nothing written")
+        uar32 = _uar(ref, data.labels, data.classes)
+        report.update(fp32_bytes=tmp.stat().st_size, fp32_uar=uar32)
+
+        if int8_path:
+            report.update(_int8(tmp, tmp_int8, ck, data, ref_lab, uar32, threads, say))
+        os.replace(tmp, out)
+        if int8_path:
+            os.replace(tmp_int8, int8_path)
+            report["int8"] = str(int8_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        if tmp_int8:
+            tmp_int8.unlink(missing_ok=True)
+            for c in tmp_int8.parent.glob(f"{tmp_int8.name}.cand-*"):
+                c.unlink(missing_ok=True)
+    say(f"wrote {out} ({report['fp32_bytes'] / 1000:.0f} KB, fp32" +
+        (f", test UAR {uar32:.3f})" if uar32 is not None else ")"))
+    if int8_path:
+        say(f"wrote {int8_path} ({report['int8_bytes'] / 1000:.0f} KB, int8 {report['int8_method']}" +
+            (f", test UAR {report['int8_uar']:.3f} vs fp32 {uar32:.3f}, delta {report['int8_uar_delta']:+.3f})"
+             if uar32 is not None else f", label agreement with fp32 {report['int8_agreement']:.1%})"))
+    return report
+
+
+def _int8(fp32: Path, dest: Path, ck: dict, data: CheckData, ref_lab, uar32, threads: int, say) -> dict:
+    """Quantise both ways, score each on the check data, keep the best as `dest`."""
+    cands = []
+    for method in ("dynamic", "static-qdq"):
+        path = dest.with_name(f"{dest.name}.cand-{method}")
+        try:
+            _quantize(fp32, path, method, data.calib)
+            _set_metadata(path, metadata(ck, f"int8-{method}"))
+            sess = _session(path, threads)
+            got = _logits(lambda x: sess.run(None, {INPUT: x})[0], data.wins)
+        except LiserError as e:
+            say(f"int8 {method}: skipped ({e})")
+            continue
+        except Exception as e:  # a quantiser failure on one method must not stop the other
+            say(f"int8 {method}: failed ({type(e).__name__}: {str(e).splitlines()[0][:160]})")
+            continue
+        lab = np.array([int(z.mean(0).argmax()) for z in got])
+        agree = float((lab == ref_lab).mean())
+        u = _uar(got, data.labels, data.classes)
+        size = path.stat().st_size
+        say(f"int8 {method}: {size / 1000:.0f} KB, label agreement with fp32 {agree:.1%}" +
+            (f", test UAR {u:.3f} (fp32 {uar32:.3f})" if u is not None else ""))
+        cands.append({"method": method, "path": path, "bytes": size, "agreement": agree, "uar": u})
+    if not cands:
+        raise LiserError(f"{dest.name}: int8 quantisation failed with every method; fp32 not written either")
+    fits = [c for c in cands if c["bytes"] < INT8_BUDGET] or cands
+    best = max(fits, key=lambda c: (c["uar"] if c["uar"] is not None else 0.0, c["agreement"], -c["bytes"]))
+    os.replace(best["path"], dest)
+    return {"int8_method": best["method"], "int8_bytes": best["bytes"], "int8_agreement": best["agreement"],
+            "int8_uar": best["uar"],
+            "int8_uar_delta": (best["uar"] - uar32) if best["uar"] is not None and uar32 is not None else None,
+            "int8_candidates": [{k: v for k, v in c.items() if k != "path"} for c in cands]}
+
+
+# ---------------------------------------------------------------- the command
+def cmd_export(args) -> int:
+    if not args.onnx:
+        raise LiserError("export: --onnx OUT.onnx is required")
+    int8 = True if args.int8 == "" else args.int8
+    export_onnx(args.run, args.onnx, int8=int8, opset=args.opset, check_files=args.check_files,
+                threads=args.threads)
+    return 0
+
+
+def add_commands(sub) -> None:
+    """Register `liser export` on the CLI's sub-parsers."""
+    sp = sub.add_parser("export", help="export a run's student to ONNX (fp32, optionally int8) with a parity check",
+                        description="Export the student's inference graph (log-Mel windows [B,64,94] -> logits [B,K]) "
+                                    "to ONNX; the log-Mel front end stays a separate step (liser.audio.log_mel).")
+    sp.add_argument("run", help="run directory (holds best.pt) or a best.pt checkpoint")
+    sp.add_argument("--onnx", required=True, metavar="OUT.onnx", help="fp32 model to write")
+    sp.add_argument("--int8", nargs="?", const="", default=None, metavar="PATH",
+                    help="also write an int8 model (default <OUT>.int8.onnx); prints its test UAR next to fp32")
+    sp.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    sp.add_argument("--check-files", nargs="+", metavar="AUDIO",
+                    help="real audio files/folders for the parity check (default: the run's test fold)")
+    sp.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
+    sp.set_defaults(func=cmd_export)
