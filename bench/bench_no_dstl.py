@@ -62,7 +62,7 @@ def main() -> None:
     peak_mb = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                   resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
 
-    sps, train_s, samples = [], 0.0, 0
+    sps, train_s = [], 0.0
     for run in summary["runs"]:
         with open(Path(run) / "epochs.csv") as f:
             for row in csv.DictReader(f):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -75,13 +75,13 @@ class Config:
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: list[str] | tuple = ()) -> "Config":
         """YAML file (or None for the defaults), then `key=value` overrides in order."""
+        import yaml
+
         data: dict[str, Any] = {}
         if path:
             path = Path(path)
             if not path.is_file():
                 raise LiserError(f"{path}: no such config file")
-            import yaml
-
             try:
                 data = yaml.safe_load(path.read_text()) or {}
             except yaml.YAMLError as e:
@@ -92,8 +92,6 @@ class Config:
             if "=" not in ov:
                 raise LiserError(f"--set {ov!r}: expected key=value")
             k, v = ov.split("=", 1)
-            import yaml
-
             data[k.strip()] = yaml.safe_load(v) if v.strip() else ""
         return cls.from_dict(data, source=str(path) if path else "--set")
 

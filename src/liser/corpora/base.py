@@ -220,6 +220,25 @@ def build_manifest(corpus: str, root: Path, candidates: list[Candidate], progres
     return Manifest(corpus=corpus, root=root.resolve(), items=items, rejected=rejected)
 
 
+def prepare_parsed(corpus: str, root: Path, parse, not_found: str, audio_dir: Path | None = None,
+                   progress: bool = True) -> Manifest:
+    """The loop every name-coded adapter shares.
+
+    `parse(path)` gives (speaker, label, gender) for a file of the corpus, or
+    None for a file that is not one (skipped); no file at all means the root
+    is not that corpus, and `not_found` says what was expected.
+    """
+    cands = []
+    for p in audio_files(audio_dir or root):
+        parsed = parse(p)
+        if parsed is not None:
+            speaker, label, gender = parsed
+            cands.append(Candidate(rel(p, root), speaker, label, gender))
+    if not cands:
+        raise LiserError(f"{root}: not {not_found}")
+    return build_manifest(corpus, root, cands, progress)
+
+
 def check_root(root: str | Path, corpus: str) -> Path:
     root = Path(root)
     if not root.exists():

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 from ..errors import LiserError
-from .base import Candidate, Manifest, audio_files, build_manifest, check_root, rel
+from .base import Manifest, check_root, prepare_parsed
 
 EMOTION_CODES = {
     "ANG": "angry",
@@ -65,13 +65,10 @@ def prepare_cremad(root: str | Path, progress: bool = True) -> Manifest:
         if csv_path.is_file():
             genders = read_genders(csv_path)
             break
-    cands = []
-    for p in audio_files(audio_dir):
+
+    def parse(p):
         parsed = parse_name(p)
-        if parsed is None:
-            continue
-        actor, label = parsed
-        cands.append(Candidate(rel(p, root), actor, label, genders.get(actor, "")))
-    if not cands:
-        raise LiserError(f"{root}: not a CREMA-D tree (no AudioWAV/AAAA_SSS_EEE_LL audio files found)")
-    return build_manifest("cremad", root, cands, progress)
+        return None if parsed is None else (*parsed, genders.get(parsed[0], ""))
+
+    return prepare_parsed("cremad", root, parse, "a CREMA-D tree (no AudioWAV/AAAA_SSS_EEE_LL audio files found)",
+                          audio_dir, progress)

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from ..errors import LiserError
-from .base import Candidate, Manifest, audio_files, build_manifest, check_root, rel
+from .base import Manifest, check_root, prepare_parsed
 
 EMOTION_CODES = {
     "W": "angry",
@@ -43,13 +43,10 @@ def parse_name(path: Path) -> tuple[str, str] | None:
 def prepare_emodb(root: str | Path, progress: bool = True) -> Manifest:
     root = check_root(root, "EmoDB")
     audio_dir = root / "wav" if (root / "wav").is_dir() else root
-    cands = []
-    for p in audio_files(audio_dir):
+
+    def parse(p):
         parsed = parse_name(p)
-        if parsed is None:
-            continue
-        speaker, label = parsed
-        cands.append(Candidate(rel(p, root), speaker, label, GENDERS.get(speaker, "")))
-    if not cands:
-        raise LiserError(f"{root}: not an EmoDB tree (no wav/SSTTTEV audio files such as 03a01Fa.wav found)")
-    return build_manifest("emodb", root, cands, progress)
+        return None if parsed is None else (*parsed, GENDERS.get(parsed[0], ""))
+
+    return prepare_parsed("emodb", root, parse, "an EmoDB tree (no wav/SSTTTEV audio files such as 03a01Fa.wav found)",
+                          audio_dir, progress)

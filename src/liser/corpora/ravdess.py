@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from ..errors import LiserError
-from .base import Candidate, Manifest, audio_files, build_manifest, check_root, rel
+from .base import Candidate, Manifest, check_root, prepare_parsed
 
 EMOTION_CODES = {
     "01": "neutral",
@@ -46,12 +46,10 @@ def parse_name(path: Path) -> Candidate | None:
 
 def prepare_ravdess(root: str | Path, progress: bool = True) -> Manifest:
     root = check_root(root, "RAVDESS")
-    cands = []
-    for p in audio_files(root):
+
+    def parse(p):
         c = parse_name(p)
-        if c is None:
-            continue
-        cands.append(Candidate(rel(p, root), c.speaker, c.label, c.gender))
-    if not cands:
-        raise LiserError(f"{root}: not a RAVDESS speech tree (no MM-VC-EE-II-SS-RR-AA audio files found)")
-    return build_manifest("ravdess", root, cands, progress)
+        return None if c is None else (c.speaker, c.label, c.gender)
+
+    return prepare_parsed("ravdess", root, parse, "a RAVDESS speech tree (no MM-VC-EE-II-SS-RR-AA audio files found)",
+                          progress=progress)

@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 from ..errors import LiserError
-from .base import Candidate, Manifest, audio_files, build_manifest, check_root, rel
+from .base import Manifest, check_root, prepare_parsed
 
 EMOTIONS = {
     "angry": "angry",
@@ -44,13 +44,10 @@ def parse_folder(path: Path) -> tuple[str, str] | None:
 
 def prepare_tess(root: str | Path, progress: bool = True) -> Manifest:
     root = check_root(root, "TESS")
-    cands = []
-    for p in audio_files(root):
+
+    def parse(p):
         parsed = parse_folder(p)
-        if parsed is None:
-            continue
-        speaker, label = parsed
-        cands.append(Candidate(rel(p, root), speaker, label, "F"))
-    if not cands:
-        raise LiserError(f"{root}: not a TESS tree (no OAF_<emotion>/ or YAF_<emotion>/ folders with audio files found)")
-    return build_manifest("tess", root, cands, progress)
+        return None if parsed is None else (*parsed, "F")  # both TESS speakers are women
+
+    return prepare_parsed("tess", root, parse, "a TESS tree (no OAF_<emotion>/ or YAF_<emotion>/ folders with audio "
+                          "files found)", progress=progress)

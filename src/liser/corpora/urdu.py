@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from ..errors import LiserError
-from .base import Candidate, Manifest, audio_files, build_manifest, check_root, rel
+from .base import Candidate, Manifest, check_root, prepare_parsed
 
 FOLDERS = {"angry": "angry", "happy": "happy", "neutral": "neutral", "sad": "sad"}
 NAME = re.compile(r"^(S([MF])\d+)_F\d+_([A-Z])\d+$", re.IGNORECASE)
@@ -36,12 +36,10 @@ def parse_name(path: Path) -> Candidate | None:
 
 def prepare_urdu(root: str | Path, progress: bool = True) -> Manifest:
     root = check_root(root, "URDU")
-    cands = []
-    for p in audio_files(root):
+
+    def parse(p):
         c = parse_name(p)
-        if c is None:
-            continue
-        cands.append(Candidate(rel(p, root), c.speaker, c.label, c.gender))
-    if not cands:
-        raise LiserError(f"{root}: not an URDU tree (no Angry/, Happy/, Neutral/ or Sad/ folders with audio files found)")
-    return build_manifest("urdu", root, cands, progress)
+        return None if c is None else (c.speaker, c.label, c.gender)
+
+    return prepare_parsed("urdu", root, parse, "an URDU tree (no Angry/, Happy/, Neutral/ or Sad/ folders with audio "
+                          "files found)", progress=progress)

@@ -1,0 +1,858 @@
+"""The speech teacher: a pretrained audio encoder adapted to the labeled emotion classes.
+
+SPEC "Teachers": HuBERT-base fine-tuned with LoRA on the self-attention
+weights, trained on the labeled set the student uses (80 % of its speakers to
+train, 20 % to pick the best of at most 50 epochs); its softmax over the K
+labeled classes labels every 0.5 s piece of the unlabeled audio.
+
+Any Hugging Face audio encoder works as the backbone, by hub id or local
+path: HuBERT / wav2vec2 / WavLM (raw waveform in) or Whisper (log-Mel in; its
+encoder is run on the real input length by slicing its positional
+embeddings, never padded to 30 s). Two adaptation modes:
+
+- ``lora``: LoRA adapters on the attention q/v projections plus a trainable
+  head (the paper's);
+- ``frozen``: the encoder is frozen; the mean-pooled hidden states of all its
+  layers are computed once per file and cached on disk (``.npy``, keyed by a
+  hash of the backbone and the file's bytes), and only the head is trained:
+  the cheap mode on a CPU.
+
+The head is the same in both modes: the pooled hidden states of every layer
+are standardised with the training set's per-layer, per-dimension mean and
+std (stored with the head), dropout, a learned softmax weighting of the
+layers, then LayerNorm -> Linear(d, 256) -> ReLU -> dropout -> Linear(256, K).
+
+A trained teacher is a directory: ``teacher.json`` (backbone, mode, classes,
+layer weights, config, training record, hash), ``head.safetensors`` and, for
+lora, ``adapter.safetensors``. transformers and peft are imported lazily.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+
+from ..audio import PIECE_S, SAMPLE_RATE, load_audio
+from ..corpora.base import Item, Manifest
+from ..errors import LiserError
+from .store import SoftLabelStore, StoreWriter, n_pieces
+
+FORMAT = "liser-speech-teacher"
+FORMAT_VERSION = 1
+FEATURE_VERSION = 1  # bump when the cached features' definition changes
+CHUNK_S = 30.0  # inputs longer than this are encoded in consecutive chunks (Whisper's limit)
+LORA_TARGETS = ("q_proj", "v_proj")  # attention q/v projections in HuBERT, wav2vec2, WavLM and Whisper
+MODES = ("frozen", "lora")
+
+
+@dataclass(frozen=True)
+class SpeechTeacherConfig:
+    """How a speech teacher is built and trained."""
+
+    backbone: str = "facebook/hubert-base-ls960"  # HF hub id or local folder of an audio encoder (the paper's default)
+    mode: str = "frozen"  # "frozen": cached frozen features + head; "lora": LoRA on q/v + head (the paper's)
+    epochs: int = 50  # at most this many epochs; the best inner-validation UAR epoch is kept
+    lr: float | None = None  # AdamW learning rate; None = 1e-3 for frozen (head only), 1e-4 for lora (paper)
+    weight_decay: float = 1e-2  # AdamW weight decay
+    batch_size: int = 32  # items per optimisation step (utterances); lora on CPU may want fewer
+    hidden: int = 256  # width of the head's hidden layer
+    dropout: float = 0.2  # dropout before the head's last layer
+    in_dropout: float = 0.2  # dropout on the standardised layer features (frozen-feature regulariser)
+    train_pieces: bool = False  # frozen only: also train on every piece_s piece (utterance label); the epoch is
+    #                             then picked on the mean of utterance and piece-averaged validation UAR
+    val_fraction: float = 0.2  # share of the training speakers held out to pick the epoch
+    seed: int = 0  # inner split, initialisation, shuffling, crops
+    lora_r: int = 8  # LoRA rank
+    lora_alpha: int = 16  # LoRA scaling numerator (scale = alpha / r)
+    lora_dropout: float = 0.1  # dropout on the LoRA branch
+    piece_s: float = PIECE_S  # length of the pieces the teacher labels (0.5 s, SPEC)
+    max_seconds: float = 8.0  # lora training: random crop of this length from longer utterances
+    device: str = "cpu"  # torch device for the encoder and head
+    threads: int = 0  # torch CPU threads; 0 = leave torch's setting alone
+    cache_dir: str | None = None  # frozen-feature cache; None = $LISER_CACHE or ~/.cache/liser, + /speech-features
+
+    def resolved_lr(self) -> float:
+        return float(self.lr) if self.lr is not None else (1e-3 if self.mode == "frozen" else 1e-4)
+
+    def identity(self) -> dict:
+        """The fields that define the trained teacher (not where or how fast it ran)."""
+        d = asdict(self)
+        for k in ("device", "threads", "cache_dir"):
+            d.pop(k)
+        return d
+
+
+@dataclass
+class FitResult:
+    """What `fit_speech_teacher` returns."""
+
+    teacher: "SpeechTeacher"  # the trained teacher (best epoch), already saved in out_dir
+    out_dir: Path  # the checkpoint directory
+    teacher_hash: str  # sha256 of backbone identity + head/adapter weights + config
+    best_epoch: int  # 1-based epoch whose weights were kept
+    val_uar: float  # inner-validation score of that epoch (UAR; with train_pieces the mean of utterance and piece UAR)
+    history: list[dict] = field(default_factory=list)  # per epoch: epoch, loss, val_uar, val_war, seconds
+    train_ids: list[str] = field(default_factory=list)  # inner training items
+    val_ids: list[str] = field(default_factory=list)  # inner validation items (held-out speakers)
+
+
+# ---------------------------------------------------------------- metrics, split
+
+
+def uar(y_true, y_pred) -> float:
+    """Unweighted average recall: mean recall over the classes present in y_true."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if y_true.size == 0:
+        return float("nan")
+    recalls = [float(np.mean(y_pred[y_true == c] == c)) for c in np.unique(y_true)]
+    return float(np.mean(recalls))
+
+
+def war(y_true, y_pred) -> float:
+    """Weighted average recall (accuracy)."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    return float(np.mean(y_true == y_pred)) if y_true.size else float("nan")
+
+
+def speaker_split(items: list[Item], val_fraction: float = 0.2, seed: int = 0) -> tuple[list[Item], list[Item]]:
+    """Deterministic split of items by speaker: about `val_fraction` of the speakers go to validation."""
+    speakers = sorted({it.speaker for it in items})
+    if len(speakers) < 2:
+        raise LiserError(f"speech teacher: training items come from {len(speakers)} speaker(s); "
+                         "the inner train/validation split needs at least 2")
+    rng = np.random.default_rng(seed)
+    order = [speakers[i] for i in rng.permutation(len(speakers))]
+    n_val = min(len(speakers) - 1, max(1, int(round(val_fraction * len(speakers)))))
+    val = set(order[:n_val])
+    return [it for it in items if it.speaker not in val], [it for it in items if it.speaker in val]
+
+
+# ---------------------------------------------------------------- backbone
+
+
+def _sha256_file(path: Path, h=None):
+    h = h or hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h
+
+
+_FINGERPRINTS: dict[tuple, str] = {}
+
+
+def backbone_fingerprint(backbone: str, config=None) -> str:
+    """Identity of a backbone: hash of a local folder's config + weight files, or hub id + commit."""
+    p = Path(backbone)
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.is_file() and (f.name == "config.json" or f.suffix in (".safetensors", ".bin")))
+        key = (str(p.resolve()),) + tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+        if key not in _FINGERPRINTS:
+            h = hashlib.sha256(b"local\n")
+            for f in files:
+                h.update(f.name.encode() + b"\n")
+                _sha256_file(f, h)
+            _FINGERPRINTS[key] = h.hexdigest()
+        return _FINGERPRINTS[key]
+    commit = getattr(config, "_commit_hash", None) if config is not None else None
+    return hashlib.sha256(f"hub\n{backbone}@{commit}".encode()).hexdigest()
+
+
+def whisper_encoder_states(encoder, input_features, training: bool = False) -> list:
+    """Whisper encoder on any even number of Mel frames (<= 3000): hidden states of every layer.
+
+    The stock forward insists on 3000 frames; here the positional embeddings
+    are sliced to the input length instead, so a 0.5 s piece costs 25
+    positions, not 1500. Returns [embeddings, layer 1, ..., layer L]; the last
+    one has the encoder's final LayerNorm applied (as transformers' output).
+    """
+    from torch import nn
+
+    x = nn.functional.gelu(encoder.conv1(input_features))
+    x = nn.functional.gelu(encoder.conv2(x)).permute(0, 2, 1)
+    t = x.shape[1]
+    if t > encoder.embed_positions.weight.shape[0]:
+        raise LiserError(f"whisper encoder: {t} positions exceed its {encoder.embed_positions.weight.shape[0]}")
+    h = x + encoder.embed_positions.weight[:t].to(x.dtype)
+    h = nn.functional.dropout(h, p=encoder.dropout, training=training)
+    states = [h]
+    for layer in encoder.layers:
+        h = layer(h, None)
+        states.append(h)
+    states[-1] = encoder.layer_norm(h)
+    return states
+
+
+class Backbone:
+    """A pretrained audio encoder: waveforms in, mean-pooled hidden states of all layers out."""
+
+    def __init__(self, backbone: str, device: str = "cpu"):
+        import torch
+        from transformers import AutoConfig
+
+        self.name = backbone
+        self.device = torch.device(device)
+        try:
+            config = AutoConfig.from_pretrained(backbone)
+        except Exception as e:
+            raise LiserError(f"{backbone}: cannot load the backbone's config ({str(e).strip().splitlines()[0][:200]})") from None
+        self.config = config
+        self.kind = "whisper" if config.model_type == "whisper" else "wave"
+        if self.kind == "whisper":
+            from transformers import WhisperFeatureExtractor, WhisperForAudioClassification, WhisperModel
+
+            archs = config.architectures or []
+            cls = WhisperForAudioClassification if "WhisperForAudioClassification" in archs else WhisperModel
+            model = cls.from_pretrained(backbone, dtype=torch.float32)
+            self.model = model.encoder
+            try:
+                self.feature_extractor = WhisperFeatureExtractor.from_pretrained(backbone)
+            except Exception:
+                self.feature_extractor = WhisperFeatureExtractor(feature_size=config.num_mel_bins)
+            self.n_states = config.encoder_layers + 1
+            self.dim = config.d_model
+            self.normalize = False
+        else:
+            from transformers import AutoModel
+
+            model = AutoModel.from_pretrained(backbone, dtype=torch.float32)
+            # LayerDrop skips whole layers in training, and the skipped ones then give no hidden state:
+            # the layer-weighted head needs all of them, so it is switched off (as for Whisper, where it is 0)
+            for obj in (model.config, model):
+                if hasattr(obj, "layerdrop"):
+                    obj.layerdrop = 0.0
+            self.model = model
+            self.normalize = True
+            try:
+                from transformers import AutoFeatureExtractor
+
+                self.normalize = bool(getattr(AutoFeatureExtractor.from_pretrained(backbone), "do_normalize", True))
+            except Exception:
+                pass
+            self.feature_extractor = None
+            self.n_states = config.num_hidden_layers + 1
+            self.dim = config.hidden_size
+        self.model.to(self.device).eval()
+        self.fingerprint = backbone_fingerprint(backbone, config)
+
+    # ---- LoRA ----
+    def add_lora(self, r: int, alpha: int, dropout: float) -> None:
+        """Wrap the attention q/v projections with LoRA; only the LoRA weights stay trainable."""
+        from peft import LoraConfig, inject_adapter_in_model
+
+        cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(LORA_TARGETS), bias="none")
+        self.model = inject_adapter_in_model(cfg, self.model)
+        n = 0
+        for name, p in self.model.named_parameters():
+            p.requires_grad = "lora_" in name
+            n += "lora_" in name
+        if n == 0:
+            raise LiserError(f"{self.name}: no {'/'.join(LORA_TARGETS)} modules to put LoRA on")
+        self.model.to(self.device)
+
+    def lora_state(self) -> dict:
+        return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items() if "lora_" in k}
+
+    def load_lora_state(self, state: dict) -> None:
+        own = {k for k in self.model.state_dict() if "lora_" in k}
+        if set(state) != own:
+            raise LiserError(f"{self.name}: adapter weights do not match the backbone's LoRA modules "
+                             f"({len(set(state) ^ own)} keys differ)")
+        self.model.load_state_dict(state, strict=False)
+
+    # ---- forward ----
+    def pooled(self, waves: list[np.ndarray], grad: bool = False):
+        """Mean-pooled hidden states of every layer: [B, n_states, dim] float32 tensor.
+
+        Inputs longer than 30 s are encoded in consecutive 30 s chunks whose
+        pooled states are averaged, weighted by length.
+        """
+        import torch
+
+        chunk = int(CHUNK_S * SAMPLE_RATE)
+        parts, owner, weight = [], [], []
+        for i, w in enumerate(waves):
+            w = np.asarray(w, dtype=np.float32)
+            for a in range(0, max(len(w), 1), chunk):
+                parts.append(w[a : a + chunk])
+                owner.append(i)
+                weight.append(max(len(parts[-1]), 1))
+        with torch.set_grad_enabled(grad):
+            pooled = self._pooled_batch(parts, grad)
+            if len(parts) == len(waves):
+                return pooled
+            out = []
+            owner_t = torch.tensor(owner, device=pooled.device)
+            weight_t = torch.tensor(weight, dtype=pooled.dtype, device=pooled.device)
+            for i in range(len(waves)):
+                m = owner_t == i
+                wts = weight_t[m] / weight_t[m].sum()
+                out.append((pooled[m] * wts[:, None, None]).sum(0))
+            return torch.stack(out)
+
+    def _pooled_batch(self, waves: list[np.ndarray], grad: bool):
+        import torch
+
+        lengths = [len(w) for w in waves]
+        if self.kind == "whisper":
+            # even number of Mel frames: samples padded to a multiple of 2 hops (320)
+            n = max(320, int(math.ceil(max(lengths) / 320)) * 320)
+            feats = self.feature_extractor(list(waves) if len(waves) > 1 else waves[0], sampling_rate=SAMPLE_RATE,
+                                           padding="max_length", max_length=n, truncation=True, return_tensors="pt")
+            x = feats["input_features"].to(self.device)
+            states = whisper_encoder_states(self.model, x, training=grad and self.model.training)
+            valid = torch.tensor([max(1, math.ceil(L / 320)) for L in lengths], device=self.device)
+        else:
+            n = max(lengths)
+            batch = np.zeros((len(waves), n), np.float32)
+            for i, w in enumerate(waves):
+                if self.normalize:
+                    w = (w - w.mean()) / np.sqrt(w.var() + 1e-7)
+                batch[i, : len(w)] = w
+            x = torch.from_numpy(batch).to(self.device)
+            kwargs = {}
+            if getattr(self.config, "feat_extract_norm", "group") == "layer":
+                mask = torch.zeros(len(waves), n, dtype=torch.long, device=self.device)
+                for i, L in enumerate(lengths):
+                    mask[i, :L] = 1
+                kwargs["attention_mask"] = mask
+            out = self.model(x, output_hidden_states=True, **kwargs)
+            states = list(out.hidden_states)
+            valid = self.model._get_feat_extract_output_lengths(torch.tensor(lengths)).to(self.device).clamp(min=1)
+        h = torch.stack(states, dim=1)  # [B, S, T, d]
+        t = h.shape[2]
+        mask = (torch.arange(t, device=h.device)[None, :] < valid[:, None]).to(h.dtype)  # [B, T]
+        return (h * mask[:, None, :, None]).sum(2) / mask.sum(1).clamp(min=1)[:, None, None]
+
+    def pieces(self, wave: np.ndarray, piece_s: float = PIECE_S, batch: int = 64):
+        """Pooled states of each piece of a waveform: [P, n_states, dim], P = n_pieces(duration)."""
+        import torch
+
+        cuts = split_pieces(wave, piece_s)
+        out = [self.pooled(cuts[a : a + batch]) for a in range(0, len(cuts), batch)]
+        return torch.cat(out)
+
+
+def split_pieces(wave: np.ndarray, piece_s: float = PIECE_S) -> list[np.ndarray]:
+    """The store's pieces of a waveform: P = n_pieces(duration), each piece_s long (last one zero-padded)."""
+    size = int(round(piece_s * SAMPLE_RATE))
+    p = n_pieces(len(wave) / SAMPLE_RATE, piece_s)
+    cuts = []
+    for k in range(p):
+        seg = np.asarray(wave[k * size : (k + 1) * size], dtype=np.float32)
+        if len(seg) < size:
+            seg = np.pad(seg, (0, size - len(seg)))
+        cuts.append(seg)
+    return cuts
+
+
+# ---------------------------------------------------------------- head
+
+
+def _make_head(n_states: int, dim: int, n_classes: int, hidden: int = 256, dropout: float = 0.2,
+               in_dropout: float = 0.0):
+    import torch
+    from torch import nn
+
+    class Head(nn.Module):
+        """Standardise -> dropout -> softmax-weighted sum of layers -> LayerNorm -> MLP -> K logits."""
+
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("feat_mean", torch.zeros(n_states, dim))
+            self.register_buffer("feat_std", torch.ones(n_states, dim))
+            self.in_drop = nn.Dropout(in_dropout)
+            self.layer_logits = nn.Parameter(torch.zeros(n_states))
+            self.norm = nn.LayerNorm(dim)
+            self.fc1 = nn.Linear(dim, hidden)
+            self.drop = nn.Dropout(dropout)
+            self.fc2 = nn.Linear(hidden, n_classes)
+
+        def layer_weights(self):
+            return torch.softmax(self.layer_logits, dim=0)
+
+        def set_stats(self, x):
+            """Per-layer, per-dimension mean and std of training features x [N, S, d]."""
+            x = x.detach().float()
+            self.feat_mean.copy_(x.mean(0))
+            self.feat_std.copy_(x.std(0) + 1e-5 if len(x) > 1 else torch.ones_like(self.feat_std))
+
+        def forward(self, x):  # x [B, S, d]
+            x = self.in_drop((x - self.feat_mean) / self.feat_std)
+            z = (self.layer_weights()[None, :, None] * x).sum(1)
+            return self.fc2(self.drop(torch.relu(self.fc1(self.norm(z)))))
+
+    return Head()
+
+
+# ---------------------------------------------------------------- the teacher
+
+
+def _atomic_save_tensors(tensors: dict, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    fd, tmp = tempfile.mkstemp(suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def teacher_hash(fingerprint: str, identity: dict, classes: list[str], tensors: dict) -> str:
+    """sha256 over backbone identity, config, classes and head/adapter weights."""
+    h = hashlib.sha256()
+    h.update(f"{FORMAT} v{FORMAT_VERSION}\n{fingerprint}\n".encode())
+    h.update(json.dumps({"config": identity, "classes": list(classes)}, sort_keys=True).encode())
+    for k in sorted(tensors):
+        v = tensors[k].detach().cpu().contiguous().float().numpy()
+        h.update(f"\n{k}:{v.shape}\n".encode())
+        h.update(v.tobytes())
+    return h.hexdigest()
+
+
+class SpeechTeacher:
+    """A trained speech teacher: backbone (+ LoRA) + head; labels 0.5 s pieces."""
+
+    def __init__(self, cfg: SpeechTeacherConfig, classes: list[str], head, backbone: Backbone | None = None,
+                 fingerprint: str = "", record: dict | None = None):
+        self.cfg = cfg
+        self.classes = list(classes)
+        self.head = head
+        self._backbone = backbone
+        self.fingerprint = fingerprint or (backbone.fingerprint if backbone else "")
+        self.record = dict(record or {})
+        self.hash = ""
+        self.path: Path | None = None
+
+    @property
+    def backbone(self) -> str:
+        return self.cfg.backbone
+
+    @property
+    def mode(self) -> str:
+        return self.cfg.mode
+
+    @property
+    def piece_s(self) -> float:
+        return self.cfg.piece_s
+
+    @property
+    def encoder(self) -> Backbone:
+        """The backbone, loaded on first use (with the saved LoRA weights in lora mode)."""
+        if self._backbone is None:
+            bb = Backbone(self.cfg.backbone, self.cfg.device)
+            if self.fingerprint and bb.fingerprint != self.fingerprint:
+                raise LiserError(f"{self.cfg.backbone}: backbone weights differ from the ones this teacher was trained on "
+                                 f"({bb.fingerprint[:12]} != {self.fingerprint[:12]})")
+            if self.cfg.mode == "lora":
+                bb.add_lora(self.cfg.lora_r, self.cfg.lora_alpha, self.cfg.lora_dropout)
+                if self.path is None:
+                    raise LiserError("speech teacher: lora teacher without a checkpoint directory")
+                bb.load_lora_state(_load_tensors(self.path / "adapter.safetensors"))
+            bb.model.eval()
+            self._backbone = bb
+        return self._backbone
+
+    def layer_weights(self) -> list[float]:
+        return [round(float(w), 6) for w in self.head.layer_weights().detach().cpu()]
+
+    def _tensors(self) -> dict:
+        t = {f"head.{k}": v for k, v in self.head.state_dict().items()}
+        if self.cfg.mode == "lora" and self._backbone is not None:
+            t.update({f"adapter.{k}": v for k, v in self._backbone.lora_state().items()})
+        return t
+
+    # ---- inference ----
+    def probs_from_features(self, feats) -> np.ndarray:
+        """Softmax of the head on pooled states [B, S, d] (tensor or array) -> [B, K]."""
+        import torch
+
+        self.head.eval()
+        with torch.no_grad():
+            x = torch.as_tensor(np.asarray(feats, dtype=np.float32) if not isinstance(feats, torch.Tensor) else feats)
+            x = x.to(next(self.head.parameters()).device, torch.float32)
+            return torch.softmax(self.head(x), dim=-1).cpu().numpy()
+
+    def predict(self, waveform_16k: np.ndarray) -> np.ndarray:
+        """Class probabilities [K] for a whole utterance (16 kHz mono)."""
+        import torch
+
+        with torch.no_grad():
+            return self.probs_from_features(self.encoder.pooled([np.asarray(waveform_16k, np.float32)]))[0]
+
+    def predict_pieces(self, waveform_16k: np.ndarray, batch: int = 64) -> np.ndarray:
+        """Class probabilities [P, K] of each piece_s piece, P = n_pieces(len / 16 kHz); pieces fed separately."""
+        import torch
+
+        with torch.no_grad():
+            return self.probs_from_features(self.encoder.pieces(np.asarray(waveform_16k, np.float32), self.piece_s, batch))
+
+    # ---- disk ----
+    def save(self, out_dir: str | Path) -> Path:
+        """Write head (and adapter) weights and teacher.json (last) into out_dir; sets self.hash."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        tensors = self._tensors()
+        self.hash = teacher_hash(self.fingerprint, self.cfg.identity(), self.classes, tensors)
+        _atomic_save_tensors({k[5:]: v for k, v in tensors.items() if k.startswith("head.")}, out / "head.safetensors")
+        if self.cfg.mode == "lora":
+            _atomic_save_tensors({k[8:]: v for k, v in tensors.items() if k.startswith("adapter.")}, out / "adapter.safetensors")
+        meta = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "backbone": self.cfg.backbone,
+            "backbone_fingerprint": self.fingerprint,
+            "mode": self.cfg.mode,
+            "classes": self.classes,
+            "piece_s": self.cfg.piece_s,
+            "n_states": int(self.head.layer_logits.shape[0]),
+            "dim": int(self.head.norm.normalized_shape[0]),
+            "layer_weights": self.layer_weights(),
+            "config": asdict(self.cfg),
+            "teacher_hash": self.hash,
+            "record": self.record,
+        }
+        _atomic_write_text(out / "teacher.json", json.dumps(meta, indent=2) + "\n")
+        self.path = out
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | None = None) -> "SpeechTeacher":
+        """Open a teacher directory written by `save` (the backbone loads on first prediction)."""
+        path = Path(path)
+        meta_file = path / "teacher.json"
+        if not meta_file.is_file():
+            raise LiserError(f"{path}: not a speech teacher directory (no teacher.json)")
+        meta = json.loads(meta_file.read_text())
+        if meta.get("format") != FORMAT:
+            raise LiserError(f"{meta_file}: not a speech teacher (format {meta.get('format')!r})")
+        known = {f.name for f in fields(SpeechTeacherConfig)}
+        cfg_dict = {k: v for k, v in meta["config"].items() if k in known}
+        if device is not None:
+            cfg_dict["device"] = device
+        cfg = SpeechTeacherConfig(**cfg_dict)
+        head = _make_head(meta["n_states"], meta["dim"], len(meta["classes"]), cfg.hidden, cfg.dropout, cfg.in_dropout)
+        state = _load_tensors(path / "head.safetensors")
+        try:
+            head.load_state_dict(state)
+        except RuntimeError as e:
+            raise LiserError(f"{path / 'head.safetensors'}: head weights do not fit teacher.json ({str(e).splitlines()[0][:200]})") from None
+        head.to(cfg.device).eval()
+        t = cls(cfg, meta["classes"], head, fingerprint=meta["backbone_fingerprint"], record=meta.get("record"))
+        t.path = path
+        t.hash = meta["teacher_hash"]
+        tensors = {f"head.{k}": v for k, v in state.items()}
+        if cfg.mode == "lora":
+            tensors.update({f"adapter.{k}": v for k, v in _load_tensors(path / "adapter.safetensors").items()})
+        if teacher_hash(t.fingerprint, cfg.identity(), t.classes, tensors) != t.hash:
+            raise LiserError(f"{meta_file}: teacher_hash does not match the saved weights (files changed or mixed)")
+        return t
+
+
+def _load_tensors(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise LiserError(f"{path}: missing (teacher checkpoint incomplete)")
+    try:
+        return load_file(str(path))
+    except Exception as e:
+        raise LiserError(f"{path}: unreadable safetensors ({str(e).strip().splitlines()[0][:200]})") from None
+
+
+# ---------------------------------------------------------------- feature cache (frozen mode)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("LISER_CACHE", Path.home() / ".cache" / "liser")) / "speech-features"
+
+
+def _cache_path(cache_dir: Path, fingerprint: str, file: Path, kind: str, piece_s: float) -> Path:
+    content = _sha256_file(file).hexdigest()
+    key = hashlib.sha256(f"{FEATURE_VERSION}|{fingerprint}|{content}|{kind}|{piece_s}".encode()).hexdigest()[:32]
+    return cache_dir / fingerprint[:16] / key[:2] / f"{key}.{kind}.npy"
+
+
+def cached_features(backbone: Backbone, manifest: Manifest, item: Item, kind: str = "utt",
+                    piece_s: float = PIECE_S, cache_dir: str | Path | None = None) -> np.ndarray:
+    """Pooled states of an item, computed once and kept as .npy (key: backbone + file bytes + kind).
+
+    kind "utt": [S, d] float32 over the whole file; kind "pieces": [P, S, d]
+    float16, one row per piece_s piece. Raises LiserError if the file cannot be read.
+    """
+    import torch
+
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    file = manifest.abspath(item)
+    if not file.is_file():
+        raise LiserError(f"{file}: no such file")
+    path = _cache_path(cache_dir, backbone.fingerprint, file, kind, piece_s)
+    if path.is_file():
+        try:
+            return np.load(path)
+        except Exception:
+            pass  # a damaged cache entry is recomputed
+    wave = load_audio(file)
+    with torch.no_grad():
+        if kind == "utt":
+            arr = backbone.pooled([wave])[0].cpu().numpy().astype(np.float32)
+        elif kind == "pieces":
+            arr = backbone.pieces(wave, piece_s).cpu().numpy().astype(np.float16)
+        else:
+            raise ValueError(f"unknown feature kind {kind!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "wb") as f:
+        np.save(f, arr)
+    os.replace(tmp, path)
+    return arr
+
+
+def _features_for(backbone, manifest, items, kind, cfg, progress=False, desc="features") -> list[np.ndarray]:
+    from tqdm import tqdm
+
+    out = []
+    for it in tqdm(items, desc=desc, unit="file", disable=not progress, leave=False):
+        out.append(cached_features(backbone, manifest, it, kind, cfg.piece_s, cfg.cache_dir))
+    return out
+
+
+# ---------------------------------------------------------------- training
+
+
+def _items_by_id(manifest: Manifest, ids) -> list[Item]:
+    by_id = {it.id: it for it in manifest.items}
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise LiserError(f"{manifest.corpus} manifest: {len(missing)} ids not in it (e.g. {missing[0]})")
+    return [by_id[i] for i in ids]
+
+
+def _set_threads(cfg: SpeechTeacherConfig) -> None:
+    if cfg.threads > 0:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+
+
+def fit_speech_teacher(manifest: Manifest, train_ids: list[str], out_dir: str | Path,
+                       cfg: SpeechTeacherConfig = SpeechTeacherConfig(), progress: bool = False) -> FitResult:
+    """Train a speech teacher on the given items (80/20 inner split by speaker), save the best epoch in out_dir."""
+    import torch
+
+    if cfg.mode not in MODES:
+        raise LiserError(f"speech teacher: unknown mode {cfg.mode!r} (known: {', '.join(MODES)})")
+    if cfg.epochs < 1:
+        raise LiserError(f"speech teacher: epochs must be >= 1 (got {cfg.epochs})")
+    _set_threads(cfg)
+    items = _items_by_id(manifest, train_ids)
+    classes = manifest.classes
+    unlabeled = [it.id for it in items if it.label not in classes]
+    if unlabeled:
+        raise LiserError(f"{manifest.corpus} manifest: {len(unlabeled)} training items have no label (e.g. {unlabeled[0]})")
+    tr, va = speaker_split(items, cfg.val_fraction, cfg.seed)
+    y_tr = np.array([classes.index(it.label) for it in tr])
+    y_va = np.array([classes.index(it.label) for it in va])
+
+    if cfg.train_pieces and cfg.mode != "frozen":
+        raise LiserError("speech teacher: train_pieces is a frozen-mode option")
+    torch.manual_seed(cfg.seed)
+    backbone = Backbone(cfg.backbone, cfg.device)
+    head = _make_head(backbone.n_states, backbone.dim, len(classes), cfg.hidden, cfg.dropout, cfg.in_dropout)
+    head.to(cfg.device)
+    params = list(head.parameters())
+    rng = np.random.default_rng(cfg.seed)
+    if cfg.mode == "lora":
+        backbone.add_lora(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
+        params += [p for p in backbone.model.parameters() if p.requires_grad]
+        with torch.no_grad():  # standardisation statistics from the (still unchanged) backbone
+            sample = [tr[i] for i in rng.permutation(len(tr))[:128]]
+            head.set_stats(torch.cat([backbone.pooled([_crop(load_audio(manifest.abspath(it)), cfg.max_seconds, rng)])
+                                      for it in sample]))
+    else:
+        x_tr = torch.from_numpy(np.stack(_features_for(backbone, manifest, tr, "utt", cfg, progress, "features (train)")))
+        x_va = torch.from_numpy(np.stack(_features_for(backbone, manifest, va, "utt", cfg, progress, "features (val)")))
+        y_fit = torch.from_numpy(y_tr)
+        if cfg.train_pieces:
+            p_tr = _features_for(backbone, manifest, tr, "pieces", cfg, progress, "piece features (train)")
+            p_va = _features_for(backbone, manifest, va, "pieces", cfg, progress, "piece features (val)")
+            x_tr = torch.cat([x_tr, torch.from_numpy(np.concatenate(p_tr).astype(np.float32))])
+            y_fit = torch.cat([y_fit, torch.from_numpy(np.repeat(y_tr, [len(p) for p in p_tr]))])
+        head.set_stats(x_tr)
+    opt = torch.optim.AdamW(params, lr=cfg.resolved_lr(), weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    n_fit = len(x_tr) if cfg.mode == "frozen" else len(tr)
+
+    history, best, best_state = [], (-1.0, 0), None
+    for epoch in range(1, cfg.epochs + 1):
+        t0 = time.time()
+        head.train()
+        order = torch.randperm(n_fit, generator=gen).tolist()
+        total, seen = 0.0, 0
+        if cfg.mode == "lora":
+            backbone.model.train()
+        for a in range(0, len(order), cfg.batch_size):
+            idx = order[a : a + cfg.batch_size]
+            if cfg.mode == "frozen":
+                x, y = x_tr[idx].to(cfg.device), y_fit[idx].to(cfg.device)
+            else:
+                x = backbone.pooled([_crop(load_audio(manifest.abspath(tr[i])), cfg.max_seconds, rng) for i in idx], grad=True)
+                y = torch.as_tensor(y_tr[idx], device=x.device)
+            loss = torch.nn.functional.cross_entropy(head(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+            seen += len(idx)
+        # inner validation
+        head.eval()
+        if cfg.mode == "lora":
+            backbone.model.eval()
+        with torch.no_grad():
+            if cfg.mode == "frozen":
+                logits = head(x_va.to(cfg.device))
+            else:
+                logits = torch.cat([head(backbone.pooled([load_audio(manifest.abspath(it))])) for it in va])
+        pred = logits.argmax(-1).cpu().numpy()
+        row = {"epoch": epoch, "loss": round(total / max(seen, 1), 5), "val_uar": round(uar(y_va, pred), 5),
+               "val_war": round(war(y_va, pred), 5)}
+        score = row["val_uar"]
+        if cfg.train_pieces:
+            pred_p = np.array([teacher_probs.mean(0).argmax() for teacher_probs in
+                               (_head_probs(head, p, cfg.device) for p in p_va)])
+            row["val_uar_pieces"] = round(uar(y_va, pred_p), 5)
+            score = round((row["val_uar"] + row["val_uar_pieces"]) / 2, 5)
+        row["seconds"] = round(time.time() - t0, 2)
+        history.append(row)
+        if progress:
+            print(f"  epoch {epoch:2d}  loss {row['loss']:.4f}  val UAR {row['val_uar']:.4f}", flush=True)
+        if score > best[0]:
+            best = (score, epoch)
+            best_state = ({k: v.detach().clone() for k, v in head.state_dict().items()},
+                          backbone.lora_state() if cfg.mode == "lora" else None)
+
+    head.load_state_dict(best_state[0])
+    head.eval()
+    if cfg.mode == "lora":
+        backbone.load_lora_state(best_state[1])
+        backbone.model.eval()
+    record = {"best_epoch": best[1], "val_uar": best[0], "n_train": len(tr), "n_val": len(va),
+              "train_speakers": sorted({it.speaker for it in tr}), "val_speakers": sorted({it.speaker for it in va}),
+              "history": history}
+    teacher = SpeechTeacher(cfg, classes, head, backbone, record=record)
+    teacher.save(out_dir)
+    return FitResult(teacher=teacher, out_dir=Path(out_dir), teacher_hash=teacher.hash, best_epoch=best[1],
+                     val_uar=best[0], history=history, train_ids=[it.id for it in tr], val_ids=[it.id for it in va])
+
+
+def _head_probs(head, feats: np.ndarray, device: str) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return torch.softmax(head(torch.from_numpy(np.asarray(feats, np.float32)).to(device)), -1).cpu().numpy()
+
+
+def _crop(wave: np.ndarray, max_seconds: float, rng: np.random.Generator) -> np.ndarray:
+    """A random max_seconds crop of a longer waveform (shorter ones unchanged)."""
+    n = int(max_seconds * SAMPLE_RATE)
+    if max_seconds <= 0 or len(wave) <= n:
+        return wave
+    a = int(rng.integers(0, len(wave) - n + 1))
+    return wave[a : a + n]
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def evaluate_speech_teacher(teacher: SpeechTeacher, manifest: Manifest, ids: list[str], progress: bool = False) -> dict:
+    """UAR / WAR on whole utterances and with piece probabilities averaged per file.
+
+    Returns dict(uar, war, uar_pieces, war_pieces, n, per_item_probs {id: [K]},
+    per_item_probs_pieces {id: [K]}). Frozen teachers use the feature cache.
+    """
+    from tqdm import tqdm
+
+    items = _items_by_id(manifest, ids)
+    y = np.array([teacher.classes.index(it.label) if it.label in teacher.classes else -1 for it in items])
+    if (y < 0).any():
+        bad = items[int(np.argmax(y < 0))]
+        raise LiserError(f"{manifest.corpus} manifest: {bad.id} has label {bad.label!r}, not one of the teacher's classes")
+    utt, pcs = {}, {}
+    for it in tqdm(items, desc="evaluate", unit="file", disable=not progress, leave=False):
+        if teacher.mode == "frozen":
+            f_utt = cached_features(teacher.encoder, manifest, it, "utt", teacher.piece_s, teacher.cfg.cache_dir)
+            f_pcs = cached_features(teacher.encoder, manifest, it, "pieces", teacher.piece_s, teacher.cfg.cache_dir)
+            utt[it.id] = teacher.probs_from_features(f_utt[None])[0]
+            pcs[it.id] = teacher.probs_from_features(f_pcs).mean(0)
+        else:
+            wave = load_audio(manifest.abspath(it))
+            utt[it.id] = teacher.predict(wave)
+            pcs[it.id] = teacher.predict_pieces(wave).mean(0)
+    p_utt = np.array([utt[it.id].argmax() for it in items])
+    p_pcs = np.array([pcs[it.id].argmax() for it in items])
+    return {"uar": uar(y, p_utt), "war": war(y, p_utt), "uar_pieces": uar(y, p_pcs), "war_pieces": war(y, p_pcs),
+            "n": len(items), "per_item_probs": {k: v.tolist() for k, v in utt.items()},
+            "per_item_probs_pieces": {k: v.tolist() for k, v in pcs.items()}}
+
+
+# ---------------------------------------------------------------- labeling
+
+
+def label_with_speech_teacher(teacher: SpeechTeacher, manifest: Manifest, store_dir: str | Path,
+                              shard: tuple[int, int] = (0, 1), progress: bool = True) -> SoftLabelStore | None:
+    """Label every piece of every item of `manifest` (this shard's share) into a soft-label store.
+
+    Resumable (items already in the store are skipped); unreadable items are
+    rejected with the reason. Shard i of n takes items i, i+n, ... in manifest
+    order. When every item of the manifest (all shards) is done, the store is
+    finalized and returned; otherwise the parts are flushed and None returned.
+    """
+    from tqdm import tqdm
+
+    i, n = shard
+    if n < 1 or not 0 <= i < n:
+        raise LiserError(f"shard {i}/{n}: need 0 <= i < n")
+    _set_threads(teacher.cfg)
+    args = dict(teacher=f"speech:{teacher.backbone}", classes=teacher.classes, teacher_hash=teacher.hash,
+                piece_s=teacher.piece_s, shard=(i, n),
+                extra={"backbone": teacher.backbone, "mode": teacher.mode, "corpus": manifest.corpus})
+    writer = StoreWriter(store_dir, **args)
+    todo = [it for k, it in enumerate(manifest.items) if k % n == i and it.id not in writer.done]
+    audio_s, t0 = 0.0, time.time()
+    bar = tqdm(todo, desc=f"label speech {i}/{n}", unit="file", disable=not progress)
+    for it in bar:
+        try:
+            wave = load_audio(manifest.abspath(it))
+        except LiserError as e:
+            writer.reject(it.id, str(e))
+            continue
+        probs = teacher.predict_pieces(wave)
+        writer.add(it.id, probs, np.ones(len(probs), dtype=bool), len(wave) / SAMPLE_RATE)
+        audio_s += len(wave) / SAMPLE_RATE
+        bar.set_postfix(audio_s_per_s=f"{audio_s / max(time.time() - t0, 1e-9):.1f}")
+    bar.close()
+    writer.flush()
+    # re-read every shard's parts and rejections: finalize only when all items are done
+    check = StoreWriter(store_dir, **args)
+    ids = [it.id for it in manifest.items]
+    if all(x in check.done for x in ids):
+        return check.finalize(expected_ids=ids)
+    return None
