@@ -167,3 +167,17 @@ def test_a_thousand_items(tmp_path):
     p, n = store.window("item0999", 0.0)
     assert n == 6
     np.testing.assert_allclose(p, last.mean(0), atol=1e-3)
+
+
+def test_finalize_sees_rejections_written_by_another_shard(tmp_path):
+    import numpy as np
+
+    from liser.teachers.store import StoreWriter
+
+    a = StoreWriter(tmp_path / "s", "t", ["x", "y"], "h", shard=(0, 2))
+    b = StoreWriter(tmp_path / "s", "t", ["x", "y"], "h", shard=(1, 2))
+    a.add("i0", np.array([[0.2, 0.8]]), np.array([True]), 0.5)
+    b.reject("i1", "unreadable")  # after `a` was opened
+    store = a.finalize(["i0", "i1"])
+    assert store.ids == ["i0"]
+    assert (tmp_path / "s" / "rejected.csv").read_text().count("i1") == 1

@@ -143,18 +143,22 @@ class StoreWriter:
         else:
             _atomic_write_text(head, json.dumps(ident, indent=2) + "\n")
         self.done: set[str] = set()
-        self.rejected: dict[str, str] = {}
         for part in sorted((self.path / "parts").glob("*.npz")):
             with np.load(part) as z:
                 self.done.update(str(i) for i in z["ids"])
-        rej = self.path / "parts" / f"rejected-{shard[0]}of{shard[1]}.csv"
-        for f in (self.path / "parts").glob("rejected-*.csv"):
+        self.rejected = self._read_rejected()
+        self.done.update(self.rejected)
+        self._rej_file = self.path / "parts" / f"rejected-{shard[0]}of{shard[1]}.csv"
+        self._buf: list[tuple[str, np.ndarray, np.ndarray, float]] = []
+
+    def _read_rejected(self) -> dict[str, str]:
+        """Rejections of every shard, as on disk now (other shards may have added some)."""
+        out = {}
+        for f in sorted((self.path / "parts").glob("rejected-*.csv")):
             with open(f, newline="") as fh:
                 for row in csv.DictReader(fh):
-                    self.rejected[row["id"]] = row["reason"]
-        self.done.update(self.rejected)
-        self._rej_file = rej
-        self._buf: list[tuple[str, np.ndarray, np.ndarray, float]] = []
+                    out[row["id"]] = row["reason"]
+        return out
 
     def add(self, item_id: str, probs: np.ndarray, valid: np.ndarray, duration: float) -> None:
         probs = np.asarray(probs, dtype=np.float32)
@@ -204,6 +208,7 @@ class StoreWriter:
         nor rejected (e.g. another shard still running), and orders rows by it.
         """
         self.flush()
+        self.rejected = self._read_rejected()
         rows: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
         for part in sorted((self.path / "parts").glob("*.npz")):
             with np.load(part) as z:
