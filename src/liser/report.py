@@ -1,6 +1,6 @@
 """The experiment report: report.md + PNGs that a reviewer can read.
 
-Written by `liser experiment` (or `liser report OUT`) from the grid's
+Written by `liser experiment` from the grid's
 results: the Table 2 and Table 3 analogues (UAR / WAR mean +- std over folds,
 bootstrap 95% intervals of the pooled test predictions, the values chosen on
 validation), the label-fraction curve, the pooled confusion matrix of each
