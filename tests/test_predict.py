@@ -63,14 +63,6 @@ def model(tiny):
     return liser.load(tiny["run"])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _file(tiny, i: int = 0) -> Path:
     return tiny["manifest"].abspath(tiny["test"][i])
 

@@ -31,14 +31,6 @@ DATA = SHARED / "data"
 WHISPER = SHARED / "models" / "whisper-base-encoder"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def tiny_hubert(tmp_path_factory) -> str:
     """A random 2-layer HuBERT (hidden 32) saved as a local backbone folder."""

@@ -43,7 +43,7 @@ import numpy as np
 from ..audio import PIECE_S, SAMPLE_RATE, load_audio
 from ..corpora.base import Item, Manifest
 from ..errors import LiserError
-from .store import SoftLabelStore, StoreWriter, n_pieces
+from .store import SoftLabelStore, StoreWriter, n_pieces, sha256_file
 
 FORMAT = "liser-speech-teacher"
 FORMAT_VERSION = 1
@@ -138,13 +138,6 @@ def speaker_split(items: list[Item], val_fraction: float = 0.2, seed: int = 0) -
 # ---------------------------------------------------------------- backbone
 
 
-def _sha256_file(path: Path, h=None):
-    h = h or hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h
-
 
 _FINGERPRINTS: dict[tuple, str] = {}
 
@@ -159,7 +152,7 @@ def backbone_fingerprint(backbone: str, config=None) -> str:
             h = hashlib.sha256(b"local\n")
             for f in files:
                 h.update(f.name.encode() + b"\n")
-                _sha256_file(f, h)
+                sha256_file(f, h)
             _FINGERPRINTS[key] = h.hexdigest()
         return _FINGERPRINTS[key]
     commit = getattr(config, "_commit_hash", None) if config is not None else None
@@ -586,7 +579,7 @@ def default_cache_dir() -> Path:
 
 
 def _cache_path(cache_dir: Path, fingerprint: str, file: Path, kind: str, piece_s: float) -> Path:
-    content = _sha256_file(file).hexdigest()
+    content = sha256_file(file).hexdigest()
     key = hashlib.sha256(f"{FEATURE_VERSION}|{fingerprint}|{content}|{kind}|{piece_s}".encode()).hexdigest()[:32]
     return cache_dir / fingerprint[:16] / key[:2] / f"{key}.{kind}.npy"
 

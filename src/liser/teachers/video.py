@@ -43,7 +43,7 @@ import numpy as np
 
 from ..audio import PIECE_S
 from ..errors import LiserError
-from .store import SoftLabelStore, StoreWriter, n_pieces
+from .store import SoftLabelStore, StoreWriter, n_pieces, sha256_file
 
 FER2013_CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]  # the h5 files' output order
 S2D_CLASSES = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]  # FERV39k label_index order
@@ -66,13 +66,6 @@ def safe_id(item_id: str) -> str:
     """
     return re.sub(r"[^A-Za-z0-9._-]", "_", item_id.replace("/", "__")).lstrip(".") or "_"
 
-
-def _sha256_file(path: Path, h=None):
-    h = h or hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -529,7 +522,7 @@ class KerasTeacher(VideoTeacher):
         self.batch = int(batch)
         self.device = device
         self.model.to(device)
-        self.hash = _hash_parts(_sha256_file(self.path).digest(), {"preprocess": self.preprocess.identity(),
+        self.hash = _hash_parts(sha256_file(self.path).digest(), {"preprocess": self.preprocess.identity(),
                                                                    "classes": self.classes, "kind": "keras-h5"})
         n_out = self._forward(np.zeros((1, h, h, c), np.float32)).shape[1]
         if n_out != len(self.classes):
@@ -624,7 +617,7 @@ class OnnxTeacher(VideoTeacher):
         self.input_name = self.session.get_inputs()[0].name
         ident = {"preprocess": self.preprocess.identity(), "classes": self.classes, "layout": layout,
                  "logits": self.logits, "clip_frames": self.clip_frames, "kind": "onnx"}
-        self.hash = _hash_parts(_sha256_file(self.path).digest(), ident)
+        self.hash = _hash_parts(sha256_file(self.path).digest(), ident)
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         out = self.session.run(None, {self.input_name: _to_layout(x, self.layout).astype(np.float32)})[0]
@@ -796,7 +789,7 @@ class S2DTeacher(VideoTeacher):
             model = torch.jit.load(str(path), map_location="cpu")
         except Exception as e:  # torch raises RuntimeError or others for non-TorchScript files
             raise LiserError(f"{path}: not a TorchScript file ({str(e).strip().splitlines()[0][:160]})") from None
-        identity = _sha256_file(path).hexdigest()
+        identity = sha256_file(path).hexdigest()
         return cls.from_module(model, identity=identity, **decl)
 
     def predict_clips(self, clips: np.ndarray) -> np.ndarray:
