@@ -833,13 +833,17 @@ def label_with_speech_teacher(teacher: SpeechTeacher, manifest: Manifest, store_
     bar = tqdm(todo, desc=f"label speech {i}/{n}", unit="file", disable=not progress)
     for it in bar:
         try:
-            wave = load_audio(manifest.abspath(it))
+            if teacher.mode == "frozen":  # the frozen encoder's piece states are cached: every fold's head reuses them
+                feats = cached_features(teacher.encoder, manifest, it, "pieces", teacher.piece_s, teacher.cfg.cache_dir)
+                probs, seconds = teacher.probs_from_features(feats), it.duration
+            else:
+                wave = load_audio(manifest.abspath(it))
+                probs, seconds = teacher.predict_pieces(wave), len(wave) / SAMPLE_RATE
         except LiserError as e:
             writer.reject(it.id, str(e))
             continue
-        probs = teacher.predict_pieces(wave)
-        writer.add(it.id, probs, np.ones(len(probs), dtype=bool), len(wave) / SAMPLE_RATE)
-        audio_s += len(wave) / SAMPLE_RATE
+        writer.add(it.id, probs, np.ones(len(probs), dtype=bool), seconds)
+        audio_s += seconds
         bar.set_postfix(audio_s_per_s=f"{audio_s / max(time.time() - t0, 1e-9):.1f}")
     bar.close()
     writer.flush()
