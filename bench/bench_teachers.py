@@ -103,7 +103,8 @@ def main() -> None:
     teacher = SpeechTeacher.load(tp.teacher_dir(cfg, evals[0]["fold"]))
     tmp = Path(tempfile.mkdtemp())
     teacher.cfg = dataclasses.replace(teacher.cfg, cache_dir=str(tmp / "cache"))
-    sub = Manifest(pool.corpus, pool.root, pool.items[::20])
+    audio_only = [it for it in pool.items if Path(it.path).suffix.lower() not in (".mp4", ".mkv", ".webm", ".avi", ".mov")]
+    sub = Manifest(pool.corpus, pool.root, audio_only[::20])
     t0 = time.time()
     label_with_speech_teacher(teacher, sub, tmp / "store", progress=False)
     res["speech_label_audio_s_per_s"] = round(sum(it.duration for it in sub.items) / (time.time() - t0), 2)
@@ -113,7 +114,7 @@ def main() -> None:
     # face throughput on a fixed subset (decode + detect + track + align), then the whole pool (resumable)
     from liser.faces import extract_faces
 
-    videos = [Path(it.path) for it in tp.unlabeled_pool(cfg, videos_only=True).items][:12]
+    videos = [Path(it.path) for it in tp.unlabeled_pool(cfg, videos_only=True).items if "interviews" in it.path][:12]
     frames, t0 = 0, time.perf_counter()
     for v in videos:
         frames += len(extract_faces(v, None, size=cfg.face_size, progress=False).times)
