@@ -30,9 +30,13 @@ def recalls(cm: np.ndarray) -> np.ndarray:
         return np.where(support > 0, np.diag(cm) / np.maximum(support, 1), np.nan)
 
 
-def uar(y_true, y_pred, n_classes: int) -> float:
-    """Unweighted average recall over the classes present in y_true."""
-    return float(np.nanmean(recalls(confusion(y_true, y_pred, n_classes))))
+def uar(y_true, y_pred, n_classes: int | None = None) -> float:
+    """Unweighted average recall over the classes present in y_true (NaN for no items)."""
+    y_true, y_pred = np.asarray(y_true, int), np.asarray(y_pred, int)
+    if y_true.size == 0:
+        return float("nan")
+    n = n_classes if n_classes is not None else int(max(y_true.max(), y_pred.max())) + 1
+    return float(np.nanmean(recalls(confusion(y_true, y_pred, n))))
 
 
 def war(y_true, y_pred) -> float:

@@ -43,6 +43,7 @@ import numpy as np
 from ..audio import PIECE_S, SAMPLE_RATE, load_audio
 from ..corpora.base import Item, Manifest
 from ..errors import LiserError
+from ..evaluate import uar, war  # the metrics every other stage reports
 from .store import SoftLabelStore, StoreWriter, n_pieces, sha256_file
 
 FORMAT = "liser-speech-teacher"
@@ -105,21 +106,6 @@ class FitResult:
 
 
 # ---------------------------------------------------------------- metrics, split
-
-
-def uar(y_true, y_pred) -> float:
-    """Unweighted average recall: mean recall over the classes present in y_true."""
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    if y_true.size == 0:
-        return float("nan")
-    recalls = [float(np.mean(y_pred[y_true == c] == c)) for c in np.unique(y_true)]
-    return float(np.mean(recalls))
-
-
-def war(y_true, y_pred) -> float:
-    """Weighted average recall (accuracy)."""
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    return float(np.mean(y_true == y_pred)) if y_true.size else float("nan")
 
 
 def speaker_split(items: list[Item], val_fraction: float = 0.2, seed: int = 0) -> tuple[list[Item], list[Item]]:
