@@ -181,3 +181,21 @@ def test_finalize_sees_rejections_written_by_another_shard(tmp_path):
     store = a.finalize(["i0", "i1"])
     assert store.ids == ["i0"]
     assert (tmp_path / "s" / "rejected.csv").read_text().count("i1") == 1
+
+
+def test_finalize_memory_stays_proportional_to_the_store(tmp_path):
+    """Merging parts must read each part once: re-reading a part per item made a 50 h store need > 24 GB."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    w = StoreWriter(tmp_path / "s", "fake", [f"c{k}" for k in range(8)], "h", flush_every=2000)
+    for i in range(2000):
+        w.add(f"i{i}", rng.dirichlet(np.ones(8), size=19), np.ones(19, bool), 9.25)
+    w.flush()
+    size = 2000 * 19 * 8 * 2  # the float16 probabilities, about 0.6 MB
+    tracemalloc.start()
+    w.finalize()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 20 * size, f"finalize peaked at {peak / 1e6:.0f} MB for a {size / 1e6:.1f} MB store"
+    assert SoftLabelStore(tmp_path / "s").probs.shape == (2000 * 19, 8)

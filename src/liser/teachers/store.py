@@ -222,11 +222,14 @@ class StoreWriter:
         self.rejected = self._read_rejected()
         rows: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
         for part in sorted((self.path / "parts").glob("*.npz")):
+            # each z[...] access decompresses the whole member again: read every array once, and
+            # copy the slices so that no row keeps a whole part alive (a 50 h store needed > 24 GB)
             with np.load(part) as z:
-                off = 0
-                for item_id, n, d in zip(z["ids"], z["lens"], z["durs"]):
-                    rows[str(item_id)] = (z["probs"][off : off + n], z["valid"][off : off + n], float(d))
-                    off += n
+                ids, lens, durs, probs_p, valid_p = z["ids"], z["lens"], z["durs"], z["probs"], z["valid"]
+            off = 0
+            for item_id, n, d in zip(ids, lens, durs):
+                rows[str(item_id)] = (probs_p[off : off + n].copy(), valid_p[off : off + n].copy(), float(d))
+                off += n
         order = list(rows)
         if expected_ids is not None:
             missing = [i for i in expected_ids if i not in rows and i not in self.rejected]
