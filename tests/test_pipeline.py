@@ -117,7 +117,8 @@ def test_grid_report(setup):
     assert vals[t2["folds"][0]["variant"]] == max(vals.values())
     assert set(res["configs"]["no-dstl"]) == {"0.5", "1"}
     report = (base / "grid" / "report.md").read_text()
-    for heading in ("Table 2 analogue", "Label fraction", "What g_vd learned", "Teachers", "Provenance"):
+    for heading in ("Table 2 analogue", "Label fraction", "What g_vd learned", "Teachers", "Provenance",
+                    "Unlabeled data in the teachers' stores"):
         assert heading in report, heading
     assert (base / "grid" / "label_fraction.png").is_file()
     # re-running finds every run finished and trains nothing

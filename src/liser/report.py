@@ -40,10 +40,20 @@ def _code_version() -> str:
     return f"liser {__version__}" + (f", git {rev}{' (modified)' if dirty else ''}" if rev else "")
 
 
+def paired_delta(t: dict, base: dict) -> dict | None:
+    """UAR of `t` minus `base` on the folds both finished: mean and std in points, folds where t is better."""
+    ref = {f["fold"]: f["uar"] for f in base["folds"]}
+    d = np.array([f["uar"] - ref[f["fold"]] for f in t["folds"] if f["fold"] in ref]) * 100
+    if not len(d):
+        return None
+    return {"mean": float(d.mean()), "std": float(d.std()), "better": int((d > 0).sum()), "folds": len(d)}
+
+
 def _row(name: str, t: dict, base: dict | None) -> str:
     ci = t.get("ci95", {})
     ci_u = f"[{ci['uar'][0]:.3f}, {ci['uar'][1]:.3f}]" if ci else "-"
-    delta = f"{(t['uar_mean'] - base['uar_mean']) * 100:+.1f}" if base and name != "no-dstl" else ""
+    d = paired_delta(t, base) if base and name != "no-dstl" else None
+    delta = f"{d['mean']:+.1f} ± {d['std']:.1f} ({d['better']}/{d['folds']} folds better)" if d else ""
     variants = ", ".join(sorted({f["variant"] for f in t["folds"]}))
     return (f"| {name} | {t['uar_mean']:.3f} ± {t['uar_std']:.3f} | {t['war_mean']:.3f} ± {t['war_std']:.3f} "
             f"| {ci_u} | {delta} | {t['n_folds']} | {variants} |")
@@ -77,6 +87,33 @@ def _plot_fractions(configs: dict, path: Path) -> bool:
     return True
 
 
+def _store_lines(base) -> list[str]:
+    """What the teachers' stores hold: how much unlabeled audio, and how much of it has a face for the video teacher."""
+    from .teachers.store import SoftLabelStore
+
+    paths = []
+    if base.speech_store:
+        paths += [("speech", base.speech_store.format(fold=k)) for k in range(10)] if "{fold}" in base.speech_store \
+            else [("speech", base.speech_store)]
+    if base.video_store:
+        paths.append(("video", base.video_store))
+    rows = []
+    for kind, p in paths:
+        if not (Path(p) / "meta.json").is_file():
+            continue
+        s = SoftLabelStore(p)
+        hours = sum(e.duration for e in s.index.values()) / 3600
+        valid_h = float(np.asarray(s.valid).sum()) * s.piece_s / 3600
+        rows.append(f"| {kind} | `{p}` | {s.teacher} | {len(s)} | {hours:.2f} | {valid_h:.2f} |")
+    if not rows:
+        return []
+    return ["## Unlabeled data in the teachers' stores", "",
+            "Hours with a target are the valid 0.5 s pieces (for the video teacher: pieces with enough face frames). "
+            "The video rows rest on the video store's hours only, far less than the paper's MSP-Face (about 40 h): "
+            "read the video-distillation rows with that in mind.", "",
+            "| teacher | store | model | items | audio h | h with a target |", "|---|---|---|---|---|---|", *rows, ""]
+
+
 def write_report(out: str | Path, results: dict, base, grid_path, overrides=()) -> Path:
     """Write <out>/report.md (and PNGs beside it) from run_grid's results."""
     from .evaluate import plot_confusion
@@ -99,9 +136,12 @@ def write_report(out: str | Path, results: dict, base, grid_path, overrides=()) 
 
     lines += [yaml.safe_dump(base.to_dict(), sort_keys=False).rstrip(), "```", ""]
 
+    lines += _store_lines(base)
     lines += ["## Table 2 analogue", "",
               "Test UAR / WAR, mean ± std over folds; the 95% interval is a bootstrap over the pooled test files; "
-              "Δ is UAR points against no-dstl on the same folds and seeds; `values` lists what validation chose per fold.",
+              "Δ is the test UAR minus no-dstl's, in points, fold by fold on the folds both finished (same folds, seed "
+              "and budget): mean ± std over those folds, and on how many the row beats no-dstl. `values` lists what "
+              "validation chose per fold.",
               "", "| configuration | UAR | WAR | UAR 95% CI | Δ UAR | folds | values |", "|---|---|---|---|---|---|---|"]
     for name in [n for n in TABLE2 if n in full] + [n for n in full if n not in TABLE2 and n not in TABLE3]:
         lines.append(_row(name, full[name], ref))

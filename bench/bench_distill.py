@@ -1,0 +1,111 @@
+"""Benchmark the distillation grid (issue: distillation and the paper's experiments).
+
+Runs a grid with `liser.experiment.run_grid` (finished runs are skipped, so
+an interrupted benchmark resumes), copies its report to docs/results/<grid>/,
+and writes the Table 2 figures as JSON: per configuration the mean / std of
+test UAR and WAR over folds and the fold-by-fold difference to no-dstl; the
+wall time of this call; the summed time of every run (from their epochs.csv)
+and so the speed-up that parallel runs gave. Prints a markdown table.
+
+The teachers' stores must exist first (see the grid file's comment).
+
+    .venv/bin/python bench/bench_distill.py configs/grid-ravdess-cpu.yaml --json bench/results/ravdess_distill.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_seconds(run_dir: Path) -> float:
+    """Training + validation time of one run, summed from its epochs.csv (test evaluation not included)."""
+    p = run_dir / "epochs.csv"
+    if not p.is_file():
+        return 0.0
+    with open(p, newline="") as f:
+        return sum(float(r["epoch_s"]) for r in csv.DictReader(f))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("grid", nargs="?", default=str(REPO / "configs" / "grid-ravdess-cpu.yaml"))
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of the base config")
+    ap.add_argument("--jobs", type=int, help="parallel runs (default: the grid's)")
+    ap.add_argument("--json", default=None, help="default: bench/results/<corpus>_distill.json")
+    ap.add_argument("--docs", default=None, help="where the report is copied (default: docs/results/<grid name>)")
+    args = ap.parse_args()
+    os.chdir(REPO)  # the grids' relative paths are relative to the repository
+
+    from liser.experiment import load_grid, run_grid
+    from liser.report import paired_delta
+
+    grid = load_grid(args.grid, args.set)
+    base = grid["base"]
+    t0 = time.time()
+    res = run_grid(args.grid, args.set, args.jobs, progress=False)
+    wall = time.time() - t0
+
+    configs, run_s = {}, 0.0
+    ref = res["configs"].get("no-dstl", {}).get("1")
+    for name, by_frac in res["configs"].items():
+        t = by_frac.get("1")
+        if not t:
+            continue
+        row = {"uar_mean": round(t["uar_mean"], 4), "uar_std": round(t["uar_std"], 4),
+               "war_mean": round(t["war_mean"], 4), "war_std": round(t["war_std"], 4), "folds": t["n_folds"],
+               "uar_per_fold": [round(f["uar"], 4) for f in t["folds"]],
+               "best_values": sorted({f["variant"] for f in t["folds"]})}
+        if ref and name != "no-dstl":
+            d = paired_delta(t, ref)
+            if d:
+                row["uar_gain_points"] = {k: round(v, 2) if isinstance(v, float) else v for k, v in d.items()}
+        configs[name] = row
+        run_s += sum(run_seconds(Path(f["run_dir"])) for f in t["folds"])
+
+    out = {"configs": configs, "wall_s": round(wall, 1), "runs_trained_this_call": res["runs_trained"],
+           "runs_total": res["runs_total"], "jobs": res["jobs"],
+           "run_s_total": round(run_s, 1),
+           "parallel_speedup": round(run_s / wall, 2) if res["runs_trained"] == res["runs_total"] and wall > 0 else None,
+           "grid": args.grid, "overrides": args.set, "corpus": base.corpus,
+           "epochs": base.epochs, "lr": base.lr, "patience": base.patience,
+           "machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
+           "date": date.today().isoformat(), "command": " ".join(["python"] + sys.argv)}
+
+    docs = Path(args.docs or REPO / "docs" / "results" / Path(args.grid).stem)
+    docs.mkdir(parents=True, exist_ok=True)
+    for f in Path(base.out).iterdir():
+        if f.is_file() and f.suffix in (".md", ".png", ".json"):
+            shutil.copy2(f, docs / f.name)
+    out["report"] = str(docs.relative_to(REPO) / "report.md") if docs.is_relative_to(REPO) else str(docs / "report.md")
+
+    path = Path(args.json or REPO / "bench" / "results" / f"{base.corpus}_distill.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(out, indent=1) + "\n")
+    os.replace(tmp, path)
+
+    print(json.dumps(out, indent=1))
+    print("| configuration | UAR | WAR | Δ UAR vs no-dstl (points, paired by fold) | folds |")
+    print("|---|---|---|---|---|")
+    for name, r in configs.items():
+        g = r.get("uar_gain_points")
+        gain = f"{g['mean']:+.1f} ± {g['std']:.1f} ({g['better']}/{g['folds']} better)" if g else ""
+        print(f"| {name} | {r['uar_mean']:.3f} ± {r['uar_std']:.3f} | {r['war_mean']:.3f} ± {r['war_std']:.3f} "
+              f"| {gain} | {r['folds']} |")
+    print(f"\nwall {wall / 60:.1f} min for {res['runs_trained']} runs with {res['jobs']} jobs; "
+          f"summed run time {run_s / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
