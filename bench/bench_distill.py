@@ -37,24 +37,59 @@ def run_seconds(run_dir: Path) -> float:
         return sum(float(r["epoch_s"]) for r in csv.DictReader(f))
 
 
+def n_folds_of(base) -> int:
+    from liser.errors import LiserError
+    from liser.folds import folds_for_manifest, load_folds
+    from liser.train import labeled_manifest
+
+    manifest = labeled_manifest(base)
+    try:
+        return len(load_folds(base.folds or manifest.corpus))
+    except LiserError:
+        return len(folds_for_manifest(manifest, seed=base.seed))
+
+
+def grid_span(runs: list[dict]) -> float:
+    """Seconds from the first run's start (its config.yaml) to the last run's end (its metrics.json)."""
+    starts, ends = [], []
+    for r in runs:
+        d = Path(r["cfg"].out) / r["cfg"].name / f"fold{r['fold']}"
+        if (d / "metrics.json").is_file():
+            starts.append((d / "config.yaml").stat().st_mtime)
+            ends.append((d / "metrics.json").stat().st_mtime)
+    return max(ends) - min(starts) if ends else 0.0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("grid", nargs="?", default=str(REPO / "configs" / "grid-ravdess-cpu.yaml"))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of the base config")
     ap.add_argument("--jobs", type=int, help="parallel runs (default: the grid's)")
     ap.add_argument("--json", default=None, help="default: bench/results/<corpus>_distill.json")
+    ap.add_argument("--collect-only", action="store_true",
+                    help="train nothing: tables and report from the runs that finished (wall = first start to last end)")
     ap.add_argument("--docs", default=None, help="where the report is copied (default: docs/results/<grid name>)")
     args = ap.parse_args()
     os.chdir(REPO)  # the grids' relative paths are relative to the repository
 
-    from liser.experiment import load_grid, run_grid
+    from liser.experiment import collect_grid, expand_grid, load_grid, run_grid
     from liser.report import paired_delta
 
     grid = load_grid(args.grid, args.set)
     base = grid["base"]
     t0 = time.time()
-    res = run_grid(args.grid, args.set, args.jobs, progress=False)
-    wall = time.time() - t0
+    if args.collect_only:  # an interrupted grid: its finished runs, nothing trained
+        from liser.report import write_report
+
+        runs = expand_grid(grid, n_folds_of(base))
+        res = collect_grid(runs)
+        res.update({"grid": args.grid, "runs_trained": 0, "runs_total": len(runs), "jobs": args.jobs or grid["jobs"],
+                    "wall_s": round(grid_span(runs), 1)})
+        write_report(base.out, res, base, args.grid, args.set)
+        wall = grid_span(runs)
+    else:
+        res = run_grid(args.grid, args.set, args.jobs, progress=False)
+        wall = time.time() - t0
 
     configs, run_s = {}, 0.0
     ref = res["configs"].get("no-dstl", {}).get("1")
@@ -73,10 +108,12 @@ def main() -> None:
         configs[name] = row
         run_s += sum(run_seconds(Path(f["run_dir"])) for f in t["folds"])
 
-    out = {"configs": configs, "wall_s": round(wall, 1), "runs_trained_this_call": res["runs_trained"],
+    out = {"configs": configs, "wall_s": round(wall, 1), "wall_definition": "grid span: first run's start to last run's end"
+           if args.collect_only else "this call, training included", "runs_trained_this_call": res["runs_trained"],
            "runs_total": res["runs_total"], "jobs": res["jobs"],
            "run_s_total": round(run_s, 1),
-           "parallel_speedup": round(run_s / wall, 2) if res["runs_trained"] == res["runs_total"] and wall > 0 else None,
+           "parallel_speedup": round(run_s / wall, 2) if (args.collect_only or res["runs_trained"] == res["runs_total"]) and wall > 0
+           else None,
            "grid": args.grid, "overrides": args.set, "corpus": base.corpus,
            "epochs": base.epochs, "lr": base.lr, "patience": base.patience,
            "machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
