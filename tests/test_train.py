@@ -338,3 +338,26 @@ def test_run_dir_of_another_config_is_refused(trained_run, small_config):
     # only the thread count differs: same run, skipped
     assert tr.train(small_config.replace(threads=small_config.threads + 1), run_dir=trained_run,
                     progress=False) == trained_run
+
+
+def test_fitted_teacher_temperature(small_config, speech_pool, tmp_path):
+    """temperature_sd 0 takes the temperature fitted on validation for the teacher that wrote the store."""
+    import json
+    import shutil
+
+    from liser.teachers.pipeline import teacher_dir
+
+    manifest_dir, store, _ = speech_pool
+    cfg = small_config.replace(name="conf-fitted", lambda_sd=1.0, speech_store=str(store), unlabeled=(str(manifest_dir),),
+                               weighting="confidence", temperature_sd=0.0, epochs=1, work=str(tmp_path / "w"))
+    shutil.copytree(small_config.work, cfg.work, symlinks=True)  # the features; the teacher's eval.json goes beside
+    d = teacher_dir(cfg, cfg.fold)
+    d.mkdir(parents=True)
+    with pytest.raises(LiserError, match="eval.json.*liser teacher fit"):
+        tr.train(cfg, run_dir=tmp_path / "none", progress=False)
+    (d / "eval.json").write_text(json.dumps({"hash": "another", "calibration": {"temperature": 0.5}}))
+    with pytest.raises(LiserError, match="another teacher"):
+        tr.train(cfg, run_dir=tmp_path / "other", progress=False)
+    (d / "eval.json").write_text(json.dumps({"hash": "fakehash", "calibration": {"temperature": 0.5}}))
+    run = tr.train(cfg, run_dir=tmp_path / "fitted", progress=False)
+    assert _metrics(run)["temperature_sd"] == 0.5

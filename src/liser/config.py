@@ -49,7 +49,8 @@ class Config:
     lambda_vd: float = 0.0  # weight of the video-distillation loss
     unlabeled_batch: int = 25  # unlabeled items per mini-batch (N_u)
     weighting: str = "none"  # per-item weight of distillation terms: none | confidence (eq. 5) | entropy
-    temperature_sd: float = 1.0  # temperature applied to the speech teacher before weighting (calibration)
+    temperature_sd: float = 1.0  # temperature applied to the speech teacher before weighting (calibration);
+    #   0 = the fold's teacher's own, fitted on its validation speakers (eval.json of `liser teacher fit`)
     temperature_vd: float = 1.0  # temperature applied to the video teacher before weighting
     distill_loss: str = "mae"  # mae (the paper's) | ce (Table 3 distill-ce)
     schedule: str = "joint"  # joint (the paper's) | two-stage (Table 3: distil first, then fine-tune)

@@ -147,6 +147,22 @@ def load_unlabeled(cfg: Config, work: Path, progress: bool) -> Unlabeled | None:
     return Unlabeled(frames, ids, speech, video)
 
 
+def fitted_temperature(cfg: Config, store) -> float:
+    """The temperature fitted on validation for the teacher that wrote `store` (its eval.json, same hash)."""
+    from .teachers.pipeline import teacher_dir
+
+    path = teacher_dir(cfg, cfg.fold) / "eval.json"
+    if not path.is_file():
+        raise LiserError(f"{path}: temperature_sd 0 (fitted) needs the teacher's evaluation; run `liser teacher fit speech`")
+    e = json.loads(path.read_text())
+    if e.get("hash") != store.teacher_hash:
+        raise LiserError(f"{path}: evaluates another teacher than the one that wrote {store.path}; re-run `liser teacher fit speech`")
+    t = (e.get("calibration") or {}).get("temperature")
+    if not t or t <= 0:
+        raise LiserError(f"{path}: holds no fitted temperature")
+    return float(t)
+
+
 def random_crop(frames: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, int]:
     """A random 94-frame window of an item's features: ([64, 94] float32, start frame)."""
     last = len(frames) - audio.CLIP_FRAMES
@@ -255,6 +271,8 @@ def train(cfg: Config, run_dir: str | Path | None = None, progress: bool = True)
                          "(unlabeled, speech_store/video_store and lambda_sd/lambda_vd > 0)")
     if pool is not None and pool.speech is not None and list(pool.speech.classes) != list(classes):
         raise LiserError(f"{pool.speech.path}: speech teacher classes {pool.speech.classes} != the student's {classes}")
+    temperature_sd = fitted_temperature(cfg, pool.speech) if pool is not None and pool.speech is not None \
+        and cfg.temperature_sd == 0 else cfg.temperature_sd
     video_classes = list(pool.video.classes) if pool is not None and pool.video is not None else \
         ["angry", "disgust", "fearful", "happy", "sad", "surprised", "neutral"]
 
@@ -323,7 +341,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, progress: bool = True)
                 sup[:n_l] if n_l else None, labels,
                 sd_logits[n_l:], sd[0], sd[1], vd_logits[n_l:], vd[0], vd[1],
                 cfg.lambda_sd, cfg.lambda_vd, cfg.weighting, cfg.distill_loss,
-                cfg.temperature_sd, cfg.temperature_vd,
+                temperature_sd, cfg.temperature_vd,
             )
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -368,7 +386,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, progress: bool = True)
     val, _ = evaluate_items(model, cache, val_items, classes, cfg.val_stride_s)
     result = {"config": cfg.name, "fold": cfg.fold, "best_epoch": best_epoch, "classes": classes,
               "n_train": len(train_items), "n_val": len(val_items), "n_test": len(test_items),
-              "n_unlabeled": 0 if pool is None else len(pool.ids),
+              "n_unlabeled": 0 if pool is None else len(pool.ids), "temperature_sd": temperature_sd,
               "test": test, "val": {"uar": val["uar"], "war": val["war"]},
               "video_classes": video_classes,
               "video_head_by_class": head_by_class(model, cache, test_items, classes, "vd") if cfg.lambda_vd > 0 else None,
