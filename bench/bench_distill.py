@@ -37,18 +37,6 @@ def run_seconds(run_dir: Path) -> float:
         return sum(float(r["epoch_s"]) for r in csv.DictReader(f))
 
 
-def n_folds_of(base) -> int:
-    from liser.errors import LiserError
-    from liser.folds import folds_for_manifest, load_folds
-    from liser.train import labeled_manifest
-
-    manifest = labeled_manifest(base)
-    try:
-        return len(load_folds(base.folds or manifest.corpus))
-    except LiserError:
-        return len(folds_for_manifest(manifest, seed=base.seed))
-
-
 def grid_span(runs: list[dict]) -> float:
     """Seconds from the first run's start (its config.yaml) to the last run's end (its metrics.json)."""
     starts, ends = [], []
@@ -72,7 +60,7 @@ def main() -> None:
     args = ap.parse_args()
     os.chdir(REPO)  # the grids' relative paths are relative to the repository
 
-    from liser.experiment import collect_grid, expand_grid, load_grid, run_grid
+    from liser.experiment import collect_grid, expand_grid, fold_count, load_grid, run_grid
     from liser.report import paired_delta
 
     grid = load_grid(args.grid, args.set)
@@ -81,12 +69,12 @@ def main() -> None:
     if args.collect_only:  # an interrupted grid: its finished runs, nothing trained
         from liser.report import write_report
 
-        runs = expand_grid(grid, n_folds_of(base))
+        runs = expand_grid(grid, fold_count(base))
+        wall = grid_span(runs)
         res = collect_grid(runs)
         res.update({"grid": args.grid, "runs_trained": 0, "runs_total": len(runs), "jobs": args.jobs or grid["jobs"],
-                    "wall_s": round(grid_span(runs), 1)})
+                    "wall_s": round(wall, 1)})
         write_report(base.out, res, base, args.grid, args.set)
-        wall = grid_span(runs)
     else:
         res = run_grid(args.grid, args.set, args.jobs, progress=False)
         wall = time.time() - t0

@@ -172,23 +172,30 @@ def expand_grid(grid: dict, n_folds: int) -> list[dict]:
     return out
 
 
+def fold_count(base: Config, manifest=None) -> int:
+    """How many folds the base config's labeled corpus has: its fold file's, else the generated folds'."""
+    from .folds import folds_for_manifest, load_folds
+    from .train import labeled_manifest
+
+    manifest = manifest or labeled_manifest(base)
+    try:
+        return len(load_folds(base.folds or manifest.corpus))
+    except LiserError:
+        return len(folds_for_manifest(manifest, seed=base.seed))
+
+
 def run_grid(grid_path: str | Path, overrides: list[str] | tuple = (), jobs: int | None = None,
              progress: bool = True, report: bool = True) -> dict:
     """Run every (configuration x searched values x fraction x fold) of a grid, in parallel
     processes, skipping finished runs; then pick each fold's values on validation and write the report."""
     from .features import build_features
-    from .folds import folds_for_manifest, load_folds
     from .train import labeled_manifest, load_unlabeled
 
     grid = load_grid(grid_path, overrides)
     base: Config = grid["base"]
     manifest = labeled_manifest(base)
     build_features(manifest, base.work, threads=base.threads or os.cpu_count() or 1, progress=progress)
-    try:
-        n_folds = len(load_folds(base.folds or manifest.corpus))
-    except LiserError:
-        n_folds = len(folds_for_manifest(manifest, seed=base.seed))
-    runs = expand_grid(grid, n_folds)
+    runs = expand_grid(grid, fold_count(base, manifest))
     for r in runs:  # unlabeled manifests and their features: built once, before workers start
         if r["cfg"].lambda_sd > 0 or r["cfg"].lambda_vd > 0:
             load_unlabeled(r["cfg"], Path(base.work), progress)

@@ -91,22 +91,17 @@ def _store_lines(base) -> list[str]:
     """What the teachers' stores hold: how much unlabeled audio, and how much of it has a face for the video teacher."""
     from .teachers.store import SoftLabelStore
 
-    paths = []
-    if base.speech_store:
-        paths += [("speech", base.speech_store.format(fold=k)) for k in range(10)] if "{fold}" in base.speech_store \
-            else [("speech", base.speech_store)]
-    if base.video_store:
-        paths.append(("video", base.video_store))
-    rows, seen = [], set()
-    for kind, p in paths:
-        if not (Path(p) / "meta.json").is_file() or (kind == "speech" and "speech" in seen):
-            continue  # the per-fold speech stores hold the same items: the first one stands for all
-        seen.add(kind)
+    # the per-fold speech stores hold the same items: the base fold's stands for all
+    paths = [(kind, tmpl) for kind, tmpl in (("speech", base.speech_store), ("video", base.video_store)) if tmpl]
+    rows = []
+    for kind, tmpl in paths:
+        p = tmpl.format(fold=base.fold)
+        if not (Path(p) / "meta.json").is_file():
+            continue
         s = SoftLabelStore(p)
         hours = sum(e.duration for e in s.index.values()) / 3600
         valid_h = float(np.asarray(s.valid).sum()) * s.piece_s / 3600
-        name = base.speech_store if kind == "speech" else p
-        rows.append(f"| {kind} | `{name}` | {s.teacher} | {len(s)} | {hours:.2f} | {valid_h:.2f} |")
+        rows.append(f"| {kind} | `{tmpl}` | {s.teacher} | {len(s)} | {hours:.2f} | {valid_h:.2f} |")
     if not rows:
         return []
     return ["## Unlabeled data in the teachers' stores", "",
