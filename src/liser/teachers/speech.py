@@ -124,7 +124,6 @@ def speaker_split(items: list[Item], val_fraction: float = 0.2, seed: int = 0) -
 # ---------------------------------------------------------------- backbone
 
 
-
 _FINGERPRINTS: dict[tuple, str] = {}
 
 

@@ -67,7 +67,6 @@ def safe_id(item_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", item_id.replace("/", "__")).lstrip(".") or "_"
 
 
-
 def _softmax(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     x = x - x.max(axis=-1, keepdims=True)
