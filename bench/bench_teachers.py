@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def store_figures(path: Path, reads: int = 2000) -> dict:
     """Open time, random 3 s window read time, size per audio hour of a finalized store."""
-    from liser.teachers.store import SoftLabelStore
+    from liser.store import SoftLabelStore
 
     t0 = time.perf_counter()
     s = SoftLabelStore(path)
@@ -51,7 +51,7 @@ def store_figures(path: Path, reads: int = 2000) -> dict:
 
 def synthetic_store(hours: float = 50.0, classes: int = 8) -> Path:
     """A store the size of 50 h of audio (9.25 s items, as MSP-Face's mean clip) with random probabilities."""
-    from liser.teachers.store import StoreWriter, n_pieces
+    from liser.store import StoreWriter, n_pieces
 
     d = Path(tempfile.mkdtemp()) / "s50h"
     w = StoreWriter(d, "synthetic", [f"c{i}" for i in range(classes)], "x", flush_every=4096)
@@ -78,6 +78,7 @@ def main() -> None:
 
     from liser.config import Config
     from liser.teachers import pipeline as tp
+    from liser.workspace import teacher_dir, unlabeled_pool
 
     cfg = Config.load(args.config, args.set)
     res: dict = {"config": args.config, "date": date.today().isoformat(),
@@ -99,8 +100,8 @@ def main() -> None:
     from liser.corpora import Manifest
     from liser.teachers.speech import SpeechTeacher, label_with_speech_teacher
 
-    pool = tp.unlabeled_pool(cfg)
-    teacher = SpeechTeacher.load(tp.teacher_dir(cfg, evals[0]["fold"]))
+    pool = unlabeled_pool(cfg)
+    teacher = SpeechTeacher.load(teacher_dir(cfg, evals[0]["fold"]))
     tmp = Path(tempfile.mkdtemp())
     teacher.cfg = dataclasses.replace(teacher.cfg, cache_dir=str(tmp / "cache"))
     audio_only = [it for it in pool.items if Path(it.path).suffix.lower() not in (".mp4", ".mkv", ".webm", ".avi", ".mov")]
@@ -114,7 +115,7 @@ def main() -> None:
     # face throughput on a fixed subset (decode + detect + track + align), then the whole pool (resumable)
     from liser.faces import extract_faces
 
-    videos = [Path(it.path) for it in tp.unlabeled_pool(cfg, videos_only=True).items if "interviews" in it.path][:12]
+    videos = [Path(it.path) for it in unlabeled_pool(cfg, videos_only=True).items if "interviews" in it.path][:12]
     frames, t0 = 0, time.perf_counter()
     for v in videos:
         frames += len(extract_faces(v, None, size=cfg.face_size, progress=False).times)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
-from liser.losses import distill_term, item_weights, joint_loss, temper
+from liser.losses import LossOptions, distill_term, item_weights, joint_loss, temper
 
 LN3, LN2 = math.log(3.0), math.log(2.0)
 
@@ -82,7 +83,9 @@ def _loss(**kw):
     args = dict(sup_logits=t(SUP), labels=torch.tensor(LABELS), sd_logits=t(SD_LOGITS), sd_target=t(SD_TARGET),
                 vd_logits=t(VD_LOGITS), vd_target=t(VD_TARGET), lambda_sd=LAM_SD, lambda_vd=LAM_VD)
     args.update(kw)
-    loss, parts = joint_loss(**args)
+    option_names = {f.name for f in dataclasses.fields(LossOptions)}
+    options = LossOptions(**{k: args.pop(k) for k in list(args) if k in option_names})
+    loss, parts = joint_loss(**args, options=options)
     return float(loss), parts
 
 
@@ -115,7 +118,8 @@ def test_masked_item_contributes_nothing_but_counts_in_n_u():
     sup = t(SUP)
     sd_logits = t(SD_LOGITS).requires_grad_()
     loss, parts = joint_loss(sup, torch.tensor(LABELS), sd_logits, t(SD_TARGET), torch.tensor([True, False]),
-                             t(VD_LOGITS), t(VD_TARGET), None, LAM_SD, LAM_VD)
+                             t(VD_LOGITS), t(VD_TARGET), None,
+                             options=LossOptions(lambda_sd=LAM_SD, lambda_vd=LAM_VD))
     expected = (sum(CE) + LAM_SD * MAE_SD[0] + LAM_VD * sum(MAE_VD)) / 4  # still / (N_l + N_u) = 4
     assert float(loss.detach()) == pytest.approx(expected, abs=1e-6)
     assert parts["sd"] == pytest.approx(MAE_SD[0], abs=1e-6)  # the logged term averages valid items only
@@ -154,7 +158,7 @@ def test_labeled_only_is_mean_cross_entropy():
 
 
 def test_unlabeled_only_two_stage_batch():
-    loss, parts = joint_loss(None, None, t(SD_LOGITS), t(SD_TARGET), None, lambda_sd=LAM_SD)
+    loss, parts = joint_loss(None, None, t(SD_LOGITS), t(SD_TARGET), None, options=LossOptions(lambda_sd=LAM_SD))
     assert float(loss) == pytest.approx(LAM_SD * sum(MAE_SD) / 2, abs=1e-6)
     assert "ce" not in parts
 

@@ -55,7 +55,8 @@ def setup(small_config, tmp_path_factory):
 
 def test_teachers_stores_and_a_distilled_student(setup):
     from liser.teachers import pipeline as tp
-    from liser.teachers.store import SoftLabelStore
+    from liser.store import SoftLabelStore
+    from liser.workspace import teacher_dir
     from liser.train import train
 
     cfg, base = setup
@@ -64,11 +65,11 @@ def test_teachers_stores_and_a_distilled_student(setup):
     e = evals[0]
     assert 0 <= e["uar"] <= 1 and 0 <= e["uar_pieces"] <= 1
     assert 0 <= e["calibration"]["ece"] <= 1 and e["calibration"]["temperature"] > 0
-    assert (tp.teacher_dir(cfg, 0) / "reliability.png").is_file()
+    assert (teacher_dir(cfg, 0) / "reliability.png").is_file()
 
     tp.label_speech(cfg, progress=False)
     speech = SoftLabelStore(cfg.speech_store.format(fold=0))
-    assert len(speech) == 7 and speech.classes == json.loads((tp.teacher_dir(cfg, 0) / "teacher.json").read_text())["classes"]
+    assert len(speech) == 7 and speech.classes == json.loads((teacher_dir(cfg, 0) / "teacher.json").read_text())["classes"]
     assert speech.meta["teacher_hash"] == e["hash"]
     assert speech.valid[:].all()  # audio pieces always have a speech target
 

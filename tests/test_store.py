@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from liser.errors import LiserError
-from liser.teachers.store import SoftLabelStore, StoreWriter, n_pieces, window_pieces
+from liser.store import SoftLabelStore, StoreWriter, n_pieces, window_pieces
 
 CLASSES = ["neg", "pos"]
 
@@ -172,7 +172,7 @@ def test_a_thousand_items(tmp_path):
 def test_finalize_sees_rejections_written_by_another_shard(tmp_path):
     import numpy as np
 
-    from liser.teachers.store import StoreWriter
+    from liser.store import StoreWriter
 
     a = StoreWriter(tmp_path / "s", "t", ["x", "y"], "h", shard=(0, 2))
     b = StoreWriter(tmp_path / "s", "t", ["x", "y"], "h", shard=(1, 2))

@@ -24,7 +24,7 @@ from liser.teachers.speech import (  # noqa: E402
     speaker_split,
     whisper_encoder_states,
 )
-from liser.teachers.store import SoftLabelStore, n_pieces  # noqa: E402
+from liser.store import SoftLabelStore, n_pieces  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 DATA = SHARED / "data"

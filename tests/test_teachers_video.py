@@ -15,7 +15,7 @@ cv2 = pytest.importorskip("cv2")
 
 from liser.corpora.base import Item, Manifest  # noqa: E402
 from liser.errors import LiserError  # noqa: E402
-from liser.teachers.store import SoftLabelStore, n_pieces  # noqa: E402
+from liser.store import SoftLabelStore, n_pieces  # noqa: E402
 from liser.teachers.video import (  # noqa: E402
     FER2013_CLASSES,
     FER_FILES,

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from liser import train as tr
+from liser import workspace as ws
 from liser.errors import LiserError
 from liser.student import Student
 
@@ -37,7 +38,7 @@ def _untimed(rows):
 
 # ---------------------------------------------------------------- data selection
 def test_fold_items_follow_the_fold_file(small_config, small_ravdess):
-    train, val, test, classes = tr.fold_items(small_config, small_ravdess.manifest)
+    train, val, test, classes = ws.fold_items(small_config, small_ravdess.manifest)
     assert classes == ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
     assert {it.speaker for it in train} == set(SMALL_FOLD["train"]) and len(train) == 48
     assert {it.speaker for it in val} == set(SMALL_FOLD["val"]) and len(val) == 24
@@ -46,28 +47,28 @@ def test_fold_items_follow_the_fold_file(small_config, small_ravdess):
 
 def test_fold_items_class_filter_and_errors(small_config, small_ravdess):
     m = small_ravdess.manifest
-    train, val, test, classes = tr.fold_items(small_config.replace(classes=("sad", "happy")), m)
+    train, val, test, classes = ws.fold_items(small_config.replace(classes=("sad", "happy")), m)
     assert classes == ["sad", "happy"]  # the config's order
     assert {it.label for it in train + val + test} == {"sad", "happy"} and len(train) == 2 * 2 * 3
     with pytest.raises(LiserError, match="bored"):
-        tr.fold_items(small_config.replace(classes=("bored",)), m)
+        ws.fold_items(small_config.replace(classes=("bored",)), m)
     with pytest.raises(LiserError, match="label_fraction"):
-        tr.fold_items(small_config.replace(label_fraction=0.0), m)
+        ws.fold_items(small_config.replace(label_fraction=0.0), m)
     with pytest.raises(LiserError, match="fold 1"):
-        tr.fold_items(small_config.replace(fold=1), m)
+        ws.fold_items(small_config.replace(fold=1), m)
 
 
 def test_stratified_fraction(small_config, small_ravdess):
-    train = tr.fold_items(small_config, small_ravdess.manifest)[0]
+    train = ws.fold_items(small_config, small_ravdess.manifest)[0]
     per_class = {c: sum(it.label == c for it in train) for c in {it.label for it in train}}
     assert set(per_class.values()) == {6}  # 2 actors x 3 files per emotion
-    half = tr.stratified_fraction(train, 0.5, seed=0)
+    half = ws.stratified_fraction(train, 0.5, seed=0)
     assert len(half) == 24 and len({it.id for it in half}) == 24
     assert all(sum(it.label == c for it in half) == 3 for c in per_class)
     assert {it.id for it in half} <= {it.id for it in train}
-    assert [it.id for it in tr.stratified_fraction(train, 0.5, seed=0)] == [it.id for it in half]
-    assert {it.id for it in tr.stratified_fraction(train, 0.5, seed=1)} != {it.id for it in half}
-    tiny = tr.stratified_fraction(train, 0.01, seed=0)
+    assert [it.id for it in ws.stratified_fraction(train, 0.5, seed=0)] == [it.id for it in half]
+    assert {it.id for it in ws.stratified_fraction(train, 0.5, seed=1)} != {it.id for it in half}
+    tiny = ws.stratified_fraction(train, 0.01, seed=0)
     assert len(tiny) == 8 and {it.label for it in tiny} == set(per_class)  # at least one per class
 
 
@@ -206,7 +207,7 @@ def speech_pool(small_ravdess, tmp_path_factory):
     """12 real TESS files as an unlabeled pool, their features, and a fake speech-teacher store over them."""
     from liser.corpora import prepare
     from liser.features import build_features
-    from liser.teachers.store import StoreWriter, n_pieces
+    from liser.store import StoreWriter, n_pieces
 
     src = real_root("tess")
     base = tmp_path_factory.mktemp("pool")
@@ -345,7 +346,7 @@ def test_fitted_teacher_temperature(small_config, speech_pool, tmp_path):
     import json
     import shutil
 
-    from liser.teachers.pipeline import teacher_dir
+    from liser.workspace import teacher_dir
 
     manifest_dir, store, _ = speech_pool
     cfg = small_config.replace(name="conf-fitted", lambda_sd=1.0, speech_store=str(store), unlabeled=(str(manifest_dir),),

@@ -65,13 +65,11 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray, grid: np.ndarray | No
 
 
 def plot_reliability(probs: np.ndarray, labels: np.ndarray, path: str | Path, title: str = "", n_bins: int = 15) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """The reliability diagram (accuracy per confidence bin, the diagonal, ECE in the title) as a PNG."""
+    from .util import new_figure, save_figure
 
     r = reliability(probs, labels, n_bins)
-    fig, ax = plt.subplots(figsize=(4, 4))
+    fig, ax = new_figure((4, 4))
     ax.plot([0, 1], [0, 1], "--", color="grey", lw=1)
     mids = [(b["lo"] + b["hi"]) / 2 for b in r["bins"]]
     acc = [b["accuracy"] if b["accuracy"] is not None else 0 for b in r["bins"]]
@@ -81,8 +79,4 @@ def plot_reliability(probs: np.ndarray, labels: np.ndarray, path: str | Path, ti
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_title(f"{title} ECE {r['ece']:.3f}".strip())
-    fig.tight_layout()
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)

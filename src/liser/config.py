@@ -1,7 +1,21 @@
-"""Run configuration: one frozen dataclass, loadable from YAML, overridable with `--set key=value`.
+"""Configuration: every schema is a frozen dataclass with a comment per field, read by ONE loader.
 
-Every field has a comment saying what it is. Unknown keys are an error that
-names the key (a typo must not silently fall back to a default).
+Schemas: `Config` (a student run, below), `Grid` (an experiment grid, below)
+and `liser.teachers.speech.SpeechTeacherConfig` (a speech teacher). All
+three go through the same functions:
+
+    load_dataclass(cls, path, overrides, extra)  YAML file, then `extra` (typed values), then overrides
+    parse_overrides(["a=1", "b=x"])              `--set` / `--teacher-set` pairs -> {key: YAML value}
+    from_dict(cls, d, source)                    unknown keys and wrong types -> LiserError naming the key
+
+Unknown keys are an error that names the key (a typo must not silently
+fall back to a default); a value of the wrong type is an error naming the
+key and the value, raised when the config is read, not when it is used.
+
+Environment variables (documented in the README as well):
+    LISER_MODELS  folder of the shared models (fer2013-xception/, face-detection/, whisper-base-encoder/)
+    LISER_YUNET   the YuNet face-detector .onnx file (default: $LISER_MODELS/face-detection/...)
+    LISER_CACHE   cache root of the speech teacher's frozen features (default ~/.cache/liser)
 """
 
 from __future__ import annotations
@@ -15,8 +29,15 @@ from typing import Any
 from .errors import LiserError
 
 
+# settings with a fixed set of values (checked before a run starts)
+CHOICES = {"schedule": ("joint", "two-stage"), "distill_loss": ("mae", "ce"),
+           "weighting": ("none", "confidence", "entropy")}
+
+
 @dataclass(frozen=True)
 class Config:
+    """A student run: its data, folds, optimisation and distillation settings (configs/*.yaml)."""
+
     # ---- what and where ----
     name: str = "no-dstl"  # configuration name (Table 2/3 row); also the run folder's name
     corpus: str = "ravdess"  # labeled corpus adapter (see `liser prepare --help`)
@@ -29,7 +50,7 @@ class Config:
     classes: tuple = ()  # class names to keep, in order; () = every label of the corpus
     label_fraction: float = 1.0  # fraction of the labeled training files used (stratified by class; Fig. 2)
     # ---- optimisation (SPEC "Protocol") ----
-    seed: int = 0  # seeds python, numpy and torch; the run is deterministic on CPU for a seed
+    seed: int = 0  # seeds python, numpy and torch; same seed, machine and thread count = the same run
     epochs: int = 50  # at most this many epochs; the best validation-UAR epoch is kept
     batch_size: int = 25  # labeled items per mini-batch
     lr: float = 1e-4  # AdamW learning rate
@@ -40,7 +61,7 @@ class Config:
     threads: int = 0  # torch threads; 0 = all cores
     # ---- distillation (SPEC "Losses"); all zero = no-dstl ----
     unlabeled: tuple = ()  # unlabeled corpora as "adapter:root" (or prepared manifest dirs)
-    speech_store: str = ""  # speech-teacher soft-label store ("" = none, or "auto" per fold)
+    speech_store: str = ""  # speech-teacher soft-label store ("" = none); "{fold}" in it is the fold
     video_store: str = ""  # video-teacher soft-label store ("" = none)
     speech_teacher: str = ""  # YAML of the speech teacher's settings (SpeechTeacherConfig); "" = HuBERT-base, frozen
     video_teacher: str = "fer2013-big"  # video teacher: fer2013-big | fer2013-mini | a .hdf5 / .onnx path | s2d:<path>
@@ -57,6 +78,13 @@ class Config:
     stage1_epochs: int = 25  # two-stage only: epochs of distillation before fine-tuning
 
     # ------------------------------------------------------------------
+    def check_choices(self) -> None:
+        """LiserError naming the key when a setting with a fixed set of values holds another."""
+        for key, allowed in CHOICES.items():
+            if getattr(self, key) not in allowed:
+                names = f"{', '.join(allowed[:-1])} or {allowed[-1]}"
+                raise LiserError(f"{key} must be {names}, got {getattr(self, key)!r}")
+
     def replace(self, **kw) -> "Config":
         return dataclasses.replace(self, **kw)
 
@@ -65,36 +93,12 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "config") -> "Config":
-        known = {f.name: f for f in fields(cls)}
-        kw = {}
-        for k, v in d.items():
-            if k not in known:
-                raise LiserError(f"{source}: unknown config key {k!r}")
-            kw[k] = _coerce(known[k], v, source)
-        return cls(**kw)
+        return from_dict(cls, d, source)
 
     @classmethod
-    def load(cls, path: str | Path | None = None, overrides: list[str] | tuple = ()) -> "Config":
-        """YAML file (or None for the defaults), then `key=value` overrides in order."""
-        import yaml
-
-        data: dict[str, Any] = {}
-        if path:
-            path = Path(path)
-            if not path.is_file():
-                raise LiserError(f"{path}: no such config file")
-            try:
-                data = yaml.safe_load(path.read_text()) or {}
-            except yaml.YAMLError as e:
-                raise LiserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-            if not isinstance(data, dict):
-                raise LiserError(f"{path}: a config must be a mapping of key: value")
-        for ov in overrides:
-            if "=" not in ov:
-                raise LiserError(f"--set {ov!r}: expected key=value")
-            k, v = ov.split("=", 1)
-            data[k.strip()] = yaml.safe_load(v) if v.strip() else ""
-        return cls.from_dict(data, source=str(path) if path else "--set")
+    def load(cls, path: str | Path | None = None, overrides: list[str] | tuple = (), extra: dict | None = None) -> "Config":
+        """YAML file (or None for the defaults), then `extra` (typed values), then `key=value` overrides in order."""
+        return load_dataclass(cls, path, overrides, extra)
 
     def save(self, path: str | Path) -> None:
         import yaml
@@ -107,21 +111,120 @@ class Config:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _coerce(f: dataclasses.Field, v: Any, source: str) -> Any:
-    t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+# ---------------------------------------------------------------- an experiment grid
+@dataclass(frozen=True)
+class Grid:
+    """An experiment grid (`liser experiment GRID`): configurations x searched values x fractions x folds."""
+
+    base: str = ""  # the base run config (a path; relative to the grid file, else to the working directory); "" = defaults
+    runs: dict = dataclasses.field(default_factory=dict)  # row name: {config key: value, or [values searched on validation]}
+    folds: tuple | None = None  # folds to run; None = every fold of the base config's fold file
+    fractions: tuple = (1.0,)  # label fractions (Fig. 2) for the rows named in fraction_runs
+    fraction_runs: tuple = ()  # rows that sweep `fractions`; the others use every labeled file
+    jobs: int = 1  # runs trained in parallel processes
+    out: str = ""  # where the runs, grid.json and report.md go; "" = the base config's `out`
+    set: dict = dataclasses.field(default_factory=dict)  # base-config keys overridden, values keep their YAML types
+
+
+# ---------------------------------------------------------------- the one loader
+def parse_overrides(pairs, flag: str = "--set") -> dict:
+    """`key=value` strings -> {key: value parsed as YAML} in order (a later key wins); "" stays "".
+
+    `--set a=1 b=2` and `--set a=1 --set b=2` both arrive here as ["a=1", "b=2"].
+    Raises LiserError naming the flag and the pair when a pair has no "=".
+    """
+    import yaml
+
+    out: dict[str, Any] = {}
+    for ov in pairs or ():
+        if "=" not in ov:
+            raise LiserError(f"{flag} {ov!r}: expected key=value")
+        k, v = ov.split("=", 1)
+        try:
+            out[k.strip()] = yaml.safe_load(v) if v.strip() else ""
+        except yaml.YAMLError:
+            out[k.strip()] = v  # not YAML (e.g. an unbalanced bracket): the text itself
+    return out
+
+
+def read_yaml(path: str | Path, what: str = "config") -> dict:
+    """A YAML mapping from a file ({} for an empty file); LiserError naming the file otherwise."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise LiserError(f"{path}: no such {what} file")
     try:
-        if t == "tuple":
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise LiserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise LiserError(f"{path}: a {what} must be a mapping of key: value")
+    return data
+
+
+def from_dict(cls, d: dict, source: str = "config"):
+    """An instance of the dataclass `cls` from a mapping, each value checked against its field's type."""
+    known = {f.name: f for f in fields(cls)}
+    kw = {}
+    for k, v in d.items():
+        if k not in known:
+            raise LiserError(f"{source}: unknown {_schema_name(cls)} key {k!r}")
+        kw[k] = _coerce(known[k], v, source)
+    return cls(**kw)
+
+
+def load_dataclass(cls, path: str | Path | None = None, overrides=(), extra: dict | None = None,
+                   flag: str = "--set"):
+    """`cls` from a YAML file (None = the defaults), then `extra` (already typed), then `key=value` overrides."""
+    data: dict[str, Any] = dict(read_yaml(path, _schema_name(cls))) if path else {}
+    data.update(extra or {})
+    ov = parse_overrides(overrides, flag)
+    data.update(ov)
+    source = str(path) if path else flag
+    if ov and path:
+        source = f"{path} (with {flag})"
+    return from_dict(cls, data, source)
+
+
+def _schema_name(cls) -> str:
+    return {"Config": "config", "Grid": "grid", "SpeechTeacherConfig": "speech-teacher"}.get(cls.__name__, cls.__name__)
+
+
+def _coerce(f: dataclasses.Field, v: Any, source: str) -> Any:
+    """`v` as the field's type: int, float, str, bool, tuple, dict, each optionally `| None`."""
+    t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    optional = t.replace(" ", "").endswith("|None")
+    base = t.split("|")[0].strip()
+    if v is None and optional:
+        return None
+    try:
+        if base == "tuple":
             if v is None or v == "":
                 return ()
             return tuple(v) if isinstance(v, (list, tuple)) else tuple(x.strip() for x in str(v).split(",") if x.strip())
-        if t == "int":
-            if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
+        if base == "int":
+            if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()) or isinstance(v, (list, dict)):
                 raise ValueError
             return int(v)
-        if t == "float":
+        if base == "float":
+            if isinstance(v, bool) or isinstance(v, (list, dict)):
+                raise ValueError
             return float(v)
-        if t == "str":
+        if base == "str":
+            if isinstance(v, (list, dict)):
+                raise ValueError
             return "" if v is None else str(v)
+        if base == "bool":
+            if not isinstance(v, bool):
+                raise ValueError
+            return v
+        if base == "dict":
+            if v is None:
+                return {}
+            if not isinstance(v, dict):
+                raise ValueError
+            return dict(v)
     except (TypeError, ValueError):
         raise LiserError(f"{source}: {f.name} must be {t}, got {v!r}") from None
     return v

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import CLIP_FRAMES, EVAL_STRIDE_S, window_starts
+from .audio import EVAL_STRIDE_S
+from .frontend import windows as windows_of  # the one front end's windows: [W, 64, 94]
+from .util import softmax
 
 
 def confusion(y_true, y_pred, n_classes: int) -> np.ndarray:
@@ -71,13 +73,6 @@ def bootstrap_ci(y_true, y_pred, n_classes: int, n: int = 1000, seed: int = 0) -
             "war": [float(np.percentile(w, 2.5)), float(np.percentile(w, 97.5))]}
 
 
-def windows_of(frames: np.ndarray, stride_s: float = EVAL_STRIDE_S) -> np.ndarray:
-    """All 3 s windows of one item's [frames, 64] features: [W, 64, 94] float32."""
-    starts = window_starts(len(frames), stride_s)
-    idx = starts[:, None] + np.arange(CLIP_FRAMES)[None, :]
-    return np.asarray(frames, dtype=np.float32)[idx].transpose(0, 2, 1)
-
-
 def file_logits(model, frames_list, stride_s: float = EVAL_STRIDE_S, batch: int = 512, head: str = "sup") -> np.ndarray:
     """Mean logits of one head (sup, sd or vd) over the sliding windows of each item: [items, K]."""
     import torch
@@ -122,22 +117,18 @@ def head_by_class(model, cache, items, classes: list[str], head: str = "vd", str
     video teacher's classes and the labeled set's (the taxonomies differ).
     """
     logits = file_logits(model, [cache.frames(it.id) for it in items], stride_s, head=head)
-    p = np.exp(logits - logits.max(1, keepdims=True))
-    p /= p.sum(1, keepdims=True)
+    p = softmax(logits, axis=1)
     y = np.array([classes.index(it.label) for it in items])
     return [p[y == k].mean(0).round(4).tolist() if (y == k).any() else [] for k in range(len(classes))]
 
 
 def plot_confusion(cm, classes: list[str], path: str | Path, title: str = "") -> None:
     """Row-normalised confusion matrix as a PNG (counts in the cells)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .util import new_figure, save_figure
 
     cm = np.asarray(cm)
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(1 + 0.7 * len(classes), 0.8 + 0.6 * len(classes)))
+    fig, ax = new_figure((1 + 0.7 * len(classes), 0.8 + 0.6 * len(classes)))
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
     ax.set_yticks(range(len(classes)), classes)
@@ -148,11 +139,7 @@ def plot_confusion(cm, classes: list[str], path: str | Path, title: str = "") ->
             ax.text(j, i, int(cm[i, j]), ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def summarize(run_dirs: list[str | Path]) -> dict:

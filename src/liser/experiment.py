@@ -14,9 +14,12 @@ from pathlib import Path
 
 from .config import Config
 from .errors import LiserError
+from .util import atomic_write_text
+from .workspace import fold_indices, fold_items, labeled_manifest, run_dir, unlabeled_manifests
 
 
 def _train_one(cfg_dict: dict, threads: int, progress: bool) -> str:
+    """One training run in this (or a worker) process; the only use this module makes of liser.train."""
     from .train import train
 
     cfg = Config.from_dict({**cfg_dict, "threads": threads})
@@ -26,21 +29,11 @@ def _train_one(cfg_dict: dict, threads: int, progress: bool) -> str:
 def run_folds(cfg: Config, folds: list[int] | None = None, jobs: int = 1, progress: bool = True) -> dict:
     """Train and test `cfg` on each fold; write <out>/<name>/summary.json; return the summary."""
     from .evaluate import summarize
-    from .train import fold_items, labeled_manifest
     from .features import build_features
 
     manifest = labeled_manifest(cfg)  # prepare once, before any worker starts
     build_features(manifest, cfg.work, threads=cfg.threads or os.cpu_count() or 1, progress=progress)
-    if folds is None:
-        from .folds import folds_for_manifest, load_folds
-
-        try:
-            n = len(load_folds(cfg.folds or manifest.corpus))
-        except LiserError:
-            if cfg.folds:
-                raise
-            n = len(folds_for_manifest(manifest, seed=cfg.seed))
-        folds = list(range(n))
+    folds = fold_indices(cfg, manifest, folds)
     for k in folds:
         fold_items(cfg.replace(fold=k), manifest)  # bad fold / class settings fail before training
     t0 = time.time()
@@ -58,10 +51,7 @@ def run_folds(cfg: Config, folds: list[int] | None = None, jobs: int = 1, progre
     summary = summarize(runs)
     summary.update({"config": cfg.name, "folds_run": folds, "wall_s": round(time.time() - t0, 1),
                     "runs": runs, "table": summary_table({cfg.name: summary})})
-    out = Path(cfg.out) / cfg.name / "summary.json"
-    tmp = out.with_name(".summary.json.tmp")
-    tmp.write_text(json.dumps(summary, indent=1) + "\n")
-    os.replace(tmp, out)
+    atomic_write_text(Path(cfg.out) / cfg.name / "summary.json", json.dumps(summary, indent=1) + "\n")
     return summary
 
 
@@ -77,33 +67,32 @@ def summary_table(rows: dict[str, dict]) -> str:
 
 
 def evaluate_run(run: str | Path, stride_s: float = 0.1, write: bool = False) -> dict:
-    """Re-evaluate a run's best.pt on its fold's test speakers with the given stride."""
-    import torch
+    """Re-evaluate a run's best.pt on its fold's test speakers with the given stride.
 
+    The checkpoint is read by liser.predict.read_checkpoint (weights only,
+    format and liser version checked); LiserError for a directory that is
+    not a run or a checkpoint whose classes differ from the config's.
+    """
     from .evaluate import evaluate_items, plot_confusion
     from .features import build_features
-    from .student import Student
-    from .train import fold_items, labeled_manifest
+    from .predict import read_checkpoint, student_from_checkpoint
 
     run = Path(run)
     if not (run / "best.pt").is_file() or not (run / "config.yaml").is_file():
         raise LiserError(f"{run}: not a run directory (no best.pt / config.yaml)")
     cfg = Config.load(run / "config.yaml")
-    ck = torch.load(run / "best.pt", weights_only=True, map_location="cpu")
+    ck = read_checkpoint(run / "best.pt")
     manifest = labeled_manifest(cfg)
     _, _, test, classes = fold_items(cfg, manifest)
     if list(ck["classes"]) != list(classes):
         raise LiserError(f"{run}/best.pt: classes {ck['classes']} differ from the config's {classes}")
-    model = Student(len(classes), len(ck["video_classes"]))
-    model.load_state_dict(ck["state_dict"])
+    model = student_from_checkpoint(ck, str(run / "best.pt"))
     cache = build_features(manifest, cfg.work, progress=False)
     m, _ = evaluate_items(model, cache, test, classes, stride_s)
     if write:
         old = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
         old["test"] = m
-        tmp = run / ".metrics.json.tmp"
-        tmp.write_text(json.dumps(old, indent=1) + "\n")
-        os.replace(tmp, run / "metrics.json")
+        atomic_write_text(run / "metrics.json", json.dumps(old, indent=1) + "\n")
         plot_confusion(m["confusion"], classes, run / "confusion.png", f"{cfg.name} fold {cfg.fold}")
     return m
 
@@ -173,15 +162,8 @@ def expand_grid(grid: dict, n_folds: int) -> list[dict]:
 
 
 def fold_count(base: Config, manifest=None) -> int:
-    """How many folds the base config's labeled corpus has: its fold file's, else the generated folds'."""
-    from .folds import folds_for_manifest, load_folds
-    from .train import labeled_manifest
-
-    manifest = manifest or labeled_manifest(base)
-    try:
-        return len(load_folds(base.folds or manifest.corpus))
-    except LiserError:
-        return len(folds_for_manifest(manifest, seed=base.seed))
+    """How many folds the base config's labeled corpus has (liser.workspace.resolve_folds decides which file)."""
+    return len(fold_indices(base, manifest or labeled_manifest(base)))
 
 
 def run_grid(grid_path: str | Path, overrides: list[str] | tuple = (), jobs: int | None = None,
@@ -189,19 +171,17 @@ def run_grid(grid_path: str | Path, overrides: list[str] | tuple = (), jobs: int
     """Run every (configuration x searched values x fraction x fold) of a grid, in parallel
     processes, skipping finished runs; then pick each fold's values on validation and write the report."""
     from .features import build_features
-    from .train import labeled_manifest, load_unlabeled
 
     grid = load_grid(grid_path, overrides)
     base: Config = grid["base"]
     manifest = labeled_manifest(base)
     build_features(manifest, base.work, threads=base.threads or os.cpu_count() or 1, progress=progress)
     runs = expand_grid(grid, fold_count(base, manifest))
-    for r in runs:  # unlabeled manifests and their features: built once, before workers start
-        if r["cfg"].lambda_sd > 0 or r["cfg"].lambda_vd > 0:
-            load_unlabeled(r["cfg"], Path(base.work), progress)
-            break
+    distilling = [r["cfg"] for r in runs if r["cfg"].lambda_sd > 0 or r["cfg"].lambda_vd > 0]
+    for m in unlabeled_manifests(distilling[0]) if distilling else []:
+        build_features(m, base.work, threads=base.threads or 2, progress=progress)  # once, before workers start
     jobs = jobs or grid["jobs"]
-    todo = [r for r in runs if not (Path(r["cfg"].out) / r["cfg"].name / f"fold{r['fold']}" / "metrics.json").is_file()]
+    todo = [r for r in runs if not (run_dir(r["cfg"]) / "metrics.json").is_file()]
     t0 = time.time()
     cores = os.cpu_count() or 1
     print(f"grid {grid_path}: {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to go, {jobs} in parallel",
@@ -222,9 +202,7 @@ def run_grid(grid_path: str | Path, overrides: list[str] | tuple = (), jobs: int
                     "runs_total": len(runs)})
     out = Path(base.out)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".grid.json.tmp"
-    tmp.write_text(json.dumps(results, indent=1) + "\n")
-    os.replace(tmp, out / "grid.json")
+    atomic_write_text(out / "grid.json", json.dumps(results, indent=1) + "\n")
     if report:
         from .report import write_report
 
@@ -240,7 +218,7 @@ def collect_grid(runs: list[dict]) -> dict:
 
     chosen: dict[tuple, dict] = {}
     for r in runs:
-        p = Path(r["cfg"].out) / r["cfg"].name / f"fold{r['fold']}" / "metrics.json"
+        p = run_dir(r["cfg"]) / "metrics.json"
         if not p.is_file():
             continue
         m = json.loads(p.read_text())

@@ -141,9 +141,9 @@ class CheckData:
 def _fold_data(ck: dict, max_calib: int = CALIBRATION_WINDOWS) -> CheckData | None:
     """The run's test fold (and training windows for calibration), from the checkpoint's config."""
     from .config import Config
-    from .evaluate import windows_of
     from .features import build_features
-    from .train import fold_items, labeled_manifest
+    from .frontend import windows as windows_of
+    from .workspace import fold_items, labeled_manifest
 
     if not ck.get("config"):
         return None
@@ -245,70 +245,26 @@ def export_onnx(run: str | Path, out: str | Path, int8: str | Path | bool | None
     """Export a run's student to `out` (fp32) and, with `int8`, an int8 model; returns a report dict.
 
     `int8` is a path, or True for `<out stem>.int8.onnx`. Raises LiserError
-    (and leaves no output file) when the fp32 parity check fails.
+    (and leaves no output file) when the fp32 parity check fails. Torch runs
+    on `threads` threads during the call; the process's setting is restored after it.
     """
-    import torch
-
     from .predict import read_checkpoint, student_from_checkpoint
     from .student import Classifier
+    from .util import torch_threads
 
-    torch.set_num_threads(max(1, threads))
     ck_path = _checkpoint_path(run)
     ck = read_checkpoint(ck_path)
     classifier = Classifier(student_from_checkpoint(ck, str(ck_path))).eval()
     out = Path(out)
-    if out.suffix.lower() != ".onnx":
-        raise LiserError(f"{out}: the output must end in .onnx")
-    if not out.parent.is_dir():
-        raise LiserError(f"{out}: the folder {out.parent} does not exist")
-    int8_path = None
-    if int8:
-        int8_path = Path(int8) if not isinstance(int8, bool) else out.with_name(out.stem + ".int8.onnx")
-        if not int8_path.parent.is_dir():
-            raise LiserError(f"{int8_path}: the folder {int8_path.parent} does not exist")
-        if int8_path.resolve() == out.resolve():
-            raise LiserError(f"{int8_path}: the int8 model needs its own path (not --onnx's)")
-
-    # real data for the checks: --check-files, else the run's test fold
-    data = None
-    if check_files:
-        data = _files_data(check_files, ck["classes"])
-    else:
-        try:
-            data = _fold_data(ck)
-        except (LiserError, OSError) as e:
-            say(f"note: the run's test fold is not reachable ({e}); pass --check-files")
-    if data is None:
-        raise LiserError(f"{ck_path}: no real files to check the export on (pass --check-files FILES)")
-
+    int8_path = _output_paths(out, int8)
+    data = _check_data(ck, ck_path, check_files, say)
     report = {"checkpoint": str(ck_path), "onnx": str(out), "opset": opset, "classes": list(ck["classes"]),
               "check_data": data.source}
     tmp = _tmp_name(out)
     tmp_int8 = _tmp_name(int8_path) if int8_path else None
     try:
-        _torch_export(classifier, tmp, opset)
-        _set_metadata(tmp, metadata(ck))
-
-        def torch_fn(x):
-            with torch.inference_mode():
-                return classifier(torch.from_numpy(x)).numpy()
-
-        ref = _logits(torch_fn, data.wins)
-        sess = _session(tmp, threads)
-        got = _logits(lambda x: sess.run(None, {INPUT: x})[0], data.wins)
-        diff = max(float(np.abs(a - b).max()) for a, b in zip(ref, got))
-        ref_lab = np.array([int(z.mean(0).argmax()) for z in ref])
-        agree = float((ref_lab == np.array([int(z.mean(0).argmax()) for z in got])).mean())
-        n_win = sum(len(w) for w in data.wins)
-        say(f"parity on {data.source}, {n_win} windows: max |logit torch - onnxruntime| = {diff:.2e}, "
-            f"label agreement {agree:.1%}")
-        report.update(max_abs_diff=diff, agreement=agree, n_files=len(data.wins), n_windows=n_win)
-        if not diff <= FP32_TOLERANCE or agree < 1.0:
-            raise LiserError(f"{out}: parity check failed (max abs logit difference {diff:.2e}, limit "
-                             f"{FP32_TOLERANCE:.0e}; label agreement {agree:.1%}, needed 100%); nothing written")
-        uar32 = _uar(ref, data.labels, data.classes)
-        report.update(fp32_bytes=tmp.stat().st_size, fp32_uar=uar32)
-
+        with torch_threads(max(1, threads)):
+            ref_lab, uar32 = _fp32(classifier, tmp, out, ck, data, opset, threads, say, report)
         if int8_path:
             report.update(_int8(tmp, tmp_int8, ck, data, ref_lab, uar32, threads, say))
         os.replace(tmp, out)
@@ -328,6 +284,65 @@ def export_onnx(run: str | Path, out: str | Path, int8: str | Path | bool | None
             (f", test UAR {report['int8_uar']:.3f} vs fp32 {uar32:.3f}, delta {report['int8_uar_delta']:+.3f})"
              if uar32 is not None else f", label agreement with fp32 {report['int8_agreement']:.1%})"))
     return report
+
+
+def _output_paths(out: Path, int8) -> Path | None:
+    """Check the fp32 path and return the int8 one (None without --int8); LiserError for a bad path."""
+    if out.suffix.lower() != ".onnx":
+        raise LiserError(f"{out}: the output must end in .onnx")
+    if not out.parent.is_dir():
+        raise LiserError(f"{out}: the folder {out.parent} does not exist")
+    if not int8:
+        return None
+    int8_path = Path(int8) if not isinstance(int8, bool) else out.with_name(out.stem + ".int8.onnx")
+    if not int8_path.parent.is_dir():
+        raise LiserError(f"{int8_path}: the folder {int8_path.parent} does not exist")
+    if int8_path.resolve() == out.resolve():
+        raise LiserError(f"{int8_path}: the int8 model needs its own path (not --onnx's)")
+    return int8_path
+
+
+def _check_data(ck: dict, ck_path: Path, check_files, say) -> CheckData:
+    """Real data for the checks: --check-files, else the run's test fold; LiserError when neither is there."""
+    if check_files:
+        return _files_data(check_files, ck["classes"])
+    data = None
+    try:
+        data = _fold_data(ck)
+    except (LiserError, OSError) as e:
+        say(f"note: the run's test fold is not reachable ({e}); pass --check-files")
+    if data is None:
+        raise LiserError(f"{ck_path}: no real files to check the export on (pass --check-files FILES)")
+    return data
+
+
+def _fp32(classifier, tmp: Path, out: Path, ck: dict, data: CheckData, opset: int, threads: int, say, report: dict):
+    """Export the fp32 graph to `tmp` (renamed to `out` by the caller) and check it against torch; returns (torch labels per file, fp32 UAR)."""
+    import torch
+
+    _torch_export(classifier, tmp, opset)
+    _set_metadata(tmp, metadata(ck))
+
+    def torch_fn(x):
+        with torch.inference_mode():
+            return classifier(torch.from_numpy(x)).numpy()
+
+    ref = _logits(torch_fn, data.wins)
+    sess = _session(tmp, threads)
+    got = _logits(lambda x: sess.run(None, {INPUT: x})[0], data.wins)
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(ref, got))
+    ref_lab = np.array([int(z.mean(0).argmax()) for z in ref])
+    agree = float((ref_lab == np.array([int(z.mean(0).argmax()) for z in got])).mean())
+    n_win = sum(len(w) for w in data.wins)
+    say(f"parity on {data.source}, {n_win} windows: max |logit torch - onnxruntime| = {diff:.2e}, "
+        f"label agreement {agree:.1%}")
+    report.update(max_abs_diff=diff, agreement=agree, n_files=len(data.wins), n_windows=n_win)
+    if not diff <= FP32_TOLERANCE or agree < 1.0:
+        raise LiserError(f"{out}: parity check failed (max abs logit difference {diff:.2e}, limit "
+                         f"{FP32_TOLERANCE:.0e}; label agreement {agree:.1%}, needed 100%); nothing written")
+    uar32 = _uar(ref, data.labels, data.classes)
+    report.update(fp32_bytes=tmp.stat().st_size, fp32_uar=uar32)
+    return ref_lab, uar32
 
 
 def _int8(fp32: Path, dest: Path, ck: dict, data: CheckData, ref_lab, uar32, threads: int, say) -> dict:

@@ -21,17 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import audio
 from .errors import LiserError
-
-FRONT_END = {
-    "sample_rate": audio.SAMPLE_RATE,
-    "n_mels": audio.N_MELS,
-    "n_fft": audio.N_FFT,
-    "hop": audio.HOP,
-    "clip_s": audio.CLIP_S,
-    "scale": "dB, slaney mel, hann, centred (reflect)",
-}
+from .frontend import CACHE_SETTINGS as FRONT_END
+from .frontend import file_features
+from .workspace import features_dir
 
 
 class FeatureCache:
@@ -69,20 +62,17 @@ def cache_key(manifest) -> str:
     return h.hexdigest()[:12]
 
 
-def _features_of(path: Path) -> np.ndarray:
-    wav = audio.pad_to_clip(audio.load_audio(path))
-    return audio.log_mel(wav).T.numpy().astype(np.float16)  # [frames, 64]
-
-
 def build_features(manifest, work: str | Path = "work", threads: int = 2, progress: bool = True) -> FeatureCache:
     """Compute (or reuse) the features cache of a manifest; returns it opened.
 
     Files are decoded in a thread pool (libsndfile and soxr release the GIL)
     and the result is written under a temporary name, renamed when complete.
+    The cache is all-or-nothing: an interrupted build starts again from the
+    first file (it takes minutes per corpus hour, see the README's figures).
     """
     from tqdm import tqdm
 
-    out = Path(work) / "features" / f"{manifest.corpus}-{cache_key(manifest)}"
+    out = features_dir(work, manifest.corpus, cache_key(manifest))
     if (out / "meta.json").is_file():
         return FeatureCache(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -91,7 +81,7 @@ def build_features(manifest, work: str | Path = "work", threads: int = 2, progre
     bar = tqdm(total=len(items), desc=f"log-Mel {manifest.corpus}", unit="file", disable=None if progress else True, leave=False)
     seconds = 0.0
     with ThreadPoolExecutor(max(1, threads)) as pool:
-        futures = {pool.submit(_features_of, manifest.abspath(it)): i for i, it in enumerate(items)}
+        futures = {pool.submit(file_features, manifest.abspath(it)): i for i, it in enumerate(items)}
         for fut in futures:
             i = futures[fut]
             chunks[i] = fut.result()  # a LiserError names the file

@@ -12,6 +12,8 @@ that window (eq. 5), and terms of items without a valid target masked out.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -45,6 +47,18 @@ def item_weights(target: torch.Tensor, weighting: str = "none") -> torch.Tensor:
     raise ValueError(f"unknown weighting {weighting!r} (none, confidence, entropy)")
 
 
+@dataclass(frozen=True)
+class LossOptions:
+    """How the distillation terms of the joint loss are weighted (SPEC "Losses"); the defaults are eq. 4 without distillation."""
+
+    lambda_sd: float = 0.0  # weight of the speech-distillation term (0 = off)
+    lambda_vd: float = 0.0  # weight of the video-distillation term (0 = off)
+    weighting: str = "none"  # per-item weight: none (eq. 4) | confidence (eq. 5) | entropy
+    kind: str = "mae"  # distillation loss: mae (the paper's) | ce (Table 3's distill-ce)
+    temperature_sd: float = 1.0  # temperature of the speech teacher before its weights (not its targets)
+    temperature_vd: float = 1.0  # temperature of the video teacher before its weights
+
+
 def joint_loss(
     sup_logits: torch.Tensor | None,
     labels: torch.Tensor | None,
@@ -54,17 +68,15 @@ def joint_loss(
     vd_logits: torch.Tensor | None = None,
     vd_target: torch.Tensor | None = None,
     vd_mask: torch.Tensor | None = None,
-    lambda_sd: float = 0.0,
-    lambda_vd: float = 0.0,
-    weighting: str = "none",
-    kind: str = "mae",
-    temperature_sd: float = 1.0,
-    temperature_vd: float = 1.0,
+    *,
+    options: LossOptions = LossOptions(),
 ) -> tuple[torch.Tensor, dict]:
     """Eq. 4 (weighting='none') or eq. 5 (weighting='confidence'); returns (loss, parts for logging).
 
+    Shapes: sup_logits [N_l, K], labels [N_l] int; *_logits and *_target
+    [N_u, K_teacher], *_mask [N_u] bool (False = no valid target, no loss).
     Temperatures change only the weights (the teacher's confidence), not the
-    targets the student matches.
+    targets the student matches. Raises ValueError for an unknown weighting or kind.
     """
     n_l = 0 if labels is None else int(labels.shape[0])
     n_u = 0
@@ -78,14 +90,14 @@ def joint_loss(
         total = total + ce
         parts["ce"] = float(ce.detach()) / n_l
     for name, logits, target, mask, lam, temp in (
-        ("sd", sd_logits, sd_target, sd_mask, lambda_sd, temperature_sd),
-        ("vd", vd_logits, vd_target, vd_mask, lambda_vd, temperature_vd),
+        ("sd", sd_logits, sd_target, sd_mask, options.lambda_sd, options.temperature_sd),
+        ("vd", vd_logits, vd_target, vd_mask, options.lambda_vd, options.temperature_vd),
     ):
         if logits is None or target is None or lam == 0:
             continue
         m = torch.ones(target.shape[0]) if mask is None else mask.to(target.dtype)
-        w = item_weights(temper(target, temp), weighting) * m
-        term = distill_term(logits, target, kind)
+        w = item_weights(temper(target, temp), options.weighting) * m
+        term = distill_term(logits, target, options.kind)
         total = total + lam * (w * term).sum()
         parts[name] = float((term.detach() * m).sum() / torch.clamp(m.sum(), min=1))
     denom = max(n_l + n_u, 1)

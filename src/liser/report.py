@@ -13,13 +13,15 @@ data and code version.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+
+from .util import atomic_write_text
+from .workspace import teacher_dir
 
 TABLE2 = ("no-dstl", "vid-dstl", "sp-dstl", "vid-sp-dstl", "conf-vid-sp-dstl")
 TABLE3 = ("distill-ce", "vid-distill-ce", "sp-distill-ce", "two-stage", "vid-two-stage", "sp-two-stage")
@@ -60,12 +62,9 @@ def _row(name: str, t: dict, base: dict | None) -> str:
 
 
 def _plot_fractions(configs: dict, path: Path) -> bool:
-    import matplotlib
+    from .util import new_figure, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = new_figure((5, 3.5))
     drawn = False
     for name, by_frac in configs.items():
         if len(by_frac) < 2:
@@ -75,21 +74,18 @@ def _plot_fractions(configs: dict, path: Path) -> bool:
                     yerr=[by_frac[f]["uar_std"] for f in fr], marker="o", capsize=3, label=name)
         drawn = True
     if not drawn:
-        plt.close(fig)
         return False
     ax.set_xlabel("labeled training files used (%)")
     ax.set_ylabel("test UAR (mean ± std over folds)")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return True
 
 
 def _store_lines(base) -> list[str]:
     """What the teachers' stores hold: how much unlabeled audio, and how much of it has a face for the video teacher."""
-    from .teachers.store import SoftLabelStore
+    from .store import SoftLabelStore
 
     # the per-fold speech stores hold the same items: the base fold's stands for all
     paths = [(kind, tmpl) for kind, tmpl in (("speech", base.speech_store), ("video", base.video_store)) if tmpl]
@@ -185,7 +181,7 @@ def write_report(out: str | Path, results: dict, base, grid_path, overrides=()) 
                     cells = [f"**{v:.2f}**" if v == mean.max() else f"{v:.2f}" for v in mean]
                     lines.append(f"| {c} | " + " | ".join(cells) + " |")
 
-    teach = sorted(Path(base.work).glob(f"teachers/{base.corpus}/*/eval.json"))
+    teach = sorted(teacher_dir(base, 0).parent.glob("*/eval.json"))
     if teach:
         lines += ["", "## Teachers", "",
                   "The speech teacher is trained per fold on that fold's training speakers only; its test UAR on the "
@@ -203,7 +199,7 @@ def write_report(out: str | Path, results: dict, base, grid_path, overrides=()) 
             lines.append(f"| {e.get('teacher', p.parent.name)} | {e.get('fold', '-')} | {f(e.get('uar'))} "
                          f"| {f(e.get('uar_pieces'))} | {f(cal.get('ece'))} | {f(cal.get('temperature'))} "
                          f"| {f(cal.get('ece_tempered'))} |")
-        rel = sorted(Path(base.work).glob(f"teachers/{base.corpus}/*/reliability.png"))
+        rel = sorted(teacher_dir(base, 0).parent.glob("*/reliability.png"))
         for r in rel[:5]:
             dst = out / f"reliability_{r.parent.name}.png"
             dst.write_bytes(r.read_bytes())
@@ -214,7 +210,5 @@ def write_report(out: str | Path, results: dict, base, grid_path, overrides=()) 
         for f in t["folds"]:
             lines.append(f"| {name} | {f['fold']} | {f['variant']} | {f['val_uar']:.3f} | {f['uar']:.3f} | {f['war']:.3f} |")
     path = out / "report.md"
-    tmp = out / ".report.md.tmp"
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, "\n".join(lines) + "\n")
     return path

@@ -1,6 +1,6 @@
 """Training a student for one fold: joint mini-batches, the loop, checkpoints, resume.
 
-`train(cfg)` writes a run directory `<out>/<name>/fold<k>/`:
+`train(cfg)` writes a run directory `<out>/<name>/fold<k>/` (liser.workspace.run_dir):
 
     config.yaml    the resolved configuration
     epochs.csv     one row per epoch (losses, validation UAR/WAR, seconds)
@@ -14,17 +14,22 @@ log-Mel, CE through g_sup) and, when distilling, `unlabeled_batch`
 unlabeled items (random 3 s crop; targets = mean of the teacher's 0.5 s
 pieces inside the same window, from the soft-label stores). An interrupted
 run resumes from its last completed epoch; a finished run is skipped.
+
+Which items and which files a config means is liser.workspace's business;
+this module is the loop, in named steps that `train` calls in order:
+
+    check_run -> load_data -> build_model -> resume -> run_epoch (x epochs) -> finish
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
-import os
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,89 +37,16 @@ import numpy as np
 from . import audio
 from .config import Config
 from .errors import LiserError
+from .frontend import SETTINGS as FRONT_END
+from .util import atomic_save, atomic_write_text
+from .workspace import fold_items, labeled_manifest, run_dir, speech_store, teacher_dir, unlabeled_manifests, video_store
+
+# the FER2013 order, used for g_vd when no video store is read (the head exists but gets no loss)
+DEFAULT_VIDEO_CLASSES = ["angry", "disgust", "fearful", "happy", "sad", "surprised", "neutral"]
+LOG_FIELDS = ("epoch", "stage", "loss", "ce", "sd", "vd", "val_uar", "val_war", "train_s", "epoch_s", "samples_per_s")
 
 
 # ---------------------------------------------------------------- data
-def labeled_manifest(cfg: Config):
-    """The prepared labeled manifest (prepared into <work>/manifests/<corpus> on first use)."""
-    from .corpora import Manifest, prepare
-
-    path = Path(cfg.manifest) if cfg.manifest else Path(cfg.work) / "manifests" / cfg.corpus
-    if (path / "meta.json").is_file():
-        return Manifest.load(path)
-    if cfg.manifest:
-        raise LiserError(f"{path}: no such manifest (run `liser prepare`)")
-    m = prepare(cfg.corpus, cfg.root)
-    m.save(path)
-    return m
-
-
-def unlabeled_manifests(cfg: Config) -> list:
-    """Each `unlabeled` entry, "adapter:root" or a manifest dir, prepared once under <work>/manifests."""
-    import hashlib
-
-    from .corpora import Manifest, prepare
-
-    out = []
-    for spec in cfg.unlabeled:
-        if Path(spec, "meta.json").is_file():
-            out.append(Manifest.load(spec))
-            continue
-        if ":" not in spec:
-            raise LiserError(f"unlabeled: {spec!r} is neither a manifest directory nor adapter:root")
-        adapter, root = spec.split(":", 1)
-        key = hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:8]
-        path = Path(cfg.work) / "manifests" / f"unlabeled-{adapter}-{key}"
-        if (path / "meta.json").is_file():
-            out.append(Manifest.load(path))
-            continue
-        m = prepare(adapter, root)
-        m.corpus = f"{m.corpus}"
-        m.items = [type(it)(**{**it.__dict__, "label": ""}) for it in m.items]  # labels are ignored
-        m.save(path)
-        out.append(m)
-    return out
-
-
-def fold_items(cfg: Config, manifest):
-    """(train, val, test) items of cfg.fold, with classes filtered and the label fraction applied."""
-    from .folds import check_folds, folds_for_manifest, load_folds
-
-    name = cfg.folds or manifest.corpus
-    try:
-        folds = load_folds(name)
-    except LiserError:
-        if cfg.folds:
-            raise
-        folds = folds_for_manifest(manifest, seed=cfg.seed)
-    check_folds(folds, manifest, source=name)
-    fold = folds[cfg.fold]
-    classes = list(cfg.classes) if cfg.classes else manifest.classes
-    unknown = set(classes) - set(manifest.classes)
-    if unknown:
-        raise LiserError(f"classes: {sorted(unknown)} not in the {manifest.corpus} labels {manifest.classes}")
-    keep = [it for it in manifest.items if it.label in classes]
-    train = [it for it in keep if it.speaker in set(fold.train)]
-    val = [it for it in keep if it.speaker in set(fold.val)]
-    test = [it for it in keep if it.speaker in set(fold.test)]
-    if not 0 < cfg.label_fraction <= 1:
-        raise LiserError(f"label_fraction must be in (0, 1], got {cfg.label_fraction}")
-    if cfg.label_fraction < 1:
-        train = stratified_fraction(train, cfg.label_fraction, cfg.seed)
-    return train, val, test, classes
-
-
-def stratified_fraction(items, fraction: float, seed: int):
-    """A class-stratified subset holding `fraction` of each class (at least one file per class)."""
-    rng = random.Random(seed)
-    out = []
-    for label in sorted({it.label for it in items}):
-        members = [it for it in items if it.label == label]
-        rng.shuffle(members)
-        out.extend(members[: max(1, round(fraction * len(members)))])
-    return sorted(out, key=lambda it: it.id)
-
-
 @dataclass
 class Unlabeled:
     """The unlabeled pool of a run: features plus the stores that give its targets."""
@@ -126,15 +58,16 @@ class Unlabeled:
 
 
 def load_unlabeled(cfg: Config, work: Path, progress: bool) -> Unlabeled | None:
+    """The pool items that have a soft label in a store the config distils from; None when not distilling."""
     from .features import build_features
-    from .teachers.store import SoftLabelStore
+    from .store import SoftLabelStore
 
     use_sd = cfg.lambda_sd > 0 and cfg.speech_store
     use_vd = cfg.lambda_vd > 0 and cfg.video_store
     if not (use_sd or use_vd):
         return None
-    speech = SoftLabelStore(cfg.speech_store.format(fold=cfg.fold)) if use_sd else None
-    video = SoftLabelStore(cfg.video_store.format(fold=cfg.fold)) if use_vd else None
+    speech = SoftLabelStore(speech_store(cfg)) if use_sd else None
+    video = SoftLabelStore(video_store(cfg)) if use_vd else None
     frames, ids = [], []
     for m in unlabeled_manifests(cfg):
         cache = build_features(m, work, threads=cfg.threads or 2, progress=progress).load_into_memory()
@@ -149,8 +82,6 @@ def load_unlabeled(cfg: Config, work: Path, progress: bool) -> Unlabeled | None:
 
 def fitted_temperature(cfg: Config, store) -> float:
     """The temperature fitted on validation for the teacher that wrote `store` (its eval.json, same hash)."""
-    from .teachers.pipeline import teacher_dir
-
     path = teacher_dir(cfg, cfg.fold) / "eval.json"
     if not path.is_file():
         raise LiserError(f"{path}: temperature_sd 0 (fitted) needs the teacher's evaluation; run `liser teacher fit speech`")
@@ -195,6 +126,46 @@ def unlabeled_batch(pool: Unlabeled, idx: np.ndarray, rng: np.random.Generator):
     return torch.from_numpy(np.stack(xs)), pack(sd_t, sd_m), pack(vd_t, vd_m)
 
 
+@dataclass
+class Data:
+    """Everything a run reads: the fold's labeled items and features, the unlabeled pool, the teachers' settings."""
+
+    train: list
+    val: list
+    test: list
+    classes: list[str]
+    cache: object  # FeatureCache of the labeled corpus, in memory
+    pool: Unlabeled | None
+    temperature_sd: float  # cfg.temperature_sd, or the fold's teacher's fitted one when that is 0
+    video_classes: list[str]
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Class indices of the training items, [N] int."""
+        index = {c: i for i, c in enumerate(self.classes)}
+        return np.array([index[it.label] for it in self.train])
+
+
+def load_data(cfg: Config, progress: bool) -> Data:
+    """The fold's items and features, the pool and the stores, checked against each other."""
+    from .features import build_features
+
+    manifest = labeled_manifest(cfg)
+    train_items, val_items, test_items, classes = fold_items(cfg, manifest)
+    cache = build_features(manifest, cfg.work, threads=cfg.threads or 2, progress=progress).load_into_memory()
+    pool = load_unlabeled(cfg, Path(cfg.work), progress)
+    if pool is None and cfg.schedule == "two-stage":
+        raise LiserError("schedule two-stage needs unlabeled data with soft labels "
+                         "(unlabeled, speech_store/video_store and lambda_sd/lambda_vd > 0)")
+    speech = pool.speech if pool is not None else None
+    if speech is not None and list(speech.classes) != list(classes):
+        raise LiserError(f"{speech.path}: speech teacher classes {speech.classes} != the student's {classes}")
+    temperature_sd = fitted_temperature(cfg, speech) if speech is not None and cfg.temperature_sd == 0 \
+        else cfg.temperature_sd
+    video_classes = list(pool.video.classes) if pool is not None and pool.video is not None else DEFAULT_VIDEO_CLASSES
+    return Data(train_items, val_items, test_items, classes, cache, pool, temperature_sd, video_classes)
+
+
 # ---------------------------------------------------------------- checkpoints
 def student_checkpoint(model, classes, video_classes, cfg: Config, epoch: int, val: dict) -> dict:
     """A self-describing student: plain types and tensors only (loads with weights_only=True)."""
@@ -206,202 +177,267 @@ def student_checkpoint(model, classes, video_classes, cfg: Config, epoch: int, v
         "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
         "classes": list(classes),
         "video_classes": list(video_classes),
-        "front_end": {"sample_rate": audio.SAMPLE_RATE, "n_mels": audio.N_MELS, "win_s": audio.WIN_S,
-                      "hop_s": audio.HOP_S, "clip_s": audio.CLIP_S},
+        "front_end": dict(FRONT_END),
         "config": cfg.to_dict(),
         "epoch": epoch,
         "val": {"uar": val.get("uar"), "war": val.get("war")},
     }
 
 
-def atomic_save(obj, path: Path) -> None:
-    import torch
-
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def run_dir_of(cfg: Config) -> Path:
-    return Path(cfg.out) / cfg.name / f"fold{cfg.fold}"
+    """Kept for callers of the old name: liser.workspace.run_dir."""
+    return run_dir(cfg)
 
 
-# ---------------------------------------------------------------- the loop
-def train(cfg: Config, run_dir: str | Path | None = None, progress: bool = True) -> Path:
-    """Train one fold of one configuration; returns the run directory (skips a finished run)."""
-    import torch
-    from tqdm import tqdm
-
-    from .evaluate import evaluate_items, head_by_class, plot_confusion
-    from .features import build_features, normalisation_stats
-    from .losses import joint_loss
-    from .student import Student
-
-    run = Path(run_dir) if run_dir else run_dir_of(cfg)
+# ---------------------------------------------------------------- the steps
+def check_run(cfg: Config, run: Path) -> bool:
+    """True if `run` already holds this config's finished run; LiserError if it holds another config's."""
     if (run / "config.yaml").is_file() and (run / "metrics.json").is_file() or (run / "last.pt").is_file():
         old = Config.load(run / "config.yaml").replace(threads=cfg.threads)
         if old != cfg:
             diff = [k for k, v in cfg.to_dict().items() if old.to_dict().get(k) != v]
             raise LiserError(f"{run}: holds a run of another config (differs in {', '.join(diff)}); "
                              "remove it or change `name` / `out`")
-    if (run / "metrics.json").is_file():
-        return run
-    if cfg.schedule not in ("joint", "two-stage"):
-        raise LiserError(f"schedule must be joint or two-stage, got {cfg.schedule!r}")
-    if cfg.distill_loss not in ("mae", "ce"):
-        raise LiserError(f"distill_loss must be mae or ce, got {cfg.distill_loss!r}")
-    if cfg.weighting not in ("none", "confidence", "entropy"):
-        raise LiserError(f"weighting must be none, confidence or entropy, got {cfg.weighting!r}")
-    run.mkdir(parents=True, exist_ok=True)
-    cfg.save(run / "config.yaml")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+    return (run / "metrics.json").is_file()
+
+
+@contextlib.contextmanager
+def torch_settings(threads: int):
+    """Thread count and deterministic algorithms for the run, restored afterwards (no process-wide change)."""
+    import torch
+
+    old = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+           torch.is_deterministic_algorithms_warn_only_enabled())
+    if threads:
+        torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    work = Path(cfg.work)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old[0])
+        torch.use_deterministic_algorithms(old[1], warn_only=old[2])
 
-    manifest = labeled_manifest(cfg)
-    train_items, val_items, test_items, classes = fold_items(cfg, manifest)
-    cache = build_features(manifest, work, threads=cfg.threads or 2, progress=progress).load_into_memory()
-    pool = load_unlabeled(cfg, work, progress)
-    if pool is None and cfg.schedule == "two-stage":
-        raise LiserError("schedule two-stage needs unlabeled data with soft labels "
-                         "(unlabeled, speech_store/video_store and lambda_sd/lambda_vd > 0)")
-    if pool is not None and pool.speech is not None and list(pool.speech.classes) != list(classes):
-        raise LiserError(f"{pool.speech.path}: speech teacher classes {pool.speech.classes} != the student's {classes}")
-    temperature_sd = fitted_temperature(cfg, pool.speech) if pool is not None and pool.speech is not None \
-        and cfg.temperature_sd == 0 else cfg.temperature_sd
-    video_classes = list(pool.video.classes) if pool is not None and pool.video is not None else \
-        ["angry", "disgust", "fearful", "happy", "sad", "surprised", "neutral"]
 
-    model = Student(len(classes), len(video_classes))
-    mean, std = normalisation_stats(cache, [it.id for it in train_items])
+def build_model(cfg: Config, data: Data):
+    """The student (normalised on the training items' frames, channels_last) and its AdamW optimiser."""
+    import torch
+
+    from .features import normalisation_stats
+    from .student import Student
+
+    model = Student(len(data.classes), len(data.video_classes))
+    mean, std = normalisation_stats(data.cache, [it.id for it in data.train])
     model.set_normalisation(torch.from_numpy(mean), torch.from_numpy(std))
     model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    cls_index = {c: i for i, c in enumerate(classes)}
-    y_train = np.array([cls_index[it.label] for it in train_items])
-    train_frames = [cache.frames(it.id) for it in train_items]
+    return model, opt
 
-    start_epoch, best_uar, best_epoch, stale = 0, -1.0, -1, 0
-    u_order, u_pos = np.array([], dtype=np.int64), 0  # the unlabeled pool's permutation and position in it
-    rng = np.random.default_rng(cfg.seed)
+
+@dataclass
+class State:
+    """What a resumed run needs besides the weights: position in the schedule and every RNG."""
+
+    rng: np.random.Generator
+    epoch: int = 0  # the next epoch to train
+    best_uar: float = -1.0
+    best_epoch: int = -1
+    stale: int = 0  # epochs since the best validation UAR
+    u_order: np.ndarray = field(default_factory=lambda: np.array([], dtype=np.int64))  # pool permutation
+    u_pos: int = 0  # position in u_order
+
+    def to_checkpoint(self, model, opt) -> dict:
+        import torch
+
+        return {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": self.epoch,
+                "best_uar": self.best_uar, "best_epoch": self.best_epoch, "stale": self.stale,
+                "np_rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                "u_order": torch.from_numpy(np.asarray(self.u_order, dtype=np.int64)), "u_pos": self.u_pos}
+
+
+def resume(run: Path, cfg: Config, model, opt) -> State:
+    """A fresh State, or the one of last.pt (restoring model, optimiser and RNGs); trims epochs.csv to match."""
+    import torch
+
+    state = State(np.random.default_rng(cfg.seed))
     last = run / "last.pt"
     if last.is_file():  # resume after the last completed epoch
         st = torch.load(last, weights_only=True, map_location="cpu")
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
-        start_epoch, best_uar, best_epoch, stale = st["epoch"] + 1, st["best_uar"], st["best_epoch"], st["stale"]
-        u_order, u_pos = st["u_order"].numpy(), int(st["u_pos"])
-        rng.bit_generator.state = st["np_rng"]
+        state.epoch, state.best_uar, state.best_epoch, state.stale = \
+            st["epoch"] + 1, st["best_uar"], st["best_epoch"], st["stale"]
+        state.u_order, state.u_pos = st["u_order"].numpy(), int(st["u_pos"])
+        state.rng.bit_generator.state = st["np_rng"]
         torch.set_rng_state(st["torch_rng"])
     log_path = run / "epochs.csv"
     if log_path.exists():  # keep only the epochs that last.pt holds (an interruption may have logged one more)
         with open(log_path, newline="") as f:
-            kept = [r for r in csv.DictReader(f) if int(r["epoch"]) < start_epoch]
+            kept = [r for r in csv.DictReader(f) if int(r["epoch"]) < state.epoch]
         log_path.unlink()
         for r in kept:
             _append_csv(log_path, r)
+    return state
 
+
+def loss_options(cfg: Config, data: Data):
+    """The joint loss's settings from the config (and the fold's fitted speech temperature)."""
+    from .losses import LossOptions
+
+    return LossOptions(lambda_sd=cfg.lambda_sd, lambda_vd=cfg.lambda_vd, weighting=cfg.weighting,
+                       kind=cfg.distill_loss, temperature_sd=data.temperature_sd, temperature_vd=cfg.temperature_vd)
+
+
+def run_epoch(cfg: Config, data: Data, model, opt, state: State, stage1: bool, frames: list, y: np.ndarray):
+    """One epoch of mini-batches: returns (summed loss parts, steps, samples, seconds).
+
+    Stage 1 of the two-stage schedule sees only unlabeled items; otherwise
+    each step holds `batch_size` labeled items plus `unlabeled_batch`
+    pool items when distilling.
+    """
+    import torch
+
+    from .losses import joint_loss
+
+    t0 = time.time()
+    pool, rng = data.pool, state.rng
+    options = loss_options(cfg, data)
     n_u = cfg.unlabeled_batch if pool is not None else 0
-    steps = int(np.ceil(len(train_items) / cfg.batch_size))
-    epochs_bar = tqdm(range(start_epoch, cfg.epochs), desc=f"{cfg.name} fold{cfg.fold}", unit="epoch",
-                      initial=start_epoch, total=cfg.epochs, disable=None if progress else True, leave=False)
-    for epoch in epochs_bar:
-        t0 = time.time()
+    use_l = not stage1
+    use_u = pool is not None and (cfg.schedule == "joint" or stage1)
+    model.train()
+    order = rng.permutation(len(data.train))
+    sums: dict[str, float] = {}
+    n_samples = 0
+    n_steps = int(np.ceil(len(data.train) / cfg.batch_size)) if use_l else int(np.ceil(len(pool.ids) / max(n_u, 1)))
+    for s in range(n_steps):
+        xs, labels = [], None
+        if use_l:
+            idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
+            xs = [random_crop(frames[i], rng)[0] for i in idx]
+            labels = torch.from_numpy(y[idx])
+        sd = vd = (None, None)
+        if use_u:
+            if state.u_pos + n_u > len(state.u_order):
+                state.u_order, state.u_pos = rng.permutation(len(pool.ids)), 0
+            xu, sd, vd = unlabeled_batch(pool, state.u_order[state.u_pos : state.u_pos + n_u], rng)
+            state.u_pos += n_u
+        x = torch.from_numpy(np.stack(xs)) if xs else None
+        if use_u:
+            x = xu if x is None else torch.cat([x, xu])
+        n_samples += len(x)
+        sup, sd_logits, vd_logits = model(x)
+        n_l = 0 if labels is None else len(labels)
+        loss, parts = joint_loss(sup[:n_l] if n_l else None, labels, sd_logits[n_l:], sd[0], sd[1],
+                                 vd_logits[n_l:], vd[0], vd[1], options=options)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + v
+        sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+    return sums, n_steps, n_samples, time.time() - t0
+
+
+def end_epoch(cfg: Config, data: Data, run: Path, model, opt, state: State, stage1: bool, stats) -> dict:
+    """Validate, log the epoch's row, keep best.pt, save last.pt; returns the row and the validation metrics."""
+    from .evaluate import evaluate_items
+
+    sums, n_steps, n_samples, train_s = stats
+    t_val = time.time()
+    if stage1:  # distillation-only stage: no model selection yet
+        val = {"uar": float("nan"), "war": float("nan")}
+    else:
+        val, _ = evaluate_items(model, data.cache, data.val, data.classes, cfg.val_stride_s)
+    row = {"epoch": state.epoch, "stage": "distil" if stage1 else "train",
+           **{k: round(v / n_steps, 5) for k, v in sums.items()},
+           "val_uar": round(val["uar"], 5), "val_war": round(val["war"], 5),
+           "train_s": round(train_s, 2), "epoch_s": round(train_s + time.time() - t_val, 2),
+           "samples_per_s": round(n_samples / max(train_s, 1e-9), 1)}
+    _append_csv(run / "epochs.csv", row)
+    if not stage1 and val["uar"] > state.best_uar:
+        state.best_uar, state.best_epoch, state.stale = val["uar"], state.epoch, 0
+        atomic_save(student_checkpoint(model, data.classes, data.video_classes, cfg, state.epoch, val), run / "best.pt")
+    elif not stage1:
+        state.stale += 1
+    atomic_save(state.to_checkpoint(model, opt), run / "last.pt")
+    return row, val
+
+
+def run_epochs(cfg: Config, data: Data, run: Path, model, opt, state: State, progress: bool) -> None:
+    """Epochs from state.epoch to cfg.epochs (or until `patience` epochs bring no better validation UAR)."""
+    from tqdm import tqdm
+
+    frames = [data.cache.frames(it.id) for it in data.train]
+    y = data.labels
+    bar = tqdm(range(state.epoch, cfg.epochs), desc=f"{cfg.name} fold{cfg.fold}", unit="epoch",
+               initial=state.epoch, total=cfg.epochs, disable=None if progress else True, leave=False)
+    for epoch in bar:
+        state.epoch = epoch
         stage1 = cfg.schedule == "two-stage" and epoch < cfg.stage1_epochs
-        use_l = not stage1
-        use_u = pool is not None and (cfg.schedule == "joint" or stage1)
-        model.train()
-        order = rng.permutation(len(train_items))
-        sums: dict[str, float] = {}
-        n_samples = 0
-        n_steps = steps if use_l else int(np.ceil(len(pool.ids) / max(n_u, 1)))
-        for s in range(n_steps):
-            xs, labels = [], None
-            if use_l:
-                idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
-                xs = [random_crop(train_frames[i], rng)[0] for i in idx]
-                labels = torch.from_numpy(y_train[idx])
-            sd = vd = (None, None)
-            if use_u:
-                if u_pos + n_u > len(u_order):
-                    u_order, u_pos = rng.permutation(len(pool.ids)), 0
-                xu, sd, vd = unlabeled_batch(pool, u_order[u_pos : u_pos + n_u], rng)
-                u_pos += n_u
-            x = torch.from_numpy(np.stack(xs)) if xs else None
-            if use_u:
-                x = xu if x is None else torch.cat([x, xu])
-            n_samples += len(x)
-            sup, sd_logits, vd_logits = model(x)
-            n_l = 0 if labels is None else len(labels)
-            loss, parts = joint_loss(
-                sup[:n_l] if n_l else None, labels,
-                sd_logits[n_l:], sd[0], sd[1], vd_logits[n_l:], vd[0], vd[1],
-                cfg.lambda_sd, cfg.lambda_vd, cfg.weighting, cfg.distill_loss,
-                temperature_sd, cfg.temperature_vd,
-            )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + v
-            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
-        train_s = time.time() - t0
-        if stage1:  # distillation-only stage: no model selection yet
-            val = {"uar": float("nan"), "war": float("nan")}
-        else:
-            val, _ = evaluate_items(model, cache, val_items, classes, cfg.val_stride_s)
-        row = {"epoch": epoch, "stage": "distil" if stage1 else "train",
-               **{k: round(v / n_steps, 5) for k, v in sums.items()},
-               "val_uar": round(val["uar"], 5), "val_war": round(val["war"], 5),
-               "train_s": round(train_s, 2), "epoch_s": round(time.time() - t0, 2),
-               "samples_per_s": round(n_samples / max(train_s, 1e-9), 1)}
-        _append_csv(log_path, row)
-        if not stage1 and val["uar"] > best_uar:
-            best_uar, best_epoch, stale = val["uar"], epoch, 0
-            atomic_save(student_checkpoint(model, classes, video_classes, cfg, epoch, val), run / "best.pt")
-        elif not stage1:
-            stale += 1
-        atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
-                     "best_uar": best_uar, "best_epoch": best_epoch, "stale": stale,
-                     "np_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                     "u_order": torch.from_numpy(np.asarray(u_order, dtype=np.int64)), "u_pos": u_pos}, last)
-        epochs_bar.set_postfix(val_uar=f"{val['uar']:.3f}", best=f"{best_uar:.3f}@{best_epoch}")
+        stats = run_epoch(cfg, data, model, opt, state, stage1, frames, y)
+        row, val = end_epoch(cfg, data, run, model, opt, state, stage1, stats)
+        bar.set_postfix(val_uar=f"{val['uar']:.3f}", best=f"{state.best_uar:.3f}@{state.best_epoch}")
         if not progress:  # no bar (logs, CI, parallel workers): one line per epoch instead
             print(f"{cfg.name} fold{cfg.fold} epoch {epoch}: loss {row.get('loss', float('nan')):.4f} "
-                  f"val UAR {val['uar']:.3f} (best {best_uar:.3f}@{best_epoch}) {row['epoch_s']:.1f}s",
+                  f"val UAR {val['uar']:.3f} (best {state.best_uar:.3f}@{state.best_epoch}) {row['epoch_s']:.1f}s",
                   file=sys.stderr, flush=True)
-        if cfg.patience and stale >= cfg.patience:
+        if cfg.patience and state.stale >= cfg.patience:
             break
-    epochs_bar.close()
+    bar.close()
+
+
+def finish(cfg: Config, data: Data, run: Path, model, best_epoch: int) -> None:
+    """The best epoch on the test (and validation) speakers: metrics.json and confusion.png; drops last.pt."""
+    import torch
+
+    from .evaluate import evaluate_items, head_by_class, plot_confusion
 
     if not (run / "best.pt").is_file():
         raise LiserError(f"{run}: no epoch finished a validation (epochs={cfg.epochs}, stage1_epochs={cfg.stage1_epochs})")
     best = torch.load(run / "best.pt", weights_only=True, map_location="cpu")
     model.load_state_dict(best["state_dict"])
-    test, test_logits = evaluate_items(model, cache, test_items, classes, cfg.test_stride_s)
-    val, _ = evaluate_items(model, cache, val_items, classes, cfg.val_stride_s)
-    result = {"config": cfg.name, "fold": cfg.fold, "best_epoch": best_epoch, "classes": classes,
-              "n_train": len(train_items), "n_val": len(val_items), "n_test": len(test_items),
-              "n_unlabeled": 0 if pool is None else len(pool.ids), "temperature_sd": temperature_sd,
+    test, test_logits = evaluate_items(model, data.cache, data.test, data.classes, cfg.test_stride_s)
+    val, _ = evaluate_items(model, data.cache, data.val, data.classes, cfg.val_stride_s)
+    head = head_by_class(model, data.cache, data.test, data.classes, "vd") if cfg.lambda_vd > 0 else None
+    result = {"config": cfg.name, "fold": cfg.fold, "best_epoch": best_epoch, "classes": data.classes,
+              "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test),
+              "n_unlabeled": 0 if data.pool is None else len(data.pool.ids), "temperature_sd": data.temperature_sd,
               "test": test, "val": {"uar": val["uar"], "war": val["war"]},
-              "video_classes": video_classes,
-              "video_head_by_class": head_by_class(model, cache, test_items, classes, "vd") if cfg.lambda_vd > 0 else None,
-              "test_ids": [it.id for it in test_items], "test_y": [cls_index[it.label] for it in test_items],
+              "video_classes": data.video_classes, "video_head_by_class": head,
+              "test_ids": [it.id for it in data.test], "test_y": [data.classes.index(it.label) for it in data.test],
               "test_logits": np.round(test_logits, 4).tolist()}
-    plot_confusion(test["confusion"], classes, run / "confusion.png",
+    plot_confusion(test["confusion"], data.classes, run / "confusion.png",
                    f"{cfg.name} fold {cfg.fold}: UAR {test['uar']:.3f} WAR {test['war']:.3f}")
-    tmp = run / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    os.replace(tmp, run / "metrics.json")
-    last.unlink(missing_ok=True)  # finished: the resume state is no longer needed
+    atomic_write_text(run / "metrics.json", json.dumps(result, indent=1) + "\n")
+    (run / "last.pt").unlink(missing_ok=True)  # finished: the resume state is no longer needed
+
+
+# ---------------------------------------------------------------- the loop
+def train(cfg: Config, run_dir: str | Path | None = None, progress: bool = True) -> Path:
+    """Train one fold of one configuration; returns the run directory (skips a finished run).
+
+    Raises LiserError for a bad setting, missing data or stores, or a run
+    directory that holds another config's run. Torch's thread count and
+    deterministic-algorithms flag are set for the run and restored after it.
+    """
+    import torch
+
+    run = Path(run_dir) if run_dir else run_dir_of(cfg)
+    if check_run(cfg, run):
+        return run
+    cfg.check_choices()
+    run.mkdir(parents=True, exist_ok=True)
+    cfg.save(run / "config.yaml")
+    with torch_settings(cfg.threads):
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        data = load_data(cfg, progress)
+        model, opt = build_model(cfg, data)
+        state = resume(run, cfg, model, opt)
+        run_epochs(cfg, data, run, model, opt, state, progress)
+        finish(cfg, data, run, model, state.best_epoch)
     return run
-
-
-LOG_FIELDS = ("epoch", "stage", "loss", "ce", "sd", "vd", "val_uar", "val_war", "train_s", "epoch_s", "samples_per_s")
 
 
 def _append_csv(path: Path, row: dict) -> None:

@@ -16,15 +16,14 @@ Every step skips what is already done, so re-running resumes.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-from ..audio import VIDEO_SUFFIXES
 from ..config import Config
 from ..errors import LiserError
-from .store import store_complete
-
-AUDIO_ONLY_CONTAINERS = {".m4a", ".aac"}
+from ..store import store_complete
+from ..util import atomic_write_text
+from ..workspace import (faces_dir, fold_indices, fold_items, labeled_manifest, speech_store, teacher_dir,
+                         unlabeled_pool, video_store)
 
 
 def speech_teacher_config(cfg: Config, overrides: list[str] | tuple = ()):
@@ -57,35 +56,17 @@ def speech_teacher_config(cfg: Config, overrides: list[str] | tuple = ()):
     return SpeechTeacherConfig(**data)
 
 
-def teacher_dir(cfg: Config, fold: int) -> Path:
-    return Path(cfg.work) / "teachers" / cfg.corpus / f"speech-fold{fold}"
-
-
-def _fold_list(cfg: Config, folds, manifest) -> list[int]:
-    from ..folds import folds_for_manifest, load_folds
-
-    if folds is not None:
-        return list(folds)
-    try:
-        return list(range(len(load_folds(cfg.folds or manifest.corpus))))
-    except LiserError:
-        if cfg.folds:
-            raise
-        return list(range(len(folds_for_manifest(manifest, seed=cfg.seed))))
-
-
 def fit_speech_teachers(cfg: Config, folds=None, overrides=(), progress: bool = True) -> list[dict]:
     """Fit (or reuse) each fold's speech teacher and write its eval.json; returns the evals."""
     import numpy as np
 
     from ..calibration import ece, fit_temperature, plot_reliability, temper
-    from ..train import fold_items, labeled_manifest
     from .speech import SpeechTeacher, evaluate_speech_teacher, fit_speech_teacher
 
     tcfg = speech_teacher_config(cfg, overrides)
     manifest = labeled_manifest(cfg)
     evals = []
-    for k in _fold_list(cfg, folds, manifest):
+    for k in fold_indices(cfg, manifest, folds):
         fcfg = cfg.replace(fold=k, label_fraction=1.0)
         train, val, test, classes = fold_items(fcfg, manifest)
         if classes != manifest.classes:
@@ -114,35 +95,15 @@ def fit_speech_teachers(cfg: Config, folds=None, overrides=(), progress: bool = 
               "calibration": {"ece": ece(probs, y), "temperature": t, "ece_tempered": ece(temper(probs, t), y),
                               "mean_confidence": float(probs.max(1).mean()),
                               "accuracy": float((probs.argmax(1) == y).mean())}}
-        tmp = out / ".eval.json.tmp"
-        tmp.write_text(json.dumps(ev, indent=1) + "\n")
-        os.replace(tmp, ev_path)
+        atomic_write_text(ev_path, json.dumps(ev, indent=1) + "\n")
         evals.append(ev)
         print(f"speech teacher fold {k}: test UAR {ev['uar']:.3f} (0.5 s pieces {ev['uar_pieces']:.3f}), "
               f"val ECE {ev['calibration']['ece']:.3f}", flush=True)
     return evals
 
 
-def unlabeled_pool(cfg: Config, videos_only: bool = False):
-    """The config's unlabeled manifests merged into one (absolute paths), optionally only the videos."""
-    from ..corpora import merge_manifests
-    from ..train import unlabeled_manifests
-
-    ms = unlabeled_manifests(cfg)
-    if not ms:
-        raise LiserError("config has no `unlabeled` corpora to label")
-    pool = merge_manifests(ms)
-    if videos_only:
-        pool.items = [it for it in pool.items
-                      if Path(it.path).suffix.lower() in VIDEO_SUFFIXES - AUDIO_ONLY_CONTAINERS]
-        if not pool.items:
-            raise LiserError(f"no video files among the unlabeled corpora {list(cfg.unlabeled)}")
-    return pool
-
-
 def label_speech(cfg: Config, folds=None, shard=(0, 1), overrides=(), progress: bool = True) -> list[str]:
     """Label the unlabeled pool with each fold's speech teacher; returns the store paths."""
-    from ..train import labeled_manifest
     from .speech import SpeechTeacher, label_with_speech_teacher
 
     if not cfg.speech_store:
@@ -150,8 +111,8 @@ def label_speech(cfg: Config, folds=None, shard=(0, 1), overrides=(), progress: 
     fit_speech_teachers(cfg, folds, overrides, progress)
     pool = unlabeled_pool(cfg)
     out = []
-    for k in _fold_list(cfg, folds, labeled_manifest(cfg)):
-        store = cfg.speech_store.format(fold=k)
+    for k in fold_indices(cfg, labeled_manifest(cfg), folds):
+        store = speech_store(cfg, k)
         teacher = SpeechTeacher.load(teacher_dir(cfg, k))
         out.append(store)
         if store_complete(store, [it.id for it in pool.items], teacher.hash):
@@ -159,10 +120,6 @@ def label_speech(cfg: Config, folds=None, shard=(0, 1), overrides=(), progress: 
         res = label_with_speech_teacher(teacher, pool, store, shard=shard, progress=progress)
         print(f"{store}: {'complete' if res is not None else 'shard done; other shards pending'}", flush=True)
     return out
-
-
-def faces_dir(cfg: Config) -> Path:
-    return Path(cfg.work) / "faces" / f"pool-{cfg.face_size}"
 
 
 def extract_pool_faces(cfg: Config, shard=(0, 1), progress: bool = True) -> dict:
@@ -180,10 +137,10 @@ def label_video(cfg: Config, shard=(0, 1), progress: bool = True) -> str:
         raise LiserError("video_store: the config names no store to write")
     teacher = load_video_teacher(cfg.video_teacher)
     pool = unlabeled_pool(cfg, videos_only=True)
-    if store_complete(cfg.video_store, [it.id for it in pool.items], teacher.hash):
-        return cfg.video_store
+    store = video_store(cfg)
+    if store_complete(store, [it.id for it in pool.items], teacher.hash):
+        return store
     extract_pool_faces(cfg, shard, progress)
-    res = label_with_video_teacher(teacher, pool, faces_dir(cfg), cfg.video_store,
-                                   shard=shard, progress=progress)
-    print(f"{cfg.video_store}: {'complete' if res is not None else 'shard done; other shards pending'}", flush=True)
-    return cfg.video_store
+    res = label_with_video_teacher(teacher, pool, faces_dir(cfg), store, shard=shard, progress=progress)
+    print(f"{store}: {'complete' if res is not None else 'shard done; other shards pending'}", flush=True)
+    return store

@@ -44,7 +44,7 @@ from ..audio import PIECE_S, SAMPLE_RATE, load_audio
 from ..corpora.base import Item, Manifest
 from ..errors import LiserError
 from ..evaluate import uar, war  # the metrics every other stage reports
-from .store import SoftLabelStore, StoreWriter, n_pieces, sha256_file
+from ..store import SoftLabelStore, StoreWriter, n_pieces, sha256_file
 
 FORMAT = "liser-speech-teacher"
 FORMAT_VERSION = 1

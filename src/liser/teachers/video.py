@@ -43,7 +43,7 @@ import numpy as np
 
 from ..audio import PIECE_S
 from ..errors import LiserError
-from .store import SoftLabelStore, StoreWriter, n_pieces, sha256_file
+from ..store import SoftLabelStore, StoreWriter, n_pieces, sha256_file
 
 FER2013_CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]  # the h5 files' output order
 S2D_CLASSES = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]  # FERV39k label_index order

@@ -33,8 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..audio import CLIP_S, PIECE_S
-from ..errors import LiserError
+from .audio import CLIP_S, PIECE_S
+from .errors import LiserError
+from .util import atomic_write_text
 
 
 def sha256_file(path: Path, h=None):
@@ -60,12 +61,6 @@ def window_pieces(start_s: float, piece_s: float = PIECE_S, length_s: float = CL
     a = int(math.ceil((start_s / piece_s) - 0.5 - 1e-9))
     b = int(math.ceil(((start_s + length_s) / piece_s) - 0.5 - 1e-9))
     return max(a, 0), b
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -152,7 +147,7 @@ class StoreWriter:
                     raise LiserError(f"{self.path}: store was made by another teacher ({k}: {old.get(k)!r} != {v!r}); "
                                      "use a new store directory")
         else:
-            _atomic_write_text(head, json.dumps(ident, indent=2) + "\n")
+            atomic_write_text(head, json.dumps(ident, indent=2) + "\n")
         self.done: set[str] = set()
         for part in sorted((self.path / "parts").glob("*.npz")):
             with np.load(part) as z:
@@ -260,7 +255,7 @@ class StoreWriter:
                 w = csv.writer(f)
                 w.writerow(["id", "reason"])
                 w.writerows(sorted(self.rejected.items()))
-            from .. import __version__
+            from . import __version__
 
             meta = {**self.meta, "items": len(order), "pieces": int(total), "valid_pieces": int(valid.sum()),
                     "rejected": len(self.rejected), "liser_version": __version__}
