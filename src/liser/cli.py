@@ -1,5 +1,16 @@
-"""The `liser` command: thin argument parsing over the package's functions.
+"""The `liser` command: every sub-command is registered here, explicitly, over the package's functions.
 
+    quickstart  the whole LiSER pipeline, small (configs/grid-quickstart.yaml)
+    prepare     corpus folder -> manifest           folds       speaker-independent folds / --check
+    train       one fold of a configuration          cv          every fold + the summary table
+    evaluate    re-evaluate a run                    experiment  a grid of runs + report.md
+    teacher     fit a speech teacher per fold; label the unlabeled pool into soft-label stores
+    faces       face tracks of a video manifest      predict     labels with a trained student
+    export      a run's student to ONNX (fp32, int8), parity-checked
+
+Heavy modules are imported inside the handlers, so `liser --help` stays fast
+and every command is listed even when an optional dependency is missing:
+running such a command then says which module is missing, in one line.
 User errors (LiserError) print one line, `liser: <message>`, and exit 2.
 """
 
@@ -26,7 +37,11 @@ def _config(args):
     return cfg
 
 
-# ---------------------------------------------------------------- commands
+def _folds(args):
+    return [int(x) for x in args.folds.split(",")] if getattr(args, "folds", None) else None
+
+
+# ---------------------------------------------------------------- handlers
 def cmd_prepare(args) -> int:
     from .corpora import prepare
 
@@ -74,9 +89,7 @@ def cmd_train(args) -> int:
 def cmd_cv(args) -> int:
     from .experiment import run_folds
 
-    cfg = _config(args)
-    folds = [int(x) for x in args.folds.split(",")] if args.folds else None
-    summary = run_folds(cfg, folds=folds, jobs=args.jobs, progress=_progress())
+    summary = run_folds(_config(args), folds=_folds(args), jobs=args.jobs, progress=_progress())
     print(summary["table"])
     return 0
 
@@ -92,18 +105,89 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-# ---------------------------------------------------------------- parser
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="liser", description="Tiny speech-emotion students distilled from speech and face teachers (LiSER).")
-    from . import __version__
+def cmd_experiment(args) -> int:
+    from .experiment import run_grid, summary_table
 
-    p.add_argument("--version", action="version", version=f"liser {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
+    res = run_grid(args.grid, args.set or [], args.jobs, progress=_progress(), report=not args.no_report)
+    rows = {name: by_frac.get("1", next(iter(by_frac.values()))) for name, by_frac in res["configs"].items()}
+    print(summary_table({n: {**r, "folds": r["n_folds"]} for n, r in rows.items()}))
+    return 0
 
-    def with_config(sp):
+
+def cmd_teacher_fit(args) -> int:
+    import numpy as np
+
+    from .teachers.pipeline import fit_speech_teachers, speech_teacher_config
+
+    cfg = _config(args)
+    speech_teacher_config(cfg, args.teacher_set or [])  # a bad --teacher-set fails now, before any data is read
+    evals = fit_speech_teachers(cfg, _folds(args), args.teacher_set or [], _progress())
+    print("| fold | test UAR | test UAR (0.5 s pieces) | val ECE |\n|---|---|---|---|")
+    for e in evals:
+        print(f"| {e['fold']} | {e['uar']:.3f} | {e['uar_pieces']:.3f} | {e['calibration']['ece']:.3f} |")
+    if evals:
+        print(f"mean test UAR {np.mean([e['uar'] for e in evals]):.3f} over {len(evals)} folds")
+    return 0
+
+
+def cmd_teacher_label(args) -> int:
+    from .teachers.pipeline import label_speech, label_video, speech_teacher_config
+    from .util import parse_shard
+
+    cfg = _config(args)
+    shard = parse_shard(args.shard)
+    if args.teacher == "speech":
+        speech_teacher_config(cfg, args.teacher_set or [])
+        label_speech(cfg, _folds(args), shard, args.teacher_set or [], _progress())
+    else:
+        label_video(cfg, shard, _progress())
+    return 0
+
+
+def cmd_faces(args) -> int:
+    from .corpora import Manifest
+    from .faces import extract_faces_manifest
+    from .util import parse_shard
+
+    s = extract_faces_manifest(Manifest.load(args.manifest), args.out, size=args.size, shard=parse_shard(args.shard),
+                               progress=_progress())
+    print(" ".join(f"{k}={v}" for k, v in s.items() if not isinstance(v, (list, dict))))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .predict import run_predict
+
+    return run_predict(args.model, args.audio, fmt="json" if args.json else "csv" if args.csv else "text",
+                       timeline=args.timeline, stream_input=args.stream, stride=args.stride, threads=args.threads)
+
+
+def cmd_export(args) -> int:
+    from .export import export_onnx
+
+    int8 = True if args.int8 == "" else args.int8
+    export_onnx(args.run, args.onnx, int8=int8, opset=args.opset, check_files=args.check_files, threads=args.threads)
+    return 0
+
+
+def cmd_quickstart(args) -> int:
+    from .quickstart import quickstart
+
+    quickstart(args.grid, args.set or [], progress=_progress())
+    return 0
+
+
+# ---------------------------------------------------------------- parsers
+def _with_config(sp, required: bool = False) -> None:
+    if required:
+        sp.add_argument("config", help="the student config whose data, folds and stores are meant (configs/*.yaml)")
+    else:
         sp.add_argument("config", nargs="?", help="YAML config (configs/*.yaml); omitted = defaults")
-        sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    sp.add_argument("--set", action="extend", nargs="+", metavar="KEY=VALUE",
+                    help="override config keys: --set a=1 b=2, or --set a=1 --set b=2")
 
+
+def add_prepare(sub) -> None:
     sp = sub.add_parser("prepare", help="corpus folder -> manifest directory")
     sp.add_argument("corpus", help="ravdess, cremad, emodb, tess, urdu, generic, unlabeled, videos, mspface")
     sp.add_argument("root", help="corpus root folder")
@@ -111,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--csv", help="generic corpus: CSV with path,speaker,label (default ROOT/labels.csv)")
     sp.set_defaults(func=cmd_prepare)
 
+
+def add_folds(sub) -> None:
     sp = sub.add_parser("folds", help="speaker-independent folds of a manifest, or --check a fold file")
     sp.add_argument("manifest", help="manifest directory")
     sp.add_argument("-k", type=int, default=5, help="number of folds (default 5)")
@@ -119,50 +205,142 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--check", metavar="FOLDS", help="check a fold file (shipped name or path) against the manifest")
     sp.set_defaults(func=cmd_folds)
 
+
+def add_train(sub) -> None:
     sp = sub.add_parser("train", help="train one fold of a configuration")
-    with_config(sp)
+    _with_config(sp)
     sp.add_argument("--fold", type=int, help="fold to train (overrides the config)")
     sp.set_defaults(func=cmd_train)
 
+
+def add_cv(sub) -> None:
     sp = sub.add_parser("cv", help="train and test every fold of a configuration; print the summary table")
-    with_config(sp)
+    _with_config(sp)
     sp.add_argument("--folds", help="comma-separated fold indices (default: all)")
     sp.add_argument("--jobs", type=int, default=1, help="folds trained in parallel processes")
     sp.set_defaults(func=cmd_cv)
 
+
+def add_evaluate(sub) -> None:
     sp = sub.add_parser("evaluate", help="evaluate a run's best checkpoint on its test speakers")
     sp.add_argument("run", help="run directory (holds best.pt and config.yaml)")
     sp.add_argument("--stride", type=float, default=0.1, help="sliding-window stride in seconds (default 0.1)")
     sp.add_argument("--write", action="store_true", help="rewrite the run's metrics.json and confusion.png")
     sp.set_defaults(func=cmd_evaluate)
 
-    for extra in EXTRA_COMMANDS:
-        extra(sub)
+
+def add_experiment(sub) -> None:
+    sp = sub.add_parser("experiment", help="run a grid (configs x lambdas x fractions x folds) and write report.md")
+    sp.add_argument("grid", help="grid YAML (configs/grid-*.yaml)")
+    sp.add_argument("--set", action="extend", nargs="+", metavar="KEY=VALUE",
+                    help="override keys of the grid's base config")
+    sp.add_argument("--jobs", type=int, help="runs in parallel processes (default: the grid's `jobs`)")
+    sp.add_argument("--no-report", action="store_true", help="only train; write no report")
+    sp.set_defaults(func=cmd_experiment)
+
+
+def add_teacher(sub) -> None:
+    t = sub.add_parser("teacher", help="fit a speech teacher per fold; label unlabeled data with a teacher")
+    tsub = t.add_subparsers(dest="action", required=True)
+
+    def common(sp):
+        _with_config(sp, required=True)
+        sp.add_argument("--teacher-set", action="extend", nargs="+", metavar="KEY=VALUE",
+                        help="override keys of the speech-teacher config (e.g. mode=lora epochs=10)")
+        sp.add_argument("--folds", help="comma-separated folds (default: all)")
+
+    sp = tsub.add_parser("fit", help="train the speech teacher of each fold on its training speakers")
+    sp.add_argument("teacher", choices=["speech"], help="only the speech teacher is trained (the video one is used as is)")
+    common(sp)
+    sp.set_defaults(func=cmd_teacher_fit)
+
+    sp = tsub.add_parser("label", help="label the config's unlabeled pool into its soft-label store(s)")
+    sp.add_argument("teacher", choices=["speech", "video"])
+    common(sp)
+    sp.add_argument("--shard", metavar="I/N", help="label only items I, I+N, ... (run N processes, stores merge)")
+    sp.set_defaults(func=cmd_teacher_label)
+
+
+def add_faces(sub) -> None:
+    sp = sub.add_parser("faces", help="detect, align and crop faces of every video of a manifest")
+    sp.add_argument("manifest", help="manifest directory of videos (liser prepare videos|mspface ...)")
+    sp.add_argument("-o", "--out", required=True, help="face-track directory (one .npz per video)")
+    sp.add_argument("--size", type=int, default=112, help="aligned crop size in pixels (S2D wants 224)")
+    sp.add_argument("--shard", metavar="I/N", help="only items I, I+N, ...")
+    sp.set_defaults(func=cmd_faces)
+
+
+def add_predict(sub) -> None:
+    sp = sub.add_parser("predict", help="emotion labels of audio files with a trained student (or its ONNX export)",
+                        description="Predict the emotion of audio files, folders (recursive) or stdin (-: WAV bytes, "
+                                    "or raw 16 kHz mono 16-bit PCM). Exit status 0 if all inputs succeeded, 1 if any failed.")
+    sp.add_argument("model", help="run directory, best.pt checkpoint or exported .onnx")
+    sp.add_argument("audio", nargs="+", help="audio/video files, folders, or - for stdin")
+    g = sp.add_mutually_exclusive_group()
+    g.add_argument("--json", action="store_true", help="one JSON object per line")
+    g.add_argument("--csv", action="store_true", help="CSV with a header row")
+    sp.add_argument("--timeline", action="store_true", help="also the per-window predictions (3 s windows, --stride apart)")
+    sp.add_argument("--stream", action="store_true",
+                    help="read incrementally (stdin raw PCM/WAV or a file in blocks); a prediction every --stride once 3 s are buffered")
+    sp.add_argument("--threads", type=int, default=None, help="CPU threads for inference (default: library default)")
+    sp.add_argument("--stride", type=float, default=None,
+                    help="seconds between 3 s windows: whole-file scoring (default 0.1, the paper's; 3 = non-overlapping, "
+                         "~30x faster), and the --timeline / --stream step (default 0.5)")
+    sp.add_argument("--hop", dest="stride", type=float, help=argparse.SUPPRESS)  # deprecated name of --stride
+    sp.set_defaults(func=cmd_predict)
+
+
+def add_export(sub) -> None:
+    sp = sub.add_parser("export", help="export a run's student to ONNX (fp32, optionally int8) with a parity check",
+                        description="Export the student's inference graph (log-Mel windows [B,64,94] -> logits [B,K]) "
+                                    "to ONNX; the log-Mel front end stays a separate step (liser.frontend).")
+    sp.add_argument("run", help="run directory (holds best.pt) or a best.pt checkpoint")
+    sp.add_argument("--onnx", required=True, metavar="OUT.onnx", help="fp32 model to write")
+    sp.add_argument("--int8", nargs="?", const="", default=None, metavar="PATH",
+                    help="also write an int8 model (default <OUT>.int8.onnx); prints its test UAR next to fp32")
+    sp.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    sp.add_argument("--check-files", nargs="+", metavar="AUDIO",
+                    help="real audio files/folders for the parity check (default: the run's test fold)")
+    sp.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
+    sp.set_defaults(func=cmd_export)
+
+
+def add_quickstart(sub) -> None:
+    sp = sub.add_parser("quickstart", help="the whole LiSER pipeline, small: teachers, a distilled student, report, ONNX")
+    sp.add_argument("grid", nargs="?", default="configs/grid-quickstart.yaml",
+                    help="the quickstart grid (default configs/grid-quickstart.yaml)")
+    sp.add_argument("--set", action="extend", nargs="+", metavar="KEY=VALUE", help="override keys of its base config")
+    sp.set_defaults(func=cmd_quickstart)
+
+
+# every command, in the order `liser --help` lists them
+COMMANDS = (add_quickstart, add_prepare, add_folds, add_train, add_cv, add_evaluate, add_experiment,
+            add_teacher, add_faces, add_predict, add_export)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = argparse.ArgumentParser(prog="liser", description="Tiny speech-emotion students distilled from speech and face teachers (LiSER).")
+    p.add_argument("--version", action="version", version=f"liser {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub)
     return p
 
 
-EXTRA_COMMANDS: list = []  # other modules' sub-commands register here (see _register_extras)
-
-
-def _register_extras() -> None:
-    """Sub-commands owned by other modules (teachers, faces, export, predict, experiment)."""
-    for name in ("teachers.cli", "predict", "export", "experiment"):
-        try:
-            mod = __import__(f"liser.{name}", fromlist=["add_commands"])
-        except ImportError:
-            continue
-        if hasattr(mod, "add_commands") and mod.add_commands not in EXTRA_COMMANDS:
-            EXTRA_COMMANDS.append(mod.add_commands)
-
-
 def main(argv: list[str] | None = None) -> int:
-    _register_extras()
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except LiserError as e:
         print(f"liser: {e}", file=sys.stderr)
+        return 2
+    except ImportError as e:  # an optional dependency is missing or broken: say which, in one line
+        what = getattr(e, "name", None) or str(e).strip().splitlines()[0]
+        print(f"liser: `liser {args.command}` needs the module {what!r}, which cannot be imported "
+              f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else what}); "
+              f"install it (pip install -e .) and retry", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("liser: interrupted (re-run the same command to resume)", file=sys.stderr)

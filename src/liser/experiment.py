@@ -107,34 +107,30 @@ def _fmt(x: float) -> str:
 
 
 def load_grid(path: str | Path, overrides: list[str] | tuple = ()) -> dict:
-    """A grid file: `base` config, `runs` {name: {key: value or [values searched on validation]}},
-    optional `folds`, `fractions` with `fraction_runs`, `jobs`, `out`. `--set` overrides apply to the base."""
-    import yaml
+    """A grid file (liser.config.Grid): `base` config, `runs` {name: {key: value or [values searched on
+    validation]}}, optional `folds`, `fractions` with `fraction_runs`, `jobs`, `out`, `set`.
+
+    `set:` values keep their YAML types (null stays null); `--set` overrides apply to the base after them.
+    """
+    from .config import Grid, from_dict, read_yaml
 
     path = Path(path)
-    if not path.is_file():
-        raise LiserError(f"{path}: no such grid file")
-    g = yaml.safe_load(path.read_text()) or {}
-    known = {"base", "runs", "folds", "fractions", "fraction_runs", "jobs", "out", "set"}
-    for k in g:
-        if k not in known:
-            raise LiserError(f"{path}: unknown grid key {k!r} (known: {', '.join(sorted(known))})")
-    if not g.get("runs"):
+    g = from_dict(Grid, read_yaml(path, "grid"), str(path))
+    if not g.runs:
         raise LiserError(f"{path}: a grid needs `runs`")
-    base_path = g.get("base")
-    if base_path and not Path(base_path).is_absolute():
-        base_path = str((path.parent / base_path)) if (path.parent / base_path).is_file() else base_path
-    sets = [f"{k}={v}" for k, v in (g.get("set") or {}).items()] + list(overrides)
-    base = Config.load(base_path, sets)
-    if g.get("out"):
-        base = base.replace(out=str(g["out"]))
-    for name, spec in g["runs"].items():
+    base_path = g.base or None
+    if base_path and not Path(base_path).is_absolute() and (path.parent / base_path).is_file():
+        base_path = str(path.parent / base_path)
+    base = Config.load(base_path, overrides, extra=g.set)
+    if g.out:
+        base = base.replace(out=g.out)
+    for name, spec in g.runs.items():
         for k in (spec or {}):
             if k not in base.to_dict():
                 raise LiserError(f"{path}: run {name}: unknown config key {k!r}")
-    return {"path": str(path), "base": base, "runs": g["runs"], "folds": g.get("folds"),
-            "fractions": [float(f) for f in g.get("fractions") or [1.0]],
-            "fraction_runs": g.get("fraction_runs") or [], "jobs": int(g.get("jobs") or 1)}
+    return {"path": str(path), "base": base, "runs": g.runs, "folds": list(g.folds) if g.folds is not None else None,
+            "fractions": [float(f) for f in g.fractions or (1.0,)],
+            "fraction_runs": list(g.fraction_runs), "jobs": g.jobs or 1}
 
 
 def expand_grid(grid: dict, n_folds: int) -> list[dict]:
@@ -246,21 +242,3 @@ def collect_grid(runs: list[dict]) -> dict:
                 t["ci95"] = bootstrap_ci(t["y_true"], t["y_pred"], k)
             del t["y_true"], t["y_pred"]
     return {"configs": table}
-
-
-def add_commands(sub) -> None:
-    sp = sub.add_parser("experiment", help="run a grid (configs x lambdas x fractions x folds) and write report.md")
-    sp.add_argument("grid", help="grid YAML (configs/grid-*.yaml)")
-    sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key of the grid's base config")
-    sp.add_argument("--jobs", type=int, help="runs in parallel processes (default: the grid's `jobs`)")
-    sp.add_argument("--no-report", action="store_true", help="only train; write no report")
-
-    def run(args) -> int:
-        import sys
-
-        res = run_grid(args.grid, args.set or [], args.jobs, progress=sys.stderr.isatty(), report=not args.no_report)
-        rows = {name: by_frac.get("1", next(iter(by_frac.values()))) for name, by_frac in res["configs"].items()}
-        print(summary_table({n: {**r, "folds": r["n_folds"]} for n, r in rows.items()}))
-        return 0
-
-    sp.set_defaults(func=run)

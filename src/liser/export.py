@@ -377,29 +377,3 @@ def _int8(fp32: Path, dest: Path, ck: dict, data: CheckData, ref_lab, uar32, thr
             "int8_uar": best["uar"],
             "int8_uar_delta": (best["uar"] - uar32) if best["uar"] is not None and uar32 is not None else None,
             "int8_candidates": [{k: v for k, v in c.items() if k != "path"} for c in cands]}
-
-
-# ---------------------------------------------------------------- the command
-def cmd_export(args) -> int:
-    if not args.onnx:
-        raise LiserError("export: --onnx OUT.onnx is required")
-    int8 = True if args.int8 == "" else args.int8
-    export_onnx(args.run, args.onnx, int8=int8, opset=args.opset, check_files=args.check_files,
-                threads=args.threads)
-    return 0
-
-
-def add_commands(sub) -> None:
-    """Register `liser export` on the CLI's sub-parsers."""
-    sp = sub.add_parser("export", help="export a run's student to ONNX (fp32, optionally int8) with a parity check",
-                        description="Export the student's inference graph (log-Mel windows [B,64,94] -> logits [B,K]) "
-                                    "to ONNX; the log-Mel front end stays a separate step (liser.audio.log_mel).")
-    sp.add_argument("run", help="run directory (holds best.pt) or a best.pt checkpoint")
-    sp.add_argument("--onnx", required=True, metavar="OUT.onnx", help="fp32 model to write")
-    sp.add_argument("--int8", nargs="?", const="", default=None, metavar="PATH",
-                    help="also write an int8 model (default <OUT>.int8.onnx); prints its test UAR next to fp32")
-    sp.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
-    sp.add_argument("--check-files", nargs="+", metavar="AUDIO",
-                    help="real audio files/folders for the parity check (default: the run's test fold)")
-    sp.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
-    sp.set_defaults(func=cmd_export)

@@ -33,7 +33,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import LiserError
+from .util import atomic_write_text, check_shard, safe_id  # safe_id: the face-track file names
 
 DEFAULT_YUNET = Path(__file__).resolve().parents[3] / "shared" / "models" / "face-detection" / "face_detection_yunet_2023mar.onnx"
 YUNET_ENV = "LISER_YUNET"  # environment variable naming the YuNet .onnx file
@@ -418,22 +418,6 @@ def extract_faces(
     return track
 
 
-def safe_id(item_id: str) -> str:
-    """A file name for a manifest id: '/' -> '__', anything outside [A-Za-z0-9._-] -> '_'."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", item_id.replace("/", "__")).lstrip(".") or "_"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _rejected_text(rows: list[dict]) -> str:
     import io
 
@@ -467,9 +451,7 @@ def extract_faces_manifest(
     """
     from tqdm import tqdm
 
-    k, n = int(shard[0]), int(shard[1])
-    if n < 1 or not 0 <= k < n:
-        raise LiserError(f"shard {shard}: expected (k, n) with 0 <= k < n")
+    k, n = check_shard(shard)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tag = "" if n == 1 else f".shard-{k}-of-{n}"
@@ -504,11 +486,11 @@ def extract_faces_manifest(
         except LiserError as e:
             reason = str(e).split(": ", 1)[-1] if str(e).startswith(str(path)) else str(e)
             rejected.append({"id": it.id, "path": it.path, "reason": reason})
-            _write_atomic(rejected_path, _rejected_text(rejected))
+            atomic_write_text(rejected_path, _rejected_text(rejected))
         bar.set_postfix(frames_per_s=f"{frames_run / max(time.perf_counter() - start, 1e-9):.1f}")
     bar.close()
     if not rejected_path.is_file():
-        _write_atomic(rejected_path, _rejected_text(rejected))
+        atomic_write_text(rejected_path, _rejected_text(rejected))
 
     elapsed = time.perf_counter() - start
     videos, frames, with_face = 0, 0, 0
@@ -536,5 +518,5 @@ def extract_faces_manifest(
         "shard": [k, n],
         "manifest_fingerprint": manifest.fingerprint(),
     }
-    _write_atomic(summary_path, json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
     return summary

@@ -36,13 +36,13 @@ from pathlib import Path
 
 import numpy as np
 
-from . import audio
+from . import audio, frontend
 from .errors import LiserError
+from .util import AUDIO_SUFFIXES, softmax
 
 MIN_DURATION_S = 0.1  # shorter input is refused (a 3 s window would be >96 % padding)
 BATCH_WINDOWS = 512  # windows per forward pass (as evaluate.file_logits)
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".au", ".caf", ".w64"}
-INPUT_SUFFIXES = AUDIO_SUFFIXES | audio.VIDEO_SUFFIXES  # what a folder argument is searched for
+INPUT_SUFFIXES = set(AUDIO_SUFFIXES) | audio.VIDEO_SUFFIXES  # what a folder argument is searched for
 
 
 # ---------------------------------------------------------------- results
@@ -74,8 +74,7 @@ class Prediction:
 
 def _prediction(logits: np.ndarray, classes: list[str], start=None, end=None) -> Prediction:
     z = np.asarray(logits, dtype=np.float64)
-    e = np.exp(z - z.max())
-    p = e / e.sum()
+    p = softmax(z)
     k = int(np.argmax(z))
     return Prediction(classes[k], {c: float(v) for c, v in zip(classes, p)}, np.asarray(logits, np.float32), start, end)
 
@@ -110,15 +109,13 @@ def prepare_waveform(waveform, sample_rate: int, name: str = "waveform") -> np.n
 
 
 def features(signal: np.ndarray) -> np.ndarray:
-    """[frames, 64] log-Mel of a 16 kHz signal, as the features cache holds it (float16 values)."""
-    mel = audio.log_mel(audio.pad_to_clip(signal)).T.numpy()
-    return mel.astype(np.float16).astype(np.float32)
+    """[frames, 64] float32 log-Mel of a 16 kHz signal: liser.frontend.features (float16 values, as cached)."""
+    return frontend.features(signal).astype(np.float32)
 
 
 def windows(frames: np.ndarray, stride_s: float = audio.EVAL_STRIDE_S) -> tuple[np.ndarray, np.ndarray]:
-    """3 s windows [W, 64, 94] of [frames, 64] features every `stride_s`, and their start frames."""
-    starts = audio.window_starts(len(frames), stride_s)
-    idx = starts[:, None] + np.arange(audio.CLIP_FRAMES)[None, :]
+    """3 s windows [W, 64, 94] (contiguous float32) of [frames, 64] features every `stride_s`, and their start frames."""
+    idx, starts = frontend.window_index(len(frames), stride_s)
     return np.ascontiguousarray(frames[idx].transpose(0, 2, 1), dtype=np.float32), starts
 
 
@@ -197,9 +194,7 @@ def _check_version(made_by: str, source: str) -> None:
 
 
 def _check_front_end(fe: dict, source: str) -> None:
-    want = {"sample_rate": audio.SAMPLE_RATE, "n_mels": audio.N_MELS, "win_s": audio.WIN_S,
-            "hop_s": audio.HOP_S, "clip_s": audio.CLIP_S}
-    for k, v in want.items():
+    for k, v in frontend.SETTINGS.items():
         if k in fe and float(fe[k]) != float(v):
             raise LiserError(f"{source}: front end {k}={fe[k]} differs from this liser's {v}")
 
@@ -588,56 +583,38 @@ class _Writer:
             print(f"{path}\t{w.start:.2f}-{w.end:.2f}\t{w.label}\tp={w.confidence:.2f}", flush=True)
 
 
-def cmd_predict(args) -> int:
-    """`liser predict`: per-file labels; exit 0 if every input succeeded, 1 if any failed."""
-    if args.hop is not None and not args.hop > 0:
-        raise LiserError(f"--hop must be positive, got {args.hop}")
-    hop = args.hop if args.hop is not None else 0.5
-    model = load(args.model, threads=args.threads)
-    if args.stride is not None:
-        if not 0 < args.stride <= audio.CLIP_S:
-            raise LiserError(f"--stride {args.stride}: must be in (0, {audio.CLIP_S}] seconds")
-        model.stride_s = args.stride
-    files, problems = expand_inputs(args.audio)
+def run_predict(model_path: str, inputs: list[str], fmt: str = "text", timeline: bool = False,
+                stream_input: bool = False, stride: float | None = None, threads: int | None = None) -> int:
+    """`liser predict`: per-file labels on stdout; returns 0 if every input succeeded, 1 if any failed.
+
+    `stride` is the one window step, in seconds: whole-file scoring (default
+    0.1 s, the paper's) and the --timeline / --stream step (default 0.5 s).
+    """
+    if stride is not None and not 0 < stride <= audio.CLIP_S:
+        raise LiserError(f"--stride {stride}: must be in (0, {audio.CLIP_S}] seconds")
+    step = stride if stride is not None else 0.5
+    model = load(model_path, threads=threads)
+    if stride is not None:
+        model.stride_s = stride
+    files, problems = expand_inputs(inputs)
     for msg in problems:
         print(f"liser: {msg}", file=sys.stderr, flush=True)
     if files.count("-") > 1:
         raise LiserError("-: stdin can be given only once")
-    fmt = "json" if args.json else "csv" if args.csv else "text"
-    out = _Writer(fmt, model.classes, args.timeline or args.stream)
+    out = _Writer(fmt, model.classes, timeline or stream_input)
     failed = len(problems)
     for f in files:
         try:
-            if args.stream:
-                for w in stream(model, f, hop):
+            if stream_input:
+                for w in stream(model, f, step):
                     out.window(f, w)
                 continue
             sig = decode_bytes(_stdin_bytes(), "-") if f == "-" else read_input(f)
             p = _prediction(model._file_logits(features(sig)), model.classes)
-            out.file(f, p, model._timeline(sig, hop) if args.timeline else None)
+            out.file(f, p, model._timeline(sig, step) if timeline else None)
         except BrokenPipeError:
             raise
         except Exception as e:  # one bad file must not stop the rest
             failed += 1
             _say_problem(f, e)
     return 1 if failed else 0
-
-
-def add_commands(sub) -> None:
-    """Register `liser predict` on the CLI's sub-parsers."""
-    sp = sub.add_parser("predict", help="emotion labels of audio files with a trained student (or its ONNX export)",
-                        description="Predict the emotion of audio files, folders (recursive) or stdin (-: WAV bytes, "
-                                    "or raw 16 kHz mono 16-bit PCM). Exit status 0 if all inputs succeeded, 1 if any failed.")
-    sp.add_argument("model", help="run directory, best.pt checkpoint or exported .onnx")
-    sp.add_argument("audio", nargs="+", help="audio/video files, folders, or - for stdin")
-    g = sp.add_mutually_exclusive_group()
-    g.add_argument("--json", action="store_true", help="one JSON object per line")
-    g.add_argument("--csv", action="store_true", help="CSV with a header row")
-    sp.add_argument("--timeline", action="store_true", help="also the per-window predictions (3 s windows, --hop apart)")
-    sp.add_argument("--hop", type=float, default=None, help="timeline / stream hop in seconds (default 0.5)")
-    sp.add_argument("--stream", action="store_true",
-                    help="read incrementally (stdin raw PCM/WAV or a file in blocks); a prediction every hop once 3 s are buffered")
-    sp.add_argument("--threads", type=int, default=None, help="CPU threads for inference (default: library default)")
-    sp.add_argument("--stride", type=float, default=None,
-                    help="whole-file window stride in s (default 0.1, the paper's; 3 = non-overlapping, ~30x faster)")
-    sp.set_defaults(func=cmd_predict)

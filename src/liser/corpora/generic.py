@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..audio import VIDEO_SUFFIXES
 from ..errors import LiserError
+from ..util import AUDIO_SUFFIXES
 from .base import EMOTIONS, Candidate, Manifest, audio_files, build_manifest, check_root, rel
 
 ALIASES = {
@@ -33,7 +34,7 @@ ALIASES = {
     "bored": "boredom",
 }
 GENDERS = {"": "", "m": "M", "male": "M", "f": "F", "female": "F"}
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3")
+
 
 
 def canonical_label(name: str) -> str | None:

@@ -15,6 +15,7 @@ Every step skips what is already done, so re-running resumes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -27,33 +28,23 @@ from ..workspace import (faces_dir, fold_indices, fold_items, labeled_manifest, 
 
 
 def speech_teacher_config(cfg: Config, overrides: list[str] | tuple = ()):
-    """SpeechTeacherConfig from the YAML named by cfg.speech_teacher, then `key=value` overrides."""
-    import dataclasses
+    """SpeechTeacherConfig from the YAML named by cfg.speech_teacher, then `key=value` overrides.
 
-    import yaml
-
+    Read by liser.config's one loader: an unknown key or a wrong type
+    (`--teacher-set epochs=many`) is a LiserError naming the key, raised here,
+    before any data is read. A relative local `backbone` folder is made
+    absolute, since runs may change directory.
+    """
+    from ..config import load_dataclass
     from .speech import SpeechTeacherConfig
 
-    data: dict = {}
-    if cfg.speech_teacher:
-        p = Path(cfg.speech_teacher)
-        if not p.is_file():
-            raise LiserError(f"{p}: no such speech-teacher config (speech_teacher)")
-        data = yaml.safe_load(p.read_text()) or {}
-    for ov in overrides:
-        if "=" not in ov:
-            raise LiserError(f"--teacher-set {ov!r}: expected key=value")
-        k, v = ov.split("=", 1)
-        data[k.strip()] = yaml.safe_load(v)
-    known = {f.name for f in dataclasses.fields(SpeechTeacherConfig)}
-    for k in data:
-        if k not in known:
-            raise LiserError(f"{cfg.speech_teacher or '--teacher-set'}: unknown speech-teacher key {k!r}")
-    if "backbone" in data and cfg.speech_teacher and not Path(str(data["backbone"])).is_absolute():
-        local = Path(str(data["backbone"]))
-        if local.exists():  # a relative local folder: resolve now, runs may change directory
-            data["backbone"] = str(local.resolve())
-    return SpeechTeacherConfig(**data)
+    if cfg.speech_teacher and not Path(cfg.speech_teacher).is_file():
+        raise LiserError(f"{cfg.speech_teacher}: no such speech-teacher config (speech_teacher)")
+    tcfg = load_dataclass(SpeechTeacherConfig, cfg.speech_teacher or None, overrides, flag="--teacher-set")
+    local = Path(tcfg.backbone)
+    if cfg.speech_teacher and not local.is_absolute() and local.exists():
+        tcfg = dataclasses.replace(tcfg, backbone=str(local.resolve()))
+    return tcfg
 
 
 def fit_speech_teachers(cfg: Config, folds=None, overrides=(), progress: bool = True) -> list[dict]:

@@ -34,7 +34,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,6 +42,7 @@ import numpy as np
 
 from ..audio import PIECE_S
 from ..errors import LiserError
+from ..util import check_shard, safe_id, softmax
 from ..store import SoftLabelStore, StoreWriter, n_pieces, sha256_file
 
 FER2013_CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]  # the h5 files' output order
@@ -59,19 +59,9 @@ DEFAULT_MODELS = Path(__file__).resolve().parents[4] / "shared" / "models"
 MIN_FACE_FRAC = 0.5  # a piece (or clip) needs faces in at least this fraction of its frames
 
 
-def safe_id(item_id: str) -> str:
-    """The face-track file stem of a manifest id: '/' -> '__', anything outside [A-Za-z0-9._-] -> '_'.
-
-    Same rule as `liser.faces.safe_id`, which names the files this module reads.
-    """
-    return re.sub(r"[^A-Za-z0-9._-]", "_", item_id.replace("/", "__")).lstrip(".") or "_"
-
-
 def _softmax(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    x = x - x.max(axis=-1, keepdims=True)
-    e = np.exp(x)
-    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+    """float32 probabilities from logits (computed in float64)."""
+    return softmax(np.asarray(x, dtype=np.float64)).astype(np.float32)
 
 
 # ---------------------------------------------------------------- preprocessing
@@ -957,9 +947,7 @@ def label_with_video_teacher(teacher: VideoTeacher, manifest, faces_dir: str | P
     """
     from tqdm import tqdm
 
-    i, n = shard
-    if n < 1 or not 0 <= i < n:
-        raise LiserError(f"shard {i}/{n}: need 0 <= i < n")
+    i, n = check_shard(shard)
     faces_dir = Path(faces_dir)
     args = dict(teacher=f"video:{teacher.name}", classes=teacher.classes, teacher_hash=teacher.hash,
                 piece_s=piece_s, shard=(i, n),
