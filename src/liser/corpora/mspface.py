@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import csv
 import re
+import warnings
 from pathlib import Path
 
 from ..errors import LiserError
@@ -94,8 +95,8 @@ def read_speakers(root: Path, stems: set[str]) -> dict[str, tuple[str, str]]:
     for path in _metadata_files(root):
         try:
             text = path.read_text(encoding="utf-8-sig", errors="replace")
-        except OSError:
-            continue
+        except OSError as e:  # metadata that cannot be read would silently change every speaker it names
+            raise LiserError(f"{path}: unreadable metadata file ({e.strerror or e})") from None
         lines = [ln for ln in text.splitlines() if ln.strip()]
         if not lines:
             continue
@@ -104,6 +105,10 @@ def read_speakers(root: Path, stems: set[str]) -> dict[str, tuple[str, str]]:
         header = rows[0]
         fcol, scol, gcol = _col(header, FILE_COLS), _col(header, SPEAKER_COLS), _col(header, GENDER_COLS)
         if fcol is not None and scol is not None:  # a table with named columns
+            short = [i + 2 for i, r in enumerate(rows[1:]) if len(r) <= max(fcol, scol)]
+            if short:
+                warnings.warn(f"{path}: {len(short)} row(s) without a file and speaker column, ignored "
+                              f"(lines {', '.join(map(str, short[:5]))}{', ...' if len(short) > 5 else ''})", stacklevel=2)
             for r in rows[1:]:
                 if len(r) > max(fcol, scol):
                     stem = Path(r[fcol]).stem

@@ -193,7 +193,11 @@ class Backbone:
             self.model = model.encoder
             try:
                 self.feature_extractor = WhisperFeatureExtractor.from_pretrained(backbone)
-            except Exception:
+            except Exception as e:  # said aloud: the default extractor may not be the checkpoint's
+                import warnings
+
+                warnings.warn(f"{backbone}: no loadable preprocessor_config.json ({type(e).__name__}); using "
+                              f"Whisper's default feature extractor with {config.num_mel_bins} Mel bins", stacklevel=2)
                 self.feature_extractor = WhisperFeatureExtractor(feature_size=config.num_mel_bins)
             self.n_states = config.encoder_layers + 1
             self.dim = config.d_model
@@ -213,8 +217,11 @@ class Backbone:
                 from transformers import AutoFeatureExtractor
 
                 self.normalize = bool(getattr(AutoFeatureExtractor.from_pretrained(backbone), "do_normalize", True))
-            except Exception:
-                pass
+            except Exception as e:  # said aloud: the input normalisation is then a guess
+                import warnings
+
+                warnings.warn(f"{backbone}: no loadable feature extractor ({type(e).__name__}); assuming "
+                              "do_normalize=True (zero-mean unit-variance input)", stacklevel=2)
             self.feature_extractor = None
             self.n_states = config.num_hidden_layers + 1
             self.dim = config.hidden_size
