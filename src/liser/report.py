@@ -108,34 +108,53 @@ def _store_lines(base) -> list[str]:
 
 
 def write_report(out: str | Path, results: dict, base, grid_path, overrides=()) -> Path:
-    """Write <out>/report.md (and PNGs beside it) from run_grid's results."""
-    from .evaluate import plot_confusion
-
+    """Write <out>/report.md (and PNGs beside it) from run_grid's results; returns its path."""
     out = Path(out)
     configs = results["configs"]
     full = {name: by_frac.get("1") for name, by_frac in configs.items() if by_frac.get("1")}
-    ref = full.get("no-dstl")
     lines = [f"# liser experiment report: {base.corpus}", ""]
-    lines += ["## Provenance", "",
-              f"- command: `liser experiment {grid_path}{''.join(f' --set {o}' for o in overrides)}`",
-              f"- written: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
-              f"- code: {_code_version()}, Python {sys.version.split()[0]}",
-              f"- labeled data: {base.corpus} at `{base.root}`; folds `{base.folds or base.corpus}`",
-              f"- unlabeled data: {', '.join(base.unlabeled) or '(per run)'}",
-              f"- runs: {results.get('runs_total')} in the grid, {results.get('runs_trained')} trained by this call "
-              f"in {results.get('wall_s', 0) / 60:.1f} min with {results.get('jobs')} parallel jobs",
-              "", "Base config:", "", "```yaml"]
+    lines += _provenance_lines(results, base, grid_path, overrides)
+    lines += _store_lines(base)
+    lines += _table_lines(full, base)
+    lines += _fraction_lines(configs, out)
+    lines += _confusion_lines(full, out)
+    lines += _video_head_lines(full)
+    lines += _teacher_lines(base, out)
+    lines += ["", "## Per-fold results", "", "| configuration | fold | values | val UAR | test UAR | test WAR |",
+              "|---|---|---|---|---|---|"]
+    for name, t in full.items():
+        for f in t["folds"]:
+            lines.append(f"| {name} | {f['fold']} | {f['variant']} | {f['val_uar']:.3f} | {f['uar']:.3f} | {f['war']:.3f} |")
+    path = out / "report.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def _provenance_lines(results: dict, base, grid_path, overrides) -> list[str]:
+    """The command, time, code version, data and the base config."""
     import yaml
 
-    lines += [yaml.safe_dump(base.to_dict(), sort_keys=False).rstrip(), "```", ""]
+    lines = ["## Provenance", "",
+             f"- command: `liser experiment {grid_path}{''.join(f' --set {o}' for o in overrides)}`",
+             f"- written: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+             f"- code: {_code_version()}, Python {sys.version.split()[0]}",
+             f"- labeled data: {base.corpus} at `{base.root}`; folds `{base.folds or base.corpus}`",
+             f"- unlabeled data: {', '.join(base.unlabeled) or '(per run)'}",
+             f"- runs: {results.get('runs_total')} in the grid, {results.get('runs_trained')} trained by this call "
+             f"in {results.get('wall_s', 0) / 60:.1f} min with {results.get('jobs')} parallel jobs",
+             "", "Base config:", "", "```yaml"]
+    return lines + [yaml.safe_dump(base.to_dict(), sort_keys=False).rstrip(), "```", ""]
 
-    lines += _store_lines(base)
-    lines += ["## Table 2 analogue", "",
-              "Test UAR / WAR, mean ± std over folds; the 95% interval is a bootstrap over the pooled test files; "
-              "Δ is the test UAR minus no-dstl's, in points, fold by fold on the folds both finished (same folds, seed "
-              "and budget): mean ± std over those folds, and on how many the row beats no-dstl. `values` lists what "
-              "validation chose per fold.",
-              "", "| configuration | UAR | WAR | UAR 95% CI | Δ UAR | folds | values |", "|---|---|---|---|---|---|---|"]
+
+def _table_lines(full: dict, base) -> list[str]:
+    """The Table 2 and Table 3 analogues, with deltas against no-dstl."""
+    ref = full.get("no-dstl")
+    lines = ["## Table 2 analogue", "",
+             "Test UAR / WAR, mean ± std over folds; the 95% interval is a bootstrap over the pooled test files; "
+             "Δ is the test UAR minus no-dstl's, in points, fold by fold on the folds both finished (same folds, seed "
+             "and budget): mean ± std over those folds, and on how many the row beats no-dstl. `values` lists what "
+             "validation chose per fold.",
+             "", "| configuration | UAR | WAR | UAR 95% CI | Δ UAR | folds | values |", "|---|---|---|---|---|---|---|"]
     for name in [n for n in TABLE2 if n in full] + [n for n in full if n not in TABLE2 and n not in TABLE3]:
         lines.append(_row(name, full[name], ref))
     if base.corpus == "ravdess":
@@ -146,69 +165,82 @@ def write_report(out: str | Path, results: dict, base, grid_path, overrides=()) 
         lines += ["", "## Table 3 analogue (ablations)", "",
                   "| configuration | UAR | WAR | UAR 95% CI | Δ UAR | folds | values |", "|---|---|---|---|---|---|---|"]
         lines += [_row(n, full[n], ref) for n in t3]
+    return lines
 
-    if _plot_fractions(configs, out / "label_fraction.png"):
-        lines += ["", "## Label fraction (Figure 2 analogue)", "", "![label fraction](label_fraction.png)", "",
-                  "| configuration | fraction | UAR | WAR |", "|---|---|---|---|"]
-        for name, by_frac in configs.items():
-            if len(by_frac) > 1:
-                for f in sorted(by_frac, key=float):
-                    t = by_frac[f]
-                    lines.append(f"| {name} | {float(f):.0%} | {t['uar_mean']:.3f} ± {t['uar_std']:.3f} "
-                                 f"| {t['war_mean']:.3f} ± {t['war_std']:.3f} |")
 
-    lines += ["", "## Confusion matrices (pooled test files of every fold)", ""]
+def _fraction_lines(configs: dict, out: Path) -> list[str]:
+    """The label-fraction curve and table (Figure 2), when a row swept fractions."""
+    if not _plot_fractions(configs, out / "label_fraction.png"):
+        return []
+    lines = ["", "## Label fraction (Figure 2 analogue)", "", "![label fraction](label_fraction.png)", "",
+             "| configuration | fraction | UAR | WAR |", "|---|---|---|---|"]
+    for name, by_frac in configs.items():
+        if len(by_frac) > 1:
+            for f in sorted(by_frac, key=float):
+                t = by_frac[f]
+                lines.append(f"| {name} | {float(f):.0%} | {t['uar_mean']:.3f} ± {t['uar_std']:.3f} "
+                             f"| {t['war_mean']:.3f} ± {t['war_std']:.3f} |")
+    return lines
+
+
+def _confusion_lines(full: dict, out: Path) -> list[str]:
+    """A pooled confusion matrix PNG per configuration."""
+    from .evaluate import plot_confusion
+
+    lines = ["", "## Confusion matrices (pooled test files of every fold)", ""]
     for name, t in full.items():
         if "pooled" in t:
             png = f"confusion_{name}.png"
             plot_confusion(t["pooled"]["confusion"], t["classes"], out / png, f"{name}: pooled UAR {t['pooled']['uar']:.3f}")
             lines.append(f"![{name}]({png})")
+    return lines
 
+
+def _video_head_lines(full: dict) -> list[str]:
+    """What g_vd learned: mean video-head softmax per labeled class, averaged over folds."""
     corr = [(n, t) for n, t in full.items() if any(f.get("video_head_by_class") for f in t["folds"])]
-    if corr:
-        lines += ["", "## What g_vd learned: video-teacher classes per labeled class", "",
-                  "Mean softmax of the student's video-distillation head on the test files of each labeled class "
-                  "(averaged over folds): the correspondence between the two taxonomies that distillation taught."]
-        for name, t in corr:
-            mats = [np.array(f["video_head_by_class"], dtype=object) for f in t["folds"] if f.get("video_head_by_class")]
-            vcls = next(f["video_classes"] for f in t["folds"] if f.get("video_classes"))
-            lines += ["", f"**{name}**", "", "| labeled class | " + " | ".join(vcls) + " |",
-                      "|---|" + "---|" * len(vcls)]
-            for k, c in enumerate(t["classes"]):
-                rows = [np.array(m[k], float) for m in mats if len(m[k])]
-                if rows:
-                    mean = np.mean(rows, axis=0)
-                    cells = [f"**{v:.2f}**" if v == mean.max() else f"{v:.2f}" for v in mean]
-                    lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    if not corr:
+        return []
+    lines = ["", "## What g_vd learned: video-teacher classes per labeled class", "",
+             "Mean softmax of the student's video-distillation head on the test files of each labeled class "
+             "(averaged over folds): the correspondence between the two taxonomies that distillation taught."]
+    for name, t in corr:
+        mats = [np.array(f["video_head_by_class"], dtype=object) for f in t["folds"] if f.get("video_head_by_class")]
+        vcls = next(f["video_classes"] for f in t["folds"] if f.get("video_classes"))
+        lines += ["", f"**{name}**", "", "| labeled class | " + " | ".join(vcls) + " |",
+                  "|---|" + "---|" * len(vcls)]
+        for k, c in enumerate(t["classes"]):
+            rows = [np.array(m[k], float) for m in mats if len(m[k])]
+            if rows:
+                mean = np.mean(rows, axis=0)
+                cells = [f"**{v:.2f}**" if v == mean.max() else f"{v:.2f}" for v in mean]
+                lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    return lines
 
+
+def _teacher_lines(base, out: Path) -> list[str]:
+    """The speech teachers' eval.json per fold, and their reliability diagrams copied beside the report."""
     teach = sorted(teacher_dir(base, 0).parent.glob("*/eval.json"))
-    if teach:
-        lines += ["", "## Teachers", "",
-                  "The speech teacher is trained per fold on that fold's training speakers only; its test UAR on the "
-                  "same test speakers as the student, whole utterances and 0.5 s pieces averaged per file (what the "
-                  "student is taught from), and its calibration on the fold's validation speakers.", "",
-                  "| teacher | fold | test UAR | test UAR (0.5 s pieces) | val ECE | fitted T | val ECE at T |",
-                  "|---|---|---|---|---|---|---|"]
-        for p in teach:
-            e = json.loads(p.read_text())
-            cal = e.get("calibration", {})
+    if not teach:
+        return []
+    lines = ["", "## Teachers", "",
+             "The speech teacher is trained per fold on that fold's training speakers only; its test UAR on the "
+             "same test speakers as the student, whole utterances and 0.5 s pieces averaged per file (what the "
+             "student is taught from), and its calibration on the fold's validation speakers.", "",
+             "| teacher | fold | test UAR | test UAR (0.5 s pieces) | val ECE | fitted T | val ECE at T |",
+             "|---|---|---|---|---|---|---|"]
 
-            def f(x):
-                return "-" if x is None else f"{x:.3f}"
+    def f(x):
+        return "-" if x is None else f"{x:.3f}"
 
-            lines.append(f"| {e.get('teacher', p.parent.name)} | {e.get('fold', '-')} | {f(e.get('uar'))} "
-                         f"| {f(e.get('uar_pieces'))} | {f(cal.get('ece'))} | {f(cal.get('temperature'))} "
-                         f"| {f(cal.get('ece_tempered'))} |")
-        rel = sorted(teacher_dir(base, 0).parent.glob("*/reliability.png"))
-        for r in rel[:5]:
-            dst = out / f"reliability_{r.parent.name}.png"
-            dst.write_bytes(r.read_bytes())
-            lines.append(f"![reliability {r.parent.name}]({dst.name})")
-    lines += ["", "## Per-fold results", "", "| configuration | fold | values | val UAR | test UAR | test WAR |",
-              "|---|---|---|---|---|---|"]
-    for name, t in full.items():
-        for f in t["folds"]:
-            lines.append(f"| {name} | {f['fold']} | {f['variant']} | {f['val_uar']:.3f} | {f['uar']:.3f} | {f['war']:.3f} |")
-    path = out / "report.md"
-    atomic_write_text(path, "\n".join(lines) + "\n")
-    return path
+    for p in teach:
+        e = json.loads(p.read_text())
+        cal = e.get("calibration", {})
+        lines.append(f"| {e.get('teacher', p.parent.name)} | {e.get('fold', '-')} | {f(e.get('uar'))} "
+                     f"| {f(e.get('uar_pieces'))} | {f(cal.get('ece'))} | {f(cal.get('temperature'))} "
+                     f"| {f(cal.get('ece_tempered'))} |")
+    for r in sorted(teacher_dir(base, 0).parent.glob("*/reliability.png"))[:5]:
+        dst = out / f"reliability_{r.parent.name}.png"
+        dst.write_bytes(r.read_bytes())
+        lines.append(f"![reliability {r.parent.name}]({dst.name})")
+    return lines
