@@ -10,6 +10,12 @@ distillation) and `g_vd` (32, K_V: video distillation).
 The input is standardised per Mel band by fixed buffers (`feat_mean`,
 `feat_std`) set from the training features: not parameters, so the count
 stays the paper's, but they travel with the weights and the ONNX graph.
+
+With `level_norm` (the `liser` recipe; off in the paper's) each window's mean
+log-Mel level is subtracted first. Scaling a waveform by g adds 20 log10 g dB
+to every cell above the log floor, so the label no longer depends on the
+recording level. The flag is a buffer too: checkpoints and the ONNX graph
+carry it, and checkpoints written before it existed load with it off.
 """
 
 from __future__ import annotations
@@ -32,11 +38,12 @@ def _block(c_in: int, c_out: int, kernel: tuple[int, int], pool: tuple[int, int]
 
 class Student(nn.Module):
     def __init__(self, n_classes: int, n_video_classes: int = 7, channels: int = 64, hidden: int = 64,
-                 n_mels: int = N_MELS):
+                 n_mels: int = N_MELS, level_norm: bool = False):
         super().__init__()
         self.n_classes, self.n_video_classes = n_classes, n_video_classes
         self.register_buffer("feat_mean", torch.zeros(n_mels))
         self.register_buffer("feat_std", torch.ones(n_mels))
+        self.register_buffer("level_norm", torch.tensor(float(level_norm)))
         self.conv = nn.Sequential(
             _block(1, channels, (3, 3), (2, 2)),
             _block(channels, channels, (3, 3), (4, 2)),
@@ -52,10 +59,17 @@ class Student(nn.Module):
         self.feat_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
         self.feat_std.copy_(torch.clamp(torch.as_tensor(std, dtype=torch.float32), min=1e-3))
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints from before level_norm existed: the flag is off, as they were trained
+        state_dict.setdefault(prefix + "level_norm", torch.tensor(0.0))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """[B, 64, T] log-Mel -> [B, hidden] (the LSTM's last hidden state)."""
         if x.dim() == 4:
             x = x[:, 0]
+        if bool(self.level_norm):  # a constant when traced for ONNX: the exported graph keeps the flag's path
+            x = x - x.mean(dim=(1, 2), keepdim=True)
         x = (x - self.feat_mean[:, None]) / self.feat_std[:, None]
         h = self.conv(x.unsqueeze(1).contiguous(memory_format=torch.channels_last))
         b, c, f, t = h.shape

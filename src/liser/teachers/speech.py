@@ -50,8 +50,12 @@ FORMAT = "liser-speech-teacher"
 FORMAT_VERSION = 1
 FEATURE_VERSION = 1  # bump when the cached features' definition changes
 CHUNK_S = 30.0  # inputs longer than this are encoded in consecutive chunks (Whisper's limit)
+CONTEXT_S = 5.0  # contextual pieces of a long item: each 30 s chunk also sees this much on each side (discarded)
+FRAME_SAMPLES = 320  # encoder frame step at 16 kHz: 20 ms for Whisper (hop 160, conv stride 2) and HuBERT/wav2vec2
+PIECE_CONTEXTS = ("whole", "isolated")
 LORA_TARGETS = ("q_proj", "v_proj")  # attention q/v projections in HuBERT, wav2vec2, WavLM and Whisper
 MODES = ("frozen", "lora")
+HEADS = ("weighted", "concat")
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,10 @@ class SpeechTeacherConfig:
     lr: float | None = None  # AdamW learning rate; None = 1e-3 for frozen (head only), 1e-4 for lora (paper)
     weight_decay: float = 1e-2  # AdamW weight decay
     batch_size: int = 32  # items per optimisation step (utterances); lora on CPU may want fewer
-    hidden: int = 256  # width of the head's hidden layer
+    head: str = "weighted"  # "weighted": softmax-weighted sum of layers -> MLP; "concat": chosen layers
+    #   concatenated -> one linear layer (a logistic regression on standardised features)
+    layers: tuple = ()  # hidden states the head reads (0 = embeddings, 1..L = layers); () = all of them
+    hidden: int = 256  # width of the weighted head's hidden layer
     dropout: float = 0.2  # dropout before the head's last layer
     in_dropout: float = 0.2  # dropout on the standardised layer features (frozen-feature regulariser)
     train_pieces: bool = False  # frozen only: also train on every piece_s piece (utterance label); the epoch is
@@ -75,6 +82,8 @@ class SpeechTeacherConfig:
     lora_alpha: int = 16  # LoRA scaling numerator (scale = alpha / r)
     lora_dropout: float = 0.1  # dropout on the LoRA branch
     piece_s: float = PIECE_S  # length of the pieces the teacher labels (0.5 s, SPEC)
+    piece_context: str = "whole"  # "whole": encode each item once and pool the frames inside each piece (the
+    #   piece keeps its context); "isolated": encode each piece alone (the paper's literal reading; far weaker)
     max_seconds: float = 8.0  # lora training: random crop of this length from longer utterances
     device: str = "cpu"  # torch device for the encoder and head
     threads: int = 0  # torch CPU threads; 0 = leave torch's setting alone
@@ -286,6 +295,15 @@ class Backbone:
     def _pooled_batch(self, waves: list[np.ndarray], grad: bool):
         import torch
 
+        h, valid = self._states_batch(waves, grad)
+        t = h.shape[2]
+        mask = (torch.arange(t, device=h.device)[None, :] < valid[:, None]).to(h.dtype)  # [B, T]
+        return (h * mask[:, None, :, None]).sum(2) / mask.sum(1).clamp(min=1)[:, None, None]
+
+    def _states_batch(self, waves: list[np.ndarray], grad: bool):
+        """Hidden states of every layer, frame by frame: ([B, S, T, d] tensor, valid frames [B])."""
+        import torch
+
         lengths = [len(w) for w in waves]
         if self.kind == "whisper":
             # even number of Mel frames: samples padded to a multiple of 2 hops (320)
@@ -312,10 +330,55 @@ class Backbone:
             out = self.model(x, output_hidden_states=True, **kwargs)
             states = list(out.hidden_states)
             valid = self.model._get_feat_extract_output_lengths(torch.tensor(lengths)).to(self.device).clamp(min=1)
-        h = torch.stack(states, dim=1)  # [B, S, T, d]
-        t = h.shape[2]
-        mask = (torch.arange(t, device=h.device)[None, :] < valid[:, None]).to(h.dtype)  # [B, T]
-        return (h * mask[:, None, :, None]).sum(2) / mask.sum(1).clamp(min=1)[:, None, None]
+        return torch.stack(states, dim=1), valid  # [B, S, T, d], [B]
+
+    def frame_states(self, wave: np.ndarray, grad: bool = False):
+        """Hidden states of every layer for every 20 ms frame of one waveform: [S, T, d] tensor.
+
+        Items up to 30 s are encoded in one pass. Longer ones go in 30 s
+        chunks that overlap by CONTEXT_S on each side; only each chunk's
+        central frames are kept, so every frame is encoded with at least
+        CONTEXT_S of context around it (and Whisper never sees > 30 s).
+        """
+        import torch
+
+        wave = np.asarray(wave, dtype=np.float32)
+        chunk, ctx = int(CHUNK_S * SAMPLE_RATE), int(CONTEXT_S * SAMPLE_RATE)
+        with torch.set_grad_enabled(grad):
+            if len(wave) <= chunk:
+                h, valid = self._states_batch([wave], grad)
+                return h[0, :, : int(valid[0])]
+            core = chunk - 2 * ctx  # 20 s kept per chunk; a multiple of FRAME_SAMPLES, so frames line up
+            parts = []
+            for a in range(0, len(wave), core):
+                lo = max(0, a - ctx)
+                h, valid = self._states_batch([wave[lo : a + core + ctx]], grad)
+                skip = (a - lo) // FRAME_SAMPLES
+                n_keep = -(-min(core, len(wave) - a) // FRAME_SAMPLES)
+                parts.append(h[0, :, skip : min(skip + n_keep, int(valid[0]))])
+            return torch.cat(parts, dim=1)
+
+    def context_pieces(self, wave: np.ndarray, piece_s: float = PIECE_S):
+        """Pieces pooled from one encoding of the whole item: ([P, S, d], utterance [S, d]) tensors.
+
+        Piece p is the mean of the frames whose 20 ms step starts inside
+        [p * piece_s, (p + 1) * piece_s); P = n_pieces(duration) as in the
+        store. The utterance vector is the mean of all frames. A last piece
+        with no frame of its own (possible for encoders whose frames start
+        later than the samples, e.g. HuBERT's 400-sample receptive field)
+        takes the last frame.
+        """
+        states = self.frame_states(wave)  # [S, T, d]
+        t = states.shape[1]
+        per = piece_s * SAMPLE_RATE / FRAME_SAMPLES  # frames per piece: 25 for 0.5 s
+        out = []
+        for p in range(n_pieces(len(wave) / SAMPLE_RATE, piece_s)):
+            a = min(int(round(p * per)), t - 1)
+            b = max(a + 1, min(int(round((p + 1) * per)), t))
+            out.append(states[:, a:b].mean(1))
+        import torch
+
+        return torch.stack(out), states.mean(1)
 
     def pieces(self, wave: np.ndarray, piece_s: float = PIECE_S, batch: int = 64):
         """Pooled states of each piece of a waveform: [P, n_states, dim], P = n_pieces(duration)."""
@@ -343,9 +406,21 @@ def split_pieces(wave: np.ndarray, piece_s: float = PIECE_S) -> list[np.ndarray]
 
 
 def _make_head(n_states: int, dim: int, n_classes: int, hidden: int = 256, dropout: float = 0.2,
-               in_dropout: float = 0.0):
+               in_dropout: float = 0.0, kind: str = "weighted", layers: tuple = ()):
+    """The teacher's head on pooled states [B, n_states, dim] -> logits [B, n_classes] (see module docstring).
+
+    kind "weighted" learns a softmax weighting of the chosen states, then an
+    MLP; "concat" concatenates them into one linear layer. `layers` picks
+    states by index (() = all). Raises LiserError for an unknown kind or index.
+    """
     import torch
     from torch import nn
+
+    if kind not in HEADS:
+        raise LiserError(f"speech teacher: head must be one of {', '.join(HEADS)}, got {kind!r}")
+    picked = list(layers) if layers else list(range(n_states))
+    if any(not 0 <= int(i) < n_states for i in picked):
+        raise LiserError(f"speech teacher: layers {list(layers)} outside the backbone's 0..{n_states - 1}")
 
     class Head(nn.Module):
         """Standardise -> dropout -> softmax-weighted sum of layers -> LayerNorm -> MLP -> K logits."""
@@ -355,11 +430,16 @@ def _make_head(n_states: int, dim: int, n_classes: int, hidden: int = 256, dropo
             self.register_buffer("feat_mean", torch.zeros(n_states, dim))
             self.register_buffer("feat_std", torch.ones(n_states, dim))
             self.in_drop = nn.Dropout(in_dropout)
-            self.layer_logits = nn.Parameter(torch.zeros(n_states))
+            self.register_buffer("picked", torch.tensor(picked, dtype=torch.long))
+            self.kind = kind
+            self.layer_logits = nn.Parameter(torch.zeros(len(picked)))
             self.norm = nn.LayerNorm(dim)
-            self.fc1 = nn.Linear(dim, hidden)
-            self.drop = nn.Dropout(dropout)
-            self.fc2 = nn.Linear(hidden, n_classes)
+            if kind == "weighted":
+                self.fc1 = nn.Linear(dim, hidden)
+                self.drop = nn.Dropout(dropout)
+                self.fc2 = nn.Linear(hidden, n_classes)
+            else:  # layer_logits and norm stay (unused) so every head saves the same metadata
+                self.linear = nn.Linear(len(picked) * dim, n_classes)
 
         def layer_weights(self):
             return torch.softmax(self.layer_logits, dim=0)
@@ -371,7 +451,9 @@ def _make_head(n_states: int, dim: int, n_classes: int, hidden: int = 256, dropo
             self.feat_std.copy_(x.std(0) + 1e-5 if len(x) > 1 else torch.ones_like(self.feat_std))
 
         def forward(self, x):  # x [B, S, d]
-            x = self.in_drop((x - self.feat_mean) / self.feat_std)
+            x = self.in_drop((x - self.feat_mean) / self.feat_std)[:, self.picked]
+            if self.kind == "concat":
+                return self.linear(x.flatten(1))
             z = (self.layer_weights()[None, :, None] * x).sum(1)
             return self.fc2(self.drop(torch.relu(self.fc1(self.norm(z)))))
 
@@ -484,11 +566,18 @@ class SpeechTeacher:
             return self.probs_from_features(self.encoder.pooled([np.asarray(waveform_16k, np.float32)]))[0]
 
     def predict_pieces(self, waveform_16k: np.ndarray, batch: int = 64) -> np.ndarray:
-        """Class probabilities [P, K] of each piece_s piece, P = n_pieces(len / 16 kHz); pieces fed separately."""
+        """Class probabilities [P, K] of each piece_s piece, P = n_pieces(len / 16 kHz).
+
+        With piece_context "whole" the pieces are pooled from one encoding of
+        the whole waveform; with "isolated" each piece is encoded alone.
+        """
         import torch
 
+        wave = np.asarray(waveform_16k, np.float32)
         with torch.no_grad():
-            return self.probs_from_features(self.encoder.pieces(np.asarray(waveform_16k, np.float32), self.piece_s, batch))
+            if piece_kind(self.cfg) == "ctx":
+                return self.probs_from_features(self.encoder.context_pieces(wave, self.piece_s)[0])
+            return self.probs_from_features(self.encoder.pieces(wave, self.piece_s, batch))
 
     # ---- disk ----
     def save(self, out_dir: str | Path) -> Path:
@@ -508,7 +597,7 @@ class SpeechTeacher:
             "mode": self.cfg.mode,
             "classes": self.classes,
             "piece_s": self.cfg.piece_s,
-            "n_states": int(self.head.layer_logits.shape[0]),
+            "n_states": int(self.head.feat_mean.shape[0]),
             "dim": int(self.head.norm.normalized_shape[0]),
             "layer_weights": self.layer_weights(),
             "config": asdict(self.cfg),
@@ -534,7 +623,8 @@ class SpeechTeacher:
         if device is not None:
             cfg_dict["device"] = device
         cfg = SpeechTeacherConfig(**cfg_dict)
-        head = _make_head(meta["n_states"], meta["dim"], len(meta["classes"]), cfg.hidden, cfg.dropout, cfg.in_dropout)
+        head = _make_head(meta["n_states"], meta["dim"], len(meta["classes"]), cfg.hidden, cfg.dropout, cfg.in_dropout,
+                          cfg.head, tuple(cfg.layers))
         state = _load_tensors(path / "head.safetensors")
         try:
             head.load_state_dict(state)
@@ -581,7 +671,11 @@ def cached_features(backbone: Backbone, manifest: Manifest, item: Item, kind: st
     """Pooled states of an item, computed once and kept as .npy (key: backbone + file bytes + kind).
 
     kind "utt": [S, d] float32 over the whole file; kind "pieces": [P, S, d]
-    float16, one row per piece_s piece. Raises LiserError if the file cannot be read.
+    float16, one row per piece_s piece, each encoded alone; kind "ctx": [P, S, d]
+    float16, pieces pooled from one encoding of the whole file
+    (`Backbone.context_pieces`; the same pass also fills "utt" for files up
+    to 30 s, where both definitions agree). Raises LiserError if the file
+    cannot be read, ValueError for an unknown kind.
     """
     import torch
 
@@ -595,6 +689,8 @@ def cached_features(backbone: Backbone, manifest: Manifest, item: Item, kind: st
             return np.load(path)
         except Exception:
             pass  # a damaged cache entry is recomputed
+    if kind not in FEATURE_KINDS:
+        raise ValueError(f"unknown feature kind {kind!r} (known: {', '.join(FEATURE_KINDS)})")
     wave = load_audio(file)
     with torch.no_grad():
         if kind == "utt":
@@ -602,13 +698,37 @@ def cached_features(backbone: Backbone, manifest: Manifest, item: Item, kind: st
         elif kind == "pieces":
             arr = backbone.pieces(wave, piece_s).cpu().numpy().astype(np.float16)
         else:
-            raise ValueError(f"unknown feature kind {kind!r}")
+            pieces, utt = backbone.context_pieces(wave, piece_s)
+            arr = pieces.cpu().numpy().astype(np.float16)
+            utt_path = _cache_path(cache_dir, backbone.fingerprint, file, "utt", piece_s)
+            if len(wave) <= CHUNK_S * SAMPLE_RATE and not utt_path.is_file():
+                _save_npy(utt_path, utt.cpu().numpy().astype(np.float32))
+    _save_npy(path, arr)
+    return arr
+
+
+FEATURE_KINDS = ("utt", "pieces", "ctx")
+
+
+def piece_kind(cfg: SpeechTeacherConfig) -> str:
+    """The feature kind of a teacher's pieces: "ctx" (piece_context whole) or "pieces" (isolated)."""
+    if cfg.piece_context not in PIECE_CONTEXTS:
+        raise LiserError(f"speech teacher: piece_context must be one of {', '.join(PIECE_CONTEXTS)}, "
+                         f"got {cfg.piece_context!r}")
+    return "ctx" if cfg.piece_context == "whole" else "pieces"
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    """np.save under a temporary name, renamed when complete (a crash leaves no half-written entry)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
-        np.save(f, arr)
-    os.replace(tmp, path)
-    return arr
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, arr)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _features_for(backbone, manifest, items, kind, cfg, progress=False, desc="features") -> list[np.ndarray]:
@@ -661,7 +781,8 @@ def fit_speech_teacher(manifest: Manifest, train_ids: list[str], out_dir: str | 
         raise LiserError("speech teacher: train_pieces is a frozen-mode option")
     torch.manual_seed(cfg.seed)
     backbone = Backbone(cfg.backbone, cfg.device)
-    head = _make_head(backbone.n_states, backbone.dim, len(classes), cfg.hidden, cfg.dropout, cfg.in_dropout)
+    head = _make_head(backbone.n_states, backbone.dim, len(classes), cfg.hidden, cfg.dropout, cfg.in_dropout,
+                      cfg.head, tuple(cfg.layers))
     head.to(cfg.device)
     params = list(head.parameters())
     rng = np.random.default_rng(cfg.seed)
@@ -677,8 +798,9 @@ def fit_speech_teacher(manifest: Manifest, train_ids: list[str], out_dir: str | 
         x_va = torch.from_numpy(np.stack(_features_for(backbone, manifest, va, "utt", cfg, progress, "features (val)")))
         y_fit = torch.from_numpy(y_tr)
         if cfg.train_pieces:
-            p_tr = _features_for(backbone, manifest, tr, "pieces", cfg, progress, "piece features (train)")
-            p_va = _features_for(backbone, manifest, va, "pieces", cfg, progress, "piece features (val)")
+            kind = piece_kind(cfg)
+            p_tr = _features_for(backbone, manifest, tr, kind, cfg, progress, "piece features (train)")
+            p_va = _features_for(backbone, manifest, va, kind, cfg, progress, "piece features (val)")
             x_tr = torch.cat([x_tr, torch.from_numpy(np.concatenate(p_tr).astype(np.float32))])
             y_fit = torch.cat([y_fit, torch.from_numpy(np.repeat(y_tr, [len(p) for p in p_tr]))])
         head.set_stats(x_tr)
@@ -784,7 +906,8 @@ def evaluate_speech_teacher(teacher: SpeechTeacher, manifest: Manifest, ids: lis
     for it in tqdm(items, desc="evaluate", unit="file", disable=not progress, leave=False):
         if teacher.mode == "frozen":
             f_utt = cached_features(teacher.encoder, manifest, it, "utt", teacher.piece_s, teacher.cfg.cache_dir)
-            f_pcs = cached_features(teacher.encoder, manifest, it, "pieces", teacher.piece_s, teacher.cfg.cache_dir)
+            f_pcs = cached_features(teacher.encoder, manifest, it, piece_kind(teacher.cfg), teacher.piece_s,
+                                    teacher.cfg.cache_dir)
             utt[it.id] = teacher.probs_from_features(f_utt[None])[0]
             pcs[it.id] = teacher.probs_from_features(f_pcs).mean(0)
         else:
@@ -826,7 +949,8 @@ def label_with_speech_teacher(teacher: SpeechTeacher, manifest: Manifest, store_
     for it in bar:
         try:
             if teacher.mode == "frozen":  # the frozen encoder's piece states are cached: every fold's head reuses them
-                feats = cached_features(teacher.encoder, manifest, it, "pieces", teacher.piece_s, teacher.cfg.cache_dir)
+                feats = cached_features(teacher.encoder, manifest, it, piece_kind(teacher.cfg), teacher.piece_s,
+                                        teacher.cfg.cache_dir)
                 probs, seconds = teacher.probs_from_features(feats), it.duration
             else:
                 wave = load_audio(manifest.abspath(it))

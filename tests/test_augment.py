@@ -1,0 +1,87 @@
+"""Augmentations of log-Mel crops (seeded, shape-keeping) and the student's level normalisation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from liser.augment import AugmentOptions, add_noise, augment_batch, gain, spec_augment
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def crops() -> np.ndarray:
+    """Four real 3 s log-Mel crops of RAVDESS files: [4, 64, 94] dB."""
+    from liser.audio import CLIP_FRAMES, load_audio, log_mel
+
+    files = sorted((DATA / "ravdess" / "Actor_05").glob("*.flac"))[::15][:4]
+    if len(files) < 4:
+        pytest.skip("real RAVDESS data absent")
+    return np.stack([np.asarray(log_mel(load_audio(f)))[:, :CLIP_FRAMES] for f in files]).astype(np.float32)
+
+
+def test_augment_is_seeded_and_keeps_shape(crops):
+    opts = AugmentOptions(gain_db=6, noise_p=0.5, freq_masks=2, time_masks=2)
+    a = augment_batch(crops, opts, np.random.default_rng(3))
+    b = augment_batch(crops, opts, np.random.default_rng(3))
+    c = augment_batch(crops, opts, np.random.default_rng(4))
+    assert a.shape == crops.shape and a.dtype == np.float32
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert np.isfinite(a).all()
+    np.testing.assert_array_equal(augment_batch(crops, AugmentOptions(), np.random.default_rng(0)), crops)
+    with pytest.raises(ValueError, match="expected crops"):
+        augment_batch(crops[0], opts, np.random.default_rng(0))
+
+
+def test_gain_shifts_each_crop_by_one_constant(crops):
+    g = gain(crops, 6.0, np.random.default_rng(0))
+    shift = (g - crops).reshape(len(crops), -1)
+    assert np.allclose(shift, shift[:, :1], atol=1e-4)
+    assert (np.abs(shift[:, 0]) <= 6.0).all() and np.ptp(shift[:, 0]) > 0
+
+
+def test_noise_at_its_snr_raises_quiet_cells_more_than_loud_ones(crops):
+    noisy = add_noise(crops, 1.0, (10.0, 10.0), np.random.default_rng(0))
+    assert (noisy >= crops - 1e-3).all()  # noise adds power, never removes it
+    d = noisy - crops
+    quiet = crops < np.percentile(crops, 20)
+    loud = crops > np.percentile(crops, 80)
+    assert d[quiet].mean() > 5 * d[loud].mean()
+    untouched = add_noise(crops, 0.0, (10.0, 10.0), np.random.default_rng(0))
+    np.testing.assert_array_equal(untouched, crops)
+
+
+def test_spec_augment_masks_stripes_with_the_crop_mean(crops):
+    out = spec_augment(crops, 2, 8, 2, 10, np.random.default_rng(1))
+    for i in range(len(crops)):
+        changed = out[i] != crops[i]
+        # every changed cell lies on a fully masked row or column, set to the crop's mean
+        assert np.allclose(out[i][changed], crops[i].mean(), atol=1e-3)
+        full_rows = np.isclose(out[i], crops[i].mean(), atol=1e-3).all(1)
+        full_cols = np.isclose(out[i], crops[i].mean(), atol=1e-3).all(0)
+        assert (changed <= (full_rows[:, None] | full_cols[None, :])).all()
+        assert full_rows.sum() <= 16 and full_cols.sum() <= 20  # 2 masks of at most 8 bands / 10 frames
+        assert changed.any()
+
+
+def test_level_norm_student_ignores_the_recording_level(crops):
+    import torch
+
+    from liser.student import Student
+
+    torch.manual_seed(0)
+    m = Student(8, 7, level_norm=True).eval()
+    x = torch.from_numpy(crops)
+    with torch.no_grad():
+        ref = m.classify(x)
+        for db in (-12.0, -6.0, 6.0):  # x0.25, x0.5, x2 in amplitude
+            torch.testing.assert_close(m.classify(x + db), ref, atol=1e-4, rtol=1e-4)
+    plain = Student(8, 7).eval()
+    plain.load_state_dict({k: v for k, v in m.state_dict().items() if k != "level_norm"})  # old checkpoint
+    assert float(plain.level_norm) == 0.0
+    with torch.no_grad():
+        assert not torch.allclose(plain.classify(x + 6.0), plain.classify(x), atol=1e-3)
