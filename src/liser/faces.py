@@ -41,9 +41,9 @@ from pathlib import Path
 import numpy as np
 
 from .errors import LiserError
-from .util import atomic_write_text, check_shard, safe_id  # safe_id: the face-track file names
+from .util import atomic_write_text, check_shard, models_dir, safe_id  # safe_id: the face-track file names
 
-DEFAULT_YUNET = Path(__file__).resolve().parents[3] / "shared" / "models" / "face-detection" / "face_detection_yunet_2023mar.onnx"
+DEFAULT_YUNET = models_dir() / "face-detection" / "face_detection_yunet_2023mar.onnx"  # $LISER_MODELS or ../shared/models
 YUNET_ENV = "LISER_YUNET"  # environment variable naming the YuNet .onnx file
 SCORE_THRESHOLD = 0.6  # YuNet detection score threshold
 DETECT_SIDE = 640  # frames are shrunk to this longer side for detection only ...
@@ -457,17 +457,8 @@ def extract_faces_manifest(
     tag = "" if n == 1 else f".shard-{k}-of-{n}"
     rejected_path, summary_path = out_dir / f"rejected{tag}.csv", out_dir / f"faces{tag}.json"
 
-    if summary_path.is_file():  # a resumed job must not mix crop sizes or rates
-        old = json.loads(summary_path.read_text())
-        if old.get("size") != size or old.get("fps") != fps:
-            raise LiserError(
-                f"{out_dir}: holds faces of size {old.get('size')} at fps {old.get('fps')}; "
-                f"asked for size {size} at fps {fps} (use another directory)"
-            )
-    rejected = []
-    if rejected_path.is_file():
-        with open(rejected_path, newline="") as f:
-            rejected = list(csv.DictReader(f))
+    _check_resumed(summary_path, out_dir, size, fps)
+    rejected = _read_rejected(rejected_path)
     done_rejected = {r["id"] for r in rejected}
 
     items = manifest.items[k::n]
@@ -493,15 +484,7 @@ def extract_faces_manifest(
         atomic_write_text(rejected_path, _rejected_text(rejected))
 
     elapsed = time.perf_counter() - start
-    videos, frames, with_face = 0, 0, 0
-    for it in items:
-        p = out_dir / f"{safe_id(it.id)}.npz"
-        if p.is_file():
-            with np.load(p, allow_pickle=False) as z:  # reads only the `valid` member
-                v = z["valid"]
-            videos += 1
-            frames += int(v.size)
-            with_face += int(v.sum())
+    videos, frames, with_face = _count_tracks(items, out_dir)
     summary = {
         "corpus": manifest.corpus,
         "videos": videos,
@@ -520,3 +503,36 @@ def extract_faces_manifest(
     }
     atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _check_resumed(summary_path: Path, out_dir: Path, size: int, fps) -> None:
+    """LiserError when a resumed job would mix crop sizes or frame rates in one directory."""
+    if summary_path.is_file():
+        old = json.loads(summary_path.read_text())
+        if old.get("size") != size or old.get("fps") != fps:
+            raise LiserError(
+                f"{out_dir}: holds faces of size {old.get('size')} at fps {old.get('fps')}; "
+                f"asked for size {size} at fps {fps} (use another directory)"
+            )
+
+
+def _read_rejected(path: Path) -> list[dict]:
+    """The rejected rows written so far (id, path, reason); [] when there are none."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _count_tracks(items, out_dir: Path) -> tuple[int, int, int]:
+    """(videos with a track, frames, frames with a face) over the items' .npz files."""
+    videos, frames, with_face = 0, 0, 0
+    for it in items:
+        p = out_dir / f"{safe_id(it.id)}.npz"
+        if p.is_file():
+            with np.load(p, allow_pickle=False) as z:  # reads only the `valid` member
+                v = z["valid"]
+            videos += 1
+            frames += int(v.size)
+            with_face += int(v.sum())
+    return videos, frames, with_face

@@ -114,3 +114,18 @@ def torch_threads(n: int | None):
         yield
     finally:
         torch.set_num_threads(old)
+
+
+def models_dir() -> Path:
+    """The shared models folder: $LISER_MODELS, else ../shared/models beside a source checkout,
+    else ../shared/models from the working directory (an installed wheel has no checkout to be beside).
+
+    Holds fer2013-xception/, face-detection/ and whisper-base-encoder/ (see the README).
+    """
+    env = os.environ.get("LISER_MODELS")
+    if env:
+        return Path(env)
+    beside_checkout = Path(__file__).resolve().parents[3] / "shared" / "models"  # src/liser/util.py -> repo/..
+    if beside_checkout.is_dir():
+        return beside_checkout
+    return Path.cwd().parent / "shared" / "models"

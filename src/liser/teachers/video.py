@@ -42,7 +42,7 @@ import numpy as np
 
 from ..audio import PIECE_S
 from ..errors import LiserError
-from ..util import check_shard, safe_id, softmax
+from ..util import check_shard, models_dir, safe_id, softmax
 from ..store import SoftLabelStore, StoreWriter, n_pieces, sha256_file
 
 FER2013_CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]  # the h5 files' output order
@@ -55,7 +55,7 @@ FER_FILES = {
     "fer2013-mini": "fer2013_mini_XCEPTION.102-0.66.hdf5",
 }
 MODELS_ENV = "LISER_MODELS"  # environment variable: folder holding fer2013-xception/ (or the .hdf5 files)
-DEFAULT_MODELS = Path(__file__).resolve().parents[4] / "shared" / "models"
+DEFAULT_MODELS = models_dir()  # $LISER_MODELS, else ../shared/models (liser.util.models_dir)
 MIN_FACE_FRAC = 0.5  # a piece (or clip) needs faces in at least this fraction of its frames
 
 
@@ -210,68 +210,78 @@ def _activation(name: str, where: str):
 
 
 def _build_keras_modules():
-    """The torch layer classes of the Keras interpreter (defined lazily: torch is imported here)."""
+    """The torch layer classes of the Keras interpreter.
+
+    Longer than a screen on purpose: it is a list of small nn.Module classes,
+    one per Keras layer type, defined inside a function so that torch is
+    imported only when a Keras teacher is built (`import liser` stays fast).
+    """
     import torch
     import torch.nn as nn
     import torch.nn.functional as F
 
-    class KConv(nn.Module):
-        """Conv2D (and the pointwise part of SeparableConv2D); 'same' padded exactly as TF does."""
+    class KConvBase(nn.Module):
+        """What Conv2D and SeparableConv2D share: strides, TF 'same' padding, bias, activation, BN folding."""
 
-        def __init__(self, cfg, kernel, bias, where):
-            super().__init__()
+        def _geometry(self, cfg, kernel_hw):
             self.stride = tuple(cfg.get("strides", (1, 1)))
             self.dilation = tuple(cfg.get("dilation_rate", (1, 1)))
             self.same = cfg.get("padding", "valid") == "same"
-            w = torch.from_numpy(np.ascontiguousarray(kernel.transpose(3, 2, 0, 1)))  # HWIO -> OIHW
-            self.kernel = tuple(w.shape[2:])
-            self.weight = nn.Parameter(w, requires_grad=False)
+            self.kernel = tuple(kernel_hw)
+
+        def _output(self, cfg, bias, where):
             self.bias = None if bias is None else nn.Parameter(torch.from_numpy(bias), requires_grad=False)
             self.act = _activation(cfg.get("activation", "linear"), where)
             self.linear = cfg.get("activation", "linear") in ("linear", None)
 
-        def fold(self, scale, shift):
-            """Absorb a following inference BatchNormalization (per output channel scale, shift)."""
-            self.weight.data = self.weight.data * scale.view(-1, 1, 1, 1)
+        def _pad(self, x):
+            return _pad_same(x, self.kernel, self.stride, self.dilation) if self.same else (x, (0, 0))
+
+        def _fold_bias(self, scale, shift):
             bias = shift if self.bias is None else self.bias.data * scale + shift
             self.bias = nn.Parameter(bias.clone(), requires_grad=False)
 
+    class KConv(KConvBase):
+        """Conv2D (and the pointwise part of SeparableConv2D); 'same' padded exactly as TF does."""
+
+        def __init__(self, cfg, kernel, bias, where):
+            super().__init__()
+            w = torch.from_numpy(np.ascontiguousarray(kernel.transpose(3, 2, 0, 1)))  # HWIO -> OIHW
+            self._geometry(cfg, w.shape[2:])
+            self.weight = nn.Parameter(w, requires_grad=False)
+            self._output(cfg, bias, where)
+
+        def fold(self, scale, shift):
+            """Absorb a following inference BatchNormalization (per output channel scale, shift)."""
+            self.weight.data = self.weight.data * scale.view(-1, 1, 1, 1)
+            self._fold_bias(scale, shift)
+
         def forward(self, x):
-            pad = (0, 0)
-            if self.same:
-                x, pad = _pad_same(x, self.kernel, self.stride, self.dilation)
+            x, pad = self._pad(x)
             return self.act(F.conv2d(x, self.weight, self.bias, self.stride, pad, self.dilation))
 
-    class KSeparable(nn.Module):
+    class KSeparable(KConvBase):
         """SeparableConv2D: depthwise (H, W, in, mult) with stride and padding, then pointwise 1x1, bias, activation."""
 
         def __init__(self, cfg, depthwise, pointwise, bias, where):
             super().__init__()
             kh, kw, cin, mult = depthwise.shape
             self.groups = cin
-            self.stride = tuple(cfg.get("strides", (1, 1)))
-            self.dilation = tuple(cfg.get("dilation_rate", (1, 1)))
-            self.same = cfg.get("padding", "valid") == "same"
-            self.kernel = (kh, kw)
+            self._geometry(cfg, (kh, kw))
             # output channel c*mult + m of the depthwise step is input channel c times depthwise[:, :, c, m]
             dw = depthwise.transpose(2, 3, 0, 1).reshape(cin * mult, 1, kh, kw)
             self.depthwise = nn.Parameter(torch.from_numpy(np.ascontiguousarray(dw)), requires_grad=False)
             pw = pointwise.transpose(3, 2, 0, 1)  # (1, 1, in*mult, out) -> (out, in*mult, 1, 1)
             self.pointwise = nn.Parameter(torch.from_numpy(np.ascontiguousarray(pw)), requires_grad=False)
-            self.bias = None if bias is None else nn.Parameter(torch.from_numpy(bias), requires_grad=False)
-            self.act = _activation(cfg.get("activation", "linear"), where)
-            self.linear = cfg.get("activation", "linear") in ("linear", None)
+            self._output(cfg, bias, where)
 
         def fold(self, scale, shift):
             """Absorb a following inference BatchNormalization into the pointwise kernel and bias."""
             self.pointwise.data = self.pointwise.data * scale.view(-1, 1, 1, 1)
-            bias = shift if self.bias is None else self.bias.data * scale + shift
-            self.bias = nn.Parameter(bias.clone(), requires_grad=False)
+            self._fold_bias(scale, shift)
 
         def forward(self, x):
-            pad = (0, 0)
-            if self.same:
-                x, pad = _pad_same(x, self.kernel, self.stride, self.dilation)
+            x, pad = self._pad(x)
             x = F.conv2d(x, self.depthwise, None, self.stride, pad, self.dilation, self.groups)
             return self.act(F.conv2d(x, self.pointwise, self.bias))
 
@@ -875,29 +885,38 @@ def label_track(track, teacher: VideoTeacher, duration: float, piece_s: float = 
     """
     crops, times, valid, fps = _track_arrays(track)
     n_p = n_pieces(duration, piece_s)
-    k = len(teacher.classes)
-    probs = np.zeros((n_p, k), np.float64)
-    ok = np.zeros(n_p, bool)
     if len(times) == 0:
-        return probs.astype(np.float32), ok
+        return np.zeros((n_p, len(teacher.classes)), np.float32), np.zeros(n_p, bool)
+    if teacher.clip_frames is None:
+        probs, ok = _label_frames(teacher, crops, times, valid, fps, duration, n_p, piece_s, min_face_frac)
+    else:
+        probs, ok = _label_clips(teacher, crops, times, valid, fps, n_p, piece_s, min_face_frac)
+    return probs.astype(np.float32), ok
+
+
+def _label_frames(teacher, crops, times, valid, fps, duration, n_p, piece_s, min_face_frac):
+    """label_track for a per-frame teacher: (probs [P, K] float64, valid [P]); see label_track."""
+    probs = np.zeros((n_p, len(teacher.classes)), np.float64)
     starts = np.arange(n_p) * piece_s
     inside = np.clip(np.minimum(starts + piece_s, duration) - starts, 0.0, piece_s)
     expected = fps * inside
+    piece = np.floor(times / piece_s + 1e-9).astype(np.int64)
+    use = valid & (times >= 0) & (piece < n_p)
+    idx = np.flatnonzero(use)
+    counts = np.bincount(piece[idx], minlength=n_p)[:n_p]
+    ok = (counts > 0) & (counts >= min_face_frac * expected - 1e-9)
+    if not ok.any():
+        return probs, ok
+    keep = idx[ok[piece[idx]]]  # only frames of pieces that will be valid go through the model
+    frame_probs = np.asarray(teacher.predict_frames(crops[keep]), np.float64)
+    np.add.at(probs, piece[keep], frame_probs)
+    probs[ok] /= counts[ok][:, None]
+    return probs, ok
 
-    if teacher.clip_frames is None:
-        piece = np.floor(times / piece_s + 1e-9).astype(np.int64)
-        use = valid & (times >= 0) & (piece < n_p)
-        idx = np.flatnonzero(use)
-        counts = np.bincount(piece[idx], minlength=n_p)[:n_p]
-        ok = (counts > 0) & (counts >= min_face_frac * expected - 1e-9)
-        if not ok.any():
-            return probs.astype(np.float32), ok
-        keep = idx[ok[piece[idx]]]  # only frames of pieces that will be valid go through the model
-        frame_probs = np.asarray(teacher.predict_frames(crops[keep]), np.float64)
-        np.add.at(probs, piece[keep], frame_probs)
-        probs[ok] /= counts[ok][:, None]
-        return probs.astype(np.float32), ok
 
+def _label_clips(teacher, crops, times, valid, fps, n_p, piece_s, min_face_frac):
+    """label_track for a clip teacher (T = clip_frames): (probs [P, K] float64, valid [P]); see label_track."""
+    probs = np.zeros((n_p, len(teacher.classes)), np.float64)
     t = int(teacher.clip_frames)
     n = len(times)
     clip_idx, spans = [], []
@@ -916,21 +935,20 @@ def label_track(track, teacher: VideoTeacher, duration: float, piece_s: float = 
         clip_idx.append(frames)
         spans.append((start, end))
     if not clip_idx:
-        return probs.astype(np.float32), ok
-    clip_probs = np.zeros((len(clip_idx), k), np.float64)
+        return probs, np.zeros(n_p, bool)
+    clip_probs = np.zeros((len(clip_idx), len(teacher.classes)), np.float64)
     for i in range(0, len(clip_idx), max(teacher.batch, 1)):
         sel = np.stack(clip_idx[i : i + teacher.batch])
         clip_probs[i : i + len(sel)] = teacher.predict_clips(crops[sel])
-    spans = np.asarray(spans)
     counts = np.zeros(n_p, np.int64)
-    for (start, end), cp in zip(spans, clip_probs):
+    for (start, end), cp in zip(np.asarray(spans), clip_probs):
         first = max(int(math.floor(start / piece_s + 1e-9)), 0)
         last = min(int(math.ceil(end / piece_s - 1e-9)), n_p)  # pieces [first, last) overlap [start, end)
         probs[first:last] += cp
         counts[first:last] += 1
     ok = counts > 0
     probs[ok] /= counts[ok][:, None]
-    return probs.astype(np.float32), ok
+    return probs, ok
 
 
 def label_with_video_teacher(teacher: VideoTeacher, manifest, faces_dir: str | Path, store_dir: str | Path,
