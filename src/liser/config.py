@@ -31,7 +31,7 @@ from .errors import LiserError
 
 # settings with a fixed set of values (checked before a run starts)
 CHOICES = {"schedule": ("joint", "two-stage"), "distill_loss": ("mae", "ce"),
-           "weighting": ("none", "confidence", "entropy")}
+           "weighting": ("none", "confidence", "entropy"), "lr_schedule": ("constant", "cosine")}
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,16 @@ class Config:
     distill_loss: str = "mae"  # mae (the paper's) | ce (Table 3 distill-ce)
     schedule: str = "joint"  # joint (the paper's) | two-stage (Table 3: distil first, then fine-tune)
     stage1_epochs: int = 25  # two-stage only: epochs of distillation before fine-tuning
+    # ---- the `liser` recipe (configs/liser-*.yaml); these defaults are the paper's recipe ----
+    level_norm: bool = False  # student subtracts each window's mean log-Mel level: labels ignore recording level
+    aug_gain_db: float = 0.0  # random level change per training crop, +- this many dB; 0 = off
+    aug_noise_p: float = 0.0  # share of training crops that get noise at 10..30 dB SNR; 0 = off
+    aug_freq_masks: int = 0  # SpecAugment frequency masks (<= 8 Mel bands each) per training crop; 0 = off
+    aug_time_masks: int = 0  # SpecAugment time masks (<= 10 frames each) per training crop; 0 = off
+    lr_schedule: str = "constant"  # constant (the paper's) | cosine (decays to 0 at `epochs`, after the warm-up)
+    warmup_epochs: float = 0.0  # learning rate rises linearly from 0 over this many epochs; 0 = off
+    # ---- where it runs (not part of what the run is: a run resumes on another device) ----
+    device: str = "auto"  # auto (CUDA when torch sees a GPU) | cpu | cuda | cuda:N
 
     # ------------------------------------------------------------------
     def check_choices(self) -> None:

@@ -86,12 +86,14 @@ def file_logits(model, frames_list, stride_s: float = EVAL_STRIDE_S, batch: int 
     owner = np.concatenate(owners)
     was_training = model.training
     model.eval()
+    device = next((p.device for p in model.parameters()), None)  # None: a parameter-free model (tests), CPU
     out = []
     with torch.inference_mode():
         for a in range(0, len(allw), batch):
             x = torch.from_numpy(allw[a : a + batch])
+            x = x if device is None else x.to(device)
             y = model.classify(x) if head == "sup" else model(x)[("sup", "sd", "vd").index(head)]
-            out.append(y.float().numpy())
+            out.append(y.float().cpu().numpy())
     if was_training:
         model.train()
     logits = np.concatenate(out)

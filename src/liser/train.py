@@ -36,6 +36,7 @@ import numpy as np
 
 from . import audio
 from .config import Config
+from .device import resolve_device
 from .errors import LiserError
 from .frontend import SETTINGS as FRONT_END
 from .util import atomic_save, atomic_write_text
@@ -174,7 +175,7 @@ def student_checkpoint(model, classes, video_classes, cfg: Config, epoch: int, v
     return {
         "format": "liser-student",
         "liser_version": __version__,
-        "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "classes": list(classes),
         "video_classes": list(video_classes),
         "front_end": dict(FRONT_END),
@@ -193,7 +194,7 @@ def run_dir_of(cfg: Config) -> Path:
 def check_run(cfg: Config, run: Path) -> bool:
     """True if `run` already holds this config's finished run; LiserError if it holds another config's."""
     if (run / "config.yaml").is_file() and (run / "metrics.json").is_file() or (run / "last.pt").is_file():
-        old = Config.load(run / "config.yaml").replace(threads=cfg.threads)
+        old = Config.load(run / "config.yaml").replace(threads=cfg.threads, device=cfg.device)
         if old != cfg:
             diff = [k for k, v in cfg.to_dict().items() if old.to_dict().get(k) != v]
             raise LiserError(f"{run}: holds a run of another config (differs in {', '.join(diff)}); "
@@ -225,10 +226,10 @@ def build_model(cfg: Config, data: Data):
     from .features import normalisation_stats
     from .student import Student
 
-    model = Student(len(data.classes), len(data.video_classes))
-    mean, std = normalisation_stats(data.cache, [it.id for it in data.train])
+    model = Student(len(data.classes), len(data.video_classes), level_norm=cfg.level_norm)
+    mean, std = normalisation_stats(data.cache, [it.id for it in data.train], center=cfg.level_norm)
     model.set_normalisation(torch.from_numpy(mean), torch.from_numpy(std))
-    model = model.to(memory_format=torch.channels_last)
+    model = model.to(resolve_device(cfg.device), memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     return model, opt
 
@@ -287,18 +288,45 @@ def loss_options(cfg: Config, data: Data):
                        kind=cfg.distill_loss, temperature_sd=data.temperature_sd, temperature_vd=cfg.temperature_vd)
 
 
+def augment_options(cfg: Config):
+    """The crops' augmentations from the config (all off in the paper's recipe)."""
+    from .augment import AugmentOptions
+
+    return AugmentOptions(gain_db=cfg.aug_gain_db, noise_p=cfg.aug_noise_p, freq_masks=cfg.aug_freq_masks,
+                          time_masks=cfg.aug_time_masks)
+
+
+def lr_factor(cfg: Config, epoch: int, step: int, n_steps: int) -> float:
+    """Learning-rate multiplier at a step: linear warm-up over warmup_epochs, then constant or cosine to 0."""
+    import math
+
+    t = epoch + step / max(n_steps, 1)  # epochs done, fractional
+    if cfg.warmup_epochs > 0 and t < cfg.warmup_epochs:
+        return (t + 1 / max(n_steps, 1)) / cfg.warmup_epochs
+    if cfg.lr_schedule == "cosine":
+        span = max(cfg.epochs - cfg.warmup_epochs, 1e-9)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (t - cfg.warmup_epochs) / span)))
+    return 1.0
+
+
 def run_epoch(cfg: Config, data: Data, model, opt, state: State, stage1: bool, frames: list, y: np.ndarray):
     """One epoch of mini-batches: returns (summed loss parts, steps, samples, seconds).
 
     Stage 1 of the two-stage schedule sees only unlabeled items; otherwise
     each step holds `batch_size` labeled items plus `unlabeled_batch`
-    pool items when distilling.
+    pool items when distilling. Crops are augmented (labeled and unlabeled
+    alike) when the config asks for it, and the learning rate follows
+    `lr_factor` when a schedule is set.
     """
     import torch
 
+    from .augment import augment_batch
     from .losses import joint_loss
 
     t0 = time.time()
+    aug = augment_options(cfg)
+    scheduled = cfg.warmup_epochs > 0 or cfg.lr_schedule != "constant"
+    device = next(model.parameters()).device
     pool, rng = data.pool, state.rng
     options = loss_options(cfg, data)
     n_u = cfg.unlabeled_batch if pool is not None else 0
@@ -324,9 +352,15 @@ def run_epoch(cfg: Config, data: Data, model, opt, state: State, stage1: bool, f
         x = torch.from_numpy(np.stack(xs)) if xs else None
         if use_u:
             x = xu if x is None else torch.cat([x, xu])
+        if aug.active:
+            x = torch.from_numpy(augment_batch(x.numpy(), aug, rng))
+        if scheduled:
+            for g in opt.param_groups:
+                g["lr"] = cfg.lr * lr_factor(cfg, state.epoch, s, n_steps)
         n_samples += len(x)
-        sup, sd_logits, vd_logits = model(x)
+        sup, sd_logits, vd_logits = model(x.to(device, non_blocking=True))
         n_l = 0 if labels is None else len(labels)
+        sd, vd, labels = _to(sd, device), _to(vd, device), None if labels is None else labels.to(device)
         loss, parts = joint_loss(sup[:n_l] if n_l else None, labels, sd_logits[n_l:], sd[0], sd[1],
                                  vd_logits[n_l:], vd[0], vd[1], options=options)
         opt.zero_grad(set_to_none=True)
@@ -336,6 +370,11 @@ def run_epoch(cfg: Config, data: Data, model, opt, state: State, stage1: bool, f
             sums[k] = sums.get(k, 0.0) + v
         sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
     return sums, n_steps, n_samples, time.time() - t0
+
+
+def _to(pair, device):
+    """A (targets, mask) pair of tensors (or Nones) on `device`."""
+    return tuple(None if t is None else t.to(device, non_blocking=True) for t in pair)
 
 
 def end_epoch(cfg: Config, data: Data, run: Path, model, opt, state: State, stage1: bool, stats) -> dict:

@@ -418,7 +418,7 @@ def _make_head(n_states: int, dim: int, n_classes: int, hidden: int = 256, dropo
 
     if kind not in HEADS:
         raise LiserError(f"speech teacher: head must be one of {', '.join(HEADS)}, got {kind!r}")
-    picked = list(layers) if layers else list(range(n_states))
+    picked = [int(i) for i in layers] if layers else list(range(n_states))
     if any(not 0 <= int(i) < n_states for i in picked):
         raise LiserError(f"speech teacher: layers {list(layers)} outside the backbone's 0..{n_states - 1}")
 
