@@ -42,6 +42,7 @@ import numpy as np
 
 from ..audio import PIECE_S, SAMPLE_RATE, load_audio
 from ..corpora.base import Item, Manifest
+from ..device import autocast, resolve_device
 from ..errors import LiserError
 from ..evaluate import uar, war  # the metrics every other stage reports
 from ..store import SoftLabelStore, StoreWriter, n_pieces, sha256_file
@@ -85,7 +86,7 @@ class SpeechTeacherConfig:
     piece_context: str = "whole"  # "whole": encode each item once and pool the frames inside each piece (the
     #   piece keeps its context); "isolated": encode each piece alone (the paper's literal reading; far weaker)
     max_seconds: float = 8.0  # lora training: random crop of this length from longer utterances
-    device: str = "cpu"  # torch device for the encoder and head
+    device: str = "auto"  # auto (CUDA when present) | cpu | cuda[:N]; on CUDA the encoder runs in bf16 autocast
     threads: int = 0  # torch CPU threads; 0 = leave torch's setting alone
     cache_dir: str | None = None  # frozen-feature cache; None = $LISER_CACHE or ~/.cache/liser, + /speech-features
 
@@ -181,12 +182,12 @@ def whisper_encoder_states(encoder, input_features, training: bool = False) -> l
 class Backbone:
     """A pretrained audio encoder: waveforms in, mean-pooled hidden states of all layers out."""
 
-    def __init__(self, backbone: str, device: str = "cpu"):
+    def __init__(self, backbone: str, device: str = "auto"):
         import torch
         from transformers import AutoConfig
 
         self.name = backbone
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         try:
             config = AutoConfig.from_pretrained(backbone)
         except Exception as e:
@@ -311,7 +312,8 @@ class Backbone:
             feats = self.feature_extractor(list(waves) if len(waves) > 1 else waves[0], sampling_rate=SAMPLE_RATE,
                                            padding="max_length", max_length=n, truncation=True, return_tensors="pt")
             x = feats["input_features"].to(self.device)
-            states = whisper_encoder_states(self.model, x, training=grad and self.model.training)
+            with autocast(self.device):
+                states = whisper_encoder_states(self.model, x, training=grad and self.model.training)
             valid = torch.tensor([max(1, math.ceil(L / 320)) for L in lengths], device=self.device)
         else:
             n = max(lengths)
@@ -327,10 +329,11 @@ class Backbone:
                 for i, L in enumerate(lengths):
                     mask[i, :L] = 1
                 kwargs["attention_mask"] = mask
-            out = self.model(x, output_hidden_states=True, **kwargs)
+            with autocast(self.device):
+                out = self.model(x, output_hidden_states=True, **kwargs)
             states = list(out.hidden_states)
             valid = self.model._get_feat_extract_output_lengths(torch.tensor(lengths)).to(self.device).clamp(min=1)
-        return torch.stack(states, dim=1), valid  # [B, S, T, d], [B]
+        return torch.stack(states, dim=1).float(), valid  # [B, S, T, d] float32 (bf16 under CUDA autocast), [B]
 
     def frame_states(self, wave: np.ndarray, grad: bool = False):
         """Hidden states of every layer for every 20 ms frame of one waveform: [S, T, d] tensor.
@@ -630,7 +633,7 @@ class SpeechTeacher:
             head.load_state_dict(state)
         except RuntimeError as e:
             raise LiserError(f"{path / 'head.safetensors'}: head weights do not fit teacher.json ({str(e).splitlines()[0][:200]})") from None
-        head.to(cfg.device).eval()
+        head.to(resolve_device(cfg.device)).eval()
         t = cls(cfg, meta["classes"], head, fingerprint=meta["backbone_fingerprint"], record=meta.get("record"))
         t.path = path
         t.hash = meta["teacher_hash"]
@@ -780,10 +783,11 @@ def fit_speech_teacher(manifest: Manifest, train_ids: list[str], out_dir: str | 
     if cfg.train_pieces and cfg.mode != "frozen":
         raise LiserError("speech teacher: train_pieces is a frozen-mode option")
     torch.manual_seed(cfg.seed)
-    backbone = Backbone(cfg.backbone, cfg.device)
+    dev = resolve_device(cfg.device)
+    backbone = Backbone(cfg.backbone, str(dev))
     head = _make_head(backbone.n_states, backbone.dim, len(classes), cfg.hidden, cfg.dropout, cfg.in_dropout,
                       cfg.head, tuple(cfg.layers))
-    head.to(cfg.device)
+    head.to(dev)
     params = list(head.parameters())
     rng = np.random.default_rng(cfg.seed)
     if cfg.mode == "lora":
@@ -819,7 +823,7 @@ def fit_speech_teacher(manifest: Manifest, train_ids: list[str], out_dir: str | 
         for a in range(0, len(order), cfg.batch_size):
             idx = order[a : a + cfg.batch_size]
             if cfg.mode == "frozen":
-                x, y = x_tr[idx].to(cfg.device), y_fit[idx].to(cfg.device)
+                x, y = x_tr[idx].to(dev), y_fit[idx].to(dev)
             else:
                 x = backbone.pooled([_crop(load_audio(manifest.abspath(tr[i])), cfg.max_seconds, rng) for i in idx], grad=True)
                 y = torch.as_tensor(y_tr[idx], device=x.device)
@@ -835,7 +839,7 @@ def fit_speech_teacher(manifest: Manifest, train_ids: list[str], out_dir: str | 
             backbone.model.eval()
         with torch.no_grad():
             if cfg.mode == "frozen":
-                logits = head(x_va.to(cfg.device))
+                logits = head(x_va.to(dev))
             else:
                 logits = torch.cat([head(backbone.pooled([load_audio(manifest.abspath(it))])) for it in va])
         pred = logits.argmax(-1).cpu().numpy()
@@ -844,7 +848,7 @@ def fit_speech_teacher(manifest: Manifest, train_ids: list[str], out_dir: str | 
         score = row["val_uar"]
         if cfg.train_pieces:
             pred_p = np.array([teacher_probs.mean(0).argmax() for teacher_probs in
-                               (_head_probs(head, p, cfg.device) for p in p_va)])
+                               (_head_probs(head, p, dev) for p in p_va)])
             row["val_uar_pieces"] = round(uar(y_va, pred_p), 5)
             score = round((row["val_uar"] + row["val_uar_pieces"]) / 2, 5)
         row["seconds"] = round(time.time() - t0, 2)
