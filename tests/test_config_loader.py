@@ -97,4 +97,19 @@ def test_no_auto_store_value_documented():
 
     import liser.config
 
-    assert '"auto"' not in inspect.getsource(liser.config)
+    store_lines = [ln for ln in inspect.getsource(liser.config).splitlines() if ln.strip().startswith("speech_store:")]
+    assert store_lines and not any("auto" in ln for ln in store_lines)  # there is no "auto" store value
+
+
+def test_every_shipped_grid_loads(monkeypatch):
+    from pathlib import Path
+
+    from liser.experiment import load_grid
+
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(repo)  # grids name their base and teacher configs relative to the repository
+    grids = sorted((repo / "configs").glob("grid-*.yaml"))
+    assert any(p.name == "grid-quickstart.yaml" for p in grids)
+    for p in grids:
+        g = load_grid(p)
+        assert g["runs"] and isinstance(g["base"], Config), p

@@ -337,10 +337,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"liser: {e}", file=sys.stderr)
         return 2
     except ImportError as e:  # an optional dependency is missing or broken: say which, in one line
-        what = getattr(e, "name", None) or str(e).strip().splitlines()[0]
-        print(f"liser: `liser {args.command}` needs the module {what!r}, which cannot be imported "
-              f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else what}); "
-              f"install it (pip install -e .) and retry", file=sys.stderr)
+        what = getattr(e, "name", None) or ""
+        if what == "liser" or what.startswith("liser."):
+            raise  # liser's own modules: a bug, not a missing dependency; keep the traceback
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"liser: `liser {args.command}` needs the module {what or why!r}, which cannot be imported "
+              f"({why}); install it (see pyproject.toml's dependencies) and retry", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("liser: interrupted (re-run the same command to resume)", file=sys.stderr)

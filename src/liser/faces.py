@@ -449,8 +449,6 @@ def extract_faces_manifest(
     `rejected.shard-K-of-N.csv` / `faces.shard-K-of-N.json`. All written
     atomically. Returns the summary.
     """
-    from tqdm import tqdm
-
     k, n = check_shard(shard)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -464,25 +462,11 @@ def extract_faces_manifest(
     items = manifest.items[k::n]
     todo = [it for it in items if it.id not in done_rejected and not (out_dir / f"{safe_id(it.id)}.npz").is_file()]
     detector = detector or FaceDetector()
-    frames_run, start = 0, time.perf_counter()
-    bar = tqdm(todo, desc=f"faces {manifest.corpus}", unit="video", disable=not progress)
-    for it in bar:
-        path = manifest.abspath(it)
-        try:
-            track = extract_faces(path, None, size=size, fps=fps, detector=detector, progress=False, max_side=max_side)
-            frames_run += len(track)
-            if not track.valid.any():
-                raise LiserError(f"{path}: no face ({len(track)} frames, none with a face)")
-            track.save(out_dir / f"{safe_id(it.id)}.npz")
-        except LiserError as e:
-            reason = str(e).split(": ", 1)[-1] if str(e).startswith(str(path)) else str(e)
-            rejected.append({"id": it.id, "path": it.path, "reason": reason})
-            atomic_write_text(rejected_path, _rejected_text(rejected))
-        bar.set_postfix(frames_per_s=f"{frames_run / max(time.perf_counter() - start, 1e-9):.1f}")
-    bar.close()
+    start = time.perf_counter()
+    frames_run = _extract_items(todo, manifest, out_dir, rejected, rejected_path, detector,
+                                dict(size=size, fps=fps, max_side=max_side), progress)
     if not rejected_path.is_file():
         atomic_write_text(rejected_path, _rejected_text(rejected))
-
     elapsed = time.perf_counter() - start
     videos, frames, with_face = _count_tracks(items, out_dir)
     summary = {
@@ -536,3 +520,27 @@ def _count_tracks(items, out_dir: Path) -> tuple[int, int, int]:
             frames += int(v.size)
             with_face += int(v.sum())
     return videos, frames, with_face
+
+
+def _extract_items(todo, manifest, out_dir: Path, rejected: list, rejected_path: Path, detector, settings: dict,
+                   progress: bool) -> int:
+    """Face tracks of `todo` into out_dir; unusable videos appended to `rejected` (and its file). Returns frames read."""
+    from tqdm import tqdm
+
+    frames_run, start = 0, time.perf_counter()
+    bar = tqdm(todo, desc=f"faces {manifest.corpus}", unit="video", disable=not progress)
+    for it in bar:
+        path = manifest.abspath(it)
+        try:
+            track = extract_faces(path, None, detector=detector, progress=False, **settings)
+            frames_run += len(track)
+            if not track.valid.any():
+                raise LiserError(f"{path}: no face ({len(track)} frames, none with a face)")
+            track.save(out_dir / f"{safe_id(it.id)}.npz")
+        except LiserError as e:
+            reason = str(e).split(": ", 1)[-1] if str(e).startswith(str(path)) else str(e)
+            rejected.append({"id": it.id, "path": it.path, "reason": reason})
+            atomic_write_text(rejected_path, _rejected_text(rejected))
+        bar.set_postfix(frames_per_s=f"{frames_run / max(time.perf_counter() - start, 1e-9):.1f}")
+    bar.close()
+    return frames_run

@@ -11,7 +11,6 @@ results are comparable across users and versions.
 from __future__ import annotations
 
 import json
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,11 +51,11 @@ class Folds:
                 "folds": [{"train": list(f.train), "val": list(f.val), "test": list(f.test)} for f in self.folds]}
 
     def save(self, path: str | Path) -> None:
+        from .util import atomic_write_text
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
 
 
 def make_folds(speakers: dict[str, str], k: int = 5, seed: int = 0, corpus: str = "") -> Folds:

@@ -309,6 +309,28 @@ def lr_factor(cfg: Config, epoch: int, step: int, n_steps: int) -> float:
     return 1.0
 
 
+def next_batch(frames: list, y: np.ndarray, idx, pool, n_u: int, state: State):
+    """One mini-batch: random 3 s crops of the labeled items `idx` (None: none), then `n_u` pool items
+    (pool None: none) with their window targets. Returns (x [B, 64, 94], labels [N_l] or None, sd, vd),
+    sd and vd being (targets, mask) per teacher. The pool is walked in a permutation kept in `state`."""
+    import torch
+
+    rng, xs, labels = state.rng, [], None
+    if idx is not None:
+        xs = [random_crop(frames[i], rng)[0] for i in idx]
+        labels = torch.from_numpy(y[idx])
+    sd = vd = (None, None)
+    x = None
+    if pool is not None:
+        if state.u_pos + n_u > len(state.u_order):
+            state.u_order, state.u_pos = rng.permutation(len(pool.ids)), 0
+        x, sd, vd = unlabeled_batch(pool, state.u_order[state.u_pos : state.u_pos + n_u], rng)
+        state.u_pos += n_u
+    if xs:
+        x = torch.from_numpy(np.stack(xs)) if x is None else torch.cat([torch.from_numpy(np.stack(xs)), x])
+    return x, labels, sd, vd
+
+
 def run_epoch(cfg: Config, data: Data, model, opt, state: State, stage1: bool, frames: list, y: np.ndarray):
     """One epoch of mini-batches: returns (summed loss parts, steps, samples, seconds).
 
@@ -338,20 +360,8 @@ def run_epoch(cfg: Config, data: Data, model, opt, state: State, stage1: bool, f
     n_samples = 0
     n_steps = int(np.ceil(len(data.train) / cfg.batch_size)) if use_l else int(np.ceil(len(pool.ids) / max(n_u, 1)))
     for s in range(n_steps):
-        xs, labels = [], None
-        if use_l:
-            idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
-            xs = [random_crop(frames[i], rng)[0] for i in idx]
-            labels = torch.from_numpy(y[idx])
-        sd = vd = (None, None)
-        if use_u:
-            if state.u_pos + n_u > len(state.u_order):
-                state.u_order, state.u_pos = rng.permutation(len(pool.ids)), 0
-            xu, sd, vd = unlabeled_batch(pool, state.u_order[state.u_pos : state.u_pos + n_u], rng)
-            state.u_pos += n_u
-        x = torch.from_numpy(np.stack(xs)) if xs else None
-        if use_u:
-            x = xu if x is None else torch.cat([x, xu])
+        idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size] if use_l else None
+        x, labels, sd, vd = next_batch(frames, y, idx, pool if use_u else None, n_u, state)
         if aug.active:
             x = torch.from_numpy(augment_batch(x.numpy(), aug, rng))
         if scheduled:
