@@ -798,13 +798,14 @@ def fit_speech_teacher(manifest: Manifest, train_ids: list[str], out_dir: str | 
             head.set_stats(torch.cat([backbone.pooled([_crop(load_audio(manifest.abspath(it)), cfg.max_seconds, rng)])
                                       for it in sample]))
     else:
+        if cfg.train_pieces:  # first: contextual pieces fill the utterance cache in the same encoder pass
+            kind = piece_kind(cfg)
+            p_tr = _features_for(backbone, manifest, tr, kind, cfg, progress, "piece features (train)")
+            p_va = _features_for(backbone, manifest, va, kind, cfg, progress, "piece features (val)")
         x_tr = torch.from_numpy(np.stack(_features_for(backbone, manifest, tr, "utt", cfg, progress, "features (train)")))
         x_va = torch.from_numpy(np.stack(_features_for(backbone, manifest, va, "utt", cfg, progress, "features (val)")))
         y_fit = torch.from_numpy(y_tr)
         if cfg.train_pieces:
-            kind = piece_kind(cfg)
-            p_tr = _features_for(backbone, manifest, tr, kind, cfg, progress, "piece features (train)")
-            p_va = _features_for(backbone, manifest, va, kind, cfg, progress, "piece features (val)")
             x_tr = torch.cat([x_tr, torch.from_numpy(np.concatenate(p_tr).astype(np.float32))])
             y_fit = torch.cat([y_fit, torch.from_numpy(np.repeat(y_tr, [len(p) for p in p_tr]))])
         head.set_stats(x_tr)
@@ -909,9 +910,9 @@ def evaluate_speech_teacher(teacher: SpeechTeacher, manifest: Manifest, ids: lis
     utt, pcs = {}, {}
     for it in tqdm(items, desc="evaluate", unit="file", disable=not progress, leave=False):
         if teacher.mode == "frozen":
-            f_utt = cached_features(teacher.encoder, manifest, it, "utt", teacher.piece_s, teacher.cfg.cache_dir)
             f_pcs = cached_features(teacher.encoder, manifest, it, piece_kind(teacher.cfg), teacher.piece_s,
-                                    teacher.cfg.cache_dir)
+                                    teacher.cfg.cache_dir)  # first: ctx fills the utterance cache in the same pass
+            f_utt = cached_features(teacher.encoder, manifest, it, "utt", teacher.piece_s, teacher.cfg.cache_dir)
             utt[it.id] = teacher.probs_from_features(f_utt[None])[0]
             pcs[it.id] = teacher.probs_from_features(f_pcs).mean(0)
         else:
