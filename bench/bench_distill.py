@@ -56,6 +56,7 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="default: bench/results/<corpus>_distill.json")
     ap.add_argument("--collect-only", action="store_true",
                     help="train nothing: tables and report from the runs that finished (wall = first start to last end)")
+    ap.add_argument("--machine", default="", help="where the runs were trained, when not here (e.g. a GPU machine)")
     ap.add_argument("--docs", default=None, help="where the report is copied (default: docs/results/<grid name>)")
     args = ap.parse_args()
     os.chdir(REPO)  # the grids' relative paths are relative to the repository
@@ -88,6 +89,7 @@ def main() -> None:
         row = {"uar_mean": round(t["uar_mean"], 4), "uar_std": round(t["uar_std"], 4),
                "war_mean": round(t["war_mean"], 4), "war_std": round(t["war_std"], 4), "folds": t["n_folds"],
                "uar_per_fold": [round(f["uar"], 4) for f in t["folds"]],
+               "val_uar_mean": round(sum(f["val_uar"] for f in t["folds"]) / len(t["folds"]), 4),
                "best_values": sorted({f["variant"] for f in t["folds"]})}
         if ref and name != "no-dstl":
             d = paired_delta(t, ref)
@@ -104,7 +106,8 @@ def main() -> None:
            else None,
            "grid": args.grid, "overrides": args.set, "corpus": base.corpus,
            "epochs": base.epochs, "lr": base.lr, "patience": base.patience,
-           "machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
+           "machine": args.machine or f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
+           "chosen_on_validation": max(configs, key=lambda n: configs[n]["val_uar_mean"]) if configs else None,
            "date": date.today().isoformat(), "command": " ".join(["python"] + sys.argv)}
 
     docs = Path(args.docs or REPO / "docs" / "results" / Path(args.grid).stem)
