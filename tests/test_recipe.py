@@ -73,3 +73,22 @@ def test_recipe_student_labels_ignore_the_recording_level(recipe_run, small_ravd
             if g < 1:  # no clipping: the same probabilities up to the log floor
                 np.testing.assert_allclose(list(p.probabilities.values()), list(ref.probabilities.values()), atol=0.02)
     assert changes <= 1
+
+
+def test_tune_malloc_is_accepted_by_glibc_and_changes_no_result(small_config, trained_run, tmp_path):
+    import subprocess
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc only")
+    # in a child process: the setting is process-wide, and this test process must stay as it was
+    code = ("import sys, json; from liser.device import tune_malloc; ok = tune_malloc(); "
+            "from liser.config import Config; from liser.train import train; "
+            f"cfg = Config.from_dict(json.loads(sys.argv[1])); train(cfg, run_dir=sys.argv[2], progress=False); print(ok)")
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(small_config.to_dict()), str(tmp_path / "run")],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "True"
+    a = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    b = json.loads((trained_run / "metrics.json").read_text())
+    assert a["test_logits"] == b["test_logits"]

@@ -331,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .device import tune_malloc
+
+    tune_malloc()  # the command owns its process: large training temporaries stay in the heap (see tune_malloc)
     try:
         return int(args.func(args) or 0)
     except LiserError as e:

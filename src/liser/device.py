@@ -44,3 +44,33 @@ def autocast(device, enabled: bool = True):
     if enabled and torch.device(device).type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+MALLOC_THRESHOLD = 1 << 30  # bytes: allocations below this come from the heap, and freed heap is kept
+
+
+def tune_malloc(threshold: int = MALLOC_THRESHOLD) -> bool:
+    """Keep the student's large temporaries in glibc's heap instead of fresh mmaps (Linux only).
+
+    Why: one training batch (50 crops) makes conv activations of 50 x 64 x 64 x
+    94 float32 = 77 MB each, above glibc's largest dynamic mmap threshold
+    (32 MB). Each is then mmapped, page-faulted in and unmapped again on every
+    batch: measured on a 2-epoch fold-0 run on one thread, 16.4 s of kernel time
+    against 22.6 s of user time. With both thresholds at 1 GB the kernel time
+    falls to 4.3 s, an epoch from 11.4 s to 9.4 s, and the results are identical.
+
+    A process-wide setting, so library calls never make it: the `liser`
+    command and the grid's worker processes call it at start. Returns True
+    when glibc accepted it; False elsewhere (macOS, musl), where nothing changes.
+    """
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
+        return bool(libc.mallopt(m_mmap_threshold, int(threshold)) and libc.mallopt(m_trim_threshold, int(threshold)))
+    except (OSError, AttributeError):
+        return False

@@ -13,6 +13,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from .config import Config
+from .device import tune_malloc  # worker processes start with it, as the `liser` command does
 from .errors import LiserError
 from .util import atomic_write_text
 from .workspace import fold_indices, fold_items, labeled_manifest, run_dir, unlabeled_manifests
@@ -45,7 +46,7 @@ def run_folds(cfg: Config, folds: list[int] | None = None, jobs: int = 1, progre
         import multiprocessing as mp
 
         per = cfg.threads or max(1, cores // jobs)
-        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=tune_malloc) as pool:
             runs = list(pool.map(_train_one, [cfg.replace(fold=k).to_dict() for k in folds],
                                  [per] * len(folds), [False] * len(folds)))
     summary = summarize(runs)
@@ -190,7 +191,7 @@ def run_grid(grid_path: str | Path, overrides: list[str] | tuple = (), jobs: int
             import multiprocessing as mp
 
             per = base.threads or max(1, cores // jobs)
-            with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+            with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=tune_malloc) as pool:
                 list(pool.map(_train_one, [r["cfg"].to_dict() for r in todo], [per] * len(todo), [False] * len(todo)))
     wall = time.time() - t0
     results = collect_grid(runs)
