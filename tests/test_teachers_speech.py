@@ -64,7 +64,7 @@ def ravdess() -> Manifest:
 def frozen_fit(tiny_hubert, ravdess, tmp_path_factory):
     base = tmp_path_factory.mktemp("frozen")
     cfg = SpeechTeacherConfig(backbone=tiny_hubert, mode="frozen", epochs=2, batch_size=8, seed=1,
-                              cache_dir=str(base / "cache"))
+                              cache_dir=str(base / "cache"), vad=False)
     return fit_speech_teacher(ravdess, [it.id for it in ravdess.items], base / "teacher", cfg)
 
 
@@ -245,3 +245,25 @@ def test_frozen_fit_on_pieces_too(tiny_hubert, ravdess, tmp_path):
     assert SpeechTeacher.load(tmp_path / "t").hash == res.teacher_hash
     with pytest.raises(LiserError, match="frozen-mode"):
         fit_speech_teacher(ravdess, [it.id for it in ravdess.items], tmp_path / "l", replace(cfg, mode="lora"))
+
+
+def test_label_with_vad_masks_pieces_without_speech(frozen_fit, ravdess, tmp_path):
+    pytest.importorskip("silero_vad")
+    from liser.audio import load_audio
+    from liser.vad import speech_pieces
+
+    t = frozen_fit.teacher
+    t.cfg = replace(t.cfg, vad=True)  # labeling option only: the trained teacher (and its hash) stay the same
+    try:
+        pool = _pool(ravdess, 3)
+        store = label_with_speech_teacher(t, pool, tmp_path / "store", progress=False)
+        assert store.teacher.endswith("+silero-vad") and store.teacher_hash == t.hash
+        for it in pool.items:
+            probs, valid = store.pieces(it.id)
+            np.testing.assert_array_equal(valid, speech_pieces(load_audio(ravdess.abspath(it)), len(probs)))
+            assert 0 < valid.sum() < len(valid)  # RAVDESS: silence around each sentence
+        with pytest.raises(LiserError, match="another teacher"):  # no resuming a VAD store without VAD
+            t.cfg = replace(t.cfg, vad=False)
+            label_with_speech_teacher(t, pool, tmp_path / "store", progress=False)
+    finally:
+        t.cfg = replace(t.cfg, vad=False)

@@ -46,6 +46,7 @@ from ..device import autocast, resolve_device
 from ..errors import LiserError
 from ..evaluate import uar, war  # the metrics every other stage reports
 from ..store import SoftLabelStore, StoreWriter, n_pieces, sha256_file
+from ..vad import speech_pieces
 
 FORMAT = "liser-speech-teacher"
 FORMAT_VERSION = 1
@@ -86,6 +87,7 @@ class SpeechTeacherConfig:
     piece_context: str = "whole"  # "whole": encode each item once and pool the frames inside each piece (the
     #   piece keeps its context); "isolated": encode each piece alone (the paper's literal reading; far weaker)
     max_seconds: float = 8.0  # lora training: random crop of this length from longer utterances
+    vad: bool = True  # labeling: pieces where silero-vad finds too little speech are marked missing in the store
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda[:N]; on CUDA the encoder runs in bf16 autocast
     threads: int = 0  # torch CPU threads; 0 = leave torch's setting alone
     cache_dir: str | None = None  # frozen-feature cache; None = $LISER_CACHE or ~/.cache/liser, + /speech-features
@@ -96,7 +98,7 @@ class SpeechTeacherConfig:
     def identity(self) -> dict:
         """The fields that define the trained teacher (not where or how fast it ran)."""
         d = asdict(self)
-        for k in ("device", "threads", "cache_dir"):
+        for k in ("device", "threads", "cache_dir", "vad"):
             d.pop(k)
         return d
 
@@ -944,7 +946,9 @@ def label_with_speech_teacher(teacher: SpeechTeacher, manifest: Manifest, store_
     if n < 1 or not 0 <= i < n:
         raise LiserError(f"shard {i}/{n}: need 0 <= i < n")
     _set_threads(teacher.cfg)
-    args = dict(teacher=f"speech:{teacher.backbone}", classes=teacher.classes, teacher_hash=teacher.hash,
+    vad = getattr(teacher.cfg, "vad", False)  # a store made with VAD masks must not be resumed without, and back
+    args = dict(teacher=f"speech:{teacher.backbone}" + ("+silero-vad" if vad else ""), classes=teacher.classes,
+                teacher_hash=teacher.hash,
                 piece_s=teacher.piece_s, shard=(i, n),
                 extra={"backbone": teacher.backbone, "mode": teacher.mode, "corpus": manifest.corpus})
     writer = StoreWriter(store_dir, **args)
@@ -963,7 +967,9 @@ def label_with_speech_teacher(teacher: SpeechTeacher, manifest: Manifest, store_
         except LiserError as e:
             writer.reject(it.id, str(e))
             continue
-        writer.add(it.id, probs, np.ones(len(probs), dtype=bool), seconds)
+        valid = speech_pieces(load_audio(manifest.abspath(it)), len(probs), teacher.piece_s) if vad \
+            else np.ones(len(probs), dtype=bool)
+        writer.add(it.id, probs, valid, seconds)
         audio_s += seconds
         bar.set_postfix(audio_s_per_s=f"{audio_s / max(time.time() - t0, 1e-9):.1f}")
     bar.close()
