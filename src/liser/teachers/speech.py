@@ -931,6 +931,18 @@ def evaluate_speech_teacher(teacher: SpeechTeacher, manifest: Manifest, ids: lis
 # ---------------------------------------------------------------- labeling
 
 
+_VAD_MEMO: dict[tuple, np.ndarray] = {}  # one process labels the pool once per fold: VAD runs once per file
+
+
+def _speech_mask(path: Path, n: int, piece_s: float) -> np.ndarray:
+    """speech_pieces of a file, remembered by path, size and mtime for the other folds' teachers."""
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns, n, piece_s)
+    if key not in _VAD_MEMO:
+        _VAD_MEMO[key] = speech_pieces(load_audio(path), n, piece_s)
+    return _VAD_MEMO[key]
+
+
 def label_with_speech_teacher(teacher: SpeechTeacher, manifest: Manifest, store_dir: str | Path,
                               shard: tuple[int, int] = (0, 1), progress: bool = True) -> SoftLabelStore | None:
     """Label every piece of every item of `manifest` (this shard's share) into a soft-label store.
@@ -967,7 +979,7 @@ def label_with_speech_teacher(teacher: SpeechTeacher, manifest: Manifest, store_
         except LiserError as e:
             writer.reject(it.id, str(e))
             continue
-        valid = speech_pieces(load_audio(manifest.abspath(it)), len(probs), teacher.piece_s) if vad \
+        valid = _speech_mask(manifest.abspath(it), len(probs), teacher.piece_s) if vad \
             else np.ones(len(probs), dtype=bool)
         writer.add(it.id, probs, valid, seconds)
         audio_s += seconds
