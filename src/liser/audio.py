@@ -147,8 +147,10 @@ def log_mel(audio, device: str = "cpu"):
     """Log-Mel spectrogram in dB, [..., 64, frames], frames = 1 + samples // 512.
 
     `audio` is a 1-D or batched [B, samples] float array or tensor at 16 kHz.
-    Power spectrogram (Hann window, centred frames, reflect padding) through
-    the Slaney Mel filterbank, then 10*log10 with a -100 dB floor. Returns a
+    Each signal's mean (its DC offset) is removed first: an inaudible offset
+    of 0.005 would otherwise lift the lowest Mel band by about 27 dB. Power
+    spectrogram (Hann window, centred frames, reflect padding) through the
+    Slaney Mel filterbank, then 10*log10 with a -100 dB floor. Returns a
     torch tensor (float32).
     """
     import torch
@@ -158,6 +160,7 @@ def log_mel(audio, device: str = "cpu"):
     squeeze = x.ndim == 1
     if squeeze:
         x = x[None]
+    x = x - x.mean(dim=-1, keepdim=True)  # DC offset (the same for training, evaluation, predict and export)
     window = torch.hann_window(N_FFT, device=x.device)
     spec = torch.stft(x, N_FFT, HOP, window=window, center=True, pad_mode="reflect", return_complex=True)
     power = spec.real.square() + spec.imag.square()

@@ -5,6 +5,7 @@ and `liser export`'s parity check all go through these functions, so a
 prediction on a file is exactly what `liser evaluate` scored:
 
     signal (mono float32, 16 kHz)
+      -> its mean (DC offset) removed                     features()
       -> zero-padded to at least 3 s                      liser.audio.pad_to_clip
       -> log-Mel [64, frames] (dB)                        liser.audio.log_mel
       -> [frames, 64] float16 (as the cache stores them)  features()
@@ -33,11 +34,14 @@ CACHE_SETTINGS = {
     "hop": audio.HOP,
     "clip_s": audio.CLIP_S,
     "scale": "dB, slaney mel, hann, centred (reflect)",
+    "dc": "mean removed",
 }
 
 
 def features(signal: np.ndarray) -> np.ndarray:
     """[frames, 64] float16 log-Mel of a mono 16 kHz signal (zero-padded to 3 s first)."""
+    signal = np.asarray(signal, dtype=np.float32)
+    signal = signal - signal.mean(dtype=np.float64) if signal.size else signal  # DC before the zero padding
     return audio.log_mel(audio.pad_to_clip(signal)).T.numpy().astype(np.float16)
 
 
