@@ -163,14 +163,34 @@ class Manifest:
         return cls(corpus=meta["corpus"], root=Path(meta["root"]), items=items, rejected=rejected)
 
 
+LFS_POINTER = b"version https://git-lfs.github.com/spec/v1"
+
+
+def check_not_lfs_pointer(path: Path) -> None:
+    """Raise LiserError when `path` is a Git LFS pointer (a ~130-byte text file) instead of its content.
+
+    A corpus cloned without `git lfs pull` has these in place of its audio;
+    a decoder would only say "unreadable", which hides the fix.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(LFS_POINTER))
+    except OSError:
+        return  # the decoder below reports an unreadable file with its own reason
+    if head == LFS_POINTER:
+        raise LiserError(f"{path}: a Git LFS pointer, not audio (fetch the file itself, e.g. `git lfs pull`)")
+
+
 def probe(path: Path) -> tuple[float, int, int]:
     """Open a file and check it: returns (duration_s, sample_rate, channels).
 
     Raises LiserError with the reason for files the student cannot use:
-    unreadable, 0 samples, shorter than one STFT window, NaN/inf, silent.
+    a Git LFS pointer, unreadable, 0 samples, shorter than one STFT window,
+    NaN/inf, silent.
     """
     from ..audio import MIN_SAMPLES, SILENCE_RMS, VIDEO_SUFFIXES, check_waveform
 
+    check_not_lfs_pointer(path)
     if path.suffix.lower() in VIDEO_SUFFIXES:
         try:
             from ..video import read_audio_track
