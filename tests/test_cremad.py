@@ -25,7 +25,8 @@ LFS_TEXT = ("version https://git-lfs.github.com/spec/v1\n"
 def write_noise(path: Path, seconds: float = 0.5, sr: int = 16_000) -> Path:
     x = 0.1 * np.random.default_rng(len(path.name)).standard_normal(int(seconds * sr))
     path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(path), x.astype(np.float32), sr)
+    fmt = {".opus": ("OGG", "OPUS"), ".ogg": ("OGG", "VORBIS")}.get(path.suffix.lower(), (None, None))
+    sf.write(str(path), x.astype(np.float32), sr, format=fmt[0], subtype=fmt[1])
     return path
 
 
@@ -41,3 +42,132 @@ def test_lfs_pointer_is_rejected_by_every_adapter_with_the_reason(tmp_path):
     m = prepare_emodb(tmp_path, progress=False)
     assert [it.path for it in m.items] == ["03a01Wa.wav"]
     assert m.rejected == [{"path": "03a01Fa.wav", "reason": "a Git LFS pointer, not audio (fetch the file itself, e.g. `git lfs pull`)"}]
+
+
+# ---------------------------------------------------------------- the adapter on real files
+
+REAL_ACTORS = ("1001", "1002", "1040", "1076")  # 1040: the misnamed file's actor; 1076: the silent clip's
+
+
+def real_cremad() -> Path:
+    root = DATA / "cremad"
+    if not (root / "AudioWAV").is_dir():
+        pytest.skip(f"real CREMA-D not found at {root} (the tests read ../shared/data next to the repository)")
+    return root
+
+
+def link_actors(dst: Path, actors=REAL_ACTORS, per_actor: int = 6, extra=("1076_MTI_SAD_XX", "1040_ITH_SAD_XX")) -> Path:
+    """A CREMA-D tree in dst: `per_actor` real clips of each actor (and the named clips) linked, and the demographics."""
+    src = real_cremad()
+    (dst / "AudioWAV").mkdir(parents=True)
+    for actor in actors:
+        for f in sorted((src / "AudioWAV").glob(f"{actor}_*"))[:per_actor]:
+            (dst / "AudioWAV" / f.name).symlink_to(f)
+    for stem in extra:
+        for f in (src / "AudioWAV").glob(stem + ".*"):
+            if not (dst / "AudioWAV" / f.name).exists():
+                (dst / "AudioWAV" / f.name).symlink_to(f)
+    (dst / "VideoDemographics.csv").symlink_to(src / "VideoDemographics.csv")
+    return dst
+
+
+def test_cremad_real_actors(tmp_path):
+    from liser.corpora.cremad import prepare_cremad
+
+    root = link_actors(tmp_path / "CREMA-D")
+    m = prepare_cremad(root, progress=False)
+    assert m.speakers == list(REAL_ACTORS)
+    genders = {it.speaker: it.gender for it in m.items}
+    assert genders == {"1001": "M", "1002": "F", "1040": "M", "1076": "F"}  # as in VideoDemographics.csv
+    assert all(it.sample_rate == 16_000 and it.channels == 1 and 1 < it.duration < 6 for it in m.items)
+    assert all(it.path.startswith("AudioWAV/") and it.path.endswith(".opus") for it in m.items)
+    assert set(m.classes) <= {"neutral", "happy", "sad", "angry", "fearful", "disgust"}
+    # the all-zero clip (~1e-34 once decoded from Opus) is rejected as silent, with the reason
+    assert [r["path"] for r in m.rejected] == ["AudioWAV/1076_MTI_SAD_XX.opus"]
+    assert m.rejected[0]["reason"].startswith("silent (RMS")
+    assert len(m.items) == 4 * 6 + 1  # 6 per actor, plus 1040_ITH_SAD_XX; 1076_MTI_SAD_XX rejected
+
+
+def test_cremad_old_misnamed_file_is_accepted(tmp_path):
+    # An older release names one file 1040_ITH_SAD_X (one-letter level): the same clip, accepted.
+    from liser.corpora.cremad import prepare_cremad
+
+    src = real_cremad() / "AudioWAV" / "1040_ITH_SAD_XX.opus"
+    root = tmp_path / "c"
+    (root / "AudioWAV").mkdir(parents=True)
+    (root / "AudioWAV" / "1040_ITH_SAD_X.opus").symlink_to(src)
+    (root / "AudioWAV" / "1040_ITH_ANG_XX.opus").symlink_to(src.with_name("1040_ITH_ANG_XX.opus"))
+    m = prepare_cremad(root, progress=False)
+    assert [(it.id, it.label) for it in m.items] == [("cremad/1040/1040_ITH_ANG_XX", "angry"),
+                                                      ("cremad/1040/1040_ITH_SAD_X", "sad")]
+    assert not m.rejected
+
+
+@pytest.mark.parametrize("suffix", [".wav", ".flac", ".ogg", ".opus", ".WAV"])
+def test_cremad_any_audio_extension(tmp_path, suffix):
+    from liser.corpora.cremad import prepare_cremad
+
+    write_noise(tmp_path / "AudioWAV" / f"1001_DFA_ANG_XX{suffix}")
+    m = prepare_cremad(tmp_path, progress=False)
+    assert [it.path for it in m.items] == [f"AudioWAV/1001_DFA_ANG_XX{suffix}"]
+
+
+# ---------------------------------------------------------------- bad input: one line per problem, the rest prepared
+
+
+def test_cremad_bad_files_are_rejected_one_row_each_and_the_rest_prepared(tmp_path):
+    from liser.corpora.cremad import prepare_cremad
+
+    a = tmp_path / "AudioWAV"
+    for name in ("1001_DFA_ANG_XX", "1001_DFA_HAP_LO", "1002_DFA_NEU_XX"):
+        write_noise(a / f"{name}.wav")
+    sf.write(str(a / "1076_MTI_SAD_XX.wav"), np.zeros(16_000, np.float32), 16_000)  # all-zero clip
+    (a / "1003_DFA_SAD_XX.wav").write_text(LFS_TEXT)  # an LFS pointer instead of audio
+    write_noise(a / "1004_DFA_XYZ_XX.wav")  # unknown emotion code
+    (tmp_path / "VideoDemographics.csv").write_text('"ActorID","Age","Sex","Race","Ethnicity"\n'
+                                                    '1001,51,"Male","Caucasian","Not Hispanic"\n')
+    m = prepare_cremad(tmp_path, progress=False)
+    assert [it.id for it in m.items] == ["cremad/1001/1001_DFA_ANG_XX", "cremad/1001/1001_DFA_HAP_LO",
+                                         "cremad/1002/1002_DFA_NEU_XX"]
+    assert [it.gender for it in m.items] == ["M", "M", ""]  # 1002 is not in this demographics file
+    reasons = {r["path"]: r["reason"] for r in m.rejected}
+    assert list(reasons) == ["AudioWAV/1003_DFA_SAD_XX.wav", "AudioWAV/1004_DFA_XYZ_XX.wav", "AudioWAV/1076_MTI_SAD_XX.wav"]
+    assert reasons["AudioWAV/1003_DFA_SAD_XX.wav"].startswith("a Git LFS pointer, not audio")
+    assert reasons["AudioWAV/1004_DFA_XYZ_XX.wav"].startswith("unknown CREMA-D emotion code 'XYZ'")
+    assert reasons["AudioWAV/1076_MTI_SAD_XX.wav"].startswith("silent")
+    # saved: one rejected.csv row per problem, nothing half-written
+    out = m.save(tmp_path / "manifests" / "cremad")
+    lines = (out / "rejected.csv").read_text().splitlines()
+    assert lines[0] == "path,reason" and len(lines) == 4
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.csv", "meta.json", "rejected.csv"]
+    assert [p.name for p in out.parent.iterdir()] == ["cremad"]
+
+
+def test_cremad_missing_audiowav_is_one_clear_error(tmp_path):
+    from liser.corpora.cremad import prepare_cremad
+
+    (tmp_path / "VideoDemographics.csv").write_text("ActorID,Age,Sex,Race,Ethnicity\n1001,51,Male,Caucasian,Not Hispanic\n")
+    with pytest.raises(LiserError, match="^" + re.escape(str(tmp_path)) +
+                       r": not a CREMA-D tree \(it holds VideoDemographics.csv but no AudioWAV/ folder\)$"):
+        prepare_cremad(tmp_path, progress=False)
+    (tmp_path / "VideoDemographics.csv").unlink()
+    with pytest.raises(LiserError, match="^" + re.escape(str(tmp_path)) + r": not a CREMA-D tree \(no AudioWAV/ folder"):
+        prepare_cremad(tmp_path, progress=False)
+
+
+def test_cremad_only_unknown_codes_is_an_error_that_says_so(tmp_path):
+    from liser.corpora.cremad import prepare_cremad
+
+    write_noise(tmp_path / "AudioWAV" / "1001_DFA_XYZ_XX.wav")
+    with pytest.raises(LiserError, match=r"not a CREMA-D tree \(no usable .* 1 with an unknown emotion code\)"):
+        prepare_cremad(tmp_path, progress=False)
+
+
+def test_cli_prepare_cremad_bad_tree_exits_2_with_one_line(tmp_path, capsys):
+    from liser.cli import main
+
+    (tmp_path / "VideoDemographics.csv").write_text("ActorID,Sex\n1001,Male\n")
+    assert main(["prepare", "cremad", str(tmp_path), "-o", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no AudioWAV/ folder" in err[0]
+    assert not (tmp_path / "m").exists()

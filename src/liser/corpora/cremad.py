@@ -1,12 +1,24 @@
 """CREMA-D (Cao et al. 2014), audio part.
 
-Layout: `AudioWAV/AAAA_SSS_EEE_LL.wav`: actor 1001..1091, sentence code (3
-letters), emotion ANG/DIS/FEA/HAP/NEU/SAD, level LO/MD/HI or XX/X
-(unspecified). The root may be the corpus root (holding `AudioWAV/`) or
-`AudioWAV` itself. Gender is not in the file name: it comes from
-`VideoDemographics.csv` (ActorID, Age, Sex, Race, Ethnicity) at the corpus
-root when present, else it is left "". The release's one empty file
-(1076_MTI_SAD_XX.wav) ends up in `rejected`, like any unusable file.
+Layout: `AudioWAV/AAAA_SSS_EEE_LL.<ext>`: actor 1001..1091, sentence code (3
+letters), emotion ANG/DIS/FEA/HAP/NEU/SAD, level LO/MD/HI or XX
+(unspecified); `<ext>` is any audio suffix libsndfile reads (the release
+has WAV; ../shared/data has Ogg Opus). The root may be the corpus root
+(holding `AudioWAV/`) or the `AudioWAV` folder itself. Gender is not in the
+file name: it comes from `VideoDemographics.csv` ("ActorID", "Age", "Sex",
+"Race", "Ethnicity"; Sex is Male/Female) at the corpus root when present,
+else it is left "". The speaker is the actor id.
+
+The release's quirks, each handled without stopping the rest:
+- `1076_MTI_SAD_XX` is digital silence (0 bytes in some copies, ~1e-34
+  samples once decoded from Opus): rejected as silent or empty by the shared
+  check in `corpora.base.probe`, with the reason in `rejected.csv`;
+- an older release names one file `1040_ITH_SAD_X` (one-letter level):
+  accepted, like `_XX`;
+- a Git LFS pointer in place of the audio: rejected as such (`probe`);
+- an unknown emotion code (`1001_DFA_XYZ_XX`): a `rejected.csv` row naming
+  the code; the other files are prepared.
+A corpus root without `AudioWAV/` and without CREMA-D files is one error.
 """
 
 from __future__ import annotations
@@ -16,7 +28,8 @@ import re
 from pathlib import Path
 
 from ..errors import LiserError
-from .base import Manifest, check_root, prepare_parsed
+from ..util import AUDIO_SUFFIXES
+from .base import Candidate, Manifest, audio_files, build_manifest, check_root, rel
 
 EMOTION_CODES = {
     "ANG": "angry",
@@ -26,12 +39,17 @@ EMOTION_CODES = {
     "NEU": "neutral",
     "SAD": "sad",
 }
+# actor _ sentence _ emotion _ level; the level has 1 letter in the old misnamed 1040_ITH_SAD_X
 NAME = re.compile(r"^(\d{4})_([A-Z]{3})_([A-Z]{3})_([A-Z]{1,2})$")
 DEMOGRAPHICS = "VideoDemographics.csv"
 
 
 def parse_name(path: Path) -> tuple[str, str] | None:
-    """(actor, emotion) of a CREMA-D file name, or None when the name is not CREMA-D-shaped."""
+    """(actor, emotion) of a CREMA-D file name, or None when the name is not CREMA-D-shaped.
+
+    Raises LiserError naming the file for a CREMA-D-shaped name whose emotion
+    code is unknown (prepare_cremad turns it into a rejected row).
+    """
     m = NAME.match(path.stem)
     if not m:
         return None
@@ -42,7 +60,11 @@ def parse_name(path: Path) -> tuple[str, str] | None:
 
 
 def read_genders(csv_path: Path) -> dict[str, str]:
-    """Actor id -> "M"/"F" from VideoDemographics.csv."""
+    """Actor id -> "M"/"F" from VideoDemographics.csv (columns ActorID and Sex; quoted or not).
+
+    Raises LiserError naming the file (and line) when a column is missing or
+    Sex is not Male/Female.
+    """
     genders = {}
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
@@ -57,18 +79,49 @@ def read_genders(csv_path: Path) -> dict[str, str]:
     return genders
 
 
+def audio_dir_of(root: Path) -> Path:
+    """The folder holding the clips: root/AudioWAV, else root itself when it holds CREMA-D-named audio.
+
+    Raises LiserError (one line) when neither is the case: the usual cause is
+    a corpus folder whose AudioWAV/ is missing (e.g. only the CSVs copied).
+    """
+    if (root / "AudioWAV").is_dir():
+        return root / "AudioWAV"
+    if any(NAME.match(p.stem) for p in audio_files(root, AUDIO_SUFFIXES)):
+        return root
+    what = "no AudioWAV/ folder and no AAAA_SSS_EEE_LL audio files in it"
+    if (root / DEMOGRAPHICS).is_file():
+        what = f"it holds {DEMOGRAPHICS} but no AudioWAV/ folder"
+    raise LiserError(f"{root}: not a CREMA-D tree ({what})")
+
+
 def prepare_cremad(root: str | Path, progress: bool = True) -> Manifest:
+    """The manifest of a CREMA-D tree: 6 classes, speaker = actor id, gender from the demographics.
+
+    Unusable files (silent, LFS pointer, unknown emotion code, ...) are rows
+    of `rejected` with the reason. Raises LiserError for a missing root, a
+    tree without AudioWAV/, a malformed VideoDemographics.csv or no usable file.
+    """
     root = check_root(root, "CREMA-D")
-    audio_dir = root / "AudioWAV" if (root / "AudioWAV").is_dir() else root
+    audio_dir = audio_dir_of(root)
     genders = {}
     for csv_path in (audio_dir.parent / DEMOGRAPHICS, audio_dir / DEMOGRAPHICS):
         if csv_path.is_file():
             genders = read_genders(csv_path)
             break
-
-    def parse(p):
-        parsed = parse_name(p)
-        return None if parsed is None else (*parsed, genders.get(parsed[0], ""))
-
-    return prepare_parsed("cremad", root, parse, "a CREMA-D tree (no AudioWAV/AAAA_SSS_EEE_LL audio files found)",
-                          audio_dir, progress)
+    cands, refused = [], []
+    for p in audio_files(audio_dir, AUDIO_SUFFIXES):
+        try:
+            parsed = parse_name(p)
+        except LiserError as e:
+            refused.append({"path": rel(p, root), "reason": str(e)[len(f"{p}: "):]})
+            continue
+        if parsed is not None:
+            actor, label = parsed
+            cands.append(Candidate(rel(p, root), actor, label, genders.get(actor, "")))
+    if not cands:
+        raise LiserError(f"{root}: not a CREMA-D tree (no usable AAAA_SSS_EEE_LL audio files; "
+                         f"{len(refused)} with an unknown emotion code)")
+    m = build_manifest("cremad", root, cands, progress)
+    m.rejected = sorted(m.rejected + refused, key=lambda r: r["path"])
+    return m
