@@ -38,6 +38,17 @@ def real_root(name: str) -> Path:
     return root
 
 
+def ravdess_sample(per_actor: int):
+    """A manifest of `per_actor` real RAVDESS files (every 12th, mixed emotions) from Actor_01..04; skips without data."""
+    from liser.corpora import Manifest, prepare
+
+    full = prepare("ravdess", real_root("ravdess"), progress=False)
+    keep = []
+    for actor in ("Actor_01", "Actor_02", "Actor_03", "Actor_04"):
+        keep += [it for it in full.items if it.speaker == actor][::12][:per_actor]
+    return Manifest(corpus=full.corpus, root=full.root, items=keep)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     if not DATA.is_dir():

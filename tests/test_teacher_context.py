@@ -11,6 +11,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from liser.audio import load_audio  # noqa: E402
+from conftest import ravdess_sample  # noqa: E402
 from liser.corpora.base import Manifest  # noqa: E402
 from liser.errors import LiserError  # noqa: E402
 from liser.store import n_pieces  # noqa: E402
@@ -40,16 +41,8 @@ def whisper() -> Backbone:
 
 @pytest.fixture(scope="module")
 def ravdess() -> Manifest:
-    root = DATA / "ravdess"
-    if not root.is_dir():
-        pytest.skip(f"{root}: real RAVDESS data absent")
-    from liser.corpora import prepare
-
-    full = prepare("ravdess", root, progress=False)
-    keep = []
-    for actor in ("Actor_01", "Actor_02", "Actor_03", "Actor_04"):
-        keep += [it for it in full.items if it.speaker == actor][::12][:4]
-    return Manifest(corpus=full.corpus, root=full.root, items=keep)
+    """16 real RAVDESS files from 4 actors (4 each, mixed emotions)."""
+    return ravdess_sample(4)
 
 
 @needs_whisper

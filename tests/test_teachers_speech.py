@@ -12,6 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from conftest import ravdess_sample  # noqa: E402
 from liser.corpora.base import Item, Manifest  # noqa: E402
 from liser.errors import LiserError  # noqa: E402
 from liser.teachers.speech import (  # noqa: E402
@@ -48,16 +49,7 @@ def tiny_hubert(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def ravdess() -> Manifest:
     """20 real RAVDESS files from 4 actors (5 each, mixed emotions)."""
-    root = DATA / "ravdess"
-    if not root.is_dir():
-        pytest.skip(f"{root}: real RAVDESS data absent")
-    from liser.corpora import prepare
-
-    full = prepare("ravdess", root, progress=False)
-    keep = []
-    for actor in ("Actor_01", "Actor_02", "Actor_03", "Actor_04"):
-        keep += [it for it in full.items if it.speaker == actor][::12][:5]
-    return Manifest(corpus=full.corpus, root=full.root, items=keep)
+    return ravdess_sample(5)
 
 
 @pytest.fixture(scope="module")
