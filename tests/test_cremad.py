@@ -171,3 +171,56 @@ def test_cli_prepare_cremad_bad_tree_exits_2_with_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no AudioWAV/ folder" in err[0]
     assert not (tmp_path / "m").exists()
+
+
+# ---------------------------------------------------------------- the shipped folds
+
+
+def test_shipped_cremad_folds_have_no_leak_and_balance_gender():
+    from liser.corpora.cremad import read_genders
+    from liser.folds import SHIPPED, check_folds, load_folds
+
+    f = load_folds("cremad")  # load_folds runs the leak check
+    check_folds(f)
+    assert (f.corpus, f.k, f.seed) == ("cremad", 5, 0)
+    actors = [f"{a}" for a in range(1001, 1092)]
+    assert sorted(s for fold in f for s in fold.test) == actors  # every actor tested exactly once
+    for fold in f:
+        assert sorted(fold.train + fold.val + fold.test) == actors
+        assert 18 <= len(fold.test) <= 19 and 18 <= len(fold.val) <= 19
+    assert (SHIPPED / "cremad.json").is_file()
+    demo = DATA / "cremad" / "VideoDemographics.csv"
+    if demo.is_file():  # 48 men and 43 women: each test group holds 9 or 10 men
+        genders = read_genders(demo)
+        assert all(sum(genders[s] == "M" for s in fold.test) in (9, 10) for fold in f)
+
+
+def test_shipped_cremad_folds_match_the_real_file_names():
+    # Fast: the speakers are the actor ids in the real file names (no audio decoded).
+    from types import SimpleNamespace
+
+    from liser.corpora.cremad import NAME
+    from liser.folds import check_folds, load_folds
+
+    names = sorted((real_cremad() / "AudioWAV").iterdir())
+    assert len(names) == 7442
+    speakers = sorted({NAME.match(p.stem).group(1) for p in names})
+    check_folds(load_folds("cremad"), SimpleNamespace(speakers=speakers, corpus="cremad"), source="cremad")
+
+
+@pytest.mark.slow
+def test_shipped_cremad_folds_against_the_real_manifest(tmp_path):
+    # The whole release (7,442 clips, ~40 s to probe): one clip rejected, the folds resolve for a config.
+    from liser.config import Config
+    from liser.corpora.cremad import prepare_cremad
+    from liser.workspace import fold_items, resolve_folds
+
+    m = prepare_cremad(real_cremad(), progress=False)
+    assert len(m.items) == 7441 and [r["path"] for r in m.rejected] == ["AudioWAV/1076_MTI_SAD_XX.opus"]
+    assert len(m.speakers) == 91 and {it.gender for it in m.items} == {"M", "F"}
+    cfg = Config(corpus="cremad", root=str(real_cremad()), work=str(tmp_path))
+    folds = resolve_folds(cfg, m)  # the shipped file, checked against the manifest
+    assert folds.corpus == "cremad" and len(folds) == 5
+    train, val, test, classes = fold_items(cfg, m)
+    assert classes == ["neutral", "happy", "sad", "angry", "fearful", "disgust"]
+    assert not {it.speaker for it in train} & {it.speaker for it in test}

@@ -4,7 +4,8 @@ Fold i tests on speaker group i, validates on group i+1 (mod k) and trains on
 the rest, so every speaker is tested exactly once and no speaker is in two
 parts of a fold. Groups are dealt from a seeded shuffle, men first then
 women continuing round-robin, so groups are balanced by size and gender.
-The RAVDESS and EmoDB folds ship with the package (`data/folds/*.json`) so
+The RAVDESS, EmoDB and CREMA-D folds ship with the package
+(`data/folds/*.json`, made by `liser folds MANIFEST -k 5 --seed 0`) so
 results are comparable across users and versions.
 """
 
@@ -92,7 +93,7 @@ def folds_for_manifest(manifest, k: int = 5, seed: int = 0) -> Folds:
 
 
 def load_folds(name_or_path: str | Path) -> Folds:
-    """A shipped fold file by corpus name (`ravdess`, `emodb`) or a JSON path."""
+    """A shipped fold file by corpus name (`ravdess`, `emodb`, `cremad`) or a JSON path."""
     p = Path(name_or_path)
     if not p.suffix and not p.exists():
         p = SHIPPED / f"{name_or_path}.json"
