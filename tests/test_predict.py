@@ -235,7 +235,11 @@ def test_cli_stdin_wav_and_raw(tiny, tmp_path, monkeypatch, capsys):
     assert path == "-" and label in tiny["manifest"].classes
     raw = (np.clip(sig, -1, 1) * 32767).astype("<i2").tobytes()  # no RIFF header: raw 16 kHz mono PCM
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(raw)))
-    assert main(["predict", str(tiny["run"]), "-", "--json"]) == 0
+    assert main(["predict", str(tiny["run"]), "-", "--json"]) == 1  # unknown bytes are never guessed to be PCM
+    out, err = capsys.readouterr()
+    assert out == "" and "not recognised" in err and "--raw" in err and len(err.strip().splitlines()) == 1
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(raw)))
+    assert main(["predict", str(tiny["run"]), "-", "--json", "--raw"]) == 0
     assert json.loads(capsys.readouterr().out)["label"] == label
 
 
@@ -249,7 +253,7 @@ def test_cli_stream(tiny, tmp_path, monkeypatch, capsys):
     assert rows[0]["start"] == 0.0 and rows[0]["end"] == 3.0 and rows[-1]["end"] == 10.0
     raw = (sig * 32767).astype("<i2").tobytes()
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(raw)))
-    assert main(["predict", str(tiny["run"]), "-", "--stream", "--hop", "1"]) == 0
+    assert main(["predict", str(tiny["run"]), "-", "--stream", "--hop", "1", "--raw"]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 8  # 3 s .. 10 s every 1 s
 
 

@@ -3,7 +3,7 @@
     quickstart  the whole LiSER pipeline, small (configs/grid-quickstart.yaml)
     prepare     corpus folder -> manifest           folds       speaker-independent folds / --check
     train       one fold of a configuration          cv          every fold + the summary table
-    evaluate    re-evaluate a run                    experiment  a grid of runs + report.md
+    evaluate    re-evaluate a run / --on a corpus    experiment  a grid of runs + report.md
     teacher     fit a speech teacher per fold; label the unlabeled pool into soft-label stores
     faces       face tracks of a video manifest      predict     labels with a trained student
     export      a run's student to ONNX (fp32, int8), parity-checked
@@ -95,6 +95,10 @@ def cmd_cv(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    if args.on:
+        return cmd_evaluate_on(args)
+    if args.map or args.json:
+        raise LiserError("--map and --json go with --on (cross-corpus evaluation)")
     from .experiment import evaluate_run
 
     m = evaluate_run(args.run, stride_s=args.stride, write=args.write)
@@ -102,6 +106,28 @@ def cmd_evaluate(args) -> int:
     w = max(len(c) for c in m["classes"])
     for c, r in m["per_class_recall"].items():
         print(f"  {c:<{w}}  recall {'-' if r is None else f'{r:.3f}'}")
+    return 0
+
+
+def cmd_evaluate_on(args) -> int:
+    from .cross import evaluate_on, parse_maps
+
+    if args.write:
+        raise LiserError("--write rewrites the run's own test metrics; it does not go with --on")
+    r = evaluate_on(args.run, args.on, parse_maps(args.map), stride_s=args.stride, work=args.work,
+                    out=args.json, progress=_progress())
+    print(f"{args.run} ({r['train_corpus']}) on {r['test_corpus']}: UAR {r['uar']:.3f} WAR {r['war']:.3f} over "
+          f"{len(r['classes'])} shared classes (n={r['n']} of {r['test_files']}; UAR {r['uar_any_output']:.3f} "
+          f"when every student output may be predicted)")
+    print("  mapping: " + ", ".join(f"{a}->{b or '(dropped)'}" for a, b in r["mapping"].items()))
+    for c, n in r["dropped"].items():
+        print(f"  dropped {c}: {n} files (the student cannot output it; map it with --map {c}=CLASS)")
+    if r["untested"]:
+        print(f"  student classes no test file maps to: {', '.join(r['untested'])}")
+    w = max(len(c) for c in r["classes"])
+    for c, rec in r["per_class_recall"].items():
+        print(f"  {c:<{w}}  recall {rec:.3f}")
+    print(f"wrote {r['json']}")
     return 0
 
 
@@ -159,7 +185,8 @@ def cmd_predict(args) -> int:
     from .predict import run_predict
 
     return run_predict(args.model, args.audio, fmt="json" if args.json else "csv" if args.csv else "text",
-                       timeline=args.timeline, stream_input=args.stream, stride=args.stride, threads=args.threads)
+                       timeline=args.timeline, stream_input=args.stream, stride=args.stride, threads=args.threads,
+                       raw=args.raw)
 
 
 def cmd_export(args) -> int:
@@ -193,7 +220,7 @@ def add_prepare(sub) -> None:
     sp.add_argument("root", help="corpus root folder")
     sp.add_argument("-o", "--out", required=True, help="manifest directory to write")
     sp.add_argument("--csv", help="generic corpus: CSV with path,speaker,label (default ROOT/labels.csv)")
-    sp.set_defaults(func=cmd_prepare)
+    sp.set_defaults(func=cmd_prepare, resumes=False)  # redone from the start (nothing half-written is kept)
 
 
 def add_folds(sub) -> None:
@@ -203,7 +230,7 @@ def add_folds(sub) -> None:
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("-o", "--out", help="fold file to write (default <corpus>-folds.json)")
     sp.add_argument("--check", metavar="FOLDS", help="check a fold file (shipped name or path) against the manifest")
-    sp.set_defaults(func=cmd_folds)
+    sp.set_defaults(func=cmd_folds, resumes=False)
 
 
 def add_train(sub) -> None:
@@ -222,11 +249,19 @@ def add_cv(sub) -> None:
 
 
 def add_evaluate(sub) -> None:
-    sp = sub.add_parser("evaluate", help="evaluate a run's best checkpoint on its test speakers")
+    sp = sub.add_parser("evaluate", help="evaluate a run's best checkpoint on its test speakers, or --on another corpus")
     sp.add_argument("run", help="run directory (holds best.pt and config.yaml)")
     sp.add_argument("--stride", type=float, default=0.1, help="sliding-window stride in seconds (default 0.1)")
     sp.add_argument("--write", action="store_true", help="rewrite the run's metrics.json and confusion.png")
-    sp.set_defaults(func=cmd_evaluate)
+    sp.add_argument("--on", metavar="MANIFEST_OR_CORPUS",
+                    help="cross-corpus: score on another corpus, a manifest directory or CORPUS:ROOT "
+                         "(e.g. emodb:../shared/data/emodb, prepared once under the run's work folder)")
+    sp.add_argument("--map", action="extend", nargs="+", metavar="TEST=STUDENT",
+                    help="with --on: map a test class onto a student class (calm=neutral) or drop it (surprised=); "
+                         "same-name classes map by default, the others are dropped and reported")
+    sp.add_argument("--json", metavar="PATH", help="with --on: where the result goes (default <run>/cross/<corpus>.json)")
+    sp.add_argument("--work", help="with --on: cache root for the test manifest and features (default: the run's)")
+    sp.set_defaults(func=cmd_evaluate, resumes=False)
 
 
 def add_experiment(sub) -> None:
@@ -272,8 +307,10 @@ def add_faces(sub) -> None:
 
 def add_predict(sub) -> None:
     sp = sub.add_parser("predict", help="emotion labels of audio files with a trained student (or its ONNX export)",
-                        description="Predict the emotion of audio files, folders (recursive) or stdin (-: WAV bytes, "
-                                    "or raw 16 kHz mono 16-bit PCM). Exit status 0 if all inputs succeeded, 1 if any failed.")
+                        description="Predict the emotion of audio files, folders (recursive) or stdin (-: the bytes of "
+                                    "any file a path accepts, recognised by content; headerless PCM only with --raw). "
+                                    "Exit status 0 if all inputs succeeded, 1 if any failed. It does not resume: "
+                                    "an interrupted run starts over.")
     sp.add_argument("model", help="run directory, best.pt checkpoint or exported .onnx")
     sp.add_argument("audio", nargs="+", help="audio/video files, folders, or - for stdin")
     g = sp.add_mutually_exclusive_group()
@@ -282,12 +319,14 @@ def add_predict(sub) -> None:
     sp.add_argument("--timeline", action="store_true", help="also the per-window predictions (3 s windows, --stride apart)")
     sp.add_argument("--stream", action="store_true",
                     help="read incrementally (stdin raw PCM/WAV or a file in blocks); a prediction every --stride once 3 s are buffered")
+    sp.add_argument("--raw", action="store_true",
+                    help="stdin (-) is headerless 16 kHz mono 16-bit little-endian PCM (never assumed without this flag)")
     sp.add_argument("--threads", type=int, default=None, help="CPU threads for inference (default: library default)")
     sp.add_argument("--stride", type=float, default=None,
                     help="seconds between 3 s windows: whole-file scoring (default 0.1, the paper's; 3 = non-overlapping, "
                          "~30x faster), and the --timeline / --stream step (default 0.5)")
     sp.add_argument("--hop", dest="stride", type=float, help=argparse.SUPPRESS)  # deprecated name of --stride
-    sp.set_defaults(func=cmd_predict)
+    sp.set_defaults(func=cmd_predict, resumes=False)
 
 
 def add_export(sub) -> None:
@@ -302,7 +341,7 @@ def add_export(sub) -> None:
     sp.add_argument("--check-files", nargs="+", metavar="AUDIO",
                     help="real audio files/folders for the parity check (default: the run's test fold)")
     sp.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
-    sp.set_defaults(func=cmd_export)
+    sp.set_defaults(func=cmd_export, resumes=False)
 
 
 def add_quickstart(sub) -> None:
@@ -348,7 +387,9 @@ def main(argv: list[str] | None = None) -> int:
               f"({why}); install it (see pyproject.toml's dependencies) and retry", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("liser: interrupted (re-run the same command to resume)", file=sys.stderr)
+        # promise a resume only where the command has one (docs/architecture.md, "What resumes")
+        resumes = getattr(args, "resumes", True)
+        print("liser: interrupted" + (" (re-run the same command to resume)" if resumes else ""), file=sys.stderr)
         return 130
 
 

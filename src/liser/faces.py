@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import LiserError
-from .util import atomic_write_text, check_shard, models_dir, safe_id  # safe_id: the face-track file names
+from .util import atomic_write_text, check_shard, follow_umask, models_dir, safe_id  # safe_id: the face-track file names
 
 DEFAULT_YUNET = models_dir() / "face-detection" / "face_detection_yunet_2023mar.onnx"  # $LISER_MODELS or ../shared/models
 YUNET_ENV = "LISER_YUNET"  # environment variable naming the YuNet .onnx file
@@ -307,6 +307,7 @@ class FaceTrack:
                     source=np.str_(self.source),
                     detector=np.str_(self.detector),
                 )
+            follow_umask(tmp)  # mkstemp made it 0600
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -24,6 +24,7 @@ import numpy as np
 from .errors import LiserError
 from .frontend import CACHE_SETTINGS as FRONT_END
 from .frontend import file_features
+from .util import follow_umask
 from .workspace import features_dir
 
 
@@ -91,6 +92,7 @@ def build_features(manifest, work: str | Path = "work", threads: int = 2, progre
     bar.close()
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
+        follow_umask(tmp, directory=True)  # mkdtemp made it 0700
         rows, r = [], 0
         for it, c in zip(items, chunks):
             rows.append((it.id, r, len(c)))

@@ -60,3 +60,61 @@ def windows(frames: np.ndarray, stride_s: float = audio.EVAL_STRIDE_S) -> np.nda
     """All 3 s windows of one item's [frames, 64] features: [W, 64, 94] float32 (a transposed view)."""
     idx, _ = window_index(len(frames), stride_s)
     return np.asarray(frames, dtype=np.float32)[idx].transpose(0, 2, 1)
+
+
+def features_from_blocks(blocks, mean: float, n_samples: int, chunk_frames: int = 2048) -> np.ndarray:
+    """`features` of a long signal given as consecutive mono 16 kHz blocks, in bounded memory.
+
+    `mean` and `n_samples` are the whole signal's (a first pass over it
+    knows them); the signal must be at least 3 s long (no zero padding
+    here). The result is `features(signal)` up to float rounding: the same
+    DC removal, the same centred Hann STFT with reflect padding at both
+    ends (rebuilt here: torch.stft's centre=True pads only a whole signal),
+    the same Mel filterbank and dB floor, computed `chunk_frames` frames
+    at a time ([frames, 64] float16; about 17 MB of spectrum per chunk).
+    """
+    import torch
+
+    if n_samples < audio.CLIP_SAMPLES:
+        raise ValueError(f"features_from_blocks needs at least {audio.CLIP_SAMPLES} samples, got {n_samples}")
+    half, n_fft, hop = audio.N_FFT // 2, audio.N_FFT, audio.HOP
+    total = 1 + n_samples // hop  # frames of torch.stft(center=True)
+    window = torch.hann_window(n_fft)
+    mel = torch.from_numpy(audio.mel_filters())
+    out: list[np.ndarray] = []
+    done = 0  # frames computed
+    buf = np.zeros(0, np.float32)  # the reflect-padded signal from frame `done`'s first sample on
+    seen, tail = 0, np.zeros(0, np.float32)  # samples of the signal read; its last half+1 of them
+
+    def emit(buf: np.ndarray, final: bool) -> np.ndarray:
+        nonlocal done
+        k = (len(buf) - n_fft) // hop + 1 if len(buf) >= n_fft else 0
+        k = min(k, total - done) if final else min(k, chunk_frames)
+        if k <= 0:
+            return buf
+        x = torch.from_numpy(np.ascontiguousarray(buf[: n_fft + (k - 1) * hop]))
+        spec = torch.stft(x, n_fft, hop, window=window, center=False, return_complex=True)
+        power = spec.real.square() + spec.imag.square()
+        db = 10.0 * torch.log10(torch.clamp(torch.matmul(mel, power), min=audio.LOG_FLOOR))
+        out.append(db.T.numpy().astype(np.float16))
+        done += k
+        return buf[k * hop :]
+
+    for block in blocks:
+        x = (np.asarray(block, dtype=np.float64) - mean).astype(np.float32)
+        if seen == 0:
+            if len(x) <= half:
+                raise ValueError("features_from_blocks: the first block must hold more than 1024 samples")
+            buf = x[1 : half + 1][::-1].copy()  # reflect padding of the start (torch.stft, center=True)
+        seen += len(x)
+        tail = np.concatenate([tail, x])[-(half + 1) :]
+        buf = np.concatenate([buf, x])
+        while len(buf) >= n_fft + (chunk_frames - 1) * hop and done < total:
+            buf = emit(buf, final=False)
+    buf = np.concatenate([buf, tail[:-1][::-1]])  # reflect padding of the end
+    while done < total:
+        before = done
+        buf = emit(buf, final=True)
+        if done == before:
+            raise ValueError(f"features_from_blocks: got {seen} samples, expected {n_samples}")
+    return np.concatenate(out)

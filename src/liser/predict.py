@@ -18,10 +18,16 @@ rounded through float16 as the features cache stores them, 3 s windows every
 0.1 s (`liser.audio.window_starts`), mean of the `g_sup` logits, softmax for
 the probabilities. So `predict_file` gives what `liser evaluate` scored.
 
-`liser predict` wraps this for files, folders, stdin (`-`: an audio file's
-bytes, WAV/FLAC/Ogg, or raw 16 kHz mono 16-bit PCM when there is no such
-header) and live streams (`--stream`: a ring buffer of the last 3 s, one
+`liser predict` wraps this for files, folders, stdin (`-`: the bytes of
+any file the path reader accepts, recognised by their content exactly as a
+path would be; raw 16 kHz mono 16-bit PCM only with `--raw`, never as a
+guess) and live streams (`--stream`: a ring buffer of the last 3 s, one
 prediction per hop, log-Mel of the buffer).
+
+Memory: files longer than LONG_FILE_S are read in blocks, twice (the mean
+first, then the log-Mel in chunks; liser.frontend.features_from_blocks),
+and windows go through the student BATCH_WINDOWS at a time, so an hour of
+audio stays within about 300 MB; shorter files take the one-read path.
 """
 
 from __future__ import annotations
@@ -41,7 +47,11 @@ from .errors import LiserError
 from .util import AUDIO_SUFFIXES, softmax
 
 MIN_DURATION_S = 0.1  # shorter input is refused (a 3 s window would be >96 % padding)
-BATCH_WINDOWS = 512  # windows per forward pass (as evaluate.file_logits)
+# windows per forward pass: the student's conv activations are about 1.5 MB per window, so 512 at once
+# peaked near 2 GB on any file of a minute or more; 32 is as fast per window (a short file has fewer anyway)
+BATCH_WINDOWS = 32
+LONG_FILE_S = 300.0  # libsndfile files longer than this are read in blocks (bounded memory), twice
+READ_BLOCK_S = 30.0  # block length of that read, seconds
 INPUT_SUFFIXES = set(AUDIO_SUFFIXES) | audio.VIDEO_SUFFIXES  # what a folder argument is searched for
 
 
@@ -83,28 +93,38 @@ def _prediction(logits: np.ndarray, classes: list[str], start=None, end=None) ->
 def prepare_waveform(waveform, sample_rate: int, name: str = "waveform") -> np.ndarray:
     """Mono float32 16 kHz signal from any array input, or LiserError naming `name`.
 
+    Sample types: float arrays are taken as they are (full scale = 1.0);
+    integer PCM is scaled to [-1, 1): int8/int16/int32/int64 by their full
+    scale (int16 / 32768: what `scipy.io.wavfile.read` returns), uint8
+    centred on 128 ((x - 128) / 128: 8-bit WAV). A Python list is read as
+    float values. Any other dtype (bool, object, strings, complex,
+    uint16/32/64) raises TypeError (liser.audio.pcm_to_float32).
     A 2-D array is [samples, channels] (soundfile's layout) or [channels,
-    samples]: the shorter axis is taken as channels. Empty, NaN/inf, shorter
-    than 0.1 s and silent (all zeros) input is refused.
+    samples]: the shorter axis is taken as channels, down-mixed by
+    liser.audio.downmix (mean of 1-2 channels, the loudest speech-band
+    channel of 3 or more). Empty, NaN/inf, shorter than 0.1 s and silent
+    (RMS after removing the mean below -100 dBFS: all zeros or constant)
+    input is refused with LiserError.
     """
-    try:
-        x = np.asarray(waveform, dtype=np.float32)
-    except (TypeError, ValueError):
-        raise LiserError(f"{name}: not a numeric waveform") from None
-    if x.ndim == 2:
-        x = x.mean(axis=1 if x.shape[1] <= x.shape[0] else 0)
-    elif x.ndim != 1:
-        raise LiserError(f"{name}: waveform must be 1-D or [samples, channels], got shape {x.shape}")
+    if isinstance(waveform, (list, tuple)):
+        try:
+            waveform = np.asarray(waveform, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise TypeError(f"{name}: a list that is not numbers cannot be a waveform") from None
+    x = audio.pcm_to_float32(np.asarray(waveform))  # TypeError for non-audio dtypes
     if isinstance(sample_rate, (float, np.floating)) and float(sample_rate).is_integer():
         sample_rate = int(sample_rate)
     if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
         raise LiserError(f"{name}: sample rate must be a positive integer, got {sample_rate!r}")
+    if x.ndim == 2:
+        x = audio.downmix(x if x.shape[1] <= x.shape[0] else x.T, int(sample_rate))
+    elif x.ndim != 1:
+        raise LiserError(f"{name}: waveform must be 1-D or [samples, channels], got shape {x.shape}")
     audio.check_waveform(x, name)
     seconds = x.size / sample_rate
     if seconds < MIN_DURATION_S:
         raise LiserError(f"{name}: too short ({seconds:.3f} s; at least {MIN_DURATION_S} s is needed)")
-    if float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) < audio.SILENCE_RMS:
-        raise LiserError(f"{name}: silent audio (all zeros or below -100 dBFS)")
+    audio.check_not_silent(x, name)
     return audio.resample(np.ascontiguousarray(x), int(sample_rate), audio.SAMPLE_RATE)
 
 
@@ -140,31 +160,52 @@ class EmotionModel:
         out = [self.backend(x[a : a + BATCH_WINDOWS]) for a in range(0, len(x), BATCH_WINDOWS)]
         return np.concatenate(out).astype(np.float32)
 
+    def frames_logits(self, frames: np.ndarray, stride_s: float) -> tuple[np.ndarray, np.ndarray]:
+        """Logits [W, K] of every 3 s window of [frames, 64] features, and the windows' start frames [W].
+
+        The windows are cut BATCH_WINDOWS at a time, never all at once (an
+        hour at 0.1 s is 36,000 windows: 870 MB as float32).
+        """
+        idx, starts = frontend.window_index(len(frames), stride_s)
+        frames = np.asarray(frames, dtype=np.float32)
+        out = []
+        for a in range(0, len(idx), BATCH_WINDOWS):
+            x = np.ascontiguousarray(frames[idx[a : a + BATCH_WINDOWS]].transpose(0, 2, 1))
+            out.append(self.backend(x))
+        return np.concatenate(out).astype(np.float32), starts
+
     def _file_logits(self, frames: np.ndarray) -> np.ndarray:
-        w, _ = windows(frames, self.stride_s)
-        return self.window_logits(w).astype(np.float64).mean(0).astype(np.float32)
+        logits, _ = self.frames_logits(frames, self.stride_s)
+        return logits.astype(np.float64).mean(0).astype(np.float32)
 
     def predict(self, waveform, sample_rate: int, name: str = "waveform") -> Prediction:
-        """Whole-signal prediction: mean g_sup logits of 3 s windows every `self.stride_s` (0.1 s) seconds."""
+        """Whole-signal prediction: mean g_sup logits of 3 s windows every `self.stride_s` (0.1 s) seconds.
+
+        `waveform`: float, or integer PCM (int16/int32 scaled by full scale,
+        uint8 centred on 128), 1-D or 2-D; see `prepare_waveform`. Raises
+        TypeError for other sample types, LiserError for unusable signals.
+        """
         return _prediction(self._file_logits(features(prepare_waveform(waveform, sample_rate, name))), self.classes)
 
     def predict_file(self, path: str | Path) -> Prediction:
-        """`predict` on an audio file (or a video's audio track) read with liser.audio.load_audio."""
-        return _prediction(self._file_logits(features(read_input(path))), self.classes)
+        """`predict` on an audio file (or a video's audio track); long files are read in blocks (`file_frames`)."""
+        frames, _ = file_frames(path)
+        return _prediction(self._file_logits(frames), self.classes)
 
     def timeline(self, waveform, sample_rate: int, hop_s: float = 0.5, name: str = "waveform") -> list[Prediction]:
         """One prediction per 3 s window every `hop_s` s, with start/end in seconds (end capped at the signal's end)."""
-        return self._timeline(prepare_waveform(waveform, sample_rate, name), hop_s)
+        sig = prepare_waveform(waveform, sample_rate, name)
+        return self.timeline_frames(features(sig), len(sig) / audio.SAMPLE_RATE, hop_s)
 
     def timeline_file(self, path: str | Path, hop_s: float = 0.5) -> list[Prediction]:
-        return self._timeline(read_input(path), hop_s)
+        frames, duration = file_frames(path)
+        return self.timeline_frames(frames, duration, hop_s)
 
-    def _timeline(self, signal: np.ndarray, hop_s: float) -> list[Prediction]:
+    def timeline_frames(self, frames: np.ndarray, duration: float, hop_s: float) -> list[Prediction]:
+        """`timeline` of [frames, 64] features of a signal lasting `duration` seconds."""
         if not hop_s > 0:
             raise LiserError(f"hop must be positive, got {hop_s}")
-        duration = len(signal) / audio.SAMPLE_RATE
-        w, starts = windows(features(signal), hop_s)
-        logits = self.window_logits(w)
+        logits, starts = self.frames_logits(frames, hop_s)
         out = []
         for s, z in zip(starts, logits):
             t0 = float(audio.frames_to_seconds(s))
@@ -179,6 +220,68 @@ def read_input(path: str | Path) -> np.ndarray:
         raise LiserError(f"{path}: is a directory")
     sig = audio.load_audio(path)
     return prepare_waveform(sig, audio.SAMPLE_RATE, str(path))
+
+
+def file_frames(path: str | Path) -> tuple[np.ndarray, float]:
+    """[frames, 64] float32 features of a file and its duration in seconds, in bounded memory.
+
+    A libsndfile file of 1-2 channels longer than LONG_FILE_S is read in
+    READ_BLOCK_S blocks, twice: once for its mean, length and checks, then
+    for the log-Mel in chunks (liser.frontend.features_from_blocks). The
+    whole signal is never held: an hour at 16 kHz would be 230 MB, and its
+    whole-file STFT 0.9 GB. Other files are read whole (`read_input`).
+    Both give the same features up to float rounding.
+    """
+    path = Path(path)
+    info = _long_file_info(path)
+    if info is None:
+        sig = read_input(path)
+        return features(sig), len(sig) / audio.SAMPLE_RATE
+    name = str(path)
+    n, total, sumsq, finite = 0, 0.0, 0.0, True
+    for block in _read_blocks(path, info):
+        n += len(block)
+        total += float(block.sum(dtype=np.float64))
+        sumsq += float(np.square(block, dtype=np.float64).sum())
+        finite = finite and bool(np.isfinite(block).all())
+    if not finite:
+        raise LiserError(f"{name}: audio holds NaN or inf samples")
+    mean = total / max(n, 1)
+    rms = float(np.sqrt(max(sumsq / max(n, 1) - mean * mean, 0.0)))
+    if rms < audio.SILENCE_RMS:
+        raise LiserError(f"{name}: silent (RMS {rms:.1e} after removing the mean; all zeros, constant, or below -100 dBFS)")
+    frames = frontend.features_from_blocks(_read_blocks(path, info), mean, n)
+    return frames.astype(np.float32), n / audio.SAMPLE_RATE
+
+
+def _long_file_info(path: Path):
+    """soundfile's info for a 1-2 channel file longer than LONG_FILE_S, else None (read it whole)."""
+    import soundfile as sf
+
+    if path.suffix.lower() in audio.VIDEO_SUFFIXES or not path.is_file() or path.stat().st_size == 0:
+        return None
+    try:
+        info = sf.info(str(path))
+    except Exception:
+        return None
+    if info.channels > 2 or not info.frames or info.frames / info.samplerate <= LONG_FILE_S:
+        return None
+    return info
+
+
+def _read_blocks(path: Path, info):
+    """Mono 16 kHz float32 blocks of a libsndfile file (1-2 channels: their mean, as liser.audio.downmix)."""
+    import soundfile as sf
+
+    rs = _Resampler(int(info.samplerate))
+    with sf.SoundFile(str(path)) as f:
+        for block in f.blocks(blocksize=int(READ_BLOCK_S * info.samplerate), dtype="float32", always_2d=True):
+            out = rs(audio.downmix(block, int(info.samplerate)), last=False)
+            if len(out):
+                yield out
+    tail = rs(np.zeros(0, np.float32), last=True)
+    if len(tail):
+        yield tail
 
 
 # ---------------------------------------------------------------- loading
@@ -311,37 +414,44 @@ def _stdin_bytes() -> bytes:
     return sys.stdin.buffer.read()
 
 
-CONTAINER_MAGIC = (b"RIFF", b"RIFX", b"RF64", b"fLaC", b"OggS", b"FORM", b"ID3")  # else: raw PCM
+def decode_bytes(data: bytes, name: str = "-", raw: bool = False) -> np.ndarray:
+    """Mono 16 kHz signal from a byte stream (stdin).
 
+    The bytes are written to a temporary file and read through
+    liser.audio.read_file, the path reader (soundfile, then PyAV), so a
+    stream is recognised by its content exactly as the same file given by
+    its path would be: WAV, FLAC, Ogg/Opus, MP3, M4A/AAC, MP4, MKV, WebM...
+    Bytes neither recognises are an error, never a guess: with `raw=True`
+    (the `--raw` flag) and only then, they are headerless 16 kHz mono
+    16-bit little-endian PCM.
+    """
+    import tempfile
 
-def is_container(head: bytes) -> bool:
-    """Does a byte stream start like an audio file (WAV, FLAC, Ogg, AIFF, ID3-tagged MP3)?"""
-    return any(head.startswith(m) for m in CONTAINER_MAGIC)
-
-
-def decode_bytes(data: bytes, name: str = "-") -> np.ndarray:
-    """Mono 16 kHz signal from a byte stream: an audio file (WAV, FLAC, ...) or raw 16 kHz mono 16-bit PCM."""
     if not data:
-        raise LiserError(f"{name}: empty audio (0 bytes on stdin)")
-    if is_container(data[:4]):
-        import soundfile as sf
-
+        raise LiserError(f"{name}: empty input (0 bytes)")
+    if raw:
+        if len(data) % 2:
+            data = data[:-1]
+        x = np.frombuffer(data, dtype="<i2")
+        return prepare_waveform(x, audio.SAMPLE_RATE, name)  # int16: scaled by full scale
+    with tempfile.TemporaryDirectory(prefix="liser-stdin-") as d:
+        tmp = Path(d) / "stdin"
+        tmp.write_bytes(data)
         try:
-            x, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-        except Exception as e:
-            raise LiserError(f"{name}: unreadable audio stream ({str(e).strip().splitlines()[0][:160]})") from None
-        return prepare_waveform(x, int(sr), name)
-    if len(data) % 2:
-        data = data[:-1]
-    x = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
-    return prepare_waveform(x, audio.SAMPLE_RATE, name)
+            x, sr = audio.read_file(tmp)
+        except LiserError as e:
+            why = str(e).replace(f"{tmp}: ", "", 1).replace(f"'{tmp}'", "stdin").replace(str(tmp), "stdin")
+            raise LiserError(f"{name}: the stream's format is not recognised ({why}); stdin takes what a file path "
+                             "takes (WAV, FLAC, Ogg/Opus, MP3, M4A/AAC, MP4, ...), or headerless 16 kHz mono "
+                             "16-bit PCM with --raw") from None
+    return prepare_waveform(x, int(sr), name)
 
 
 class _Blocks:
     """Incremental mono 16 kHz blocks from stdin raw PCM / WAV, or from a file read in blocks."""
 
-    def __init__(self, src: str, block_s: float = 0.1):
-        self.src, self.block_s = src, block_s
+    def __init__(self, src: str, block_s: float = 0.1, raw: bool = False):
+        self.src, self.block_s, self.raw = src, block_s, raw
 
     def __iter__(self):
         if self.src == "-":
@@ -352,14 +462,11 @@ class _Blocks:
     def _stdin(self):
         f = sys.stdin.buffer
         head = f.read(4)
-        if head == b"RIFF":
+        if head == b"RIFF" and not self.raw:
             yield from self._wav_stream(head + f.read(8), f)
             return
-        if is_container(head):  # FLAC, Ogg, ...: not block-decodable from a pipe; decode all, then feed blocks
-            sig = decode_bytes(head + f.read(), "-")
-            step = int(self.block_s * audio.SAMPLE_RATE)
-            for a in range(0, len(sig), step):
-                yield sig[a : a + step]
+        if not self.raw:  # FLAC, Ogg, M4A, ...: not block-decodable from a pipe; decode all, then feed blocks
+            yield from self._split(decode_bytes(head + f.read(), "-"))
             return
         block = int(self.block_s * audio.SAMPLE_RATE) * 2
         buf = head
@@ -401,6 +508,12 @@ class _Blocks:
         if (tag, bits) not in dtypes:
             raise LiserError(f"-: WAV stream format {tag}/{bits}-bit not supported for --stream (use 16-bit PCM)")
         dt = np.dtype(dtypes[(tag, bits)])
+        if ch > 2:  # the down-mix picks one channel over the whole signal (liser.audio.downmix): read it all
+            data = f.read()
+            data = data[: len(data) // (dt.itemsize * ch) * dt.itemsize * ch]
+            x = audio.pcm_to_float32(np.frombuffer(data, dtype=dt).reshape(-1, ch))
+            yield from self._split(prepare_waveform(x, sr, "-"))
+            return
         frame_bytes = dt.itemsize * ch
         block = max(1, int(self.block_s * sr)) * frame_bytes
         rs = _Resampler(sr)
@@ -427,16 +540,23 @@ class _Blocks:
         try:
             f = sf.SoundFile(str(path))
         except Exception:  # not a libsndfile format (video container, ...): decode whole, then feed in blocks
-            sig = audio.load_audio(path)
-            step = int(self.block_s * audio.SAMPLE_RATE)
-            for a in range(0, len(sig), step):
-                yield sig[a : a + step]
+            yield from self._split(audio.load_audio(path))
+            return
+        if f.channels > 2:  # the down-mix picks one channel over the whole file (liser.audio.downmix)
+            f.close()
+            yield from self._split(audio.load_audio(path))
             return
         with f:
             rs = _Resampler(f.samplerate)
             for block in f.blocks(blocksize=max(1, int(self.block_s * f.samplerate)), dtype="float32", always_2d=True):
                 yield rs(block.mean(1), last=False)
             yield rs(np.zeros(0, np.float32), last=True)
+
+
+    def _split(self, sig: np.ndarray):
+        step = max(1, int(self.block_s * audio.SAMPLE_RATE))
+        for a in range(0, len(sig), step):
+            yield sig[a : a + step]
 
 
 class _Resampler:
@@ -461,13 +581,14 @@ class _Resampler:
         return audio.resample(np.asarray(x, np.float32), self.sr_in, audio.SAMPLE_RATE) if len(x) else x
 
 
-def stream(model: EmotionModel, src: str, hop_s: float = 0.5):
+def stream(model: EmotionModel, src: str, hop_s: float = 0.5, raw: bool = False):
     """Predictions for a live stream: one per `hop_s` of new audio once 3 s are buffered.
 
     A ring buffer keeps the last 3 s; each prediction is the student on the
     log-Mel of that buffer (one 94-frame window), labelled with the buffer's
     start/end time in the stream. A stream that ends before 3 s gives one
-    prediction on its zero-padded audio.
+    prediction on its zero-padded audio. `raw`: stdin is headerless 16 kHz
+    mono 16-bit PCM (else its format is recognised, as `decode_bytes`).
     """
     if not hop_s > 0:
         raise LiserError(f"hop must be positive, got {hop_s}")
@@ -475,7 +596,7 @@ def stream(model: EmotionModel, src: str, hop_s: float = 0.5):
     hop = max(1, int(round(hop_s * audio.SAMPLE_RATE)))
     total, since = 0, 0  # samples seen; samples since the last prediction
     emitted = False
-    for block in _Blocks(src, block_s=min(0.1, hop_s)):
+    for block in _Blocks(src, block_s=min(0.1, hop_s), raw=raw):
         if not len(block):
             continue
         if not np.isfinite(block).all():
@@ -515,7 +636,12 @@ def _window_prediction(model: EmotionModel, buf: np.ndarray, total: int) -> Pred
 
 # ---------------------------------------------------------------- the command
 def expand_inputs(args: list[str]) -> tuple[list[str], list[str]]:
-    """Files to predict (folders searched recursively for audio/video suffixes), and problems."""
+    """Files to predict (folders searched recursively for audio/video suffixes), and problems.
+
+    A broken symbolic link, in a folder or given by name, is a problem
+    ("broken symbolic link -> target"), said and counted, never skipped
+    without a word.
+    """
     files, problems = [], []
     for a in args:
         if a == "-":
@@ -523,13 +649,22 @@ def expand_inputs(args: list[str]) -> tuple[list[str], list[str]]:
             continue
         p = Path(a)
         if p.is_dir():
-            found = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in INPUT_SUFFIXES
-                           and not q.name.startswith("."))
-            if not found:
+            found, broken = [], []
+            for q in sorted(p.rglob("*")):
+                if q.suffix.lower() not in INPUT_SUFFIXES or q.name.startswith("."):
+                    continue
+                if q.is_file():
+                    found.append(q)
+                elif q.is_symlink() and not q.exists():
+                    broken.append(q)
+            problems.extend(f"{q}: {audio.missing_reason(q)}" for q in broken)
+            if not found and not broken:
                 problems.append(f"{p}: no audio files in this folder")
             files.extend(str(q) for q in found)
         elif p.exists():
             files.append(str(p))
+        elif p.is_symlink():
+            problems.append(f"{p}: {audio.missing_reason(p)}")
         else:
             problems.append(f"{p}: no such file or folder")
     return files, problems
@@ -584,11 +719,14 @@ class _Writer:
 
 
 def run_predict(model_path: str, inputs: list[str], fmt: str = "text", timeline: bool = False,
-                stream_input: bool = False, stride: float | None = None, threads: int | None = None) -> int:
+                stream_input: bool = False, stride: float | None = None, threads: int | None = None,
+                raw: bool = False) -> int:
     """`liser predict`: per-file labels on stdout; returns 0 if every input succeeded, 1 if any failed.
 
     `stride` is the one window step, in seconds: whole-file scoring (default
     0.1 s, the paper's) and the --timeline / --stream step (default 0.5 s).
+    `raw`: stdin (`-`) is headerless 16 kHz mono 16-bit PCM; without it,
+    stdin must be a recognisable audio or video file's bytes.
     """
     if stride is not None and not 0 < stride <= audio.CLIP_S:
         raise LiserError(f"--stride {stride}: must be in (0, {audio.CLIP_S}] seconds")
@@ -606,12 +744,16 @@ def run_predict(model_path: str, inputs: list[str], fmt: str = "text", timeline:
     for f in files:
         try:
             if stream_input:
-                for w in stream(model, f, step):
+                for w in stream(model, f, step, raw=raw):
                     out.window(f, w)
                 continue
-            sig = decode_bytes(_stdin_bytes(), "-") if f == "-" else read_input(f)
-            p = _prediction(model._file_logits(features(sig)), model.classes)
-            out.file(f, p, model._timeline(sig, step) if timeline else None)
+            if f == "-":
+                sig = decode_bytes(_stdin_bytes(), "-", raw=raw)
+                frames, duration = features(sig), len(sig) / audio.SAMPLE_RATE
+            else:
+                frames, duration = file_frames(f)
+            p = _prediction(model._file_logits(frames), model.classes)
+            out.file(f, p, model.timeline_frames(frames, duration, step) if timeline else None)
         except BrokenPipeError:
             raise
         except Exception as e:  # one bad file must not stop the rest

@@ -35,7 +35,7 @@ import numpy as np
 
 from .audio import CLIP_S, PIECE_S
 from .errors import LiserError
-from .util import atomic_write_text
+from .util import atomic_write_text, follow_umask
 
 
 def sha256_file(path: Path, h=None):
@@ -204,6 +204,7 @@ class StoreWriter:
         fd, tmp = tempfile.mkstemp(suffix=".npz", dir=final.parent)
         os.close(fd)
         np.savez(tmp, ids=ids, lens=lens, durs=durs, probs=probs, valid=valid)
+        follow_umask(tmp)  # mkstemp made it 0600
         os.replace(tmp, final)
         self._buf.clear()
 

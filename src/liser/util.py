@@ -19,16 +19,47 @@ from .errors import LiserError
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".au", ".caf", ".w64")
 
 
+def current_umask() -> int:
+    """The process's umask, without changing it for longer than a moment.
+
+    Linux reports it in /proc/self/status (no change at all); elsewhere it is
+    read the only portable way, os.umask(x) then os.umask(old), which leaves
+    it altered for two system calls.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def follow_umask(path: str | Path, directory: bool = False) -> None:
+    """chmod a file (0o666) or folder (0o777) made by tempfile to what the user's umask gives a new one.
+
+    tempfile.mkstemp creates 0600 files and mkdtemp 0700 folders whatever the
+    umask, so a result renamed into place from them would be private even
+    where the user asked (umask 022 / 002) for the group to read it.
+    """
+    os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write `text` to `path` through a temporary file in the same folder, renamed when complete.
 
-    A reader never sees a half-written file; an interrupted write leaves no temporary behind.
+    A reader never sees a half-written file; an interrupted write leaves no
+    temporary behind. The file's permissions follow the umask (`follow_umask`).
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", newline="") as f:
             f.write(text)
+        follow_umask(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -41,8 +72,51 @@ def atomic_save(obj, path: str | Path) -> None:
 
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
+    torch.save(obj, tmp)  # open() + umask: the same permissions as any new file
     os.replace(tmp, path)
+
+
+def read_text_guess(path: str | Path) -> tuple[str, str]:
+    """The text of a small file (a labels CSV) and the encoding it was read in.
+
+    A byte-order mark decides first (UTF-8, UTF-16 LE/BE, UTF-32 LE/BE);
+    without one, UTF-8 is tried, then Windows-1252 (what Excel on Windows
+    saves as "CSV"), with a warning naming the file and the encoding, since
+    a guess may be wrong. Raises LiserError naming the file, line and byte
+    when neither decodes (cp1252 leaves 0x81, 0x8D, 0x8F, 0x90, 0x9D undefined).
+    """
+    import codecs
+    import warnings
+
+    path = Path(path)
+    data = path.read_bytes()
+    boms = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+            (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+    for bom, enc in boms:  # UTF-32 LE's BOM starts with UTF-16 LE's: test it first
+        if data.startswith(bom):
+            try:
+                return data.decode(enc), enc
+            except UnicodeDecodeError as e:
+                raise LiserError(_undecodable(path, data, e, enc)) from None
+    try:
+        return data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError as e:
+        utf8_error = e
+    try:
+        text = data.decode("cp1252")
+    except UnicodeDecodeError as e:
+        raise LiserError(_undecodable(path, data, e, "utf-8 or cp1252 (Windows-1252)")) from None
+    line = data.count(b"\n", 0, utf8_error.start) + 1
+    warnings.warn(f"{path}: not UTF-8 (byte 0x{data[utf8_error.start]:02x} on line {line}); "
+                  "read as cp1252 (Windows-1252); save it as UTF-8 to be sure", stacklevel=2)
+    return text, "cp1252"
+
+
+def _undecodable(path: Path, data: bytes, e: UnicodeDecodeError, tried: str) -> str:
+    line = data.count(b"\n", 0, e.start) + 1
+    column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+    return (f"{path}:{line}: byte 0x{data[e.start]:02x} (column {column}, offset {e.start}) is not valid {tried}; "
+            "save the file as UTF-8")
 
 
 def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:

@@ -67,16 +67,10 @@ def _start_s(container) -> float:
 
 
 def _to_float(arr: np.ndarray) -> np.ndarray:
-    """Integer or float PCM to float32 in [-1, 1]."""
-    if arr.dtype == np.float32:
-        return arr
-    if arr.dtype == np.float64:
-        return arr.astype(np.float32)
-    if arr.dtype == np.uint8:
-        return (arr.astype(np.float32) - 128.0) / 128.0
-    if np.issubdtype(arr.dtype, np.integer):
-        return (arr.astype(np.float64) / float(np.iinfo(arr.dtype).max + 1)).astype(np.float32)
-    raise TypeError(f"unsupported sample type {arr.dtype}")
+    """Integer or float PCM to float32 in [-1, 1] (liser.audio.pcm_to_float32: uint8 centred on 128)."""
+    from .audio import pcm_to_float32
+
+    return pcm_to_float32(arr)
 
 
 def read_audio_track(path: str | Path) -> tuple[np.ndarray, int]:

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import LiserError
+from ..util import follow_umask
 
 # Canonical emotion vocabulary, in this order everywhere. Each corpus maps its
 # own codes onto these names; RAVDESS's `calm` stays its own class (the 8-class
@@ -100,6 +101,7 @@ class Manifest:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
         try:
+            follow_umask(tmp, directory=True)  # mkdtemp made it 0700; the files inside follow the umask already
             with open(tmp / "manifest.csv", "w", newline="") as f:
                 w = csv.DictWriter(f, fieldnames=ROW_FIELDS)
                 w.writeheader()
@@ -185,36 +187,21 @@ def probe(path: Path) -> tuple[float, int, int]:
     """Open a file and check it: returns (duration_s, sample_rate, channels).
 
     Raises LiserError with the reason for files the student cannot use:
-    a Git LFS pointer, unreadable, 0 samples, shorter than one STFT window,
-    NaN/inf, silent.
+    a broken symbolic link (naming its target), empty (0 bytes),
+    unreadable, 0 samples, shorter than one STFT window, NaN/inf, silent
+    (RMS after removing the mean below -100 dBFS: a constant signal is
+    silent). Reads through liser.audio.read_file, as training and predict do.
     """
-    from ..audio import MIN_SAMPLES, SILENCE_RMS, VIDEO_SUFFIXES, check_waveform
+    from ..audio import MIN_SAMPLES, check_not_silent, check_waveform, read_file
 
-    check_not_lfs_pointer(path)
-    if path.suffix.lower() in VIDEO_SUFFIXES:
-        try:
-            from ..video import read_audio_track
-
-            audio, sr = read_audio_track(path)
-        except LiserError:
-            raise
-        except Exception as e:
-            raise LiserError(f"{path}: unreadable audio ({str(e).strip()[:200]})") from None
-    else:
-        import soundfile as sf
-
-        try:
-            audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
-        except Exception as e:
-            raise LiserError(f"{path}: unreadable audio ({str(e).strip().splitlines()[0][:200]})") from None
+    check_not_lfs_pointer(path)  # before decoding: a decoder would only say "unreadable"
+    audio, sr = read_file(path)
     channels = audio.shape[1] if audio.ndim == 2 else 1
     check_waveform(audio, str(path))
     n = audio.shape[0]
     if n * 16_000 / sr < MIN_SAMPLES:
         raise LiserError(f"{path}: too short ({n / sr:.3f} s; at least one 128 ms STFT window is needed)")
-    rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
-    if rms < SILENCE_RMS:
-        raise LiserError(f"{path}: silent (RMS {rms:.1e})")
+    check_not_silent(audio, str(path))
     return n / sr, int(sr), int(channels)
 
 
@@ -269,9 +256,15 @@ def check_root(root: str | Path, corpus: str) -> Path:
 
 
 def audio_files(root: Path, suffixes=(".wav", ".flac", ".ogg", ".opus", ".mp3")) -> list[Path]:
-    """All audio files under root, sorted, by suffix (case-insensitive)."""
+    """All audio files under root, sorted, by suffix (case-insensitive).
+
+    Broken symbolic links with such a suffix are listed too, so that
+    `build_manifest` puts them in rejected.csv ("broken symbolic link ->
+    target") instead of the file vanishing without a word.
+    """
     return sorted(p for p in root.rglob("*")
-                  if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith("."))
+                  if (p.is_file() or (p.is_symlink() and not p.exists()))
+                  and p.suffix.lower() in suffixes and not p.name.startswith("."))
 
 
 def rel(path: Path, root: Path) -> str:

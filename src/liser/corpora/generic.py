@@ -3,11 +3,13 @@
 `prepare_generic`: a CSV (default `root/labels.csv`; a given `csv` path is
 taken as is, relative to the working directory) with columns `path`,
 `speaker`, `label` and optionally `gender`; paths are relative to the root.
+Its encoding: UTF-8, UTF-16/32 with a byte-order mark, or Windows-1252
+with a warning naming the file (liser.util.read_text_guess).
 Labels are the canonical names (`base.EMOTIONS`) or a common alias
 (anger, fear, happiness, ...), any case; anything else is an error naming
 the CSV line, since a typo would otherwise become a class of its own. A
 listed file that does not exist is an error too (the CSV is wrong); a file
-that exists but cannot be used goes to `rejected`.
+that exists but cannot be used, or a broken symbolic link, goes to `rejected`.
 
 `prepare_unlabeled`: every audio or video file under the root, label "",
 speaker = the first folder under the root (the file stem for files at the
@@ -16,12 +18,13 @@ top level). Video files are read through their audio track.
 
 from __future__ import annotations
 
+import io
 from csv import DictReader
 from pathlib import Path
 
 from ..audio import VIDEO_SUFFIXES
 from ..errors import LiserError
-from ..util import AUDIO_SUFFIXES
+from ..util import AUDIO_SUFFIXES, read_text_guess
 from .base import EMOTIONS, Candidate, Manifest, audio_files, build_manifest, check_root, rel
 
 ALIASES = {
@@ -53,7 +56,8 @@ def prepare_generic(root: str | Path, progress: bool = True, csv: str | Path | N
         raise LiserError(f"{csv_path}: no such label CSV (columns path,speaker,label[,gender]){hint}")
     resolved_root = root.resolve()
     cands = []
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+    text, _encoding = read_text_guess(csv_path)  # BOM, else UTF-8, else cp1252 with a warning
+    with io.StringIO(text, newline="") as f:
         reader = DictReader(f)
         columns = [c.strip() for c in reader.fieldnames or []]
         missing = [c for c in ("path", "speaker", "label") if c not in columns]
@@ -77,7 +81,9 @@ def prepare_generic(root: str | Path, progress: bool = True, csv: str | Path | N
                     p = p.resolve().relative_to(resolved_root)
                 except ValueError:
                     raise LiserError(f"{where}: {path} is outside the root {root}") from None
-            if not (root / p).is_file():
+            if (root / p).is_symlink() and not (root / p).exists():
+                pass  # a broken link is the file's problem, not the CSV's: rejected.csv says where it points
+            elif not (root / p).is_file():
                 raise LiserError(f"{where}: no such file {root / p}")
             cands.append(Candidate(p.as_posix(), speaker, canon, gender))
     if not cands:
