@@ -170,3 +170,51 @@ def test_cli_evaluate_on_errors_are_one_line(trained_run, tmp_path, capsys):
         assert main(["evaluate", str(trained_run), "--work", str(tmp_path / "work"), *argv]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and msg in err[0], (argv, err)
+
+
+# ---------------------------------------------------------------- bench/bench_cross_corpus.py
+
+
+def load_bench():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_cross_corpus.py"
+    spec = importlib.util.spec_from_file_location("bench_cross_corpus", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bench_cross_corpus_matrix_shape_and_details(trained_run, tmp_path, capsys):
+    bench = load_bench()
+    folds = tmp_path / "grid" / "no-dstl" / "default"  # a grid configuration's folder of fold<k>/ runs
+    folds.mkdir(parents=True)
+    (folds / "fold0").symlink_to(trained_run)
+    emodb, tess = small_emodb(tmp_path / "emodb"), small_tess(tmp_path / "tess")
+    out = tmp_path / "results" / "cross_corpus.json"
+    argv = ["--student", f"ravdess/no-dstl={folds}", "--student", f"ravdess/same={trained_run}",
+            "--test", f"ravdess:{real('ravdess')}", "--test", f"emodb:{emodb}", "--test", f"tess:{tess}",
+            "--map", "boredom=neutral", "calm=neutral", "--stride", "1", "--work", str(tmp_path / "work"), "--json", str(out)]
+    assert bench.main(argv) == 0
+    mat = json.loads(out.read_text())
+    assert list(mat) == ["ravdess"] and list(mat["ravdess"]) == ["no-dstl", "same"]
+    row = mat["ravdess"]["no-dstl"]
+    assert list(row) == ["ravdess", "emodb", "tess"] and all(0 <= v <= 1 for v in row.values())
+    assert mat["ravdess"]["same"] == row  # one fold: the folder and the run itself agree
+    # the diagonal is the run's own test speakers (metrics.json), not the whole corpus
+    assert row["ravdess"] == json.loads((trained_run / "metrics.json").read_text())["test"]["uar"]
+    det = json.loads((out.parent / "cross_corpus_details.json").read_text())
+    emodb_fold = det["matrix"]["ravdess"]["no-dstl"]["emodb"]["folds"]["fold0"]
+    assert emodb_fold["mapping"]["boredom"] == "neutral" and emodb_fold["dropped"] == {} and emodb_fold["n"] == 14
+    assert det["matrix"]["ravdess"]["no-dstl"]["ravdess"]["folds"]["fold0"]["in_corpus"] is True
+    assert det["map"] == ["boredom=neutral", "calm=neutral"]  # calm: no test corpus here has it, skipped
+    assert "| ravdess / no-dstl |" in capsys.readouterr().out
+
+
+def test_bench_cross_corpus_bad_student_is_one_line(tmp_path, capsys):
+    bench = load_bench()
+    assert bench.main(["--student", f"ravdess={tmp_path}", "--json", str(tmp_path / "x.json")]) == 2
+    assert "expected TRAIN_CORPUS/CONFIGURATION=RUN_OR_FOLDS_DIR" in capsys.readouterr().err
+    assert bench.main(["--student", f"ravdess/x={tmp_path}", "--json", str(tmp_path / "x.json")]) == 2
+    assert "neither a run directory" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
