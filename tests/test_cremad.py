@@ -224,3 +224,40 @@ def test_shipped_cremad_folds_against_the_real_manifest(tmp_path):
     train, val, test, classes = fold_items(cfg, m)
     assert classes == ["neutral", "happy", "sad", "angry", "fearful", "disgust"]
     assert not {it.speaker for it in train} & {it.speaker for it in test}
+
+
+# ---------------------------------------------------------------- the CREMA-D experiment configs
+
+
+def test_cremad_grid_is_table2_with_calibration_rows_and_figure2(monkeypatch):
+    from collections import Counter
+
+    from liser.config import Config
+    from liser.experiment import expand_grid, load_grid
+
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(repo)  # grids name their base and teacher configs relative to the repository
+    g = load_grid("configs/grid-cremad-cpu.yaml")
+    runs = expand_grid(g, 5)
+    counts = Counter((r["config"], r["fraction"]) for r in runs)
+    assert {c for c, _ in counts} == {"no-dstl", "vid-dstl", "sp-dstl", "vid-sp-dstl", "conf-vid-sp-dstl",
+                                      "conf-T-vid-sp-dstl", "entropy-vid-sp-dstl"}
+    for name in ("no-dstl", "vid-sp-dstl"):  # Figure 2: every fraction on every fold
+        assert {f for c, f in counts if c == name} == {0.25, 0.5, 0.75, 1.0}
+    assert len(runs) == 65 and set(counts.values()) == {5}
+    by = {r["config"]: r["cfg"] for r in runs if r["fraction"] == 1.0 and r["fold"] == 0}
+    assert (by["conf-vid-sp-dstl"].weighting, by["conf-vid-sp-dstl"].temperature_sd) == ("confidence", 1.0)
+    assert (by["conf-T-vid-sp-dstl"].weighting, by["conf-T-vid-sp-dstl"].temperature_sd) == ("confidence", 0.0)
+    assert by["entropy-vid-sp-dstl"].weighting == "entropy"
+    assert by["no-dstl"].lambda_sd == by["no-dstl"].lambda_vd == 0 and by["vid-dstl"].lambda_sd == 0
+    for cfg in by.values():
+        assert cfg.corpus == "cremad" and cfg.speech_store == "work/stores/cremad/speech-fold{fold}"
+        assert cfg.speech_teacher == "configs/teacher-speech-whisper.yaml"
+        # the pool is everything that is not CREMA-D
+        assert sorted(u.split(":")[0] for u in cfg.unlabeled) == ["emodb", "ravdess", "tess", "urdu", "videos"]
+        assert not any("cremad" in u for u in cfg.unlabeled)
+        assert cfg.level_norm and cfg.aug_noise_p > 0  # the liser recipe
+    teacher = Config.load("configs/cremad-vid-sp-dstl.yaml")  # what the teacher commands read
+    assert (teacher.corpus, teacher.speech_store, teacher.unlabeled) == ("cremad", by["sp-dstl"].speech_store,
+                                                                         by["sp-dstl"].unlabeled)
+    assert Config.load("configs/cremad-no-dstl.yaml").corpus == "cremad"
