@@ -261,3 +261,32 @@ def test_cremad_grid_is_table2_with_calibration_rows_and_figure2(monkeypatch):
     assert (teacher.corpus, teacher.speech_store, teacher.unlabeled) == ("cremad", by["sp-dstl"].speech_store,
                                                                          by["sp-dstl"].unlabeled)
     assert Config.load("configs/cremad-no-dstl.yaml").corpus == "cremad"
+
+
+def test_bench_label_fractions_adds_the_curve_and_the_figure2_claim(tmp_path, capsys):
+    import importlib.util
+    import json
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_label_fractions.py"
+    spec = importlib.util.spec_from_file_location("bench_label_fractions", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def cell(u):
+        return {"uar_mean": u, "uar_std": 0.01, "n_folds": 5}
+
+    grid = {"configs": {"no-dstl": {"0.25": cell(0.40), "0.5": cell(0.45), "1": cell(0.50)},
+                        "vid-sp-dstl": {"0.25": cell(0.44), "0.5": cell(0.52), "1": cell(0.56)},
+                        "sp-dstl": {"1": cell(0.55)}}}
+    (tmp_path / "grid.json").write_text(json.dumps(grid))
+    out = tmp_path / "cremad_distill.json"
+    out.write_text(json.dumps({"configs": {"kept": 1}}))
+    assert bench.main([str(tmp_path / "grid.json"), "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["configs"] == {"kept": 1}  # the other keys are kept
+    assert list(res["fractions"]) == ["no-dstl", "vid-sp-dstl"]  # sp-dstl ran at one fraction only
+    assert res["fractions"]["no-dstl"]["0.5"] == {"uar_mean": 0.45, "uar_std": 0.01, "folds": 5}
+    c = res["figure2_claim"]
+    assert c["holds"] is True and c["difference_points"] == pytest.approx(2.0)
+    assert "yes (2.0 points)" in capsys.readouterr().out
+    assert bench.main([str(tmp_path / "none.json"), "--json", str(out)]) == 2

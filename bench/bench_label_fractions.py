@@ -1,0 +1,86 @@
+"""Figure 2's numbers: the label-fraction curve of a finished grid, and the paper's claim checked.
+
+    .venv/bin/python bench/bench_label_fractions.py runs/grid-cremad-cpu/grid.json \
+        --json bench/results/cremad_distill.json [--distilled vid-sp-dstl]
+
+Reads the grid.json that `liser experiment` (or bench/bench_distill.py)
+wrote and adds two keys to `--json` (made if absent; every other key kept):
+
+- `fractions`: {configuration: {fraction: {uar_mean, uar_std, folds}}} for
+  every configuration run at more than one label fraction;
+- `figure2_claim`: the paper's Figure 2 statement, "with half the labels,
+  distillation beats no-dstl with all of them", as numbers: the distilled
+  configuration's UAR at 0.5, no-dstl's at 1.0, their difference in points,
+  and `holds` (true / false; null when a figure is missing).
+
+The report's PNG of the same curve is written by `liser experiment`
+(report.md, "label fractions"). Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def fractions_of(grid: dict) -> dict:
+    """{configuration: {fraction: {uar_mean, uar_std, folds}}} for configurations with several fractions."""
+    out = {}
+    for name, by_frac in grid.get("configs", {}).items():
+        if len(by_frac) < 2:
+            continue
+        out[name] = {f: {"uar_mean": round(t["uar_mean"], 4), "uar_std": round(t["uar_std"], 4), "folds": t["n_folds"]}
+                     for f, t in sorted(by_frac.items(), key=lambda kv: float(kv[0]))}
+    return out
+
+
+def claim(fractions: dict, distilled: str, baseline: str = "no-dstl") -> dict:
+    """Does `distilled` at half the labels beat `baseline` at all of them? (UAR means over folds)."""
+    half = fractions.get(distilled, {}).get("0.5", {}).get("uar_mean")
+    full = fractions.get(baseline, {}).get("1", {}).get("uar_mean")
+    both = half is not None and full is not None
+    return {"statement": f"{distilled} with 50 % of the labels beats {baseline} with 100 %",
+            "distilled": distilled, "distilled_uar_at_0.5": half, f"{baseline}_uar_at_1": full,
+            "difference_points": round(100 * (half - full), 2) if both else None,
+            "holds": (half > full) if both else None}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("grid_json", help="a grid's grid.json (e.g. runs/grid-cremad-cpu/grid.json)")
+    ap.add_argument("--json", required=True, help="results file to add `fractions` and `figure2_claim` to")
+    ap.add_argument("--distilled", default="vid-sp-dstl", help="the distillation row of the curve (default vid-sp-dstl)")
+    args = ap.parse_args(argv)
+    src = Path(args.grid_json)
+    if not src.is_file():
+        print(f"bench_label_fractions: {src}: no such file (run the grid first)", file=sys.stderr)
+        return 2
+    fr = fractions_of(json.loads(src.read_text()))
+    if not fr:
+        print(f"bench_label_fractions: {src}: no configuration was run at several label fractions", file=sys.stderr)
+        return 2
+    out = Path(args.json)
+    res = json.loads(out.read_text()) if out.is_file() else {}
+    res["fractions"] = fr
+    res["figure2_claim"] = claim(fr, args.distilled)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(res, indent=1) + "\n")
+    os.replace(tmp, out)
+    fracs = sorted({f for by in fr.values() for f in by}, key=float)
+    print("| configuration | " + " | ".join(f"{float(f):.0%} labels" for f in fracs) + " |")
+    print("|---|" + "---|" * len(fracs))
+    for name, by in fr.items():
+        print(f"| {name} | " + " | ".join(f"{by[f]['uar_mean']:.3f} ± {by[f]['uar_std']:.3f}" if f in by else "-"
+                                          for f in fracs) + " |")
+    c = res["figure2_claim"]
+    print(f"\n{c['statement']}: {'yes' if c['holds'] else 'no' if c['holds'] is False else 'unknown'} "
+          f"({c['difference_points']} points)\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
