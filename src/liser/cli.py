@@ -89,7 +89,7 @@ def cmd_train(args) -> int:
 def cmd_cv(args) -> int:
     from .experiment import run_folds
 
-    summary = run_folds(_config(args), folds=_folds(args), jobs=args.jobs, progress=_progress())
+    summary = run_folds(_config(args), folds=_folds(args), jobs=args.jobs, progress=_progress(), ray=args.ray)
     print(summary["table"])
     return 0
 
@@ -134,7 +134,7 @@ def cmd_evaluate_on(args) -> int:
 def cmd_experiment(args) -> int:
     from .experiment import run_grid, summary_table
 
-    res = run_grid(args.grid, args.set or [], args.jobs, progress=_progress(), report=not args.no_report)
+    res = run_grid(args.grid, args.set or [], args.jobs, progress=_progress(), report=not args.no_report, ray=args.ray)
     rows = {name: by_frac.get("1", next(iter(by_frac.values()))) for name, by_frac in res["configs"].items()}
     print(summary_table({n: {**r, "folds": r["n_folds"]} for n, r in rows.items()}))
     return 0
@@ -162,6 +162,13 @@ def cmd_teacher_label(args) -> int:
 
     cfg = _config(args)
     shard = parse_shard(args.shard)
+    if args.ray is not None:  # shards as Ray tasks (liser.distributed); the same functions as below, per shard
+        from .distributed import ray_label
+
+        if args.shard:
+            raise LiserError("--shard and --ray do not go together: with --ray, Ray runs every shard")
+        ray_label(cfg, args.teacher, _folds(args), args.teacher_set or [], args.ray, progress=_progress())
+        return 0
     if args.teacher == "speech":
         speech_teacher_config(cfg, args.teacher_set or [])
         label_speech(cfg, _folds(args), shard, args.teacher_set or [], _progress())
@@ -214,6 +221,12 @@ def _with_config(sp, required: bool = False) -> None:
                     help="override config keys: --set a=1 b=2, or --set a=1 --set b=2")
 
 
+def _with_ray(sp, what: str) -> None:
+    sp.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                    help=f"{what}; ADDRESS: auto (the cluster of `ray start`), HOST:PORT, or none for a local Ray "
+                         "(needs the extra liser[ray]; docs/scale.md)")
+
+
 def add_prepare(sub) -> None:
     sp = sub.add_parser("prepare", help="corpus folder -> manifest directory")
     sp.add_argument("corpus", help="ravdess, cremad, emodb, tess, urdu, generic, unlabeled, videos, mspface")
@@ -245,6 +258,7 @@ def add_cv(sub) -> None:
     _with_config(sp)
     sp.add_argument("--folds", help="comma-separated fold indices (default: all)")
     sp.add_argument("--jobs", type=int, default=1, help="folds trained in parallel processes")
+    _with_ray(sp, "every fold a Ray task")
     sp.set_defaults(func=cmd_cv)
 
 
@@ -271,6 +285,7 @@ def add_experiment(sub) -> None:
                     help="override keys of the grid's base config")
     sp.add_argument("--jobs", type=int, help="runs in parallel processes (default: the grid's `jobs`)")
     sp.add_argument("--no-report", action="store_true", help="only train; write no report")
+    _with_ray(sp, "every run a Ray task (CPUs = the run's threads, a GPU fraction when there is a GPU)")
     sp.set_defaults(func=cmd_experiment)
 
 
@@ -293,6 +308,7 @@ def add_teacher(sub) -> None:
     sp.add_argument("teacher", choices=["speech", "video"])
     common(sp)
     sp.add_argument("--shard", metavar="I/N", help="label only items I, I+N, ... (run N processes, stores merge)")
+    _with_ray(sp, "shards of the pool as Ray tasks, GPU workers where present; the stores merged")
     sp.set_defaults(func=cmd_teacher_label)
 
 

@@ -20,35 +20,54 @@ from .workspace import fold_indices, fold_items, labeled_manifest, run_dir, unla
 
 
 def _train_one(cfg_dict: dict, threads: int, progress: bool) -> str:
-    """One training run in this (or a worker) process; the only use this module makes of liser.train."""
+    """One training run in this process, a local worker's or a Ray worker's (liser.distributed): the one code
+    path for "run one job", and the only use this module makes of liser.train."""
     from .train import train
 
     cfg = Config.from_dict({**cfg_dict, "threads": threads})
     return str(train(cfg, progress=progress))
 
 
-def run_folds(cfg: Config, folds: list[int] | None = None, jobs: int = 1, progress: bool = True) -> dict:
-    """Train and test `cfg` on each fold; write <out>/<name>/summary.json; return the summary."""
+def _train_all(cfg_dicts: list[dict], jobs: int, threads: int, progress: bool, ray: str | None = None) -> list[str]:
+    """Every config through `_train_one`: here (jobs 1), in `jobs` local processes, or as Ray tasks.
+
+    `threads`: torch threads per run (0 = every core here, 1 on Ray). `ray`:
+    None for local processes, else the Ray address (liser.distributed.ray_session).
+    Returns the run directories, in order.
+    """
+    cores = os.cpu_count() or 1
+    if ray is not None:
+        from .distributed import ray_train
+
+        return ray_train(_train_one, cfg_dicts, threads or 1, ray)
+    if jobs == 1:
+        return [_train_one(d, threads or cores, progress) for d in cfg_dicts]
+    import multiprocessing as mp
+
+    per = threads or max(1, cores // jobs)
+    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=tune_malloc) as pool:
+        return list(pool.map(_train_one, cfg_dicts, [per] * len(cfg_dicts), [False] * len(cfg_dicts)))
+
+
+def run_folds(cfg: Config, folds: list[int] | None = None, jobs: int = 1, progress: bool = True,
+              ray: str | None = None) -> dict:
+    """Train and test `cfg` on each fold (`jobs` local processes, or Ray tasks at the address `ray`);
+    write <out>/<name>/summary.json; return the summary."""
     from .evaluate import summarize
     from .features import build_features
 
+    if ray is not None:
+        from .distributed import import_ray
+
+        import_ray()  # without Ray, say so now, before the features are built
     manifest = labeled_manifest(cfg)  # prepare once, before any worker starts
     build_features(manifest, cfg.work, threads=cfg.threads or os.cpu_count() or 1, progress=progress)
     folds = fold_indices(cfg, manifest, folds)
     for k in folds:
         fold_items(cfg.replace(fold=k), manifest)  # bad fold / class settings fail before training
     t0 = time.time()
-    cores = os.cpu_count() or 1
     jobs = max(1, min(jobs, len(folds)))
-    if jobs == 1:
-        runs = [_train_one(cfg.replace(fold=k).to_dict(), cfg.threads or cores, progress) for k in folds]
-    else:
-        import multiprocessing as mp
-
-        per = cfg.threads or max(1, cores // jobs)
-        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=tune_malloc) as pool:
-            runs = list(pool.map(_train_one, [cfg.replace(fold=k).to_dict() for k in folds],
-                                 [per] * len(folds), [False] * len(folds)))
+    runs = _train_all([cfg.replace(fold=k).to_dict() for k in folds], jobs, cfg.threads, progress, ray)
     summary = summarize(runs)
     summary.update({"config": cfg.name, "folds_run": folds, "wall_s": round(time.time() - t0, 1),
                     "runs": runs, "table": summary_table({cfg.name: summary})})
@@ -164,11 +183,16 @@ def fold_count(base: Config, manifest=None) -> int:
 
 
 def run_grid(grid_path: str | Path, overrides: list[str] | tuple = (), jobs: int | None = None,
-             progress: bool = True, report: bool = True) -> dict:
+             progress: bool = True, report: bool = True, ray: str | None = None) -> dict:
     """Run every (configuration x searched values x fraction x fold) of a grid, in parallel
-    processes, skipping finished runs; then pick each fold's values on validation and write the report."""
+    processes (or as Ray tasks at the address `ray`: liser.distributed), skipping finished runs;
+    then pick each fold's values on validation and write the report."""
     from .features import build_features
 
+    if ray is not None:
+        from .distributed import import_ray
+
+        import_ray()  # without Ray, say so now, before the features are built
     grid = load_grid(grid_path, overrides)
     base: Config = grid["base"]
     manifest = labeled_manifest(base)
@@ -180,23 +204,17 @@ def run_grid(grid_path: str | Path, overrides: list[str] | tuple = (), jobs: int
     jobs = jobs or grid["jobs"]
     todo = [r for r in runs if not (run_dir(r["cfg"]) / "metrics.json").is_file()]
     t0 = time.time()
-    cores = os.cpu_count() or 1
-    print(f"grid {grid_path}: {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to go, {jobs} in parallel",
+    where = f"as Ray tasks ({ray})" if ray is not None else f"{jobs} in parallel"
+    print(f"grid {grid_path}: {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to go, {where}",
           flush=True)
     if todo:
-        if jobs == 1:
-            for r in todo:
-                _train_one(r["cfg"].to_dict(), base.threads or cores, progress)
-        else:
-            import multiprocessing as mp
-
-            per = base.threads or max(1, cores // jobs)
-            with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=tune_malloc) as pool:
-                list(pool.map(_train_one, [r["cfg"].to_dict() for r in todo], [per] * len(todo), [False] * len(todo)))
+        _train_all([r["cfg"].to_dict() for r in todo], jobs, base.threads, progress, ray)
     wall = time.time() - t0
     results = collect_grid(runs)
     results.update({"grid": str(grid_path), "wall_s": round(wall, 1), "jobs": jobs, "runs_trained": len(todo),
                     "runs_total": len(runs)})
+    if ray is not None:
+        results["ray"] = ray
     out = Path(base.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "grid.json", json.dumps(results, indent=1) + "\n")

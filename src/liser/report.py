@@ -141,7 +141,8 @@ def _provenance_lines(results: dict, base, grid_path, overrides) -> list[str]:
              f"- labeled data: {base.corpus} at `{base.root}`; folds `{base.folds or base.corpus}`",
              f"- unlabeled data: {', '.join(base.unlabeled) or '(per run)'}",
              f"- runs: {results.get('runs_total')} in the grid, {results.get('runs_trained')} trained by this call "
-             f"in {results.get('wall_s', 0) / 60:.1f} min with {results.get('jobs')} parallel jobs",
+             f"in {results.get('wall_s', 0) / 60:.1f} min "
+             + (f"as Ray tasks (`--ray {results['ray']}`)" if results.get("ray") else f"with {results.get('jobs')} parallel jobs"),
              "", "Base config:", "", "```yaml"]
     return lines + [yaml.safe_dump(base.to_dict(), sort_keys=False).rstrip(), "```", ""]
 
