@@ -132,7 +132,7 @@ def any_output_recalls(cm_any: np.ndarray, cols: list[int]) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- a run on another corpus
-def test_manifest(spec: str, work: str | Path = "work", progress: bool = False):
+def scored_manifest(spec: str, work: str | Path = "work", progress: bool = False):
     """The labeled manifest of `spec`: a manifest directory (used as is) or "corpus:root" (prepared once).
 
     "corpus:root" reuses <work>/manifests/<corpus> when it was prepared from
@@ -167,7 +167,7 @@ def test_manifest(spec: str, work: str | Path = "work", progress: bool = False):
 def evaluate_on(run: str | Path, on: str, maps: dict[str, str] | None = None, stride_s: float = 0.1,
                 work: str | Path | None = None, out: str | Path | None = None, strict: bool = True,
                 threads: int = 2, progress: bool = False) -> dict:
-    """Score a run's best.pt on the corpus `on` (see test_manifest) through the class mapping.
+    """Score a run's best.pt on the corpus `on` (see scored_manifest) through the class mapping.
 
     work: cache root for the test manifest and its log-Mel features (default:
     the run config's `work`). Writes the result as JSON to `out` (default
@@ -189,7 +189,7 @@ def evaluate_on(run: str | Path, on: str, maps: dict[str, str] | None = None, st
     ck = read_checkpoint(run / "best.pt")
     student_classes = list(ck["classes"])
     work = Path(work or cfg.work)
-    manifest = test_manifest(on, work, progress)
+    manifest = scored_manifest(on, work, progress)
     if manifest.corpus == cfg.corpus:
         raise LiserError(f"--on {on}: the student was trained on {cfg.corpus}, so its training speakers are in it; "
                          f"`liser evaluate {run}` scores its fold's test speakers")
