@@ -342,7 +342,10 @@ def add_predict(sub) -> None:
                     help="seconds between 3 s windows: whole-file scoring (default 0.1, the paper's; 3 = non-overlapping, "
                          "~30x faster), and the --timeline / --stream step (default 0.5)")
     sp.add_argument("--hop", dest="stride", type=float, help=argparse.SUPPRESS)  # deprecated name of --stride
-    sp.set_defaults(func=cmd_predict, resumes=False)
+    # glibc thresholds of 1 MB, not training's 1 GB: with a 1 GB trim threshold the blocks of a long file's
+    # reads, its log-Mel chunks and window batches were never given back, and peak RSS grew with the file
+    # (1.27 GB for 10 minutes); with 1 MB, an hour stays under 300 MB (bench/bench_predict_memory.py)
+    sp.set_defaults(func=cmd_predict, resumes=False, malloc_threshold=1 << 20)
 
 
 def add_export(sub) -> None:
@@ -386,9 +389,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .device import tune_malloc
+    from .device import MALLOC_THRESHOLD, tune_malloc
 
-    tune_malloc()  # the command owns its process: large training temporaries stay in the heap (see tune_malloc)
+    # the command owns its process: large training temporaries stay in the heap (see tune_malloc); predict
+    # instead gives temporaries over 1 MB straight back (its malloc_threshold default), so that its memory is bounded
+    tune_malloc(getattr(args, "malloc_threshold", None) or MALLOC_THRESHOLD)
     try:
         return int(args.func(args) or 0)
     except LiserError as e:

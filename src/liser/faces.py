@@ -14,7 +14,9 @@ face (the paper used DeepFace; here OpenCV does the same three steps):
    frames the detection overlapping the previous box most (IoU), or failing
    that the nearest one, continues it. A face is re-acquired from scratch
    only after the track has been lost for `REACQUIRE_S` seconds, so the
-   identity stays the same through short misses.
+   identity stays the same through short misses. With two people in the
+   frame the track therefore follows the larger (more central) face, even
+   while the voice is the other person's: nothing here looks at the audio.
 3. Alignment: a similarity transform (rotation, scale, shift) of the 5
    landmarks onto the ArcFace 112x112 template scaled to `size`, applied to
    the full-resolution frame with `cv2.warpAffine`.

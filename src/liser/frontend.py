@@ -62,7 +62,7 @@ def windows(frames: np.ndarray, stride_s: float = audio.EVAL_STRIDE_S) -> np.nda
     return np.asarray(frames, dtype=np.float32)[idx].transpose(0, 2, 1)
 
 
-def features_from_blocks(blocks, mean: float, n_samples: int, chunk_frames: int = 2048) -> np.ndarray:
+def features_from_blocks(blocks, mean: float, n_samples: int, chunk_frames: int = 512) -> np.ndarray:
     """`features` of a long signal given as consecutive mono 16 kHz blocks, in bounded memory.
 
     `mean` and `n_samples` are the whole signal's (a first pass over it
@@ -71,7 +71,7 @@ def features_from_blocks(blocks, mean: float, n_samples: int, chunk_frames: int 
     DC removal, the same centred Hann STFT with reflect padding at both
     ends (rebuilt here: torch.stft's centre=True pads only a whole signal),
     the same Mel filterbank and dB floor, computed `chunk_frames` frames
-    at a time ([frames, 64] float16; about 17 MB of spectrum per chunk).
+    at a time ([frames, 64] float16; about 4 MB of spectrum per chunk).
     """
     import torch
 

@@ -48,8 +48,9 @@ from .util import AUDIO_SUFFIXES, softmax
 
 MIN_DURATION_S = 0.1  # shorter input is refused (a 3 s window would be >96 % padding)
 # windows per forward pass: the student's conv activations are about 1.5 MB per window, so 512 at once
-# peaked near 2 GB on any file of a minute or more; 32 is as fast per window (a short file has fewer anyway)
-BATCH_WINDOWS = 32
+# peaked near 2 GB on any file of a minute or more; a 3.7 s file at 0.1 s has 8 windows, so short files
+# still take one pass (bench/bench_predict_memory.py measures both)
+BATCH_WINDOWS = 8
 LONG_FILE_S = 300.0  # libsndfile files longer than this are read in blocks (bounded memory), twice
 READ_BLOCK_S = 30.0  # block length of that read, seconds
 INPUT_SUFFIXES = set(AUDIO_SUFFIXES) | audio.VIDEO_SUFFIXES  # what a folder argument is searched for
