@@ -140,7 +140,8 @@ def labeling(tmp: Path, data: dict, pool_files: int, jobs: int, backbone: str) -
 
     pool = tmp / "tess"
     folders = sorted(p for p in (DATA / "tess").iterdir() if p.is_dir())
-    files = [f for d in folders for f in sorted(d.glob("*.opus"))][:: max(1, 2800 // pool_files)][:pool_files]
+    every = [f for d in folders for f in sorted(d.glob("*.opus"))]
+    files = every[:: max(1, len(every) // pool_files)][:pool_files]  # spread over speakers and emotions
     for f in files:
         (pool / f.parent.name).mkdir(parents=True, exist_ok=True)
         (pool / f.parent.name / f.name).symlink_to(f)
