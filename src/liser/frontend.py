@@ -81,7 +81,7 @@ def features_from_blocks(blocks, mean: float, n_samples: int, chunk_frames: int 
     total = 1 + n_samples // hop  # frames of torch.stft(center=True)
     window = torch.hann_window(n_fft)
     mel = torch.from_numpy(audio.mel_filters())
-    out: list[np.ndarray] = []
+    out = np.empty((total, audio.N_MELS), np.float16)  # filled in place: no list of chunks to concatenate
     done = 0  # frames computed
     buf = np.zeros(0, np.float32)  # the reflect-padded signal from frame `done`'s first sample on
     seen, tail = 0, np.zeros(0, np.float32)  # samples of the signal read; its last half+1 of them
@@ -89,14 +89,14 @@ def features_from_blocks(blocks, mean: float, n_samples: int, chunk_frames: int 
     def emit(buf: np.ndarray, final: bool) -> np.ndarray:
         nonlocal done
         k = (len(buf) - n_fft) // hop + 1 if len(buf) >= n_fft else 0
-        k = min(k, total - done) if final else min(k, chunk_frames)
+        k = min(k, total - done) if final else min(k, chunk_frames, total - done)
         if k <= 0:
             return buf
         x = torch.from_numpy(np.ascontiguousarray(buf[: n_fft + (k - 1) * hop]))
         spec = torch.stft(x, n_fft, hop, window=window, center=False, return_complex=True)
         power = spec.real.square() + spec.imag.square()
         db = 10.0 * torch.log10(torch.clamp(torch.matmul(mel, power), min=audio.LOG_FLOOR))
-        out.append(db.T.numpy().astype(np.float16))
+        out[done : done + k] = db.T.numpy()
         done += k
         return buf[k * hop :]
 
@@ -117,4 +117,4 @@ def features_from_blocks(blocks, mean: float, n_samples: int, chunk_frames: int 
         buf = emit(buf, final=True)
         if done == before:
             raise ValueError(f"features_from_blocks: got {seen} samples, expected {n_samples}")
-    return np.concatenate(out)
+    return out
