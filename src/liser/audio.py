@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import LiserError
+from .util import pcm_to_float32  # noqa: F401  (liser.audio.pcm_to_float32 stays the public name)
 
 # ---- the method's constants (SPEC "Student", "Protocol"; one place) ----
 SAMPLE_RATE = 16_000  # Hz: every signal is resampled to this
@@ -112,26 +113,6 @@ def read_file(path: str | Path) -> tuple[np.ndarray, int]:
 def _first_line(e: Exception) -> str:
     text = str(e).strip().splitlines()
     return (text[0] if text else type(e).__name__)[:200]
-
-
-def pcm_to_float32(x: np.ndarray) -> np.ndarray:
-    """Samples of any PCM sample type as float32, integers scaled to [-1, 1).
-
-    float32/float64/float16: values kept as they are. Signed integers
-    (int8/16/32/64) are divided by their full scale (2**(bits-1), so int16
-    32767 -> 0.99997); uint8 is centred on 128 (WAV's 8-bit convention):
-    (x - 128) / 128. Anything else (bool, object, strings, complex,
-    uint16/32/64, which no audio format stores) raises TypeError naming
-    the dtype.
-    """
-    x = np.asarray(x)
-    if x.dtype.kind == "f":
-        return x.astype(np.float32, copy=False)
-    if x.dtype == np.uint8:
-        return ((x.astype(np.float32) - 128.0) / 128.0).astype(np.float32)
-    if x.dtype.kind == "i":
-        return (x.astype(np.float64) / float(2 ** (8 * x.dtype.itemsize - 1))).astype(np.float32)
-    raise TypeError(f"samples of dtype {x.dtype} are not audio: pass float (in [-1, 1]), int8/16/32/64 or uint8 PCM")
 
 
 def downmix(audio: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:

@@ -203,3 +203,23 @@ def models_dir() -> Path:
     if beside_checkout.is_dir():
         return beside_checkout
     return Path.cwd().parent / "shared" / "models"
+
+
+def pcm_to_float32(x: np.ndarray) -> np.ndarray:
+    """Samples of any PCM sample type as float32, integers scaled to [-1, 1).
+
+    float32/float64/float16: values kept as they are. Signed integers
+    (int8/16/32/64) are divided by their full scale (2**(bits-1), so int16
+    32767 -> 0.99997); uint8 is centred on 128 (WAV's 8-bit convention):
+    (x - 128) / 128. Anything else (bool, object, strings, complex,
+    uint16/32/64, which no audio format stores) raises TypeError naming
+    the dtype.
+    """
+    x = np.asarray(x)
+    if x.dtype.kind == "f":
+        return x.astype(np.float32, copy=False)
+    if x.dtype == np.uint8:
+        return ((x.astype(np.float32) - 128.0) / 128.0).astype(np.float32)
+    if x.dtype.kind == "i":
+        return (x.astype(np.float64) / float(2 ** (8 * x.dtype.itemsize - 1))).astype(np.float32)
+    raise TypeError(f"samples of dtype {x.dtype} are not audio: pass float (in [-1, 1]), int8/16/32/64 or uint8 PCM")

@@ -67,8 +67,8 @@ def _start_s(container) -> float:
 
 
 def _to_float(arr: np.ndarray) -> np.ndarray:
-    """Integer or float PCM to float32 in [-1, 1] (liser.audio.pcm_to_float32: uint8 centred on 128)."""
-    from .audio import pcm_to_float32
+    """Integer or float PCM to float32 in [-1, 1] (liser.util.pcm_to_float32: uint8 centred on 128)."""
+    from .util import pcm_to_float32
 
     return pcm_to_float32(arr)
 
