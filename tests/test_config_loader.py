@@ -73,6 +73,23 @@ def test_grid_set_values_keep_their_yaml_types(tmp_path):
     assert load_grid(p, ["epochs=4"])["base"].epochs == 4  # --set wins over the grid's set:
 
 
+def test_grid_row_with_a_list_valued_key_is_fixed_unless_given_a_list_of_lists(tmp_path):
+    from liser.experiment import expand_grid, load_grid
+
+    (tmp_path / "base.yaml").write_text("name: b\n")
+    p = tmp_path / "g.yaml"
+    p.write_text("base: base.yaml\nfolds: [0]\nruns:\n"
+                 "  av: {unlabeled: ['videos:av'], lambda_sd: [0.5, 5]}\n"
+                 "  pools: {unlabeled: [['videos:av'], ['tess:t', 'urdu:u']]}\n")
+    runs = expand_grid(load_grid(p), 1)
+    av = [r for r in runs if r["config"] == "av"]
+    assert [r["variant"] for r in av] == ["lsd0.5", "lsd5"]  # only lambda_sd is searched
+    assert {r["cfg"].unlabeled for r in av} == {("videos:av",)}
+    pools = [r for r in runs if r["config"] == "pools"]
+    assert [r["cfg"].unlabeled for r in pools] == [("videos:av",), ("tess:t", "urdu:u")]
+    assert len({r["variant"] for r in pools}) == 2 and all("/" not in r["variant"] for r in pools)
+
+
 def test_grid_schema_is_a_frozen_dataclass():
     g = Grid()
     with pytest.raises(dataclasses.FrozenInstanceError):

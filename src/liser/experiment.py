@@ -15,7 +15,7 @@ from pathlib import Path
 from .config import Config
 from .device import tune_malloc  # worker processes start with it, as the `liser` command does
 from .errors import LiserError
-from .util import atomic_write_text
+from .util import atomic_write_text, safe_id
 from .workspace import fold_indices, fold_items, labeled_manifest, run_dir, unlabeled_manifests
 
 
@@ -118,12 +118,25 @@ def evaluate_run(run: str | Path, stride_s: float = 0.1, write: bool = False) ->
 
 
 # ---------------------------------------------------------------- grids (Tables 2 and 3, Fig. 2)
-def _as_list(v) -> list:
-    return list(v) if isinstance(v, (list, tuple)) else [v]
-
-
-def _fmt(x: float) -> str:
+def _fmt(x) -> str:
+    """A searched value as part of a run directory's name: 0.5 -> "0.5", a list -> its items joined by "+"."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return safe_id("+".join(map(str, x)) if isinstance(x, (list, tuple)) else str(x))
     return f"{x:g}"
+
+
+def _searched(base: Config, spec: dict) -> dict:
+    """The keys of a grid row searched on validation: a list value, except for keys whose own value is a
+    list (e.g. `unlabeled`), which are searched only when given a list of lists."""
+    defaults = base.to_dict()
+    out = {}
+    for k, v in spec.items():
+        if not isinstance(v, list):
+            continue
+        if isinstance(defaults.get(k), (list, tuple)) and not all(isinstance(x, (list, tuple)) for x in v):
+            continue  # one list-valued setting, fixed for the row
+        out[k] = v
+    return out
 
 
 def load_grid(path: str | Path, overrides: list[str] | tuple = ()) -> dict:
@@ -162,7 +175,7 @@ def expand_grid(grid: dict, n_folds: int) -> list[dict]:
     out = []
     for name, spec in grid["runs"].items():
         spec = dict(spec or {})
-        searched = {k: _as_list(v) for k, v in spec.items() if isinstance(v, list)}
+        searched = _searched(base, spec)
         fixed = {k: v for k, v in spec.items() if k not in searched}
         fractions = grid["fractions"] if name in grid["fraction_runs"] else [1.0]
         keys = sorted(searched)
