@@ -38,14 +38,26 @@ def run_seconds(run_dir: Path) -> float:
 
 
 def grid_span(runs: list[dict]) -> float:
-    """Seconds from the first run's start (its config.yaml) to the last run's end (its metrics.json)."""
-    starts, ends = [], []
+    """Seconds during which at least one run was training: the union of each run's [start (its config.yaml),
+    end (its metrics.json)], so the gaps of a grid stopped and resumed across sessions do not count."""
+    spans = []
     for r in runs:
         d = Path(r["cfg"].out) / r["cfg"].name / f"fold{r['fold']}"
         if (d / "metrics.json").is_file():
-            starts.append((d / "config.yaml").stat().st_mtime)
-            ends.append((d / "metrics.json").stat().st_mtime)
-    return max(ends) - min(starts) if ends else 0.0
+            spans.append(((d / "config.yaml").stat().st_mtime, (d / "metrics.json").stat().st_mtime))
+    total, end = 0.0, float("-inf")
+    for a, b in sorted(spans):
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total
+
+
+def pool_hours(cfg) -> float:
+    """Hours of unlabeled audio in a config's pool (its prepared manifests)."""
+    from liser.workspace import unlabeled_manifests
+
+    return round(sum(it.duration for m in unlabeled_manifests(cfg) for it in m.items) / 3600, 2)
 
 
 def main() -> None:
@@ -55,14 +67,14 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, help="parallel runs (default: the grid's)")
     ap.add_argument("--json", default=None, help="default: bench/results/<corpus>_distill.json")
     ap.add_argument("--collect-only", action="store_true",
-                    help="train nothing: tables and report from the runs that finished (wall = first start to last end)")
+                    help="train nothing: tables and report from the runs that finished (wall = time during which a run was training)")
     ap.add_argument("--machine", default="", help="where the runs were trained, when not here (e.g. a GPU machine)")
     ap.add_argument("--docs", default=None, help="where the report is copied (default: docs/results/<grid name>)")
     args = ap.parse_args()
     os.chdir(REPO)  # the grids' relative paths are relative to the repository
 
     from liser.experiment import collect_grid, expand_grid, fold_count, load_grid, run_grid
-    from liser.report import paired_delta
+    from liser.report import paired_delta, reference_name
 
     grid = load_grid(args.grid, args.set)
     base = grid["base"]
@@ -80,8 +92,8 @@ def main() -> None:
         res = run_grid(args.grid, args.set, args.jobs, progress=False)
         wall = time.time() - t0
 
-    configs, run_s = {}, 0.0
-    ref = res["configs"].get("no-dstl", {}).get("1")
+    configs = {}
+    rows = expand_grid(grid, fold_count(base))
     for name, by_frac in res["configs"].items():
         t = by_frac.get("1")
         if not t:
@@ -90,18 +102,31 @@ def main() -> None:
                "war_mean": round(t["war_mean"], 4), "war_std": round(t["war_std"], 4), "folds": t["n_folds"],
                "uar_per_fold": [round(f["uar"], 4) for f in t["folds"]],
                "val_uar_mean": round(sum(f["val_uar"] for f in t["folds"]) / len(t["folds"]), 4),
-               "best_values": sorted({f["variant"] for f in t["folds"]})}
-        if ref and name != "no-dstl":
+               "best_values": sorted({f["variant"] for f in t["folds"]}),
+               "chosen_per_fold": [f["variant"] for f in t["folds"]]}
+        if len(t.get("variants", {})) > 1:
+            row["variants"] = {v: {k: round(x, 4) if isinstance(x, float) else x for k, x in st.items()}
+                               for v, st in t["variants"].items()}
+        ref_name = reference_name(name, res["configs"])
+        ref = res["configs"].get(ref_name, {}).get("1") if ref_name else None
+        if ref:
             d = paired_delta(t, ref)
             if d:
                 row["uar_gain_points"] = {k: round(v, 2) if isinstance(v, float) else v for k, v in d.items()}
+                row["compared_with"] = ref_name
+        cfg = next(r["cfg"] for r in rows if r["config"] == name)
+        row["recipe"] = "liser" if cfg.level_norm else "paper"
+        row["epochs"] = cfg.epochs
+        if cfg.lambda_sd > 0 or cfg.lambda_vd > 0:
+            row["pool_hours"] = pool_hours(cfg)
         configs[name] = row
-        run_s += sum(run_seconds(Path(f["run_dir"])) for f in t["folds"])
+    run_s = sum(run_seconds(Path(r["cfg"].out) / r["cfg"].name / f"fold{r['fold']}") for r in rows)
 
-    out = {"configs": configs, "wall_s": round(wall, 1), "wall_definition": "grid span: first run's start to last run's end"
+    out = {"configs": configs, "wall_s": round(wall, 1), "wall_definition": "time during which at least one run was training (union of the runs' spans)"
            if args.collect_only else "this call, training included", "runs_trained_this_call": res["runs_trained"],
            "runs_total": res["runs_total"], "jobs": res["jobs"],
-           "run_s_total": round(run_s, 1),
+           "run_s_total": round(run_s, 1), "cpu_hours": round(run_s / 3600, 2),
+           "cpu_hours_definition": "summed epoch times of every run of the grid (every searched value), each run on 1 thread",
            "parallel_speedup": round(run_s / wall, 2) if (args.collect_only or res["runs_trained"] == res["runs_total"]) and wall > 0
            else None,
            "grid": args.grid, "overrides": args.set, "corpus": base.corpus,

@@ -116,10 +116,12 @@ def test_grid_report(setup):
     for v in ("lsd0.5", "lsd1"):
         vals[v] = json.loads((base / "grid" / "vid-sp-dstl" / v / "fold0" / "metrics.json").read_text())["val"]["uar"]
     assert vals[t2["folds"][0]["variant"]] == max(vals.values())
+    # each searched value is also summarised held fixed, from the same runs
+    assert {v: s["val_uar_mean"] for v, s in t2["variants"].items()} == pytest.approx(vals)
     assert set(res["configs"]["no-dstl"]) == {"0.5", "1"}
     report = (base / "grid" / "report.md").read_text()
     for heading in ("Table 2 analogue", "Label fraction", "What g_vd learned", "Teachers", "Provenance",
-                    "Unlabeled data in the teachers' stores"):
+                    "Unlabeled data in the teachers' stores", "Searched values held fixed"):
         assert heading in report, heading
     assert (base / "grid" / "label_fraction.png").is_file()
     # re-running finds every run finished and trains nothing

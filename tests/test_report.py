@@ -22,3 +22,16 @@ def test_paired_delta_uses_only_the_folds_both_finished():
 
 def test_paired_delta_without_common_folds():
     assert paired_delta(_t({3: 0.5}), _t({0: 0.4})) is None
+
+
+def test_each_row_is_compared_with_its_own_recipes_no_dstl():
+    from liser.report import reference_name
+
+    names = {"no-dstl": 0, "sp-dstl": 0, "liser-no-dstl": 0, "liser-sp-dstl": 0, "liser-conf-vid-sp-dstl": 0,
+             "sp-dstl-av-pool": 0}
+    assert reference_name("liser-sp-dstl", names) == "liser-no-dstl"
+    assert reference_name("liser-conf-vid-sp-dstl", names) == "liser-no-dstl"
+    assert reference_name("sp-dstl", names) == "no-dstl"
+    assert reference_name("sp-dstl-av-pool", names) == "no-dstl"
+    assert reference_name("no-dstl", names) is None and reference_name("liser-no-dstl", names) is None
+    assert reference_name("sp-dstl", {"sp-dstl": 0}) is None  # no reference row in the grid

@@ -245,11 +245,13 @@ def collect_grid(runs: list[dict]) -> dict:
     from .evaluate import bootstrap_ci, metrics
 
     chosen: dict[tuple, dict] = {}
+    by_variant: dict[tuple, list] = {}
     for r in runs:
         p = run_dir(r["cfg"]) / "metrics.json"
         if not p.is_file():
             continue
         m = json.loads(p.read_text())
+        by_variant.setdefault((r["config"], r["fraction"], r["variant"]), []).append((m["val"]["uar"], m["test"]["uar"]))
         key = (r["config"], r["fraction"], r["fold"])
         if key not in chosen or m["val"]["uar"] > chosen[key]["val"]["uar"]:
             chosen[key] = {**m, "variant": r["variant"], "run_dir": str(p.parent)}
@@ -273,4 +275,8 @@ def collect_grid(runs: list[dict]) -> dict:
                 t["pooled"] = metrics(t["y_true"], t["y_pred"], t["classes"])
                 t["ci95"] = bootstrap_ci(t["y_true"], t["y_pred"], k)
             del t["y_true"], t["y_pred"]
+    for (name, frac, variant), vt in by_variant.items():  # each searched value held fixed on every fold
+        v, te = np.array(vt).T
+        table[name][_fmt(frac)].setdefault("variants", {})[variant] = {
+            "val_uar_mean": float(v.mean()), "uar_mean": float(te.mean()), "uar_std": float(te.std()), "folds": len(te)}
     return {"configs": table}

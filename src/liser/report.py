@@ -51,10 +51,21 @@ def paired_delta(t: dict, base: dict) -> dict | None:
     return {"mean": float(d.mean()), "std": float(d.std()), "better": int((d > 0).sum()), "folds": len(d)}
 
 
+def reference_name(name: str, names) -> str | None:
+    """The row a configuration is compared with: `P-no-dstl` for the longest prefix P that has one (a recipe
+    family such as `liser-sp-dstl` -> `liser-no-dstl`), else `no-dstl`; None for a reference itself or when absent."""
+    parts = name.split("-")
+    for k in range(len(parts) - 1, 0, -1):
+        ref = "-".join(parts[:k]) + "-no-dstl"
+        if ref in names and ref != name:
+            return ref
+    return "no-dstl" if "no-dstl" in names and not name.endswith("no-dstl") else None
+
+
 def _row(name: str, t: dict, base: dict | None) -> str:
     ci = t.get("ci95", {})
     ci_u = f"[{ci['uar'][0]:.3f}, {ci['uar'][1]:.3f}]" if ci else "-"
-    d = paired_delta(t, base) if base and name != "no-dstl" else None
+    d = paired_delta(t, base) if base and not name.endswith("no-dstl") else None
     delta = f"{d['mean']:+.1f} ± {d['std']:.1f} ({d['better']}/{d['folds']} folds better)" if d else ""
     variants = ", ".join(sorted({f["variant"] for f in t["folds"]}))
     return (f"| {name} | {t['uar_mean']:.3f} ± {t['uar_std']:.3f} | {t['war_mean']:.3f} ± {t['war_std']:.3f} "
@@ -148,16 +159,21 @@ def _provenance_lines(results: dict, base, grid_path, overrides) -> list[str]:
 
 
 def _table_lines(full: dict, base) -> list[str]:
-    """The Table 2 and Table 3 analogues, with deltas against no-dstl."""
-    ref = full.get("no-dstl")
+    """The Table 2 and Table 3 analogues, with deltas against each row's no-dstl (liser.report.reference_name)."""
+
+    def ref(name):
+        r = reference_name(name, full)
+        return full.get(r) if r else None
+
     lines = ["## Table 2 analogue", "",
              "Test UAR / WAR, mean ± std over folds; the 95% interval is a bootstrap over the pooled test files; "
-             "Δ is the test UAR minus no-dstl's, in points, fold by fold on the folds both finished (same folds, seed "
+             "Δ is the test UAR minus its recipe's no-dstl (`liser-…` rows against liser-no-dstl, the others against "
+             "no-dstl), in points, fold by fold on the folds both finished (same folds, seed "
              "and budget): mean ± std over those folds, and on how many the row beats no-dstl. `values` lists what "
              "validation chose per fold.",
              "", "| configuration | UAR | WAR | UAR 95% CI | Δ UAR | folds | values |", "|---|---|---|---|---|---|---|"]
     for name in [n for n in TABLE2 if n in full] + [n for n in full if n not in TABLE2 and n not in TABLE3]:
-        lines.append(_row(name, full[name], ref))
+        lines.append(_row(name, full[name], ref(name)))
     if base.corpus == "ravdess":
         lines += ["", "The paper's RAVDESS figures (UAR / WAR): " +
                   "; ".join(f"{k} {u:.3f} / {w:.3f}" for k, (u, w) in PAPER_RAVDESS.items()) + "."]
@@ -165,7 +181,21 @@ def _table_lines(full: dict, base) -> list[str]:
     if t3:
         lines += ["", "## Table 3 analogue (ablations)", "",
                   "| configuration | UAR | WAR | UAR 95% CI | Δ UAR | folds | values |", "|---|---|---|---|---|---|---|"]
-        lines += [_row(n, full[n], ref) for n in t3]
+        lines += [_row(n, full[n], ref(n)) for n in t3]
+    return lines + _variant_lines(full)
+
+
+def _variant_lines(full: dict) -> list[str]:
+    """Each searched value held fixed on every fold: how much the choice matters (validation and test)."""
+    rows = [(n, v, s) for n, t in full.items() for v, s in sorted(t.get("variants", {}).items())
+            if len(t.get("variants", {})) > 1]
+    if not rows:
+        return []
+    lines = ["", "## Searched values held fixed", "",
+             "The rows above choose a value per fold on validation; here each value is used on every fold.", "",
+             "| configuration | value | val UAR | test UAR | folds |", "|---|---|---|---|---|"]
+    lines += [f"| {n} | {v} | {s['val_uar_mean']:.3f} | {s['uar_mean']:.3f} ± {s['uar_std']:.3f} | {s['folds']} |"
+              for n, v, s in rows]
     return lines
 
 
