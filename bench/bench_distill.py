@@ -53,11 +53,18 @@ def grid_span(runs: list[dict]) -> float:
     return total
 
 
-def pool_hours(cfg) -> float:
-    """Hours of unlabeled audio in a config's pool (its prepared manifests)."""
+def pool_stats(cfg, n_train: int) -> dict:
+    """The config's unlabeled pool (hours, items) and how much of it one run sees: each training step draws
+    `unlabeled_batch` pool items (one random 3 s crop each, liser.train), ceil(n_train / batch_size) steps an
+    epoch, so `pool_passes` = how many times each item is drawn on average."""
+    import math
+
     from liser.workspace import unlabeled_manifests
 
-    return round(sum(it.duration for m in unlabeled_manifests(cfg) for it in m.items) / 3600, 2)
+    items = [it for m in unlabeled_manifests(cfg) for it in m.items]
+    seen = cfg.epochs * math.ceil(n_train / cfg.batch_size) * cfg.unlabeled_batch
+    return {"pool_hours": round(sum(it.duration for it in items) / 3600, 2), "pool_items": len(items),
+            "pool_items_drawn": seen, "pool_passes": round(seen / max(len(items), 1), 2)}
 
 
 def main() -> None:
@@ -118,7 +125,8 @@ def main() -> None:
         row["recipe"] = "liser" if cfg.level_norm else "paper"
         row["epochs"] = cfg.epochs
         if cfg.lambda_sd > 0 or cfg.lambda_vd > 0:
-            row["pool_hours"] = pool_hours(cfg)
+            m0 = json.loads((Path(t["folds"][0]["run_dir"]) / "metrics.json").read_text())
+            row.update(pool_stats(cfg, m0["n_train"]))
         configs[name] = row
     run_s = sum(run_seconds(Path(r["cfg"].out) / r["cfg"].name / f"fold{r['fold']}") for r in rows)
 
