@@ -43,11 +43,16 @@ class Config:
     corpus: str = "ravdess"  # labeled corpus adapter (see `liser prepare --help`)
     root: str = "../shared/data/ravdess"  # labeled corpus root (prepared on first use)
     manifest: str = ""  # prepared manifest directory; "" = <work>/manifests/<corpus>
-    folds: str = ""  # fold file: a shipped name (ravdess, emodb), a path, or "" = the corpus name
+    folds: str = ""  # fold file: a shipped name (ravdess, emodb), a path, "" = the corpus name, or with
+    #   `labeled`: loco (fold k tests on the k-th corpus) | pooled (one fold, test speakers of every corpus)
     fold: int = 0  # which fold to train (0-based)
     work: str = "work"  # cache root: manifests, features, stores
     out: str = "runs"  # where run directories go: <out>/<name>/fold<k>
     classes: tuple = ()  # class names to keep, in order; () = every label of the corpus
+    labeled: tuple = ()  # several labeled corpora as "adapter:root", pooled into one set (speakers become
+    #   "<corpus>/<speaker>"; the pool is named by its adapters joined with "+"); () = `corpus` and `root`
+    class_map: dict = dataclasses.field(default_factory=dict)  # corpus label -> class, applied before
+    #   `classes` keeps its classes ({calm: neutral}; "" drops a label); {} = labels as the corpora name them
     label_fraction: float = 1.0  # fraction of the labeled training files used (stratified by class; Fig. 2)
     # ---- optimisation (SPEC "Protocol") ----
     seed: int = 0  # seeds python, numpy and torch; same seed, machine and thread count = the same run

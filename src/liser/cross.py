@@ -181,6 +181,7 @@ def evaluate_on(run: str | Path, on: str, maps: dict[str, str] | None = None, st
     from .features import build_features
     from .predict import read_checkpoint, student_from_checkpoint
     from .util import atomic_write_text
+    from .workspace import labeled_corpora
 
     run = Path(run)
     if not (run / "best.pt").is_file() or not (run / "config.yaml").is_file():
@@ -190,9 +191,9 @@ def evaluate_on(run: str | Path, on: str, maps: dict[str, str] | None = None, st
     student_classes = list(ck["classes"])
     work = Path(work or cfg.work)
     manifest = scored_manifest(on, work, progress)
-    if manifest.corpus == cfg.corpus:
-        raise LiserError(f"--on {on}: the student was trained on {cfg.corpus}, so its training speakers are in it; "
-                         f"`liser evaluate {run}` scores its fold's test speakers")
+    if manifest.corpus in labeled_corpora(cfg):
+        raise LiserError(f"--on {on}: the student was trained on {manifest.corpus}, so its training speakers may be "
+                         f"in it; `liser evaluate {run}` scores its fold's test speakers")
     items = [it for it in manifest.items if it.label]
     mapping = class_mapping(manifest.classes, student_classes, maps, strict)
     model = student_from_checkpoint(ck, str(run / "best.pt"))

@@ -92,6 +92,50 @@ def folds_for_manifest(manifest, k: int = 5, seed: int = 0) -> Folds:
     return make_folds(genders, k, seed, manifest.corpus)
 
 
+POOLED_SCHEMES = ("loco", "pooled")  # fold schemes of a config that pools several labeled corpora
+
+
+def corpus_folds(speakers: dict[str, str], corpora: list[str], scheme: str = "loco",
+                 val_fraction: float = 0.15, seed: int = 0) -> Folds:
+    """Folds over several pooled corpora, from {speaker: corpus} and the corpora in their config order.
+
+    scheme "loco" (leave one corpus out): fold k tests on every speaker of
+    corpora[k] and trains and validates on the other corpora; in-corpus folds
+    hide how badly a model transfers, this shows it. scheme "pooled": one
+    fold whose test speakers are drawn per corpus, as the validation ones.
+    Validation speakers are drawn per corpus (round(val_fraction * n), at
+    least 1, from a shuffle seeded by `seed` and the corpus name), so they
+    are the same in every fold and every corpus is validated on; a corpus
+    with fewer than 3 speakers (TESS has 2) gives none and only trains.
+    Raises LiserError for an unknown scheme or a corpus without speakers.
+    """
+    if scheme not in POOLED_SCHEMES:
+        raise LiserError(f"folds {scheme!r}: a pooled config's folds are {' or '.join(POOLED_SCHEMES)}")
+    drawn: dict[str, list[str]] = {}  # corpus -> its speakers, shuffled; the first ones validate (then test)
+    for c in corpora:
+        members = sorted(s for s, sc in speakers.items() if sc == c)
+        if not members:
+            raise LiserError(f"folds {scheme}: corpus {c!r} has no speakers in the pooled manifest")
+        random.Random(f"{seed}:{c}").shuffle(members)
+        drawn[c] = members
+    n_val = {c: 0 if len(m) < 3 else max(1, round(val_fraction * len(m))) for c, m in drawn.items()}
+    folds = []
+    for k, held in enumerate(corpora if scheme == "loco" else [None]):
+        train, val, test = [], [], []
+        for c, members in drawn.items():
+            v = n_val[c]
+            if c == held:
+                test += members
+            elif held is None:  # pooled: validation speakers, then as many test speakers, then training
+                val, test, train = val + members[:v], test + members[v : 2 * v], train + members[2 * v :]
+            else:
+                val, train = val + members[:v], train + members[v:]
+        folds.append(Fold(k, tuple(sorted(train)), tuple(sorted(val)), tuple(sorted(test))))
+    out = Folds("+".join(corpora), len(folds), seed, tuple(folds))
+    check_folds(out, source=f"folds {scheme}")
+    return out
+
+
 def load_folds(name_or_path: str | Path) -> Folds:
     """A shipped fold file by corpus name (`ravdess`, `emodb`, `cremad`) or a JSON path."""
     p = Path(name_or_path)

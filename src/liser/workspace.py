@@ -4,12 +4,14 @@ Every stage (training, the teachers, export, experiments, the report) asks
 this module, never another stage, which items and which paths a `Config`
 names. So there is one answer to each question:
 
-    labeled_manifest(cfg)        the labeled corpus, prepared into <work>/manifests/<corpus> on first use
+    labeled_manifest(cfg)        the labeled corpus, prepared into <work>/manifests/<corpus> on first use,
+                                 or with cfg.labeled the pool of several labeled corpora (pooled_manifest)
     unlabeled_manifests(cfg)     each `unlabeled` entry, prepared once under <work>/manifests
     unlabeled_pool(cfg)          those merged into one manifest (optionally only the videos)
     resolve_folds(cfg, m)        the fold file: cfg.folds, else the corpus's shipped one, else generated
     fold_indices(cfg, m)         which folds exist (0 .. k-1)
-    fold_items(cfg, m)           (train, val, test, classes) of cfg.fold, with the label fraction applied
+    fold_items(cfg, m)           (train, val, test, classes) of cfg.fold, labels through cfg.class_map,
+                                 the label fraction applied
 
 and the paths, all under `cfg.work` or `cfg.out`:
 
@@ -82,12 +84,15 @@ def run_dir(cfg: Config) -> Path:
 
 # ---------------------------------------------------------------- manifests
 def labeled_manifest(cfg: Config):
-    """The prepared labeled manifest (prepared into <work>/manifests/<corpus> on first use).
+    """The prepared labeled manifest (prepared into <work>/manifests/<corpus> on first use);
+    with cfg.labeled, the pool of those corpora (pooled_manifest).
 
     Raises LiserError when cfg.manifest names a directory that holds no manifest.
     """
     from .corpora import Manifest, prepare
 
+    if cfg.labeled:
+        return pooled_manifest(cfg)
     path = manifest_dir(cfg)
     if (path / "meta.json").is_file():
         return Manifest.load(path)
@@ -96,6 +101,63 @@ def labeled_manifest(cfg: Config):
     m = prepare(cfg.corpus, cfg.root)
     m.save(path)
     return m
+
+
+def labeled_specs(cfg: Config) -> list[tuple[str, str]]:
+    """(adapter, root) of each labeled corpus: the `labeled` entries in order, else (corpus, root).
+
+    Raises LiserError for an entry that is not "adapter:root" or an adapter named twice.
+    """
+    if not cfg.labeled:
+        return [(cfg.corpus, cfg.root)]
+    out = []
+    for spec in cfg.labeled:
+        adapter, sep, root = str(spec).partition(":")
+        if not sep or not adapter or not root:
+            raise LiserError(f"labeled: {spec!r} is not adapter:root (e.g. ravdess:../shared/data/ravdess)")
+        out.append((adapter, root))
+    names = [a for a, _ in out]
+    if len(set(names)) < len(names):
+        raise LiserError(f"labeled: a corpus is named twice in {names}")
+    return out
+
+
+def prepared(work: str | Path, adapter: str, root: str, progress: bool = True):
+    """The manifest of one labeled "adapter:root", prepared once: <work>/manifests/<adapter> when it was
+    prepared from the same root (a single-corpus config's), else <work>/manifests/labeled-<adapter>-<hash>."""
+    import json
+
+    from .corpora import Manifest, prepare
+
+    absroot = str(Path(root).resolve())
+    key = hashlib.sha256(absroot.encode()).hexdigest()[:8]
+    own, mine = Path(work) / "manifests" / adapter, Path(work) / "manifests" / f"labeled-{adapter}-{key}"
+    for d in (own, mine):
+        if (d / "meta.json").is_file() and json.loads((d / "meta.json").read_text()).get("root") == absroot:
+            return Manifest.load(d)
+    m = prepare(adapter, root, progress=progress)
+    m.save(mine)
+    return m
+
+
+def pooled_manifest(cfg: Config):
+    """The corpora of cfg.labeled in one manifest, named by their adapters joined with "+".
+
+    Item ids stay (they start with the corpus), paths become absolute and
+    speakers become "<corpus>/<speaker>" (EmoDB's "03" is not RAVDESS's);
+    `corpus` of each item still names its own corpus (the LOCO folds read it).
+    """
+    from .corpora import merge_manifests
+
+    ms = [prepared(cfg.work, adapter, root) for adapter, root in labeled_specs(cfg)]
+    pool = merge_manifests(ms, name="+".join(m.corpus for m in ms))
+    pool.items = [type(it)(**{**it.__dict__, "speaker": f"{it.corpus}/{it.speaker}"}) for it in pool.items]
+    return pool
+
+
+def labeled_corpora(cfg: Config) -> list[str]:
+    """Names of the corpora a config trains on (its labeled corpus, or each of `labeled`)."""
+    return [adapter for adapter, _ in labeled_specs(cfg)]
 
 
 def unlabeled_manifests(cfg: Config) -> list:
@@ -154,8 +216,13 @@ def resolve_folds(cfg: Config, manifest):
     `folds: ravdes` is an error, never a silent fallback to generated folds).
     The folds are checked against the manifest (no speaker leak, none unknown or left out).
     """
-    from .folds import check_folds, folds_for_manifest, load_folds
+    from .folds import POOLED_SCHEMES, check_folds, corpus_folds, folds_for_manifest, load_folds
 
+    if cfg.labeled and cfg.folds in POOLED_SCHEMES + ("",):  # several corpora: folds by corpus (default loco)
+        speakers = {it.speaker: it.corpus for it in manifest.items}
+        return corpus_folds(speakers, labeled_corpora(cfg), cfg.folds or "loco", seed=cfg.seed)
+    if cfg.folds in POOLED_SCHEMES:
+        raise LiserError(f"folds {cfg.folds!r} splits several corpora by corpus: it needs `labeled` (corpus:root, ...)")
     name = cfg.folds or manifest.corpus
     try:
         folds = load_folds(name)
@@ -180,11 +247,13 @@ def fold_items(cfg: Config, manifest):
     Raises LiserError for an unknown class, a label fraction outside (0, 1] or a bad fold.
     """
     fold = resolve_folds(cfg, manifest)[cfg.fold]
-    classes = list(cfg.classes) if cfg.classes else manifest.classes
-    unknown = set(classes) - set(manifest.classes)
+    items = mapped_items(cfg, manifest)
+    present = manifest_classes(items)
+    classes = list(cfg.classes) if cfg.classes else present
+    unknown = set(classes) - set(present)
     if unknown:
-        raise LiserError(f"classes: {sorted(unknown)} not in the {manifest.corpus} labels {manifest.classes}")
-    keep = [it for it in manifest.items if it.label in classes]
+        raise LiserError(f"classes: {sorted(unknown)} not in the {manifest.corpus} labels {present}")
+    keep = [it for it in items if it.label in classes]
     train = [it for it in keep if it.speaker in set(fold.train)]
     val = [it for it in keep if it.speaker in set(fold.val)]
     test = [it for it in keep if it.speaker in set(fold.test)]
@@ -193,6 +262,34 @@ def fold_items(cfg: Config, manifest):
     if cfg.label_fraction < 1:
         train = stratified_fraction(train, cfg.label_fraction, cfg.seed)
     return train, val, test, classes
+
+
+def mapped_items(cfg: Config, manifest) -> list:
+    """The manifest's items with cfg.class_map applied to their labels ("" drops an item).
+
+    Raises LiserError for a map whose source is no label of the manifest (a
+    typo must not silently leave a class unmapped).
+    """
+    if not cfg.class_map:
+        return list(manifest.items)
+    labels = set(manifest.classes)
+    for src in cfg.class_map:
+        if src not in labels:
+            raise LiserError(f"class_map: {src!r} is not a label of the {manifest.corpus} manifest {manifest.classes}")
+    out = []
+    for it in manifest.items:
+        label = cfg.class_map.get(it.label, it.label) or ""
+        if label:
+            out.append(it if label == it.label else type(it)(**{**it.__dict__, "label": label}))
+    return out
+
+
+def manifest_classes(items) -> list[str]:
+    """Labels present in items, in the canonical order (liser.corpora.EMOTIONS; unknown names after, sorted)."""
+    from .corpora import EMOTIONS
+
+    present = {it.label for it in items if it.label}
+    return [e for e in EMOTIONS if e in present] + sorted(present - set(EMOTIONS))
 
 
 def stratified_fraction(items, fraction: float, seed: int):
