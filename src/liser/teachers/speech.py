@@ -763,9 +763,31 @@ def _set_threads(cfg: SpeechTeacherConfig) -> None:
         torch.set_num_threads(cfg.threads)
 
 
+@dataclass
+class _FitData:
+    """What one teacher fit trains and validates on (step 1 of `fit_speech_teacher`)."""
+
+    tr: list[Item]  # inner training items
+    va: list[Item]  # inner validation items (held-out speakers)
+    y_tr: np.ndarray  # int64 [len(tr)] class indices
+    y_va: np.ndarray  # int64 [len(va)] class indices
+    x_tr: object = None  # frozen: float32 tensor [n_fit, n_states, dim] utterances (then pieces); lora: None
+    x_va: object = None  # frozen: float32 tensor [len(va), n_states, dim]; lora: None
+    y_fit: object = None  # frozen: int64 tensor [n_fit], the class of each row of x_tr; lora: None
+    p_va: list | None = None  # train_pieces: per validation item its piece features [P, n_states, dim]
+
+
 def fit_speech_teacher(manifest: Manifest, train_ids: list[str], out_dir: str | Path,
                        cfg: SpeechTeacherConfig = SpeechTeacherConfig(), progress: bool = False) -> FitResult:
-    """Train a speech teacher on the given items (80/20 inner split by speaker), save the best epoch in out_dir."""
+    """Train a speech teacher on the given items (80/20 inner split by speaker), save the best epoch in out_dir.
+
+    Three steps: the data (`_fit_split`, then `_fit_inputs`: cached frozen
+    features, or LoRA adapters), the loop (`_fit_epochs`: one
+    `_train_epoch` and one `_validate` per epoch) and the selection (the
+    best-validation epoch's weights, `_keep_best`). Raises LiserError for an
+    unknown mode, epochs < 1, ids not in the manifest, unlabeled items, or
+    train_pieces outside frozen mode.
+    """
     import torch
 
     if cfg.mode not in MODES:
@@ -773,15 +795,8 @@ def fit_speech_teacher(manifest: Manifest, train_ids: list[str], out_dir: str | 
     if cfg.epochs < 1:
         raise LiserError(f"speech teacher: epochs must be >= 1 (got {cfg.epochs})")
     _set_threads(cfg)
-    items = _items_by_id(manifest, train_ids)
     classes = manifest.classes
-    unlabeled = [it.id for it in items if it.label not in classes]
-    if unlabeled:
-        raise LiserError(f"{manifest.corpus} manifest: {len(unlabeled)} training items have no label (e.g. {unlabeled[0]})")
-    tr, va = speaker_split(items, cfg.val_fraction, cfg.seed)
-    y_tr = np.array([classes.index(it.label) for it in tr])
-    y_va = np.array([classes.index(it.label) for it in va])
-
+    data = _fit_split(manifest, train_ids, classes, cfg)
     if cfg.train_pieces and cfg.mode != "frozen":
         raise LiserError("speech teacher: train_pieces is a frozen-mode option")
     torch.manual_seed(cfg.seed)
@@ -790,8 +805,46 @@ def fit_speech_teacher(manifest: Manifest, train_ids: list[str], out_dir: str | 
     head = _make_head(backbone.n_states, backbone.dim, len(classes), cfg.hidden, cfg.dropout, cfg.in_dropout,
                       cfg.head, tuple(cfg.layers))
     head.to(dev)
+    rng = np.random.default_rng(cfg.seed)  # one generator for the stats sample and every LoRA crop, in this order
+    params = _fit_inputs(backbone, head, manifest, data, cfg, rng, progress)
+    history, best, best_state = _fit_epochs(backbone, head, params, manifest, data, cfg, dev, rng, progress)
+    _keep_best(backbone, head, best_state, cfg)
+    tr, va = data.tr, data.va
+    record = {"best_epoch": best[1], "val_uar": best[0], "n_train": len(tr), "n_val": len(va),
+              "train_speakers": sorted({it.speaker for it in tr}), "val_speakers": sorted({it.speaker for it in va}),
+              "history": history}
+    teacher = SpeechTeacher(cfg, classes, head, backbone, record=record)
+    teacher.save(out_dir)
+    return FitResult(teacher=teacher, out_dir=Path(out_dir), teacher_hash=teacher.hash, best_epoch=best[1],
+                     val_uar=best[0], history=history, train_ids=[it.id for it in tr], val_ids=[it.id for it in va])
+
+
+def _fit_split(manifest: Manifest, train_ids: list[str], classes: list[str], cfg: SpeechTeacherConfig) -> _FitData:
+    """The training items split by speaker into inner train / validation, with class indices; LiserError if unlabeled."""
+    items = _items_by_id(manifest, train_ids)
+    unlabeled = [it.id for it in items if it.label not in classes]
+    if unlabeled:
+        raise LiserError(f"{manifest.corpus} manifest: {len(unlabeled)} training items have no label (e.g. {unlabeled[0]})")
+    tr, va = speaker_split(items, cfg.val_fraction, cfg.seed)
+    y_tr = np.array([classes.index(it.label) for it in tr])
+    y_va = np.array([classes.index(it.label) for it in va])
+    return _FitData(tr, va, y_tr, y_va)
+
+
+def _fit_inputs(backbone: Backbone, head, manifest: Manifest, data: _FitData, cfg: SpeechTeacherConfig,
+                rng: np.random.Generator, progress: bool) -> list:
+    """Ready the inputs and return the trainable parameters (the head's, then LoRA's).
+
+    lora: adapters on the backbone, the head's standardisation from 128
+    random training crops of the unchanged backbone. frozen: the cached
+    features of every item into `data` (x_tr, x_va, y_fit; with
+    train_pieces also every training piece and p_va), the head's
+    standardisation from x_tr.
+    """
+    import torch
+
     params = list(head.parameters())
-    rng = np.random.default_rng(cfg.seed)
+    tr, va = data.tr, data.va
     if cfg.mode == "lora":
         backbone.add_lora(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
         params += [p for p in backbone.model.parameters() if p.requires_grad]
@@ -799,61 +852,41 @@ def fit_speech_teacher(manifest: Manifest, train_ids: list[str], out_dir: str | 
             sample = [tr[i] for i in rng.permutation(len(tr))[:128]]
             head.set_stats(torch.cat([backbone.pooled([_crop(load_audio(manifest.abspath(it)), cfg.max_seconds, rng)])
                                       for it in sample]))
-    else:
-        if cfg.train_pieces:  # first: contextual pieces fill the utterance cache in the same encoder pass
-            kind = piece_kind(cfg)
-            p_tr = _features_for(backbone, manifest, tr, kind, cfg, progress, "piece features (train)")
-            p_va = _features_for(backbone, manifest, va, kind, cfg, progress, "piece features (val)")
-        x_tr = torch.from_numpy(np.stack(_features_for(backbone, manifest, tr, "utt", cfg, progress, "features (train)")))
-        x_va = torch.from_numpy(np.stack(_features_for(backbone, manifest, va, "utt", cfg, progress, "features (val)")))
-        y_fit = torch.from_numpy(y_tr)
-        if cfg.train_pieces:
-            x_tr = torch.cat([x_tr, torch.from_numpy(np.concatenate(p_tr).astype(np.float32))])
-            y_fit = torch.cat([y_fit, torch.from_numpy(np.repeat(y_tr, [len(p) for p in p_tr]))])
-        head.set_stats(x_tr)
+        return params
+    if cfg.train_pieces:  # first: contextual pieces fill the utterance cache in the same encoder pass
+        kind = piece_kind(cfg)
+        p_tr = _features_for(backbone, manifest, tr, kind, cfg, progress, "piece features (train)")
+        data.p_va = _features_for(backbone, manifest, va, kind, cfg, progress, "piece features (val)")
+    x_tr = torch.from_numpy(np.stack(_features_for(backbone, manifest, tr, "utt", cfg, progress, "features (train)")))
+    data.x_va = torch.from_numpy(np.stack(_features_for(backbone, manifest, va, "utt", cfg, progress, "features (val)")))
+    y_fit = torch.from_numpy(data.y_tr)
+    if cfg.train_pieces:
+        x_tr = torch.cat([x_tr, torch.from_numpy(np.concatenate(p_tr).astype(np.float32))])
+        y_fit = torch.cat([y_fit, torch.from_numpy(np.repeat(data.y_tr, [len(p) for p in p_tr]))])
+    head.set_stats(x_tr)
+    data.x_tr, data.y_fit = x_tr, y_fit
+    return params
+
+
+def _fit_epochs(backbone: Backbone, head, params: list, manifest: Manifest, data: _FitData, cfg: SpeechTeacherConfig,
+                dev, rng: np.random.Generator, progress: bool) -> tuple[list[dict], tuple[float, int], tuple]:
+    """Train for cfg.epochs epochs; returns (history rows, (best score, best epoch), best (head, LoRA) state).
+
+    The best epoch is the first with the highest validation score (UAR;
+    with train_pieces the mean of utterance and piece-averaged UAR).
+    """
+    import torch
+
     opt = torch.optim.AdamW(params, lr=cfg.resolved_lr(), weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
-    n_fit = len(x_tr) if cfg.mode == "frozen" else len(tr)
-
+    n_fit = len(data.x_tr) if cfg.mode == "frozen" else len(data.tr)
     history, best, best_state = [], (-1.0, 0), None
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.time()
-        head.train()
         order = torch.randperm(n_fit, generator=gen).tolist()
-        total, seen = 0.0, 0
-        if cfg.mode == "lora":
-            backbone.model.train()
-        for a in range(0, len(order), cfg.batch_size):
-            idx = order[a : a + cfg.batch_size]
-            if cfg.mode == "frozen":
-                x, y = x_tr[idx].to(dev), y_fit[idx].to(dev)
-            else:
-                x = backbone.pooled([_crop(load_audio(manifest.abspath(tr[i])), cfg.max_seconds, rng) for i in idx], grad=True)
-                y = torch.as_tensor(y_tr[idx], device=x.device)
-            loss = torch.nn.functional.cross_entropy(head(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-            seen += len(idx)
-        # inner validation
-        head.eval()
-        if cfg.mode == "lora":
-            backbone.model.eval()
-        with torch.no_grad():
-            if cfg.mode == "frozen":
-                logits = head(x_va.to(dev))
-            else:
-                logits = torch.cat([head(backbone.pooled([load_audio(manifest.abspath(it))])) for it in va])
-        pred = logits.argmax(-1).cpu().numpy()
-        row = {"epoch": epoch, "loss": round(total / max(seen, 1), 5), "val_uar": round(uar(y_va, pred), 5),
-               "val_war": round(war(y_va, pred), 5)}
-        score = row["val_uar"]
-        if cfg.train_pieces:
-            pred_p = np.array([teacher_probs.mean(0).argmax() for teacher_probs in
-                               (_head_probs(head, p, dev) for p in p_va)])
-            row["val_uar_pieces"] = round(uar(y_va, pred_p), 5)
-            score = round((row["val_uar"] + row["val_uar_pieces"]) / 2, 5)
+        loss = _train_epoch(backbone, head, opt, order, manifest, data, cfg, dev, rng)
+        row, score = _validate(backbone, head, manifest, data, cfg, dev)
+        row = {"epoch": epoch, "loss": loss, **row}
         row["seconds"] = round(time.time() - t0, 2)
         history.append(row)
         if progress:
@@ -862,19 +895,66 @@ def fit_speech_teacher(manifest: Manifest, train_ids: list[str], out_dir: str | 
             best = (score, epoch)
             best_state = ({k: v.detach().clone() for k, v in head.state_dict().items()},
                           backbone.lora_state() if cfg.mode == "lora" else None)
+    return history, best, best_state
 
+
+def _train_epoch(backbone: Backbone, head, opt, order: list[int], manifest: Manifest, data: _FitData,
+                 cfg: SpeechTeacherConfig, dev, rng: np.random.Generator) -> float:
+    """One pass over `order` (indices into x_tr, or into tr for lora) in batches; the mean loss, rounded."""
+    import torch
+
+    head.train()
+    if cfg.mode == "lora":
+        backbone.model.train()
+    total, seen = 0.0, 0
+    for a in range(0, len(order), cfg.batch_size):
+        idx = order[a : a + cfg.batch_size]
+        if cfg.mode == "frozen":
+            x, y = data.x_tr[idx].to(dev), data.y_fit[idx].to(dev)
+        else:
+            x = backbone.pooled([_crop(load_audio(manifest.abspath(data.tr[i])), cfg.max_seconds, rng) for i in idx],
+                                grad=True)
+            y = torch.as_tensor(data.y_tr[idx], device=x.device)
+        loss = torch.nn.functional.cross_entropy(head(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        total += float(loss.detach()) * len(idx)
+        seen += len(idx)
+    return round(total / max(seen, 1), 5)
+
+
+def _validate(backbone: Backbone, head, manifest: Manifest, data: _FitData, cfg: SpeechTeacherConfig,
+              dev) -> tuple[dict, float]:
+    """Inner-validation metrics of the current weights ({val_uar, val_war[, val_uar_pieces]}) and the selection score."""
+    import torch
+
+    head.eval()
+    if cfg.mode == "lora":
+        backbone.model.eval()
+    with torch.no_grad():
+        if cfg.mode == "frozen":
+            logits = head(data.x_va.to(dev))
+        else:
+            logits = torch.cat([head(backbone.pooled([load_audio(manifest.abspath(it))])) for it in data.va])
+    pred = logits.argmax(-1).cpu().numpy()
+    row = {"val_uar": round(uar(data.y_va, pred), 5), "val_war": round(war(data.y_va, pred), 5)}
+    score = row["val_uar"]
+    if cfg.train_pieces:
+        pred_p = np.array([teacher_probs.mean(0).argmax() for teacher_probs in
+                           (_head_probs(head, p, dev) for p in data.p_va)])
+        row["val_uar_pieces"] = round(uar(data.y_va, pred_p), 5)
+        score = round((row["val_uar"] + row["val_uar_pieces"]) / 2, 5)
+    return row, score
+
+
+def _keep_best(backbone: Backbone, head, best_state: tuple, cfg: SpeechTeacherConfig) -> None:
+    """Load the best epoch's head (and LoRA) weights back, in eval mode."""
     head.load_state_dict(best_state[0])
     head.eval()
     if cfg.mode == "lora":
         backbone.load_lora_state(best_state[1])
         backbone.model.eval()
-    record = {"best_epoch": best[1], "val_uar": best[0], "n_train": len(tr), "n_val": len(va),
-              "train_speakers": sorted({it.speaker for it in tr}), "val_speakers": sorted({it.speaker for it in va}),
-              "history": history}
-    teacher = SpeechTeacher(cfg, classes, head, backbone, record=record)
-    teacher.save(out_dir)
-    return FitResult(teacher=teacher, out_dir=Path(out_dir), teacher_hash=teacher.hash, best_epoch=best[1],
-                     val_uar=best[0], history=history, train_ids=[it.id for it in tr], val_ids=[it.id for it in va])
 
 
 def _head_probs(head, feats: np.ndarray, device: str) -> np.ndarray:
