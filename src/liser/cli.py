@@ -5,7 +5,7 @@
     train       one fold of a configuration          cv          every fold + the summary table
     evaluate    re-evaluate a run / --on a corpus    experiment  a grid of runs + report.md
     teacher     fit a speech teacher per fold; label the unlabeled pool into soft-label stores
-    faces       face tracks of a video manifest      predict     labels with a trained student
+    faces       face tracks of a video manifest      predict     labels with a student (default: the packaged one)
     export      a run's student to ONNX (fp32, int8), parity-checked
 
 Heavy modules are imported inside the handlers, so `liser --help` stays fast
@@ -189,9 +189,11 @@ def cmd_faces(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    from .default_model import model_and_inputs
     from .predict import run_predict
 
-    return run_predict(args.model, args.audio, fmt="json" if args.json else "csv" if args.csv else "text",
+    model, inputs = model_and_inputs(args.inputs)  # [MODEL] AUDIO...: no model = the packaged default
+    return run_predict(model, inputs, fmt="json" if args.json else "csv" if args.csv else "text",
                        timeline=args.timeline, stream_input=args.stream, stride=args.stride, threads=args.threads,
                        raw=args.raw)
 
@@ -327,8 +329,9 @@ def add_predict(sub) -> None:
                                     "any file a path accepts, recognised by content; headerless PCM only with --raw). "
                                     "Exit status 0 if all inputs succeeded, 1 if any failed. It does not resume: "
                                     "an interrupted run starts over.")
-    sp.add_argument("model", help="run directory, best.pt checkpoint or exported .onnx")
-    sp.add_argument("audio", nargs="+", help="audio/video files, folders, or - for stdin")
+    sp.add_argument("inputs", nargs="+", metavar="[MODEL] AUDIO",
+                    help="a model first (run directory, best.pt or .onnx; omitted = the default model that ships "
+                         "with liser), then audio/video files, folders, or - for stdin")
     g = sp.add_mutually_exclusive_group()
     g.add_argument("--json", action="store_true", help="one JSON object per line")
     g.add_argument("--csv", action="store_true", help="CSV with a header row")

@@ -306,11 +306,16 @@ def _check_front_end(fe: dict, source: str) -> None:
             raise LiserError(f"{source}: front end {k}={fe[k]} differs from this liser's {v}")
 
 
-def load(path: str | Path, threads: int | None = None) -> EmotionModel:
-    """A trained student from a run directory, a best.pt checkpoint or an exported .onnx.
+def load(path: str | Path | None = None, threads: int | None = None) -> EmotionModel:
+    """A trained student from a run directory, a best.pt checkpoint or an exported .onnx;
+    None = the packaged default model (liser.default_model).
 
     `threads` sets torch's (process-wide) or the onnxruntime session's CPU thread count; None leaves the default.
     """
+    if path is None:
+        from .default_model import default_model_path
+
+        path = default_model_path()
     path = Path(path)
     if path.is_dir():
         if not (path / "best.pt").is_file():
