@@ -2,14 +2,22 @@
 
 Training (the features cache), evaluation, `liser predict`, `liser.load`
 and `liser export`'s parity check all go through these functions, so a
-prediction on a file is exactly what `liser evaluate` scored:
+prediction on a file is what `liser evaluate` scored:
 
     signal (mono float32, 16 kHz)
-      -> its mean (DC offset) removed                     features()
+      -> its mean (DC offset) removed                     features() / features_numpy()
       -> zero-padded to at least 3 s                      liser.audio.pad_to_clip
-      -> log-Mel [64, frames] (dB)                        liser.audio.log_mel
-      -> [frames, 64] float16 (as the cache stores them)  features()
+      -> log-Mel [64, frames] (dB)                        liser.audio.log_mel (torch) / log_mel_numpy
+      -> [frames, 64] float16 (as the cache stores them)  features() / features_numpy()
       -> 3 s windows [W, 64, 94] every stride_s           windows()
+
+Two implementations of the one definition: `features` (torch, batched on
+any device: the features cache and training) and `features_numpy` (numpy
+only: `liser.load` and `liser predict`, so that inference with an
+ONNX model never imports torch: 2 s and 218 MB of a one-file run). Both read
+the same constants and the same Mel filterbank (`liser.audio.mel_filters`);
+they agree within float16 rounding (tests/test_predict_onnx_notorch.py
+measures it on real files).
 
 The STFT and Mel constants live in liser.audio; `SETTINGS` is what a
 checkpoint records of them and `CACHE_SETTINGS` what keys a features cache.
@@ -17,6 +25,7 @@ checkpoint records of them and `CACHE_SETTINGS` what keys a features cache.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +45,7 @@ CACHE_SETTINGS = {
     "scale": "dB, slaney mel, hann, centred (reflect)",
     "dc": "mean removed",
 }
+CHUNK_FRAMES = 256  # frames per STFT pass of the numpy front end: 4 MB of windowed frames, 4 MB of spectrum
 
 
 def features(signal: np.ndarray) -> np.ndarray:
@@ -62,26 +72,97 @@ def windows(frames: np.ndarray, stride_s: float = audio.EVAL_STRIDE_S) -> np.nda
     return np.asarray(frames, dtype=np.float32)[idx].transpose(0, 2, 1)
 
 
-def features_from_blocks(blocks, mean: float, n_samples: int, chunk_frames: int = 512) -> np.ndarray:
-    """`features` of a long signal given as consecutive mono 16 kHz blocks, in bounded memory.
+# ---------------------------------------------------------------- the numpy front end (inference)
+@lru_cache(maxsize=1)
+def _hann() -> np.ndarray:
+    """The periodic Hann window of N_FFT samples (torch.hann_window's default), float64."""
+    n = np.arange(audio.N_FFT, dtype=np.float64)
+    return 0.5 - 0.5 * np.cos(2.0 * np.pi * n / audio.N_FFT)
+
+
+@lru_cache(maxsize=1)
+def _mel_t() -> np.ndarray:
+    """liser.audio.mel_filters() transposed, [1025, 64] float32 contiguous (frames @ it)."""
+    return np.ascontiguousarray(audio.mel_filters().T)
+
+
+def _mel_db(padded: np.ndarray, out: np.ndarray) -> None:
+    """Fill `out` [k, 64] with the dB log-Mel of the first k frames of `padded` (float32, frame i at i*HOP).
+
+    `padded` already holds the centring (reflect) padding: frame i is
+    padded[i*HOP : i*HOP + N_FFT]. Hann window, real FFT, power, the Slaney
+    Mel filterbank, 10*log10 with the -100 dB floor: liser.audio.log_mel's
+    steps. The FFT is numpy's in float64: its float32 transform is 4x slower
+    here (6 vs 1.4 ms for a 3.7 s file), and scipy.fft, as fast in float32,
+    costs 0.2 s of CPU to import, most of a one-file `liser predict`.
+    """
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    k = len(out)
+    frames = sliding_window_view(padded[: (k - 1) * audio.HOP + audio.N_FFT], audio.N_FFT)[:: audio.HOP]
+    spec = np.fft.rfft(frames * _hann(), axis=1)  # [k, 1025] complex128
+    power = np.square(spec.real, dtype=np.float32)
+    power += np.square(spec.imag, dtype=np.float32)
+    mel = power @ _mel_t()
+    np.maximum(mel, audio.LOG_FLOOR, out=mel)
+    np.log10(mel, out=mel)
+    np.multiply(mel, 10.0, out=out, casting="unsafe")
+
+
+def log_mel_numpy(signal: np.ndarray, chunk_frames: int = CHUNK_FRAMES) -> np.ndarray:
+    """liser.audio.log_mel of one signal in numpy, transposed: [frames, 64] float32 dB, frames = 1 + samples // 512.
+
+    `signal`: 1-D, 16 kHz, more than 1024 samples (the reflect padding
+    needs them; features_numpy pads to 3 s first). Its mean is removed, as
+    log_mel does; the STFT runs `chunk_frames` frames at a time, so a long
+    signal costs its own size plus about 10 MB. Raises ValueError for a
+    signal that is not 1-D or too short.
+    """
+    x = np.asarray(signal, dtype=np.float32)
+    half = audio.N_FFT // 2
+    if x.ndim != 1 or len(x) <= half:
+        raise ValueError(f"log_mel_numpy needs a 1-D signal of more than {half} samples, got shape {x.shape}")
+    x = x - x.mean(dtype=np.float64).astype(np.float32)
+    padded = np.pad(x, half, mode="reflect")  # torch.stft(center=True, pad_mode="reflect")
+    total = 1 + len(x) // audio.HOP
+    out = np.empty((total, audio.N_MELS), np.float32)
+    for a in range(0, total, chunk_frames):
+        k = min(chunk_frames, total - a)
+        _mel_db(padded[a * audio.HOP :], out[a : a + k])
+    return out
+
+
+def features_numpy(signal: np.ndarray) -> np.ndarray:
+    """`features` without torch: [frames, 64] float16 log-Mel of a mono 16 kHz signal (zero-padded to 3 s first).
+
+    Equal to `features` within float16 rounding (float32 FFTs of two
+    libraries round differently); what `liser.load` and `liser predict` use.
+    """
+    signal = np.asarray(signal, dtype=np.float32)
+    if signal.size:
+        signal = (signal - signal.mean(dtype=np.float64)).astype(np.float32)  # DC before the zero padding
+    return log_mel_numpy(audio.pad_to_clip(signal)).astype(np.float16)
+
+
+def features_from_blocks(blocks, mean: float, n_samples: int, chunk_frames: int = CHUNK_FRAMES) -> np.ndarray:
+    """`features_numpy` of a long signal given as consecutive mono 16 kHz blocks, in bounded memory.
 
     `mean` and `n_samples` are the whole signal's (a first pass over it
     knows them); the signal must be at least 3 s long (no zero padding
-    here). The result is `features(signal)` up to float rounding: the same
-    DC removal, the same centred Hann STFT with reflect padding at both
-    ends (rebuilt here: torch.stft's centre=True pads only a whole signal),
-    the same Mel filterbank and dB floor, computed `chunk_frames` frames
-    at a time ([frames, 64] float16; about 4 MB of spectrum per chunk).
+    here). The result is `features_numpy(signal)` up to float rounding: the
+    same DC removal, the same centred Hann STFT with reflect padding at both
+    ends (rebuilt here from the first and last samples), the same Mel
+    filterbank and dB floor, computed `chunk_frames` frames at a time
+    ([frames, 64] float16; about 10 MB of work arrays per chunk). Raises
+    ValueError for fewer than 3 s of samples or a count that differs from
+    `n_samples`.
     """
-    import torch
-
     if n_samples < audio.CLIP_SAMPLES:
         raise ValueError(f"features_from_blocks needs at least {audio.CLIP_SAMPLES} samples, got {n_samples}")
     half, n_fft, hop = audio.N_FFT // 2, audio.N_FFT, audio.HOP
-    total = 1 + n_samples // hop  # frames of torch.stft(center=True)
-    window = torch.hann_window(n_fft)
-    mel = torch.from_numpy(audio.mel_filters())
+    total = 1 + n_samples // hop  # frames of a centred STFT
     out = np.empty((total, audio.N_MELS), np.float16)  # filled in place: no list of chunks to concatenate
+    work = np.empty((chunk_frames, audio.N_MELS), np.float32)
     done = 0  # frames computed
     buf = np.zeros(0, np.float32)  # the reflect-padded signal from frame `done`'s first sample on
     seen, tail = 0, np.zeros(0, np.float32)  # samples of the signal read; its last half+1 of them
@@ -89,14 +170,11 @@ def features_from_blocks(blocks, mean: float, n_samples: int, chunk_frames: int 
     def emit(buf: np.ndarray, final: bool) -> np.ndarray:
         nonlocal done
         k = (len(buf) - n_fft) // hop + 1 if len(buf) >= n_fft else 0
-        k = min(k, total - done) if final else min(k, chunk_frames, total - done)
+        k = min(k, chunk_frames, total - done)
         if k <= 0:
             return buf
-        x = torch.from_numpy(np.ascontiguousarray(buf[: n_fft + (k - 1) * hop]))
-        spec = torch.stft(x, n_fft, hop, window=window, center=False, return_complex=True)
-        power = spec.real.square() + spec.imag.square()
-        db = 10.0 * torch.log10(torch.clamp(torch.matmul(mel, power), min=audio.LOG_FLOOR))
-        out[done : done + k] = db.T.numpy()
+        _mel_db(buf, work[:k])
+        out[done : done + k] = work[:k]
         done += k
         return buf[k * hop :]
 
@@ -105,7 +183,7 @@ def features_from_blocks(blocks, mean: float, n_samples: int, chunk_frames: int 
         if seen == 0:
             if len(x) <= half:
                 raise ValueError("features_from_blocks: the first block must hold more than 1024 samples")
-            buf = x[1 : half + 1][::-1].copy()  # reflect padding of the start (torch.stft, center=True)
+            buf = x[1 : half + 1][::-1].copy()  # reflect padding of the start (a centred STFT)
         seen += len(x)
         tail = np.concatenate([tail, x])[-(half + 1) :]
         buf = np.concatenate([buf, x])

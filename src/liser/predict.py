@@ -12,11 +12,15 @@ All three give the same `EmotionModel` API:
     for w in model.timeline(waveform, sr, hop_s=0.5):   # one Prediction per 3 s window
         print(w.start, w.end, w.label)
 
-Features are exactly the training path's: resample to 16 kHz, down-mix,
-zero-pad to 3 s, log-Mel of the whole signal (`liser.audio.log_mel`),
-rounded through float16 as the features cache stores them, 3 s windows every
-0.1 s (`liser.audio.window_starts`), mean of the `g_sup` logits, softmax for
-the probabilities. So `predict_file` gives what `liser evaluate` scored.
+Features are the training path's: resample to 16 kHz, down-mix, zero-pad
+to 3 s, log-Mel of the whole signal, rounded through float16 as the features
+cache stores them, 3 s windows every 0.1 s (`liser.audio.window_starts`),
+mean of the `g_sup` logits, softmax for the probabilities. So `predict_file`
+gives what `liser evaluate` scored. The log-Mel is the numpy implementation
+(`liser.frontend.features_numpy`, equal to the cache's torch one within
+float16 rounding) for every model kind, so an `.onnx` model is loaded and
+run without importing torch (`liser predict model.onnx` starts in a fraction
+of a second); a run directory or `.pt` needs torch for the student itself.
 
 `liser predict` wraps this for files, folders, stdin (`-`: the bytes of
 any file the path reader accepts, recognised by their content exactly as a
@@ -130,8 +134,8 @@ def prepare_waveform(waveform, sample_rate: int, name: str = "waveform") -> np.n
 
 
 def features(signal: np.ndarray) -> np.ndarray:
-    """[frames, 64] float32 log-Mel of a 16 kHz signal: liser.frontend.features (float16 values, as cached)."""
-    return frontend.features(signal).astype(np.float32)
+    """[frames, 64] float32 log-Mel of a 16 kHz signal: liser.frontend.features_numpy (float16 values, as cached)."""
+    return frontend.features_numpy(signal).astype(np.float32)
 
 
 def windows(frames: np.ndarray, stride_s: float = audio.EVAL_STRIDE_S) -> tuple[np.ndarray, np.ndarray]:
