@@ -7,6 +7,7 @@
     teacher     fit a speech teacher per fold; label the unlabeled pool into soft-label stores
     faces       face tracks of a video manifest      predict     labels with a student (default: the packaged one)
     export      a run's student to ONNX (fp32, int8), parity-checked
+    serve       a web page: the microphone's emotion timeline, live, or an uploaded file's
 
 Heavy modules are imported inside the handlers, so `liser --help` stays fast
 and every command is listed even when an optional dependency is missing:
@@ -198,6 +199,13 @@ def cmd_predict(args) -> int:
                        raw=args.raw)
 
 
+def cmd_serve(args) -> int:
+    from .serve import run_serve
+
+    return run_serve(args.model, host=args.host, port=args.port, hop_s=args.hop, max_upload_mb=args.max_upload_mb,
+                     threads=args.threads)
+
+
 def cmd_export(args) -> int:
     from .export import export_onnx
 
@@ -366,6 +374,21 @@ def add_export(sub) -> None:
     sp.set_defaults(func=cmd_export, resumes=False)
 
 
+def add_serve(sub) -> None:
+    sp = sub.add_parser("serve", help="a web page: the emotion timeline of the microphone, live, or of an uploaded file",
+                        description="Serve one page that records the browser's microphone and draws the student's "
+                                    "timeline live (what `liser predict --timeline` gives on the same audio), or "
+                                    "takes a file upload. Needs the extra: pip install 'liser[serve]'.")
+    sp.add_argument("model", nargs="?", default=None,
+                    help="run directory, best.pt or exported .onnx (default: the packaged default model)")
+    sp.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0 = a free one)")
+    sp.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    sp.add_argument("--hop", type=float, default=0.5, help="seconds between 3 s windows (default 0.5)")
+    sp.add_argument("--max-upload-mb", type=float, default=50.0, help="largest file upload, MB (default 50)")
+    sp.add_argument("--threads", type=int, default=None, help="CPU threads for inference (default: library default)")
+    sp.set_defaults(func=cmd_serve, resumes=False, malloc_threshold=1 << 20)  # predict's memory setting
+
+
 def add_quickstart(sub) -> None:
     sp = sub.add_parser("quickstart", help="the whole LiSER pipeline, small: teachers, a distilled student, report, ONNX")
     sp.add_argument("grid", nargs="?", default="configs/grid-quickstart.yaml",
@@ -376,7 +399,7 @@ def add_quickstart(sub) -> None:
 
 # every command, in the order `liser --help` lists them
 COMMANDS = (add_quickstart, add_prepare, add_folds, add_train, add_cv, add_evaluate, add_experiment,
-            add_teacher, add_faces, add_predict, add_export)
+            add_teacher, add_faces, add_predict, add_export, add_serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
