@@ -7,6 +7,11 @@ women continuing round-robin, so groups are balanced by size and gender.
 The RAVDESS, EmoDB and CREMA-D folds ship with the package
 (`data/folds/*.json`, made by `liser folds MANIFEST -k 5 --seed 0`) so
 results are comparable across users and versions.
+
+A config that pools several labeled corpora (`labeled`) is split by corpus
+instead (`corpus_folds`): `loco` tests each fold on one whole corpus, so a
+figure says how the model does on a corpus it never heard; `pooled` is one
+fold with test speakers drawn from every corpus.
 """
 
 from __future__ import annotations
