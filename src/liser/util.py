@@ -199,10 +199,29 @@ def models_dir() -> Path:
     env = os.environ.get("LISER_MODELS")
     if env:
         return Path(env)
-    beside_checkout = Path(__file__).resolve().parents[3] / "shared" / "models"  # src/liser/util.py -> repo/..
-    if beside_checkout.is_dir():
+    checkout = Path(__file__).resolve().parents[2]  # src/liser/util.py -> the checkout, when this is one
+    beside_checkout = checkout.parent / "shared" / "models"
+    if (checkout / "pyproject.toml").is_file() and beside_checkout.is_dir():
         return beside_checkout
     return Path.cwd().parent / "shared" / "models"
+
+
+def model_path(name: str) -> str:
+    """Where a model named in a config is (a speech teacher's `backbone`).
+
+    `name` itself when it exists; else a path (starting with /, ./ or ../)
+    by its last component in models_dir(), and any other name (e.g.
+    whisper-base-encoder) inside models_dir(), when that exists; else `name`
+    unchanged: a Hugging Face hub id such as facebook/hubert-base-ls960. So
+    `../shared/models/whisper-base-encoder` in a config works from any
+    working directory, and from an installed wheel, wherever $LISER_MODELS
+    (or the shared models folder) holds whisper-base-encoder/.
+    """
+    if Path(name).exists():
+        return name
+    is_path = name.startswith(("/", "./", "../")) or (os.sep != "/" and name.startswith(("." + os.sep, ".." + os.sep)))
+    cand = models_dir() / (Path(name).name if is_path else name)
+    return str(cand) if cand.exists() else name
 
 
 def pcm_to_float32(x: np.ndarray) -> np.ndarray:

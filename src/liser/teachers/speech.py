@@ -46,6 +46,7 @@ from ..device import autocast, resolve_device
 from ..errors import LiserError
 from ..evaluate import uar, war  # the metrics every other stage reports
 from ..store import SoftLabelStore, StoreWriter, n_pieces, sha256_file
+from ..util import model_path
 from ..vad import speech_pieces
 
 FORMAT = "liser-speech-teacher"
@@ -64,7 +65,8 @@ HEADS = ("weighted", "concat")
 class SpeechTeacherConfig:
     """How a speech teacher is built and trained."""
 
-    backbone: str = "facebook/hubert-base-ls960"  # HF hub id or local folder of an audio encoder (the paper's default)
+    backbone: str = "facebook/hubert-base-ls960"  # HF hub id or local folder of an audio encoder (the paper's default);
+    #   a folder not found from here is looked for in $LISER_MODELS / the shared models folder (util.model_path)
     mode: str = "frozen"  # "frozen": cached frozen features + head; "lora": LoRA on q/v + head (the paper's)
     epochs: int = 50  # at most this many epochs; the best inner-validation UAR epoch is kept
     lr: float | None = None  # AdamW learning rate; None = 1e-3 for frozen (head only), 1e-4 for lora (paper)
@@ -189,6 +191,7 @@ class Backbone:
         from transformers import AutoConfig
 
         self.name = backbone
+        backbone = model_path(backbone)  # a local folder from any working directory ($LISER_MODELS); hub ids as they are
         self.device = resolve_device(device)
         try:
             config = AutoConfig.from_pretrained(backbone)
