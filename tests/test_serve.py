@@ -10,9 +10,12 @@ and the label is the same except where the offline top-two gap is within what th
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -65,11 +68,16 @@ def gap(w: dict) -> float:
     return p[-1] - p[-2]
 
 
+def dprob(a: dict, b: dict) -> float:
+    """The largest difference of one class's probability between two windows."""
+    return max(abs(a["probabilities"][c] - b["probabilities"][c]) for c in b["probabilities"])
+
+
 def assert_same_windows(live: list[dict], offline: list[dict]) -> None:
     """The module docstring's comparison, window by window (dicts as Prediction.to_dict gives them)."""
     assert [(w["start"], w["end"]) for w in live] == [(w["start"], w["end"]) for w in offline]
     for a, b in zip(live, offline):
-        dp = max(abs(a["probabilities"][c] - b["probabilities"][c]) for c in b["probabilities"])
+        dp = dprob(a, b)
         assert dp <= PROB_TOL, (a["start"], dp)
         assert a["label"] == b["label"] or gap(b) <= 2 * dp, (a["start"], a["label"], b["label"], gap(b), dp)
 
@@ -265,3 +273,180 @@ def test_help_does_not_import_the_server():
     code = "import sys; from liser import cli; cli.build_parser(); print(sorted(m for m in ('fastapi', 'uvicorn', 'liser.serve') if m in sys.modules))"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+# ---------------------------------------------------------------- a real browser, a fake microphone
+@pytest.fixture(scope="module")
+def chrome_paths():
+    pytest.importorskip("selenium", reason="the browser test drives Chromium with selenium (pip install -e '.[dev]')")
+    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (binary and driver):
+        pytest.skip("needs Debian's Chromium and its driver: apt-get install chromium chromium-driver (.ci/run does)")
+    return binary, driver
+
+
+@contextmanager
+def running(app):
+    """The app on uvicorn in a thread of this process, on a free loopback port; yields its URL."""
+    import uvicorn
+
+    sock = serve.listen("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if server.started:
+            break
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+@contextmanager
+def chromium(chrome_paths, mic_wav: Path):
+    """Headless Chromium whose microphone plays `mic_wav` once (then silence), permission granted."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    binary, driver = chrome_paths
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = binary
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1100,800",
+              "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+              f"--use-file-for-fake-audio-capture={mic_wav}%noloop"):
+        opts.add_argument(a)
+    d = webdriver.Chrome(service=Service(driver), options=opts)  # the system driver: nothing is downloaded
+    try:
+        yield d
+    finally:
+        d.quit()
+
+
+def wait_for(d, script: str, timeout: float = 30.0):
+    """Poll a JavaScript expression in the page until it is truthy; returns its value."""
+    end = time.monotonic() + timeout
+    while True:
+        v = d.execute_script(f"return {script}")
+        if v or time.monotonic() > end:
+            assert v, f"waited {timeout} s for {script}"
+            return v
+        time.sleep(0.1)
+
+
+def locate(received: np.ndarray, x: np.ndarray, skip: int) -> tuple[int, int]:
+    """(z, k): the stream is z zeros (the capture starting up), then x from sample k on.
+
+    k is the least-squares lag of 2 s of the stream from `skip` samples after the zeros:
+    ||head - x[j:j+N]||^2 = E_x(j) - 2 c(j) + const, with c the cross-correlation (by FFT) and E_x the
+    energy of x's N samples from j (a plain correlation peak would favour x's loud parts); k = j - skip.
+    """
+    z = int(np.flatnonzero(received)[0])
+    head = received[z + skip : z + skip + 2 * FAKE_MIC_RATE].astype(np.float64)
+    n = 1 << int(np.ceil(np.log2(len(x) + len(head))))
+    c = np.fft.irfft(np.fft.rfft(x, n) * np.conj(np.fft.rfft(head, n)), n)[: len(x) - len(head)]
+    cs = np.concatenate([[0.0], np.cumsum(np.square(x, dtype=np.float64))])
+    e = cs[len(head) : len(head) + len(c)] - cs[: len(c)]
+    return z, int(np.argmin(e - 2 * c)) - skip
+
+
+def test_browser_records_a_fake_microphone_and_shows_predicts_timeline(chrome_paths, trained_run, speech, tmp_path,
+                                                                       capsys, monkeypatch):
+    """The page, recording Chromium's fake microphone fed a RAVDESS WAV, shows `liser predict --timeline` of it.
+
+    Where the stream starts: the fake microphone starts playing the file when Chromium opens it, and the
+    page's stream begins with a few ms of zeros while the capture starts up, then goes on from sample k of
+    the file (tens of ms in, never the same twice). The audio that reached the server (a spy on
+    LiveTimeline.push) is checked to be that, to 16-bit rounding after its first 50 ms; the page's
+    timeline is then compared with `liser predict --timeline` on the file as heard (a WAV of what the
+    server got, to the file's end), as the module docstring says, for every window whose STFT ends at
+    least 50 ms before the file does (past that the microphone sends silence where predict reflect-pads
+    the file's end).
+    LISER_SERVE_MODEL picks another model, LISER_SERVE_SCREENSHOT a path for the page's screenshot.
+    """
+    from selenium.webdriver.common.by import By
+
+    import liser
+
+    model_path = os.environ.get("LISER_SERVE_MODEL") or str(trained_run)
+    model = liser.load(model_path, threads=1)
+    x = wav_at(speech, FAKE_MIC_RATE, tmp_path / "mic.wav")
+    heard, rates = [], set()
+    push = serve.LiveTimeline.push
+
+    def spy(self, samples):
+        heard.append(np.array(samples, np.float32))
+        rates.add(self.sample_rate)
+        return push(self, samples)
+
+    monkeypatch.setattr(serve.LiveTimeline, "push", spy)
+    with running(serve.make_app(model, HOP)) as url, chromium(chrome_paths, tmp_path / "mic.wav") as d:
+        d.get(url)
+        wait_for(d, "liser.classes.length")
+        d.find_element(By.ID, "record").click()
+        wait_for(d, "document.getElementById('status').textContent.startsWith('recording')")
+        time.sleep(len(x) / FAKE_MIC_RATE + 1.0)  # the whole file, and a second of the silence after it
+        d.find_element(By.ID, "stop").click()
+        wait_for(d, "liser.done")
+        points = d.execute_script("return liser.points")
+        # the table of windows (in a closed <details>: read its text, not what is on screen)
+        rows = d.execute_script("return [...document.querySelectorAll('#rows tr')].map(r => [...r.cells].map(c => c.textContent))")
+        covered = d.execute_script("""const c = document.getElementById('chart'), g = c.getContext('2d');
+            const px = g.getImageData(0, 0, c.width, c.height).data; let n = 0;
+            for (let i = 0; i < px.length; i += 4) if (Math.max(px[i], px[i+1], px[i+2]) - Math.min(px[i], px[i+1], px[i+2]) > 40) n++;
+            return n / (px.length / 4);""")
+        shot = os.environ.get("LISER_SERVE_SCREENSHOT")
+        d.save_screenshot(str(Path(shot) if shot else tmp_path / "serve.png"))
+
+        # the same page takes a file: its timeline is predict's, to the printed digit
+        clip = real_root("ravdess") / "Actor_04" / f"{CLIPS[1]}.flac"
+        d.find_element(By.ID, "file").send_keys(str(clip))
+        wait_for(d, "liser.done && liser.source.startsWith('file')")
+        assert d.execute_script("return liser.points") == predict_timeline(model_path, clip, capsys)
+        # a file that is not audio: said on the page
+        (tmp_path / "notes.txt").write_text("not audio\n" * 50)
+        d.find_element(By.ID, "file").send_keys(str(tmp_path / "notes.txt"))
+        assert "notes.txt: unreadable" in wait_for(d, "document.getElementById('message').textContent")
+        # the microphone closing by itself (unplugged): said, the session ends, the page can record again
+        d.find_element(By.ID, "record").click()
+        wait_for(d, "document.getElementById('status').textContent.startsWith('recording')")
+        time.sleep(0.5)
+        d.execute_script("session.stream.getAudioTracks()[0].dispatchEvent(new Event('ended'))")
+        assert wait_for(d, "document.getElementById('message').textContent") == "the microphone stream ended"
+        wait_for(d, "!document.getElementById('record').disabled")
+
+    # what reached the server: a few ms of zeros while the capture started, then the file from sample k on,
+    # equal to 16-bit rounding (Chromium reads the WAV's positive samples as k/32767, not k/32768) after
+    # the capture's first 50 ms (where a run once had 3 samples 2 LSB off, in the file's near-silent start)
+    received = np.concatenate(heard)
+    assert rates == {FAKE_MIC_RATE}
+    settle = int(0.05 * FAKE_MIC_RATE)
+    z, k = locate(received, x, settle)
+    n = len(x) - k
+    assert z <= 0.1 * FAKE_MIC_RATE and 0 <= k <= 2 * FAKE_MIC_RATE and len(received) >= z + n, (z, k, len(received))
+    np.testing.assert_allclose(received[z + settle : z + n], x[k + settle :], rtol=0, atol=2 / 32768)
+    assert np.abs(received[z : z + settle] - x[k : k + settle]).max() < 1e-3  # -60 dBFS
+    # the file as heard: what the server got, to the file's end (float WAV: the samples exactly)
+    sf.write(str(tmp_path / "heard.wav"), received[: z + n], FAKE_MIC_RATE, subtype="FLOAT")
+    offline = predict_timeline(model_path, tmp_path / "heard.wav", capsys)
+
+    end = (z + n) / FAKE_MIC_RATE - 0.05 - audio.N_FFT / 2 / audio.SAMPLE_RATE  # last STFT sample <= end
+    live = [w for w in points if w["start"] + audio.CLIP_S <= end]
+    want = [w for w in offline if w["start"] + audio.CLIP_S <= end]
+    assert len(want) >= 15
+    assert_same_windows(live, want)
+    # and line up: a window is far closer to its offline twin than to the offline window one hop away
+    # (the tolerance above is wide for a near-uniform model; this is not)
+    twin = np.median([dprob(a, b) for a, b in zip(live, want)])
+    hop_away = np.median([dprob(a, b) for a, b in zip(want[1:], want)])
+    assert twin < hop_away / 5, (twin, hop_away)
+    print(f"median |dp| to the same window {twin:.5f}, between windows a hop apart {hop_away:.5f}")
+    print(f"fake microphone: {z / FAKE_MIC_RATE * 1000:.0f} ms of zeros, then the file from "
+          f"{k / FAKE_MIC_RATE * 1000:.0f} ms; {len(live)} windows "
+          f"compared, {sum(a['label'] == b['label'] for a, b in zip(live, want))} labels equal, max |dp| "
+          f"{max(dprob(a, b) for a, b in zip(live, want)):.4f}")
+    # and the page shows them: one table row per window, the stacked areas drawn
+    assert [r[2] for r in rows] == [w["label"] for w in points] and len(points) >= len(live)
+    assert covered > 0.3
