@@ -163,11 +163,11 @@ class LiveTimeline:
         The segment starts CONTEXT samples before frame `first` (on the frame
         grid) and ends where frame stop-1's STFT ends, or at the stream's end.
         """
-        from .frontend import features
+        from .predict import features  # the front end liser predict uses (numpy: an ONNX model needs no torch)
 
         a = self._segment_start(first)
         b = min(self.total, (stop - 1) * audio.HOP + CONTEXT)
-        return a // audio.HOP, features(self.buf[a - self.buf_start : b - self.buf_start]).astype(np.float32)
+        return a // audio.HOP, features(self.buf[a - self.buf_start : b - self.buf_start])
 
     def _window(self, f: int, frames: tuple[int, np.ndarray]):
         """The prediction of the window starting at stream frame f (through model.timeline_frames)."""
