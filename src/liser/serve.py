@@ -22,7 +22,7 @@ live stream cannot know.
 
 Why FastAPI on uvicorn: a well-kept ASGI stack with WebSockets and
 streamed request bodies built in (an upload over the size limit is refused
-while it arrives, never held whole); it is the optional extra `liser[serve]`,
+as it arrives, never read to its end); it is the optional extra `liser[serve]`,
 imported only when this command runs.
 
 Bad input never stops the server: an empty, garbage or oversized upload is
@@ -188,23 +188,20 @@ def predict_upload(model, data: bytes, name: str, hop_s: float = HOP_S) -> dict:
     3 s window every `hop_s` s). Raises LiserError naming `name` for empty,
     unreadable, too short or silent input.
     """
-    from .predict import read_input
-
     if not data:
         raise LiserError(f"{name}: empty upload (0 bytes)")
     with tempfile.TemporaryDirectory(prefix="liser-upload-") as d:
         tmp = Path(d) / f"upload{_suffix(name)}"  # the suffix tells the reader to try PyAV first for video
         tmp.write_bytes(data)
-        try:
-            sig = read_input(tmp)
+        try:  # predict's own readers: a long file is read in blocks, in bounded memory (liser.predict.file_frames)
+            windows = model.timeline_file(tmp, hop_s)
+            p = model.predict_file(tmp)
         except LiserError as e:
             why = str(e).replace(str(tmp), name)
             if "unreadable" in why or "no audio" in why.lower():
                 why += " (upload an audio file: WAV, FLAC, Ogg/Opus, MP3, or a video with sound)"
             raise LiserError(why) from None
-    p = model.predict(sig, audio.SAMPLE_RATE, name)
-    windows = model.timeline(sig, audio.SAMPLE_RATE, hop_s, name)
-    return {"name": name, "duration": round(len(sig) / audio.SAMPLE_RATE, 3), **p.to_dict(),
+    return {"name": name, "duration": round(windows[-1].end, 3), **p.to_dict(),
             "timeline": [w.to_dict() for w in windows]}
 
 
