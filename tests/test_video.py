@@ -41,11 +41,13 @@ def make_video(
     pts_ms: list[int] | None = None,
     frames: list[np.ndarray] | None = None,
     seed: int = 0,
+    audio_samples: np.ndarray | None = None,
 ) -> Path:
     """Write a tiny H.264 (or MPEG-4) video of noise frames, optionally with a noise AAC track.
 
     `rotation`: counter-clockwise display rotation (PyAV's convention);
-    `pts_ms`: explicit frame times in milliseconds (variable frame rate).
+    `pts_ms`: explicit frame times in milliseconds (variable frame rate);
+    `audio_samples`: float32 mono 16 kHz samples for the AAC track instead of noise.
     """
     import av
 
@@ -73,6 +75,8 @@ def make_video(
         if audio:
             dur = (pts_ms[-1] / 1000 + 1 / fps) if pts_ms is not None else len(frames) / fps
             samples = (0.1 * rng.standard_normal(int(dur * 16000))).astype(np.float32)
+            if audio_samples is not None:
+                samples = np.asarray(audio_samples, np.float32)
             for start in range(0, samples.size, 1024):
                 chunk = samples[start : start + 1024][None, :]
                 af = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="mono")

@@ -184,7 +184,7 @@ def cmd_faces(args) -> int:
     from .util import parse_shard
 
     s = extract_faces_manifest(Manifest.load(args.manifest), args.out, size=args.size, shard=parse_shard(args.shard),
-                               progress=_progress())
+                               progress=_progress(), face_select=args.face_select)
     print(" ".join(f"{k}={v}" for k, v in s.items() if not isinstance(v, (list, dict))))
     return 0
 
@@ -328,6 +328,9 @@ def add_faces(sub) -> None:
     sp.add_argument("-o", "--out", required=True, help="face-track directory (one .npz per video)")
     sp.add_argument("--size", type=int, default=112, help="aligned crop size in pixels (S2D wants 224)")
     sp.add_argument("--shard", metavar="I/N", help="only items I, I+N, ...")
+    sp.add_argument("--face-select", choices=("largest", "active"), default="largest",
+                    help="with several faces: the largest, most central one (default), or the one whose mouth moves "
+                         "with the audio (falls back to the largest without audio or a second face)")
     sp.set_defaults(func=cmd_faces)
 
 

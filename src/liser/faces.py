@@ -15,8 +15,27 @@ face (the paper used DeepFace; here OpenCV does the same three steps):
    that the nearest one, continues it. A face is re-acquired from scratch
    only after the track has been lost for `REACQUIRE_S` seconds, so the
    identity stays the same through short misses. With two people in the
-   frame the track therefore follows the larger (more central) face, even
-   while the voice is the other person's: nothing here looks at the audio.
+   frame this (`face_select="largest"`, the default) follows the larger
+   (more central) face, even while the voice is the other person's.
+   `face_select="active"` looks at the audio as well: every face of every
+   frame is linked into candidate tracks (IoU, as above), each candidate's
+   mouth motion (the frame-to-frame change of the vertical profile of the
+   mouth region of its aligned face: lips opening and closing) is
+   correlated with the audio's short-time spectral change (how much the
+   40 ms log spectrum moves from one frame to the next), and in each frame
+   the present candidate with the highest correlation is the one kept.
+   Spectral change rather than the energy level: on real interview clips
+   the energy level told a face's own audio from another's no better than
+   chance, the spectral change in about 4 cases out of 5 (the numbers are
+   in bench/bench_face_select.py's results). It falls
+   back to the largest face, with the reason logged and stored in the track
+   (`selection`, `selection_note`), when the file has no audio or a silent
+   one, or when fewer than two faces were seen long enough
+   (`ACTIVE_MIN_S`) to be scored; frames where only one candidate can be
+   scored keep the largest face's choice. The signal is weak on small or
+   heavily compressed faces (YuNet's 5 landmarks have no upper/lower lip, so
+   mouth opening is not measured directly): bench/bench_face_select.py
+   measures how often it finds the speaker.
 3. Alignment: a similarity transform (rotation, scale, shift) of the 5
    landmarks onto the ArcFace 112x112 template scaled to `size`, applied to
    the full-resolution frame with `cv2.warpAffine`.
@@ -34,6 +53,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import tempfile
 import time
@@ -45,6 +65,8 @@ import numpy as np
 from .errors import LiserError
 from .util import atomic_write_text, check_shard, follow_umask, models_dir, safe_id  # safe_id: the face-track file names
 
+log = logging.getLogger(__name__)  # active-speaker fallbacks are said here (and stored in the track)
+
 DEFAULT_YUNET = models_dir() / "face-detection" / "face_detection_yunet_2023mar.onnx"  # $LISER_MODELS or ../shared/models
 YUNET_ENV = "LISER_YUNET"  # environment variable naming the YuNet .onnx file
 SCORE_THRESHOLD = 0.6  # YuNet detection score threshold
@@ -52,6 +74,13 @@ DETECT_SIDE = 640  # frames are shrunk to this longer side for detection only ..
 COARSE_SIDE = 320  # ... and to this one for the first, cheaper try
 REACQUIRE_S = 1.0  # after this long without the tracked face, pick the main face anew
 MATCH_IOU = 0.1  # a detection overlapping the previous box at least this much continues the track
+FACE_SELECT = ("largest", "active")  # which face a track follows when there are several (module docstring)
+ACTIVE_MIN_S = 1.0  # active: a candidate needs this many seconds of mouth motion to be scored
+ACTIVE_SMOOTH = 5  # active: frames of the centred moving average applied to both signals before correlating (0.2 s)
+MOUTH_SIDE = 64  # active: the face is aligned at this size for its mouth patch ...
+MOUTH_ROWS, MOUTH_COLS = slice(44, 62), slice(18, 46)  # ... and this is the patch: around the template's mouth corners
+AUDIO_WINDOW_S = 0.04  # active: the audio spectrum of a frame is taken over this long a Hann window at its time ...
+AUDIO_BAND_HZ = (100.0, 4000.0)  # ... between these frequencies (voice, not rumble or hiss)
 
 # ArcFace 5-point template for a 112x112 crop (insightface), YuNet's order.
 ARCFACE_112 = np.array(
@@ -282,6 +311,8 @@ class FaceTrack:
     source: str  # the video's path
     scores: np.ndarray | None = None  # float32 [N] detector score (0 where invalid)
     detector: str = ""  # "yunet" or "haar"
+    selection: str = "largest"  # which rule made the track: "largest" or "active" (FACE_SELECT)
+    selection_note: str = ""  # active: the candidates' correlations, or why it fell back to the largest face
 
     @property
     def size(self) -> int:
@@ -308,6 +339,8 @@ class FaceTrack:
                     fps=np.float64(self.fps),
                     source=np.str_(self.source),
                     detector=np.str_(self.detector),
+                    selection=np.str_(self.selection),
+                    selection_note=np.str_(self.selection_note),
                 )
             follow_umask(tmp)  # mkstemp made it 0600
             os.replace(tmp, path)
@@ -331,6 +364,8 @@ class FaceTrack:
                     source=str(z["source"]),
                     scores=z["scores"] if "scores" in z.files else None,
                     detector=str(z["detector"]) if "detector" in z.files else "",
+                    selection=str(z["selection"]) if "selection" in z.files else "largest",  # files before --face-select
+                    selection_note=str(z["selection_note"]) if "selection_note" in z.files else "",
                 )
         except FileNotFoundError:
             raise LiserError(f"{path}: no such face track file") from None
@@ -338,11 +373,13 @@ class FaceTrack:
             raise LiserError(f"{path}: not a liser face track ({str(e).strip()[:200]})") from None
 
 
-def track_faces(frames, detector: FaceDetector, size: int = 112):
+def track_faces(frames, detector: FaceDetector, size: int = 112, observe=None):
     """Detect, follow and align the main face over (t, rgb) frames.
 
     Returns lists (times, crops, valid, boxes, landmarks, scores). A frame
     object repeated by fps resampling reuses the previous frame's result.
+    `observe(t, rgb, dets, j)`, when given, sees every frame with all the
+    faces detected in it and the index of the main face (None when none).
     """
     times, crops, valid, boxes, marks, scores = [], [], [], [], [], []
     prev_box, last_seen = None, None
@@ -366,6 +403,8 @@ def track_faces(frames, detector: FaceDetector, size: int = 112):
                 prev_box, last_seen = dets.boxes[j], t
                 result = (crop, True, dets.boxes[j], dets.landmarks[j], float(dets.scores[j]))
             last_img, last_result = img, result
+        if observe is not None:
+            observe(t, img, dets, j)
         times.append(t)
         crops.append(result[0])
         valid.append(result[1])
@@ -373,6 +412,193 @@ def track_faces(frames, detector: FaceDetector, size: int = 112):
         marks.append(result[3])
         scores.append(result[4])
     return times, crops, valid, boxes, marks, scores
+
+
+# ---------------------------------------------------------------- active speaker (face_select="active")
+
+
+class _AllFaces:
+    """What pass 1 of the active rule keeps of each frame: its faces, the main face's index, their mouth profiles."""
+
+    def __init__(self):
+        self.times, self.dets, self.main, self.profiles, self.repeat = [], [], [], [], []
+        self._last = None
+
+    def __call__(self, t: float, rgb: np.ndarray, dets: Detections, j: int | None) -> None:
+        repeat = rgb is self._last  # fps resampling yields the same frame object again: no new motion
+        self._last = rgb
+        self.times.append(t)
+        self.dets.append(dets)
+        self.main.append(-1 if j is None else int(j))
+        self.repeat.append(repeat)
+        self.profiles.append(self.profiles[-1] if repeat else [mouth_profile(rgb, lm) for lm in dets.landmarks])
+
+
+def mouth_profile(rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray | None:
+    """Vertical profile of the mouth of a face aligned at MOUTH_SIDE px: float32 [18], the gray patch's row
+    means minus its mean (lips parting move dark and bright rows); None when no alignment fits."""
+    import cv2
+
+    crop = align_face(rgb, landmarks, MOUTH_SIDE)
+    if crop is None:
+        return None
+    patch = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)[MOUTH_ROWS, MOUTH_COLS].astype(np.float32)
+    rows = patch.mean(axis=1)
+    return rows - rows.mean()  # a change of brightness is not a moving mouth
+
+
+def link_candidates(dets: list[Detections], times) -> np.ndarray:
+    """Every face of every frame linked into candidate tracks: int64 [C, N], the detection index per frame or -1.
+
+    A candidate continues with the free detection overlapping its last box
+    most (IoU >= MATCH_IOU; older candidates choose first) until it has been
+    missing for more than REACQUIRE_S; a detection continuing none starts a
+    new candidate.
+    """
+    n = len(dets)
+    rows, last = [], []  # last: (box, time) of each candidate
+    for i, (d, t) in enumerate(zip(dets, times)):
+        free = np.ones(len(d), bool)
+        for c, (box, seen) in enumerate(last):
+            if t - seen > REACQUIRE_S or not free.any():
+                continue
+            overlap = np.where(free, iou(box, d.boxes), -1.0)
+            k = int(np.argmax(overlap))
+            if overlap[k] >= MATCH_IOU:
+                rows[c][i], last[c], free[k] = k, (d.boxes[k], t), False
+        for k in np.flatnonzero(free):
+            rows.append(np.full(n, -1, np.int64))
+            rows[-1][i] = k
+            last.append((d.boxes[k], t))
+    return np.stack(rows) if rows else np.zeros((0, n), np.int64)
+
+
+def mouth_motion(seen: _AllFaces, cand: np.ndarray) -> np.ndarray:
+    """float64 [N]: mean absolute change of a candidate's mouth profile since the frame before; NaN where unknown."""
+    out = np.full(len(cand), np.nan)
+    for i in range(1, len(cand)):
+        a, b = cand[i], cand[i - 1]
+        if a < 0 or b < 0 or seen.repeat[i]:
+            continue
+        p, q = seen.profiles[i][a], seen.profiles[i - 1][b]
+        if p is not None and q is not None:
+            out[i] = float(np.mean(np.abs(p - q)))
+    return out
+
+
+def audio_change(path: str | Path, times) -> tuple[np.ndarray | None, str]:
+    """Short-time spectral change of a video's audio at its frame times: (float64 [N], "") or (None, why).
+
+    For frame i, the log magnitude spectrum (AUDIO_BAND_HZ) of an
+    AUDIO_WINDOW_S Hann window centred on its time; value i is the mean
+    absolute difference from frame i-1's spectrum (NaN for the first frame
+    and for frames past the audio's end). Channels are averaged. None when
+    there is no audio track, it cannot be decoded, or it is silent.
+    """
+    from .video import read_audio_track
+
+    try:
+        audio, sr = read_audio_track(path)
+    except LiserError as e:
+        return None, str(e).split(": ", 1)[-1]
+    x = audio.astype(np.float64).mean(axis=1)
+    if not np.any(x):
+        return None, "silent audio track"
+    win = max(16, int(round(AUDIO_WINDOW_S * sr)))
+    freqs = np.fft.rfftfreq(win, 1.0 / sr)
+    band = (freqs >= AUDIO_BAND_HZ[0]) & (freqs <= AUDIO_BAND_HZ[1])
+    centres = np.round(np.asarray(times, np.float64) * sr).astype(np.int64)
+    inside = (centres >= 0) & (centres < len(x))
+    padded = np.pad(x, (win // 2, win - win // 2))
+    spectra = np.full((len(centres), int(band.sum())), np.nan)
+    for i in np.flatnonzero(inside):  # padded[c : c + win] is centred on sample c
+        spectra[i] = np.log(np.abs(np.fft.rfft(padded[centres[i] : centres[i] + win] * np.hanning(win)))[band] + 1e-6)
+    change = np.full(len(centres), np.nan)
+    change[1:] = np.mean(np.abs(spectra[1:] - spectra[:-1]), axis=1)
+    return change, ""
+
+
+def _smooth(x: np.ndarray, k: int) -> np.ndarray:
+    """Centred moving average over k frames; unknown (NaN) values count as the mean of the known ones."""
+    x = np.where(np.isfinite(x), x, np.nanmean(x))
+    return np.convolve(x, np.ones(k) / k, mode="same") if k > 1 else x
+
+
+def motion_audio_correlation(motion: np.ndarray, audio: np.ndarray, min_frames: int) -> float:
+    """Pearson correlation of the smoothed mouth motion and audio change over the frames where both are
+    known (ACTIVE_SMOOTH frames); NaN when fewer than `min_frames` such frames or either is constant."""
+    ok = np.isfinite(motion) & np.isfinite(audio)
+    if ok.sum() < max(min_frames, 3):
+        return float("nan")
+    m, e = _smooth(motion, ACTIVE_SMOOTH)[ok], _smooth(audio, ACTIVE_SMOOTH)[ok]
+    if m.std() == 0 or e.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(m, e)[0, 1])
+
+
+def choose_active(seen: _AllFaces, audio: np.ndarray, frame_rate: float) -> tuple[np.ndarray | None, str]:
+    """Per frame the detection the active rule keeps (-1: the largest face's result stands), and a note.
+
+    In each frame where two or more scored candidates are present, the one
+    whose mouth motion correlates best with the audio change is kept. None
+    (with the reason) when fewer than two candidates could be scored.
+    """
+    cands = link_candidates(seen.dets, seen.times)
+    min_frames = max(3, int(round(ACTIVE_MIN_S * frame_rate)))
+    r = np.array([motion_audio_correlation(mouth_motion(seen, c), audio, min_frames) for c in cands])
+    scored = np.isfinite(r)
+    if scored.sum() < 2:
+        return None, (f"{len(cands)} face(s) seen, {int(scored.sum())} with {ACTIVE_MIN_S:g} s of mouth motion: "
+                      "fewer than two to compare")
+    present = (cands >= 0) & scored[:, None]  # [C, N]
+    best = np.argmax(np.where(present, r[:, None], -np.inf), axis=0)  # [N] candidate per frame
+    choice = np.where(present.sum(axis=0) >= 2, cands[best, np.arange(cands.shape[1])], -1)
+    note = "; ".join(f"{_where(seen, cands[c])}: r={r[c]:+.3f} over {int((cands[c] >= 0).sum())} frames"
+                     for c in np.argsort(-np.where(scored, r, -np.inf)) if scored[c])
+    return choice, note
+
+
+def _where(seen: _AllFaces, cand: np.ndarray) -> str:
+    """A candidate in words: its mean box centre and width, in pixels."""
+    boxes = np.array([seen.dets[i].boxes[k] for i, k in enumerate(cand) if k >= 0])
+    x, y = (boxes[:, 0:2] + boxes[:, 2:4]).mean(axis=0) / 2
+    return f"face at ({x:.0f}, {y:.0f}) px, {np.mean(boxes[:, 2] - boxes[:, 0]):.0f} px wide"
+
+
+def _select_active(track: FaceTrack, seen: _AllFaces, video_path: Path, frame_rate: float, fps, max_side) -> None:
+    """Re-pick the track's face per frame by the active rule, in place (second decoding pass for the changed
+    frames); falls back to the largest face with the reason logged and stored in the track."""
+    from contextlib import closing
+
+    from .video import iter_frames
+
+    audio, why = audio_change(video_path, seen.times)
+    choice = None
+    if audio is not None:
+        choice, why = choose_active(seen, audio, frame_rate)
+    if choice is None:
+        track.selection, track.selection_note = "largest", f"active not possible: {why}"
+        log.info("%s: --face-select active fell back to the largest face: %s", video_path, why)
+        return
+    track.selection, track.selection_note = "active", why
+    changed = set(np.flatnonzero((choice >= 0) & (choice != np.asarray(seen.main))).tolist())
+    if not changed:
+        return
+    with closing(iter_frames(video_path, fps=fps, max_side=max_side)) as frames:
+        for i, (t, img) in enumerate(frames):
+            if i >= len(track) or abs(t - track.times[i]) > 1e-6:
+                raise LiserError(f"{video_path}: frames differ between two decodings (frame {i} at {t:.3f} s)")
+            if i in changed:
+                d, k = seen.dets[i], int(choice[i])
+                crop = align_face(img, d.landmarks[k], track.size)
+                track.valid[i] = crop is not None
+                track.crops[i] = crop if crop is not None else 0
+                track.boxes[i], track.landmarks[i] = (d.boxes[k], d.landmarks[k]) if crop is not None else (0, 0)
+                if track.scores is not None:
+                    track.scores[i] = float(d.scores[k]) if crop is not None else 0.0
+                changed.discard(i)
+            if not changed:
+                break
 
 
 def extract_faces(
@@ -383,13 +609,17 @@ def extract_faces(
     detector: FaceDetector | None = None,
     progress: bool = True,
     max_side: int | None = None,
+    face_select: str = "largest",
 ) -> FaceTrack:
     """Aligned crops of the main face of every frame of a video, saved to `out_path` (.npz).
 
     `fps` resamples the frames to a fixed rate first (see video.iter_frames);
     `max_side` shrinks large frames before everything (faster, blurrier
-    crops of small faces). `out_path=None` only returns the track.
-    Raises LiserError for audio-only files and videos without decodable frames.
+    crops of small faces). `face_select`: "largest" or "active" (the face
+    whose mouth moves with the audio; module docstring); the track records
+    which one made it. `out_path=None` only returns the track.
+    Raises LiserError for audio-only files, videos without decodable frames
+    and an unknown face_select.
     """
     from tqdm import tqdm
 
@@ -398,12 +628,15 @@ def extract_faces(
     video_path = Path(video_path)
     if size < 16:
         raise LiserError(f"{video_path}: face crop size {size} is too small (at least 16)")
+    if face_select not in FACE_SELECT:
+        raise LiserError(f"{video_path}: face_select {face_select!r}: expected {' or '.join(FACE_SELECT)}")
     info = video_info(video_path)
     detector = detector or FaceDetector()
     frames = iter_frames(video_path, fps=fps, max_side=max_side)
     total = int(round(info.duration * fps)) + 1 if fps else info.n_frames
     bar = tqdm(frames, total=total or None, desc=f"faces {video_path.name}", unit="frame", disable=not progress, leave=False)
-    times, crops, valid, boxes, marks, scores = track_faces(bar, detector, size)
+    seen = _AllFaces() if face_select == "active" and info.has_audio else None
+    times, crops, valid, boxes, marks, scores = track_faces(bar, detector, size, observe=seen)
     bar.close()
     track = FaceTrack(
         crops=np.stack(crops).astype(np.uint8),
@@ -416,6 +649,11 @@ def extract_faces(
         scores=np.asarray(scores, np.float32),
         detector=detector.name,
     )
+    if seen is not None:
+        _select_active(track, seen, video_path, float(fps) if fps else float(info.fps), fps, max_side)
+    elif face_select == "active":
+        track.selection_note = "active not possible: no audio track"
+        log.info("%s: --face-select active fell back to the largest face: no audio track", video_path)
     if out_path is not None:
         track.save(out_path)
     return track
@@ -440,6 +678,7 @@ def extract_faces_manifest(
     fps: float | None = None,
     detector: FaceDetector | None = None,
     max_side: int | None = None,
+    face_select: str = "largest",
 ) -> dict:
     """Face tracks for every item of a Manifest: `out_dir/<safe id>.npz`, resumable.
 
@@ -450,7 +689,11 @@ def extract_faces_manifest(
     the job goes on. Outputs: the .npz files, `rejected.csv` (id, path,
     reason) and `faces.json` (summary); with n > 1 these two are named
     `rejected.shard-K-of-N.csv` / `faces.shard-K-of-N.json`. All written
-    atomically. Returns the summary.
+    atomically. `face_select` (extract_faces) is one per directory: the
+    summary says it and counts the tracks each rule made ("selections":
+    active tracks that fell back count as largest). Returns the summary.
+    LiserError when resuming a directory made with another size, fps or
+    face_select.
     """
     k, n = check_shard(shard)
     out_dir = Path(out_dir)
@@ -458,48 +701,58 @@ def extract_faces_manifest(
     tag = "" if n == 1 else f".shard-{k}-of-{n}"
     rejected_path, summary_path = out_dir / f"rejected{tag}.csv", out_dir / f"faces{tag}.json"
 
-    _check_resumed(summary_path, out_dir, size, fps)
+    _check_resumed(summary_path, out_dir, size, fps, face_select)
     rejected = _read_rejected(rejected_path)
     done_rejected = {r["id"] for r in rejected}
 
     items = manifest.items[k::n]
     todo = [it for it in items if it.id not in done_rejected and not (out_dir / f"{safe_id(it.id)}.npz").is_file()]
     detector = detector or FaceDetector()
+    settings = dict(size=size, fps=fps, max_side=max_side, face_select=face_select)
     start = time.perf_counter()
-    frames_run = _extract_items(todo, manifest, out_dir, rejected, rejected_path, detector,
-                                dict(size=size, fps=fps, max_side=max_side), progress)
+    frames_run = _extract_items(todo, manifest, out_dir, rejected, rejected_path, detector, settings, progress)
     if not rejected_path.is_file():
         atomic_write_text(rejected_path, _rejected_text(rejected))
-    elapsed = time.perf_counter() - start
-    videos, frames, with_face = _count_tracks(items, out_dir)
-    summary = {
+    summary = _summary(manifest, _count_tracks(items, out_dir), len(rejected), frames_run,
+                       time.perf_counter() - start, detector.name, settings, (k, n))
+    atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _summary(manifest, counts: dict, rejected: int, frames_run: int, elapsed: float, detector: str, settings: dict,
+             shard: tuple[int, int]) -> dict:
+    """What faces.json says about a face-track directory (extract_faces_manifest)."""
+    frames, with_face = counts["frames"], counts["frames_with_face"]
+    return {
         "corpus": manifest.corpus,
-        "videos": videos,
-        "rejected": len(rejected),
+        "videos": counts["videos"],
+        "rejected": rejected,
         "frames": frames,
         "frames_with_face": with_face,
         "face_fraction": round(with_face / frames, 4) if frames else 0.0,
         "fps_achieved": round(frames_run / elapsed, 2) if elapsed > 0 and frames_run else None,
         "frames_this_run": frames_run,
         "seconds_this_run": round(elapsed, 2),
-        "detector": detector.name,
-        "size": size,
-        "fps": fps,
-        "shard": [k, n],
+        "detector": detector,
+        **{key: settings[key] for key in ("size", "fps", "face_select")},
+        "selections": counts["selections"],
+        "shard": list(shard),
         "manifest_fingerprint": manifest.fingerprint(),
     }
-    atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
-    return summary
 
 
-def _check_resumed(summary_path: Path, out_dir: Path, size: int, fps) -> None:
-    """LiserError when a resumed job would mix crop sizes or frame rates in one directory."""
+def _check_resumed(summary_path: Path, out_dir: Path, size: int, fps, face_select: str) -> None:
+    """LiserError for an unknown face_select, or when a resumed job would mix crop sizes, frame rates or
+    face selections in one directory (a summary from before face_select means "largest")."""
+    if face_select not in FACE_SELECT:
+        raise LiserError(f"face_select {face_select!r}: expected {' or '.join(FACE_SELECT)}")
     if summary_path.is_file():
         old = json.loads(summary_path.read_text())
-        if old.get("size") != size or old.get("fps") != fps:
+        old_select = old.get("face_select", "largest")
+        if old.get("size") != size or old.get("fps") != fps or old_select != face_select:
             raise LiserError(
-                f"{out_dir}: holds faces of size {old.get('size')} at fps {old.get('fps')}; "
-                f"asked for size {size} at fps {fps} (use another directory)"
+                f"{out_dir}: holds faces of size {old.get('size')} at fps {old.get('fps')} ({old_select} face); "
+                f"asked for size {size} at fps {fps} ({face_select} face) (use another directory)"
             )
 
 
@@ -511,18 +764,20 @@ def _read_rejected(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def _count_tracks(items, out_dir: Path) -> tuple[int, int, int]:
-    """(videos with a track, frames, frames with a face) over the items' .npz files."""
-    videos, frames, with_face = 0, 0, 0
+def _count_tracks(items, out_dir: Path) -> dict:
+    """Over the items' .npz files: videos (with a track), frames, frames_with_face, selections {rule: tracks}."""
+    videos, frames, with_face, selections = 0, 0, 0, {}
     for it in items:
         p = out_dir / f"{safe_id(it.id)}.npz"
         if p.is_file():
-            with np.load(p, allow_pickle=False) as z:  # reads only the `valid` member
+            with np.load(p, allow_pickle=False) as z:  # reads only the `valid` and `selection` members
                 v = z["valid"]
+                rule = str(z["selection"]) if "selection" in z.files else "largest"
             videos += 1
             frames += int(v.size)
             with_face += int(v.sum())
-    return videos, frames, with_face
+            selections[rule] = selections.get(rule, 0) + 1
+    return {"videos": videos, "frames": frames, "frames_with_face": with_face, "selections": selections}
 
 
 def _extract_items(todo, manifest, out_dir: Path, rejected: list, rejected_path: Path, detector, settings: dict,
