@@ -29,6 +29,8 @@ from liser.faces import (  # noqa: E402
     extract_faces,
     extract_faces_manifest,
     link_candidates,
+    similarity_transform,
+    template,
 )
 from liser.video import iter_frames, read_audio_track  # noqa: E402
 from test_faces import _manifest, need_yunet  # noqa: E402
@@ -94,6 +96,8 @@ def test_largest_keeps_the_larger_face_active_the_speaker(pair, detector, tmp_pa
     assert np.array_equal(back.crops, active.crops) and np.array_equal(back.times, largest.times)
     both = active.valid & largest.valid
     assert np.abs(active.crops[both].astype(int) - largest.crops[both].astype(int)).mean() > 10  # another face
+    again = extract_faces(pair, None, detector=detector, progress=False, face_select="active")
+    assert again.selection_note == active.selection_note  # the same verdict and figures, whatever ran before
 
 
 def test_active_without_audio_is_the_largest_track_with_the_reason(pair, detector, tmp_path):
@@ -156,3 +160,17 @@ def test_cli_passes_face_select(pair, tmp_path, monkeypatch):
     assert cli.main(["faces", str(tmp_path / "manifest"), "-o", str(tmp_path / "f"), "--face-select", "active"]) == 0
     track = FaceTrack.load(next((tmp_path / "f").glob("*.npz")))
     assert track.selection == "active"
+
+
+def test_similarity_transform_recovers_a_rotation_scale_and_shift():
+    dst = template(64).astype(np.float64)
+    angle, scale, shift = 0.3, 1.7, np.array([30.0, -12.0])
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    src = (dst - shift) @ rot / scale  # so that scale * rot @ src + shift == dst
+    m = similarity_transform(src, dst)
+    np.testing.assert_allclose(np.hstack([src, np.ones((5, 1))]) @ m.T, dst, atol=1e-3)
+    assert np.linalg.det(m[:, :2]) > 0  # mirrored points still give a rotation, never a reflection
+    mirrored = similarity_transform(src * [-1, 1], dst)
+    assert mirrored is not None and np.linalg.det(mirrored[:, :2]) > 0
+    assert similarity_transform(np.ones((5, 2)), dst) is None
+    assert similarity_transform(np.full((5, 2), np.nan), dst) is None

@@ -24,18 +24,17 @@ face (the paper used DeepFace; here OpenCV does the same three steps):
    correlated with the audio's short-time spectral change (how much the
    40 ms log spectrum moves from one frame to the next), and in each frame
    the present candidate with the highest correlation is the one kept.
-   Spectral change rather than the energy level: on real interview clips
-   the energy level told a face's own audio from another's no better than
-   chance, the spectral change in about 4 cases out of 5 (the numbers are
-   in bench/bench_face_select.py's results). It falls
-   back to the largest face, with the reason logged and stored in the track
-   (`selection`, `selection_note`), when the file has no audio or a silent
-   one, or when fewer than two faces were seen long enough
-   (`ACTIVE_MIN_S`) to be scored; frames where only one candidate can be
-   scored keep the largest face's choice. The signal is weak on small or
-   heavily compressed faces (YuNet's 5 landmarks have no upper/lower lip, so
-   mouth opening is not measured directly): bench/bench_face_select.py
-   measures how often it finds the speaker.
+   The spectral change rather than the energy level: the energy level was
+   tried first and did not tell a face's own audio from another's on the
+   shared interview clips. It falls back to the largest face, with the
+   reason logged and stored in the track (`selection`, `selection_note`),
+   when the file has no audio or a silent one, or when fewer than two faces
+   were seen long enough (`ACTIVE_MIN_S`) to be scored; frames where fewer
+   than two scored candidates are present keep the largest face's choice.
+   The signal is weak (YuNet's 5 landmarks have no upper or lower lip, so
+   the mouth's opening is not measured directly, and compression blurs
+   small mouths): bench/bench_face_select.py measures how often it keeps the
+   speaker. It decodes the video a second time for the frames it changes.
 3. Alignment: a similarity transform (rotation, scale, shift) of the 5
    landmarks onto the ArcFace 112x112 template scaled to `size`, applied to
    the full-resolution frame with `cv2.warpAffine`.
@@ -436,15 +435,38 @@ class _AllFaces:
 
 def mouth_profile(rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray | None:
     """Vertical profile of the mouth of a face aligned at MOUTH_SIDE px: float32 [18], the gray patch's row
-    means minus its mean (lips parting move dark and bright rows); None when no alignment fits."""
+    means minus its mean (lips parting move dark and bright rows); None when no alignment fits.
+
+    Aligned by the least-squares similarity of all 5 landmarks (similarity_transform), not align_face's
+    LMEDS: that one draws point subsets from OpenCV's process-wide random state, so the same frame could
+    give another profile, and a motion signal this weak changed its verdict with it.
+    """
     import cv2
 
-    crop = align_face(rgb, landmarks, MOUTH_SIDE)
-    if crop is None:
+    m = similarity_transform(landmarks, template(MOUTH_SIDE))
+    if m is None:
         return None
-    patch = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)[MOUTH_ROWS, MOUTH_COLS].astype(np.float32)
-    rows = patch.mean(axis=1)
+    gray = cv2.cvtColor(cv2.warpAffine(rgb, m, (MOUTH_SIDE, MOUTH_SIDE), flags=cv2.INTER_LINEAR), cv2.COLOR_RGB2GRAY)
+    rows = gray[MOUTH_ROWS, MOUTH_COLS].astype(np.float32).mean(axis=1)
     return rows - rows.mean()  # a change of brightness is not a moving mouth
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray | None:
+    """The rotation + uniform scale + shift taking points `src` [P, 2] closest to `dst` [P, 2] in least squares
+    (Umeyama 1991): float32 [2, 3] for cv2.warpAffine; None for degenerate or non-finite points."""
+    src, dst = np.asarray(src, np.float64).reshape(-1, 2), np.asarray(dst, np.float64).reshape(-1, 2)
+    if not (np.isfinite(src).all() and np.isfinite(dst).all()):
+        return None
+    s, d = src - src.mean(axis=0), dst - dst.mean(axis=0)
+    var = (s**2).sum() / len(s)
+    if var <= 1e-12:
+        return None
+    u, sv, vt = np.linalg.svd(d.T @ s / len(s))
+    flip = np.diag([1.0, -1.0 if np.linalg.det(u) * np.linalg.det(vt) < 0 else 1.0])  # a rotation, not a mirror
+    rot = u @ flip @ vt
+    scale = float(np.trace(np.diag(sv) @ flip)) / var
+    shift = dst.mean(axis=0) - scale * rot @ src.mean(axis=0)
+    return np.hstack([scale * rot, shift[:, None]]).astype(np.float32)
 
 
 def link_candidates(dets: list[Detections], times) -> np.ndarray:
