@@ -57,12 +57,14 @@ def compose_pair(speaker: Path, silent: Path, out: Path, small: int = 150, secon
     assert sr == 16000, f"{speaker}: expected 16 kHz audio"
     big, little = (b, a) if speaker_small else (a, b)
     h, w = big[0].shape[:2]
+    width = -(-(w + 16 + small) // 32) * 32  # x264 fills a width that is not a multiple of 16 from unset memory
     frames = []
     for i in range(n):
-        canvas = np.full((h, w + small + 16, 3), 40, np.uint8)
+        canvas = np.full((h, width, 3), 40, np.uint8)
         canvas[:, :w] = big[i]
         y = (h - small) // 2
-        canvas[y : y + small, w + 16 :] = cv2.resize(little[i], (small, small), interpolation=cv2.INTER_AREA)
+        canvas[y : y + small, w + 16 : w + 16 + small] = cv2.resize(little[i], (small, small),
+                                                                   interpolation=cv2.INTER_AREA)
         frames.append(canvas)
     return make_video(out, frames=frames, fps=25, audio_samples=audio.mean(axis=1)[: int(n / 25 * sr)])
 
