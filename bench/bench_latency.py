@@ -1,28 +1,40 @@
-"""Benchmark: how fast and how small the deployed student is, next to the speech teachers.
+"""Benchmark: how fast and how small the deployed student is, next to the speech teachers (issue 12's targets, one run).
 
-Same process, this CPU, 1 and 2 threads, batch 1, median over many runs, per
-3 s clip (48,000 samples at 16 kHz):
+Measured in one run, on this CPU:
 
-- the student: PyTorch fp32, ONNX fp32, ONNX int8; model only (log-Mel
-  window in) and end to end (waveform in: `liser.audio.log_mel` + model);
-- HuBERT-base built from `transformers.HubertConfig()` defaults (the
-  hubert-base-ls960 architecture; random weights: timing does not depend on
-  them; nothing is downloaded), raw waveform in;
-- the Whisper-base encoder of /work/shared/models/whisper-base-encoder on the
-  3 s input (300 Mel frames -> 150 positions; positional embeddings sliced,
-  no 30 s padding), Mel features in.
+- start-up: the wall time a user waits for `liser predict student.onnx
+  FILE` on one RAVDESS file (process start, imports, model load, one
+  prediction), median of --startup-runs; target <= 0.3 s. The same child
+  also says whether torch was imported (it must not be) and its peak RSS;
+- real time over the 100-file RAVDESS set at the paper's 0.1 s stride:
+  `liser predict student.onnx FOLDER --stride 0.1` as a user runs it
+  (process start, model load, decoding included), audio seconds / wall
+  seconds, median of --repeats runs (`realtime_factor`, --threads 1; also
+  the default thread count, the run directory (PyTorch), --stride 3, and in
+  process); target >= 500x. Also audio seconds per CPU second of the
+  child (user + sys), what one idle core would give;
+- peak memory: `liser predict student.onnx HOUR.flac --stride 0.1` on 60
+  minutes of concatenated RAVDESS audio in a fresh process (VmHWM);
+  target <= 300 MB;
+- per 3 s clip, batch 1, 1 and 2 threads, median over many runs: the
+  student (PyTorch fp32, ONNX fp32, ONNX int8; model only and waveform in,
+  through the numpy front end `liser.frontend.features_numpy` that
+  `liser predict` uses), next to HuBERT-base built from
+  `transformers.HubertConfig()` defaults (the hubert-base-ls960
+  architecture; random weights: timing does not depend on them; nothing is
+  downloaded), raw waveform in, and the Whisper-base encoder of
+  /work/shared/models/whisper-base-encoder on 3 s (Mel in); target: the
+  student >= 200x faster than HuBERT-base;
+- model sizes, the int8 UAR delta vs fp32 on the run's test fold (from
+  `liser export --int8`), and whether the ONNX model and the run directory
+  give the same labels on the 100 files.
 
-Also: the real-time factor of `liser predict` over a folder of RAVDESS files
-(audio seconds / wall seconds, process start, model load and decoding
-included), model file sizes, and the int8 UAR delta vs fp32 on the run's
-test fold (from `liser export --int8`).
-
-    .venv/bin/python bench/bench_latency.py --run runs/bench/no-dstl/fold0
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_latency.py --run RUN_DIR
     .venv/bin/python bench/bench_latency.py          # no run: trains a quick 1-fold run first
 
 Prints a markdown table; writes JSON (default bench/results/latency.json)
-with student_ms, teacher_ms, ratio, realtime_factor, onnx_int8_bytes,
-int8_uar_delta and the per-thread breakdown.
+with startup_s, realtime_factor, peak_rss_mb_60min, ratio, student_ms,
+teacher_ms, onnx_int8_bytes, int8_uar_delta, targets and the breakdown.
 """
 
 from __future__ import annotations
@@ -31,6 +43,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -41,10 +54,24 @@ from pathlib import Path
 
 import numpy as np
 
+from bench_predict_memory import long_file  # bench/ is on sys.path when this runs as a script
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 RAVDESS = SHARED / "data" / "ravdess"
 WHISPER = SHARED / "models" / "whisper-base-encoder"
+LISER = REPO / ".venv" / "bin" / "liser"
+
+# `liser predict ...` in a fresh process, with what the entry point cannot say: peak RSS, torch imported or not.
+# The peak is VmHWM (this process image's own), not ru_maxrss: Linux carries the parent's peak into ru_maxrss
+# across fork + exec, and this benchmark's process (torch, the export) is larger than the child measured.
+CHILD = """
+import sys
+from liser.cli import main
+rc = main(sys.argv[1:])
+hwm = [line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:")][0]
+print("BENCH", rc, hwm, int("torch" in sys.modules), file=sys.stderr)
+"""
 
 
 def median_ms(fn, runs: int, warmup: int) -> float:
@@ -69,16 +96,21 @@ def quick_run(out: Path, epochs: int, work: str | None) -> Path:
 
 
 def student_latency(run: Path, onnx32: Path, onnx8: Path, threads: int, runs: int) -> dict:
+    """Per 3 s clip, batch 1: the front ends, the student's backends model only and waveform in (ms)."""
     import onnxruntime as ort
     import torch
 
     import liser
-    from liser import audio
+    from liser import audio, frontend
 
     torch.set_num_threads(threads)
     rng = np.random.default_rng(0)
     wave = (0.1 * rng.standard_normal(audio.CLIP_SAMPLES)).astype(np.float32)
-    x = audio.log_mel(wave)[None].numpy()  # [1, 64, 94]
+
+    def numpy_front_end():  # what liser predict does: float16 features, one [1, 64, 94] window
+        return np.ascontiguousarray(frontend.features_numpy(wave).T[None], dtype=np.float32)
+
+    x = numpy_front_end()
     clf = liser.load(run).classifier
     xt = torch.from_numpy(x)
 
@@ -88,9 +120,10 @@ def student_latency(run: Path, onnx32: Path, onnx8: Path, threads: int, runs: in
 
     def torch_e2e():
         with torch.inference_mode():
-            clf(audio.log_mel(wave)[None])
+            clf(torch.from_numpy(numpy_front_end()))
 
-    out = {"front_end": median_ms(lambda: audio.log_mel(wave), runs, 20),
+    out = {"front_end": median_ms(numpy_front_end, runs, 20),
+           "front_end_torch": median_ms(lambda: audio.log_mel(wave), runs, 20),
            "torch_fp32": median_ms(torch_model, runs, 20), "torch_fp32_e2e": median_ms(torch_e2e, runs, 20)}
     for name, path in (("onnx_fp32", onnx32), ("onnx_int8", onnx8)):
         so = ort.SessionOptions()
@@ -98,7 +131,7 @@ def student_latency(run: Path, onnx32: Path, onnx8: Path, threads: int, runs: in
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as liser.load does
         sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         out[name] = median_ms(lambda: sess.run(None, {"logmel": x}), runs, 20)
-        out[name + "_e2e"] = median_ms(lambda: sess.run(None, {"logmel": audio.log_mel(wave)[None].numpy()}), runs, 20)
+        out[name + "_e2e"] = median_ms(lambda: sess.run(None, {"logmel": numpy_front_end()}), runs, 20)
     return out
 
 
@@ -136,27 +169,70 @@ def ravdess_files(n: int) -> list[Path]:
     return files[:: max(1, len(files) // n)][:n]
 
 
-def realtime_factor(model_path: Path, files: list[Path], threads: int, stride: float = 0.1) -> dict:
-    """`liser predict MODEL FOLDER` as a user runs it (process start included): audio seconds / wall seconds."""
-    import soundfile as sf
+def run_cli(args: list[str], threads: int | None, child: bool = False) -> dict:
+    """`liser ARGS` in a fresh process: wall and CPU (user + sys) seconds, stdout; with `child`, peak RSS and torch."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads or os.cpu_count())}
+    cmd = [sys.executable, "-c", CHILD, *args] if child else [str(LISER), *args]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if r.returncode != 0:
+        raise SystemExit(f"liser {' '.join(args)} failed ({r.returncode}): {r.stderr[-1000:]}")
+    out = {"wall_s": wall, "cpu_s": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+           "stdout": r.stdout}
+    if child:
+        _, rc, rss_kb, torch_imported = [x for x in r.stderr.splitlines() if x.startswith("BENCH ")][-1].split()
+        out.update(peak_rss_mb=round(int(rss_kb) / 1024, 1), torch_imported=bool(int(torch_imported)))
+    return out
 
-    tmp = Path(tempfile.mkdtemp(prefix="liser-rtf-"))
+
+def startup(model_path: Path, file: Path, runs: int) -> dict:
+    """The wait for `liser predict MODEL FILE --threads 1` on one short file: median wall / CPU of `runs` runs."""
+    args = ["predict", str(model_path), str(file), "--threads", "1"]
+    run_cli(args, 1)  # page cache warm
+    rs = [run_cli(args, 1) for _ in range(runs)]
+    probe = run_cli(args, 1, child=True)
+    walls = sorted(r["wall_s"] for r in rs)
+    return {"startup_s": float(np.median(walls)), "cpu_s": float(np.median([r["cpu_s"] for r in rs])),
+            "wall_s_runs": [round(w, 3) for w in walls], "runs": runs, "torch_imported": probe["torch_imported"],
+            "peak_rss_mb": probe["peak_rss_mb"], "file": file.name,
+            "command": f"liser predict {model_path.name} {file.name} --threads 1"}
+
+
+def realtime_factor(model_path: Path, folder: Path, seconds: float, n_files: int, threads: int | None,
+                    stride: float = 0.1, repeats: int = 1) -> dict:
+    """`liser predict MODEL FOLDER` as a user runs it (process start included): audio seconds / wall seconds."""
+    args = ["predict", str(model_path), str(folder), "--stride", str(stride), "--json"]
+    args += ["--threads", str(threads)] if threads else []
+    rs = [run_cli(args, threads) for _ in range(repeats)]
+    labels = {}
+    for line in rs[0]["stdout"].splitlines():
+        row = json.loads(line)
+        labels[Path(row["path"]).name] = row["label"]
+    if len(labels) != n_files:
+        raise SystemExit(f"liser predict gave {len(labels)} labels for {n_files} files")
+    wall = float(np.median([r["wall_s"] for r in rs]))
+    cpu = float(np.median([r["cpu_s"] for r in rs]))
+    return {"files": n_files, "audio_s": round(seconds, 2), "wall_s": round(wall, 3),
+            "wall_s_runs": [round(r["wall_s"], 3) for r in rs], "cpu_s": round(cpu, 3),
+            "realtime_factor": seconds / wall, "realtime_factor_per_cpu_s": seconds / cpu, "labels": labels,
+            "command": f"liser predict {model_path.name} <folder of {n_files} RAVDESS files> --stride {stride}"
+                       + (f" --threads {threads}" if threads else " (default threads)")}
+
+
+def hour_memory(model_path: Path, minutes: float, tmp: Path) -> dict:
+    """Peak RSS of `liser predict MODEL FILE --stride 0.1 --threads 1` on `minutes` of RAVDESS audio, fresh process."""
+    f = long_file(minutes, tmp / f"ravdess-{minutes:g}min.flac")
     try:
-        for f in files:
-            os.symlink(f, tmp / f.name)
-        seconds = sum(sf.info(str(f)).duration for f in files)
-        cmd = [str(REPO / ".venv" / "bin" / "liser"), "predict", str(model_path), str(tmp), "--threads", str(threads),
-               "--stride", str(stride)]
-        t0 = time.perf_counter()
-        r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
-        wall = time.perf_counter() - t0
-        if r.returncode != 0 or len(r.stdout.strip().splitlines()) != len(files):
-            raise SystemExit(f"liser predict failed ({r.returncode}): {r.stderr[-500:]}")
+        r = run_cli(["predict", str(model_path), str(f), "--stride", "0.1", "--threads", "1"], 1, child=True)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return {"files": len(files), "audio_s": round(seconds, 2), "wall_s": round(wall, 3),
-            "realtime_factor": seconds / wall,
-            "command": f"liser predict {model_path.name} <folder of {len(files)} RAVDESS files> --threads {threads} --stride {stride}"}
+        f.unlink()
+    return {"minutes": minutes, "peak_rss_mb": r["peak_rss_mb"], "wall_s": round(r["wall_s"], 1),
+            "cpu_s": round(r["cpu_s"], 1), "torch_imported": r["torch_imported"],
+            "command": f"liser predict {model_path.name} <{minutes:g} min of RAVDESS, 16 kHz mono FLAC> "
+                       "--stride 0.1 --threads 1"}
 
 
 def realtime_in_process(model_path: Path, files: list[Path], threads: int, stride: float = 0.1) -> dict:
@@ -179,92 +255,55 @@ def realtime_in_process(model_path: Path, files: list[Path], threads: int, strid
             "ms_per_file": 1000 * wall / len(files)}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--run", help="trained run directory (default: runs/bench/no-dstl/fold0 if finished, else a quick run)")
-    ap.add_argument("--quick-epochs", type=int, default=5, help="epochs of the quick run trained when no run is given")
-    ap.add_argument("--work", help="quick run: cache root to reuse (e.g. runs/bench/work: its RAVDESS features)")
-    ap.add_argument("--threads", default="1,2", help="thread counts to time")
-    ap.add_argument("--runs", type=int, default=300, help="timed runs per student measurement")
-    ap.add_argument("--teacher-runs", type=int, default=15, help="timed runs per teacher measurement")
-    ap.add_argument("--files", type=int, default=100, help="RAVDESS files for the `liser predict` real-time factor")
-    ap.add_argument("--json", default=str(REPO / "bench" / "results" / "latency.json"))
-    args = ap.parse_args()
+def measure(run: Path, args, tmp: Path) -> dict:
+    """Every figure of the run (the export, per-clip latencies, start-up, real time, memory), as one dict."""
+    import soundfile as sf
 
     from liser.export import export_onnx
 
-    t_start = time.time()
-    quick = False
-    run = Path(args.run) if args.run else REPO / "runs" / "bench" / "no-dstl" / "fold0"
-    if not (run / "metrics.json").is_file():
-        if args.run:
-            raise SystemExit(f"{run}: not a finished run (no metrics.json)")
-        quick = True
-        print(f"no finished run at {run}: training a quick RAVDESS fold-0 no-dstl run ({args.quick_epochs} epochs)",
-              flush=True)
-        run = quick_run(REPO / "runs" / "bench-latency-quick", args.quick_epochs, args.work)
-    metrics = json.loads((run / "metrics.json").read_text())
+    onnx32, onnx8 = tmp / "student.onnx", tmp / "student.int8.onnx"
+    exp = export_onnx(run, onnx32, int8=onnx8, threads=1, say=lambda m: print("  export: " + m, flush=True))
+    sizes = {"best_pt": (run / "best.pt").stat().st_size, "onnx_fp32": onnx32.stat().st_size,
+             "onnx_int8": onnx8.stat().st_size}
+    files = ravdess_files(args.files)
+    folder = tmp / "files"
+    folder.mkdir()
+    for f in files:
+        os.symlink(f, folder / f.name)
+    seconds = sum(sf.info(str(f)).duration for f in files)
+    print("start-up of liser predict ...", flush=True)
+    start = startup(onnx32, files[0], args.startup_runs)
+    print(f"  {start['startup_s']:.3f} s (CPU {start['cpu_s']:.3f} s), torch imported: {start['torch_imported']}",
+          flush=True)
+    print("real-time factor of liser predict ...", flush=True)
+    rtf = {"onnx_fp32": realtime_factor(onnx32, folder, seconds, len(files), 1, repeats=args.repeats),
+           "onnx_fp32_default_threads": realtime_factor(onnx32, folder, seconds, len(files), None, repeats=args.repeats),
+           "torch_fp32": realtime_factor(run, folder, seconds, len(files), 1),
+           "onnx_fp32_stride3": realtime_factor(onnx32, folder, seconds, len(files), 1, stride=3.0),
+           "onnx_fp32_in_process": realtime_in_process(onnx32, files, 1),
+           "torch_fp32_in_process": realtime_in_process(run, files, 1),
+           "onnx_fp32_stride3_in_process": realtime_in_process(onnx32, files, 1, stride=3.0)}
+    a, b = rtf["onnx_fp32"].pop("labels"), rtf["torch_fp32"].pop("labels")
+    for k in ("onnx_fp32_default_threads", "onnx_fp32_stride3"):
+        rtf[k].pop("labels")
+    agreement = float(np.mean([a[k] == b[k] for k in a]))
+    print(f"  {rtf['onnx_fp32']['realtime_factor']:.0f}x; labels ONNX vs run directory agree on {agreement:.0%}",
+          flush=True)
+    print(f"peak memory of liser predict on {args.minutes:g} minutes ...", flush=True)
+    mem = hour_memory(onnx32, args.minutes, tmp)
+    print(f"  {mem['peak_rss_mb']} MB", flush=True)
+    lat = {}
+    for n in [int(t) for t in args.threads.split(",")]:
+        print(f"timing with {n} thread(s) ...", flush=True)
+        lat[n] = {**student_latency(run, onnx32, onnx8, n, args.runs), **teacher_latency(n, args.teacher_runs)}
+    return {"exp": exp, "sizes": sizes, "start": start, "rtf": rtf, "agreement": agreement, "mem": mem, "lat": lat}
 
-    tmp = Path(tempfile.mkdtemp(prefix="liser-bench-"))
-    try:
-        onnx32, onnx8 = tmp / "student.onnx", tmp / "student.int8.onnx"
-        exp = export_onnx(run, onnx32, int8=onnx8, threads=1, say=lambda m: print("  export: " + m, flush=True))
-        sizes = {"best_pt": (run / "best.pt").stat().st_size, "onnx_fp32": onnx32.stat().st_size,
-                 "onnx_int8": onnx8.stat().st_size}
-        lat = {}
-        for n in [int(t) for t in args.threads.split(",")]:
-            print(f"timing with {n} thread(s) ...", flush=True)
-            lat[n] = {**student_latency(run, onnx32, onnx8, n, args.runs), **teacher_latency(n, args.teacher_runs)}
-        print("real-time factor of liser predict ...", flush=True)
-        files = ravdess_files(args.files)
-        rtf = {"onnx_fp32": realtime_factor(onnx32, files, 1), "torch_fp32": realtime_factor(run, files, 1),
-               "onnx_fp32_in_process": realtime_in_process(onnx32, files, 1),
-               "torch_fp32_in_process": realtime_in_process(run, files, 1),
-               "onnx_fp32_stride3": realtime_factor(onnx32, files, 1, stride=3.0),
-               "onnx_fp32_stride3_in_process": realtime_in_process(onnx32, files, 1, stride=3.0)}
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
+def table(res: dict, lat: dict, rtf: dict, sizes: dict, run: Path, quick: bool) -> str:
+    """The markdown the benchmark prints (and keeps in the JSON)."""
     one = lat[min(lat)]
-    # headline: the deployed path (`liser export` fp32, parity 1e-3 with PyTorch), waveform in, 1 thread
-    student_ms = one["onnx_fp32_e2e"]
-    teacher_ms = one["hubert_base"]
-    res = {
-        "date": str(date.today()),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; shared and busy "
-                   f"(load average {os.getloadavg()[0]:.1f} at the end)",
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "run": str(run), "quick_run": quick, "run_test_uar": metrics["test"]["uar"],
-        "student_ms": student_ms,
-        "student_definition": "ONNX fp32 (onnxruntime), 1 thread, batch 1, one 3 s clip: log-Mel front end + student",
-        "teacher_ms": teacher_ms,
-        "teacher_definition": "HuBERT-base (HubertConfig() defaults), 1 thread, batch 1, 3 s raw waveform",
-        "ratio": teacher_ms / student_ms,
-        "ratio_by_student": {k: teacher_ms / one[k] for k in ("torch_fp32", "torch_fp32_e2e", "onnx_fp32",
-                                                               "onnx_fp32_e2e", "onnx_int8", "onnx_int8_e2e")},
-        "ratio_whisper_encoder": one.get("whisper_base_encoder", float("nan")) / student_ms,
-        "realtime_factor": rtf["onnx_fp32"]["realtime_factor"],
-        "realtime_definition": "liser predict student.onnx FOLDER (RAVDESS files, 1 thread), process start, "
-                               "model load and decoding included",
-        "realtime": rtf,
-        "onnx_int8_bytes": sizes["onnx_int8"], "sizes_bytes": sizes,
-        "int8_method": exp.get("int8_method"),
-        "fp32_uar": exp.get("fp32_uar"), "int8_uar": exp.get("int8_uar"),
-        "int8_uar_delta": exp.get("int8_uar_delta"),
-        "int8_candidates": exp.get("int8_candidates"),
-        "onnx_parity_max_abs_diff": exp.get("max_abs_diff"),
-        "latency_ms": {str(k): v for k, v in lat.items()},
-        "targets": {},
-        "wall_s": round(time.time() - t_start, 1),
-    }
-    res["targets"] = {
-        "ratio>=200": res["ratio"] >= 200,
-        "realtime>=500": res["realtime_factor"] >= 500,
-        "int8<200KB": sizes["onnx_int8"] < 200_000,
-        "int8_uar_within_1pt": res["int8_uar_delta"] is not None and abs(res["int8_uar_delta"]) <= 0.01,
-    }
-
-    names = [("front_end", "student log-Mel front end (3 s)"), ("torch_fp32", "student PyTorch fp32 (model)"),
+    names = [("front_end", "student log-Mel front end, numpy (3 s)"), ("front_end_torch", "same, torch (training's)"),
+             ("torch_fp32", "student PyTorch fp32 (model)"),
              ("torch_fp32_e2e", "student PyTorch fp32 (waveform in)"), ("onnx_fp32", "student ONNX fp32 (model)"),
              ("onnx_fp32_e2e", "student ONNX fp32 (waveform in)"), ("onnx_int8", "student ONNX int8 (model)"),
              ("onnx_int8_e2e", "student ONNX int8 (waveform in)"), ("hubert_base", "HuBERT-base teacher (waveform in)"),
@@ -275,29 +314,121 @@ def main() -> None:
     for key, label in names:
         if key in one:
             lines.append(f"| {label} | " + " | ".join(f"{lat[k][key]:.2f}" for k in ks) + " |")
+    st, mem = res["startup"], res["memory_60min"]
     lines += ["", "| figure | value | target |", "|---|---:|---|",
+              f"| start-up: `{st['command']}` (median of {st['runs']}; CPU {st['cpu_s']:.2f} s) | "
+              f"{st['startup_s']:.2f} s | <= 0.3 s |",
+              f"| torch imported by it | {st['torch_imported']} | no |",
+              f"| peak RSS: `{mem['command']}` | {mem['peak_rss_mb']:.0f} MB | <= 300 MB |",
               f"| HuBERT-base / student ONNX fp32 (waveform in, 1 thread) | {res['ratio']:.0f}x | >= 200x |",
               f"| HuBERT-base / student PyTorch fp32 (waveform in, 1 thread) | {res['ratio_by_student']['torch_fp32_e2e']:.0f}x | |",
               f"| HuBERT-base / student ONNX int8 (waveform in, 1 thread) | {res['ratio_by_student']['onnx_int8_e2e']:.0f}x | |",
               f"| Whisper-base encoder / student ONNX fp32 (1 thread) | {res['ratio_whisper_encoder']:.0f}x | |"]
-    for key, label in (("onnx_fp32", "`liser predict student.onnx`"), ("torch_fp32", "`liser predict RUN` (PyTorch)"),
-                       ("onnx_fp32_in_process", "ONNX fp32 in process (no start-up)"),
-                       ("torch_fp32_in_process", "PyTorch fp32 in process (no start-up)"),
-                       ("onnx_fp32_stride3", "`liser predict student.onnx --stride 3` (non-overlapping windows)"),
-                       ("onnx_fp32_stride3_in_process", "ONNX fp32 --stride 3 in process")):
+    for key in ("onnx_fp32", "onnx_fp32_default_threads", "torch_fp32", "onnx_fp32_stride3"):
         r = rtf[key]
-        lines.append(f"| real time: {label}, {r['files']} files, {r['audio_s']:.0f} s audio, 1 thread | "
-                     f"{r['realtime_factor']:.0f}x ({r['wall_s']:.1f} s) | " + (">= 500x |" if key == "onnx_fp32" else "|"))
-    lines += [
+        runs = f"median of {len(r['wall_s_runs'])}, " if len(r["wall_s_runs"]) > 1 else ""
+        lines.append(f"| real time: `{r['command']}`, {r['audio_s']:.0f} s audio ({runs}{r['wall_s']:.2f} s; "
+                     f"{r['realtime_factor_per_cpu_s']:.0f}x per CPU second) | {r['realtime_factor']:.0f}x | "
+                     + (">= 500x |" if key == "onnx_fp32" else "|"))
+    for key, label in (("onnx_fp32_in_process", "ONNX fp32 in process (no start-up), 1 thread"),
+                       ("torch_fp32_in_process", "PyTorch fp32 in process (no start-up), 1 thread"),
+                       ("onnx_fp32_stride3_in_process", "ONNX fp32 --stride 3 in process, 1 thread")):
+        r = rtf[key]
+        lines.append(f"| real time: {label} | {r['realtime_factor']:.0f}x ({r['wall_s']:.2f} s) | |")
+    lines += [f"| labels, ONNX vs run directory, {rtf['onnx_fp32']['files']} files | "
+              f"{res['labels_onnx_vs_run_agreement']:.0%} agree | |",
               f"| best.pt / ONNX fp32 / ONNX int8 | {sizes['best_pt'] / 1000:.0f} / {sizes['onnx_fp32'] / 1000:.0f} / "
               f"{sizes['onnx_int8'] / 1000:.0f} KB | int8 < 200 KB |",
               f"| test UAR fp32 -> int8 ({res['int8_method']}) | {res['fp32_uar']:.3f} -> {res['int8_uar']:.3f} "
               f"({res['int8_uar_delta'] * 100:+.1f} pt) | within 1 pt |",
               "", f"run: {run}{' (quick run trained by this benchmark)' if quick else ''}; test UAR {res['run_test_uar']:.3f}",
               f"machine: {res['machine']}"]
-    table = "\n".join(lines)
-    res["table"] = table
-    print(table)
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--run", help="trained run directory (default: runs/bench/no-dstl/fold0 if finished, else a quick run)")
+    ap.add_argument("--quick-epochs", type=int, default=5, help="epochs of the quick run trained when no run is given")
+    ap.add_argument("--work", help="quick run: cache root to reuse (e.g. runs/bench/work: its RAVDESS features)")
+    ap.add_argument("--threads", default="1,2", help="thread counts to time per clip")
+    ap.add_argument("--runs", type=int, default=300, help="timed runs per student measurement")
+    ap.add_argument("--teacher-runs", type=int, default=15, help="timed runs per teacher measurement")
+    ap.add_argument("--files", type=int, default=100, help="RAVDESS files for the `liser predict` real-time factor")
+    ap.add_argument("--repeats", type=int, default=3, help="runs of `liser predict` over the files (median)")
+    ap.add_argument("--startup-runs", type=int, default=7, help="runs of `liser predict` on one file (median)")
+    ap.add_argument("--minutes", type=float, default=60, help="length of the file for the peak-memory figure")
+    ap.add_argument("--json", default=str(REPO / "bench" / "results" / "latency.json"))
+    args = ap.parse_args()
+
+    t_start = time.time()
+    load_start = os.getloadavg()[0]
+    quick = False
+    run = Path(args.run) if args.run else REPO / "runs" / "bench" / "no-dstl" / "fold0"
+    if not (run / "metrics.json").is_file():
+        if args.run:
+            raise SystemExit(f"{run}: not a finished run (no metrics.json)")
+        quick = True
+        print(f"no finished run at {run}: training a quick RAVDESS fold-0 no-dstl run ({args.quick_epochs} epochs)",
+              flush=True)
+        run = quick_run(REPO / "runs" / "bench-latency-quick", args.quick_epochs, args.work)
+    metrics = json.loads((run / "metrics.json").read_text())
+    tmp = Path(tempfile.mkdtemp(prefix="liser-bench-"))
+    try:
+        m = measure(run, args, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    exp, sizes, rtf, lat = m["exp"], m["sizes"], m["rtf"], m["lat"]
+
+    one = lat[min(lat)]
+    # headline: the deployed path (`liser export` fp32, parity 1e-3 with PyTorch), waveform in, 1 thread
+    student_ms = one["onnx_fp32_e2e"]
+    teacher_ms = one["hubert_base"]
+    res = {
+        "date": str(date.today()),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, shared with a background "
+                   f"training grid (load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end)",
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "run": str(run), "quick_run": quick, "run_test_uar": metrics["test"]["uar"],
+        "startup_s": m["start"]["startup_s"],
+        "startup_definition": "wall time of `liser predict student.onnx FILE --threads 1` on one RAVDESS file "
+                              "(process start, imports, model load, one prediction), median",
+        "startup": m["start"],
+        "realtime_factor": rtf["onnx_fp32"]["realtime_factor"],
+        "realtime_definition": "liser predict student.onnx FOLDER --stride 0.1 --threads 1 (100 RAVDESS files), "
+                               "process start, model load and decoding included; audio s / wall s, median of runs",
+        "realtime": rtf,
+        "labels_onnx_vs_run_agreement": m["agreement"],
+        "peak_rss_mb_60min": m["mem"]["peak_rss_mb"],
+        "memory_60min": m["mem"],
+        "student_ms": student_ms,
+        "student_definition": "ONNX fp32 (onnxruntime), 1 thread, batch 1, one 3 s clip: numpy log-Mel front end + student",
+        "teacher_ms": teacher_ms,
+        "teacher_definition": "HuBERT-base (HubertConfig() defaults), 1 thread, batch 1, 3 s raw waveform",
+        "ratio": teacher_ms / student_ms,
+        "ratio_by_student": {k: teacher_ms / one[k] for k in ("torch_fp32", "torch_fp32_e2e", "onnx_fp32",
+                                                               "onnx_fp32_e2e", "onnx_int8", "onnx_int8_e2e")},
+        "ratio_whisper_encoder": one.get("whisper_base_encoder", float("nan")) / student_ms,
+        "onnx_int8_bytes": sizes["onnx_int8"], "sizes_bytes": sizes,
+        "int8_method": exp.get("int8_method"),
+        "fp32_uar": exp.get("fp32_uar"), "int8_uar": exp.get("int8_uar"),
+        "int8_uar_delta": exp.get("int8_uar_delta"),
+        "int8_candidates": exp.get("int8_candidates"),
+        "onnx_parity_max_abs_diff": exp.get("max_abs_diff"),
+        "latency_ms": {str(k): v for k, v in lat.items()},
+        "wall_s": round(time.time() - t_start, 1),
+    }
+    res["targets"] = {
+        "startup<=0.3s": res["startup_s"] <= 0.3,
+        "no_torch": not m["start"]["torch_imported"] and not m["mem"]["torch_imported"],
+        "realtime>=500": res["realtime_factor"] >= 500,
+        "peak_rss_60min<=300MB": res["peak_rss_mb_60min"] <= 300,
+        "ratio>=200": res["ratio"] >= 200,
+        "int8<200KB": sizes["onnx_int8"] < 200_000,
+        "int8_uar_within_1pt": res["int8_uar_delta"] is not None and abs(res["int8_uar_delta"]) <= 0.01,
+    }
+    res["table"] = table(res, lat, rtf, sizes, run, quick)
+    print(res["table"])
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_json = out.with_name(f".{out.name}.tmp")
