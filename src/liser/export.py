@@ -13,7 +13,8 @@ window, hop 512, centred with reflect padding; power through the Slaney Mel
 filterbank `liser.audio.mel_filters()`; 10*log10 with a 1e-10 floor), then
 3 s windows of 94 frames every 0.1 s (`liser.audio.window_starts`), mean of
 the logits over the windows. `liser.load("model.onnx")` does all of this
-around an onnxruntime session.
+around an onnxruntime session, with the numpy implementation of the same
+front end (`liser.frontend.features_numpy`), so it never imports torch.
 
 The file's metadata_props hold `format` (liser-student-onnx), `classes` and
 `video_classes` (JSON lists), `front_end` (JSON), `liser_version`,
