@@ -48,7 +48,9 @@ def compose_pair(speaker: Path, silent: Path, out: Path, small: int = 150, secon
 
     The silent person is on the left at full size, the speaker on the right
     shrunk to `small` px (`speaker_small=False` swaps the sizes: the speaker
-    large on the left, the silent one small on the right).
+    large on the left, the silent one small on the right). Written lossless,
+    so the same clips make the same pixels on every run (the sources are
+    compressed already).
     """
     a = [img for _, img in iter_frames(need(speaker))]
     b = [img for _, img in iter_frames(need(silent))]
@@ -57,7 +59,7 @@ def compose_pair(speaker: Path, silent: Path, out: Path, small: int = 150, secon
     assert sr == 16000, f"{speaker}: expected 16 kHz audio"
     big, little = (b, a) if speaker_small else (a, b)
     h, w = big[0].shape[:2]
-    width = -(-(w + 16 + small) // 32) * 32  # x264 fills a width that is not a multiple of 16 from unset memory
+    width = -(-(w + 16 + small) // 32) * 32  # PyAV's RGB -> YUV of a 390 px wide frame changed between calls
     frames = []
     for i in range(n):
         canvas = np.full((h, width, 3), 40, np.uint8)
@@ -66,7 +68,7 @@ def compose_pair(speaker: Path, silent: Path, out: Path, small: int = 150, secon
         canvas[y : y + small, w + 16 : w + 16 + small] = cv2.resize(little[i], (small, small),
                                                                    interpolation=cv2.INTER_AREA)
         frames.append(canvas)
-    return make_video(out, frames=frames, fps=25, audio_samples=audio.mean(axis=1)[: int(n / 25 * sr)])
+    return make_video(out, frames=frames, fps=25, audio_samples=audio.mean(axis=1)[: int(n / 25 * sr)], lossless=True)
 
 
 def side(track: FaceTrack, width: int = 224) -> float:

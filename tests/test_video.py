@@ -42,12 +42,14 @@ def make_video(
     frames: list[np.ndarray] | None = None,
     seed: int = 0,
     audio_samples: np.ndarray | None = None,
+    lossless: bool = False,
 ) -> Path:
     """Write a tiny H.264 (or MPEG-4) video of noise frames, optionally with a noise AAC track.
 
     `rotation`: counter-clockwise display rotation (PyAV's convention);
     `pts_ms`: explicit frame times in milliseconds (variable frame rate);
-    `audio_samples`: float32 mono 16 kHz samples for the AAC track instead of noise.
+    `audio_samples`: float32 mono 16 kHz samples for the AAC track instead of noise;
+    `lossless`: H.264 at qp 0, so the decoded frames are the same on every run.
     """
     import av
 
@@ -56,7 +58,8 @@ def make_video(
     h, w = frames[0].shape[:2]
     codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
     with av.open(str(path), "w") as c:
-        vs = c.add_stream(codec, rate=fps)
+        # lossless: x264's lossy output differed from run to run on the same frames (its decoded pixels did too)
+        vs = c.add_stream(codec, rate=fps, options={"qp": "0"} if lossless and codec == "libx264" else {})
         vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
         tb = fractions.Fraction(1, 1000) if pts_ms is not None else fractions.Fraction(1, fps)
         vs.codec_context.time_base = tb
