@@ -29,6 +29,7 @@ Writes bench/results/default_model.json (or --json) and prints the tables.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import platform
@@ -53,6 +54,8 @@ def run_figures(run: Path) -> dict:
         raise LiserError(f"{run}: no metrics.json (not finished; scripts/train_default_model.sh resumes it)")
     m = json.loads(p.read_text())
     classes = m["classes"]
+    with open(run / "epochs.csv", newline="") as f:
+        epochs_s = [float(r["epoch_s"]) for r in csv.DictReader(f)]
     labels = [classes[y] for y in m["test_y"]]
     present = [c for c in classes if c in set(labels)]
     s = score(np.array(m["test_logits"]), labels, classes, class_mapping(present, classes))
@@ -60,6 +63,7 @@ def run_figures(run: Path) -> dict:
             "uar": round(m["test"]["uar"], 4), "war": round(m["test"]["war"], 4),
             "uar_shared_only": round(s["uar"], 4), "best_epoch": m["best_epoch"],
             "val_uar": round(m["val"]["uar"], 4), "n_train": m["n_train"], "n_val": m["n_val"],
+            "epochs": len(epochs_s), "train_wall_s": round(sum(epochs_s)),
             "per_class_recall": {c: (None if r is None else round(r, 4)) for c, r in m["test"]["per_class_recall"].items()}}
 
 
@@ -149,7 +153,9 @@ def main(argv=None) -> int:
     res = {"what": "default model, leave-one-corpus-out: trained on four corpora, tested on every file of the fifth",
            "command": "OMP_NUM_THREADS=1 python bench/bench_default_model.py " + " ".join(argv or sys.argv[1:]),
            "trained_by": "scripts/train_default_model.sh (configs/default-model.yaml)",
-           "machine": f"{platform.machine()}, {os.cpu_count()} cores, shared with a background experiment grid",
+           "machine": f"{platform.machine()}, {os.cpu_count()} cores; each run trained alone on 1 thread, the LOCO runs "
+                      "while a background experiment grid shared the cores (train_wall_s is pessimistic)",
+           "date": time.strftime("%Y-%m-%d"),
            "loco": loco, "loco_uar_mean": round(float(np.mean([r["uar"] for r in loco.values()])), 4)}
     if args.pooled and (Path(args.pooled) / "metrics.json").is_file():
         res["pooled"] = pooled_figures(Path(args.pooled), Path(args.onnx) if args.onnx else None, args.stride)
