@@ -120,7 +120,7 @@ def evaluate_run(run: str | Path, stride_s: float = 0.1, write: bool = False) ->
 # ---------------------------------------------------------------- grids (Tables 2 and 3, Fig. 2)
 def _fmt(x) -> str:
     """A searched value as part of a run directory's name: 0.5 -> "0.5", a list -> its items joined by "+"."""
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
+    if not isinstance(x, (int, float)):  # bools stay 1 / 0, as run directories were named before
         return safe_id("+".join(map(str, x)) if isinstance(x, (list, tuple)) else str(x))
     return f"{x:g}"
 
