@@ -54,6 +54,8 @@ GRID = {
     "whole-concat-ls0.1": {"head": "concat", "label_smoothing": 0.1},  # softer targets
     "whole-concat-utt4": {"head": "concat", "utt_weight": 4.0},  # whole items weigh 4 pieces in the loss
     "whole-concat-e100-p20": {"head": "concat", "epochs": 100, "patience": 20},  # longer, stopped on validation
+    # second round: the two best of the six above on inner validation (0.813, 0.807), together
+    "whole-concat-wd1-drop0.5": {"head": "concat", "weight_decay": 1.0, "in_dropout": 0.5},
 }
 TARGETS = {"test_uar_mean": 0.75, "test_uar_pieces_mean": 0.72}  # issue 13's teacher targets
 
