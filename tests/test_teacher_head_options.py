@@ -58,6 +58,12 @@ def base_cfg(tiny_hubert, tmp_path_factory) -> SpeechTeacherConfig:
                                train_pieces=True, seed=3, cache_dir=str(cache), vad=False)
 
 
+@pytest.fixture(scope="module")
+def default_fit(ravdess, base_cfg, tmp_path_factory):
+    """base_cfg fitted once (the later options at their defaults)."""
+    return _fit(ravdess, base_cfg, tmp_path_factory.mktemp("default") / "t")
+
+
 def _fit(ravdess, cfg, out):
     return fit_speech_teacher(ravdess, [it.id for it in ravdess.items], out, cfg)
 
@@ -103,8 +109,8 @@ def test_teacher_saved_before_the_options_loads_and_verifies(ravdess, base_cfg, 
 
 
 @pytest.mark.parametrize("key", sorted(OPTIONS))
-def test_each_option_changes_the_fit_and_is_seeded(ravdess, base_cfg, tmp_path, key):
-    default = _fit(ravdess, base_cfg, tmp_path / "d")
+def test_each_option_changes_the_fit_and_is_seeded(ravdess, base_cfg, default_fit, tmp_path, key):
+    default = default_fit
     cfg = replace(base_cfg, **{key: OPTIONS[key]})
     a, b = _fit(ravdess, cfg, tmp_path / "a"), _fit(ravdess, cfg, tmp_path / "b")
     assert a.teacher_hash == b.teacher_hash and _untimed(a.history) == _untimed(b.history)
