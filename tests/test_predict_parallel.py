@@ -1,7 +1,7 @@
 """`liser predict` over many files on several cores: the same output, byte for byte, as one file at a time.
 
-Real RAVDESS files (and a stereo 44.1 kHz WAV, a 3-channel WAV and bad
-files made from them) through the packaged default model (ONNX) in fresh
+Real RAVDESS files (and a stereo 44.1 kHz WAV and bad files made from
+them) through the packaged default model (ONNX) in fresh
 processes, `--threads 1` against `--threads 3`: stdout and stderr merged,
 so the order of results and of error lines is compared too. Also: the
 one-open decoding path equals the general reader's features bit for bit,
@@ -44,9 +44,9 @@ def _ravdess(n: int) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> dict:
-    """16 RAVDESS files, a stereo 44.1 kHz int16 WAV and a 3-channel WAV made from them, and four bad inputs."""
+    """10 RAVDESS files and a stereo 44.1 kHz int16 WAV made from them, a 3-channel WAV, and three bad files."""
     d = tmp_path_factory.mktemp("parallel")
-    rav = _ravdess(16)
+    rav = _ravdess(10)
     x, sr = sf.read(rav[3], dtype="float32")
     y, _ = sf.read(rav[9], dtype="float32")
     n = min(len(x), len(y))
@@ -56,10 +56,11 @@ def inputs(tmp_path_factory) -> dict:
     (d / "empty.wav").write_bytes(b"")
     (d / "text.wav").write_text("not audio\n")
     sf.write(d / "silent.flac", np.zeros(sr * 2, np.float32), sr)
-    good = [*rav[:6], d / "stereo-44k.wav", *rav[6:11], d / "three-channels.wav", *rav[11:]]
+    good = [*rav[:6], d / "stereo-44k.wav", *rav[6:]]
     bad = [d / "empty.wav", d / "text.wav", d / "silent.flac"]
-    order = good[:4] + [bad[0]] + good[4:9] + [bad[1]] + good[9:] + [bad[2]]  # bad files among the good ones
-    return {"good": good, "bad": bad, "order": [str(p) for p in order], "dir": d}
+    order = good[:4] + [bad[0]] + good[4:8] + [bad[1]] + good[8:] + [bad[2]]  # bad files among the good ones
+    # the 3-channel file is read, not predicted by the CLI tests: its down-mix imports scipy (a second of CPU here)
+    return {"good": good, "bad": bad, "order": [str(p) for p in order], "dir": d, "three": d / "three-channels.wav"}
 
 
 def _cli(args: list[str]) -> subprocess.CompletedProcess:
@@ -92,7 +93,7 @@ def test_parallel_output_equals_sequential(inputs, fmt):
 
 
 def test_one_open_read_equals_the_general_reader(inputs, monkeypatch):
-    files = [*inputs["good"][:3], inputs["good"][6], inputs["good"][12]]  # mono 16 kHz FLAC, stereo 44.1 kHz, 3 channels
+    files = [*inputs["good"][:3], inputs["good"][6], inputs["three"]]  # mono 16 kHz FLAC, stereo 44.1 kHz, 3 channels
     for corpus, pattern in (("emodb", "*.flac"), ("tess", "*.opus"), ("cremad", "*.opus")):
         files += sorted((DATA / corpus).rglob(pattern))[:2] if (DATA / corpus).is_dir() else []
     for f in files:
