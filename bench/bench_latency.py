@@ -545,6 +545,7 @@ def main() -> None:  # over 60 lines: the arguments, then the JSON's fields in t
     ap.add_argument("--startup-runs", type=int, default=7, help="runs of `liser predict` on one file (median)")
     ap.add_argument("--minutes", type=float, default=60, help="length of the file for the peak-memory figure")
     ap.add_argument("--json", default=None, help="output (default bench/results/latency.json; with --smoke, a temporary file)")
+    ap.add_argument("--load-note", default="", help="what else ran on the machine, said in the JSON's `machine`")
     ap.add_argument("--smoke", action="store_true",
                     help="a quick check that every measurement runs: 10 files, 1 repeat, 2 start-ups, 1 minute, "
                          "few timed runs, 1 thread; its figures are not the benchmark's")
@@ -580,8 +581,9 @@ def main() -> None:  # over 60 lines: the arguments, then the JSON's fields in t
     teacher_ms = one["hubert_base"]
     res = {
         "date": str(date.today()),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, shared with a background "
-                   f"training grid (load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end)",
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+                   + (f", {args.load_note}" if args.load_note else "")
+                   + f" (load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end)",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "run": str(run), "quick_run": quick, "run_test_uar": metrics["test"]["uar"],
         "startup_s": m["start"]["startup_s"],
