@@ -161,3 +161,37 @@ def test_exported_graph_keeps_the_papers_block_order():
     pools = [n for n in graph.node if n.op_type == "MaxPool"]
     assert len(pools) == 3 and sum(n.op_type == "Conv" for n in graph.node) == 3
     assert all(producer[p.input[0]] == "Relu" for p in pools)
+
+
+def test_evaluation_batches_stay_in_the_heap(real, tmp_path):
+    """With tune_malloc's defaults, a second 512-window evaluation batch reuses the first one's memory instead of
+    faulting about 1.2 GB in again (glibc returned it when its trim threshold was 1 GB)."""
+    import subprocess
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc only")
+    from liser.frontend import windows
+
+    cache, ids, _ = real
+    x = np.concatenate([windows(cache.frames(i), 0.1) for i in ids])[:512]
+    assert len(x) == 512
+    np.save(tmp_path / "x.npy", x)
+    # in a child process: the setting is process-wide, and this test process must stay as it was
+    code = ("import sys, resource, numpy as np, torch; from liser.device import tune_malloc; ok = tune_malloc(); "
+            "from liser.student import Student; torch.set_num_threads(1); "
+            "m = Student(8, 7).to(memory_format=torch.channels_last).eval(); x = torch.from_numpy(np.load(sys.argv[1])); "
+            "flt = []\n"
+            "with torch.inference_mode():\n"
+            "    for _ in range(4):\n"
+            "        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt; m.classify(x)\n"
+            "        flt.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)\n"
+            "print(ok, *flt)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "x.npy")], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    ok, *faults = out.stdout.split()
+    mb = [int(f) * 4096 / 2**20 for f in faults]  # 4 KB pages
+    assert ok == "True"
+    assert mb[0] > 700  # the first batch maps its block-1 activation (770 MB) ...
+    assert max(mb[2:]) < 100, mb  # ... later ones reuse it (the second may still place a few blocks)

@@ -418,11 +418,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .device import MALLOC_THRESHOLD, tune_malloc
+    from .device import tune_malloc
 
     # the command owns its process: large training temporaries stay in the heap (see tune_malloc); predict
     # instead gives temporaries over 1 MB straight back (its malloc_threshold default), so that its memory is bounded
-    tune_malloc(getattr(args, "malloc_threshold", None) or MALLOC_THRESHOLD)
+    threshold = getattr(args, "malloc_threshold", None)
+    tune_malloc(threshold, trim=threshold) if threshold else tune_malloc()
     try:
         return int(args.func(args) or 0)
     except LiserError as e:

@@ -17,16 +17,16 @@ to every cell above the log floor, so the label no longer depends on the
 recording level. The flag is a buffer too: checkpoints and the ONNX graph
 carry it, and checkpoints written before it existed load with it off.
 
-Two ways through the conv blocks give the same numbers bit for bit as the
-plain `conv -> BN -> ReLU -> pool` order, for less memory traffic on the CPU:
+Two changes to the way through the conv blocks give the same numbers bit
+for bit as the plain `conv -> BN -> ReLU -> pool` Sequential, for less memory
+traffic on the CPU (tests/test_train_speed.py checks both on real crops):
 
-- training runs each block as conv -> BN -> pool -> ReLU: max-pooling and
-  ReLU commute (both monotone; the max picks the same element, and their
-  gradients reach the same elements with the same values), and the ReLU and
-  its backward then touch a quarter (block 1) or an eighth (block 2) of the
-  elements;
+- each block runs conv -> BN -> pool -> ReLU: max-pooling and ReLU commute
+  (both monotone: the max picks the same element, and their gradients reach
+  the same elements with the same values), and the ReLU and its backward
+  then touch a quarter (block 1) or an eighth (block 2) of the elements;
 - evaluation without autograd runs each conv on the whole batch, as given,
-  and BN, ReLU and pool on `EVAL_CHUNK` windows at a time: those three work
+  and BN, pool and ReLU on `EVAL_CHUNK` windows at a time: those three work
   per window, while oneDNN's convolutions round differently for another
   batch size (measured: a window's logits differ in the last bit between
   batches of 512 and 59), so the batch a caller chose still decides the
@@ -42,7 +42,7 @@ from torch import nn
 
 from .audio import CLIP_FRAMES, N_MELS
 
-EVAL_CHUNK = 32  # windows per BN / ReLU / pool call in evaluation: 32 x 1.5 MB of block-1 activations stay in cache
+EVAL_CHUNK = 32  # windows per BN / pool / ReLU call in evaluation: 48 MB of block-1 activations, not 770 MB
 
 
 def _block(c_in: int, c_out: int, kernel: tuple[int, int], pool: tuple[int, int]) -> nn.Sequential:
@@ -100,15 +100,14 @@ class Student(nn.Module):
         """[B, 1, 64, T] -> [B, 64, 2, T / 4]: `self.conv`, in the order that is cheapest here (module docstring)."""
         if torch.jit.is_tracing() or torch.compiler.is_compiling():
             return self.conv(h)  # the exported graph: the paper's order
-        if self.training:
-            for conv, bn, relu, pool in self.conv:
-                h = relu(pool(bn(conv(h))))
-            return h
-        if torch.is_grad_enabled() or len(h) <= EVAL_CHUNK:
-            return self.conv(h)
+        # BN in training needs the whole batch's statistics; autograd gains nothing from chunks
+        chunk = EVAL_CHUNK if not (self.training or torch.is_grad_enabled()) else len(h)
         for conv, bn, relu, pool in self.conv:
             y = conv(h)
-            h = torch.cat([pool(relu(bn(y[a : a + EVAL_CHUNK]))) for a in range(0, len(y), EVAL_CHUNK)])
+            if len(y) <= chunk:
+                h = relu(pool(bn(y)))
+            else:
+                h = torch.cat([relu(pool(bn(y[a : a + chunk]))) for a in range(0, len(y), chunk)])
             del y  # before the next conv allocates its output
         return h
 
