@@ -1,0 +1,234 @@
+"""Benchmark: how fast the student trains on one CPU core (issue 14 §1 "One machine, lean").
+
+Measured on this machine, each in a fresh child process on one thread:
+
+- peak: a 1024 x 1024 float32 matmul (torch, MKL), 2 n^3 FLOPs over the
+  thread's CPU seconds, best and median of --matmul-reps blocks of 10;
+- the student's training GFLOP/s on a fold-0 run, `liser train
+  configs/no-dstl.yaml --fold 0 --set epochs=2 threads=1` as the command runs
+  it (its malloc setting included): FLOPs per training sample (forward x 3
+  minus conv1's input gradient, which nothing needs; from
+  liser.student.flops_per_sample) x the samples the steps saw, over the CPU
+  seconds of the training steps (liser.train.run_epoch timed with the
+  thread's CPU clock: on one thread that is the run's CPU) and over their
+  wall seconds (epochs.csv train_s); its ratio to the matmul peak (target
+  >= 0.7);
+- user and sys CPU seconds of the whole training child (getrusage), sys /
+  user (target <= 0.1);
+- per epoch: wall seconds (epochs.csv epoch_s), CPU seconds of the steps and
+  of the validation; CPU of the test evaluation at the 0.1 s stride (`finish`)
+  and of the start (imports, features, model);
+- a projection of the 5-fold 50-epoch no-dstl run on 2 cores at these CPU
+  seconds (target <= 15 min): `liser cv --jobs 2` runs folds 0-1, 2-3, then
+  4, so 3 folds one after the other on a core, each start + 50 epochs +
+  test. CPU seconds on a loaded machine run long, so an idle one does better.
+
+CPU seconds, not wall seconds, are the figures to compare: the machine is
+shared with a background experiment grid (load averages are recorded), so a
+wall second holds well under one CPU second of this run. Memory and cache
+contention slow CPU seconds too: compare entries measured in one invocation.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_train_speed.py
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_train_speed.py --src before=../wt-base/src --src after=src
+
+`--src LABEL=PATH` trains with another checkout's src/ (the code before a
+change); the sources run one after the other, each after its own matmul
+measurement. Prints a table; writes bench/results/train_speed.json (entries
+of earlier invocations with other labels are kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TARGETS = {"ratio_to_matmul": ">= 0.7", "sys_over_user": "<= 0.1", "five_fold_50_epochs_2_cores_min": "<= 15"}
+
+MATMUL = """
+import json, statistics, sys, time, torch
+torch.set_num_threads(1)
+n, reps = 1024, int(sys.argv[1])
+a, b, c = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
+for _ in range(5):
+    torch.mm(a, b, out=c)
+cpu, wall = [], []
+for _ in range(reps):
+    c0, w0 = time.thread_time(), time.perf_counter()
+    for _ in range(10):
+        torch.mm(a, b, out=c)
+    cpu.append((time.thread_time() - c0) / 10)
+    wall.append((time.perf_counter() - w0) / 10)
+f = 2 * n ** 3 / 1e9
+print(json.dumps({"best": f / min(cpu), "median": f / statistics.median(cpu), "best_wall": f / min(wall)}))
+"""
+
+# The training child: `liser train` as the command runs it, with the steps, the validation and the test timed
+# on the thread's CPU clock (the functions exist in every liser version this benchmark compares).
+TRAIN = """
+import csv, json, sys, time
+import liser, liser.train as T
+from liser import audio
+from liser.config import Config
+from liser.device import tune_malloc
+from liser.student import flops_per_sample
+
+tune_malloc()  # as `liser train` does
+cpu = {"run_epoch": [], "end_epoch": [], "finish": []}
+seen = {"samples": 0, "steps": 0}
+
+def timed(name, fn):
+    def wrapper(*args, **kwargs):
+        c0 = time.thread_time()
+        out = fn(*args, **kwargs)
+        cpu[name].append(time.thread_time() - c0)
+        if name == "run_epoch":
+            seen["steps"] += out[1]
+            seen["samples"] += out[2]
+        return out
+    return wrapper
+
+for name in cpu:
+    setattr(T, name, timed(name, getattr(T, name)))
+c0 = time.thread_time()
+cfg = Config.load(sys.argv[1], overrides=sys.argv[2:])
+T.train(cfg, progress=False)
+total = time.thread_time() - c0
+m = json.loads((T.run_dir(cfg) / "metrics.json").read_text())
+with open(T.run_dir(cfg) / "epochs.csv") as f:
+    rows = list(csv.DictReader(f))
+fwd = flops_per_sample(len(m["classes"]), len(m["video_classes"]))
+conv1 = 2 * 64 * 9 * audio.N_MELS * audio.CLIP_FRAMES  # conv1's input gradient: the input needs none
+print("BENCH " + json.dumps({"cpu": cpu, "thread_cpu_s": total, **seen, "forward_flops": fwd,
+                             "train_flops_per_sample": 3 * fwd - conv1, "liser": liser.__file__,
+                             "test_uar": m["test"]["uar"], "rows": rows}))
+"""
+
+
+def child(code: str, args: list[str], src: Path, timeout: int) -> tuple[str, float, float]:
+    """Run `python -c code args` with liser from `src` on one thread; (stdout, user s, sys s) of that child."""
+    env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env,
+                         cwd=REPO, timeout=timeout)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if out.returncode:
+        sys.exit(f"bench_train_speed: child failed ({src}):\n{out.stderr[-3000:]}")
+    return out.stdout, after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
+
+
+def commit_of(src: Path) -> str:
+    r = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--", "."], capture_output=True, text=True)
+    return (r.stdout.strip() or "?") + ("+changes" if dirty.stdout.strip() else "")
+
+
+def measure(label: str, src: Path, args) -> dict:
+    """One source: the matmul peak, then the training run; the figures of one JSON entry."""
+    load_start = os.getloadavg()
+    mm = json.loads(child(MATMUL, [str(args.matmul_reps)], src, 300)[0])
+    with tempfile.TemporaryDirectory(prefix="bench-train-speed-") as out:
+        sets = [f"fold={args.fold}", f"epochs={args.epochs}", "threads=1", f"work={args.work}", f"out={out}"]
+        t0 = time.perf_counter()
+        stdout, user, sys_s = child(TRAIN, [args.config, *sets], src, 3000)
+        wall = time.perf_counter() - t0
+        r = json.loads(next(line for line in stdout.splitlines() if line.startswith("BENCH "))[6:])
+    rows = r["rows"]
+    flops = r["samples"] * r["train_flops_per_sample"]
+    steps_cpu, steps_wall = sum(r["cpu"]["run_epoch"]), sum(float(x["train_s"]) for x in rows)
+    val_cpu = r["cpu"]["end_epoch"]  # validation, plus best.pt / last.pt (a few ms)
+    start_cpu = r["thread_cpu_s"] - steps_cpu - sum(val_cpu) - sum(r["cpu"]["finish"])
+    epoch_cpu = steps_cpu / len(rows) + sum(val_cpu) / len(rows)
+    fold_50 = start_cpu + 50 * epoch_cpu + sum(r["cpu"]["finish"])
+    gflops_cpu = flops / steps_cpu / 1e9
+    return {
+        "label": label, "src": str(src), "commit": commit_of(src), "liser": r["liser"],
+        "date": datetime.now().isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, shared with a background training grid",
+        "load_average_start": [round(x, 2) for x in load_start],
+        "load_average_end": [round(x, 2) for x in os.getloadavg()],
+        "command": f"liser train {args.config} --fold {args.fold} --set epochs={args.epochs} threads=1 (in a child, "
+                   "steps / validation / test timed on the thread's CPU clock)",
+        "matmul_gflops": round(mm["best"], 1), "matmul_gflops_median": round(mm["median"], 1),
+        "matmul_gflops_wall": round(mm["best_wall"], 1),
+        "train_flops_per_sample": r["train_flops_per_sample"], "forward_flops_per_sample": r["forward_flops"],
+        "samples": r["samples"], "steps": r["steps"], "train_gflop": round(flops / 1e9, 1),
+        "train_gflops_cpu": round(gflops_cpu, 1), "train_gflops_wall": round(flops / steps_wall / 1e9, 1),
+        "ratio_to_matmul": round(gflops_cpu / mm["best"], 3),
+        "ratio_to_matmul_median": round(gflops_cpu / mm["median"], 3),
+        "user_s": round(user, 2), "sys_s": round(sys_s, 2), "sys_over_user": round(sys_s / user, 3),
+        "wall_s": round(wall, 1),
+        "epoch_wall_s": [float(x["epoch_s"]) for x in rows],
+        "epoch_cpu_s": round(epoch_cpu, 2),
+        "steps_cpu_s_per_epoch": round(steps_cpu / len(rows), 2),
+        "step_cpu_ms": round(1000 * steps_cpu / r["steps"], 1),
+        "validation_cpu_s_per_epoch": round(sum(val_cpu) / len(rows), 2),
+        "test_cpu_s": round(sum(r["cpu"]["finish"]), 2),
+        "start_cpu_s": round(start_cpu, 2),
+        "five_fold_50_epochs_2_cores_min": round(3 * fold_50 / 60, 1),
+        "test_uar": r["test_uar"],
+    }
+
+
+def table(entries: list[dict]) -> str:
+    rows = [("matmul 1024^2 peak, GFLOP/s (CPU clock, best / median)", lambda e: f"{e['matmul_gflops']} / {e['matmul_gflops_median']}"),
+            ("training GFLOP/s per CPU second / per wall second", lambda e: f"{e['train_gflops_cpu']} / {e['train_gflops_wall']}"),
+            ("ratio to the matmul peak (target >= 0.7)", lambda e: f"{e['ratio_to_matmul']}"),
+            ("training step (25 crops), CPU ms", lambda e: f"{e['step_cpu_ms']}"),
+            ("epoch CPU s: steps + validation", lambda e: f"{e['steps_cpu_s_per_epoch']} + {e['validation_cpu_s_per_epoch']}"),
+            ("epoch wall s (loaded machine)", lambda e: " / ".join(f"{x:.1f}" for x in e["epoch_wall_s"])),
+            ("test evaluation (0.1 s stride) CPU s", lambda e: f"{e['test_cpu_s']}"),
+            ("start (imports, features, model) CPU s", lambda e: f"{e['start_cpu_s']}"),
+            ("child user / sys s (sys/user, target <= 0.1)", lambda e: f"{e['user_s']} / {e['sys_s']} ({e['sys_over_user']})"),
+            ("5 folds x 50 epochs on 2 cores at these CPU s, min (target <= 15)", lambda e: f"{e['five_fold_50_epochs_2_cores_min']}"),
+            ("load average at start / end", lambda e: f"{e['load_average_start'][0]} / {e['load_average_end'][0]}")]
+    out = ["| figure | " + " | ".join(f"{e['label']} ({e['commit']})" for e in entries) + " |",
+           "|---" * (len(entries) + 1) + "|"]
+    out += [f"| {name} | " + " | ".join(f(e) for e in entries) + " |" for name, f in rows]
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--src", action="append", default=[], metavar="LABEL=PATH",
+                    help="label and src/ folder to train with (repeatable; default after=src of this checkout)")
+    ap.add_argument("--config", default="configs/no-dstl.yaml")
+    ap.add_argument("--fold", type=int, default=0)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--work", default="work", help="work folder holding the manifests and features cache")
+    ap.add_argument("--matmul-reps", type=int, default=15)
+    ap.add_argument("--json", default=str(REPO / "bench" / "results" / "train_speed.json"))
+    args = ap.parse_args()
+    args.work = str(Path(args.work).resolve())
+    sources = [s.split("=", 1) for s in (args.src or ["after=src"])]
+    entries = [measure(label, Path(path).resolve(), args) for label, path in sources]
+    print(table(entries))
+    path = Path(args.json)
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    runs = {**old.get("runs", {}), **{e["label"]: e for e in entries}}
+    res = {"what": "student training speed on one CPU thread (issue 14 §1); see bench/bench_train_speed.py",
+           "command": " ".join(["OMP_NUM_THREADS=1", "python", "bench/bench_train_speed.py", *sys.argv[1:]]),
+           "targets": TARGETS, "runs": runs}
+    if "before" in runs and "after" in runs:
+        b, a = runs["before"], runs["after"]
+        res["speedup_cpu"] = {k: round(b[k] / a[k], 2) for k in
+                              ("step_cpu_ms", "validation_cpu_s_per_epoch", "test_cpu_s", "epoch_cpu_s", "user_s")}
+    res["table"] = table(list(runs.values()))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(res, indent=1) + "\n")
+    os.replace(tmp, path)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
