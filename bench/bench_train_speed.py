@@ -12,7 +12,9 @@ Measured on this machine, each in a fresh child process on one thread:
   seconds of the training steps (liser.train.run_epoch timed with the
   thread's CPU clock: on one thread that is the run's CPU) and over their
   wall seconds (epochs.csv train_s); its ratio to the matmul peak (target
-  >= 0.7);
+  >= 0.7). Per step too (the thread's CPU clock at each next_batch): min
+  and median CPU ms of the full steps, and the best step's GFLOP/s, which
+  the other processes' load slowed least;
 - user and sys CPU seconds of the whole training child (getrusage), sys /
   user (target <= 0.1);
 - per epoch: wall seconds (epochs.csv epoch_s), CPU seconds of the steps and
@@ -25,16 +27,21 @@ Measured on this machine, each in a fresh child process on one thread:
 
 CPU seconds, not wall seconds, are the figures to compare: the machine is
 shared with a background experiment grid (load averages are recorded), so a
-wall second holds well under one CPU second of this run. Memory and cache
-contention slow CPU seconds too: compare entries measured in one invocation.
+wall second holds well under one CPU second of this run. The load slows CPU
+seconds too (shared caches and memory bandwidth; this virtual machine
+reports no steal time): the same step measured 146 ms and 350 ms at
+different hours. Compare entries of one invocation, and the best steps.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_train_speed.py
-    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_train_speed.py --src before=../wt-base/src --src after=src
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_train_speed.py --src before=../wt-base/src --src after=src \\
+        --epochs 1 --rounds 2
 
 `--src LABEL=PATH` trains with another checkout's src/ (the code before a
 change); the sources run one after the other, each after its own matmul
-measurement. Prints a table; writes bench/results/train_speed.json (entries
-of earlier invocations with other labels are kept).
+measurement, --rounds times (A B, then B A, ...). With labels `before` and
+`after` the JSON also holds their CPU-second ratios (speedup_cpu). Prints
+a table; writes bench/results/train_speed.json (entries of earlier
+invocations with other labels are kept).
 """
 
 from __future__ import annotations
@@ -44,12 +51,15 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = {"ratio_to_matmul": ">= 0.7", "sys_over_user": "<= 0.1", "five_fold_50_epochs_2_cores_min": "<= 15"}
@@ -85,6 +95,7 @@ from liser.student import flops_per_sample
 tune_malloc()  # as `liser train` does
 cpu = {"run_epoch": [], "end_epoch": [], "finish": []}
 seen = {"samples": 0, "steps": 0}
+marks = []  # (the thread's CPU clock, samples) at each step's start (next_batch) and at each epoch's end
 
 def timed(name, fn):
     def wrapper(*args, **kwargs):
@@ -94,9 +105,19 @@ def timed(name, fn):
         if name == "run_epoch":
             seen["steps"] += out[1]
             seen["samples"] += out[2]
+            marks.append((time.thread_time(), 0))
+            marks.append(None)  # an epoch's end: no step spans it
         return out
     return wrapper
 
+next_batch = T.next_batch
+def marked(*args, **kwargs):
+    t = time.thread_time()
+    out = next_batch(*args, **kwargs)
+    marks.append((t, len(out[0])))  # a step's start and its samples
+    return out
+
+T.next_batch = marked
 for name in cpu:
     setattr(T, name, timed(name, getattr(T, name)))
 c0 = time.thread_time()
@@ -110,7 +131,8 @@ fwd = flops_per_sample(len(m["classes"]), len(m["video_classes"]))
 conv1 = 2 * 64 * 9 * audio.N_MELS * audio.CLIP_FRAMES  # conv1's input gradient: the input needs none
 print("BENCH " + json.dumps({"cpu": cpu, "thread_cpu_s": total, **seen, "forward_flops": fwd,
                              "train_flops_per_sample": 3 * fwd - conv1, "liser": liser.__file__,
-                             "test_uar": m["test"]["uar"], "rows": rows}))
+                             "test_uar": m["test"]["uar"], "rows": rows,
+                             "steps_cpu": [(b[0] - a[0], a[1]) for a, b in zip(marks, marks[1:]) if a and b]}))
 """
 
 
@@ -150,6 +172,8 @@ def measure(label: str, src: Path, args) -> dict:
     epoch_cpu = steps_cpu / len(rows) + sum(val_cpu) / len(rows)
     fold_50 = start_cpu + 50 * epoch_cpu + sum(r["cpu"]["finish"])
     gflops_cpu = flops / steps_cpu / 1e9
+    per_step = sorted(n * r["train_flops_per_sample"] / dt / 1e9 for dt, n in r["steps_cpu"])
+    full = sorted(dt for dt, n in r["steps_cpu"] if n == max(n for _, n in r["steps_cpu"]))
     return {
         "label": label, "src": str(src), "commit": commit_of(src), "liser": r["liser"],
         "date": datetime.now().isoformat(timespec="seconds"),
@@ -165,6 +189,9 @@ def measure(label: str, src: Path, args) -> dict:
         "train_gflops_cpu": round(gflops_cpu, 1), "train_gflops_wall": round(flops / steps_wall / 1e9, 1),
         "ratio_to_matmul": round(gflops_cpu / mm["best"], 3),
         "ratio_to_matmul_median": round(gflops_cpu / mm["median"], 3),
+        "train_gflops_best_step": round(per_step[-1], 1), "train_gflops_median_step": round(statistics.median(per_step), 1),
+        "ratio_best_step_to_matmul": round(per_step[-1] / mm["best"], 3),
+        "step_cpu_ms_min": round(1000 * full[0], 1), "step_cpu_ms_median": round(1000 * statistics.median(full), 1),
         "user_s": round(user, 2), "sys_s": round(sys_s, 2), "sys_over_user": round(sys_s / user, 3),
         "wall_s": round(wall, 1),
         "epoch_wall_s": [float(x["epoch_s"]) for x in rows],
@@ -183,7 +210,8 @@ def table(entries: list[dict]) -> str:
     rows = [("matmul 1024^2 peak, GFLOP/s (CPU clock, best / median)", lambda e: f"{e['matmul_gflops']} / {e['matmul_gflops_median']}"),
             ("training GFLOP/s per CPU second / per wall second", lambda e: f"{e['train_gflops_cpu']} / {e['train_gflops_wall']}"),
             ("ratio to the matmul peak (target >= 0.7)", lambda e: f"{e['ratio_to_matmul']}"),
-            ("training step (25 crops), CPU ms", lambda e: f"{e['step_cpu_ms']}"),
+            ("best step: GFLOP/s, ratio to the matmul peak", lambda e: f"{e['train_gflops_best_step']}, {e['ratio_best_step_to_matmul']}"),
+            ("training step (25 crops), CPU ms: min / median", lambda e: f"{e['step_cpu_ms_min']} / {e['step_cpu_ms_median']}"),
             ("epoch CPU s: steps + validation", lambda e: f"{e['steps_cpu_s_per_epoch']} + {e['validation_cpu_s_per_epoch']}"),
             ("epoch wall s (loaded machine)", lambda e: " / ".join(f"{x:.1f}" for x in e["epoch_wall_s"])),
             ("test evaluation (0.1 s stride) CPU s", lambda e: f"{e['test_cpu_s']}"),
@@ -206,11 +234,15 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--work", default="work", help="work folder holding the manifests and features cache")
     ap.add_argument("--matmul-reps", type=int, default=15)
+    ap.add_argument("--rounds", type=int, default=1, help="measure every source this many times, alternating the order")
     ap.add_argument("--json", default=str(REPO / "bench" / "results" / "train_speed.json"))
     args = ap.parse_args()
     args.work = str(Path(args.work).resolve())
     sources = [s.split("=", 1) for s in (args.src or ["after=src"])]
-    entries = [measure(label, Path(path).resolve(), args) for label, path in sources]
+    entries = []
+    for r in range(args.rounds):  # every other round in reverse order (A B B A): a load that drifts favours none
+        for label, path in sources[:: -1 if r % 2 else 1]:
+            entries.append(measure(label + (f" (round {r + 1})" if r else ""), Path(path).resolve(), args))
     print(table(entries))
     path = Path(args.json)
     old = json.loads(path.read_text()) if path.is_file() else {}
@@ -218,10 +250,14 @@ def main() -> None:
     res = {"what": "student training speed on one CPU thread (issue 14 §1); see bench/bench_train_speed.py",
            "command": " ".join(["OMP_NUM_THREADS=1", "python", "bench/bench_train_speed.py", *sys.argv[1:]]),
            "targets": TARGETS, "runs": runs}
-    if "before" in runs and "after" in runs:
-        b, a = runs["before"], runs["after"]
-        res["speedup_cpu"] = {k: round(b[k] / a[k], 2) for k in
-                              ("step_cpu_ms", "validation_cpu_s_per_epoch", "test_cpu_s", "epoch_cpu_s", "user_s")}
+    keys = ("step_cpu_ms_min", "step_cpu_ms_median", "step_cpu_ms", "validation_cpu_s_per_epoch", "test_cpu_s",
+            "epoch_cpu_s", "user_s", "sys_s")
+    pairs = [(runs[k], runs[k.replace("before", "after")]) for k in runs
+             if k.startswith("before") and k.replace("before", "after") in runs]
+    if pairs:  # before / after of each round, and their geometric mean over the rounds
+        res["speedup_cpu"] = {k: round(float(np.exp(np.mean([np.log(b[k] / a[k]) for b, a in pairs]))), 2)
+                              for k in keys}
+        res["speedup_cpu_by_round"] = [{k: round(b[k] / a[k], 2) for k in keys} for b, a in pairs]
     res["table"] = table(list(runs.values()))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
