@@ -36,6 +36,11 @@ different hours. Compare entries of one invocation, and the best steps.
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_train_speed.py --src before=../wt-base/src --src after=src \\
         --epochs 1 --rounds 2
 
+`--variants` also times training steps done in ways that change the
+results (bfloat16 autocast, torch.compile) against the plain path, step by
+step in turns, on real crops, and says whether the weights stay the same
+(`--rounds 0 --variants`: only those, added to the JSON).
+
 `--src LABEL=PATH` trains with another checkout's src/ (the code before a
 change); the sources run one after the other, each after its own matmul
 measurement, --rounds times (A B, then B A, ...). With labels `before` and
@@ -133,6 +138,66 @@ print("BENCH " + json.dumps({"cpu": cpu, "thread_cpu_s": total, **seen, "forward
                              "train_flops_per_sample": 3 * fwd - conv1, "liser": liser.__file__,
                              "test_uar": m["test"]["uar"], "rows": rows,
                              "steps_cpu": [(b[0] - a[0], a[1]) for a, b in zip(marks, marks[1:]) if a and b]}))
+"""
+
+# --variants: what the student's training step would cost done otherwise (none gives the same bits, so none is
+# used): per-step CPU ms (min / median of --variant-steps) on real 3 s crops of the fold's training files, and
+# whether the weights after those steps equal the plain path's bit for bit.
+VARIANTS = """
+import contextlib, json, statistics, sys, time
+import numpy as np, torch, torch.nn.functional as F
+from liser.config import Config
+from liser.device import tune_malloc
+from liser.features import build_features
+from liser.student import Student
+from liser.train import random_crop
+from liser.workspace import fold_items, labeled_manifest
+
+tune_malloc()
+torch.set_num_threads(1)
+torch.use_deterministic_algorithms(True, warn_only=True)
+torch.utils.deterministic.fill_uninitialized_memory = False
+n_steps, cfg = int(sys.argv[1]), Config.load(sys.argv[2], overrides=sys.argv[3:])
+m = labeled_manifest(cfg)
+train, _, _, classes = fold_items(cfg, m)
+cache = build_features(m, cfg.work, progress=False).load_into_memory()
+rng = np.random.default_rng(0)
+batches = []
+for _ in range(n_steps + 3):
+    idx = rng.choice(len(train), cfg.batch_size, replace=False)
+    x = np.stack([random_crop(cache.frames(train[i].id), rng)[0] for i in idx])
+    batches.append((torch.from_numpy(x), torch.tensor([classes.index(train[i].label) for i in idx])))
+
+def make(compile=False):
+    torch.manual_seed(0)
+    model = Student(len(classes), 7).to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return model, (torch.compile(model) if compile else model), opt
+
+def step(fwd, opt, x, y, autocast):
+    with torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext():
+        sup = fwd(x)[0]
+    loss = F.cross_entropy(sup.float(), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+variants = {"plain (channels_last, float32)": (make(), False), "bfloat16 autocast": (make(), True),
+            "torch.compile (inductor)": (make(compile=True), False)}
+times = {k: [] for k in variants}
+for i, (x, y) in enumerate(batches):  # the variants take turns, step by step: the same load for each
+    names = list(variants)[i % len(variants):] + list(variants)[: i % len(variants)]
+    for name in names:
+        (model, fwd, opt), autocast = variants[name]
+        c0 = time.thread_time()
+        step(fwd, opt, x, y, autocast)
+        if i >= 3:  # the first steps warm up (and compile)
+            times[name].append(time.thread_time() - c0)
+plain = variants["plain (channels_last, float32)"][0][0].state_dict()
+out = {k: [times[k], all(torch.equal(v[0][0].state_dict()[n], plain[n]) for n in plain)] for k, v in variants.items()}
+print("BENCH " + json.dumps({k: {"step_cpu_ms_min": round(1000 * min(t), 1),
+                                 "step_cpu_ms_median": round(1000 * statistics.median(t), 1),
+                                 "same_weights": same} for k, (t, same) in out.items()}))
 """
 
 
@@ -235,6 +300,9 @@ def main() -> None:
     ap.add_argument("--work", default="work", help="work folder holding the manifests and features cache")
     ap.add_argument("--matmul-reps", type=int, default=15)
     ap.add_argument("--rounds", type=int, default=1, help="measure every source this many times, alternating the order")
+    ap.add_argument("--variants", action="store_true",
+                    help="also time training steps done otherwise (bf16, torch.compile; with the last --src)")
+    ap.add_argument("--variant-steps", type=int, default=15)
     ap.add_argument("--json", default=str(REPO / "bench" / "results" / "train_speed.json"))
     args = ap.parse_args()
     args.work = str(Path(args.work).resolve())
@@ -243,7 +311,18 @@ def main() -> None:
     for r in range(args.rounds):  # every other round in reverse order (A B B A): a load that drifts favours none
         for label, path in sources[:: -1 if r % 2 else 1]:
             entries.append(measure(label + (f" (round {r + 1})" if r else ""), Path(path).resolve(), args))
-    print(table(entries))
+    if entries:
+        print(table(entries))
+    variants = None
+    if args.variants:
+        sets = [f"fold={args.fold}", f"work={args.work}"]
+        stdout, _, _ = child(VARIANTS, [str(args.variant_steps), args.config, *sets], Path(sources[-1][1]).resolve(), 3000)
+        variants = {"src": sources[-1][1], "date": datetime.now().isoformat(timespec="seconds"),
+                    "load_average_end": [round(x, 2) for x in os.getloadavg()],
+                    "steps": json.loads(next(x for x in stdout.splitlines() if x.startswith("BENCH "))[6:])}
+        for name, v in variants["steps"].items():
+            print(f"{name:32s} step CPU ms min {v['step_cpu_ms_min']:7.1f} median {v['step_cpu_ms_median']:7.1f}"
+                  f"  same weights: {v['same_weights']}")
     path = Path(args.json)
     old = json.loads(path.read_text()) if path.is_file() else {}
     runs = {**old.get("runs", {}), **{e["label"]: e for e in entries}}
@@ -259,6 +338,8 @@ def main() -> None:
                               for k in keys}
         res["speedup_cpu_by_round"] = [{k: round(b[k] / a[k], 2) for k in keys} for b, a in pairs]
     res["table"] = table(list(runs.values()))
+    if variants or "variants" in old:
+        res["variants"] = variants or old["variants"]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(res, indent=1) + "\n")
