@@ -323,11 +323,13 @@ def main() -> None:
         for name, v in variants["steps"].items():
             print(f"{name:32s} step CPU ms min {v['step_cpu_ms_min']:7.1f} median {v['step_cpu_ms_median']:7.1f}"
                   f"  same weights: {v['same_weights']}")
+    command = " ".join(["OMP_NUM_THREADS=1", "python", "bench/bench_train_speed.py", *sys.argv[1:]])
+    for e in entries + ([variants] if variants else []):
+        e["bench_command"] = command
     path = Path(args.json)
     old = json.loads(path.read_text()) if path.is_file() else {}
     runs = {**old.get("runs", {}), **{e["label"]: e for e in entries}}
     res = {"what": "student training speed on one CPU thread (issue 14 §1); see bench/bench_train_speed.py",
-           "command": " ".join(["OMP_NUM_THREADS=1", "python", "bench/bench_train_speed.py", *sys.argv[1:]]),
            "targets": TARGETS, "runs": runs}
     keys = ("step_cpu_ms_min", "step_cpu_ms_median", "step_cpu_ms", "validation_cpu_s_per_epoch", "test_cpu_s",
             "epoch_cpu_s", "user_s", "sys_s")
