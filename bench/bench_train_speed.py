@@ -41,6 +41,11 @@ results (bfloat16 autocast, torch.compile) against the plain path, step by
 step in turns, on real crops, and says whether the weights stay the same
 (`--rounds 0 --variants`: only those, added to the JSON).
 
+`--turns STEPS` (two --src) runs the two sources' training steps, then their
+validations, in two processes that take turns, A B then B A, on the same
+real crops: both see the same load, so the paired ratios hold where
+separate runs drift; the two must also end with the same weights.
+
 `--src LABEL=PATH` trains with another checkout's src/ (the code before a
 change); the sources run one after the other, each after its own matmul
 measurement, --rounds times (A B, then B A, ...). With labels `before` and
@@ -200,6 +205,89 @@ print("BENCH " + json.dumps({k: {"step_cpu_ms_min": round(1000 * min(t), 1),
                                  "same_weights": same} for k, (t, same) in out.items()}))
 """
 
+# --turns: two sources train the same student on the same real crops in two processes that take turns, step by
+# step (then validation by validation), so that both see the same load; each answer is one step's CPU seconds.
+TURNS = """
+import hashlib, json, sys, time
+import numpy as np, torch, torch.nn.functional as F
+from liser.config import Config
+from liser.device import tune_malloc
+from liser.evaluate import file_logits
+from liser.features import build_features
+from liser.student import Student
+from liser.train import random_crop, torch_settings
+from liser.workspace import fold_items, labeled_manifest
+
+tune_malloc()
+cfg = Config.load(sys.argv[1], overrides=sys.argv[2:])
+m = labeled_manifest(cfg)
+train, val, _, classes = fold_items(cfg, m)
+cache = build_features(m, cfg.work, progress=False).load_into_memory()
+rng = np.random.default_rng(0)
+with torch_settings(1):  # each source's own settings (deterministic mode, and whatever else it sets)
+    torch.manual_seed(0)
+    model = Student(len(classes), 7).to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    val_frames = [cache.frames(it.id) for it in val]
+    print("READY", flush=True)
+    for line in sys.stdin:
+        c0 = time.thread_time()
+        if line.strip() == "step":
+            idx = rng.choice(len(train), cfg.batch_size, replace=False)
+            x = torch.from_numpy(np.stack([random_crop(cache.frames(train[i].id), rng)[0] for i in idx]))
+            y = torch.tensor([classes.index(train[i].label) for i in idx])
+            model.train()
+            loss = F.cross_entropy(model(x)[0], y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        elif line.strip() == "val":
+            file_logits(model, val_frames, cfg.val_stride_s)
+        else:  # the weights' digest: both sources must end with the same bits
+            h = hashlib.sha256(b"".join(v.numpy().tobytes() for v in model.state_dict().values()))
+            print(json.dumps(h.hexdigest()), flush=True)
+            break
+        print(json.dumps(time.thread_time() - c0), flush=True)
+"""
+
+
+def turns(sources: list, args) -> dict:
+    """Steps and validations of two sources in turns (A B, B A, ...): CPU ms of each and their paired ratios."""
+    sets = [f"fold={args.fold}", f"work={args.work}"]
+    procs = {}
+    for label, path in sources:
+        env = {**os.environ, "PYTHONPATH": str(Path(path).resolve()), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        procs[label] = subprocess.Popen([sys.executable, "-c", TURNS, args.config, *sets], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    for label, p in procs.items():
+        if p.stdout.readline().strip() != "READY":
+            sys.exit(f"bench_train_speed: the --turns child of {label} failed")
+
+    def ask(label, what):
+        procs[label].stdin.write(what + "\n")
+        procs[label].stdin.flush()
+        return json.loads(procs[label].stdout.readline())
+
+    load_start = os.getloadavg()
+    out = {}
+    for what, n in (("step", args.turns), ("val", max(2, args.turns // 10))):
+        times = {label: [] for label in procs}
+        for i in range(n):
+            for label in list(procs)[:: -1 if i % 2 else 1]:
+                times[label].append(ask(label, what))
+        (a, ta), (b, tb) = times.items()
+        ratio = [x / y for x, y in zip(ta, tb)]
+        out[what] = {**{f"{k}_cpu_ms_median": round(1000 * statistics.median(v), 1) for k, v in times.items()},
+                     **{f"{k}_cpu_ms_min": round(1000 * min(v), 1) for k, v in times.items()},
+                     f"ratio_{a}_over_{b}_median": round(statistics.median(ratio), 3), "n": n}
+    digests = {label: ask(label, "digest") for label in procs}
+    for p in procs.values():
+        p.wait(timeout=60)
+    return {**out, "same_weights": len(set(digests.values())) == 1, "date": datetime.now().isoformat(timespec="seconds"),
+            "load_average_start": [round(x, 2) for x in load_start],
+            "load_average_end": [round(x, 2) for x in os.getloadavg()],
+            "sources": {label: commit_of(Path(path).resolve()) for label, path in sources}}
+
 
 def child(code: str, args: list[str], src: Path, timeout: int) -> tuple[str, float, float]:
     """Run `python -c code args` with liser from `src` on one thread; (stdout, user s, sys s) of that child."""
@@ -303,6 +391,8 @@ def main() -> None:
     ap.add_argument("--variants", action="store_true",
                     help="also time training steps done otherwise (bf16, torch.compile; with the last --src)")
     ap.add_argument("--variant-steps", type=int, default=15)
+    ap.add_argument("--turns", type=int, default=0, metavar="STEPS",
+                    help="also train two --src in turns, STEPS steps (and STEPS/10 validations) each")
     ap.add_argument("--json", default=str(REPO / "bench" / "results" / "train_speed.json"))
     args = ap.parse_args()
     args.work = str(Path(args.work).resolve())
@@ -313,6 +403,12 @@ def main() -> None:
             entries.append(measure(label + (f" (round {r + 1})" if r else ""), Path(path).resolve(), args))
     if entries:
         print(table(entries))
+    turned = None
+    if args.turns:
+        if len(sources) != 2:
+            sys.exit("bench_train_speed: --turns compares two --src")
+        turned = turns(sources, args)
+        print(json.dumps(turned, indent=1))
     variants = None
     if args.variants:
         sets = [f"fold={args.fold}", f"work={args.work}"]
@@ -324,7 +420,7 @@ def main() -> None:
             print(f"{name:32s} step CPU ms min {v['step_cpu_ms_min']:7.1f} median {v['step_cpu_ms_median']:7.1f}"
                   f"  same weights: {v['same_weights']}")
     command = " ".join(["OMP_NUM_THREADS=1", "python", "bench/bench_train_speed.py", *sys.argv[1:]])
-    for e in entries + ([variants] if variants else []):
+    for e in entries + [x for x in (variants, turned) if x]:
         e["bench_command"] = command
     path = Path(args.json)
     old = json.loads(path.read_text()) if path.is_file() else {}
@@ -340,8 +436,9 @@ def main() -> None:
                               for k in keys}
         res["speedup_cpu_by_round"] = [{k: round(b[k] / a[k], 2) for k in keys} for b, a in pairs]
     res["table"] = table(list(runs.values()))
-    if variants or "variants" in old:
-        res["variants"] = variants or old["variants"]
+    for key, value in (("variants", variants), ("turns", turned)):
+        if value or key in old:
+            res[key] = value or old[key]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(res, indent=1) + "\n")
