@@ -330,7 +330,8 @@ def measure(label: str, src: Path, args) -> dict:
     return {
         "label": label, "src": str(src), "commit": commit_of(src), "liser": r["liser"],
         "date": datetime.now().isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, shared with a background training grid",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores of a virtual machine shared with other work "
+                   "(this guest's load averages below; the host's other guests are not seen)",
         "load_average_start": [round(x, 2) for x in load_start],
         "load_average_end": [round(x, 2) for x in os.getloadavg()],
         "command": f"liser train {args.config} --fold {args.fold} --set epochs={args.epochs} threads=1 (in a child, "
