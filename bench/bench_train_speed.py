@@ -379,6 +379,34 @@ def table(entries: list[dict]) -> str:
     return "\n".join(out)
 
 
+def write_json(path: Path, entries: list, variants: dict | None, turned: dict | None) -> Path:
+    """Merge this invocation's figures into the JSON at `path` (other labels' entries are kept); returns path."""
+    command = " ".join(["OMP_NUM_THREADS=1", "python", "bench/bench_train_speed.py", *sys.argv[1:]])
+    for e in entries + [x for x in (variants, turned) if x]:
+        e["bench_command"] = command
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    runs = {**old.get("runs", {}), **{e["label"]: e for e in entries}}
+    res = {"what": "student training speed on one CPU thread (issue 14 §1); see bench/bench_train_speed.py",
+           "targets": TARGETS, "runs": runs}
+    keys = ("step_cpu_ms_min", "step_cpu_ms_median", "step_cpu_ms", "validation_cpu_s_per_epoch", "test_cpu_s",
+            "epoch_cpu_s", "user_s", "sys_s")
+    pairs = [(runs[k], runs[k.replace("before", "after")]) for k in runs
+             if k.startswith("before") and k.replace("before", "after") in runs]
+    if pairs:  # before / after of each round, and their geometric mean over the rounds
+        res["speedup_cpu"] = {k: round(float(np.exp(np.mean([np.log(b[k] / a[k]) for b, a in pairs]))), 2)
+                              for k in keys}
+        res["speedup_cpu_by_round"] = [{k: round(b[k] / a[k], 2) for k in keys} for b, a in pairs]
+    res["table"] = table(list(runs.values()))
+    for key, value in (("variants", variants), ("turns", turned)):
+        if value or key in old:
+            res[key] = value or old[key]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(res, indent=1) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--src", action="append", default=[], metavar="LABEL=PATH",
@@ -420,30 +448,7 @@ def main() -> None:
         for name, v in variants["steps"].items():
             print(f"{name:32s} step CPU ms min {v['step_cpu_ms_min']:7.1f} median {v['step_cpu_ms_median']:7.1f}"
                   f"  same weights: {v['same_weights']}")
-    command = " ".join(["OMP_NUM_THREADS=1", "python", "bench/bench_train_speed.py", *sys.argv[1:]])
-    for e in entries + [x for x in (variants, turned) if x]:
-        e["bench_command"] = command
-    path = Path(args.json)
-    old = json.loads(path.read_text()) if path.is_file() else {}
-    runs = {**old.get("runs", {}), **{e["label"]: e for e in entries}}
-    res = {"what": "student training speed on one CPU thread (issue 14 §1); see bench/bench_train_speed.py",
-           "targets": TARGETS, "runs": runs}
-    keys = ("step_cpu_ms_min", "step_cpu_ms_median", "step_cpu_ms", "validation_cpu_s_per_epoch", "test_cpu_s",
-            "epoch_cpu_s", "user_s", "sys_s")
-    pairs = [(runs[k], runs[k.replace("before", "after")]) for k in runs
-             if k.startswith("before") and k.replace("before", "after") in runs]
-    if pairs:  # before / after of each round, and their geometric mean over the rounds
-        res["speedup_cpu"] = {k: round(float(np.exp(np.mean([np.log(b[k] / a[k]) for b, a in pairs]))), 2)
-                              for k in keys}
-        res["speedup_cpu_by_round"] = [{k: round(b[k] / a[k], 2) for k in keys} for b, a in pairs]
-    res["table"] = table(list(runs.values()))
-    for key, value in (("variants", variants), ("turns", turned)):
-        if value or key in old:
-            res[key] = value or old[key]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(res, indent=1) + "\n")
-    os.replace(tmp, path)
+    path = write_json(Path(args.json), entries, variants, turned)
     print(f"wrote {path}")
 
 
