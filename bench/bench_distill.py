@@ -81,7 +81,7 @@ def main() -> None:
     os.chdir(REPO)  # the grids' relative paths are relative to the repository
 
     from liser.experiment import collect_grid, expand_grid, fold_count, load_grid, run_grid
-    from liser.report import paired_delta, reference_name
+    from liser.report import paired_delta, pool_curves, reference_name
 
     grid = load_grid(args.grid, args.set)
     base = grid["base"]
@@ -112,7 +112,8 @@ def main() -> None:
                "best_values": sorted({f["variant"] for f in t["folds"]}),
                "chosen_per_fold": [f["variant"] for f in t["folds"]]}
         if len(t.get("variants", {})) > 1:
-            row["variants"] = {v: {k: round(x, 4) if isinstance(x, float) else x for k, x in st.items()}
+            row["variants"] = {v: {k: round(x, 4) if isinstance(x, float) else [round(u, 4) for u in x]
+                                   if k == "uar_per_fold" else x for k, x in st.items() if k != "run_dir"}
                                for v, st in t["variants"].items()}
         ref_name = reference_name(name, res["configs"])
         ref = res["configs"].get(ref_name, {}).get("1") if ref_name else None
@@ -128,9 +129,13 @@ def main() -> None:
             m0 = json.loads((Path(t["folds"][0]["run_dir"]) / "metrics.json").read_text())
             row.update(pool_stats(cfg, m0["n_train"]))
         configs[name] = row
+    full = {name: by_frac["1"] for name, by_frac in res["configs"].items() if by_frac.get("1")}
+    curves = {label: [{k: round(x, 4 if k.startswith("uar") else 2) if isinstance(x, float) else x for k, x in p.items()}
+                      for p in pts]
+              for label, pts in pool_curves(full).items()}
     run_s = sum(run_seconds(Path(r["cfg"].out) / r["cfg"].name / f"fold{r['fold']}") for r in rows)
 
-    out = {"configs": configs, "wall_s": round(wall, 1), "wall_definition": "time during which at least one run was training (union of the runs' spans)"
+    out = {"configs": configs, "pool_curves": curves, "wall_s": round(wall, 1), "wall_definition": "time during which at least one run was training (union of the runs' spans)"
            if args.collect_only else "this call, training included", "runs_trained_this_call": res["runs_trained"],
            "runs_total": res["runs_total"], "jobs": res["jobs"],
            "run_s_total": round(run_s, 1), "cpu_hours": round(run_s / 3600, 2),

@@ -9,6 +9,14 @@ to open, time to read a random 3 s window; also on a synthetic 50 h store).
 Prints a markdown table and writes bench/results/teachers.json.
 
     .venv/bin/python bench/bench_teachers.py
+
+``--speech-eval-only`` refits and relabels nothing: it reads the fitted
+teachers' ``eval.json`` (each checked against its ``teacher.json`` hash) and
+updates only the speech-teacher figures of the JSON (test UAR on whole files
+and on 0.5 s pieces averaged per file, validation ECE before/after
+temperature), keeping the other figures with the date they were measured on.
+
+    .venv/bin/python bench/bench_teachers.py --speech-eval-only
 """
 
 from __future__ import annotations
@@ -66,6 +74,41 @@ def synthetic_store(hours: float = 50.0, classes: int = 8) -> Path:
     return d
 
 
+def speech_eval_figures(cfg) -> dict:
+    """Speech-teacher figures of every fold from the fitted teachers' eval.json; nothing is fitted.
+
+    Raises SystemExit naming the file when a fold has no eval.json or its
+    hash is not the one in teacher.json (the eval is not of that teacher).
+    """
+    from liser.workspace import fold_indices, labeled_manifest, teacher_dir
+
+    evals = []
+    for k in fold_indices(cfg, labeled_manifest(cfg)):
+        ev_path, t_path = teacher_dir(cfg, k) / "eval.json", teacher_dir(cfg, k) / "teacher.json"
+        if not ev_path.is_file() or not t_path.is_file():
+            raise SystemExit(f"{ev_path}: missing (fit the teachers first: liser teacher fit speech CONFIG)")
+        ev = json.loads(ev_path.read_text())
+        if ev.get("hash") != json.loads(t_path.read_text()).get("teacher_hash"):
+            raise SystemExit(f"{ev_path}: its hash is not {t_path}'s teacher_hash (an eval of another teacher)")
+        evals.append(ev)
+    return speech_figures(evals)
+
+
+def speech_figures(evals: list[dict]) -> dict:
+    """The speech-teacher keys of teachers.json from per-fold evals (pipeline.fit_speech_teachers' eval.json)."""
+    mean = lambda key: float(np.mean([e[key] for e in evals]))  # noqa: E731
+    cal = lambda key: float(np.mean([e["calibration"][key] for e in evals]))  # noqa: E731
+    return {"speech_teacher": evals[0]["teacher"] if evals else None,
+            "speech_teacher_hashes": [e["hash"] for e in evals],
+            "speech_teacher_uar_per_fold": [round(e["uar"], 4) for e in evals],
+            "speech_teacher_piece_uar_per_fold": [round(e["uar_pieces"], 4) for e in evals],
+            "speech_teacher_uar_mean": mean("uar"),
+            "speech_teacher_piece_uar_mean": mean("uar_pieces"),
+            "speech_teacher_uar_pieces_mean": mean("uar_pieces"),  # the older name of the same figure
+            "speech_teacher_val_ece_mean": cal("ece"),
+            "speech_teacher_val_ece_tempered_mean": cal("ece_tempered")}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("config", nargs="?", default=str(REPO / "configs" / "vid-sp-dstl.yaml"))
@@ -73,6 +116,8 @@ def main() -> None:
     ap.add_argument("--json", default=str(REPO / "bench" / "results" / "teachers.json"))
     ap.add_argument("--all-stores", action="store_true",
                     help="then also label every fold's store, the pool's faces and the video store (long)")
+    ap.add_argument("--speech-eval-only", action="store_true",
+                    help="only update the speech-teacher figures from the fitted teachers' eval.json (no fitting)")
     args = ap.parse_args()
     os.chdir(REPO)  # the configs' relative paths are relative to the repository
 
@@ -81,18 +126,18 @@ def main() -> None:
     from liser.workspace import teacher_dir, unlabeled_pool
 
     cfg = Config.load(args.config, args.set)
+    command = " ".join(["python"] + sys.argv)
+    if args.speech_eval_only:
+        update_speech_figures(args.json, speech_eval_figures(cfg), args.config, command)
+        return
     res: dict = {"config": args.config, "date": date.today().isoformat(),
                  "machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
-                 "command": " ".join(["python"] + sys.argv)}
+                 "command": command}
 
     t0 = time.time()
     evals = tp.fit_speech_teachers(cfg, progress=False)
     res["speech_fit_s"] = round(time.time() - t0, 1)
-    res["speech_teacher"] = evals[0]["teacher"] if evals else None
-    res["speech_teacher_uar_per_fold"] = [round(e["uar"], 4) for e in evals]
-    res["speech_teacher_uar_mean"] = float(np.mean([e["uar"] for e in evals]))
-    res["speech_teacher_uar_pieces_mean"] = float(np.mean([e["uar_pieces"] for e in evals]))
-    res["speech_teacher_val_ece_mean"] = float(np.mean([e["calibration"]["ece"] for e in evals]))
+    res.update(speech_figures(evals))
 
     # labeling throughput with nothing cached: fold 0's teacher on every 20th pool item, a fresh feature cache
     import dataclasses
@@ -161,6 +206,21 @@ def main() -> None:
         res["faces_and_video_label_s"] = round(time.time() - t0, 1)
         res["video_store"] = store_figures(Path(cfg.video_store))
         write(args.json, res)
+
+
+def update_speech_figures(path, figures: dict, config: str, command: str) -> None:
+    """Replace the speech-teacher figures in the JSON at `path`, keeping (and dating) every other figure."""
+    old = json.loads(Path(path).read_text()) if Path(path).is_file() else {}
+    res = {k: v for k, v in old.items() if not k.startswith("speech_teacher")}
+    if old and "date" in old:
+        res["date"] = old["date"]
+        res["note"] = (f"the speech_teacher_* figures are from {date.today().isoformat()} ({command}: read from the "
+                       f"fitted teachers' eval.json, {config}); every other figure from {old['date']} ({old.get('command')})")
+    res["speech_teacher_date"] = date.today().isoformat()
+    res["speech_teacher_command"] = command
+    res.update(figures)
+    print(json.dumps(figures, indent=1))
+    write(path, res)
 
 
 def write(path, res) -> None:

@@ -241,14 +241,16 @@ def test_cremad_grid_is_table2_with_calibration_rows_and_figure2(monkeypatch):
     runs = expand_grid(g, 5)
     counts = Counter((r["config"], r["fraction"]) for r in runs)
     assert {c for c, _ in counts} == {"no-dstl", "vid-dstl", "sp-dstl", "vid-sp-dstl", "conf-vid-sp-dstl",
-                                      "conf-T-vid-sp-dstl", "entropy-vid-sp-dstl"}
+                                      "conf-T-vid-sp-dstl", "entropy-vid-sp-dstl", "sp-distill-ce",
+                                      "vid-sp-distill-ce"}
     for name in ("no-dstl", "vid-sp-dstl"):  # Figure 2: every fraction on every fold
         assert {f for c, f in counts if c == name} == {0.25, 0.5, 0.75, 1.0}
-    assert len(runs) == 65 and set(counts.values()) == {5}
+    assert len(runs) == 75 and set(counts.values()) == {5}
     by = {r["config"]: r["cfg"] for r in runs if r["fraction"] == 1.0 and r["fold"] == 0}
     assert (by["conf-vid-sp-dstl"].weighting, by["conf-vid-sp-dstl"].temperature_sd) == ("confidence", 1.0)
     assert (by["conf-T-vid-sp-dstl"].weighting, by["conf-T-vid-sp-dstl"].temperature_sd) == ("confidence", 0.0)
     assert by["entropy-vid-sp-dstl"].weighting == "entropy"
+    assert by["sp-distill-ce"].distill_loss == by["vid-sp-distill-ce"].distill_loss == "ce"
     assert by["no-dstl"].lambda_sd == by["no-dstl"].lambda_vd == 0 and by["vid-dstl"].lambda_sd == 0
     for cfg in by.values():
         assert cfg.corpus == "cremad" and cfg.speech_store == "work/stores/cremad/speech-fold{fold}"

@@ -351,7 +351,9 @@ def add_predict(sub) -> None:
                     help="read incrementally (stdin raw PCM/WAV or a file in blocks); a prediction every --stride once 3 s are buffered")
     sp.add_argument("--raw", action="store_true",
                     help="stdin (-) is headerless 16 kHz mono 16-bit little-endian PCM (never assumed without this flag)")
-    sp.add_argument("--threads", type=int, default=None, help="CPU threads for inference (default: library default)")
+    sp.add_argument("--threads", type=int, default=None,
+                    help="CPU cores to use in all (default: every core): that many files at a time, one per core, "
+                         "written in the order given; fewer files than cores share the rest within each file")
     sp.add_argument("--stride", type=float, default=None,
                     help="seconds between 3 s windows: whole-file scoring (default 0.1, the paper's; 3 = non-overlapping, "
                          "~30x faster), and the --timeline / --stream step (default 0.5)")
@@ -359,7 +361,7 @@ def add_predict(sub) -> None:
     # glibc thresholds of 1 MB, not training's 1 GB: with a 1 GB trim threshold the blocks of a long file's
     # reads, its log-Mel chunks and window batches were never given back, and peak RSS grew with the file
     # (1.27 GB for 10 minutes); with 1 MB, an hour stays under 300 MB (bench/bench_predict_memory.py)
-    sp.set_defaults(func=cmd_predict, resumes=False, malloc_threshold=1 << 20)
+    sp.set_defaults(func=cmd_predict, resumes=False, malloc_threshold=1 << 20, one_blas_thread=True)
 
 
 def add_export(sub) -> None:
@@ -416,6 +418,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_blas_thread_at_load() -> None:
+    """numpy's BLAS on one thread in this process, when numpy is not loaded yet (its BLAS reads these once, then).
+
+    Why: OpenBLAS starts a thread per core as numpy is imported (about 25 ms
+    of CPU on 2 cores, more with more) and splits the front end's small Mel
+    matmul over them, whose spin-waits doubled `liser predict`'s CPU time;
+    predict spreads files over the cores instead (--threads is the cores it
+    uses in all). When numpy is already loaded (main() called in process),
+    liser.predict.one_blas_thread limits it for the command's duration.
+    """
+    if "numpy" not in sys.modules:
+        import os
+
+        os.environ["OPENBLAS_NUM_THREADS"] = "1"
+        os.environ["MKL_NUM_THREADS"] = "1"  # numpy built on MKL (conda)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .device import tune_malloc
@@ -424,6 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     # instead gives temporaries over 1 MB straight back (its malloc_threshold default), so that its memory is bounded
     threshold = getattr(args, "malloc_threshold", None)
     tune_malloc(threshold, trim=threshold) if threshold else tune_malloc()
+    if getattr(args, "one_blas_thread", False):
+        _one_blas_thread_at_load()
     try:
         return int(args.func(args) or 0)
     except LiserError as e:

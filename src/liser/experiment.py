@@ -251,7 +251,8 @@ def collect_grid(runs: list[dict]) -> dict:
         if not p.is_file():
             continue
         m = json.loads(p.read_text())
-        by_variant.setdefault((r["config"], r["fraction"], r["variant"]), []).append((m["val"]["uar"], m["test"]["uar"]))
+        by_variant.setdefault((r["config"], r["fraction"], r["variant"]), []).append(
+            (r["fold"], m["val"]["uar"], m["test"]["uar"], str(p.parent)))
         key = (r["config"], r["fraction"], r["fold"])
         if key not in chosen or m["val"]["uar"] > chosen[key]["val"]["uar"]:
             chosen[key] = {**m, "variant": r["variant"], "run_dir": str(p.parent)}
@@ -276,7 +277,9 @@ def collect_grid(runs: list[dict]) -> dict:
                 t["ci95"] = bootstrap_ci(t["y_true"], t["y_pred"], k)
             del t["y_true"], t["y_pred"]
     for (name, frac, variant), vt in by_variant.items():  # each searched value held fixed on every fold
-        v, te = np.array(vt).T
+        vt = sorted(vt)
+        v, te = np.array([x[1] for x in vt]), np.array([x[2] for x in vt])
         table[name][_fmt(frac)].setdefault("variants", {})[variant] = {
-            "val_uar_mean": float(v.mean()), "uar_mean": float(te.mean()), "uar_std": float(te.std()), "folds": len(te)}
+            "val_uar_mean": float(v.mean()), "uar_mean": float(te.mean()), "uar_std": float(te.std()), "folds": len(te),
+            "fold_ids": [x[0] for x in vt], "uar_per_fold": te.tolist(), "run_dir": vt[0][3]}
     return {"configs": table}

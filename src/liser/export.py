@@ -28,11 +28,19 @@ An fp32 export with a difference above 1e-3 or any disagreeing label fails
 and leaves no file (everything is written under a temporary name and renamed
 on success).
 
-`--int8` tries two onnxruntime quantisations and keeps the better one:
-dynamic (int8 weights, activations quantised on the fly; Conv, Gemm, LSTM)
-and static QDQ (convolutions and the head with activation ranges calibrated
-on real training windows) plus dynamic int8 for the LSTM, which QDQ leaves in
-fp32. "Better" = higher test UAR, then label agreement with fp32, then size.
+`--int8` tries two onnxruntime quantisations: dynamic (int8 weights,
+activations quantised on the fly; Conv, Gemm, LSTM) and static QDQ
+(convolutions and the head with activation ranges calibrated on real training
+windows) plus dynamic int8 for the LSTM, which QDQ leaves in fp32. Each is
+scored on the check data (test UAR, label agreement with fp32, size) and
+timed: median CPU ms per window on 1 thread (`TIMING_*`). Which one is kept
+(`choose_int8`): those under the size budget; of them, those whose test UAR
+is within `INT8_UAR_TOLERANCE` of fp32's (none: the best UAR); of those, the
+fastest, where "faster" needs a clear `SPEED_MARGIN` (dynamic int8
+re-quantises the activations on every call: its convolutions ran ~5x slower
+per window than static QDQ's or fp32's on an x86 CPU); a tie within the
+margin goes to higher UAR, then agreement, then size. The report and the
+printed line say each candidate's figures and why the kept one was chosen.
 """
 
 from __future__ import annotations
@@ -50,6 +58,11 @@ from .errors import LiserError
 
 FP32_TOLERANCE = 1e-3  # max abs logit difference torch vs onnxruntime for an fp32 export
 INT8_BUDGET = 200_000  # bytes: the int8 model's size target
+INT8_UAR_TOLERANCE = 0.01  # test UAR an int8 model may lose against fp32 and still count as good (1 point)
+SPEED_MARGIN = 1.5  # one candidate beats another on speed only when this many times faster (see choose_int8)
+TIMING_WINDOWS = 64  # check windows each model is timed on (the first files' windows)
+TIMING_BATCH = 8  # windows per onnxruntime call while timing
+TIMING_REPEATS = 5  # timed passes over the windows after one warm-up pass; the median is kept
 INPUT, OUTPUT = "logmel", "logits"
 CALIBRATION_WINDOWS = 200  # real training windows for static quantisation
 
@@ -281,9 +294,11 @@ def export_onnx(run: str | Path, out: str | Path, int8: str | Path | bool | None
     say(f"wrote {out} ({report['fp32_bytes'] / 1000:.0f} KB, fp32" +
         (f", test UAR {uar32:.3f})" if uar32 is not None else ")"))
     if int8_path:
-        say(f"wrote {int8_path} ({report['int8_bytes'] / 1000:.0f} KB, int8 {report['int8_method']}" +
-            (f", test UAR {report['int8_uar']:.3f} vs fp32 {uar32:.3f}, delta {report['int8_uar_delta']:+.3f})"
-             if uar32 is not None else f", label agreement with fp32 {report['int8_agreement']:.1%})"))
+        say(f"wrote {int8_path} ({report['int8_bytes'] / 1000:.0f} KB, int8 {report['int8_method']}, "
+            f"{report['int8_ms_per_window']:.2f} ms/window" +
+            (f", test UAR {report['int8_uar']:.3f} vs fp32 {uar32:.3f}, delta {report['int8_uar_delta']:+.3f}"
+             if uar32 is not None else f", label agreement with fp32 {report['int8_agreement']:.1%}") +
+            f"; chosen: {report['int8_chosen_because']})")
     return report
 
 
@@ -346,8 +361,88 @@ def _fp32(classifier, tmp: Path, out: Path, ck: dict, data: CheckData, opset: in
     return ref_lab, uar32
 
 
+def _ms_per_window(path: Path, wins: list[np.ndarray]) -> float:
+    """Median CPU milliseconds per window of the model at `path` on 1 onnxruntime thread.
+
+    The first TIMING_WINDOWS check windows (float32 [n, 64, 94]), in calls of
+    TIMING_BATCH, TIMING_REPEATS passes after one warm-up pass. CPU time of
+    this process (time.process_time), not wall time: on a shared machine other
+    processes' load stretches wall time but hardly the CPU one session spends.
+    """
+    import time
+
+    parts, n = [], 0
+    for w in wins:
+        if n >= TIMING_WINDOWS:
+            break
+        parts.append(w[: TIMING_WINDOWS - n])
+        n += len(parts[-1])
+    x = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+    batches = [x[a : a + TIMING_BATCH] for a in range(0, len(x), TIMING_BATCH)]
+    sess = _session(path, 1)
+    times = []
+    for rep in range(TIMING_REPEATS + 1):
+        t0 = time.process_time()
+        for b in batches:
+            sess.run(None, {INPUT: b})
+        if rep:  # pass 0 warms the session up (first-run allocations)
+            times.append(time.process_time() - t0)
+    return 1000.0 * float(np.median(times)) / len(x)
+
+
+def choose_int8(cands: list[dict], uar32: float | None) -> tuple[dict, str]:
+    """The int8 candidate to keep, and why (a phrase for the printed line).
+
+    Each candidate is a dict with "method", "bytes", "agreement" (label
+    agreement with fp32, 0-1), "uar" (test UAR, None without labels) and
+    "ms_per_window". In turn: those under INT8_BUDGET (all, when none is);
+    of them, those whose UAR is within INT8_UAR_TOLERANCE of `uar32` (none:
+    those with the best UAR; without labels, agreement stands in for UAR and
+    fp32's is 1.0); of those, the ones within SPEED_MARGIN of the fastest;
+    then the highest UAR, agreement, smallest size. Raises ValueError on an
+    empty list.
+    """
+    if not cands:
+        raise ValueError("no int8 candidates")
+    labels = uar32 is not None
+    score = (lambda c: c["uar"] if c["uar"] is not None else 0.0) if labels else (lambda c: c["agreement"])
+    ref, what = (uar32, "test UAR") if labels else (1.0, "label agreement")
+    why = []
+    pool = [c for c in cands if c["bytes"] < INT8_BUDGET]
+    if pool and len(pool) < len(cands):
+        why.append(f"under the {INT8_BUDGET / 1000:.0f} KB budget")
+    pool = pool or cands
+    good = [c for c in pool if score(c) >= ref - INT8_UAR_TOLERANCE - 1e-9]
+    if good:
+        out = [c["method"] for c in pool if c not in good]
+        why.append(f"{what} within {INT8_UAR_TOLERANCE * 100:.0f} point of fp32" +
+                   (f" ({', '.join(out)}: not)" if out else ""))
+    else:
+        top = max(score(c) for c in pool)
+        good = [c for c in pool if score(c) == top]
+        why.append(f"best {what} (none within {INT8_UAR_TOLERANCE * 100:.0f} point of fp32)")
+    # Timing noise must not decide: two candidates are told apart on speed only when one is at
+    # least SPEED_MARGIN times faster (dynamic vs static QDQ differ ~5x per window on an x86 CPU;
+    # repeated timings of one model on the loaded 2-core machine varied by under 30 %). Everything
+    # within the margin of the fastest stays, and UAR, agreement, size (deterministic figures)
+    # decide among them, so the same run exported twice writes the same model.
+    fastest = min(c["ms_per_window"] for c in good)
+    quick = [c for c in good if c["ms_per_window"] < SPEED_MARGIN * fastest]
+    best = max(quick, key=lambda c: (score(c), c["agreement"], -c["bytes"]))
+    slow = [c for c in good if c not in quick]
+    if slow:
+        why.append("; ".join(f"{c['ms_per_window'] / best['ms_per_window']:.1f}x faster than {c['method']} "
+                             f"({c['ms_per_window']:.2f} ms/window)" for c in slow))
+    elif len(quick) > 1:
+        why.append(f"speeds within {SPEED_MARGIN}x of each other, so by {what}, agreement, size")
+    if len(cands) == 1:
+        why = ["the only candidate"]
+    return best, ", ".join(why)
+
+
 def _int8(fp32: Path, dest: Path, ck: dict, data: CheckData, ref_lab, uar32, threads: int, say) -> dict:
-    """Quantise both ways, score each on the check data, keep the best as `dest`."""
+    """Quantise both ways, score and time each on the check data, keep the one choose_int8 picks as `dest`."""
+    ms32 = _ms_per_window(fp32, data.wins)
     cands = []
     for method in ("dynamic", "static-qdq"):
         path = dest.with_name(f"{dest.name}.cand-{method}")
@@ -366,15 +461,20 @@ def _int8(fp32: Path, dest: Path, ck: dict, data: CheckData, ref_lab, uar32, thr
         agree = float((lab == ref_lab).mean())
         u = _uar(got, data.labels, data.classes)
         size = path.stat().st_size
+        ms = _ms_per_window(path, data.wins)
         say(f"int8 {method}: {size / 1000:.0f} KB, label agreement with fp32 {agree:.1%}" +
-            (f", test UAR {u:.3f} (fp32 {uar32:.3f})" if u is not None else ""))
-        cands.append({"method": method, "path": path, "bytes": size, "agreement": agree, "uar": u})
+            (f", test UAR {u:.3f} (fp32 {uar32:.3f})" if u is not None else "") +
+            f", {ms:.2f} ms/window on 1 thread (fp32 {ms32:.2f})")
+        cands.append({"method": method, "path": path, "bytes": size, "agreement": agree, "uar": u,
+                      "ms_per_window": ms})
     if not cands:
         raise LiserError(f"{dest.name}: int8 quantisation failed with every method; fp32 not written either")
-    fits = [c for c in cands if c["bytes"] < INT8_BUDGET] or cands
-    best = max(fits, key=lambda c: (c["uar"] if c["uar"] is not None else 0.0, c["agreement"], -c["bytes"]))
+    best, why = choose_int8(cands, uar32)
     os.replace(best["path"], dest)
     return {"int8_method": best["method"], "int8_bytes": best["bytes"], "int8_agreement": best["agreement"],
             "int8_uar": best["uar"],
             "int8_uar_delta": (best["uar"] - uar32) if best["uar"] is not None and uar32 is not None else None,
+            "int8_ms_per_window": best["ms_per_window"], "int8_chosen_because": why, "fp32_ms_per_window": ms32,
+            "timing": {"windows": min(TIMING_WINDOWS, sum(len(w) for w in data.wins)), "batch": TIMING_BATCH,
+                       "repeats": TIMING_REPEATS, "threads": 1, "clock": "time.process_time, median"},
             "int8_candidates": [{k: v for k, v in c.items() if k != "path"} for c in cands]}

@@ -26,7 +26,12 @@ of a second); a run directory or `.pt` needs torch for the student itself.
 any file the path reader accepts, recognised by their content exactly as a
 path would be; raw 16 kHz mono 16-bit PCM only with `--raw`, never as a
 guess) and live streams (`--stream`: a ring buffer of the last 3 s, one
-prediction per hop, log-Mel of the buffer).
+prediction per hop, log-Mel of the buffer). Many files use every core:
+`--threads N` (default: all) is the cores used in all, N files at a time on
+N threads with one model thread each (onnxruntime, numpy and libsndfile
+release the GIL), written in the order given and equal byte for byte to
+one at a time (`plan_threads`, `in_order`); numpy's BLAS stays on one
+thread (`one_blas_thread`).
 
 Memory: files longer than LONG_FILE_S are read in blocks, twice (the mean
 first, then the log-Mel in chunks; liser.frontend.features_from_blocks),
@@ -36,9 +41,12 @@ audio stays within about 300 MB; shorter files take the one-read path.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import functools
 import io
 import json
+import os
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -175,13 +183,16 @@ class EmotionModel:
         batches' freed temporaries pinned the heap, and an hour through a
         run directory grew to 540 MB instead of 260.
         """
-        starts = audio.window_starts(len(frames), stride_s)  # as frontend.window_index, whose [W, 94] index
-        offsets = np.arange(audio.CLIP_FRAMES)  # is itself 27 MB for an hour: built a batch at a time here
+        from numpy.lib.stride_tricks import sliding_window_view
+
+        starts = audio.window_starts(len(frames), stride_s)  # as frontend.window_index (whose [W, 94] index
+        # is 27 MB for an hour): every 94-frame window as a view, [frames - 93, 64, 94], the student's layout,
+        # so a batch is one gather (and a cast, for a long file's float16 frames), not a gather and a transpose
+        view = sliding_window_view(frames, audio.CLIP_FRAMES, axis=0)
         out = np.empty((len(starts), len(self.classes)), np.float32)
-        for a in range(0, len(starts), BATCH_WINDOWS):  # float16 frames (a long file's) are cast a batch at a time
-            idx = starts[a : a + BATCH_WINDOWS, None] + offsets[None, :]
-            x = np.ascontiguousarray(frames[idx].transpose(0, 2, 1), dtype=np.float32)
-            out[a : a + len(idx)] = self.backend(x)
+        for a in range(0, len(starts), BATCH_WINDOWS):
+            x = np.ascontiguousarray(view[starts[a : a + BATCH_WINDOWS]], dtype=np.float32)
+            out[a : a + len(x)] = self.backend(x)
         return out, starts
 
     def _file_logits(self, frames: np.ndarray) -> np.ndarray:
@@ -245,6 +256,13 @@ def file_frames(path: str | Path) -> tuple[np.ndarray, float]:
     other float32.
     """
     path = Path(path)
+    got = _read_short(path)
+    if got is not None:  # liser.audio.load_audio's steps, then read_input's checks
+        x, sr = got
+        x = audio.downmix(x, sr)
+        audio.check_waveform(x, str(path))
+        sig = prepare_waveform(audio.resample(x, sr, audio.SAMPLE_RATE), audio.SAMPLE_RATE, str(path))
+        return features(sig), len(sig) / audio.SAMPLE_RATE
     info = _long_file_info(path)
     if info is None:
         sig = read_input(path)
@@ -264,6 +282,29 @@ def file_frames(path: str | Path) -> tuple[np.ndarray, float]:
         raise LiserError(f"{name}: silent (RMS {rms:.1e} after removing the mean; all zeros, constant, or below -100 dBFS)")
     frames = frontend.features_from_blocks(_read_blocks(path, info), mean, n)
     return frames, n / audio.SAMPLE_RATE
+
+
+def _read_short(path: Path) -> tuple[np.ndarray, int] | None:
+    """Samples ([n] mono, else [n, channels] float32) and rate of a libsndfile file that is read whole, in one open.
+
+    None for a 1-2 channel file longer than LONG_FILE_S (read in blocks)
+    and for whatever soundfile cannot read (video containers; missing,
+    empty or broken files): liser.audio.read_file then reads it or says why.
+    Why not read_file's own path: its length probe (soundfile.info) opened
+    every file twice, 0.5 ms of a 3.7 s file's 14 ms (bench_latency.py's
+    file_phases), and its always-2-D read paid a mean over one channel.
+    """
+    import soundfile as sf
+
+    if path.suffix.lower() in audio.VIDEO_SUFFIXES or not path.is_file() or path.stat().st_size == 0:
+        return None
+    try:
+        with sf.SoundFile(str(path)) as f:
+            if f.channels <= 2 and f.frames and f.frames / f.samplerate > LONG_FILE_S:
+                return None
+            return f.read(dtype="float32", always_2d=f.channels > 1), int(f.samplerate)
+    except Exception:  # libsndfile's errors have several types; read_file says which
+        return None
 
 
 def _long_file_info(path: Path):
@@ -735,6 +776,110 @@ class _Writer:
             print(f"{path}\t{w.start:.2f}-{w.end:.2f}\t{w.label}\tp={w.confidence:.2f}", flush=True)
 
 
+def cores() -> int:
+    """CPU cores this process may run on: its affinity mask (taskset, a container's cpuset) where the OS has one."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def plan_threads(threads: int | None, n_files: int, stream_input: bool = False) -> tuple[int, int]:
+    """`liser predict --threads N` (N = cores in all; None = every core) -> (files at once, threads per file).
+
+    Many files: one file per core, each on one thread (onnxruntime and
+    numpy release the GIL, so N worker threads use N cores); fewer files
+    than cores: the cores left are shared as intra-op threads of each
+    file's model calls. A stream is one file read as it arrives: its
+    model calls get all N. Raises LiserError for N < 1.
+    """
+    total = cores() if threads is None else int(threads)
+    if total < 1:
+        raise LiserError(f"--threads {threads}: must be at least 1 (cores to use in all)")
+    workers = 1 if stream_input else max(1, min(total, n_files))
+    return workers, max(1, total // workers)
+
+
+@contextlib.contextmanager
+def one_blas_thread():
+    """numpy's BLAS on one thread while the command runs (restored after; threadpoolctl, when installed).
+
+    Why: the front end's one Mel matmul per file (liser.frontend._mel_db) is
+    large enough for OpenBLAS to split over every core, and its threads then
+    spin-wait between calls: `liser predict` over 100 RAVDESS files took
+    3.8 s of CPU instead of 1.6 s (2 loaded cores), and the files are
+    spread over the cores anyway. One BLAS thread or two gave the same
+    features bit for bit on those files (tests/test_predict_parallel.py
+    compares whole runs).
+    """
+    if os.environ.get("OPENBLAS_NUM_THREADS") == "1":  # so it was when numpy loaded its BLAS (the `liser` command
+        yield  # sets it first: liser.cli._one_blas_thread_at_load); asking threadpoolctl costs 3-5 ms of start-up
+        return
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
+def _attempt(fn, item):
+    """(fn(item), None), or (None, the exception): a bad file is reported by the writer, in its turn."""
+    try:
+        return fn(item), None
+    except Exception as e:  # one bad file must not stop the rest
+        return None, e
+
+
+def in_order(fn, items: list, workers: int):
+    """(item, result, error) for every item, in the items' order, `fn` run on `workers` threads.
+
+    workers == 1: each item is done when its turn comes (no thread, no
+    read-ahead). More: at most 2 x workers items are in flight, so a long
+    folder is never all held; closing the generator early (a broken pipe,
+    Ctrl-C) cancels what has not started and waits for what has.
+    """
+    if workers <= 1:
+        for item in items:
+            yield (item, *_attempt(fn, item))
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    pending = deque()
+    rest = iter(items)
+    with ThreadPoolExecutor(workers, thread_name_prefix="liser-predict") as pool:
+        try:
+            for item in rest:
+                pending.append((item, pool.submit(_attempt, fn, item)))
+                if len(pending) >= 2 * workers:
+                    break
+            while pending:
+                item, fut = pending.popleft()
+                nxt = next(rest, _END)
+                if nxt is not _END:
+                    pending.append((nxt, pool.submit(_attempt, fn, nxt)))
+                yield (item, *fut.result())
+        finally:
+            for _, fut in pending:
+                fut.cancel()
+
+
+_END = object()
+
+
+def _predict_path(model: EmotionModel, f: str, timeline_step: float | None, raw: bool):
+    """The whole-file Prediction of one input (a path or - for stdin) and, with `timeline_step`, its windows."""
+    if f == "-":
+        sig = decode_bytes(_stdin_bytes(), "-", raw=raw)
+        frames, duration = features(sig), len(sig) / audio.SAMPLE_RATE
+    else:
+        frames, duration = file_frames(f)
+    p = _prediction(model._file_logits(frames), model.classes)
+    return p, (model.timeline_frames(frames, duration, timeline_step) if timeline_step is not None else None)
+
+
 def run_predict(model_path: str, inputs: list[str], fmt: str = "text", timeline: bool = False,
                 stream_input: bool = False, stride: float | None = None, threads: int | None = None,
                 raw: bool = False) -> int:
@@ -742,38 +887,45 @@ def run_predict(model_path: str, inputs: list[str], fmt: str = "text", timeline:
 
     `stride` is the one window step, in seconds: whole-file scoring (default
     0.1 s, the paper's) and the --timeline / --stream step (default 0.5 s).
+    `threads`: cores to use in all (None: every core; `plan_threads`):
+    files are predicted that many at a time, one per core, and written in
+    the order given, each exactly as one at a time would give it; a bad
+    file is said in its turn and the rest go on.
     `raw`: stdin (`-`) is headerless 16 kHz mono 16-bit PCM; without it,
     stdin must be a recognisable audio or video file's bytes.
     """
     if stride is not None and not 0 < stride <= audio.CLIP_S:
         raise LiserError(f"--stride {stride}: must be in (0, {audio.CLIP_S}] seconds")
     step = stride if stride is not None else 0.5
-    model = load(model_path, threads=threads)
+    files, problems = expand_inputs(inputs)
+    workers, per_file = plan_threads(threads, len(files), stream_input)
+    model = load(model_path, threads=per_file)
     if stride is not None:
         model.stride_s = stride
-    files, problems = expand_inputs(inputs)
     for msg in problems:
         print(f"liser: {msg}", file=sys.stderr, flush=True)
     if files.count("-") > 1:
         raise LiserError("-: stdin can be given only once")
     out = _Writer(fmt, model.classes, timeline or stream_input)
     failed = len(problems)
-    for f in files:
-        try:
-            if stream_input:
-                for w in stream(model, f, step, raw=raw):
-                    out.window(f, w)
-                continue
-            if f == "-":
-                sig = decode_bytes(_stdin_bytes(), "-", raw=raw)
-                frames, duration = features(sig), len(sig) / audio.SAMPLE_RATE
-            else:
-                frames, duration = file_frames(f)
-            p = _prediction(model._file_logits(frames), model.classes)
-            out.file(f, p, model.timeline_frames(frames, duration, step) if timeline else None)
-        except BrokenPipeError:
-            raise
-        except Exception as e:  # one bad file must not stop the rest
-            failed += 1
-            _say_problem(f, e)
+    with one_blas_thread():
+        if stream_input:
+            for f in files:
+                try:
+                    for w in stream(model, f, step, raw=raw):
+                        out.window(f, w)
+                except BrokenPipeError:
+                    raise
+                except Exception as e:  # one bad stream must not stop the rest
+                    failed += 1
+                    _say_problem(f, e)
+            return 1 if failed else 0
+        work = functools.partial(_predict_path, model, timeline_step=step if timeline else None, raw=raw)
+        with contextlib.closing(in_order(work, files, workers)) as results:
+            for f, res, err in results:
+                if err is not None:
+                    failed += 1
+                    _say_problem(f, err)
+                else:
+                    out.file(f, *res)
     return 1 if failed else 0

@@ -128,6 +128,7 @@ def write_report(out: str | Path, results: dict, base, grid_path, overrides=()) 
     lines += _store_lines(base)
     lines += _table_lines(full, base)
     lines += _fraction_lines(configs, out)
+    lines += _pool_curve_lines(full, out)
     lines += _confusion_lines(full, out)
     lines += _video_head_lines(full)
     lines += _teacher_lines(base, out)
@@ -211,6 +212,79 @@ def _fraction_lines(configs: dict, out: Path) -> list[str]:
                 t = by_frac[f]
                 lines.append(f"| {name} | {float(f):.0%} | {t['uar_mean']:.3f} ± {t['uar_std']:.3f} "
                              f"| {t['war_mean']:.3f} ± {t['war_std']:.3f} |")
+    return lines
+
+
+def pool_curves(full: dict) -> dict[str, list[dict]]:
+    """How the gain grows with unlabeled hours (issue 13 §2): rows (or searched values held fixed) whose
+    configs differ only in `unlabeled` form one curve, a point per pool, sorted by hours.
+
+    full: {configuration: collect_grid's fraction-1 table}. Returns {label: [{row, variant, pool_hours,
+    pool_items, uar_mean, uar_std, gain_mean, gain_std, better, folds}]}, the gain in UAR points paired by
+    fold against the row's no-dstl (reference_name); only groups with at least two pool sizes.
+    """
+    from .config import Config
+    from .workspace import unlabeled_manifests
+
+    groups: dict[str, list[dict]] = {}
+    hours: dict[tuple, tuple[float, int]] = {}
+    for name, t in full.items():
+        ref = full.get(reference_name(name, full) or "")
+        for variant, st in (t.get("variants") or {}).items():
+            cfg_path = Path(st.get("run_dir", "")) / "config.yaml"
+            if not ref or not cfg_path.is_file():
+                continue
+            cfg = Config.load(cfg_path)
+            if cfg.lambda_sd <= 0 and cfg.lambda_vd <= 0:
+                continue
+            pool = tuple(cfg.unlabeled)
+            if pool not in hours:
+                items = [it for m in unlabeled_manifests(cfg) for it in m.items]
+                hours[pool] = (round(sum(it.duration for it in items) / 3600, 2), len(items))
+            rest = {k: v for k, v in cfg.to_dict().items() if k not in ("unlabeled", "name", "fold", "label_fraction")}
+            base_uar = {f["fold"]: f["uar"] for f in ref["folds"]}
+            d = np.array([u - base_uar[k] for k, u in zip(st["fold_ids"], st["uar_per_fold"]) if k in base_uar]) * 100
+            groups.setdefault(json.dumps(rest, sort_keys=True, default=str), []).append(
+                {"row": name, "variant": variant, "pool_hours": hours[pool][0], "pool_items": hours[pool][1],
+                 "uar_mean": st["uar_mean"], "uar_std": st["uar_std"], "gain_mean": float(d.mean()) if len(d) else None,
+                 "gain_std": float(d.std()) if len(d) else None, "better": int((d > 0).sum()), "folds": len(d)})
+    curves = {}
+    for points in groups.values():
+        if len({p["pool_hours"] for p in points}) < 2:
+            continue
+        points.sort(key=lambda p: p["pool_hours"])
+        top = points[-1]  # named after the row on the largest pool
+        curves[top["row"] + ("" if top["variant"] == "default" else f" ({top['variant']})")] = points
+    return curves
+
+
+def _pool_curve_lines(full: dict, out: Path) -> list[str]:
+    """The pool-size curve (gain over no-dstl against unlabeled hours) as a PNG and a table."""
+    curves = pool_curves(full)
+    if not curves:
+        return []
+    from .util import new_figure, save_figure
+
+    fig, ax = new_figure((5, 3.5))
+    for label, pts in curves.items():
+        ax.errorbar([p["pool_hours"] for p in pts], [p["gain_mean"] for p in pts], yerr=[p["gain_std"] for p in pts],
+                    marker="o", capsize=3, label=label)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("unlabeled pool (hours)")
+    ax.set_ylabel("Δ test UAR vs no-dstl (points)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    save_figure(fig, out / "pool_size.png")
+    lines = ["", "## Pool size: how the gain grows with unlabeled hours", "",
+             "Rows whose configs differ only in the unlabeled pool, each point a pool; Δ is paired by fold against "
+             "no-dstl (mean ± std). Every point draws the same number of pool crops (same epochs and batches), "
+             "so a small pool is seen more often, not more in total.", "", "![pool size](pool_size.png)", "",
+             "| curve | row | pool h | items | UAR | Δ UAR | folds better |", "|---|---|---|---|---|---|---|"]
+    for label, pts in curves.items():
+        lines += [f"| {label} | {p['row']}" + ("" if p["variant"] == "default" else f" ({p['variant']})") +
+                  f" | {p['pool_hours']:.2f} | {p['pool_items']} | {p['uar_mean']:.3f} ± {p['uar_std']:.3f} "
+                  f"| {p['gain_mean']:+.1f} ± {p['gain_std']:.1f} | {p['better']}/{p['folds']} |" for p in pts]
     return lines
 
 

@@ -44,6 +44,7 @@ def speech_teacher_config(cfg: Config, overrides: list[str] | tuple = ()):
     local = Path(tcfg.backbone)
     if cfg.speech_teacher and not local.is_absolute() and local.exists():
         tcfg = dataclasses.replace(tcfg, backbone=str(local.resolve()))
+    tcfg.check()  # values no fit can use (utt_weight without train_pieces, ...) fail here too
     return tcfg
 
 

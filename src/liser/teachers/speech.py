@@ -80,6 +80,12 @@ class SpeechTeacherConfig:
     in_dropout: float = 0.2  # dropout on the standardised layer features (frozen-feature regulariser)
     train_pieces: bool = False  # frozen only: also train on every piece_s piece (utterance label); the epoch is
     #                             then picked on the mean of utterance and piece-averaged validation UAR
+    utt_weight: float = 1.0  # train_pieces: loss weight of a whole-item row against a piece row (1 = plain mean;
+    #   a 3.5 s item gives 7 pieces, so whole items are ~1/8 of the rows; > 1 leans the head towards whole files)
+    label_smoothing: float = 0.0  # cross-entropy label smoothing (0 = none): softer targets, a regulariser that
+    #   also bounds how confident the soft labels the student learns from can get
+    patience: int = 0  # stop after this many epochs without a better inner-validation score (0 = run all
+    #   `epochs`); the kept weights are the best epoch's either way, so it trades time, with longer `epochs`
     val_fraction: float = 0.2  # share of the training speakers held out to pick the epoch
     seed: int = 0  # inner split, initialisation, shuffling, crops
     lora_r: int = 8  # LoRA rank
@@ -98,11 +104,41 @@ class SpeechTeacherConfig:
         return float(self.lr) if self.lr is not None else (1e-3 if self.mode == "frozen" else 1e-4)
 
     def identity(self) -> dict:
-        """The fields that define the trained teacher (not where or how fast it ran)."""
+        """The fields that define the trained teacher (not where or how fast it ran).
+
+        Options added after teachers were shipped enter only when set away
+        from their default (LATER_DEFAULTS), so every existing teacher's hash
+        (and the stores keyed by it) stays what it was.
+        """
         d = asdict(self)
         for k in ("device", "threads", "cache_dir", "vad"):
             d.pop(k)
+        for k, default in LATER_DEFAULTS.items():
+            if d[k] == default:
+                d.pop(k)
         return d
+
+    def check(self) -> None:
+        """LiserError for values no fit can use (named, before any data is read)."""
+        if self.mode not in MODES:
+            raise LiserError(f"speech teacher: unknown mode {self.mode!r} (known: {', '.join(MODES)})")
+        if self.epochs < 1:
+            raise LiserError(f"speech teacher: epochs must be >= 1 (got {self.epochs})")
+        if self.train_pieces and self.mode != "frozen":
+            raise LiserError("speech teacher: train_pieces is a frozen-mode option")
+        if not self.utt_weight > 0:
+            raise LiserError(f"speech teacher: utt_weight must be > 0 (got {self.utt_weight})")
+        if self.utt_weight != 1.0 and not self.train_pieces:
+            raise LiserError("speech teacher: utt_weight weighs whole items against pieces; it needs train_pieces")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise LiserError(f"speech teacher: label_smoothing must be in [0, 1) (got {self.label_smoothing})")
+        if self.patience < 0:
+            raise LiserError(f"speech teacher: patience must be >= 0 (got {self.patience})")
+
+
+# Options added after teachers were shipped, with the default that leaves a fit as it was: identity() leaves
+# them out at these values (a teacher.json without them loads with them), so old hashes still verify.
+LATER_DEFAULTS = {"utt_weight": 1.0, "label_smoothing": 0.0, "patience": 0}
 
 
 @dataclass
@@ -778,6 +814,7 @@ class _FitData:
     x_va: object = None  # frozen: float32 tensor [len(va), n_states, dim]; lora: None
     y_fit: object = None  # frozen: int64 tensor [n_fit], the class of each row of x_tr; lora: None
     p_va: list | None = None  # train_pieces: per validation item its piece features [P, n_states, dim]
+    w_fit: object = None  # utt_weight != 1: float32 tensor [n_fit], the loss weight of each row of x_tr; else None
 
 
 def fit_speech_teacher(manifest: Manifest, train_ids: list[str], out_dir: str | Path,
@@ -787,21 +824,17 @@ def fit_speech_teacher(manifest: Manifest, train_ids: list[str], out_dir: str | 
     Three steps: the data (`_fit_split`, then `_fit_inputs`: cached frozen
     features, or LoRA adapters), the loop (`_fit_epochs`: one
     `_train_epoch` and one `_validate` per epoch) and the selection (the
-    best-validation epoch's weights, `_keep_best`). Raises LiserError for an
-    unknown mode, epochs < 1, ids not in the manifest, unlabeled items, or
-    train_pieces outside frozen mode.
+    best-validation epoch's weights, `_keep_best`). Raises LiserError for a
+    config `SpeechTeacherConfig.check` refuses (unknown mode, epochs < 1,
+    train_pieces outside frozen mode, ...), ids not in the manifest or
+    unlabeled items.
     """
     import torch
 
-    if cfg.mode not in MODES:
-        raise LiserError(f"speech teacher: unknown mode {cfg.mode!r} (known: {', '.join(MODES)})")
-    if cfg.epochs < 1:
-        raise LiserError(f"speech teacher: epochs must be >= 1 (got {cfg.epochs})")
+    cfg.check()
     _set_threads(cfg)
     classes = manifest.classes
     data = _fit_split(manifest, train_ids, classes, cfg)
-    if cfg.train_pieces and cfg.mode != "frozen":
-        raise LiserError("speech teacher: train_pieces is a frozen-mode option")
     torch.manual_seed(cfg.seed)
     dev = resolve_device(cfg.device)
     backbone = Backbone(cfg.backbone, str(dev))
@@ -866,6 +899,8 @@ def _fit_inputs(backbone: Backbone, head, manifest: Manifest, data: _FitData, cf
     if cfg.train_pieces:
         x_tr = torch.cat([x_tr, torch.from_numpy(np.concatenate(p_tr).astype(np.float32))])
         y_fit = torch.cat([y_fit, torch.from_numpy(np.repeat(data.y_tr, [len(p) for p in p_tr]))])
+        if cfg.utt_weight != 1.0:  # whole items first, then pieces (as x_tr)
+            data.w_fit = torch.cat([torch.full((len(tr),), float(cfg.utt_weight)), torch.ones(len(x_tr) - len(tr))])
     head.set_stats(x_tr)
     data.x_tr, data.y_fit = x_tr, y_fit
     return params
@@ -876,7 +911,8 @@ def _fit_epochs(backbone: Backbone, head, params: list, manifest: Manifest, data
     """Train for cfg.epochs epochs; returns (history rows, (best score, best epoch), best (head, LoRA) state).
 
     The best epoch is the first with the highest validation score (UAR;
-    with train_pieces the mean of utterance and piece-averaged UAR).
+    with train_pieces the mean of utterance and piece-averaged UAR). With
+    cfg.patience > 0 the loop ends after that many epochs without a better one.
     """
     import torch
 
@@ -898,6 +934,8 @@ def _fit_epochs(backbone: Backbone, head, params: list, manifest: Manifest, data
             best = (score, epoch)
             best_state = ({k: v.detach().clone() for k, v in head.state_dict().items()},
                           backbone.lora_state() if cfg.mode == "lora" else None)
+        if cfg.patience and epoch - best[1] >= cfg.patience:
+            break
     return history, best, best_state
 
 
@@ -918,13 +956,28 @@ def _train_epoch(backbone: Backbone, head, opt, order: list[int], manifest: Mani
             x = backbone.pooled([_crop(load_audio(manifest.abspath(data.tr[i])), cfg.max_seconds, rng) for i in idx],
                                 grad=True)
             y = torch.as_tensor(data.y_tr[idx], device=x.device)
-        loss = torch.nn.functional.cross_entropy(head(x), y)
+        w = data.w_fit[idx].to(dev) if data.w_fit is not None else None
+        loss = _loss(head(x), y, w, cfg.label_smoothing)
         opt.zero_grad()
         loss.backward()
         opt.step()
         total += float(loss.detach()) * len(idx)
         seen += len(idx)
     return round(total / max(seen, 1), 5)
+
+
+def _loss(logits, y, weight=None, label_smoothing: float = 0.0):
+    """Cross-entropy of logits [B, K] against classes y [B]: the mean, or weighted by weight [B] (sum w*l / sum w).
+
+    The defaults take torch's plain call, so a fit without the later options is the one it always was.
+    """
+    import torch
+
+    f = torch.nn.functional.cross_entropy
+    kw = {"label_smoothing": label_smoothing} if label_smoothing else {}
+    if weight is None:
+        return f(logits, y, **kw)
+    return (f(logits, y, reduction="none", **kw) * weight).sum() / weight.sum()
 
 
 def _validate(backbone: Backbone, head, manifest: Manifest, data: _FitData, cfg: SpeechTeacherConfig,
