@@ -437,11 +437,12 @@ def _one_blas_thread_at_load() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .device import MALLOC_THRESHOLD, tune_malloc
+    from .device import tune_malloc
 
     # the command owns its process: large training temporaries stay in the heap (see tune_malloc); predict
     # instead gives temporaries over 1 MB straight back (its malloc_threshold default), so that its memory is bounded
-    tune_malloc(getattr(args, "malloc_threshold", None) or MALLOC_THRESHOLD)
+    threshold = getattr(args, "malloc_threshold", None)
+    tune_malloc(threshold, trim=threshold) if threshold else tune_malloc()
     if getattr(args, "one_blas_thread", False):
         _one_blas_thread_at_load()
     try:

@@ -204,19 +204,30 @@ def check_run(cfg: Config, run: Path) -> bool:
 
 @contextlib.contextmanager
 def torch_settings(threads: int):
-    """Thread count and deterministic algorithms for the run, restored afterwards (no process-wide change)."""
+    """Thread count and deterministic algorithms for the run, restored afterwards (no process-wide change).
+
+    Deterministic mode would also fill every new tensor with NaN before a
+    kernel writes it (torch.utils.deterministic.fill_uninitialized_memory), a
+    debugging aid: on the CPU it wrote each 38 MB activation of a batch twice,
+    about 15 % of a training step and of an evaluation, and no kernel the
+    student runs reads memory it has not written (a run's weights, logs and
+    metrics are bit for bit those with the fill: tests/test_train_speed.py).
+    """
     import torch
 
+    fill = torch.utils.deterministic
     old = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
-           torch.is_deterministic_algorithms_warn_only_enabled())
+           torch.is_deterministic_algorithms_warn_only_enabled(), fill.fill_uninitialized_memory)
     if threads:
         torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
+    fill.fill_uninitialized_memory = False
     try:
         yield
     finally:
         torch.set_num_threads(old[0])
         torch.use_deterministic_algorithms(old[1], warn_only=old[2])
+        fill.fill_uninitialized_memory = old[3]
 
 
 def build_model(cfg: Config, data: Data):
@@ -446,7 +457,7 @@ def finish(cfg: Config, data: Data, run: Path, model, best_epoch: int) -> None:
     best = torch.load(run / "best.pt", weights_only=True, map_location="cpu")
     model.load_state_dict(best["state_dict"])
     test, test_logits = evaluate_items(model, data.cache, data.test, data.classes, cfg.test_stride_s)
-    val, _ = evaluate_items(model, data.cache, data.val, data.classes, cfg.val_stride_s)
+    val = best["val"]  # what end_epoch measured on these weights: the same evaluation, not run again
     head = head_by_class(model, data.cache, data.test, data.classes, "vd") if cfg.lambda_vd > 0 else None
     result = {"config": cfg.name, "fold": cfg.fold, "best_epoch": best_epoch, "classes": data.classes,
               "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test),
