@@ -33,20 +33,6 @@ WHISPER = SHARED / "models" / "whisper-base-encoder"
 
 
 @pytest.fixture(scope="module")
-def tiny_hubert(tmp_path_factory) -> str:
-    """A random 2-layer HuBERT (hidden 32) saved as a local backbone folder."""
-    from transformers import HubertConfig, HubertModel
-
-    torch.manual_seed(0)
-    cfg = HubertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                       conv_dim=(16, 16, 16), conv_stride=(5, 4, 4), conv_kernel=(10, 8, 4),
-                       num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
-    d = tmp_path_factory.mktemp("tiny-hubert")
-    HubertModel(cfg).save_pretrained(d)
-    return str(d)
-
-
-@pytest.fixture(scope="module")
 def ravdess() -> Manifest:
     """20 real RAVDESS files from 4 actors (5 each, mixed emotions)."""
     return ravdess_sample(5)
