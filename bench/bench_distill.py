@@ -59,12 +59,12 @@ def pool_stats(cfg, n_train: int) -> dict:
     epoch, so `pool_passes` = how many times each item is drawn on average."""
     import math
 
-    from liser.workspace import unlabeled_manifests
+    from liser.report import pool_size
 
-    items = [it for m in unlabeled_manifests(cfg) for it in m.items]
+    hours, n_items = pool_size(cfg)
     seen = cfg.epochs * math.ceil(n_train / cfg.batch_size) * cfg.unlabeled_batch
-    return {"pool_hours": round(sum(it.duration for it in items) / 3600, 2), "pool_items": len(items),
-            "pool_items_drawn": seen, "pool_passes": round(seen / max(len(items), 1), 2)}
+    return {"pool_hours": hours, "pool_items": n_items,
+            "pool_items_drawn": seen, "pool_passes": round(seen / max(n_items, 1), 2)}
 
 
 def main() -> None:

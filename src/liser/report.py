@@ -215,6 +215,14 @@ def _fraction_lines(configs: dict, out: Path) -> list[str]:
     return lines
 
 
+def pool_size(cfg) -> tuple[float, int]:
+    """The config's unlabeled pool: (hours, rounded to 0.01; items)."""
+    from .workspace import unlabeled_manifests
+
+    items = [it for m in unlabeled_manifests(cfg) for it in m.items]
+    return round(sum(it.duration for it in items) / 3600, 2), len(items)
+
+
 def pool_curves(full: dict) -> dict[str, list[dict]]:
     """How the gain grows with unlabeled hours (issue 13 §2): rows (or searched values held fixed) whose
     configs differ only in `unlabeled` form one curve, a point per pool, sorted by hours.
@@ -224,7 +232,6 @@ def pool_curves(full: dict) -> dict[str, list[dict]]:
     fold against the row's no-dstl (reference_name); only groups with at least two pool sizes.
     """
     from .config import Config
-    from .workspace import unlabeled_manifests
 
     groups: dict[str, list[dict]] = {}
     hours: dict[tuple, tuple[float, int]] = {}
@@ -239,8 +246,7 @@ def pool_curves(full: dict) -> dict[str, list[dict]]:
                 continue
             pool = tuple(cfg.unlabeled)
             if pool not in hours:
-                items = [it for m in unlabeled_manifests(cfg) for it in m.items]
-                hours[pool] = (round(sum(it.duration for it in items) / 3600, 2), len(items))
+                hours[pool] = pool_size(cfg)
             rest = {k: v for k, v in cfg.to_dict().items() if k not in ("unlabeled", "name", "fold", "label_fraction")}
             base_uar = {f["fold"]: f["uar"] for f in ref["folds"]}
             d = np.array([u - base_uar[k] for k, u in zip(st["fold_ids"], st["uar_per_fold"]) if k in base_uar]) * 100
