@@ -19,7 +19,6 @@ import pytest
 import yaml
 
 from conftest import DATA, real_root
-from test_teachers_speech import tiny_hubert  # noqa: F401  (a fixture: a random 2-layer HuBERT folder)
 
 TIMING = ("train_s", "epoch_s", "samples_per_s", "wall_s", "seconds", "time")
 
