@@ -80,7 +80,7 @@ def main() -> None:
     args = ap.parse_args()
     os.chdir(REPO)  # the grids' relative paths are relative to the repository
 
-    from liser.experiment import collect_grid, expand_grid, fold_count, load_grid, run_grid
+    from liser.experiment import collect_grid, expand_grid, fold_count, load_grid, restore_ledger, run_grid
     from liser.report import paired_delta, pool_curves, reference_name
 
     grid = load_grid(args.grid, args.set)
@@ -90,6 +90,7 @@ def main() -> None:
         from liser.report import write_report
 
         runs = expand_grid(grid, fold_count(base))
+        restore_ledger(grid, runs)  # runs trained in earlier sessions, on other machines
         wall = grid_span(runs)
         res = collect_grid(runs)
         res.update({"grid": args.grid, "runs_trained": 0, "runs_total": len(runs), "jobs": args.jobs or grid["jobs"],

@@ -139,6 +139,7 @@ class Grid:
     jobs: int = 1  # runs trained in parallel processes
     out: str = ""  # where the runs, grid.json and report.md go; "" = the base config's `out`
     set: dict = dataclasses.field(default_factory=dict)  # base-config keys overridden, values keep their YAML types
+    ledger: str = ""  # a git-tracked folder keeping each finished run's config, metrics and epoch log (liser.ledger), so the grid resumes and collects on a fresh clone; "" = none
 
 
 # ---------------------------------------------------------------- the one loader

@@ -19,34 +19,44 @@ from .util import atomic_write_text, safe_id
 from .workspace import fold_indices, fold_items, labeled_manifest, run_dir, unlabeled_manifests
 
 
-def _train_one(cfg_dict: dict, threads: int, progress: bool) -> str:
+def _train_one(cfg_dict: dict, threads: int, progress: bool, ledger: str = "") -> str:
     """One training run in this process, a local worker's or a Ray worker's (liser.distributed): the one code
-    path for "run one job", and the only use this module makes of liser.train."""
+    path for "run one job", and the only use this module makes of liser.train. With a `ledger` folder, the
+    finished run's small files are kept there at once (liser.ledger), so a stop loses at most the runs in flight."""
     from .train import train
 
     cfg = Config.from_dict({**cfg_dict, "threads": threads})
-    return str(train(cfg, progress=progress))
+    run = train(cfg, progress=progress)
+    if ledger:
+        from .ledger import entry, keep
+
+        keep(run, entry(ledger, cfg))
+    return str(run)
 
 
-def _train_all(cfg_dicts: list[dict], jobs: int, threads: int, progress: bool, ray: str | None = None) -> list[str]:
+def _train_all(cfg_dicts: list[dict], jobs: int, threads: int, progress: bool, ray: str | None = None,
+               ledger: str = "") -> list[str]:
     """Every config through `_train_one`: here (jobs 1), in `jobs` local processes, or as Ray tasks.
 
     `threads`: torch threads per run (0 = every core here, 1 on Ray). `ray`:
     None for local processes, else the Ray address (liser.distributed.ray_session).
-    Returns the run directories, in order.
+    `ledger`: the grid's ledger folder ("" = none). Returns the run directories, in order.
     """
+    import functools
+
     cores = os.cpu_count() or 1
+    one = functools.partial(_train_one, ledger=ledger) if ledger else _train_one
     if ray is not None:
         from .distributed import ray_train
 
-        return ray_train(_train_one, cfg_dicts, threads or 1, ray)
+        return ray_train(one, cfg_dicts, threads or 1, ray)
     if jobs == 1:
-        return [_train_one(d, threads or cores, progress) for d in cfg_dicts]
+        return [one(d, threads or cores, progress) for d in cfg_dicts]
     import multiprocessing as mp
 
     per = threads or max(1, cores // jobs)
     with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=tune_malloc) as pool:
-        return list(pool.map(_train_one, cfg_dicts, [per] * len(cfg_dicts), [False] * len(cfg_dicts)))
+        return list(pool.map(one, cfg_dicts, [per] * len(cfg_dicts), [False] * len(cfg_dicts)))
 
 
 def run_folds(cfg: Config, folds: list[int] | None = None, jobs: int = 1, progress: bool = True,
@@ -163,7 +173,21 @@ def load_grid(path: str | Path, overrides: list[str] | tuple = ()) -> dict:
                 raise LiserError(f"{path}: run {name}: unknown config key {k!r}")
     return {"path": str(path), "base": base, "runs": g.runs, "folds": list(g.folds) if g.folds is not None else None,
             "fractions": [float(f) for f in g.fractions or (1.0,)],
-            "fraction_runs": list(g.fraction_runs), "jobs": g.jobs or 1}
+            "fraction_runs": list(g.fraction_runs), "jobs": g.jobs or 1, "ledger": g.ledger}
+
+
+def restore_ledger(grid: dict, runs: list[dict]) -> dict:
+    """Before a grid runs or is collected: its ledger's finished runs put back into their run directories
+    (liser.ledger.restore); one line says what was restored and which entries are stale. {} without a ledger."""
+    if not grid.get("ledger"):
+        return {}
+    from .ledger import restore
+
+    r = restore([x["cfg"] for x in runs], grid["ledger"], run_dir)
+    print(f"ledger {grid['ledger']}: {r['restored']} finished runs restored, {r['kept']} newly kept"
+          + (f"; {len(r['stale'])} stale (trained again): " + "; ".join(r["stale"][:3]) if r["stale"] else ""),
+          flush=True)
+    return r
 
 
 def expand_grid(grid: dict, n_folds: int) -> list[dict]:
@@ -215,13 +239,14 @@ def run_grid(grid_path: str | Path, overrides: list[str] | tuple = (), jobs: int
     for m in unlabeled_manifests(distilling[0]) if distilling else []:
         build_features(m, base.work, threads=base.threads or 2, progress=progress)  # once, before workers start
     jobs = jobs or grid["jobs"]
+    restore_ledger(grid, runs)
     todo = [r for r in runs if not (run_dir(r["cfg"]) / "metrics.json").is_file()]
     t0 = time.time()
     where = f"as Ray tasks ({ray})" if ray is not None else f"{jobs} in parallel"
     print(f"grid {grid_path}: {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to go, {where}",
           flush=True)
     if todo:
-        _train_all([r["cfg"].to_dict() for r in todo], jobs, base.threads, progress, ray)
+        _train_all([r["cfg"].to_dict() for r in todo], jobs, base.threads, progress, ray, grid["ledger"])
     wall = time.time() - t0
     results = collect_grid(runs)
     results.update({"grid": str(grid_path), "wall_s": round(wall, 1), "jobs": jobs, "runs_trained": len(todo),
