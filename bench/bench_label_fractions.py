@@ -1,10 +1,12 @@
 """Figure 2's numbers: the label-fraction curve of a finished grid, and the paper's claim checked.
 
-    .venv/bin/python bench/bench_label_fractions.py runs/grid-cremad-cpu/grid.json \
-        --json bench/results/cremad_distill.json [--distilled vid-sp-dstl]
+    .venv/bin/python bench/bench_label_fractions.py configs/grid-cremad-cpu.yaml \
+        --json bench/results/cremad_distill.json [--distilled sp-distill-ce]
 
-Reads the grid.json that `liser experiment` (or bench/bench_distill.py)
-wrote and adds two keys to `--json` (made if absent; every other key kept):
+Reads a grid file's finished runs (restored from its ledger, as
+`bench_distill.py --collect-only` does: a grid still running, or trained on
+another machine, counts), or the grid.json that `liser experiment` wrote
+at the end of a whole grid, and adds two keys to `--json` (made if absent; every other key kept):
 
 - `fractions`: {configuration: {fraction: {uar_mean, uar_std, folds}}} for
   every configuration run at more than one label fraction;
@@ -48,17 +50,29 @@ def claim(fractions: dict, distilled: str, baseline: str = "no-dstl") -> dict:
             "holds": (half > full) if both else None}
 
 
+def collected(src: Path) -> dict:
+    """A grid's table: from a grid file (its finished runs, the ledger restored first) or a grid.json."""
+    if src.suffix not in (".yaml", ".yml"):
+        return json.loads(src.read_text())
+    from liser.experiment import collect_grid, expand_grid, fold_count, load_grid, restore_ledger
+
+    grid = load_grid(src)
+    runs = expand_grid(grid, fold_count(grid["base"]))
+    restore_ledger(grid, runs)
+    return collect_grid(runs)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("grid_json", help="a grid's grid.json (e.g. runs/grid-cremad-cpu/grid.json)")
+    ap.add_argument("grid_json", help="a grid file (configs/grid-cremad-cpu.yaml) or the grid.json a whole grid wrote")
     ap.add_argument("--json", required=True, help="results file to add `fractions` and `figure2_claim` to")
-    ap.add_argument("--distilled", default="vid-sp-dstl", help="the distillation row of the curve (default vid-sp-dstl)")
+    ap.add_argument("--distilled", default="sp-distill-ce", help="the distillation row of the curve (default sp-distill-ce, configs/grid-cremad-cpu.yaml says why)")
     args = ap.parse_args(argv)
     src = Path(args.grid_json)
     if not src.is_file():
         print(f"bench_label_fractions: {src}: no such file (run the grid first)", file=sys.stderr)
         return 2
-    fr = fractions_of(json.loads(src.read_text()))
+    fr = fractions_of(collected(src))
     if not fr:
         print(f"bench_label_fractions: {src}: no configuration was run at several label fractions", file=sys.stderr)
         return 2

@@ -278,7 +278,7 @@ def test_bench_label_fractions_adds_the_curve_and_the_figure2_claim(tmp_path, ca
         return {"uar_mean": u, "uar_std": 0.01, "n_folds": 5}
 
     grid = {"configs": {"no-dstl": {"0.25": cell(0.40), "0.5": cell(0.45), "1": cell(0.50)},
-                        "vid-sp-dstl": {"0.25": cell(0.44), "0.5": cell(0.52), "1": cell(0.56)},
+                        "sp-distill-ce": {"0.25": cell(0.44), "0.5": cell(0.52), "1": cell(0.56)},
                         "sp-dstl": {"1": cell(0.55)}}}
     (tmp_path / "grid.json").write_text(json.dumps(grid))
     out = tmp_path / "cremad_distill.json"
@@ -286,7 +286,7 @@ def test_bench_label_fractions_adds_the_curve_and_the_figure2_claim(tmp_path, ca
     assert bench.main([str(tmp_path / "grid.json"), "--json", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["configs"] == {"kept": 1}  # the other keys are kept
-    assert list(res["fractions"]) == ["no-dstl", "vid-sp-dstl"]  # sp-dstl ran at one fraction only
+    assert list(res["fractions"]) == ["no-dstl", "sp-distill-ce"]  # sp-dstl ran at one fraction only
     assert res["fractions"]["no-dstl"]["0.5"] == {"uar_mean": 0.45, "uar_std": 0.01, "folds": 5}
     c = res["figure2_claim"]
     assert c["holds"] is True and c["difference_points"] == pytest.approx(2.0)
