@@ -26,12 +26,14 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from .device import PRECISIONS
 from .errors import LiserError
 
 
 # settings with a fixed set of values (checked before a run starts)
 CHOICES = {"schedule": ("joint", "two-stage"), "distill_loss": ("mae", "ce"),
-           "weighting": ("none", "confidence", "entropy"), "lr_schedule": ("constant", "cosine")}
+           "weighting": ("none", "confidence", "entropy"), "lr_schedule": ("constant", "cosine"),
+           "precision": PRECISIONS}
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class Config:
     val_stride_s: float = 0.5  # sliding-window stride for the per-epoch validation (coarser = faster)
     test_stride_s: float = 0.1  # sliding-window stride for the final test evaluation (the paper's)
     threads: int = 0  # torch threads; 0 = all cores
+    precision: str = "fp32"  # student training step: fp32 | bf16 (autocast forward + loss; other weights, deterministic)
     # ---- distillation (SPEC "Losses"); all zero = no-dstl ----
     unlabeled: tuple = ()  # unlabeled corpora as "adapter:root" (or prepared manifest dirs)
     speech_store: str = ""  # speech-teacher soft-label store ("" = none); "{fold}" in it is the fold

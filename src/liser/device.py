@@ -46,6 +46,33 @@ def autocast(device, enabled: bool = True):
     return contextlib.nullcontext()
 
 
+PRECISIONS = ("fp32", "bf16")  # the student's training precision (Config.precision)
+
+
+def training_autocast(device, precision: str = "fp32"):
+    """The context a student's training forward + loss run in, for `precision` on `device`.
+
+    "fp32": no context at all (nullcontext), so the step is the plain float32
+    one bit for bit. "bf16": torch.autocast in bfloat16 on the device's type
+    (CPU or CUDA): convolutions, the LSTM and linear layers compute in bf16,
+    while the parameters, their gradients and the optimiser stay float32 (no
+    loss scaling: bf16 has float32's exponent range). Other weights than fp32,
+    but the same ones for the same seed, device and threads. The context is
+    thread-local and ends with the `with` block: nothing process-wide changes.
+
+    Raises LiserError naming `precision` and the allowed values for another value.
+    """
+    import contextlib
+
+    import torch
+
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "bf16":
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    raise LiserError(f"precision must be {' or '.join(PRECISIONS)}, got {precision!r}")
+
+
 MALLOC_THRESHOLD = 1 << 30  # bytes: allocations below this come from the heap
 TRIM_THRESHOLD = (1 << 31) - 1  # bytes of free heap top kept before glibc returns it (the largest mallopt takes)
 

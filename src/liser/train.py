@@ -348,13 +348,13 @@ def run_epoch(cfg: Config, data: Data, model, opt, state: State, stage1: bool, f
     Stage 1 of the two-stage schedule sees only unlabeled items; otherwise
     each step holds `batch_size` labeled items plus `unlabeled_batch`
     pool items when distilling. Crops are augmented (labeled and unlabeled
-    alike) when the config asks for it, and the learning rate follows
-    `lr_factor` when a schedule is set.
+    alike) when the config asks for it, the learning rate follows
+    `lr_factor` when a schedule is set, and the forward + loss run in
+    `cfg.precision` (`step_loss`).
     """
     import torch
 
     from .augment import augment_batch
-    from .losses import joint_loss
 
     t0 = time.time()
     aug = augment_options(cfg)
@@ -379,11 +379,8 @@ def run_epoch(cfg: Config, data: Data, model, opt, state: State, stage1: bool, f
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * lr_factor(cfg, state.epoch, s, n_steps)
         n_samples += len(x)
-        sup, sd_logits, vd_logits = model(x.to(device, non_blocking=True))
-        n_l = 0 if labels is None else len(labels)
-        sd, vd, labels = _to(sd, device), _to(vd, device), None if labels is None else labels.to(device)
-        loss, parts = joint_loss(sup[:n_l] if n_l else None, labels, sd_logits[n_l:], sd[0], sd[1],
-                                 vd_logits[n_l:], vd[0], vd[1], options=options)
+        x, labels = x.to(device, non_blocking=True), None if labels is None else labels.to(device)
+        loss, parts = step_loss(model, x, labels, _to(sd, device), _to(vd, device), options, cfg.precision)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -391,6 +388,28 @@ def run_epoch(cfg: Config, data: Data, model, opt, state: State, stage1: bool, f
             sums[k] = sums.get(k, 0.0) + v
         sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
     return sums, n_steps, n_samples, time.time() - t0
+
+
+def step_loss(model, x, labels, sd, vd, options, precision: str = "fp32"):
+    """Forward + joint loss of one training mini-batch, in `precision`: (loss, parts for logging).
+
+    x [B, 64, 94] on the model's device, labeled items first: labels [N_l]
+    int (None: no labeled item); sd and vd are (targets [B - N_l, K], mask
+    [B - N_l]) pairs or (None, None). Under "bf16" the forward runs in
+    liser.device.training_autocast and the logits are cast back to float32,
+    so the loss (softmax, CE, the distillation terms) is summed in float32;
+    "fp32" is the plain step bit for bit (`.float()` of a float32 tensor is
+    the tensor itself). The backward runs outside, as autocast wants it.
+    Raises LiserError for another precision.
+    """
+    from .device import training_autocast
+    from .losses import joint_loss
+
+    with training_autocast(x.device, precision):
+        sup, sd_logits, vd_logits = (out.float() for out in model(x))
+        n_l = 0 if labels is None else len(labels)
+        return joint_loss(sup[:n_l] if n_l else None, labels, sd_logits[n_l:], sd[0], sd[1],
+                          vd_logits[n_l:], vd[0], vd[1], options=options)
 
 
 def _to(pair, device):
