@@ -35,6 +35,7 @@ different hours. Compare entries of one invocation, and the best steps.
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_train_speed.py
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_train_speed.py --src before=../wt-base/src --src after=src \\
         --epochs 1 --rounds 2
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_train_speed.py --rounds 0 --profile --compare-precision
 
 `--variants` also times training steps done in ways that change the
 results (bfloat16 autocast, torch.compile) against the plain path, step by
@@ -45,6 +46,21 @@ step in turns, on real crops, and says whether the weights stay the same
 validations, in two processes that take turns, A B then B A, on the same
 real crops: both see the same load, so the paired ratios hold where
 separate runs drift; the two must also end with the same weights.
+
+`--profile` (bench/train_profile.py) runs torch.profiler over --profile-steps
+training steps of the real student on real crops, in fp32 and in bf16,
+after its own matmul peak measurement: each op group's share of the step's
+time and of its FLOPs (conv of block 1, convs of blocks 2-3, BatchNorm,
+pooling, LSTM, rest), the step's GFLOP/s against the peak, and a ceiling:
+the step if every op ran at its own best time over the profiled steps.
+
+`--compare-precision` (bench/train_profile.py) trains an fp32 and a bf16
+student on the same crops, step by step in turns as --turns does:
+per-step CPU ms and GFLOP/s-equivalent (the fp32 FLOPs over the CPU
+seconds) of each, and the 5-fold x 50-epoch wall on 2 cores (2 one-thread
+jobs) projected from their CPU seconds per epoch (validation and test are
+float32 in both). `--rounds 0 --profile --compare-precision`: only those,
+merged into the JSON as `profile` and `precision`.
 
 `--src LABEL=PATH` trains with another checkout's src/ (the code before a
 change); the sources run one after the other, each after its own matmul
@@ -251,6 +267,59 @@ with torch_settings(1):  # each source's own settings (deterministic mode, and w
 """
 
 
+# --profile / --compare-precision: bench/train_profile.py's child_main in a one-thread child (argv: bench folder, mode, ...)
+PROFILE = "import sys; sys.path.insert(0, sys.argv.pop(1)); import train_profile; train_profile.child_main()"
+PROJECTED_EPOCHS = 50  # the 5-fold run the projections are for: 50 epochs, validation every epoch
+
+
+def matmul_peak(src: Path, args) -> dict:
+    """The 1024^2 float32 matmul's GFLOP/s on one thread (CPU clock): best, median, best by the wall clock."""
+    return json.loads(child(MATMUL, [str(args.matmul_reps)], src, 300)[0])
+
+
+def profiled(src: Path, args) -> dict:
+    """--profile: per-group time and FLOP shares of a training step in fp32 and bf16, against the matmul peak."""
+    from train_profile import GROUPS
+
+    load_start = os.getloadavg()
+    peak = matmul_peak(src, args)["best"]
+    sets = [f"fold={args.fold}", f"work={args.work}"]
+    stdout, _, _ = child(PROFILE, [str(REPO / "bench"), "profile", str(args.profile_steps), args.config, str(peak),
+                                   *sets], src, 3000)
+    res = json.loads(next(x for x in stdout.splitlines() if x.startswith("BENCH "))[6:])
+    for p, r in res.items():
+        c = r.get("ceiling")  # absent when the steps' ops differed (then no per-op minima)
+        print(f"profile {p}: step {r['step_ms_mean']} ms (profiler clock), {r['step_gflops']} GFLOP/s = "
+              f"{r['step_ratio_to_matmul']} of the float32 matmul peak ({r['matmul_peak_gflops']})"
+              + (f"; ceiling {c['step_ms']} ms, {c['gflops']} GFLOP/s = {c['ratio_to_matmul']}" if c else ""))
+        for g in GROUPS:
+            x = r["groups"][g]
+            print(f"  {g:16s} time {x['time_share']:6.1%}  FLOPs {x['flop_share']:6.1%}  "
+                  f"{x['ms_per_step']:7.2f} ms  GFLOP/s {x['gflops'] if x['gflops'] is not None else '-'}")
+    return {"src": str(src), "commit": commit_of(src), "date": datetime.now().isoformat(timespec="seconds"),
+            "load_average_start": [round(x, 2) for x in load_start],
+            "load_average_end": [round(x, 2) for x in os.getloadavg()], **res}
+
+
+def precision_turns(src: Path, args) -> dict:
+    """--compare-precision: fp32 and bf16 steps in turns; CPU ms, GFLOP/s-equivalent and the 5-fold projection."""
+    load_start = os.getloadavg()
+    sets = [f"fold={args.fold}", f"work={args.work}"]
+    stdout, _, _ = child(PROFILE, [str(REPO / "bench"), "precision", str(args.precision_steps), args.config,
+                                   str(PROJECTED_EPOCHS), *sets], src, 3000)
+    res = json.loads(next(x for x in stdout.splitlines() if x.startswith("BENCH "))[6:])
+    key = f"five_fold_{PROJECTED_EPOCHS}_epochs_2_cores_min"
+    for p in ("fp32", "bf16"):
+        r = res[p]
+        print(f"{p}: step CPU ms median {r['step_cpu_ms_median']} (min {r['step_cpu_ms_min']}), GFLOP/s-equivalent "
+              f"{r['gflops_equivalent_median']} (best {r['gflops_equivalent_best']}), epoch CPU s {r['epoch_cpu_s']}, "
+              f"5 folds x {PROJECTED_EPOCHS} epochs on 2 cores {r[key]} min")
+    print(f"bf16 / fp32 step CPU, median of pairs: {res['bf16_over_fp32_step_cpu_median']}")
+    return {"src": str(src), "commit": commit_of(src), "date": datetime.now().isoformat(timespec="seconds"),
+            "load_average_start": [round(x, 2) for x in load_start],
+            "load_average_end": [round(x, 2) for x in os.getloadavg()], **res}
+
+
 def turns(sources: list, args) -> dict:
     """Steps and validations of two sources in turns (A B, B A, ...): CPU ms of each and their paired ratios."""
     sets = [f"fold={args.fold}", f"work={args.work}"]
@@ -310,7 +379,7 @@ def commit_of(src: Path) -> str:
 def measure(label: str, src: Path, args) -> dict:
     """One source: the matmul peak, then the training run; the figures of one JSON entry."""
     load_start = os.getloadavg()
-    mm = json.loads(child(MATMUL, [str(args.matmul_reps)], src, 300)[0])
+    mm = matmul_peak(src, args)
     with tempfile.TemporaryDirectory(prefix="bench-train-speed-") as out:
         sets = [f"fold={args.fold}", f"epochs={args.epochs}", "threads=1", f"work={args.work}", f"out={out}"]
         t0 = time.perf_counter()
@@ -379,10 +448,12 @@ def table(entries: list[dict]) -> str:
     return "\n".join(out)
 
 
-def write_json(path: Path, entries: list, variants: dict | None, turned: dict | None) -> Path:
-    """Merge this invocation's figures into the JSON at `path` (other labels' entries are kept); returns path."""
+def write_json(path: Path, entries: list, variants: dict | None, turned: dict | None,
+               profile: dict | None = None, precision: dict | None = None) -> Path:
+    """Merge this invocation's figures into the JSON at `path` (other labels' entries, and the keys this
+    invocation did not measure, are kept); returns path."""
     command = " ".join(["OMP_NUM_THREADS=1", "python", "bench/bench_train_speed.py", *sys.argv[1:]])
-    for e in entries + [x for x in (variants, turned) if x]:
+    for e in entries + [x for x in (variants, turned, profile, precision) if x]:
         e["bench_command"] = command
     old = json.loads(path.read_text()) if path.is_file() else {}
     runs = {**old.get("runs", {}), **{e["label"]: e for e in entries}}
@@ -397,7 +468,7 @@ def write_json(path: Path, entries: list, variants: dict | None, turned: dict | 
                               for k in keys}
         res["speedup_cpu_by_round"] = [{k: round(b[k] / a[k], 2) for k in keys} for b, a in pairs]
     res["table"] = table(list(runs.values()))
-    for key, value in (("variants", variants), ("turns", turned)):
+    for key, value in (("variants", variants), ("turns", turned), ("profile", profile), ("precision", precision)):
         if value or key in old:
             res[key] = value or old[key]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -422,6 +493,12 @@ def main() -> None:
     ap.add_argument("--variant-steps", type=int, default=15)
     ap.add_argument("--turns", type=int, default=0, metavar="STEPS",
                     help="also train two --src in turns, STEPS steps (and STEPS/10 validations) each")
+    ap.add_argument("--profile", action="store_true",
+                    help="also profile training steps (torch.profiler) per op group, fp32 and bf16 (with the last --src)")
+    ap.add_argument("--profile-steps", type=int, default=20)
+    ap.add_argument("--compare-precision", action="store_true",
+                    help="also time fp32 against bf16 training steps in turns, and project the 5-fold run of each")
+    ap.add_argument("--precision-steps", type=int, default=30, metavar="STEPS")
     ap.add_argument("--json", default=str(REPO / "bench" / "results" / "train_speed.json"))
     args = ap.parse_args()
     args.work = str(Path(args.work).resolve())
@@ -448,7 +525,10 @@ def main() -> None:
         for name, v in variants["steps"].items():
             print(f"{name:32s} step CPU ms min {v['step_cpu_ms_min']:7.1f} median {v['step_cpu_ms_median']:7.1f}"
                   f"  same weights: {v['same_weights']}")
-    path = write_json(Path(args.json), entries, variants, turned)
+    last = Path(sources[-1][1]).resolve()
+    profile = profiled(last, args) if args.profile else None
+    precision = precision_turns(last, args) if args.compare_precision else None
+    path = write_json(Path(args.json), entries, variants, turned, profile, precision)
     print(f"wrote {path}")
 
 
