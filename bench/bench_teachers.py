@@ -123,7 +123,7 @@ def main() -> None:
 
     from liser.config import Config
     from liser.teachers import pipeline as tp
-    from liser.workspace import teacher_dir, unlabeled_pool
+    from liser.workspace import speech_store, teacher_dir, unlabeled_pool, video_store
 
     cfg = Config.load(args.config, args.set)
     command = " ".join(["python"] + sys.argv)
@@ -182,7 +182,7 @@ def main() -> None:
     res["video_teacher_fps"] = round(len(crops) / (time.perf_counter() - t0), 1)
 
     tp.label_speech(cfg, folds=[evals[0]["fold"]], progress=False)  # one fold's store, for its figures
-    real = store_figures(Path(cfg.speech_store.format(fold=evals[0]["fold"])))
+    real = store_figures(Path(speech_store(cfg, evals[0]["fold"])))
     res["speech_store"] = real
     syn = synthetic_store()
     res["synthetic_50h_store"] = store_figures(syn)
@@ -204,7 +204,7 @@ def main() -> None:
         t0 = time.time()
         tp.label_video(cfg, progress=False)
         res["faces_and_video_label_s"] = round(time.time() - t0, 1)
-        res["video_store"] = store_figures(Path(cfg.video_store))
+        res["video_store"] = store_figures(Path(video_store(cfg)))
         write(args.json, res)
 
 

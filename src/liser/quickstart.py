@@ -86,7 +86,7 @@ def quickstart(grid_path: str | Path = "configs/grid-quickstart.yaml", overrides
     from .experiment import load_grid, run_grid
     from .export import export_onnx
     from .teachers.pipeline import fit_speech_teachers, label_speech, label_video
-    from .workspace import run_dir
+    from .workspace import run_dir, speech_store, video_store
 
     t0, times = time.time(), {}
 
@@ -109,7 +109,7 @@ def quickstart(grid_path: str | Path = "configs/grid-quickstart.yaml", overrides
     step("export", export_onnx, run, onnx)
     times["total"] = round(time.time() - t0, 1)
     made = {"report": str(Path(base.out) / "report.md"), "student run": str(run), "onnx": str(onnx),
-            "speech store": base.speech_store.format(fold=0), "video store": base.video_store}
+            "speech store": speech_store(base, 0), "video store": video_store(base)}
     _say_done(results, times, made, onnx)
     return {**made, "seconds": times}
 

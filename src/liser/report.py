@@ -99,10 +99,12 @@ def _store_lines(base) -> list[str]:
     from .store import SoftLabelStore
 
     # the per-fold speech stores hold the same items: the base fold's stands for all
-    paths = [(kind, tmpl) for kind, tmpl in (("speech", base.speech_store), ("video", base.video_store)) if tmpl]
+    from .workspace import speech_store, video_store
+
+    paths = [(kind, tmpl, path) for kind, tmpl, path in (("speech", base.speech_store, speech_store(base)),
+                                                          ("video", base.video_store, video_store(base))) if tmpl]
     rows = []
-    for kind, tmpl in paths:
-        p = tmpl.format(fold=base.fold)
+    for kind, tmpl, p in paths:
         if not (Path(p) / "meta.json").is_file():
             continue
         s = SoftLabelStore(p)

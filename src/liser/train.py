@@ -77,7 +77,7 @@ def load_unlabeled(cfg: Config, work: Path, progress: bool) -> Unlabeled | None:
                 frames.append(cache.frames(it.id))
                 ids.append(it.id)
     if not ids:
-        raise LiserError(f"no unlabeled item has a soft label in {cfg.speech_store or cfg.video_store}")
+        raise LiserError(f"no unlabeled item has a soft label in {speech_store(cfg) or video_store(cfg)}")
     return Unlabeled(frames, ids, speech, video)
 
 

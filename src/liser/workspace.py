@@ -18,10 +18,11 @@ and the paths, all under `cfg.work` or `cfg.out`:
     <work>/manifests/<corpus>/                 labeled manifest (unless cfg.manifest names one)
     <work>/manifests/unlabeled-<adapter>-<h>/  one per unlabeled root
     <work>/features/<corpus>-<key>/            log-Mel cache (liser.features)
-    <work>/teachers/<corpus>/speech-fold<k>/   speech teacher of fold k and its eval.json
+    <work>/teachers/<set>/speech-fold<k>/      speech teacher of fold k, its eval.json and trained_on.json;
+                                               <set> = teacher_set(cfg): the corpus, or pool-<corpora>-<K>cls-<scheme>
     <work>/faces/pool-<size>/                  face tracks of the pool's videos
-    cfg.speech_store.format(fold=k)            speech soft-label store of fold k
-    cfg.video_store                            video soft-label store
+    cfg.speech_store                           speech soft-label store of fold k ({fold}, {teachers}, {work} filled in)
+    cfg.video_store                            video soft-label store ({work} filled in)
     <out>/<name>/fold<k>/                      a student run
 
 This module imports only the config, the corpora and the folds, so any stage
@@ -57,9 +58,44 @@ def features_dir(work: str | Path, corpus: str, key: str) -> Path:
     return Path(work) / "features" / f"{corpus}-{key}"
 
 
+POOL_NAME_MAX = 64  # longer pool names keep the corpus count and a digest of the corpora instead of every name
+
+
+def teacher_set(cfg: Config) -> str:
+    """The name of the speech teachers' set: what they were trained on, without reading any data.
+
+    One corpus: the corpus name, as before ("ravdess"), so existing teachers
+    and stores keep their paths. Several `labeled` corpora: "pool-" + the
+    sorted adapters joined with "+" + the class count + the fold scheme, e.g.
+    "pool-cremad+emodb+ravdess+tess+urdu-6cls-loco" ("allcls" when `classes`
+    is empty; the LOCO and pooled teachers of one pool differ, since a LOCO
+    teacher never hears its held-out corpus). Sorted, so the order of
+    `labeled` does not make a second set. A name over POOL_NAME_MAX
+    characters becomes "pool-<n>corpora-<digest of the corpora>-<K>cls-<scheme>".
+    The name does not encode which classes or which class map: two configs
+    that differ only there share a name, and the reuse guard
+    (check_teacher_record) refuses the second instead of reusing the first.
+    """
+    if not cfg.labeled:
+        return cfg.corpus
+    corpora = sorted(labeled_corpora(cfg))
+    ncls = f"{len(cfg.classes)}cls" if cfg.classes else "allcls"
+    scheme = cfg.folds or "loco"
+    name = f"pool-{'+'.join(corpora)}-{ncls}-{scheme}"
+    if len(name) > POOL_NAME_MAX:
+        digest = hashlib.sha256("+".join(corpora).encode()).hexdigest()[:8]
+        name = f"pool-{len(corpora)}corpora-{digest}-{ncls}-{scheme}"
+    return name
+
+
+def teachers_dir(cfg: Config) -> Path:
+    """The folder of the config's teacher set: <work>/teachers/<teacher_set(cfg)> (what `{teachers}` stands for)."""
+    return Path(cfg.work) / "teachers" / teacher_set(cfg)
+
+
 def teacher_dir(cfg: Config, fold: int) -> Path:
-    """The speech teacher fitted on fold `fold`'s training speakers."""
-    return Path(cfg.work) / "teachers" / cfg.corpus / f"speech-fold{fold}"
+    """The speech teacher fitted on fold `fold`'s training speakers: <teachers_dir>/speech-fold<k>."""
+    return teachers_dir(cfg) / f"speech-fold{fold}"
 
 
 def faces_dir(cfg: Config) -> Path:
@@ -67,14 +103,40 @@ def faces_dir(cfg: Config) -> Path:
     return Path(cfg.work) / "faces" / f"pool-{cfg.face_size}"
 
 
+def fill_path(template: str, key: str, **values) -> str:
+    """`template` with its {placeholders} filled from `values`; "" stays "".
+
+    Raises LiserError naming the config key for a placeholder not in `values`
+    (a typo such as "{fodl}" must not become a path) or an unbalanced brace.
+    """
+    if not template:
+        return ""
+    try:
+        return template.format(**values)
+    except KeyError as e:
+        raise LiserError(f"{key}: unknown placeholder {{{e.args[0]}}} in {template!r} "
+                         f"(known: {', '.join('{' + k + '}' for k in values)})") from None
+    except (ValueError, IndexError):
+        raise LiserError(f"{key}: {template!r} is not a path template (braces must enclose a placeholder name)") from None
+
+
 def speech_store(cfg: Config, fold: int | None = None) -> str:
-    """The speech-teacher store of a fold (cfg.fold when None); "" when the config names none."""
-    return cfg.speech_store.format(fold=cfg.fold if fold is None else fold) if cfg.speech_store else ""
+    """The speech-teacher store of a fold (cfg.fold when None); "" when the config names none.
+
+    Placeholders: {fold} the fold, {teachers} the teacher set's folder
+    (teachers_dir: the store then lives beside the teachers that wrote it, so
+    a pooled and a single-corpus config cannot share one), {work} cfg.work.
+    """
+    return fill_path(cfg.speech_store, "speech_store", fold=cfg.fold if fold is None else fold,
+                     teachers=str(teachers_dir(cfg)), work=cfg.work)
 
 
 def video_store(cfg: Config) -> str:
-    """The video-teacher store ("" when the config names none); one for every fold."""
-    return cfg.video_store
+    """The video-teacher store ("" when the config names none); one for every fold, {work} = cfg.work.
+
+    No {fold} or {teachers}: the video teacher is pretrained and never sees the labeled corpora.
+    """
+    return fill_path(cfg.video_store, "video_store", work=cfg.work)
 
 
 def run_dir(cfg: Config) -> Path:
