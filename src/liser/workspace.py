@@ -144,6 +144,67 @@ def run_dir(cfg: Config) -> Path:
     return Path(cfg.out) / cfg.name / f"fold{cfg.fold}"
 
 
+# ---------------------------------------------------------------- what a teacher was trained on
+TRAINED_ON = "trained_on.json"  # in each fitted teacher's folder: the digest of its training items and its classes
+
+
+def training_record(items, classes) -> dict:
+    """What a teacher is trained on: {"ids_digest", "n_items", "classes"}.
+
+    ids_digest: sha256 (16 hex) over the sorted "id<TAB>label" lines of the
+    training items (labels after the class map, so remapping a label is a
+    different teacher even when the ids are the same); classes in the head's order.
+    """
+    lines = sorted(f"{it.id}\t{it.label}" for it in items)
+    digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+    return {"ids_digest": digest, "n_items": len(lines), "classes": list(classes)}
+
+
+def claim_teacher_dir(out: Path, record: dict, speakers=()) -> None:
+    """Refuse a fitted teacher folder that was trained on other items or classes; else record `record` in it.
+
+    A folder counts as fitted once it holds teacher.json or eval.json. Its
+    trained_on.json must equal `record`; a folder fitted before these records
+    existed is checked on what its teacher.json keeps (classes, and the
+    speakers of its training record when present: `speakers` are those of
+    the training items) and then given its trained_on.json. An unfitted
+    folder is (re)claimed: nothing in it can be reused.
+
+    Raises LiserError, one line naming the folder and what differs, instead
+    of letting a fit or a label step reuse a teacher of another training set.
+    """
+    import json
+
+    from .util import atomic_write_text
+
+    out = Path(out)
+    path = out / TRAINED_ON
+    fitted = (out / "teacher.json").is_file() or (out / "eval.json").is_file()
+    if fitted and path.is_file():
+        old = json.loads(path.read_text())
+        if old.get("classes") != record["classes"]:
+            raise LiserError(f"{out}: this teacher was trained on classes {old.get('classes')}, the config asks for "
+                             f"{record['classes']}; use another `work` or remove {out}")
+        if old.get("ids_digest") != record["ids_digest"]:
+            raise LiserError(f"{out}: this teacher was trained on other items ({old.get('n_items')} files, digest "
+                             f"{old.get('ids_digest')}) than the config's fold ({record['n_items']} files, digest "
+                             f"{record['ids_digest']}); use another `work` or remove {out}")
+        return
+    if fitted and (out / "teacher.json").is_file():  # fitted before trained_on.json: check what teacher.json keeps
+        meta = json.loads((out / "teacher.json").read_text())
+        if meta.get("classes") != record["classes"]:
+            raise LiserError(f"{out}: this teacher was trained on classes {meta.get('classes')}, the config asks for "
+                             f"{record['classes']}; use another `work` or remove {out}")
+        rec = meta.get("record") or {}
+        if "train_speakers" in rec and speakers:
+            had = set(rec["train_speakers"]) | set(rec.get("val_speakers", ()))
+            if had != set(speakers):
+                raise LiserError(f"{out}: this teacher was trained on {len(had)} other speakers than the config's fold "
+                                 f"({len(set(speakers))}); use another `work` or remove {out}")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(record, indent=1) + "\n")
+
+
 # ---------------------------------------------------------------- manifests
 def labeled_manifest(cfg: Config):
     """The prepared labeled manifest (prepared into <work>/manifests/<corpus> on first use);
@@ -344,6 +405,21 @@ def mapped_items(cfg: Config, manifest) -> list:
         if label:
             out.append(it if label == it.label else type(it)(**{**it.__dict__, "label": label}))
     return out
+
+
+def class_mapped_manifest(cfg: Config, manifest, classes):
+    """The manifest as the student sees it: labels through cfg.class_map, only items of `classes`.
+
+    What a speech teacher is fitted and evaluated on, so its softmax is over
+    the student's classes (RAVDESS's calm taught as neutral, surprised and
+    boredom never taught). Same corpus name and root, so file paths and the
+    feature caches stay those of `manifest`; without a class map and with
+    every class it holds the same items.
+    """
+    import dataclasses
+
+    keep = set(classes)
+    return dataclasses.replace(manifest, items=[it for it in mapped_items(cfg, manifest) if it.label in keep])
 
 
 def manifest_classes(items) -> list[str]:

@@ -2,11 +2,17 @@
 
 - `fit_speech_teachers(cfg)`: one speech teacher per fold, trained on that
   fold's training speakers only (so no test speaker reaches the student
-  through the teacher), in `<work>/teachers/<corpus>/speech-fold<k>/`, with
-  `eval.json`: its test UAR (whole utterances and 0.5 s pieces averaged per
-  file) and its calibration on the fold's validation speakers.
+  through the teacher), on the student's classes (labels through
+  `class_map`, only `classes`), in `<work>/teachers/<set>/speech-fold<k>/`
+  (`teacher_set`: the corpus, or the pool of `labeled` corpora with its
+  class count and fold scheme), with `eval.json`: its test UAR (whole
+  utterances and 0.5 s pieces averaged per file) and its calibration on the
+  fold's validation speakers, and `trained_on.json`: the digest of its
+  training items and its classes. A folder fitted on other items or
+  classes is refused (`claim_teacher_dir`), never reused.
 - `label_speech(cfg)`: the unlabeled pool (`cfg.unlabeled`, merged) labeled
-  by each fold's teacher into `cfg.speech_store` (formatted with the fold).
+  by each fold's teacher into `cfg.speech_store` ({fold}, {teachers}, {work}
+  filled in).
 - `extract_pool_faces(cfg)`: face tracks of every video in the pool.
 - `label_video(cfg)`: the video teacher's store `cfg.video_store`.
 
@@ -23,8 +29,8 @@ from ..config import Config
 from ..errors import LiserError
 from ..store import store_complete
 from ..util import atomic_write_text
-from ..workspace import (faces_dir, fold_indices, fold_items, labeled_manifest, speech_store, teacher_dir,
-                         unlabeled_pool, video_store)
+from ..workspace import (claim_teacher_dir, class_mapped_manifest, faces_dir, fold_indices, fold_items,
+                         labeled_manifest, speech_store, teacher_dir, training_record, unlabeled_pool, video_store)
 
 
 def speech_teacher_config(cfg: Config, overrides: list[str] | tuple = ()):
@@ -49,21 +55,28 @@ def speech_teacher_config(cfg: Config, overrides: list[str] | tuple = ()):
 
 
 def fit_speech_teachers(cfg: Config, folds=None, overrides=(), progress: bool = True) -> list[dict]:
-    """Fit (or reuse) each fold's speech teacher and write its eval.json; returns the evals."""
+    """Fit (or reuse) each fold's speech teacher and write its eval.json; returns the evals.
+
+    Each teacher is trained on its fold's training items with every labeled
+    file (label_fraction 1: the teacher is not what a label-fraction row
+    varies), labels through cfg.class_map and only cfg.classes, so its
+    classes are the student's. Raises LiserError when a fold's folder holds
+    a teacher fitted on other items or classes (claim_teacher_dir).
+    """
     import numpy as np
 
     from ..calibration import ece, fit_temperature, plot_reliability, temper
     from .speech import SpeechTeacher, evaluate_speech_teacher, fit_speech_teacher
 
     tcfg = speech_teacher_config(cfg, overrides)
-    manifest = labeled_manifest(cfg)
+    raw = labeled_manifest(cfg)
     evals = []
-    for k in fold_indices(cfg, manifest, folds):
+    for k in fold_indices(cfg, raw, folds):
         fcfg = cfg.replace(fold=k, label_fraction=1.0)
-        train, val, test, classes = fold_items(fcfg, manifest)
-        if classes != manifest.classes:
-            raise LiserError("the speech teacher is trained on every class of the corpus; `classes` must be empty")
+        train, val, test, classes = fold_items(fcfg, raw)
+        manifest = class_mapped_manifest(cfg, raw, classes)  # the labels the teacher learns: the student's
         out = teacher_dir(cfg, k)
+        claim_teacher_dir(out, training_record(train, classes), speakers={it.speaker for it in train})
         ev_path = out / "eval.json"
         if ev_path.is_file():
             evals.append(json.loads(ev_path.read_text()))
@@ -71,7 +84,7 @@ def fit_speech_teachers(cfg: Config, folds=None, overrides=(), progress: bool = 
         if (out / "teacher.json").is_file():
             teacher = SpeechTeacher.load(out)
         else:
-            res = fit_speech_teacher(manifest, [it.id for it in train], out, tcfg, progress=progress)
+            res = fit_speech_teacher(manifest, [it.id for it in train], out, tcfg, progress=progress, classes=classes)
             teacher = res.teacher
         te = evaluate_speech_teacher(teacher, manifest, [it.id for it in test], progress=progress)
         va = evaluate_speech_teacher(teacher, manifest, [it.id for it in val], progress=progress)

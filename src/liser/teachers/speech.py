@@ -818,7 +818,8 @@ class _FitData:
 
 
 def fit_speech_teacher(manifest: Manifest, train_ids: list[str], out_dir: str | Path,
-                       cfg: SpeechTeacherConfig = SpeechTeacherConfig(), progress: bool = False) -> FitResult:
+                       cfg: SpeechTeacherConfig = SpeechTeacherConfig(), progress: bool = False,
+                       classes: list[str] | None = None) -> FitResult:
     """Train a speech teacher on the given items (80/20 inner split by speaker), save the best epoch in out_dir.
 
     Three steps: the data (`_fit_split`, then `_fit_inputs`: cached frozen
@@ -827,13 +828,16 @@ def fit_speech_teacher(manifest: Manifest, train_ids: list[str], out_dir: str | 
     best-validation epoch's weights, `_keep_best`). Raises LiserError for a
     config `SpeechTeacherConfig.check` refuses (unknown mode, epochs < 1,
     train_pieces outside frozen mode, ...), ids not in the manifest or
-    unlabeled items.
+    unlabeled items (an item whose label is not one of `classes`).
+
+    `classes`: the head's outputs in order (the student's class set, so the
+    soft labels line up with its outputs); None = every label of the manifest.
     """
     import torch
 
     cfg.check()
     _set_threads(cfg)
-    classes = manifest.classes
+    classes = list(classes) if classes is not None else manifest.classes
     data = _fit_split(manifest, train_ids, classes, cfg)
     torch.manual_seed(cfg.seed)
     dev = resolve_device(cfg.device)
