@@ -81,6 +81,26 @@ def load_unlabeled(cfg: Config, work: Path, progress: bool) -> Unlabeled | None:
     return Unlabeled(frames, ids, speech, video)
 
 
+def check_store_teacher(cfg: Config, store) -> None:
+    """Refuse a speech store written by another teacher than the fold's own, when the fold's teacher exists.
+
+    The store path is a template the config names freely, so a LOCO fold can
+    point at a store the pooled teacher wrote (same classes, but that teacher
+    heard the held-out corpus): a leak no class check sees. When
+    teacher_dir(cfg, fold) holds a fitted teacher, the store must carry its
+    hash. A store with no teacher folder beside it (made elsewhere, or by
+    hand) is taken as the config names it.
+    """
+    meta = teacher_dir(cfg, cfg.fold) / "teacher.json"
+    if not meta.is_file():
+        return
+    want = json.loads(meta.read_text()).get("teacher_hash")
+    if want and store.teacher_hash != want:
+        raise LiserError(f"{store.path}: written by teacher {store.teacher_hash[:12]}, not by this fold's teacher "
+                         f"{meta.parent} ({want[:12]}); label the pool with it (`liser teacher label speech`) "
+                         "or name its store (speech_store: {teachers}/...)")
+
+
 def fitted_temperature(cfg: Config, store) -> float:
     """The temperature fitted on validation for the teacher that wrote `store` (its eval.json, same hash)."""
     path = teacher_dir(cfg, cfg.fold) / "eval.json"
@@ -161,6 +181,8 @@ def load_data(cfg: Config, progress: bool) -> Data:
     speech = pool.speech if pool is not None else None
     if speech is not None and list(speech.classes) != list(classes):
         raise LiserError(f"{speech.path}: speech teacher classes {speech.classes} != the student's {classes}")
+    if speech is not None:
+        check_store_teacher(cfg, speech)
     temperature_sd = fitted_temperature(cfg, speech) if speech is not None and cfg.temperature_sd == 0 \
         else cfg.temperature_sd
     video_classes = list(pool.video.classes) if pool is not None and pool.video is not None else DEFAULT_VIDEO_CLASSES
