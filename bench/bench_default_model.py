@@ -2,7 +2,8 @@
 
     scripts/train_default_model.sh          # the five LOCO runs, then the shipped (pooled) run
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_default_model.py \
-        [--loco runs/default-model-loco] [--pooled runs/default-model-pooled/fold0] [--onnx PATH]
+        [--loco runs/default-model-loco] [--pooled runs/default-model-pooled/fold0] [--onnx PATH] \
+        [--teachers configs/default-model-distill.yaml]
 
 Reads each finished LOCO run's metrics.json (`configs/default-model.yaml`,
 `folds: loco`: fold k tests on every file of the k-th corpus of `labeled`,
@@ -18,12 +19,23 @@ reports per held-out corpus:
   corpus has all six classes;
 - `war`, files, the best epoch, per-class recall.
 
+With `--teachers CONFIG` (configs/default-model-distill.yaml, trained by
+scripts/train_default_model_distill.sh), the distilled LOCO runs beside the
+no-dstl ones: `loco_distill` {held-out corpus: uar} (the same protocol,
+from <out>/<name>/fold<k> of that config; full figures in
+`loco_distill_runs`), and the LOCO speech teachers' own test UARs on the
+held-out corpus (`teachers_loco`, from each fold's eval.json: whole files
+and 0.5 s pieces averaged per file, arg-max over the six classes): what the
+students were taught from. Without the no-dstl runs the distilled table
+stands alone.
+
 With `--pooled`, the shipped run's in-corpus figures too (its test speakers,
 drawn per corpus: in-corpus, so not a transfer figure), per corpus. With
 `--onnx`, the packaged int8 model scored on those same test files (the
 figures the card quotes for what ships).
 
-Writes bench/results/default_model.json (or --json) and prints the tables.
+Writes bench/results/default_model.json (with --teachers default_model_distill.json; or --json)
+and prints the tables.
 """
 
 from __future__ import annotations
@@ -68,7 +80,10 @@ def run_figures(run: Path) -> dict:
 
 
 def loco_table(loco: Path) -> dict:
-    """{held-out corpus: run_figures} for every fold<k> of the LOCO runs, in the config's corpus order."""
+    """{held-out corpus: run_figures} for every fold<k> of the LOCO runs, in the config's corpus order.
+
+    Raises LiserError when `loco` holds no run, an unfinished one, or one that is not leave-one-corpus-out.
+    """
     from liser.config import Config
     from liser.workspace import labeled_corpora
 
@@ -82,6 +97,43 @@ def loco_table(loco: Path) -> dict:
     if not out:
         raise LiserError(f"{loco}: no fold<k>/ runs")
     return out
+
+
+def teachers_loco(cfg) -> dict:
+    """{held-out corpus: {uar, uar_pieces, n_test, teacher}} from each LOCO fold's teacher eval.json (absent folds left out)."""
+    from liser.workspace import labeled_corpora, teacher_dir
+
+    if cfg.folds not in ("loco", ""):
+        raise LiserError(f"--teachers: {cfg.name} is not a leave-one-corpus-out config (folds: {cfg.folds!r})")
+    out = {}
+    for k, held in enumerate(labeled_corpora(cfg)):
+        ev = teacher_dir(cfg, k) / "eval.json"
+        if ev.is_file():
+            e = json.loads(ev.read_text())
+            out[held] = {"fold": k, "uar": round(e["uar"], 4), "uar_pieces": round(e["uar_pieces"], 4),
+                         "n_test": e["n_test"], "teacher": str(ev.parent)}
+    return out
+
+
+def distill_figures(config: Path) -> dict:
+    """The distilled LOCO table of a config (its runs under <out>/<name>) and its teachers' LOCO UARs.
+
+    Raises LiserError when neither a finished run nor a fitted teacher exists yet.
+    """
+    from liser.config import Config
+
+    cfg = Config.load(config)
+    runs = Path(cfg.out) / cfg.name
+    table = loco_table(runs) if any(runs.glob("fold*/metrics.json")) else {}
+    teachers = teachers_loco(cfg)
+    if not table and not teachers:
+        raise LiserError(f"{config}: no finished run in {runs} and no fitted teacher yet "
+                         "(scripts/train_default_model_distill.sh)")
+    res = {"config": str(config), "loco_distill": {c: r["uar"] for c, r in table.items()},
+           "loco_distill_runs": table, "teachers_loco": teachers}
+    if table:
+        res["loco_distill_uar_mean"] = round(float(np.mean([r["uar"] for r in table.values()])), 4)
+    return res
 
 
 def per_corpus(ids: list[str], y: list[int], pred: list[int], classes: list[str]) -> dict:
@@ -140,23 +192,51 @@ def markdown(loco: dict) -> str:
     return "\n".join(lines)
 
 
+def _cell(v) -> str:
+    return "" if v is None else f"{v:.3f}"
+
+
+def markdown_distill(loco: dict, dist: dict) -> str:
+    """Held-out corpus | no-dstl UAR | distilled UAR | difference | the teacher's UAR (files, pieces)."""
+    lines = ["| held-out corpus | no-dstl UAR | distilled UAR | Δ (points) | teacher UAR | teacher UAR (0.5 s pieces) |",
+             "|---|---|---|---|---|---|"]
+    teachers = dist["teachers_loco"]
+    for c in list(dict.fromkeys([*loco, *dist["loco_distill"], *teachers])):
+        a, b, t = loco.get(c, {}).get("uar"), dist["loco_distill"].get(c), teachers.get(c, {})
+        d = f"{100 * (b - a):+.1f}" if a is not None and b is not None else ""
+        lines.append(f"| {c} | {_cell(a)} | {_cell(b)} | {d} | {_cell(t.get('uar'))} | {_cell(t.get('uar_pieces'))} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--loco", default="runs/default-model-loco", help="folder of the LOCO fold<k>/ runs")
     ap.add_argument("--pooled", default="runs/default-model-pooled/fold0", help="the shipped run ('' = skip)")
     ap.add_argument("--onnx", default="", help="ONNX model to score on the pooled run's test files ('' = skip)")
     ap.add_argument("--stride", type=float, default=0.1, help="--onnx: window stride in seconds (0.1, as the runs' test)")
-    ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "default_model.json"))
+    ap.add_argument("--teachers", default="", metavar="CONFIG",
+                    help="the distilled config (configs/default-model-distill.yaml): its LOCO runs and teachers too")
+    ap.add_argument("--json", default="", help="default bench/results/default_model.json; with --teachers "
+                    "default_model_distill.json (a partial distilled table never overwrites the committed no-dstl one)")
     args = ap.parse_args(argv)
+    args.json = args.json or str(ROOT / "bench" / "results" /
+                                 ("default_model_distill.json" if args.teachers else "default_model.json"))
     t0 = time.time()
-    loco = loco_table(Path(args.loco))
+    dist = distill_figures(Path(args.teachers)) if args.teachers else None
+    # the no-dstl runs are required unless the distilled table is what was asked for
+    loco = loco_table(Path(args.loco)) if dist is None or any(Path(args.loco).glob("fold*/metrics.json")) else {}
     res = {"what": "default model, leave-one-corpus-out: trained on four corpora, tested on every file of the fifth",
            "command": "OMP_NUM_THREADS=1 python bench/bench_default_model.py " + " ".join(argv or sys.argv[1:]),
            "trained_by": "scripts/train_default_model.sh (configs/default-model.yaml)",
            "machine": f"{platform.machine()}, {os.cpu_count()} cores; each run trained alone on 1 thread, the LOCO runs "
                       "while a background experiment grid shared the cores (train_wall_s is pessimistic)",
            "date": time.strftime("%Y-%m-%d"),
-           "loco": loco, "loco_uar_mean": round(float(np.mean([r["uar"] for r in loco.values()])), 4)}
+           "loco": loco}
+    if loco:
+        res["loco_uar_mean"] = round(float(np.mean([r["uar"] for r in loco.values()])), 4)
+    if dist is not None:
+        res.update(dist)
+        res["trained_by"] += f"; distilled: scripts/train_default_model_distill.sh ({args.teachers})"
     if args.pooled and (Path(args.pooled) / "metrics.json").is_file():
         res["pooled"] = pooled_figures(Path(args.pooled), Path(args.onnx) if args.onnx else None, args.stride)
     res["seconds"] = round(time.time() - t0, 1)
@@ -164,7 +244,10 @@ def main(argv=None) -> int:
 
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(Path(args.json), json.dumps(res, indent=1) + "\n")
-    print(markdown(loco))
+    if loco:
+        print(markdown(loco))
+    if dist is not None:
+        print(markdown_distill(loco, dist))
     if "pooled" in res:
         p = res["pooled"]
         for kind in ("pytorch", "onnx"):
