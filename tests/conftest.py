@@ -125,3 +125,56 @@ def trained_run(small_config, tmp_path_factory) -> Path:
     from liser.train import train
 
     return train(small_config, run_dir=tmp_path_factory.mktemp("trained") / "run", progress=False)
+
+
+# ---------------------------------------------------------------- five small real corpora
+# The default model's five labeled corpora (tests/test_default_model.py, tests/test_teachers_pooled.py).
+CORPORA = ("ravdess", "cremad", "emodb", "tess", "urdu")
+DEFAULT_CLASSES = ["neutral", "happy", "sad", "angry", "fearful", "disgust"]
+
+
+def _real(name: str) -> Path:
+    if not (DATA / name).is_dir():
+        pytest.skip(f"real data not found at {DATA / name}")
+    return DATA / name
+
+
+def _link(files, src: Path, dst: Path) -> None:
+    for f in files:
+        out = dst / f.relative_to(src)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.symlink_to(f)
+
+
+def _first_per(files, key, n: int = 1) -> list[Path]:
+    """The first n files of each key(file) group."""
+    seen: dict = {}
+    out = []
+    for f in sorted(files):
+        k = key(f)
+        if seen.get(k, 0) < n:
+            seen[k] = seen.get(k, 0) + 1
+            out.append(f)
+    return out
+
+
+def link_five_corpora(dst: Path, n: int = 1) -> dict[str, Path]:
+    """Trees of real files: n per (speaker, emotion); 3 speakers per corpus (TESS has 2). {corpus: root}."""
+    roots = {}
+    src = _real("ravdess")
+    files = [f for a in ("Actor_01", "Actor_02", "Actor_03") for f in (src / a).glob("*.flac")]
+    _link(_first_per(files, lambda f: (f.parent.name, f.stem.split("-")[2]), n), src, dst / "ravdess")
+    src = _real("cremad")
+    files = [f for a in ("1001", "1002", "1003") for f in (src / "AudioWAV").glob(f"{a}_*")]
+    _link(_first_per(files, lambda f: f.stem.split("_")[0] + f.stem.split("_")[2], n), src, dst / "cremad")
+    src = _real("emodb")
+    files = [f for s in ("03", "08", "09") for f in (src / "wav").glob(f"{s}*")]
+    _link(_first_per(files, lambda f: f.stem[:2] + f.stem[5], n), src, dst / "emodb")
+    src = _real("tess")
+    _link(_first_per(src.glob("*/*"), lambda f: f.parent.name, n), src, dst / "tess")
+    src = _real("urdu")
+    files = [f for f in src.glob("*/*") if f.stem.split("_")[0] in ("SM3", "SM5", "SM6")]  # together all 4 classes
+    _link(_first_per(files, lambda f: f.stem.split("_")[0] + f.parent.name, n), src, dst / "urdu")
+    for c in CORPORA:
+        roots[c] = dst / c
+    return roots
