@@ -69,8 +69,10 @@ class Config:
     precision: str = "fp32"  # student training step: fp32 | bf16 (autocast forward + loss; other weights, deterministic)
     # ---- distillation (SPEC "Losses"); all zero = no-dstl ----
     unlabeled: tuple = ()  # unlabeled corpora as "adapter:root" (or prepared manifest dirs)
-    speech_store: str = ""  # speech-teacher soft-label store ("" = none); "{fold}" in it is the fold
-    video_store: str = ""  # video-teacher soft-label store ("" = none)
+    speech_store: str = ""  # speech-teacher soft-label store ("" = none); placeholders: {fold} the fold,
+    #   {teachers} the teacher set's folder (<work>/teachers/<corpus or pool-...>: the store beside its teachers),
+    #   {work} the `work` folder
+    video_store: str = ""  # video-teacher soft-label store ("" = none); {work} = the `work` folder
     speech_teacher: str = ""  # YAML of the speech teacher's settings (SpeechTeacherConfig); "" = HuBERT-base, frozen
     video_teacher: str = "fer2013-big"  # video teacher: fer2013-big | fer2013-mini | a .hdf5 / .onnx path | s2d:<path>
     face_size: int = 112  # aligned face crop size for the video teacher's face cache
