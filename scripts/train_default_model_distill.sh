@@ -12,6 +12,9 @@
 # Then: python bench/bench_default_model.py --teachers configs/default-model-distill.yaml
 set -euo pipefail
 export OMP_NUM_THREADS=1
+# the frozen encoder's features are cached per file (keyed by its bytes): every fold's teacher reuses them, and
+# work/lc is where the RAVDESS teachers cached theirs (README headline commands): RAVDESS and the AV pool, as far as they got
+export LISER_CACHE="${LISER_CACHE:-work/lc}"
 CFG=configs/default-model-distill.yaml
 POOLED=(folds=pooled name=default-model-distill-pooled)
 what="${1:-all}"
