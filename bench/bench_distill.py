@@ -76,6 +76,9 @@ def main() -> None:
     ap.add_argument("--collect-only", action="store_true",
                     help="train nothing: tables and report from the runs that finished (wall = time during which a run was training)")
     ap.add_argument("--machine", default="", help="where the runs were trained, when not here (e.g. a GPU machine)")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the --json file's rows this collection has no runs for (each marked with the date and "
+                         "machine of the collection it came from), so rows of an earlier machine are not dropped")
     ap.add_argument("--docs", default=None, help="where the report is copied (default: docs/results/<grid name>)")
     args = ap.parse_args()
     os.chdir(REPO)  # the grids' relative paths are relative to the repository
@@ -157,6 +160,8 @@ def main() -> None:
     out["report"] = str(docs.relative_to(REPO) / "report.md") if docs.is_relative_to(REPO) else str(docs / "report.md")
 
     path = Path(args.json or REPO / "bench" / "results" / f"{base.corpus}_distill.json")
+    if args.merge and path.is_file():
+        merge_earlier(out, json.loads(path.read_text()))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(out, indent=1) + "\n")
@@ -172,6 +177,23 @@ def main() -> None:
               f"| {gain} | {r['folds']} |")
     print(f"\nwall {wall / 60:.1f} min for {res['runs_trained']} runs with {res['jobs']} jobs; "
           f"summed run time {run_s / 60:.1f} min")
+
+
+def merge_earlier(out: dict, old: dict) -> None:
+    """--merge: rows (and pool curves) of the earlier file that this collection lacks are kept, each row marked
+    `collected` with the earlier collection's date and machine; the earlier collections' summaries go to
+    `earlier`. Rows collected now are marked with today's date and this machine."""
+    stamp = {"date": out["date"], "machine": out["machine"]}
+    for row in out["configs"].values():
+        row["collected"] = stamp
+    old_stamp = {"date": old.get("date"), "machine": old.get("machine")}
+    for name, row in old.get("configs", {}).items():
+        if name not in out["configs"]:
+            out["configs"][name] = {**row, "collected": row.get("collected", old_stamp)}
+    for label, pts in old.get("pool_curves", {}).items():
+        out["pool_curves"].setdefault(label, pts)
+    summary = {k: old.get(k) for k in ("date", "machine", "command", "wall_s", "cpu_hours", "runs_total")}
+    out["earlier"] = old.get("earlier", []) + [summary]
 
 
 if __name__ == "__main__":

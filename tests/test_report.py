@@ -35,6 +35,10 @@ def test_each_row_is_compared_with_its_own_recipes_no_dstl():
     assert reference_name("sp-dstl-av-pool", names) == "no-dstl"
     assert reference_name("no-dstl", names) is None and reference_name("liser-no-dstl", names) is None
     assert reference_name("sp-dstl", {"sp-dstl": 0}) is None  # no reference row in the grid
+    e100 = {**names, "liser-no-dstl-e100": 0, "liser-sp-distill-ce-e100": 0}
+    assert reference_name("liser-sp-distill-ce-e100", e100) == "liser-no-dstl-e100"  # same schedule suffix
+    assert reference_name("liser-sp-distill-ce", e100) == "liser-no-dstl"
+    assert reference_name("liser-no-dstl-e100", e100) is None
 
 
 def _run(tmp_path, name: str, fold: int, uar: float, **cfg) -> dict:

@@ -52,14 +52,19 @@ def paired_delta(t: dict, base: dict) -> dict | None:
 
 
 def reference_name(name: str, names) -> str | None:
-    """The row a configuration is compared with: `P-no-dstl` for the longest prefix P that has one (a recipe
-    family such as `liser-sp-dstl` -> `liser-no-dstl`), else `no-dstl`; None for a reference itself or when absent."""
+    """The row a configuration is compared with: `P-no-dstl-S` for the longest prefix P (a recipe family:
+    `liser-sp-dstl` -> `liser-no-dstl`) and, among those, the longest suffix S of the name (a schedule:
+    `liser-sp-distill-ce-e100` -> `liser-no-dstl-e100`) that the grid has, else `no-dstl`; None for a
+    reference itself (a name holding `no-dstl`) or when there is none."""
+    if "no-dstl" in name:
+        return None
     parts = name.split("-")
     for k in range(len(parts) - 1, 0, -1):
-        ref = "-".join(parts[:k]) + "-no-dstl"
-        if ref in names and ref != name:
-            return ref
-    return "no-dstl" if "no-dstl" in names and not name.endswith("no-dstl") else None
+        for j in range(k + 1, len(parts) + 1):  # j = len(parts): no suffix, tried last
+            ref = "-".join(parts[:k] + ["no", "dstl"] + parts[j:])
+            if ref in names:
+                return ref
+    return "no-dstl" if "no-dstl" in names else None
 
 
 def _row(name: str, t: dict, base: dict | None) -> str:

@@ -1,0 +1,33 @@
+"""bench_distill.py --merge: an earlier collection's rows survive a collection that lacks their runs."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+
+def _bench():
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_distill.py"
+    spec = importlib.util.spec_from_file_location("bench_distill", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_merge_keeps_earlier_rows_marked_with_where_they_came_from():
+    bench = _bench()
+    old = {"date": "2026-11-30", "machine": "old box", "command": "c0", "wall_s": 10.0, "cpu_hours": 1.0,
+           "runs_total": 4, "configs": {"no-dstl": {"uar_mean": 0.47}, "sp-dstl": {"uar_mean": 0.48}},
+           "pool_curves": {"sp-dstl": [{"pool_hours": 1.0}]}}
+    new = {"date": "2026-12-01", "machine": "new box", "configs": {"no-dstl": {"uar_mean": 0.51}},
+           "pool_curves": {}}
+    bench.merge_earlier(new, old)
+    assert new["configs"]["no-dstl"] == {"uar_mean": 0.51, "collected": {"date": "2026-12-01", "machine": "new box"}}
+    assert new["configs"]["sp-dstl"]["collected"] == {"date": "2026-11-30", "machine": "old box"}
+    assert new["pool_curves"] == {"sp-dstl": [{"pool_hours": 1.0}]}
+    assert new["earlier"][0]["command"] == "c0"
+    again = {"date": "2026-12-02", "machine": "third", "configs": {}, "pool_curves": {}}
+    bench.merge_earlier(again, new)  # a row keeps the stamp of the collection that measured it
+    assert again["configs"]["sp-dstl"]["collected"]["machine"] == "old box"
+    assert again["configs"]["no-dstl"]["collected"]["machine"] == "new box"
+    assert [e["date"] for e in again["earlier"]] == ["2026-11-30", "2026-12-01"]
