@@ -83,7 +83,8 @@ def main() -> None:
     args = ap.parse_args()
     os.chdir(REPO)  # the grids' relative paths are relative to the repository
 
-    from liser.experiment import collect_grid, expand_grid, fold_count, load_grid, restore_ledger, run_grid
+    from liser.experiment import (check_finished, collect_grid, expand_grid, fold_count, load_grid, restore_ledger,
+                                  run_grid)
     from liser.report import paired_delta, pool_curves, reference_name
 
     grid = load_grid(args.grid, args.set)
@@ -94,6 +95,9 @@ def main() -> None:
 
         runs = expand_grid(grid, fold_count(base))
         restore_ledger(grid, runs)  # runs trained in earlier sessions, on other machines
+        check_finished(args.grid, runs)
+        if not any((Path(r["cfg"].out) / r["cfg"].name / f"fold{r['fold']}" / "metrics.json").is_file() for r in runs):
+            sys.exit(f"bench_distill: {args.grid}: no finished run to collect (in {base.out} or its ledger)")
         wall = grid_span(runs)
         res = collect_grid(runs)
         res.update({"grid": args.grid, "runs_trained": 0, "runs_total": len(runs), "jobs": args.jobs or grid["jobs"],

@@ -54,11 +54,12 @@ def collected(src: Path) -> dict:
     """A grid's table: from a grid file (its finished runs, the ledger restored first) or a grid.json."""
     if src.suffix not in (".yaml", ".yml"):
         return json.loads(src.read_text())
-    from liser.experiment import collect_grid, expand_grid, fold_count, load_grid, restore_ledger
+    from liser.experiment import check_finished, collect_grid, expand_grid, fold_count, load_grid, restore_ledger
 
     grid = load_grid(src)
     runs = expand_grid(grid, fold_count(grid["base"]))
     restore_ledger(grid, runs)
+    check_finished(src, runs)
     return collect_grid(runs)
 
 

@@ -243,7 +243,7 @@ def test_cremad_grid_is_table2_with_calibration_rows_and_figure2(monkeypatch):
     assert {c for c, _ in counts} == {"no-dstl", "vid-dstl", "sp-dstl", "vid-sp-dstl", "conf-vid-sp-dstl",
                                       "conf-T-vid-sp-dstl", "entropy-vid-sp-dstl", "sp-distill-ce",
                                       "vid-sp-distill-ce"}
-    for name in ("no-dstl", "vid-sp-dstl"):  # Figure 2: every fraction on every fold
+    for name in ("no-dstl", "sp-distill-ce"):  # Figure 2: every fraction on every fold
         assert {f for c, f in counts if c == name} == {0.25, 0.5, 0.75, 1.0}
     assert len(runs) == 75 and set(counts.values()) == {5}
     by = {r["config"]: r["cfg"] for r in runs if r["fraction"] == 1.0 and r["fold"] == 0}

@@ -33,15 +33,21 @@ def test_grid_resumes_from_ledger_on_a_fresh_clone(small_config, tmp_path):
     assert first["runs_trained"] == 2
     for row in ("a", "b"):
         kept = ledger / row / "default" / "fold0"
-        assert sorted(p.name for p in kept.iterdir()) == ["config.yaml", "epochs.csv", "metrics.json"]
+        assert sorted(p.name for p in kept.iterdir()) == ["config.yaml", "epochs.csv", "metrics.json", "times.json"]
         assert json.loads((kept / "metrics.json").read_text()) == json.loads(
             (out / row / "default" / "fold0" / "metrics.json").read_text())
 
+    run_a = out / "a" / "default" / "fold0"
+    mtimes = {n: (run_a / n).stat().st_mtime for n in ("config.yaml", "metrics.json")}
     shutil.rmtree(out)  # a fresh clone: checkpoints and run directories gone, the ledger (tracked) kept
+    for p in ledger.rglob("*.yaml"):
+        p.touch()  # as a git checkout leaves them: file times of the checkout, not of the runs
     again = run_grid(grid, progress=False, report=False)
     assert again["runs_trained"] == 0
     assert _uars(again) == _uars(first)
-    assert not (out / "a" / "default" / "fold0" / "best.pt").exists()  # restored, not retrained
+    assert not (run_a / "best.pt").exists()  # restored, not retrained
+    # a run's span (config.yaml at its start, metrics.json at its end) is what grid wall times are made of
+    assert {n: (run_a / n).stat().st_mtime for n in mtimes} == pytest.approx(mtimes)
 
 
 def test_changed_row_trains_again_and_replaces_its_entry(small_config, tmp_path, capsys):
@@ -56,6 +62,21 @@ def test_changed_row_trains_again_and_replaces_its_entry(small_config, tmp_path,
     assert res["runs_trained"] == 1
     assert "b/default/fold0: differs in lr" in capsys.readouterr().out
     assert Config.load(ledger / "b" / "default" / "fold0" / "config.yaml").lr == 1e-3
+
+
+def test_a_finished_run_of_other_settings_is_refused_not_reported(small_config, tmp_path):
+    from liser.errors import LiserError
+    from liser.experiment import run_grid
+
+    grid, out, ledger = _grid(tmp_path, small_config, lr_b=3e-4)
+    run_grid(grid, progress=False, report=False)
+    grid, out, ledger = _grid(tmp_path, small_config, lr_b=1e-3)  # row b changed, its old run still in out/
+    with pytest.raises(LiserError, match=r"1 finished run\(s\) were trained with other settings.*differs in lr"):
+        run_grid(grid, progress=False, report=False)
+    with pytest.raises(LiserError, match="differs in precision"):
+        run_grid(grid, ["precision=bf16"], progress=False, report=False)
+    with pytest.raises(LiserError, match="precision must be fp32 or bf16"):
+        run_grid(grid, ["precision=bf16x"], progress=False, report=False)  # refused before any run is looked at
 
 
 def test_runs_finished_before_the_ledger_are_kept(small_config, tmp_path):

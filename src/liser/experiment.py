@@ -176,6 +176,23 @@ def load_grid(path: str | Path, overrides: list[str] | tuple = ()) -> dict:
             "fraction_runs": list(g.fraction_runs), "jobs": g.jobs or 1, "ledger": g.ledger}
 
 
+def check_finished(grid_path, runs: list[dict]) -> None:
+    """LiserError (one line) when a finished run's directory holds another config than its row asks for now
+    (the grid file or `--set` changed a setting): skipping it would report the old setting's result as the
+    new one's. threads and device are ignored (liser.ledger.stale_keys)."""
+    from .ledger import stale_keys
+
+    stale = []
+    for r in runs:
+        d = run_dir(r["cfg"])
+        if (d / "metrics.json").is_file() and (diff := stale_keys(r["cfg"], d)):
+            stale.append(f"{d} differs in {', '.join(diff)}")
+    if stale:
+        raise LiserError(f"{grid_path}: {len(stale)} finished run(s) were trained with other settings than the grid "
+                         f"now asks for ({stale[0]}{'; ...' if len(stale) > 1 else ''}); remove them to train them "
+                         "again, or change `out`")
+
+
 def restore_ledger(grid: dict, runs: list[dict]) -> dict:
     """Before a grid runs or is collected: its ledger's finished runs put back into their run directories
     (liser.ledger.restore); one line says what was restored and which entries are stale. {} without a ledger."""
@@ -210,6 +227,7 @@ def expand_grid(grid: dict, n_folds: int) -> list[dict]:
                 for k in folds:
                     cfg = Config.from_dict({**base.to_dict(), **fixed, **dict(zip(keys, values)),
                                             "label_fraction": frac, "fold": k, "name": run_name})
+                    cfg.check_choices()  # a bad value is refused now, not when (or if) its run starts
                     out.append({"config": name, "variant": variant, "fraction": frac, "fold": k, "cfg": cfg})
     return out
 
@@ -240,6 +258,7 @@ def run_grid(grid_path: str | Path, overrides: list[str] | tuple = (), jobs: int
         build_features(m, base.work, threads=base.threads or 2, progress=progress)  # once, before workers start
     jobs = jobs or grid["jobs"]
     restore_ledger(grid, runs)
+    check_finished(grid_path, runs)
     todo = [r for r in runs if not (run_dir(r["cfg"]) / "metrics.json").is_file()]
     t0 = time.time()
     where = f"as Ray tasks ({ray})" if ray is not None else f"{jobs} in parallel"

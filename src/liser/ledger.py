@@ -3,7 +3,8 @@
 A run directory (`<out>/<name>/fold<k>`) holds checkpoints and is not
 tracked; a machine that loses it loses hours of training. The ledger keeps
 what a grid's tables, report and wall-time figures read from a finished run
-(config.yaml, metrics.json, epochs.csv: 10-200 KB a run) under
+(config.yaml, metrics.json, epochs.csv, and times.json with their file
+times: 10-200 KB a run) under
 `<ledger>/<name>/fold<k>`, and puts them back into the run directory before a
 grid starts or is collected: a restored run counts as finished (it is skipped
 and collected), exactly as if it had been trained here. What a restored run
@@ -17,12 +18,16 @@ the entry.
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 from pathlib import Path
 
 from .config import Config
 
 KEPT = ("config.yaml", "metrics.json", "epochs.csv")  # what collect_grid, the report and the benches read
+TIMES = "times.json"  # the KEPT files' modification times: a run's span (config.yaml written at its start,
+# metrics.json at its end) is what bench_distill's wall time is made of, and git does not keep file times
 
 
 def entry(ledger: str | Path, cfg: Config) -> Path:
@@ -30,23 +35,34 @@ def entry(ledger: str | Path, cfg: Config) -> Path:
     return Path(ledger) / cfg.name / f"fold{cfg.fold}"
 
 
-def _copy(src_dir: Path, dst_dir: Path) -> None:
-    """Copy KEPT files that exist, each under a temporary name then renamed (never half-written);
-    metrics.json last, since its presence is what marks a run finished."""
+def _copy(src_dir: Path, dst_dir: Path, times: dict) -> None:
+    """Copy KEPT files that exist, each under a temporary name then renamed (never half-written), with the
+    modification times in `times` ({name: seconds}); metrics.json last, since it marks a run finished."""
     dst_dir.mkdir(parents=True, exist_ok=True)
     for name in sorted(KEPT, key=lambda n: n == "metrics.json"):
         if (src_dir / name).is_file():
             tmp = dst_dir / f".{name}.tmp"
             shutil.copyfile(src_dir / name, tmp)
+            if name in times:
+                os.utime(tmp, (times[name], times[name]))
             tmp.replace(dst_dir / name)
+
+
+def _times(run: Path) -> dict:
+    """{file name: modification time} of a run directory's KEPT files."""
+    return {n: (run / n).stat().st_mtime for n in KEPT if (run / n).is_file()}
 
 
 def keep(run: str | Path, ledger_dir: str | Path) -> bool:
     """Copy a finished run's KEPT files into its ledger folder; False (nothing copied) if it is not finished."""
-    run = Path(run)
+    run, ledger_dir = Path(run), Path(ledger_dir)
     if not (run / "metrics.json").is_file():
         return False
-    _copy(run, Path(ledger_dir))
+    times = _times(run)
+    _copy(run, ledger_dir, times)
+    tmp = ledger_dir / f".{TIMES}.tmp"
+    tmp.write_text(json.dumps(times, indent=1, sort_keys=True) + "\n")
+    tmp.replace(ledger_dir / TIMES)
     return True
 
 
@@ -84,6 +100,7 @@ def restore(cfgs: list[Config], ledger: str | Path, run_dir) -> dict:
         if diff:
             out["stale"].append(f"{cfg.name}/fold{cfg.fold}: differs in {', '.join(diff)}")
             continue
-        _copy(led, run)
+        times = json.loads((led / TIMES).read_text()) if (led / TIMES).is_file() else {}
+        _copy(led, run, times)
         out["restored"] += 1
     return out

@@ -128,6 +128,7 @@ def _store_lines(base) -> list[str]:
 def write_report(out: str | Path, results: dict, base, grid_path, overrides=()) -> Path:
     """Write <out>/report.md (and PNGs beside it) from run_grid's results; returns its path."""
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     configs = results["configs"]
     full = {name: by_frac.get("1") for name, by_frac in configs.items() if by_frac.get("1")}
     lines = [f"# liser experiment report: {base.corpus}", ""]
