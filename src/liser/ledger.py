@@ -91,7 +91,7 @@ def restore(cfgs: list[Config], ledger: str | Path, run_dir) -> dict:
         if (run / "metrics.json").is_file():
             if stale_keys(cfg, run):
                 continue  # the run directory holds another config's run: liser.train refuses it, say nothing here
-            if not (led / "metrics.json").is_file() or stale_keys(cfg, led):
+            if not (led / "metrics.json").is_file() or not (led / TIMES).is_file() or stale_keys(cfg, led):
                 out["kept"] += keep(run, led)
             continue
         if not (led / "metrics.json").is_file() or (run / "last.pt").is_file():
