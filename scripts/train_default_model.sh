@@ -5,6 +5,7 @@
 # Resumable: a finished run is skipped, an interrupted one goes on from its last.pt.
 # Then: python bench/bench_default_model.py  (LOCO table)  and the export in the model card.
 set -euo pipefail
+if [[ -x .venv/bin/liser ]]; then PATH="$PWD/.venv/bin:$PATH"; fi   # the project venv (scripts/setup.sh), when the shell has none active
 export OMP_NUM_THREADS=1
 for k in 0 1 2 3 4; do
   liser train configs/default-model.yaml --set threads=1 --fold "$k"

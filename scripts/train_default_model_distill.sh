@@ -11,6 +11,7 @@
 # from its last.pt. A teacher folder fitted on other items or classes is refused, never reused.
 # Then: python bench/bench_default_model.py --teachers configs/default-model-distill.yaml
 set -euo pipefail
+if [[ -x .venv/bin/liser ]]; then PATH="$PWD/.venv/bin:$PATH"; fi   # the project venv (scripts/setup.sh), when the shell has none active
 export OMP_NUM_THREADS=1
 # the frozen encoder's features are cached per file (keyed by its bytes): every fold's teacher reuses them, and
 # work/lc is where the RAVDESS teachers cached theirs (README headline commands): RAVDESS and the AV pool, as far as they got

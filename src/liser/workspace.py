@@ -184,23 +184,23 @@ def claim_teacher_dir(out: Path, record: dict, speakers=()) -> None:
         old = json.loads(path.read_text())
         if old.get("classes") != record["classes"]:
             raise LiserError(f"{out}: this teacher was trained on classes {old.get('classes')}, the config asks for "
-                             f"{record['classes']}; use another `work` or remove {out}")
+                             f"{record['classes']}; remove {out}, or use another `work` (and a `speech_store` under it)")
         if old.get("ids_digest") != record["ids_digest"]:
             raise LiserError(f"{out}: this teacher was trained on other items ({old.get('n_items')} files, digest "
                              f"{old.get('ids_digest')}) than the config's fold ({record['n_items']} files, digest "
-                             f"{record['ids_digest']}); use another `work` or remove {out}")
+                             f"{record['ids_digest']}); remove {out}, or use another `work` (and a `speech_store` under it)")
         return
     if fitted and (out / "teacher.json").is_file():  # fitted before trained_on.json: check what teacher.json keeps
         meta = json.loads((out / "teacher.json").read_text())
         if meta.get("classes") != record["classes"]:
             raise LiserError(f"{out}: this teacher was trained on classes {meta.get('classes')}, the config asks for "
-                             f"{record['classes']}; use another `work` or remove {out}")
+                             f"{record['classes']}; remove {out}, or use another `work` (and a `speech_store` under it)")
         rec = meta.get("record") or {}
         if "train_speakers" in rec and speakers:
             had = set(rec["train_speakers"]) | set(rec.get("val_speakers", ()))
             if had != set(speakers):
                 raise LiserError(f"{out}: this teacher was trained on {len(had)} other speakers than the config's fold "
-                                 f"({len(set(speakers))}); use another `work` or remove {out}")
+                                 f"({len(set(speakers))}); remove {out}, or use another `work` (and a `speech_store` under it)")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(record, indent=1) + "\n")
 
