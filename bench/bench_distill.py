@@ -193,7 +193,10 @@ def merge_earlier(out: dict, old: dict) -> None:
     old_stamp = {"date": old.get("date"), "machine": old.get("machine")}
     for name, row in old.get("configs", {}).items():
         if name not in out["configs"]:
-            out["configs"][name] = {**row, "collected": row.get("collected", old_stamp)}
+            kept = {**row, "collected": row.get("collected", old_stamp)}
+            if "uar_gain_points" in kept:  # paired with the reference row of ITS collection, not today's
+                kept["compared_with_collected"] = kept.get("compared_with_collected", kept["collected"])
+            out["configs"][name] = kept
     for label, pts in old.get("pool_curves", {}).items():
         out["pool_curves"].setdefault(label, pts)
     summary = {k: old.get(k) for k in ("date", "machine", "command", "wall_s", "cpu_hours", "runs_total")}

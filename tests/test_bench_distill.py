@@ -17,13 +17,15 @@ def _bench():
 def test_merge_keeps_earlier_rows_marked_with_where_they_came_from():
     bench = _bench()
     old = {"date": "2026-11-30", "machine": "old box", "command": "c0", "wall_s": 10.0, "cpu_hours": 1.0,
-           "runs_total": 4, "configs": {"no-dstl": {"uar_mean": 0.47}, "sp-dstl": {"uar_mean": 0.48}},
+           "runs_total": 4, "configs": {"no-dstl": {"uar_mean": 0.47}, "sp-dstl": {"uar_mean": 0.48, "uar_gain_points": {"mean": 1.0}}},
            "pool_curves": {"sp-dstl": [{"pool_hours": 1.0}]}}
     new = {"date": "2026-12-01", "machine": "new box", "configs": {"no-dstl": {"uar_mean": 0.51}},
            "pool_curves": {}}
     bench.merge_earlier(new, old)
     assert new["configs"]["no-dstl"] == {"uar_mean": 0.51, "collected": {"date": "2026-12-01", "machine": "new box"}}
     assert new["configs"]["sp-dstl"]["collected"] == {"date": "2026-11-30", "machine": "old box"}
+    # its gain was paired with the no-dstl of its own collection, which today's no-dstl replaced in the table
+    assert new["configs"]["sp-dstl"]["compared_with_collected"] == {"date": "2026-11-30", "machine": "old box"}
     assert new["pool_curves"] == {"sp-dstl": [{"pool_hours": 1.0}]}
     assert new["earlier"][0]["command"] == "c0"
     again = {"date": "2026-12-02", "machine": "third", "configs": {}, "pool_curves": {}}
