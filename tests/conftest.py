@@ -30,6 +30,16 @@ FILES_PER_EMOTION = 3
 SMALL_FOLD = {"train": ["Actor_01", "Actor_02"], "val": ["Actor_03"], "test": ["Actor_04"]}
 
 
+def load_bench(name: str):
+    """A bench/ script (bench/<name>.py) imported as a module, so tests call its functions directly."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "bench" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def real_root(name: str) -> Path:
     """`../shared/data/<name>`, or skip the test when the real data is not there."""
     root = DATA / name

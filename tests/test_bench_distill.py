@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-
-def _bench():
-    path = Path(__file__).resolve().parents[1] / "bench" / "bench_distill.py"
-    spec = importlib.util.spec_from_file_location("bench_distill", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from conftest import load_bench
 
 
 def test_merge_keeps_earlier_rows_marked_with_where_they_came_from():
-    bench = _bench()
+    bench = load_bench("bench_distill")
     old = {"date": "2026-11-30", "machine": "old box", "command": "c0", "wall_s": 10.0, "cpu_hours": 1.0,
            "runs_total": 4, "configs": {"no-dstl": {"uar_mean": 0.47}, "sp-dstl": {"uar_mean": 0.48, "uar_gain_points": {"mean": 1.0}}},
            "pool_curves": {"sp-dstl": [{"pool_hours": 1.0}]}}

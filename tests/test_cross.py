@@ -16,6 +16,7 @@ import pytest
 
 from liser.cross import class_mapping, parse_maps, score
 from liser.errors import LiserError
+from conftest import load_bench
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 RAVDESS_CLASSES = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
@@ -175,18 +176,8 @@ def test_cli_evaluate_on_errors_are_one_line(trained_run, tmp_path, capsys):
 # ---------------------------------------------------------------- bench/bench_cross_corpus.py
 
 
-def load_bench():
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "bench" / "bench_cross_corpus.py"
-    spec = importlib.util.spec_from_file_location("bench_cross_corpus", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_bench_cross_corpus_matrix_shape_and_details(trained_run, tmp_path, capsys):
-    bench = load_bench()
+    bench = load_bench("bench_cross_corpus")
     folds = tmp_path / "grid" / "no-dstl" / "default"  # a grid configuration's folder of fold<k>/ runs
     folds.mkdir(parents=True)
     (folds / "fold0").symlink_to(trained_run)
@@ -212,7 +203,7 @@ def test_bench_cross_corpus_matrix_shape_and_details(trained_run, tmp_path, caps
 
 
 def test_bench_cross_corpus_bad_student_is_one_line(tmp_path, capsys):
-    bench = load_bench()
+    bench = load_bench("bench_cross_corpus")
     assert bench.main(["--student", f"ravdess={tmp_path}", "--json", str(tmp_path / "x.json")]) == 2
     assert "expected TRAIN_CORPUS/CONFIGURATION=RUN_OR_FOLDS_DIR" in capsys.readouterr().err
     assert bench.main(["--student", f"ravdess/x={tmp_path}", "--json", str(tmp_path / "x.json")]) == 2

@@ -22,7 +22,7 @@ import pytest
 from liser.config import Config
 from liser.errors import LiserError
 
-from conftest import CORPORA, DATA, DEFAULT_CLASSES, link_five_corpora, real_root
+from conftest import CORPORA, DATA, DEFAULT_CLASSES, link_five_corpora, load_bench, real_root
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CFG = REPO / "configs" / "default-model.yaml"
@@ -218,7 +218,6 @@ def test_fit_or_label_refuses_a_teacher_of_other_items_or_classes(pooled, urdu_t
 
 def test_distilled_loco_student_and_the_bench_table(pooled, urdu_teacher, tmp_path):
     """One epoch of the distilled fold-4 student; a store of the pooled teacher is refused for it (a leak)."""
-    import importlib.util
 
     from liser.teachers import pipeline as tp
     from liser.train import train
@@ -235,9 +234,7 @@ def test_distilled_loco_student_and_the_bench_table(pooled, urdu_teacher, tmp_pa
     with pytest.raises(LiserError, match="not by this fold's teacher"):
         train(pooled.replace(fold=4, speech_store=pooled_store, name="leak"), progress=False)
 
-    spec = importlib.util.spec_from_file_location("bench_dm", REPO / "bench" / "bench_default_model.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("bench_default_model")
     cfg_file = tmp_path / "distill.yaml"
     pooled.save(cfg_file)
     d = bench.distill_figures(cfg_file)
