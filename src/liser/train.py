@@ -216,9 +216,10 @@ def run_dir_of(cfg: Config) -> Path:
 def check_run(cfg: Config, run: Path) -> bool:
     """True if `run` already holds this config's finished run; LiserError if it holds another config's."""
     if (run / "config.yaml").is_file() and (run / "metrics.json").is_file() or (run / "last.pt").is_file():
-        old = Config.load(run / "config.yaml").replace(threads=cfg.threads, device=cfg.device)
-        if old != cfg:
-            diff = [k for k, v in cfg.to_dict().items() if old.to_dict().get(k) != v]
+        from .ledger import stale_keys  # the one comparison of a run directory's config with a config
+
+        diff = stale_keys(cfg, run)
+        if diff:
             raise LiserError(f"{run}: holds a run of another config (differs in {', '.join(diff)}); "
                              "remove it or change `name` / `out`")
     return (run / "metrics.json").is_file()
