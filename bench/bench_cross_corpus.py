@@ -40,6 +40,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from liser.errors import LiserError  # noqa: E402
 
+# the figures of one fold on one test corpus that the matrix keeps
+KEPT = ("uar", "war", "n", "test_files", "classes", "dropped", "untested", "mapping", "uar_any_output")
 DATA = ROOT.parent / "shared" / "data"
 DEFAULT_TESTS = [f"ravdess:{DATA / 'ravdess'}", f"cremad:{DATA / 'cremad'}", f"emodb:{DATA / 'emodb'}",
                  f"tess:{DATA / 'tess'}", f"urdu:{DATA / 'urdu'}"]
@@ -74,17 +76,39 @@ def in_corpus(run: Path) -> dict:
 
 
 def cross_one(run: Path, test: str, maps: dict, stride: float, work: Path, out: Path) -> dict:
-    """One fold's student on one test corpus: evaluate_on's figures, or {"uar": None, "why": ...}."""
+    """One fold's student on one test corpus: evaluate_on's figures, or {"uar": None, "why": ...}.
+
+    A result already at `out` for the same run, stride and mapping, newer than the run's best.pt, is
+    reused, so a stopped matrix resumes where it was (the whole matrix is ~40 min of one core).
+    """
     from liser.cross import evaluate_on
 
+    done = reusable(run, maps, stride, out)
+    if done is not None:
+        return done
     try:
         r = evaluate_on(run, test, maps, stride_s=stride, work=work, out=out, strict=False)
     except LiserError as e:
         if "no test file maps onto" not in str(e):
             raise
         return {"uar": None, "why": str(e)}
-    keep = ("uar", "war", "n", "test_files", "classes", "dropped", "untested", "mapping", "uar_any_output")
-    return {k: r[k] for k in keep}
+    return {k: r[k] for k in KEPT}
+
+
+def reusable(run: Path, maps: dict, stride: float, out: Path) -> dict | None:
+    """The figures kept at `out` when they were scored from this run's current best.pt with the same
+    stride and class mapping (recomputed from the classes recorded there); None otherwise."""
+    from liser.cross import class_mapping
+
+    try:
+        r = json.loads(out.read_text())
+        same = (Path(r["run"]) == run and r["stride_s"] == stride
+                and out.stat().st_mtime >= (run / "best.pt").stat().st_mtime
+                and {c: t or "" for c, t in r["mapping"].items()}
+                == class_mapping(list(r["mapping"]), r["student_classes"], maps, strict=False))
+    except (OSError, ValueError, KeyError, LiserError):
+        return None
+    return {k: r[k] for k in KEPT} if same else None
 
 
 def matrix(students: list[str], tests: list[str], maps: dict, stride: float, work: Path) -> tuple[dict, dict]:

@@ -209,3 +209,27 @@ def test_bench_cross_corpus_bad_student_is_one_line(tmp_path, capsys):
     assert bench.main(["--student", f"ravdess/x={tmp_path}", "--json", str(tmp_path / "x.json")]) == 2
     assert "neither a run directory" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_bench_cross_corpus_resumes_from_kept_results_and_rescores_a_changed_mapping(trained_run, tmp_path,
+                                                                                     monkeypatch):
+    import liser.cross
+
+    bench = load_bench("bench_cross_corpus")
+    emodb = small_emodb(tmp_path / "emodb")
+    out = tmp_path / "cross_corpus.json"
+    argv = ["--student", f"ravdess/no-dstl={trained_run}", "--test", f"emodb:{emodb}", "--stride", "1",
+            "--work", str(tmp_path / "work"), "--json", str(out)]
+    assert bench.main(argv + ["--map", "boredom=neutral"]) == 0
+    first = json.loads(out.read_text())
+    scored = []
+    real_evaluate_on = liser.cross.evaluate_on
+    monkeypatch.setattr(liser.cross, "evaluate_on", lambda *a, **k: scored.append(a) or real_evaluate_on(*a, **k))
+    assert bench.main(argv + ["--map", "boredom=neutral"]) == 0  # a stopped matrix resumes: nothing scored again
+    assert scored == [] and json.loads(out.read_text()) == first
+    assert bench.main(argv) == 0  # boredom now dropped: another mapping, so scored again
+    assert len(scored) == 1
+    det = json.loads((tmp_path / "cross_corpus_details.json").read_text())
+    assert det["matrix"]["ravdess"]["no-dstl"]["emodb"]["folds"][trained_run.name]["dropped"] == {"boredom": 2}
+    (trained_run / "best.pt").touch()  # a retrained student is scored again, never read from an older result
+    assert bench.main(argv) == 0 and len(scored) == 2
