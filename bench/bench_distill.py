@@ -85,7 +85,7 @@ def main() -> None:
 
     from liser.experiment import (check_finished, collect_grid, expand_grid, fold_count, load_grid, restore_ledger,
                                   run_grid)
-    from liser.report import paired_delta, pool_curves, reference_name
+    from liser.report import paired_delta, pool_curves, reference_name, teacher_summary
 
     grid = load_grid(args.grid, args.set)
     base = grid["base"]
@@ -154,7 +154,9 @@ def main() -> None:
            "epochs": base.epochs, "lr": base.lr, "patience": base.patience,
            "machine": args.machine or f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
            "chosen_on_validation": max(configs, key=lambda n: configs[n]["val_uar_mean"]) if configs else None,
-           "date": date.today().isoformat(), "command": " ".join(["python"] + sys.argv)}
+           "date": date.today().isoformat(), "command": " ".join(["python"] + sys.argv),
+           # the per-fold speech teachers' test UAR and validation ECE (raw / at the fitted temperature)
+           "speech_teachers": teacher_summary(base)}
 
     docs = Path(args.docs or REPO / "docs" / "results" / Path(args.grid).stem)
     docs.mkdir(parents=True, exist_ok=True)

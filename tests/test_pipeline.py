@@ -66,6 +66,12 @@ def test_teachers_stores_and_a_distilled_student(setup):
     assert 0 <= e["uar"] <= 1 and 0 <= e["uar_pieces"] <= 1
     assert 0 <= e["calibration"]["ece"] <= 1 and e["calibration"]["temperature"] > 0
     assert (teacher_dir(cfg, 0) / "reliability.png").is_file()
+    from liser.report import teacher_summary  # what a grid's JSON reports for the paper's open question 1
+
+    summary = teacher_summary(cfg)
+    assert summary["val_ece_per_fold"] == [round(e["calibration"]["ece"], 4)]
+    assert summary["val_ece_tempered_mean"] == round(e["calibration"]["ece_tempered"], 4)
+    assert summary["uar_pieces_per_fold"] == [round(e["uar_pieces"], 4)]
 
     tp.label_speech(cfg, progress=False)
     speech = SoftLabelStore(cfg.speech_store.format(fold=0))

@@ -337,9 +337,37 @@ def _video_head_lines(full: dict) -> list[str]:
     return lines
 
 
+def teacher_evals(base) -> list[dict]:
+    """The speech teachers' eval.json of the base config's teacher folder, one dict per fold (sorted by
+    folder): test UAR whole and in 0.5 s pieces, and `calibration` on the fold's validation speakers
+    (ece, temperature, ece_tempered; liser.teachers.calibrate). Empty when none was fitted."""
+    return [{"dir": p.parent.name, **json.loads(p.read_text())}
+            for p in sorted(teacher_dir(base, 0).parent.glob("*/eval.json"))]
+
+
+def teacher_summary(base) -> dict | None:
+    """Per-fold and mean test UAR and validation ECE (raw and after the fitted temperature) of the
+    speech teachers (teacher_evals), for a grid's JSON: what the paper's open question 1 (does
+    confidence weighting fail where the teacher is miscalibrated?) is answered from. None if none."""
+    evals = teacher_evals(base)
+    if not evals:
+        return None
+    cols = {"uar": lambda e: e.get("uar"), "uar_pieces": lambda e: e.get("uar_pieces"),
+            "val_ece": lambda e: e.get("calibration", {}).get("ece"),
+            "temperature": lambda e: e.get("calibration", {}).get("temperature"),
+            "val_ece_tempered": lambda e: e.get("calibration", {}).get("ece_tempered")}
+    out = {}
+    for k, get in cols.items():
+        vals = [get(e) for e in evals]
+        out[f"{k}_per_fold"] = [None if v is None else round(v, 4) for v in vals]
+        known = [v for v in vals if v is not None]
+        out[f"{k}_mean"] = round(float(np.mean(known)), 4) if known else None
+    return out
+
+
 def _teacher_lines(base, out: Path) -> list[str]:
     """The speech teachers' eval.json per fold, and their reliability diagrams copied beside the report."""
-    teach = sorted(teacher_dir(base, 0).parent.glob("*/eval.json"))
+    teach = teacher_evals(base)
     if not teach:
         return []
     lines = ["", "## Teachers", "",
@@ -352,10 +380,9 @@ def _teacher_lines(base, out: Path) -> list[str]:
     def f(x):
         return "-" if x is None else f"{x:.3f}"
 
-    for p in teach:
-        e = json.loads(p.read_text())
+    for e in teach:
         cal = e.get("calibration", {})
-        lines.append(f"| {e.get('teacher', p.parent.name)} | {e.get('fold', '-')} | {f(e.get('uar'))} "
+        lines.append(f"| {e.get('teacher', e['dir'])} | {e.get('fold', '-')} | {f(e.get('uar'))} "
                      f"| {f(e.get('uar_pieces'))} | {f(cal.get('ece'))} | {f(cal.get('temperature'))} "
                      f"| {f(cal.get('ece_tempered'))} |")
     for r in sorted(teacher_dir(base, 0).parent.glob("*/reliability.png"))[:5]:
