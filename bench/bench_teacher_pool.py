@@ -1,0 +1,178 @@
+"""How right, and how well calibrated, is each fold's speech teacher on the unlabeled pool it labels?
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_teacher_pool.py configs/grid-cremad-cpu.yaml \
+        configs/grid-ravdess-distill-cpu.yaml [--as unlabeled=cremad] [--map calm=neutral]
+
+The paper's open question 1 asks whether confidence weighting (eq. 5) hurt
+CREMA-D because its teachers are miscalibrated. A teacher's ECE on its own
+corpus's validation speakers (bench_distill's `speech_teachers`) is not where
+eq. 5 acts: the weights are the teacher's confidence on the *unlabeled pool*,
+out of its domain. Much of the pool here is labeled corpora whose labels
+training ignores (RAVDESS, TESS, URDU, EmoDB, CREMA-D), so this reads each
+fold's speech store and scores it against those labels:
+
+- piece level (what eq. 5 weighs): accuracy, mean confidence, ECE, and the
+  AUROC of confidence for "this piece's arg-max is right" (0.5: the weights
+  carry no information; eq. 5 can only help above it);
+- file level (valid pieces' mean): UAR over the classes the teacher and the
+  corpus share, and ECE.
+
+Pool entries are matched to labels by file path, so an entry prepared with a
+generic adapter (`unlabeled:ROOT`) is scored by naming its corpus with
+`--as unlabeled=cremad`. Test classes the teacher cannot output are left out
+and counted (`dropped`); `--map calm=neutral` maps one onto another. Video
+(interviews) has no emotion labels and is not scored. Reads stores only: a
+few seconds per fold. Writes `--json` (default
+bench/results/teacher_pool.json): {grid: {pool corpus: {figure: mean over
+folds, "per_fold": [...]}}}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from liser.errors import LiserError  # noqa: E402
+
+
+def pool_labels(cfg, corpus_of: dict[str, str], work: str) -> dict[str, tuple[str, str]]:
+    """{pool item id: (corpus, emotion label)} for the pool entries whose corpus has labels.
+
+    An `adapter:root` entry is read with the corpus adapter `corpus_of.get(adapter, adapter)`;
+    entries whose adapter has no labels (video, generic audio without --as) are skipped.
+    """
+    from liser.cross import scored_manifest
+    from liser.workspace import unlabeled_manifests
+
+    by_path = {}
+    for spec, m in zip(cfg.unlabeled, unlabeled_manifests(cfg)):
+        adapter, _, root = spec.partition(":")
+        corpus = corpus_of.get(adapter, adapter)
+        try:
+            labeled = scored_manifest(f"{corpus}:{root}", work)
+        except LiserError:  # no such corpus adapter, or no labels (the interview videos)
+            continue
+        paths = {str(labeled.abspath(it).resolve()): it.label for it in labeled.items if it.label}
+        for it in m.items:
+            lab = paths.get(str(m.abspath(it).resolve()))
+            if lab:
+                by_path[it.id] = (corpus, lab)
+    return by_path
+
+
+def score_store(store, labels: dict[str, tuple[str, str]], maps: dict) -> dict[str, dict]:
+    """Per pool corpus: piece and file accuracy/ECE/confidence of one fold's store (module docstring)."""
+    from sklearn.metrics import roc_auc_score
+
+    from liser.calibration import ece
+    from liser.cross import class_mapping
+
+    classes = list(store.classes)
+    by_corpus: dict[str, list] = {}
+    for item_id in store.ids:
+        if item_id in labels:
+            by_corpus.setdefault(labels[item_id][0], []).append(item_id)
+    out = {}
+    for corpus, ids in by_corpus.items():
+        names = sorted({labels[i][1] for i in ids})
+        mapping = class_mapping(names, classes, maps, strict=False)
+        piece_p, piece_y, file_p, file_y = [], [], [], []
+        dropped: dict[str, int] = {}
+        for i in ids:
+            target = mapping[labels[i][1]]
+            if not target:
+                dropped[labels[i][1]] = dropped.get(labels[i][1], 0) + 1
+                continue
+            probs, valid = store.pieces(i)
+            p = np.asarray(probs, np.float64)[np.asarray(valid, bool)]
+            if not len(p):
+                continue
+            piece_p.append(p)
+            piece_y += [classes.index(target)] * len(p)
+            file_p.append(p.mean(0))
+            file_y.append(classes.index(target))
+        if not file_p:
+            continue
+        pp, py = np.concatenate(piece_p), np.array(piece_y)
+        fp, fy = np.array(file_p), np.array(file_y)
+        right = pp.argmax(1) == py
+        recalls = [(fp[fy == k].argmax(1) == k).mean() for k in sorted(set(fy))]
+        out[corpus] = {"piece_accuracy": float(right.mean()), "piece_mean_confidence": float(pp.max(1).mean()),
+                       "piece_ece": ece(pp, py),
+                       "piece_confidence_auroc": float(roc_auc_score(right, pp.max(1))) if 0 < right.mean() < 1 else None,
+                       "file_uar": float(np.mean(recalls)), "file_ece": ece(fp, fy),
+                       "files": len(fy), "pieces": len(py), "classes": sorted({classes[k] for k in fy}),
+                       "dropped": dropped}
+    return out
+
+
+def grid_figures(grid_path: str, corpus_of: dict, maps: dict) -> dict:
+    """{pool corpus: {figure: mean over folds, "per_fold": [fold figures]}} for one grid's speech stores."""
+    from liser.experiment import fold_count, load_grid
+    from liser.store import SoftLabelStore
+
+    base = load_grid(grid_path, [])["base"]
+    if not base.speech_store:
+        raise LiserError(f"{grid_path}: the grid has no speech_store")
+    labels = pool_labels(base, corpus_of, base.work)
+    paths = [Path(base.speech_store.format(fold=k)) for k in range(fold_count(base))]
+    folds = [k for k, p in enumerate(paths) if (p / "meta.json").is_file()]  # the folds labeled so far
+    if not folds:
+        raise LiserError(f"{base.speech_store}: no speech store for any fold (liser teacher label speech ...)")
+    per_fold = [{**score_store(SoftLabelStore(paths[k]), labels, maps)} for k in folds]
+    out = {}
+    for corpus in per_fold[0]:
+        folds = [f[corpus] for f in per_fold if corpus in f]
+        mean = {k: round(float(np.mean([f[k] for f in folds if f[k] is not None])), 4)
+                for k, v in folds[0].items() if isinstance(v, float)}
+        out[corpus] = {**mean, "files": folds[0]["files"], "classes": folds[0]["classes"],
+                       "dropped": folds[0]["dropped"], "per_fold": folds}
+    return {"labeled_corpus": base.corpus, "stores": base.speech_store, "folds": folds, "pool": out}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("grids", nargs="+", help="grid files whose base config names the speech stores and the pool")
+    ap.add_argument("--as", dest="as_", action="extend", nargs="+", default=[], metavar="ADAPTER=CORPUS",
+                    help="read the labels of an `adapter:root` pool entry with this corpus adapter (unlabeled=cremad)")
+    ap.add_argument("--map", action="extend", nargs="+", default=[], metavar="TEST=TEACHER",
+                    help="class mapping applied wherever both classes exist (e.g. calm=neutral)")
+    ap.add_argument("--json", default=str(REPO / "bench" / "results" / "teacher_pool.json"))
+    args = ap.parse_args(argv)
+    os.chdir(REPO)  # the grids' relative paths are relative to the repository
+    from liser.cross import parse_maps
+
+    try:
+        corpus_of = dict(a.split("=", 1) for a in args.as_)
+        res = {g: grid_figures(g, corpus_of, parse_maps(args.map)) for g in args.grids}
+    except (LiserError, ValueError) as e:
+        print(f"bench_teacher_pool: {e}", file=sys.stderr)
+        return 2
+    out = {"grids": res, "as": args.as_, "map": args.map, "date": date.today().isoformat(),
+           "command": " ".join(["python", "bench/bench_teacher_pool.py"] + (argv if argv is not None else sys.argv[1:]))}
+    path = Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(out, indent=1) + "\n")
+    os.replace(tmp, path)
+    print("| teacher (labeled) | pool corpus | files | piece acc | piece conf | piece ECE | conf AUROC | file UAR | file ECE |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for g, r in res.items():
+        for corpus, f in r["pool"].items():
+            print(f"| {r['labeled_corpus']} | {corpus} | {f['files']} | {f['piece_accuracy']:.3f} "
+                  f"| {f['piece_mean_confidence']:.3f} | {f['piece_ece']:.3f} | {f.get('piece_confidence_auroc', float('nan')):.3f} "
+                  f"| {f['file_uar']:.3f} | {f['file_ece']:.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
