@@ -58,11 +58,12 @@ def parse_student(spec: str) -> tuple[str, str, Path]:
 
 def fold_runs(path: Path) -> list[Path]:
     """A run directory itself, or the fold<k>/ run directories under it (sorted); LiserError if none."""
-    if (path / "best.pt").is_file():
-        return [path]
-    runs = sorted(d for d in path.glob("fold*") if (d / "best.pt").is_file())
+    runs = [path] if (path / "best.pt").is_file() else sorted(d for d in path.glob("fold*") if (d / "best.pt").is_file())
     if not runs:
         raise LiserError(f"{path}: neither a run directory (best.pt) nor a folder of fold<k>/ runs")
+    for run in runs:  # a run still training has a best.pt that will change: its scores would be stale
+        if not (run / "metrics.json").is_file():
+            raise LiserError(f"{run}: an unfinished run (best.pt but no metrics.json); let it finish or leave it out")
     return runs
 
 
@@ -83,7 +84,7 @@ def cross_one(run: Path, test: str, maps: dict, stride: float, work: Path, out: 
     """
     from liser.cross import evaluate_on
 
-    done = reusable(run, maps, stride, out)
+    done = reusable(run, test, maps, stride, out)
     if done is not None:
         return done
     try:
@@ -95,14 +96,22 @@ def cross_one(run: Path, test: str, maps: dict, stride: float, work: Path, out: 
     return {k: r[k] for k in KEPT}
 
 
-def reusable(run: Path, maps: dict, stride: float, out: Path) -> dict | None:
-    """The figures kept at `out` when they were scored from this run's current best.pt with the same
-    stride and class mapping (recomputed from the classes recorded there); None otherwise."""
+def scored_root(test: str) -> str:
+    """The corpus root a test spec scores (a manifest directory's recorded root, or CORPUS:ROOT's ROOT)."""
+    if Path(test, "meta.json").is_file():
+        return str(json.loads(Path(test, "meta.json").read_text()).get("root"))
+    return str(Path(test.split(":", 1)[1]).resolve())
+
+
+def reusable(run: Path, test: str, maps: dict, stride: float, out: Path) -> dict | None:
+    """The figures kept at `out` when they were scored from this run's current best.pt, on the same
+    test corpus root, with the same stride and class mapping (recomputed from the classes recorded
+    there); None otherwise."""
     from liser.cross import class_mapping
 
     try:
         r = json.loads(out.read_text())
-        same = (Path(r["run"]) == run and r["stride_s"] == stride
+        same = (Path(r["run"]) == run and r["stride_s"] == stride and r["test_manifest_root"] == scored_root(test)
                 and out.stat().st_mtime >= (run / "best.pt").stat().st_mtime
                 and {c: t or "" for c, t in r["mapping"].items()}
                 == class_mapping(list(r["mapping"]), r["student_classes"], maps, strict=False))
@@ -162,12 +171,14 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default="work", help="cache root for the test manifests and features (default work)")
     ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "cross_corpus.json"))
     args = ap.parse_args(argv)
-    from liser.cross import parse_maps
+    from liser.cross import check_map_sources, parse_maps, scored_manifest
 
     t0 = time.time()
     tests = args.test or DEFAULT_TESTS
     try:
-        mat, details = matrix(args.student, tests, parse_maps(args.map), args.stride, Path(args.work))
+        maps = parse_maps(args.map)
+        check_map_sources(maps, {c for t in tests for c in scored_manifest(t, args.work).classes})  # typos, up front
+        mat, details = matrix(args.student, tests, maps, args.stride, Path(args.work))
     except LiserError as e:
         print(f"bench_cross_corpus: {e}", file=sys.stderr)
         return 2

@@ -81,6 +81,9 @@ def main() -> None:
                          "machine of the collection it came from), so rows of an earlier machine are not dropped")
     ap.add_argument("--docs", default=None, help="where the report is copied (default: docs/results/<grid name>)")
     args = ap.parse_args()
+    from liser.util import absolute_paths
+
+    absolute_paths(args, "json", "docs")  # outputs: relative to where the script was run
     os.chdir(REPO)  # the grids' relative paths are relative to the repository
 
     from liser.experiment import (check_finished, collect_grid, expand_grid, fold_count, load_grid, restore_ledger,

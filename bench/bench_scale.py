@@ -193,6 +193,9 @@ def main() -> None:
                           args.pool or (8 if args.smoke else 400))
     tmp = Path(tempfile.mkdtemp(prefix="liser-scale-"))
     log(f"working in {tmp}")
+    from liser.util import absolute_paths
+
+    absolute_paths(args, "json")  # outputs: relative to where the script was run
     os.chdir(REPO)  # the grid's relative paths (configs/) mean the repository, here and on the Ray workers
     try:
         data = small_ravdess(tmp) if args.smoke else {"corpus": "ravdess", "root": str(DATA / "ravdess")}

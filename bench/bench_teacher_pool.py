@@ -1,7 +1,7 @@
 """How right, and how well calibrated, is each fold's speech teacher on the unlabeled pool it labels?
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_teacher_pool.py configs/grid-cremad-cpu.yaml \
-        configs/grid-ravdess-distill-cpu.yaml [--as unlabeled=cremad] [--map calm=neutral]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_teacher_pool.py configs/grid-ravdess-distill-cpu.yaml \
+        configs/grid-cremad-cpu.yaml configs/grid-emodb.yaml --as unlabeled=cremad --map calm=neutral
 
 The paper's open question 1 asks whether confidence weighting (eq. 5) hurt
 CREMA-D because its teachers are miscalibrated. A teacher's ECE on its own
@@ -16,6 +16,10 @@ fold's speech store and scores it against those labels:
   carry no information; eq. 5 can only help above it);
 - file level (valid pieces' mean): UAR over the classes the teacher and the
   corpus share, and ECE.
+
+`files` counts the files scored: those of a class the teacher cannot output
+(EmoDB's boredom, RAVDESS's surprised for a 6-class teacher) are left out
+and counted in `dropped`.
 
 Pool entries are matched to labels by file path, so an entry prepared with a
 generic adapter (`unlabeled:ROOT`) is scored by naming its corpus with
@@ -44,29 +48,41 @@ sys.path.insert(0, str(REPO / "src"))
 from liser.errors import LiserError  # noqa: E402
 
 
-def pool_labels(cfg, corpus_of: dict[str, str], work: str) -> dict[str, tuple[str, str]]:
-    """{pool item id: (corpus, emotion label)} for the pool entries whose corpus has labels.
+def pool_labels(cfg, corpus_of: dict[str, str], work: str) -> tuple[dict[str, tuple[str, str]], list[str]]:
+    """({pool item id: (corpus, emotion label)}, [skipped pool entries, each with its reason]).
 
-    An `adapter:root` entry is read with the corpus adapter `corpus_of.get(adapter, adapter)`;
-    entries whose adapter has no labels (video, generic audio without --as) are skipped.
+    An `adapter:root` entry is read with the corpus adapter `corpus_of.get(adapter, adapter)` and
+    matched to the pool by file path. An entry without labels (the interview videos, a generic
+    `unlabeled:` entry not named with --as) is skipped and listed. Raises LiserError when an --as
+    entry's corpus cannot be read from its root, or none of its files is a labeled one.
     """
     from liser.cross import scored_manifest
     from liser.workspace import unlabeled_manifests
 
-    by_path = {}
+    by_path, skipped = {}, []
     for spec, m in zip(cfg.unlabeled, unlabeled_manifests(cfg)):
         adapter, _, root = spec.partition(":")
         corpus = corpus_of.get(adapter, adapter)
         try:
             labeled = scored_manifest(f"{corpus}:{root}", work)
-        except LiserError:  # no such corpus adapter, or no labels (the interview videos)
+        except LiserError as e:  # no such corpus adapter, or no labels (the interview videos)
+            if adapter in corpus_of:
+                raise LiserError(f"--as {adapter}={corpus}: {e}") from None
+            skipped.append(f"{spec}: {e} (if it is a labeled corpus, name it with --as {adapter}=CORPUS)")
             continue
         paths = {str(labeled.abspath(it).resolve()): it.label for it in labeled.items if it.label}
+        matched = 0
         for it in m.items:
             lab = paths.get(str(m.abspath(it).resolve()))
             if lab:
                 by_path[it.id] = (corpus, lab)
-    return by_path
+                matched += 1
+        if not matched:
+            if adapter in corpus_of:
+                raise LiserError(f"--as {adapter}={corpus}: none of the {len(m.items)} files of {spec} is a labeled "
+                                 f"{corpus} file")
+            skipped.append(f"{spec}: none of its files is a labeled {corpus} file")
+    return by_path, skipped
 
 
 def score_store(store, labels: dict[str, tuple[str, str]], maps: dict) -> dict[str, dict]:
@@ -123,20 +139,33 @@ def grid_figures(grid_path: str, corpus_of: dict, maps: dict) -> dict:
     base = load_grid(grid_path, [])["base"]
     if not base.speech_store:
         raise LiserError(f"{grid_path}: the grid has no speech_store")
-    labels = pool_labels(base, corpus_of, base.work)
+    labels, skipped = pool_labels(base, corpus_of, base.work)
     paths = [Path(base.speech_store.format(fold=k)) for k in range(fold_count(base))]
     folds = [k for k, p in enumerate(paths) if (p / "meta.json").is_file()]  # the folds labeled so far
     if not folds:
         raise LiserError(f"{base.speech_store}: no speech store for any fold (liser teacher label speech ...)")
-    per_fold = [{**score_store(SoftLabelStore(paths[k]), labels, maps)} for k in folds]
+    per_fold = [score_store(SoftLabelStore(paths[k]), labels, maps) for k in folds]
     out = {}
     for corpus in per_fold[0]:
-        folds = [f[corpus] for f in per_fold if corpus in f]
-        mean = {k: round(float(np.mean([f[k] for f in folds if f[k] is not None])), 4)
-                for k, v in folds[0].items() if isinstance(v, float)}
-        out[corpus] = {**mean, "files": folds[0]["files"], "classes": folds[0]["classes"],
-                       "dropped": folds[0]["dropped"], "per_fold": folds}
-    return {"labeled_corpus": base.corpus, "stores": base.speech_store, "folds": folds, "pool": out}
+        figs = [f[corpus] for f in per_fold if corpus in f]
+        mean = {k: round(float(np.mean([f[k] for f in figs if f[k] is not None])), 4)
+                for k, v in figs[0].items() if isinstance(v, float)}
+        out[corpus] = {**mean, "files": figs[0]["files"], "classes": figs[0]["classes"],
+                       "dropped": figs[0]["dropped"], "per_fold": figs}
+    return {"labeled_corpus": base.corpus, "stores": base.speech_store, "folds": folds, "skipped": skipped,
+            "pool_entries": list(base.unlabeled), "pool_classes": sorted({lab for _, lab in labels.values()}),
+            "pool": out}
+
+
+def check_options(res: dict, maps: dict, corpus_of: dict) -> None:
+    """LiserError for a --map or --as that no grid could use (a typo): a map whose source is in no
+    grid's pool classes, an --as whose adapter names no grid's pool entry. Each applies where it can."""
+    from liser.cross import check_map_sources
+
+    check_map_sources(maps, {c for r in res.values() for c in r["pool_classes"]})
+    for adapter, corpus in corpus_of.items():
+        if not any(spec.partition(":")[0] == adapter for r in res.values() for spec in r["pool_entries"]):
+            raise LiserError(f"--as {adapter}={corpus}: no grid's pool has a {adapter}:ROOT entry")
 
 
 def main(argv=None) -> int:
@@ -148,12 +177,22 @@ def main(argv=None) -> int:
                     help="class mapping applied wherever both classes exist (e.g. calm=neutral)")
     ap.add_argument("--json", default=str(REPO / "bench" / "results" / "teacher_pool.json"))
     args = ap.parse_args(argv)
+    from liser.util import absolute_paths
+
+    absolute_paths(args, "json")  # outputs: relative to where the script was run
     os.chdir(REPO)  # the grids' relative paths are relative to the repository
     from liser.cross import parse_maps
 
     try:
-        corpus_of = dict(a.split("=", 1) for a in args.as_)
-        res = {g: grid_figures(g, corpus_of, parse_maps(args.map)) for g in args.grids}
+        corpus_of = {}
+        for a in args.as_:
+            adapter, eq, corpus = a.partition("=")
+            if not (adapter and eq and corpus):
+                raise LiserError(f"--as {a!r}: expected ADAPTER=CORPUS (e.g. unlabeled=cremad)")
+            corpus_of[adapter] = corpus
+        maps = parse_maps(args.map)
+        res = {g: grid_figures(g, corpus_of, maps) for g in args.grids}
+        check_options(res, maps, corpus_of)
     except (LiserError, ValueError) as e:
         print(f"bench_teacher_pool: {e}", file=sys.stderr)
         return 2
@@ -167,6 +206,8 @@ def main(argv=None) -> int:
     print("| teacher (labeled) | pool corpus | files | piece acc | piece conf | piece ECE | conf AUROC | file UAR | file ECE |")
     print("|---|---|---|---|---|---|---|---|---|")
     for g, r in res.items():
+        for why in r["skipped"]:
+            print(f"{g}: not scored: {why}", file=sys.stderr)
         for corpus, f in r["pool"].items():
             print(f"| {r['labeled_corpus']} | {corpus} | {f['files']} | {f['piece_accuracy']:.3f} "
                   f"| {f['piece_mean_confidence']:.3f} | {f['piece_ece']:.3f} | {f.get('piece_confidence_auroc', float('nan')):.3f} "

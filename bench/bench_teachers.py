@@ -119,6 +119,9 @@ def main() -> None:
     ap.add_argument("--speech-eval-only", action="store_true",
                     help="only update the speech-teacher figures from the fitted teachers' eval.json (no fitting)")
     args = ap.parse_args()
+    from liser.util import absolute_paths
+
+    absolute_paths(args, "json")  # outputs: relative to where the script was run
     os.chdir(REPO)  # the configs' relative paths are relative to the repository
 
     from liser.config import Config

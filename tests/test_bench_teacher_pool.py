@@ -14,7 +14,8 @@ def test_pool_store_scored_by_path_through_two_adapters_with_dropped_classes(tmp
     roots = link_five_corpora(tmp_path / "data")
     # EmoDB through its own adapter; CREMA-D through the generic one, so its labels come from --as
     cfg = Config(work=str(tmp_path / "work"), unlabeled=(f"emodb:{roots['emodb']}", f"unlabeled:{roots['cremad']}"))
-    labels = bench.pool_labels(cfg, {"unlabeled": "cremad"}, cfg.work)
+    labels, skipped = bench.pool_labels(cfg, {"unlabeled": "cremad"}, cfg.work)
+    assert skipped == []
     pool = [it for m in unlabeled_manifests(cfg) for it in m.items]
     assert {c for c, _ in labels.values()} == {"emodb", "cremad"} and len(labels) == len(pool)
     assert "boredom" in {lab for c, lab in labels.values() if c == "emodb"}
@@ -41,3 +42,37 @@ def test_pool_store_scored_by_path_through_two_adapters_with_dropped_classes(tmp
     assert res["emodb"]["files"] == sum(1 for c, lab in labels.values() if c == "emodb" and lab != "boredom")
     mapped = bench.score_store(store, labels, {"boredom": "neutral"})  # --map boredom=neutral
     assert mapped["emodb"]["dropped"] == {} and "neutral" in mapped["emodb"]["classes"]
+
+
+def test_pool_entries_without_labels_are_listed_and_bad_options_are_one_line(tmp_path, capsys):
+    import pytest
+
+    from liser.config import Config
+    from liser.errors import LiserError
+
+    bench = load_bench("bench_teacher_pool")
+    roots = link_five_corpora(tmp_path / "data")
+    cfg = Config(work=str(tmp_path / "work"), unlabeled=(f"tess:{roots['tess']}", f"unlabeled:{roots['cremad']}"))
+    labels, skipped = bench.pool_labels(cfg, {}, cfg.work)  # CREMA-D through the generic adapter: no labels
+    assert {c for c, _ in labels.values()} == {"tess"}
+    assert len(skipped) == 1 and skipped[0].startswith(f"unlabeled:{roots['cremad']}") and "--as unlabeled=" in skipped[0]
+    with pytest.raises(LiserError, match="--as unlabeled=emodb: .*not an EmoDB tree"):  # the wrong corpus for that root
+        bench.pool_labels(cfg, {"unlabeled": "emodb"}, cfg.work)
+    from liser.cross import check_map_sources
+
+    with pytest.raises(LiserError, match="'clam' is a class of none"):
+        check_map_sources({"clam": "neutral"}, {lab for _, lab in labels.values()})
+    check_map_sources({"neutral": "happy"}, {"neutral"})
+    out = tmp_path / "x.json"
+    res = {"a.yaml": {"pool_entries": ["unlabeled:x", "tess:y"], "pool_classes": ["calm", "neutral"]},
+           "b.yaml": {"pool_entries": ["ravdess:z"], "pool_classes": ["neutral"]}}
+    bench.check_options(res, {"calm": "neutral"}, {"unlabeled": "cremad"})  # each used by one grid: fine
+    with pytest.raises(LiserError, match="--as videos=cremad: no grid's pool has a videos:ROOT entry"):
+        bench.check_options(res, {}, {"videos": "cremad"})
+    with pytest.raises(LiserError, match="'clam' is a class of none"):
+        bench.check_options(res, {"clam": "neutral"}, {})
+    for bad, msg in ((["--as", "nonsense"], "expected ADAPTER=CORPUS"), (["--as", "unlabeled="], "expected ADAPTER=CORPUS")):
+        assert bench.main(["configs/grid-cremad-cpu.yaml", *bad, "--json", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and msg in err[0], (bad, err)
+    assert not out.exists()

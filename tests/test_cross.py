@@ -158,6 +158,18 @@ def test_cli_evaluate_on_cremad(trained_run, tmp_path, capsys):
     assert json.loads(out.read_text())["n"] == 6
 
 
+def test_cli_evaluate_on_says_why_a_class_was_dropped(trained_run, tmp_path, capsys):
+    from liser.cli import main
+
+    root = small_emodb(tmp_path / "emodb")
+    argv = ["evaluate", str(trained_run), "--on", f"emodb:{root}", "--stride", "1", "--work", str(tmp_path / "work")]
+    assert main(argv) == 0  # boredom: the student cannot output it
+    assert "dropped boredom: 2 files (the student cannot output it; map it with --map boredom=CLASS)" in capsys.readouterr().out
+    assert main(argv + ["--map", "boredom=", "angry="]) == 0  # dropped on request: said so, no advice to map it
+    text = capsys.readouterr().out
+    assert "dropped boredom: 2 files (--map boredom=)" in text and "dropped angry: 2 files (--map angry=)" in text
+
+
 def test_cli_evaluate_on_errors_are_one_line(trained_run, tmp_path, capsys):
     from liser.cli import main
 
@@ -212,7 +224,7 @@ def test_bench_cross_corpus_bad_student_is_one_line(tmp_path, capsys):
 
 
 def test_bench_cross_corpus_resumes_from_kept_results_and_rescores_a_changed_mapping(trained_run, tmp_path,
-                                                                                     monkeypatch):
+                                                                                     monkeypatch, capsys):
     import liser.cross
 
     bench = load_bench("bench_cross_corpus")
@@ -231,5 +243,26 @@ def test_bench_cross_corpus_resumes_from_kept_results_and_rescores_a_changed_map
     assert len(scored) == 1
     det = json.loads((tmp_path / "cross_corpus_details.json").read_text())
     assert det["matrix"]["ravdess"]["no-dstl"]["emodb"]["folds"][trained_run.name]["dropped"] == {"boredom": 2}
-    (trained_run / "best.pt").touch()  # a retrained student is scored again, never read from an older result
+    import os
+
+    # a student retrained after its result was kept is scored again (the kept result made older, rather
+    # than touching the shared trained_run)
+    kept = tmp_path / "work" / "cross" / f"ravdess-no-dstl-{trained_run.name}" / "emodb.json"
+    t = (trained_run / "best.pt").stat().st_mtime - 10
+    os.utime(kept, (t, t))
     assert bench.main(argv) == 0 and len(scored) == 2
+    other = small_emodb(tmp_path / "other" / "emodb")  # same corpus name, another root: scored, never reused
+    assert bench.main([a.replace(str(emodb), str(other)) for a in argv]) == 0 and len(scored) == 3
+    assert bench.main(argv + ["--map", "boredm=neutral"]) == 2  # a typo: refused before anything is scored
+    assert "'boredm' is a class of none" in capsys.readouterr().err and len(scored) == 3
+
+
+def test_bench_cross_corpus_refuses_an_unfinished_run(trained_run, tmp_path, capsys):
+    bench = load_bench("bench_cross_corpus")
+    folds = tmp_path / "grid" / "no-dstl" / "default"
+    (folds / "fold0").mkdir(parents=True)
+    (folds / "fold0" / "best.pt").symlink_to(trained_run / "best.pt")  # still training: no metrics.json yet
+    argv = ["--student", f"ravdess/no-dstl={folds}", "--test", f"emodb:{small_emodb(tmp_path / 'emodb')}",
+            "--work", str(tmp_path / "work"), "--json", str(tmp_path / "x.json")]
+    assert bench.main(argv) == 2
+    assert "an unfinished run" in capsys.readouterr().err and not (tmp_path / "x.json").exists()

@@ -115,14 +115,15 @@ def cmd_evaluate_on(args) -> int:
 
     if args.write:
         raise LiserError("--write rewrites the run's own test metrics; it does not go with --on")
-    r = evaluate_on(args.run, args.on, parse_maps(args.map), stride_s=args.stride, work=args.work,
-                    out=args.json, progress=_progress())
+    maps = parse_maps(args.map)
+    r = evaluate_on(args.run, args.on, maps, stride_s=args.stride, work=args.work, out=args.json, progress=_progress())
     print(f"{args.run} ({r['train_corpus']}) on {r['test_corpus']}: UAR {r['uar']:.3f} WAR {r['war']:.3f} over "
           f"{len(r['classes'])} shared classes (n={r['n']} of {r['test_files']}; UAR {r['uar_any_output']:.3f} "
           f"when every student output may be predicted)")
     print("  mapping: " + ", ".join(f"{a}->{b or '(dropped)'}" for a, b in r["mapping"].items()))
     for c, n in r["dropped"].items():
-        print(f"  dropped {c}: {n} files (the student cannot output it; map it with --map {c}=CLASS)")
+        why = f"--map {c}=" if maps.get(c, None) == "" else f"the student cannot output it; map it with --map {c}=CLASS"
+        print(f"  dropped {c}: {n} files ({why})")
     if r["untested"]:
         print(f"  student classes no test file maps to: {', '.join(r['untested'])}")
     w = max(len(c) for c in r["classes"])

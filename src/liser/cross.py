@@ -73,6 +73,15 @@ def class_mapping(test_classes, student_classes, maps: dict[str, str] | None = N
     return {c: (maps[c] if c in maps else c if c in student else "") for c in test_classes}
 
 
+def check_map_sources(maps: dict[str, str], classes) -> None:
+    """For a mapping applied to many corpora (class_mapping with strict=False): LiserError for a map
+    whose source is a class of none of them (a typo such as `--map clam=neutral` must not be skipped)."""
+    classes = set(classes)
+    for src, dst in maps.items():
+        if src not in classes:
+            raise LiserError(f"--map {src}={dst}: {src!r} is a class of none of the corpora scored ({sorted(classes)})")
+
+
 def score(logits: np.ndarray, labels: list[str], student_classes, mapping: dict[str, str]) -> dict:
     """The cross-corpus figures from per-file logits.
 

@@ -19,6 +19,18 @@ from .errors import LiserError
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".au", ".caf", ".w64")
 
 
+def absolute_paths(namespace, *names: str) -> None:
+    """Make the named path attributes of an argparse namespace absolute, against the current directory.
+
+    For scripts that chdir into the repository (whose configs hold repository-relative paths): an
+    output the user named relative to where they ran the script must still land there. None stays None.
+    """
+    for name in names:
+        value = getattr(namespace, name, None)
+        if value:
+            setattr(namespace, name, str(Path(value).resolve()))
+
+
 def current_umask() -> int:
     """The process's umask, without changing it for longer than a moment.
 
