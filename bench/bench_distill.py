@@ -191,17 +191,25 @@ def main() -> None:
 def merge_earlier(out: dict, old: dict) -> None:
     """--merge: rows (and pool curves) of the earlier file that this collection lacks are kept, each row marked
     `collected` with the earlier collection's date and machine; the earlier collections' summaries go to
-    `earlier`. Rows collected now are marked with today's date and this machine."""
+    `earlier`. Rows collected now are marked with today's date and this machine; the earlier rows they
+    replace are kept in `replaced` ({name: [rows]}), so a kept row's reference stays in the file."""
     stamp = {"date": out["date"], "machine": out["machine"]}
     for row in out["configs"].values():
         row["collected"] = stamp
     old_stamp = {"date": old.get("date"), "machine": old.get("machine")}
+    replaced = {name: list(rows) for name, rows in old.get("replaced", {}).items()}
     for name, row in old.get("configs", {}).items():
-        if name not in out["configs"]:
+        if name in out["configs"]:  # measured again: the earlier row stays, under `replaced` (kept rows pair with it)
+            was = row.get("collected", old_stamp)
+            if was != stamp:  # the same collection (date and machine) collected again: nothing to keep
+                replaced.setdefault(name, []).append({**row, "collected": was})
+        else:
             kept = {**row, "collected": row.get("collected", old_stamp)}
             if "uar_gain_points" in kept:  # paired with the reference row of ITS collection, not today's
                 kept["compared_with_collected"] = kept.get("compared_with_collected", kept["collected"])
             out["configs"][name] = kept
+    if replaced:
+        out["replaced"] = replaced
     for label, pts in old.get("pool_curves", {}).items():
         out["pool_curves"].setdefault(label, pts)
     summary = {k: old.get(k) for k in ("date", "machine", "command", "wall_s", "cpu_hours", "runs_total")}

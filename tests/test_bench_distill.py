@@ -17,6 +17,8 @@ def test_merge_keeps_earlier_rows_marked_with_where_they_came_from():
     assert new["configs"]["sp-dstl"]["collected"] == {"date": "2026-11-30", "machine": "old box"}
     # its gain was paired with the no-dstl of its own collection, which today's no-dstl replaced in the table
     assert new["configs"]["sp-dstl"]["compared_with_collected"] == {"date": "2026-11-30", "machine": "old box"}
+    # ... and that no-dstl stays in the file, under `replaced`
+    assert new["replaced"] == {"no-dstl": [{"uar_mean": 0.47, "collected": {"date": "2026-11-30", "machine": "old box"}}]}
     assert new["pool_curves"] == {"sp-dstl": [{"pool_hours": 1.0}]}
     assert new["earlier"][0]["command"] == "c0"
     again = {"date": "2026-12-02", "machine": "third", "configs": {}, "pool_curves": {}}
@@ -24,3 +26,7 @@ def test_merge_keeps_earlier_rows_marked_with_where_they_came_from():
     assert again["configs"]["sp-dstl"]["collected"]["machine"] == "old box"
     assert again["configs"]["no-dstl"]["collected"]["machine"] == "new box"
     assert [e["date"] for e in again["earlier"]] == ["2026-11-30", "2026-12-01"]
+    assert again["replaced"] == new["replaced"]  # nothing measured again: the replaced rows carry over
+    same = {"date": "2026-12-01", "machine": "new box", "configs": {"no-dstl": {"uar_mean": 0.52}}, "pool_curves": {}}
+    bench.merge_earlier(same, new)  # the same collection again (more runs finished): not a replaced row
+    assert same["replaced"] == new["replaced"]
