@@ -122,6 +122,9 @@ def main() -> None:
                "val_uar_mean": round(sum(f["val_uar"] for f in t["folds"]) / len(t["folds"]), 4),
                "best_values": sorted({f["variant"] for f in t["folds"]}),
                "chosen_per_fold": [f["variant"] for f in t["folds"]]}
+        if any("seeds" in f for f in t["folds"]):  # a row repeated over seeds: each fold's figure is their mean
+            row["seeds_per_fold"] = [f.get("seeds") for f in t["folds"]]
+            row["uar_per_seed_per_fold"] = [[round(u, 4) for u in f.get("uar_per_seed", [])] for f in t["folds"]]
         if len(t.get("variants", {})) > 1:
             row["variants"] = {v: {k: round(x, 4) if isinstance(x, float) else [round(u, 4) for u in x]
                                    if k == "uar_per_fold" else x for k, x in st.items() if k != "run_dir"}

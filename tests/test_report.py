@@ -82,3 +82,59 @@ def test_pool_curve_pairs_rows_that_differ_only_in_the_pool(tmp_path):
     assert 0.2 < small_pt["pool_hours"] < big_pt["pool_hours"] < 1.0  # URDU 0.28 h, EmoDB 0.41 h
     assert small_pt["gain_mean"] == pytest.approx(0.5) and small_pt["better"] == 1
     assert big_pt["gain_mean"] == pytest.approx(4.0) and big_pt["better"] == 2
+
+
+def test_seeds_repeat_rows_and_a_fold_counts_their_mean(tmp_path):
+    """`seeds` with `seed_runs`: the row's own seed keeps its run name, a fold's figure is the seeds' mean,
+    the searched value is chosen on the seeds' mean validation UAR, and rows not named run once."""
+    import json
+
+    import yaml
+
+    from liser.experiment import collect_grid, expand_grid, load_grid, run_dir
+    from liser.report import paired_delta
+
+    grid = tmp_path / "g.yaml"
+    grid.write_text(yaml.safe_dump({"out": str(tmp_path / "runs"), "set": {"work": str(tmp_path / "work")},
+                                    "seeds": [0, 1, 2], "seed_runs": ["sp"], "folds": [0, 1],
+                                    "runs": {"no-dstl": {}, "sp": {"lambda_sd": [0.5, 5]}}}))
+    runs = expand_grid(load_grid(grid), 2)
+    names = sorted({r["cfg"].name for r in runs})
+    assert names == ["no-dstl/default", "sp/lsd0.5", "sp/lsd0.5/seed1", "sp/lsd0.5/seed2",
+                     "sp/lsd5", "sp/lsd5/seed1", "sp/lsd5/seed2"]
+    assert {r["cfg"].seed for r in runs if r["cfg"].name.endswith("seed2")} == {2}
+    # fold 0: lsd5's seeds average higher on validation (0.6 against 0.5) though its seed 0 alone is lower
+    val = {("sp/lsd0.5", 0): [0.55, 0.45, 0.50], ("sp/lsd5", 0): [0.50, 0.65, 0.65],
+           ("sp/lsd0.5", 1): [0.50, 0.50, 0.50], ("sp/lsd5", 1): [0.40, 0.40, 0.40]}
+    for r in runs:
+        c = r["cfg"]
+        key = (c.name.rsplit("/seed", 1)[0], r["fold"])
+        v = val[key][r["seed"]] if key in val else 0.5
+        test = 0.40 + 0.1 * r["seed"] if r["config"] == "sp" else 0.45
+        d = run_dir(c)
+        d.mkdir(parents=True)
+        c.save(d / "config.yaml")
+        (d / "metrics.json").write_text(json.dumps({"val": {"uar": v}, "test": {"uar": test, "war": test},
+                                                    "classes": ["a", "b"]}))
+    t = collect_grid(runs)["configs"]
+    sp, base = t["sp"]["1"], t["no-dstl"]["1"]
+    assert [f["variant"] for f in sp["folds"]] == ["lsd5", "lsd0.5"]
+    assert [f["uar"] for f in sp["folds"]] == pytest.approx([0.50, 0.50])  # mean of 0.40, 0.50, 0.60
+    assert sp["folds"][0]["seeds"] == [0, 1, 2] and sp["folds"][0]["uar_per_seed"] == pytest.approx([0.4, 0.5, 0.6])
+    assert "seeds" not in base["folds"][0] and base["n_folds"] == 2  # run once: no seed keys
+    assert paired_delta(sp, base)["mean"] == pytest.approx(5.0)
+    (run_dir(next(r["cfg"] for r in runs if r["cfg"].name == "sp/lsd5/seed2" and r["fold"] == 0)) / "metrics.json").unlink()
+    t = collect_grid(runs)["configs"]["sp"]["1"]  # a seed not finished yet: the mean of those that are
+    assert t["folds"][0]["seeds"] == [0, 1] and t["folds"][0]["variant"] == "lsd5"  # (0.50+0.65)/2 > 0.50
+
+
+def test_seed_runs_must_name_rows_of_the_grid(tmp_path):
+    import yaml
+
+    from liser.errors import LiserError
+    from liser.experiment import load_grid
+
+    grid = tmp_path / "g.yaml"
+    grid.write_text(yaml.safe_dump({"seeds": [0, 1], "seed_runs": ["no-dslt"], "runs": {"no-dstl": {}}}))
+    with pytest.raises(LiserError, match="seed_runs names rows the grid does not have: no-dslt"):
+        load_grid(grid)

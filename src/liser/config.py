@@ -141,6 +141,8 @@ class Grid:
     folds: tuple | None = None  # folds to run; None = every fold of the base config's fold file
     fractions: tuple = (1.0,)  # label fractions (Fig. 2) for the rows named in fraction_runs
     fraction_runs: tuple = ()  # rows that sweep `fractions`; the others use every labeled file
+    seeds: tuple = ()  # seeds every run of the rows in seed_runs is repeated with; a fold's figure is their mean
+    seed_runs: tuple = ()  # rows repeated over `seeds` (the row's own seed keeps its run name); the others run once
     jobs: int = 1  # runs trained in parallel processes
     out: str = ""  # where the runs, grid.json and report.md go; "" = the base config's `out`
     set: dict = dataclasses.field(default_factory=dict)  # base-config keys overridden, values keep their YAML types

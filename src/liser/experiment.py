@@ -151,7 +151,8 @@ def _searched(base: Config, spec: dict) -> dict:
 
 def load_grid(path: str | Path, overrides: list[str] | tuple = ()) -> dict:
     """A grid file (liser.config.Grid): `base` config, `runs` {name: {key: value or [values searched on
-    validation]}}, optional `folds`, `fractions` with `fraction_runs`, `jobs`, `out`, `set`.
+    validation]}}, optional `folds`, `fractions` with `fraction_runs`, `seeds` with `seed_runs`, `jobs`,
+    `out`, `set`.
 
     `set:` values keep their YAML types (null stays null); `--set` overrides apply to the base after them.
     """
@@ -171,9 +172,13 @@ def load_grid(path: str | Path, overrides: list[str] | tuple = ()) -> dict:
         for k in (spec or {}):
             if k not in base.to_dict():
                 raise LiserError(f"{path}: run {name}: unknown config key {k!r}")
+    for field in ("fraction_runs", "seed_runs"):
+        if unknown := [n for n in getattr(g, field) if n not in g.runs]:
+            raise LiserError(f"{path}: {field} names rows the grid does not have: {', '.join(map(str, unknown))}")
     return {"path": str(path), "base": base, "runs": g.runs, "folds": list(g.folds) if g.folds is not None else None,
             "fractions": [float(f) for f in g.fractions or (1.0,)],
-            "fraction_runs": list(g.fraction_runs), "jobs": g.jobs or 1, "ledger": g.ledger}
+            "fraction_runs": list(g.fraction_runs), "seeds": [int(x) for x in g.seeds],
+            "seed_runs": list(g.seed_runs), "jobs": g.jobs or 1, "ledger": g.ledger}
 
 
 def check_finished(grid_path, runs: list[dict]) -> None:
@@ -208,7 +213,12 @@ def restore_ledger(grid: dict, runs: list[dict]) -> dict:
 
 
 def expand_grid(grid: dict, n_folds: int) -> list[dict]:
-    """Every run of the grid: {config (name), variant, fraction, fold, cfg}."""
+    """Every run of the grid: {config (name), variant, fraction, fold, seed, cfg}.
+
+    A row in `seed_runs` runs once per seed of `seeds`; the row's own seed (the base config's, or the
+    row's `seed`) keeps the plain run name, the others add /seed<k>, so a grid given seeds later
+    reuses the runs it has.
+    """
     import itertools
 
     base: Config = grid["base"]
@@ -219,16 +229,20 @@ def expand_grid(grid: dict, n_folds: int) -> list[dict]:
         searched = _searched(base, spec)
         fixed = {k: v for k, v in spec.items() if k not in searched}
         fractions = grid["fractions"] if name in grid["fraction_runs"] else [1.0]
+        own_seed = int(fixed.get("seed", base.seed))
+        seeds = grid.get("seeds") if name in grid.get("seed_runs", ()) and grid.get("seeds") else [own_seed]
         keys = sorted(searched)
         for values in itertools.product(*(searched[k] for k in keys)):
             variant = "-".join(f"{k.replace('lambda_', 'l')}{_fmt(v)}" for k, v in zip(keys, values)) or "default"
-            for frac in fractions:
-                run_name = f"{name}/{variant}" + ("" if frac == 1.0 else f"/frac{_fmt(frac)}")
+            for frac, seed in itertools.product(fractions, seeds):
+                run_name = (f"{name}/{variant}" + ("" if frac == 1.0 else f"/frac{_fmt(frac)}")
+                            + ("" if seed == own_seed else f"/seed{seed}"))
                 for k in folds:
-                    cfg = Config.from_dict({**base.to_dict(), **fixed, **dict(zip(keys, values)),
+                    cfg = Config.from_dict({**base.to_dict(), **fixed, **dict(zip(keys, values)), "seed": seed,
                                             "label_fraction": frac, "fold": k, "name": run_name})
                     cfg.check_choices()  # a bad value is refused now, not when (or if) its run starts
-                    out.append({"config": name, "variant": variant, "fraction": frac, "fold": k, "cfg": cfg})
+                    out.append({"config": name, "variant": variant, "fraction": frac, "fold": k, "seed": seed,
+                                "cfg": cfg})
     return out
 
 
@@ -283,32 +297,46 @@ def run_grid(grid_path: str | Path, overrides: list[str] | tuple = (), jobs: int
 
 
 def collect_grid(runs: list[dict]) -> dict:
-    """Per configuration and fraction: each fold's variant chosen on validation UAR, its test metrics."""
+    """Per configuration and fraction: each fold's variant chosen on validation UAR, its test metrics.
+
+    A run repeated over seeds (the grid's `seeds`) counts as one per fold and variant: validation and
+    test UAR/WAR are the means over the seeds that finished (`seeds`, `uar_per_seed` say which), the
+    choice is made on the mean validation UAR, and the pooled confusion holds every seed's predictions.
+    """
     import numpy as np
 
     from .evaluate import bootstrap_ci, metrics
 
-    chosen: dict[tuple, dict] = {}
-    by_variant: dict[tuple, list] = {}
+    seeds: dict[tuple, list] = {}  # (config, fraction, variant, fold): [metrics of each seed's finished run]
     for r in runs:
         p = run_dir(r["cfg"]) / "metrics.json"
-        if not p.is_file():
-            continue
-        m = json.loads(p.read_text())
-        by_variant.setdefault((r["config"], r["fraction"], r["variant"]), []).append(
-            (r["fold"], m["val"]["uar"], m["test"]["uar"], str(p.parent)))
-        key = (r["config"], r["fraction"], r["fold"])
-        if key not in chosen or m["val"]["uar"] > chosen[key]["val"]["uar"]:
-            chosen[key] = {**m, "variant": r["variant"], "run_dir": str(p.parent)}
+        if p.is_file():
+            m = json.loads(p.read_text())
+            seeds.setdefault((r["config"], r["fraction"], r["variant"], r["fold"]), []).append(
+                {**m, "seed": r.get("seed"), "run_dir": str(p.parent)})
+    chosen: dict[tuple, dict] = {}
+    by_variant: dict[tuple, list] = {}
+    for (name, frac, variant, fold), ms in seeds.items():
+        val = float(np.mean([m["val"]["uar"] for m in ms]))
+        one = {"variant": variant, "val_uar": val, "runs": ms, "uar": float(np.mean([m["test"]["uar"] for m in ms])),
+               "war": float(np.mean([m["test"]["war"] for m in ms]))}
+        by_variant.setdefault((name, frac, variant), []).append((fold, val, one["uar"], ms[0]["run_dir"]))
+        if (name, frac, fold) not in chosen or val > chosen[(name, frac, fold)]["val_uar"]:
+            chosen[(name, frac, fold)] = one
     table: dict = {}
-    for (name, frac, fold), m in sorted(chosen.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
+    for (name, frac, fold), c in sorted(chosen.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
         t = table.setdefault(name, {}).setdefault(_fmt(frac), {"folds": [], "y_true": [], "y_pred": []})
-        t["folds"].append({"fold": fold, "variant": m["variant"], "uar": m["test"]["uar"], "war": m["test"]["war"],
-                           "val_uar": m["val"]["uar"], "run_dir": m["run_dir"],
+        m = c["runs"][0]
+        t["folds"].append({"fold": fold, "variant": c["variant"], "uar": c["uar"], "war": c["war"],
+                           "val_uar": c["val_uar"], "run_dir": m["run_dir"],
                            "video_head_by_class": m.get("video_head_by_class"), "video_classes": m.get("video_classes")})
+        if len({r.get("seed") for r in runs if r["config"] == name}) > 1:  # a row repeated over seeds
+            t["folds"][-1].update({"seeds": [r["seed"] for r in c["runs"]],
+                                   "uar_per_seed": [r["test"]["uar"] for r in c["runs"]]})
         t["classes"] = m["classes"]
-        t["y_true"] += m.get("test_y", [])
-        t["y_pred"] += np.asarray(m["test_logits"]).argmax(1).tolist() if m.get("test_logits") else []
+        for r in c["runs"]:
+            t["y_true"] += r.get("test_y", [])
+            t["y_pred"] += np.asarray(r["test_logits"]).argmax(1).tolist() if r.get("test_logits") else []
     for name, by_frac in table.items():
         for frac, t in by_frac.items():
             u = np.array([f["uar"] for f in t["folds"]])
