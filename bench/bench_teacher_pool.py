@@ -91,6 +91,7 @@ def score_store(store, labels: dict[str, tuple[str, str]], maps: dict) -> dict[s
 
     from liser.calibration import ece
     from liser.cross import class_mapping
+    from liser.evaluate import uar
 
     classes = list(store.classes)
     by_corpus: dict[str, list] = {}
@@ -121,11 +122,10 @@ def score_store(store, labels: dict[str, tuple[str, str]], maps: dict) -> dict[s
         pp, py = np.concatenate(piece_p), np.array(piece_y)
         fp, fy = np.array(file_p), np.array(file_y)
         right = pp.argmax(1) == py
-        recalls = [(fp[fy == k].argmax(1) == k).mean() for k in sorted(set(fy))]
         out[corpus] = {"piece_accuracy": float(right.mean()), "piece_mean_confidence": float(pp.max(1).mean()),
                        "piece_ece": ece(pp, py),
                        "piece_confidence_auroc": float(roc_auc_score(right, pp.max(1))) if 0 < right.mean() < 1 else None,
-                       "file_uar": float(np.mean(recalls)), "file_ece": ece(fp, fy),
+                       "file_uar": uar(fy, fp.argmax(1), len(classes)), "file_ece": ece(fp, fy),
                        "files": len(fy), "pieces": len(py), "classes": sorted({classes[k] for k in fy}),
                        "dropped": dropped}
     return out
