@@ -314,6 +314,8 @@ def collect_grid(runs: list[dict]) -> dict:
             m = json.loads(p.read_text())
             seeds.setdefault((r["config"], r["fraction"], r["variant"], r["fold"]), []).append(
                 {**m, "seed": r.get("seed"), "run_dir": str(p.parent)})
+    seeded = {name for name in {r["config"] for r in runs}  # rows repeated over seeds
+              if len({r.get("seed") for r in runs if r["config"] == name}) > 1}
     chosen: dict[tuple, dict] = {}
     by_variant: dict[tuple, list] = {}
     for (name, frac, variant, fold), ms in seeds.items():
@@ -330,7 +332,7 @@ def collect_grid(runs: list[dict]) -> dict:
         t["folds"].append({"fold": fold, "variant": c["variant"], "uar": c["uar"], "war": c["war"],
                            "val_uar": c["val_uar"], "run_dir": m["run_dir"],
                            "video_head_by_class": m.get("video_head_by_class"), "video_classes": m.get("video_classes")})
-        if len({r.get("seed") for r in runs if r["config"] == name}) > 1:  # a row repeated over seeds
+        if name in seeded:
             t["folds"][-1].update({"seeds": [r["seed"] for r in c["runs"]],
                                    "uar_per_seed": [r["test"]["uar"] for r in c["runs"]]})
         t["classes"] = m["classes"]
