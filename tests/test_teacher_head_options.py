@@ -1,4 +1,4 @@
-"""Speech-teacher head options added for issue 13 (utt_weight, label_smoothing, patience).
+"""Speech-teacher head options added for issue 13 (utt_weight, label_smoothing, patience, refit).
 
 The shipped teachers' hashes must not move: a default config leaves the new
 options out of the hash, a teacher.json written before they existed loads and
@@ -27,7 +27,7 @@ from liser.teachers.speech import (  # noqa: E402
     fit_speech_teacher,
 )
 
-OPTIONS = {"utt_weight": 3.0, "label_smoothing": 0.1, "patience": 1}  # each away from its default
+OPTIONS = {"utt_weight": 3.0, "label_smoothing": 0.1, "patience": 1, "refit": True}  # each away from its default
 
 
 @pytest.fixture(scope="module")
@@ -121,12 +121,27 @@ def test_patience_stops_after_that_many_epochs_without_a_better_one(ravdess, bas
     assert _untimed(full.history)[: len(res.history)] == _untimed(res.history)
 
 
+def test_refit_keeps_the_selection_and_trains_on_every_training_speaker(ravdess, base_cfg, default_fit, tmp_path):
+    res = _fit(ravdess, replace(base_cfg, refit=True), tmp_path / "r")
+    # the epoch is picked exactly as without refit; only the kept head is then trained again, on all of it
+    assert _untimed(res.history) == _untimed(default_fit.history) and res.best_epoch == default_fit.best_epoch
+    rec = res.teacher.record
+    assert rec["refit"] == {"epochs": res.best_epoch, "n_train": len(ravdess.items)}
+    assert rec["n_train"] + rec["n_val"] == len(ravdess.items) and rec["n_val"] > 0
+    assert not res.teacher.head.training
+    loaded = SpeechTeacher.load(tmp_path / "r")
+    assert loaded.cfg.refit and loaded.record["refit"] == rec["refit"]
+    x = torch.randn(4, 3, 32, generator=torch.Generator().manual_seed(2))
+    assert np.allclose(loaded.probs_from_features(x), res.teacher.probs_from_features(x), atol=1e-6)
+
+
 def test_bad_values_are_refused_before_any_data_is_read(tmp_path):
     from liser.config import Config
     from liser.teachers.pipeline import speech_teacher_config
 
     bad = [dict(utt_weight=2.0),  # without train_pieces
-           dict(train_pieces=True, utt_weight=0.0), dict(label_smoothing=1.0), dict(patience=-1)]
+           dict(train_pieces=True, utt_weight=0.0), dict(label_smoothing=1.0), dict(patience=-1),
+           dict(mode="lora", refit=True)]
     for kw in bad:
         with pytest.raises(LiserError, match="speech teacher"):
             SpeechTeacherConfig(**kw).check()
