@@ -60,6 +60,9 @@ GRID = {
     # (inner validation is then no judge: compare on the fold's validation speakers, `fold_val_mean`)
     "whole-concat-refit": {"head": "concat", "refit": True},
     "whole-concat-ls0.1-refit": {"head": "concat", "label_smoothing": 0.1, "refit": True},
+    # fourth round: the refit head over 3 or 5 seeds (each its own inner split and epoch), probabilities averaged
+    "whole-concat-refit-ens3": {"head": "concat", "refit": True, "ensemble": 3},
+    "whole-concat-refit-ens5": {"head": "concat", "refit": True, "ensemble": 5},
 }
 TARGETS = {"test_uar_mean": 0.75, "test_uar_pieces_mean": 0.72}  # issue 13's teacher targets
 

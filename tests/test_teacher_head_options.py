@@ -1,4 +1,5 @@
-"""Speech-teacher head options added for issue 13 (utt_weight, label_smoothing, patience, refit).
+"""Speech-teacher head options added for issue 13 (utt_weight, label_smoothing, patience, refit,
+ensemble).
 
 The shipped teachers' hashes must not move: a default config leaves the new
 options out of the hash, a teacher.json written before they existed loads and
@@ -25,9 +26,10 @@ from liser.teachers.speech import (  # noqa: E402
     SpeechTeacherConfig,
     _loss,
     fit_speech_teacher,
+    speaker_split,
 )
 
-OPTIONS = {"utt_weight": 3.0, "label_smoothing": 0.1, "patience": 1, "refit": True}  # each away from its default
+OPTIONS = {"utt_weight": 3.0, "label_smoothing": 0.1, "patience": 1, "refit": True, "ensemble": 2}  # each away from its default
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +108,8 @@ def test_each_option_changes_the_fit_and_is_seeded(ravdess, base_cfg, default_fi
     p = a.teacher.probs_from_features(x)
     assert p.shape == (5, len(ravdess.classes)) and np.allclose(p.sum(1), 1, atol=1e-5)
     if key != "patience":  # the weights themselves move (patience may stop at a best epoch the default also kept)
-        wa, wd = a.teacher.head.state_dict()["linear.weight"], default.teacher.head.state_dict()["linear.weight"]
-        assert not torch.equal(wa, wd)
+        wa = a.teacher.head.state_dict()["members.1.linear.weight" if key == "ensemble" else "linear.weight"]
+        assert not torch.equal(wa, default.teacher.head.state_dict()["linear.weight"])
 
 
 def test_patience_stops_after_that_many_epochs_without_a_better_one(ravdess, base_cfg, tmp_path):
@@ -135,13 +137,35 @@ def test_refit_keeps_the_selection_and_trains_on_every_training_speaker(ravdess,
     assert np.allclose(loaded.probs_from_features(x), res.teacher.probs_from_features(x), atol=1e-6)
 
 
+def test_ensemble_is_the_mean_of_its_members_and_the_first_is_the_single_head(ravdess, base_cfg, default_fit, tmp_path):
+    res = _fit(ravdess, replace(base_cfg, ensemble=3), tmp_path / "e")
+    heads = res.teacher.head.members
+    assert len(heads) == 3
+    single = default_fit.teacher.head.state_dict()
+    assert all(torch.equal(v, heads[0].state_dict()[k]) for k, v in single.items())  # member 0: the seed-3 fit
+    rec = res.teacher.record
+    assert [m["best_epoch"] for m in rec["members"]][0] == default_fit.best_epoch
+    for k, m in enumerate(rec["members"]):  # each member holds out its own seed's speakers (seeds 3, 4, 5)
+        held_out = {it.speaker for it in speaker_split(ravdess.items, base_cfg.val_fraction, base_cfg.seed + k)[1]}
+        assert m["val_speakers"] == sorted(held_out)
+    assert res.val_uar == pytest.approx(np.mean([m["val_uar"] for m in rec["members"]]))
+    x = torch.randn(6, 3, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        members = torch.stack([torch.softmax(h(x), -1) for h in heads]).mean(0).numpy()
+    assert np.allclose(res.teacher.probs_from_features(x), members, atol=1e-6)
+    loaded = SpeechTeacher.load(tmp_path / "e")
+    assert loaded.hash == res.teacher_hash and loaded.cfg.ensemble == 3
+    assert np.allclose(loaded.probs_from_features(x), members, atol=1e-6)
+    assert len(loaded.layer_weights()) == 3  # the tiny backbone's states, averaged over members
+
+
 def test_bad_values_are_refused_before_any_data_is_read(tmp_path):
     from liser.config import Config
     from liser.teachers.pipeline import speech_teacher_config
 
     bad = [dict(utt_weight=2.0),  # without train_pieces
            dict(train_pieces=True, utt_weight=0.0), dict(label_smoothing=1.0), dict(patience=-1),
-           dict(mode="lora", refit=True)]
+           dict(mode="lora", refit=True), dict(ensemble=0), dict(mode="lora", ensemble=2)]
     for kw in bad:
         with pytest.raises(LiserError, match="speech teacher"):
             SpeechTeacherConfig(**kw).check()

@@ -35,7 +35,7 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +89,8 @@ class SpeechTeacherConfig:
     val_fraction: float = 0.2  # share of the training speakers held out to pick the epoch
     refit: bool = False  # frozen only: after the epoch is picked, train a fresh head (same seed) on the inner train
     #   and validation speakers together for that many epochs: a fifth more speakers for the kept teacher
+    ensemble: int = 1  # frozen only: heads fitted with seeds seed, seed+1, ... (each its own inner speaker split,
+    #   epoch and refit); the teacher's probabilities are their mean
     seed: int = 0  # inner split, initialisation, shuffling, crops
     lora_r: int = 8  # LoRA rank
     lora_alpha: int = 16  # LoRA scaling numerator (scale = alpha / r)
@@ -138,11 +140,15 @@ class SpeechTeacherConfig:
             raise LiserError(f"speech teacher: patience must be >= 0 (got {self.patience})")
         if self.refit and self.mode != "frozen":
             raise LiserError("speech teacher: refit is a frozen-mode option (a LoRA refit would re-run the encoder)")
+        if self.ensemble < 1:
+            raise LiserError(f"speech teacher: ensemble must be >= 1 (got {self.ensemble})")
+        if self.ensemble > 1 and self.mode != "frozen":
+            raise LiserError("speech teacher: ensemble is a frozen-mode option (LoRA members would each need an encoder)")
 
 
 # Options added after teachers were shipped, with the default that leaves a fit as it was: identity() leaves
 # them out at these values (a teacher.json without them loads with them), so old hashes still verify.
-LATER_DEFAULTS = {"utt_weight": 1.0, "label_smoothing": 0.0, "patience": 0, "refit": False}
+LATER_DEFAULTS = {"utt_weight": 1.0, "label_smoothing": 0.0, "patience": 0, "refit": False, "ensemble": 1}
 
 
 @dataclass
@@ -454,15 +460,20 @@ def split_pieces(wave: np.ndarray, piece_s: float = PIECE_S) -> list[np.ndarray]
 
 
 def _make_head(n_states: int, dim: int, n_classes: int, hidden: int = 256, dropout: float = 0.2,
-               in_dropout: float = 0.0, kind: str = "weighted", layers: tuple = ()):
+               in_dropout: float = 0.0, kind: str = "weighted", layers: tuple = (), members: int = 1):
     """The teacher's head on pooled states [B, n_states, dim] -> logits [B, n_classes] (see module docstring).
 
     kind "weighted" learns a softmax weighting of the chosen states, then an
     MLP; "concat" concatenates them into one linear layer. `layers` picks
-    states by index (() = all). Raises LiserError for an unknown kind or index.
+    states by index (() = all). members > 1: `_EnsembleHead` of that many
+    heads. Raises LiserError for an unknown kind or index.
     """
     import torch
     from torch import nn
+
+    if members > 1:
+        return _ensemble_head([_make_head(n_states, dim, n_classes, hidden, dropout, in_dropout, kind, layers)
+                               for _ in range(members)])
 
     if kind not in HEADS:
         raise LiserError(f"speech teacher: head must be one of {', '.join(HEADS)}, got {kind!r}")
@@ -506,6 +517,39 @@ def _make_head(n_states: int, dim: int, n_classes: int, hidden: int = 256, dropo
             return self.fc2(self.drop(torch.relu(self.fc1(self.norm(z)))))
 
     return Head()
+
+
+def _ensemble_head(heads: list):
+    """Heads [B, S, d] -> logits, averaged as probabilities: forward gives log(mean_m softmax(head_m(x))) [B, K].
+
+    The log of the mean probability is a logit vector whose softmax is that
+    mean, so every caller that takes a softmax of the head (soft labels,
+    temperature, arg-max) sees the ensemble's mean probabilities.
+    """
+    import torch
+    from torch import nn
+
+    class EnsembleHead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.members = nn.ModuleList(heads)
+
+        @property
+        def feat_mean(self):  # shapes for teacher.json, as a single head has them
+            return self.members[0].feat_mean
+
+        @property
+        def norm(self):
+            return self.members[0].norm
+
+        def layer_weights(self):
+            return torch.stack([h.layer_weights() for h in self.members]).mean(0)
+
+        def forward(self, x):
+            probs = torch.stack([torch.softmax(h(x), -1) for h in self.members]).mean(0)
+            return torch.log(probs.clamp_min(1e-12))
+
+    return EnsembleHead()
 
 
 # ---------------------------------------------------------------- the teacher
@@ -672,7 +716,7 @@ class SpeechTeacher:
             cfg_dict["device"] = device
         cfg = SpeechTeacherConfig(**cfg_dict)
         head = _make_head(meta["n_states"], meta["dim"], len(meta["classes"]), cfg.hidden, cfg.dropout, cfg.in_dropout,
-                          cfg.head, tuple(cfg.layers))
+                          cfg.head, tuple(cfg.layers), cfg.ensemble)
         state = _load_tensors(path / "head.safetensors")
         try:
             head.load_state_dict(state)
@@ -836,16 +880,41 @@ def fit_speech_teacher(manifest: Manifest, train_ids: list[str], out_dir: str | 
 
     `classes`: the head's outputs in order (the student's class set, so the
     soft labels line up with its outputs); None = every label of the manifest.
+
+    With cfg.ensemble = M > 1 the three steps run for M members (seeds seed,
+    seed+1, ...); the teacher outputs their mean probability. The FitResult's
+    best_epoch, history and ids are the first member's, its val_uar the
+    members' mean; teacher.json's record keeps every member's.
     """
     import torch
 
     cfg.check()
     _set_threads(cfg)
     classes = list(classes) if classes is not None else manifest.classes
-    data = _fit_split(manifest, train_ids, classes, cfg)
     torch.manual_seed(cfg.seed)
     dev = resolve_device(cfg.device)
     backbone = Backbone(cfg.backbone, str(dev))
+    fits = []
+    for k in range(cfg.ensemble):
+        if k:  # the first member draws on as the single head always did (after the backbone's load)
+            torch.manual_seed(cfg.seed + k)
+        fits.append(_fit_member(backbone, manifest, train_ids, classes, replace(cfg, seed=cfg.seed + k), dev, progress))
+    head, record, data = fits[0]
+    if cfg.ensemble > 1:  # the first member's figures stay the FitResult's; every member's record is kept
+        head = _ensemble_head([f[0] for f in fits])
+        record = {"best_epoch": record["best_epoch"], "val_uar": float(np.mean([f[1]["val_uar"] for f in fits])),
+                  "members": [f[1] for f in fits]}
+    teacher = SpeechTeacher(cfg, classes, head, backbone, record=record)
+    teacher.save(out_dir)
+    return FitResult(teacher=teacher, out_dir=Path(out_dir), teacher_hash=teacher.hash,
+                     best_epoch=record["best_epoch"], val_uar=record["val_uar"], history=fits[0][1]["history"],
+                     train_ids=[it.id for it in data.tr], val_ids=[it.id for it in data.va])
+
+
+def _fit_member(backbone: Backbone, manifest: Manifest, train_ids: list[str], classes: list[str],
+                cfg: SpeechTeacherConfig, dev, progress: bool) -> tuple:
+    """One head fitted with cfg.seed (its inner split, epoch, refit): (head in eval mode, record, _FitData)."""
+    data = _fit_split(manifest, train_ids, classes, cfg)
     head = _make_head(backbone.n_states, backbone.dim, len(classes), cfg.hidden, cfg.dropout, cfg.in_dropout,
                       cfg.head, tuple(cfg.layers))
     head.to(dev)
@@ -860,10 +929,7 @@ def fit_speech_teacher(manifest: Manifest, train_ids: list[str], out_dir: str | 
     if cfg.refit:
         head = _refit(backbone, manifest, data, cfg, len(classes), best[1], dev, rng)
         record["refit"] = {"epochs": best[1], "n_train": len(tr) + len(va)}
-    teacher = SpeechTeacher(cfg, classes, head, backbone, record=record)
-    teacher.save(out_dir)
-    return FitResult(teacher=teacher, out_dir=Path(out_dir), teacher_hash=teacher.hash, best_epoch=best[1],
-                     val_uar=best[0], history=history, train_ids=[it.id for it in tr], val_ids=[it.id for it in va])
+    return head, record, data
 
 
 def _fit_split(manifest: Manifest, train_ids: list[str], classes: list[str], cfg: SpeechTeacherConfig) -> _FitData:
