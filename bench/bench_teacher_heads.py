@@ -63,6 +63,8 @@ GRID = {
     # fourth round: the refit head over 3 or 5 seeds (each its own inner split and epoch), probabilities averaged
     "whole-concat-refit-ens3": {"head": "concat", "refit": True, "ensemble": 3},
     "whole-concat-refit-ens5": {"head": "concat", "refit": True, "ensemble": 5},
+    # the two best on fold validation above (ls0.1-refit 0.7426, refit-ens5 0.7421), together
+    "whole-concat-ls0.1-refit-ens5": {"head": "concat", "label_smoothing": 0.1, "refit": True, "ensemble": 5},
 }
 TARGETS = {"test_uar_mean": 0.75, "test_uar_pieces_mean": 0.72}  # issue 13's teacher targets
 

@@ -26,7 +26,8 @@ generic adapter (`unlabeled:ROOT`) is scored by naming its corpus with
 `--as unlabeled=cremad`. Test classes the teacher cannot output are left out
 and counted (`dropped`); `--map calm=neutral` maps one onto another. Video
 (interviews) has no emotion labels and is not scored. Reads stores only: a
-few seconds per fold. Writes `--json` (default
+few seconds per fold. `GRID:ROW` scores the stores of one row of the grid
+(a row with a teacher of its own). Writes `--json` (default
 bench/results/teacher_pool.json): {grid: {pool corpus: {figure: mean over
 folds, "per_fold": [...]}}}.
 """
@@ -136,9 +137,18 @@ def grid_figures(grid_path: str, corpus_of: dict, maps: dict) -> dict:
     from liser.experiment import fold_count, load_grid
     from liser.store import SoftLabelStore
 
-    base = load_grid(grid_path, [])["base"]
+    grid_path, _, row = grid_path.partition(":")
+    grid = load_grid(grid_path, [])
+    base = grid["base"]
+    if row:  # GRID:ROW scores the stores that row names (a row may bring its own teacher)
+        from liser.experiment import expand_grid
+
+        runs = [r for r in expand_grid(grid, fold_count(base)) if r["config"] == row]
+        if not runs:
+            raise LiserError(f"{grid_path}: no row {row!r}")
+        base = runs[0]["cfg"]
     if not base.speech_store:
-        raise LiserError(f"{grid_path}: the grid has no speech_store")
+        raise LiserError(f"{grid_path}: {'row ' + row if row else 'the grid'} has no speech_store")
     labels, skipped = pool_labels(base, corpus_of, base.work)
     paths = [Path(base.speech_store.format(fold=k)) for k in range(fold_count(base))]
     folds = [k for k, p in enumerate(paths) if (p / "meta.json").is_file()]  # the folds labeled so far
@@ -170,7 +180,8 @@ def check_options(res: dict, maps: dict, corpus_of: dict) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("grids", nargs="+", help="grid files whose base config names the speech stores and the pool")
+    ap.add_argument("grids", nargs="+", help="grid files whose base config names the speech stores and the pool; "
+                    "GRID:ROW takes them from that row's config")
     ap.add_argument("--as", dest="as_", action="extend", nargs="+", default=[], metavar="ADAPTER=CORPUS",
                     help="read the labels of an `adapter:root` pool entry with this corpus adapter (unlabeled=cremad)")
     ap.add_argument("--map", action="extend", nargs="+", default=[], metavar="TEST=TEACHER",

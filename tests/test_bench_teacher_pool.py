@@ -1,5 +1,7 @@
 """bench/bench_teacher_pool.py: a speech store scored against the labels of the pool corpora it labeled."""
 
+import json
+
 import numpy as np
 
 from conftest import DEFAULT_CLASSES, link_five_corpora, load_bench
@@ -76,3 +78,45 @@ def test_pool_entries_without_labels_are_listed_and_bad_options_are_one_line(tmp
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and msg in err[0], (bad, err)
     assert not out.exists()
+
+
+def test_a_grid_row_with_its_own_teacher_is_scored_from_its_own_stores(tmp_path):
+    import pytest
+
+    from liser.config import Config
+    from liser.errors import LiserError
+    from liser.store import StoreWriter
+    from liser.workspace import unlabeled_manifests
+
+    bench = load_bench("bench_teacher_pool")
+    roots = link_five_corpora(tmp_path / "data")
+    work = tmp_path / "work"
+    from liser.corpora import prepare
+
+    spk = sorted(prepare("ravdess", roots["ravdess"], progress=False).speakers)  # a one-fold file for the sample
+    (tmp_path / "folds.json").write_text(json.dumps({"corpus": "ravdess", "k": 1, "folds": [
+        {"train": spk[:-2], "val": spk[-2:-1], "test": spk[-1:]}]}))
+    (tmp_path / "base.yaml").write_text(f"corpus: ravdess\nroot: {roots['ravdess']}\nwork: {work}\n"
+                                        f"folds: {tmp_path}/folds.json\n"
+                                        f"unlabeled: ['tess:{roots['tess']}']\n"
+                                        f"speech_store: {tmp_path}/shipped/fold{{fold}}\n")
+    (tmp_path / "grid.yaml").write_text(f"base: base.yaml\nout: {tmp_path}/runs\nruns:\n  plain: {{}}\n"
+                                        f"  own-teacher: {{speech_store: '{tmp_path}/own/fold{{fold}}'}}\n")
+    cfg = Config(work=str(work), unlabeled=(f"tess:{roots['tess']}",))
+    labels, _ = bench.pool_labels(cfg, {}, cfg.work)
+    pool = [it for m in unlabeled_manifests(cfg) for it in m.items]
+    for name, right in (("shipped", True), ("own", False)):  # one teacher always right, the other never
+        w = StoreWriter(tmp_path / name / "fold0", "fake", DEFAULT_CLASSES, "h")
+        for it in pool:
+            lab = labels[it.id][1]
+            k = DEFAULT_CLASSES.index(lab) if lab in DEFAULT_CLASSES else 0
+            p = np.full(6, 0.04)
+            p[k if right else (k + 1) % 6] = 0.8
+            w.add(it.id, p[None], np.array([True]), 1.0)
+        w.finalize()
+    grid = str(tmp_path / "grid.yaml")
+    assert bench.grid_figures(grid, {}, {})["pool"]["tess"]["piece_accuracy"] == 1.0
+    own = bench.grid_figures(f"{grid}:own-teacher", {}, {})
+    assert own["pool"]["tess"]["piece_accuracy"] == 0.0 and own["stores"].endswith("own/fold{fold}")
+    with pytest.raises(LiserError, match="no row 'nope'"):
+        bench.grid_figures(f"{grid}:nope", {}, {})
