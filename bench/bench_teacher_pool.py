@@ -150,7 +150,9 @@ def grid_figures(grid_path: str, corpus_of: dict, maps: dict) -> dict:
     if not base.speech_store:
         raise LiserError(f"{grid_path}: {'row ' + row if row else 'the grid'} has no speech_store")
     labels, skipped = pool_labels(base, corpus_of, base.work)
-    paths = [Path(base.speech_store.format(fold=k)) for k in range(fold_count(base))]
+    from liser.workspace import speech_store
+
+    paths = [Path(speech_store(base, k)) for k in range(fold_count(base))]  # {fold}, {teachers}, {work} filled
     folds = [k for k, p in enumerate(paths) if (p / "meta.json").is_file()]  # the folds labeled so far
     if not folds:
         raise LiserError(f"{base.speech_store}: no speech store for any fold (liser teacher label speech ...)")

@@ -88,7 +88,7 @@ class SpeechTeacherConfig:
     #   `epochs`); the kept weights are the best epoch's either way, so it trades time, with longer `epochs`
     val_fraction: float = 0.2  # share of the training speakers held out to pick the epoch
     refit: bool = False  # frozen only: after the epoch is picked, train a fresh head (same seed) on the inner train
-    #   and validation speakers together for that many epochs: a fifth more speakers for the kept teacher
+    #   and validation speakers together for that many epochs: a quarter more speakers for the kept teacher
     ensemble: int = 1  # frozen only: heads fitted with seeds seed, seed+1, ... (each its own inner speaker split,
     #   epoch and refit); the teacher's probabilities are their mean
     seed: int = 0  # inner split, initialisation, shuffling, crops
