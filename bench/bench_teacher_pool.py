@@ -221,8 +221,9 @@ def main(argv=None) -> int:
     for g, r in res.items():
         for why in r["skipped"]:
             print(f"{g}: not scored: {why}", file=sys.stderr)
+        teacher = r["labeled_corpus"] + (f" ({g.partition(':')[2]})" if ":" in g else "")
         for corpus, f in r["pool"].items():
-            print(f"| {r['labeled_corpus']} | {corpus} | {f['files']} | {f['piece_accuracy']:.3f} "
+            print(f"| {teacher} | {corpus} | {f['files']} | {f['piece_accuracy']:.3f} "
                   f"| {f['piece_mean_confidence']:.3f} | {f['piece_ece']:.3f} | {f.get('piece_confidence_auroc', float('nan')):.3f} "
                   f"| {f['file_uar']:.3f} | {f['file_ece']:.3f} |")
     return 0
