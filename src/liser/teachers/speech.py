@@ -465,7 +465,7 @@ def _make_head(n_states: int, dim: int, n_classes: int, hidden: int = 256, dropo
 
     kind "weighted" learns a softmax weighting of the chosen states, then an
     MLP; "concat" concatenates them into one linear layer. `layers` picks
-    states by index (() = all). members > 1: `_EnsembleHead` of that many
+    states by index (() = all). members > 1: `_ensemble_head` of that many
     heads. Raises LiserError for an unknown kind or index.
     """
     import torch
@@ -891,6 +891,7 @@ def fit_speech_teacher(manifest: Manifest, train_ids: list[str], out_dir: str | 
     cfg.check()
     _set_threads(cfg)
     classes = list(classes) if classes is not None else manifest.classes
+    _fit_split(manifest, train_ids, classes, cfg)  # unknown ids, unlabeled items: refused before the backbone loads
     torch.manual_seed(cfg.seed)
     dev = resolve_device(cfg.device)
     backbone = Backbone(cfg.backbone, str(dev))
