@@ -140,10 +140,11 @@ def grid_figures(grid_path: str, corpus_of: dict, maps: dict) -> dict:
     grid_path, _, row = grid_path.partition(":")
     grid = load_grid(grid_path, [])
     base = grid["base"]
+    n_folds = fold_count(base)  # reads the labeled manifest: once
     if row:  # GRID:ROW scores the stores that row names (a row may bring its own teacher)
         from liser.experiment import expand_grid
 
-        runs = [r for r in expand_grid(grid, fold_count(base)) if r["config"] == row]
+        runs = [r for r in expand_grid(grid, n_folds) if r["config"] == row]
         if not runs:
             raise LiserError(f"{grid_path}: no row {row!r}")
         base = runs[0]["cfg"]
@@ -152,7 +153,7 @@ def grid_figures(grid_path: str, corpus_of: dict, maps: dict) -> dict:
     labels, skipped = pool_labels(base, corpus_of, base.work)
     from liser.workspace import speech_store
 
-    paths = [Path(speech_store(base, k)) for k in range(fold_count(base))]  # {fold}, {teachers}, {work} filled
+    paths = [Path(speech_store(base, k)) for k in range(n_folds)]  # {fold}, {teachers}, {work} filled
     folds = [k for k, p in enumerate(paths) if (p / "meta.json").is_file()]  # the folds labeled so far
     if not folds:
         raise LiserError(f"{base.speech_store}: no speech store for any fold (liser teacher label speech ...)")
