@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -119,6 +121,35 @@ def test_shards_are_merged_by_finalize(tmp_path):
     assert store.ids == ["z", "x", "y"]  # ordered by expected_ids
     np.testing.assert_array_equal(store.pieces("z")[0], _b()[0])
     np.testing.assert_array_equal(store.pieces("x")[0], _a()[0])
+
+
+def test_a_part_still_being_written_is_not_read(tmp_path, monkeypatch):
+    """A part is read only once renamed: another shard mid-write (or a job killed mid-write) leaves a
+    temporary behind, which neither resume nor finalize may open (CI once hit a shard's temporary
+    vanishing, renamed, between another shard's listing and its read)."""
+    import liser.store as store_mod
+
+    path = tmp_path / "store"
+    w = StoreWriter(path, "fake", CLASSES, "hash1", shard=(0, 2), flush_every=1)
+    w.add("x", *_a())
+    seen = {}
+    real_savez = np.savez
+
+    def savez_then_look(file, **arrays):  # the temporary as other shards see it, before the rename
+        real_savez(file, **arrays)
+        seen["tmp"] = Path(file)
+        seen["resumed"] = StoreWriter(path, "fake", CLASSES, "hash1", shard=(1, 2)).done
+
+    monkeypatch.setattr(store_mod.np, "savez", savez_then_look)
+    w.add("y", *_b())
+    monkeypatch.undo()
+    assert seen["tmp"].parent == path / "parts" and seen["resumed"] == {"x"}
+    (path / "parts" / seen["tmp"].name).write_bytes(b"PK\x03\x04 cut short")  # a dead job's leftover
+    w1 = StoreWriter(path, "fake", CLASSES, "hash1", shard=(1, 2), flush_every=1)
+    assert w1.done == {"x", "y"}
+    store = w1.finalize(expected_ids=["x", "y"])
+    assert store.ids == ["x", "y"]
+    np.testing.assert_array_equal(store.pieces("y")[0], _b()[0])
 
 
 def test_rejected_items_count_as_done_for_finalize(tmp_path):

@@ -149,13 +149,19 @@ class StoreWriter:
         else:
             atomic_write_text(head, json.dumps(ident, indent=2) + "\n")
         self.done: set[str] = set()
-        for part in sorted((self.path / "parts").glob("*.npz")):
+        for part in self._parts():
             with np.load(part) as z:
                 self.done.update(str(i) for i in z["ids"])
         self.rejected = self._read_rejected()
         self.done.update(self.rejected)
         self._rej_file = self.path / "parts" / f"rejected-{shard[0]}of{shard[1]}.csv"
         self._buf: list[tuple[str, np.ndarray, np.ndarray, float]] = []
+
+    def _parts(self) -> list[Path]:
+        """Every shard's finished parts. Only `part-*.npz`: a part being written has a hidden
+        temporary name until its rename, so another shard (or a job that died mid-write and left
+        one behind) never reads it half-written."""
+        return sorted((self.path / "parts").glob("part-*.npz"))
 
     def _read_rejected(self) -> dict[str, str]:
         """Rejections of every shard, as on disk now (other shards may have added some)."""
@@ -201,7 +207,7 @@ class StoreWriter:
         k = len(list((self.path / "parts").glob(f"part-{i}of{n}-*.npz")))
         # the pid keeps two processes on the same shard from overwriting each other's part
         final = self.path / "parts" / f"part-{i}of{n}-{k:05d}-{os.getpid()}.npz"
-        fd, tmp = tempfile.mkstemp(suffix=".npz", dir=final.parent)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=final.parent)  # not a part- name: see _parts
         os.close(fd)
         np.savez(tmp, ids=ids, lens=lens, durs=durs, probs=probs, valid=valid)
         follow_umask(tmp)  # mkstemp made it 0600
@@ -217,7 +223,7 @@ class StoreWriter:
         self.flush()
         self.rejected = self._read_rejected()
         rows: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
-        for part in sorted((self.path / "parts").glob("*.npz")):
+        for part in self._parts():
             # each z[...] access decompresses the whole member again: read every array once, and
             # copy the slices so that no row keeps a whole part alive (a 50 h store needed > 24 GB)
             with np.load(part) as z:
