@@ -10,6 +10,13 @@ picks the epoch) and scored on:
 - the fold's validation speakers: ECE of the piece-averaged probabilities
   before and after a temperature fitted there.
 
+With ``--seeds`` every setting runs once per seed (the config's ``seed``: the
+inner split, initialisation and shuffling; an ensemble of M takes seeds
+seed..seed+M-1); its means are over seeds x folds, so settings that one seed's
+validation cannot separate can be compared on several. With ``--merge`` a
+setting's (seed, fold) results already in the file are kept and those run now
+added or replaced.
+
 The setting with the best mean inner-validation score (over every setting in
 the written file) is reported as chosen, with whether it meets issue 13's
 teacher targets on test (whole files >= 0.75, pieces >= 0.72). Writes the
@@ -77,6 +84,7 @@ def main() -> None:
     ap.add_argument("--grid", nargs="*", default=list(GRID), help=f"settings to try (known: {', '.join(GRID)})")
     ap.add_argument("--folds", type=int, nargs="*", default=[0, 1, 2, 3, 4])
     ap.add_argument("--epochs", type=int, default=50)
+    ap.add_argument("--seeds", type=int, nargs="*", default=[0], help="teacher seeds per setting (default: 0)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--merge", action="store_true", help="keep the settings already in --json, add/replace these")
     args = ap.parse_args()
@@ -95,7 +103,8 @@ def main() -> None:
                                cache_dir=args.cache)
     rows, t_start = {}, time.time()
     for name in args.grid:
-        rows[name] = run_setting(name, replace(base, **GRID[name]), manifest, [(k, folds[k]) for k in args.folds])
+        rows[name] = run_setting(name, replace(base, **GRID[name]), manifest, [(k, folds[k]) for k in args.folds],
+                                 args.seeds)
     out = _merged(args.json, rows) if args.merge else {"settings": rows}
     rows = out["settings"]
     same = [n for n in rows if rows[n]["folds"] == args.folds]  # settings scored on the same folds compete
@@ -124,12 +133,30 @@ def main() -> None:
         os.replace(tmp, args.json)
 
 
-def run_setting(name: str, cfg, manifest, folds: list) -> dict:
-    """Fit and score one setting on each (k, fold): its row (means, per fold, when, how long, the load)."""
+def run_setting(name: str, cfg, manifest, folds: list, seeds: list[int]) -> dict:
+    """Fit and score one setting on each seed and (k, fold): its row (means, per fold, when, how long, the load)."""
+    t_set, per = time.time(), []
+    for seed in seeds:
+        per += [dict(seed=seed, **r) for r in _run_folds(name, replace(cfg, seed=seed), manifest, folds)]
+    return {"settings": {k: list(v) if isinstance(v, tuple) else v for k, v in GRID[name].items()},
+            **_means(per), "epochs": cfg.epochs, "date": str(date.today()),
+            "wall_s": round(time.time() - t_set, 1), "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
+            "per_fold": per}
+
+
+def _means(per: list[dict]) -> dict:
+    """A row's summary of its per-(seed, fold) results: `<key>_mean` over all of them, the folds and seeds."""
+    keys = [k for k in per[0] if k not in ("fold", "seed")]
+    return {**{f"{k}_mean": round(float(np.mean([p[k] for p in per if k in p])), 4) for k in keys},
+            "folds": sorted({p["fold"] for p in per}), "seeds": sorted({p.get("seed", 0) for p in per})}
+
+
+def _run_folds(name: str, cfg, manifest, folds: list) -> list[dict]:
+    """Fit and score one teacher config on each (k, fold): one dict of figures per fold."""
     from liser.calibration import ece, fit_temperature, temper
     from liser.teachers.speech import evaluate_speech_teacher, fit_speech_teacher
 
-    t_set, per = time.time(), []
+    per = []
     for k, f in folds:
         ids = lambda spk: [it.id for it in manifest.items if it.speaker in set(spk)]  # noqa: E731
         with tempfile.TemporaryDirectory() as tmp:
@@ -142,16 +169,12 @@ def run_setting(name: str, cfg, manifest, folds: list) -> dict:
         per.append({"fold": k, "inner_val": res.val_uar, "fold_val": (va["uar"] + va["uar_pieces"]) / 2,
                     "test_uar": te["uar"], "test_uar_pieces": te["uar_pieces"],
                     "val_ece": ece(probs, y), "val_ece_tempered": ece(temper(probs, t), y), "temperature": t})
-        print(f"{name} fold{k}: inner val {res.val_uar:.3f}  fold val {per[-1]['fold_val']:.3f}  test {te['uar']:.3f}  pieces {te['uar_pieces']:.3f}  "
+        print(f"{name} seed{cfg.seed} fold{k}: inner val {res.val_uar:.3f}  fold val {per[-1]['fold_val']:.3f}  test {te['uar']:.3f}  pieces {te['uar_pieces']:.3f}  "
               f"ECE {per[-1]['val_ece']:.3f} -> {per[-1]['val_ece_tempered']:.3f}", flush=True)
-    mean = {key: float(np.mean([p[key] for p in per])) for key in per[0] if key != "fold"}
-    print(f"== {name}: inner val {mean['inner_val']:.3f}  test {mean['test_uar']:.3f}  "
-          f"pieces {mean['test_uar_pieces']:.3f}", flush=True)
-    return {"settings": {k: list(v) if isinstance(v, tuple) else v for k, v in GRID[name].items()},
-            **{f"{k}_mean": round(v, 4) for k, v in mean.items()},
-            "folds": [k for k, _ in folds], "epochs": cfg.epochs, "date": str(date.today()),
-            "wall_s": round(time.time() - t_set, 1), "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
-            "per_fold": per}
+    mean = _means(per)
+    print(f"== {name} seed {cfg.seed}: inner val {mean['inner_val_mean']:.3f}  test {mean['test_uar_mean']:.3f}  "
+          f"pieces {mean['test_uar_pieces_mean']:.3f}", flush=True)
+    return per
 
 
 def _merged(path, rows: dict) -> dict:
@@ -163,18 +186,27 @@ def _merged(path, rows: dict) -> dict:
         row.setdefault("epochs", 50)  # the bench's default before rows recorded it
         row.setdefault("date", old.get("date"))
         row.setdefault("note", f"run {old.get('date')} with: {old.get('command')}")
-    settings.update(rows)
+    for name, row in rows.items():  # the (seed, fold) results run now replace those in the file; the rest stay
+        if name in settings and settings[name]["settings"] == row["settings"]:
+            now = {(p["seed"], p["fold"]) for p in row["per_fold"]}
+            kept = [p for p in settings[name]["per_fold"] if (p.get("seed", 0), p["fold"]) not in now]
+            per = [{"seed": 0, **p} for p in kept] + row["per_fold"]
+            wall = row["wall_s"] + (settings[name].get("wall_s") or 0) if kept else row["wall_s"]
+            row = {**row, **_means(per), "per_fold": per, "wall_s": round(wall, 1)}
+            if kept:
+                row["note"] = f"seeds {sorted({p.get('seed', 0) for p in kept})} from the run of {settings[name]['date']}"
+        settings[name] = row
     return {**old, "settings": settings}
 
 
 def table(rows: dict, chosen: str) -> str:
     """Markdown table: setting, inner validation, test whole / pieces UAR, validation ECE before -> after T."""
-    lines = ["| setting | inner val | fold val | test whole | test pieces | val ECE | val ECE (T) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| setting | seeds | inner val | fold val | test whole | test pieces | val ECE | val ECE (T) |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, r in sorted(rows.items(), key=lambda kv: -kv[1]["inner_val_mean"]):
         mark = " (chosen)" if name == chosen else ""
         fold_val = f"{r['fold_val_mean']:.3f}" if "fold_val_mean" in r else "-"
-        lines.append(f"| {name}{mark} | {r['inner_val_mean']:.3f} | {fold_val} | {r['test_uar_mean']:.3f} | "
+        lines.append(f"| {name}{mark} | {len(r.get('seeds', [0]))} | {r['inner_val_mean']:.3f} | {fold_val} | {r['test_uar_mean']:.3f} | "
                      f"{r['test_uar_pieces_mean']:.3f} | {r['val_ece_mean']:.3f} | {r['val_ece_tempered_mean']:.3f} |")
     return "\n".join(lines)
 
