@@ -38,3 +38,12 @@ def test_new_seeds_join_the_row_and_a_rerun_seed_replaces_its_results(tmp_path):
     # another setting under the same name (changed GRID entry) replaces the row whole
     other = {**_row(bench, _per(10, 0.5)), "settings": {"head": "weighted"}}
     assert bench._merged(str(path), {"s": other})["settings"]["s"]["seeds"] == [10]
+
+
+def test_fold_validation_picks_among_the_settings_scored_on_the_most_seeds():
+    bench = load_bench("bench_teacher_heads")
+    rows = {"one-seed": _row(bench, _per(0, 0.90)), "lucky": _row(bench, _per(0, 0.75) + _per(10, 0.60)),
+            "steady": _row(bench, _per(0, 0.70) + _per(10, 0.70)), "unjudged": {"inner_val_mean": 0.99}}
+    assert bench.choose_on_fold_validation(rows, list(rows)) == "steady"
+    assert bench.choose_on_fold_validation(rows, ["one-seed", "unjudged"]) == "one-seed"
+    assert bench.choose_on_fold_validation(rows, ["unjudged"]) is None
