@@ -8,8 +8,11 @@ Reads a grid file's finished runs (restored from its ledger, as
 another machine, counts), or the grid.json that `liser experiment` wrote
 at the end of a whole grid, and adds two keys to `--json` (made if absent; every other key kept):
 
-- `fractions`: {configuration: {fraction: {uar_mean, uar_std, folds}}} for
-  every configuration run at more than one label fraction;
+- `fractions`: {configuration: {fraction: {uar_mean, uar_std, folds,
+  uar_per_fold}}} for every configuration run at more than one label
+  fraction, and for each one that is not no-dstl, `delta_vs_no-dstl`:
+  {fraction: {mean, std, better, folds}}, its paired gain in points over
+  no-dstl at the same fraction (folds both have; std over folds, ddof 0);
 - `figure2_claim`: the paper's Figure 2 statement, "with half the labels,
   distillation beats no-dstl with all of them", as numbers: the distilled
   configuration's UAR at 0.5, no-dstl's at 1.0, their difference in points,
@@ -28,14 +31,33 @@ import sys
 from pathlib import Path
 
 
-def fractions_of(grid: dict) -> dict:
-    """{configuration: {fraction: {uar_mean, uar_std, folds}}} for configurations with several fractions."""
+def fractions_of(grid: dict, baseline: str = "no-dstl") -> dict:
+    """{configuration: {fraction: {uar_mean, uar_std, folds, uar_per_fold}}} for configurations with several
+    fractions; the others also get `delta_vs_<baseline>` (see the module docstring)."""
     out = {}
     for name, by_frac in grid.get("configs", {}).items():
         if len(by_frac) < 2:
             continue
-        out[name] = {f: {"uar_mean": round(t["uar_mean"], 4), "uar_std": round(t["uar_std"], 4), "folds": t["n_folds"]}
+        out[name] = {f: {"uar_mean": round(t["uar_mean"], 4), "uar_std": round(t["uar_std"], 4), "folds": t["n_folds"],
+                         "uar_per_fold": {str(r["fold"]): round(r["uar"], 4) for r in t.get("folds", [])}}
                      for f, t in sorted(by_frac.items(), key=lambda kv: float(kv[0]))}
+    for name in out:
+        if name != baseline and baseline in out:
+            out[name][f"delta_vs_{baseline}"] = paired_deltas(out[name], out[baseline])
+    return out
+
+
+def paired_deltas(row: dict, base: dict) -> dict:
+    """{fraction: {mean, std, better, folds}}: `row` − `base` in UAR points, paired by fold, per fraction."""
+    import numpy as np
+
+    out = {}
+    for f, t in row.items():
+        both = sorted(set(t["uar_per_fold"]) & set(base.get(f, {}).get("uar_per_fold", {})), key=int)
+        if both:
+            d = 100 * np.array([t["uar_per_fold"][k] - base[f]["uar_per_fold"][k] for k in both])
+            out[f] = {"mean": round(float(d.mean()), 2), "std": round(float(d.std()), 2),
+                      "better": int((d > 0).sum()), "folds": len(both)}
     return out
 
 
@@ -85,12 +107,17 @@ def main(argv=None) -> int:
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(json.dumps(res, indent=1) + "\n")
     os.replace(tmp, out)
-    fracs = sorted({f for by in fr.values() for f in by}, key=float)
+    fracs = sorted({f for by in fr.values() for f in by if not f.startswith("delta_vs_")}, key=float)
     print("| configuration | " + " | ".join(f"{float(f):.0%} labels" for f in fracs) + " |")
     print("|---|" + "---|" * len(fracs))
     for name, by in fr.items():
         print(f"| {name} | " + " | ".join(f"{by[f]['uar_mean']:.3f} ± {by[f]['uar_std']:.3f}" if f in by else "-"
                                           for f in fracs) + " |")
+        for key, deltas in by.items():
+            if key.startswith("delta_vs_"):
+                print(f"| {name} − {key[9:]}, points | " + " | ".join(
+                    f"{deltas[f]['mean']:+.1f} ± {deltas[f]['std']:.1f} ({deltas[f]['better']} of {deltas[f]['folds']})"
+                    if f in deltas else "-" for f in fracs) + " |")
     c = res["figure2_claim"]
     print(f"\n{c['statement']}: {'yes' if c['holds'] else 'no' if c['holds'] is False else 'unknown'} "
           f"({c['difference_points']} points)\nwrote {out}")

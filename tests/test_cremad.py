@@ -274,11 +274,12 @@ def test_bench_label_fractions_adds_the_curve_and_the_figure2_claim(tmp_path, ca
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
 
-    def cell(u):
-        return {"uar_mean": u, "uar_std": 0.01, "n_folds": 5}
+    def cell(u, step=0.01):  # five folds at u - 2 step .. u + 2 step
+        per = [round(u + (k - 2) * step, 4) for k in range(5)]
+        return {"uar_mean": u, "uar_std": 0.01, "n_folds": 5, "folds": [{"fold": k, "uar": x} for k, x in enumerate(per)]}
 
     grid = {"configs": {"no-dstl": {"0.25": cell(0.40), "0.5": cell(0.45), "1": cell(0.50)},
-                        "sp-distill-ce": {"0.25": cell(0.44), "0.5": cell(0.52), "1": cell(0.56)},
+                        "sp-distill-ce": {"0.25": cell(0.44), "0.5": cell(0.52, step=0.02), "1": cell(0.56)},
                         "sp-dstl": {"1": cell(0.55)}}}
     (tmp_path / "grid.json").write_text(json.dumps(grid))
     out = tmp_path / "cremad_distill.json"
@@ -287,7 +288,13 @@ def test_bench_label_fractions_adds_the_curve_and_the_figure2_claim(tmp_path, ca
     res = json.loads(out.read_text())
     assert res["configs"] == {"kept": 1}  # the other keys are kept
     assert list(res["fractions"]) == ["no-dstl", "sp-distill-ce"]  # sp-dstl ran at one fraction only
-    assert res["fractions"]["no-dstl"]["0.5"] == {"uar_mean": 0.45, "uar_std": 0.01, "folds": 5}
+    assert res["fractions"]["no-dstl"]["0.5"] == {"uar_mean": 0.45, "uar_std": 0.01, "folds": 5, "uar_per_fold":
+                                                  {"0": 0.43, "1": 0.44, "2": 0.45, "3": 0.46, "4": 0.47}}
+    # the distilled row's gain over no-dstl, paired by fold: at 0.5 it is 7 + (k - 2) points on fold k
+    delta = res["fractions"]["sp-distill-ce"]["delta_vs_no-dstl"]
+    assert delta["1"] == {"mean": 6.0, "std": 0.0, "better": 5, "folds": 5}
+    assert delta["0.5"] == {"mean": 7.0, "std": 1.41, "better": 5, "folds": 5}  # std of 5..9 points, ddof 0
+    assert "delta_vs_no-dstl" not in res["fractions"]["no-dstl"]
     c = res["figure2_claim"]
     assert c["holds"] is True and c["difference_points"] == pytest.approx(2.0)
     assert "yes (2.0 points)" in capsys.readouterr().out
