@@ -191,11 +191,16 @@ def main() -> None:
           f"summed run time {run_s / 60:.1f} min")
 
 
+OTHER_TOOLS_KEYS = ("fractions", "figure2_claim")  # bench_label_fractions.py's keys in the same results file
+
+
 def merge_earlier(out: dict, old: dict) -> None:
     """--merge: rows (and pool curves) of the earlier file that this collection lacks are kept, each row marked
     `collected` with the earlier collection's date and machine; the earlier collections' summaries go to
     `earlier`. Rows collected now are marked with today's date and this machine; the earlier rows they
-    replace are kept in `replaced` ({name: [rows]}), so a kept row's reference stays in the file."""
+    replace are kept in `replaced` ({name: [rows]}), so a kept row's reference stays in the file. Keys that
+    bench_label_fractions.py wrote are kept, and so are the speech teachers' figures when this machine has
+    none of the teachers (a fresh clone collecting from the ledger)."""
     stamp = {"date": out["date"], "machine": out["machine"]}
     for row in out["configs"].values():
         row["collected"] = stamp
@@ -215,6 +220,14 @@ def merge_earlier(out: dict, old: dict) -> None:
         out["replaced"] = replaced
     for label, pts in old.get("pool_curves", {}).items():
         out["pool_curves"].setdefault(label, pts)
+    for key in OTHER_TOOLS_KEYS:  # written by bench_label_fractions.py into the same file: not ours to drop
+        if key in old:
+            out.setdefault(key, old[key])
+    if not out.get("speech_teachers") and old.get("speech_teachers"):
+        # the teachers' eval.json live in the (git-ignored) work folder: a fresh clone collecting the ledger
+        # has none, and the earlier collection's figures stay, marked with where they came from
+        st = old["speech_teachers"]
+        out["speech_teachers"] = st if "collected" in st else {**st, "collected": old_stamp}
     summary = {k: old.get(k) for k in ("date", "machine", "command", "wall_s", "cpu_hours", "runs_total")}
     out["earlier"] = old.get("earlier", []) + [summary]
 

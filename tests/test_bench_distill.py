@@ -30,3 +30,17 @@ def test_merge_keeps_earlier_rows_marked_with_where_they_came_from():
     same = {"date": "2026-12-01", "machine": "new box", "configs": {"no-dstl": {"uar_mean": 0.52}}, "pool_curves": {}}
     bench.merge_earlier(same, new)  # the same collection again (more runs finished): not a replaced row
     assert same["replaced"] == new["replaced"]
+
+
+def test_merge_keeps_the_label_fraction_keys_and_teachers_this_machine_lacks():
+    bench = load_bench("bench_distill")
+    old = {"date": "2026-11-30", "machine": "old box", "configs": {}, "pool_curves": {},
+           "fractions": {"no-dstl": {"1": {"uar_mean": 0.5}}}, "figure2_claim": {"holds": False},
+           "speech_teachers": {"uar_mean": 0.7}}
+    fresh = {"date": "2026-12-01", "machine": "clone", "configs": {}, "pool_curves": {}, "speech_teachers": None}
+    bench.merge_earlier(fresh, old)  # a fresh clone: no teachers in its work folder, no fractions written yet
+    assert fresh["fractions"] == old["fractions"] and fresh["figure2_claim"] == {"holds": False}
+    assert fresh["speech_teachers"] == {"uar_mean": 0.7, "collected": {"date": "2026-11-30", "machine": "old box"}}
+    here = {"date": "2026-12-01", "machine": "box", "configs": {}, "pool_curves": {}, "speech_teachers": {"uar_mean": 0.8}}
+    bench.merge_earlier(here, old)  # teachers measured now win
+    assert here["speech_teachers"] == {"uar_mean": 0.8}
