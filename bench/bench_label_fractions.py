@@ -115,7 +115,7 @@ def main(argv=None) -> int:
                                           for f in fracs) + " |")
         for key, deltas in by.items():
             if key.startswith("delta_vs_"):
-                print(f"| {name} − {key[9:]}, points | " + " | ".join(
+                print(f"| {name} − {key.removeprefix('delta_vs_')}, points | " + " | ".join(
                     f"{deltas[f]['mean']:+.1f} ± {deltas[f]['std']:.1f} ({deltas[f]['better']} of {deltas[f]['folds']})"
                     if f in deltas else "-" for f in fracs) + " |")
     c = res["figure2_claim"]

@@ -36,8 +36,8 @@ YUNET = Path(__file__).resolve().parents[1].parent / "shared" / "models" / "face
 
 
 def faceless_frames(n: int, size: int = 64, seed: int = 0) -> list[np.ndarray]:
-    """n frames with no face: smooth colour gradients. Not pixel noise: YuNet's score on noise sits near its
-    threshold, and OpenCV's threaded inference found a "face" in one noise video now and then (a flaky CI)."""
+    """n frames with no face: smooth colour gradients. Not pixel noise: YuNet found a "face" in a noise video
+    now and then, even losslessly encoded and with cv2 on one thread (cause not found; a flaky CI)."""
     ramp = np.linspace(0, 1, size, dtype=np.float32)
     rgb = np.stack([np.add.outer(ramp, ramp) / 2, np.outer(ramp, 1 - ramp), np.full((size, size), 0.5)], -1)
     return [np.clip(255 * (rgb + 0.05 * ((seed + k) % 5)), 0, 255).astype(np.uint8) for k in range(n)]
