@@ -33,7 +33,7 @@ from .errors import LiserError
 # settings with a fixed set of values (checked before a run starts)
 CHOICES = {"schedule": ("joint", "two-stage"), "distill_loss": ("mae", "ce"),
            "weighting": ("none", "confidence", "entropy"), "lr_schedule": ("constant", "cosine"),
-           "precision": PRECISIONS}
+           "precision": PRECISIONS, "windowing": ("pad", "speech")}
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,11 @@ class Config:
     aug_time_masks: int = 0  # SpecAugment time masks (<= 10 frames each) per training crop; 0 = off
     lr_schedule: str = "constant"  # constant (the paper's) | cosine (decays to 0 at `epochs`, after the warm-up)
     warmup_epochs: float = 0.0  # learning rate rises linearly from 0 over this many epochs; 0 = off
+    windowing: str = "pad"  # pad (the paper's: the file zero-padded to 3 s, 3 s windows over all of it) | speech
+    #   (windows of the file's speech span, 0.5-3 s crops in training; liser.windowing)
+    aug_views: int = 0  # waveform views per labeled training item (codecs, phone band, speed, reverb, noise, room
+    #   tone; liser.augment_audio), computed once into features caches; a step draws the clean item or a view; 0 = off
+    aug_noise_dir: str = ""  # folder of recordings whose non-speech parts are the views' background noise; "" = pink
     # ---- where it runs (not part of what the run is: a run resumes on another device) ----
     device: str = "auto"  # auto (CUDA when torch sees a GPU) | cpu | cuda | cuda:N
 

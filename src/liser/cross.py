@@ -210,7 +210,8 @@ def evaluate_on(run: str | Path, on: str, maps: dict[str, str] | None = None, st
     scored = [i for i, it in enumerate(items) if mapping.get(it.label)]  # dropped files are counted, never scored
     logits = np.full((len(items), len(student_classes)), np.nan, np.float32)
     if scored:
-        logits[scored] = file_logits(model, [cache.frames(items[i].id) for i in scored], stride_s)
+        windowing = (ck.get("front_end") or {}).get("windowing", "pad")
+        logits[scored] = file_logits(model, [cache.frames(items[i].id) for i in scored], stride_s, windowing=windowing)
     res = score(logits, [it.label for it in items], student_classes, mapping)
     res = {"run": str(run), "train_corpus": cfg.corpus, "config": cfg.name, "fold": cfg.fold,
            "test_corpus": manifest.corpus, "test_manifest_root": str(manifest.root),

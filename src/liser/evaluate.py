@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .audio import EVAL_STRIDE_S
-from .frontend import windows as windows_of  # the one front end's windows: [W, 64, 94]
+from .frontend import windows as windows_of  # noqa: F401  (the one front end's windows [W, 64, 94], a public name)
 from .util import softmax
 
 
@@ -73,40 +73,57 @@ def bootstrap_ci(y_true, y_pred, n_classes: int, n: int = 1000, seed: int = 0) -
             "war": [float(np.percentile(w, 2.5)), float(np.percentile(w, 97.5))]}
 
 
-def file_logits(model, frames_list, stride_s: float = EVAL_STRIDE_S, batch: int = 512, head: str = "sup") -> np.ndarray:
-    """Mean logits of one head (sup, sd or vd) over the sliding windows of each item: [items, K]."""
+def file_logits(model, frames_list, stride_s: float = EVAL_STRIDE_S, batch: int = 512, head: str = "sup",
+                windowing: str = "pad") -> np.ndarray:
+    """Weighted mean logits of one head (sup, sd or vd) over each item's windows: [items, K].
+
+    The windows and weights are liser.windowing's plan for `windowing`
+    ("pad": every 3 s window, equal weights; "speech": the speech span's, a
+    file without detected speech scored whole). Windows of one length are
+    batched together.
+    """
+    from .windowing import gather, plan
+
+    plans = [plan(fr, stride_s, windowing, strict=False) for fr in frames_list]
+    sums = None
+    for length in sorted({p.length for p in plans}):
+        owners = [i for i, p in enumerate(plans) if p.length == length]
+        wins = np.concatenate([gather(frames_list[i], plans[i]) for i in owners])
+        weights = np.concatenate([plans[i].weights for i in owners])
+        owner = np.concatenate([np.full(len(plans[i].starts), i) for i in owners])
+        logits = _window_logits(model, wins, batch, head)
+        if sums is None:
+            sums = np.zeros((len(frames_list), logits.shape[1]), np.float64)
+        np.add.at(sums, owner, logits if windowing == "pad" else logits * weights[:, None])
+    if windowing == "pad":  # equal weights: the plain mean, summed then divided as it always was
+        sums /= np.array([len(p.starts) for p in plans])[:, None]
+    return sums.astype(np.float32)
+
+
+def _window_logits(model, wins: np.ndarray, batch: int, head: str) -> np.ndarray:
+    """Logits [W, K] of one head for windows [W, 64, L], `batch` at a time, in eval mode (restored after)."""
     import torch
 
-    owners, wins = [], []
-    for i, fr in enumerate(frames_list):
-        w = windows_of(fr, stride_s)
-        wins.append(w)
-        owners.append(np.full(len(w), i))
-    allw = np.concatenate(wins)
-    owner = np.concatenate(owners)
     was_training = model.training
     model.eval()
     device = next((p.device for p in model.parameters()), None)  # None: a parameter-free model (tests), CPU
     out = []
     with torch.inference_mode():
-        for a in range(0, len(allw), batch):
-            x = torch.from_numpy(allw[a : a + batch])
+        for a in range(0, len(wins), batch):
+            x = torch.from_numpy(wins[a : a + batch])
             x = x if device is None else x.to(device)
             y = model.classify(x) if head == "sup" else model(x)[("sup", "sd", "vd").index(head)]
             out.append(y.float().cpu().numpy())
     if was_training:
         model.train()
-    logits = np.concatenate(out)
-    k = logits.shape[1]
-    sums = np.zeros((len(frames_list), k), np.float64)
-    np.add.at(sums, owner, logits)
-    return (sums / np.bincount(owner, minlength=len(frames_list))[:, None]).astype(np.float32)
+    return np.concatenate(out)
 
 
-def evaluate_items(model, cache, items, classes: list[str], stride_s: float = EVAL_STRIDE_S) -> tuple[dict, np.ndarray]:
-    """Metrics of a model on manifest items (labels by name), and the per-file logits."""
+def evaluate_items(model, cache, items, classes: list[str], stride_s: float = EVAL_STRIDE_S,
+                   windowing: str = "pad") -> tuple[dict, np.ndarray]:
+    """Metrics of a model on manifest items (labels by name), and the per-file logits (`file_logits`)."""
     cls = {c: i for i, c in enumerate(classes)}
-    logits = file_logits(model, [cache.frames(it.id) for it in items], stride_s)
+    logits = file_logits(model, [cache.frames(it.id) for it in items], stride_s, windowing=windowing)
     y_true = np.array([cls[it.label] for it in items])
     y_pred = logits.argmax(1)
     return metrics(y_true, y_pred, classes), logits

@@ -72,6 +72,10 @@ def run_folds(cfg: Config, folds: list[int] | None = None, jobs: int = 1, progre
         import_ray()  # without Ray, say so now, before the features are built
     manifest = labeled_manifest(cfg)  # prepare once, before any worker starts
     build_features(manifest, cfg.work, threads=cfg.threads or os.cpu_count() or 1, progress=progress)
+    if cfg.aug_views:  # the augmented views too, once, on every core
+        from .views import build_views
+
+        build_views(manifest, cfg.work, cfg.aug_views, cfg.seed, cfg.aug_noise_dir, os.cpu_count() or 1, progress)
     folds = fold_indices(cfg, manifest, folds)
     for k in folds:
         fold_items(cfg.replace(fold=k), manifest)  # bad fold / class settings fail before training

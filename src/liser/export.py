@@ -85,15 +85,18 @@ def _checkpoint_path(run: str | Path) -> Path:
 
 def metadata(ck: dict, quantization: str = "none") -> dict[str, str]:
     """The metadata_props an exported student carries (strings only)."""
+    speech = (ck.get("front_end") or {}).get("windowing") == "speech"
+    frames = "frames: 16-94, the speech span's (liser.windowing)" if speech else str(audio.CLIP_FRAMES)
     return {
         "format": "liser-student-onnx",
         "liser_version": str(ck["liser_version"]),
         "classes": json.dumps(list(ck["classes"])),
         "video_classes": json.dumps(list(ck.get("video_classes") or [])),
         "front_end": json.dumps(ck.get("front_end") or {}),
-        "input": f"{INPUT} [batch, {audio.N_MELS}, {audio.CLIP_FRAMES}] log-Mel dB (liser.audio.log_mel)",
-        "output": f"{OUTPUT} [batch, {len(ck['classes'])}] g_sup logits; mean over windows, then softmax",
-        "input_frames": str(audio.CLIP_FRAMES),
+        "input": f"{INPUT} [batch, {audio.N_MELS}, {frames}] log-Mel dB (liser.audio.log_mel)",
+        "output": f"{OUTPUT} [batch, {len(ck['classes'])}] g_sup logits; "
+                  + ("speech-weighted mean over windows, then softmax" if speech else "mean over windows, then softmax"),
+        "input_frames": "dynamic" if speech else str(audio.CLIP_FRAMES),
         "eval_stride_s": str(audio.EVAL_STRIDE_S),
         "quantization": quantization,
         "epoch": str(ck.get("epoch")),
@@ -112,16 +115,18 @@ def _set_metadata(path: Path, meta: dict[str, str]) -> None:
     onnx.save(m, str(path))
 
 
-def _torch_export(classifier, path: Path, opset: int) -> None:
-    """Classifier -> ONNX with a dynamic batch axis (TorchScript exporter; dynamo as the fallback)."""
+def _torch_export(classifier, path: Path, opset: int, dynamic_frames: bool = False) -> None:
+    """Classifier -> ONNX with a dynamic batch axis, and a dynamic frame axis for the "speech" windowing
+    (its windows are as long as the speech span, 0.5-3 s) (TorchScript exporter; dynamo as the fallback)."""
     import torch
 
     x = torch.zeros(2, audio.N_MELS, audio.CLIP_FRAMES)
+    axes = {0: "batch", 2: "frames"} if dynamic_frames else {0: "batch"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(classifier, (x,), str(path), input_names=[INPUT], output_names=[OUTPUT],
-                              opset_version=opset, dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+                              opset_version=opset, dynamic_axes={INPUT: axes, OUTPUT: {0: "batch"}},
                               dynamo=False)
         except Exception as first:  # the legacy exporter may be gone in a later torch
             try:
@@ -147,9 +152,10 @@ def _session(path: Path, threads: int = 1):
 class CheckData:
     """Real files for the checks: per-file windows [W, 64, 94], true labels (or None), calibration windows."""
 
-    def __init__(self, names, wins, labels, calib, source: str, classes, stride_s: float):
+    def __init__(self, names, wins, labels, calib, source: str, classes, stride_s: float, weights=None):
         self.names, self.wins, self.labels, self.calib = names, wins, labels, calib
         self.source, self.classes, self.stride_s = source, classes, stride_s
+        self.weights = weights  # per file, its windows' weights [W] (liser.windowing); None = equal
 
 
 def _fold_data(ck: dict, max_calib: int = CALIBRATION_WINDOWS) -> CheckData | None:
@@ -157,6 +163,7 @@ def _fold_data(ck: dict, max_calib: int = CALIBRATION_WINDOWS) -> CheckData | No
     from .config import Config
     from .features import build_features
     from .frontend import windows as windows_of
+    from .windowing import gather, plan
     from .workspace import fold_items, labeled_manifest
 
     if not ck.get("config"):
@@ -168,7 +175,8 @@ def _fold_data(ck: dict, max_calib: int = CALIBRATION_WINDOWS) -> CheckData | No
         raise LiserError(f"the rebuilt fold's classes {classes} differ from the checkpoint's {ck['classes']}")
     cache = build_features(manifest, cfg.work, threads=cfg.threads or 2, progress=sys.stderr.isatty())
     stride = cfg.test_stride_s
-    wins = [windows_of(cache.frames(it.id), stride) for it in test_items]
+    plans = [plan(cache.frames(it.id), stride, cfg.windowing, strict=False) for it in test_items]
+    wins = [gather(cache.frames(it.id), p) for it, p in zip(test_items, plans)]
     labels = [classes.index(it.label) for it in test_items]
     rng = np.random.default_rng(0)
     calib = []
@@ -176,7 +184,8 @@ def _fold_data(ck: dict, max_calib: int = CALIBRATION_WINDOWS) -> CheckData | No
         w = windows_of(cache.frames(train_items[i].id), 0.5)
         calib.append(w[rng.integers(len(w))])
     return CheckData([it.id for it in test_items], wins, labels, np.stack(calib) if calib else None,
-                     f"test fold {cfg.fold} of {cfg.name} ({len(test_items)} files)", classes, stride)
+                     f"test fold {cfg.fold} of {cfg.name} ({len(test_items)} files)", classes, stride,
+                     [p.weights for p in plans] if cfg.windowing != "pad" else None)
 
 
 def _files_data(files: list[str], classes) -> CheckData:
@@ -195,12 +204,15 @@ def _logits(fn, wins: list[np.ndarray]) -> list[np.ndarray]:
     return [np.concatenate([fn(w[a : a + 512]) for a in range(0, len(w), 512)]) for w in wins]
 
 
-def _uar(file_logits: list[np.ndarray], labels, classes) -> float | None:
+def _uar(file_logits: list[np.ndarray], labels, classes, weights=None) -> float | None:
+    """UAR of per-file window logits, each file's windows averaged (with `weights` [W] per file when given)."""
     from .evaluate import metrics
 
     if labels is None:
         return None
-    return metrics(labels, [int(z.mean(0).argmax()) for z in file_logits], classes)["uar"]
+    if weights is None:
+        return metrics(labels, [int(z.mean(0).argmax()) for z in file_logits], classes)["uar"]
+    return metrics(labels, [int((z * w[:, None]).sum(0).argmax()) for z, w in zip(file_logits, weights)], classes)["uar"]
 
 
 # ---------------------------------------------------------------- int8
@@ -336,7 +348,7 @@ def _fp32(classifier, tmp: Path, out: Path, ck: dict, data: CheckData, opset: in
     """Export the fp32 graph to `tmp` (renamed to `out` by the caller) and check it against torch; returns (torch labels per file, fp32 UAR)."""
     import torch
 
-    _torch_export(classifier, tmp, opset)
+    _torch_export(classifier, tmp, opset, (ck.get("front_end") or {}).get("windowing") == "speech")
     _set_metadata(tmp, metadata(ck))
 
     def torch_fn(x):
@@ -356,7 +368,7 @@ def _fp32(classifier, tmp: Path, out: Path, ck: dict, data: CheckData, opset: in
     if not diff <= FP32_TOLERANCE or agree < 1.0:
         raise LiserError(f"{out}: parity check failed (max abs logit difference {diff:.2e}, limit "
                          f"{FP32_TOLERANCE:.0e}; label agreement {agree:.1%}, needed 100%); nothing written")
-    uar32 = _uar(ref, data.labels, data.classes)
+    uar32 = _uar(ref, data.labels, data.classes, data.weights)
     report.update(fp32_bytes=tmp.stat().st_size, fp32_uar=uar32)
     return ref_lab, uar32
 
@@ -459,7 +471,7 @@ def _int8(fp32: Path, dest: Path, ck: dict, data: CheckData, ref_lab, uar32, thr
             continue
         lab = np.array([int(z.mean(0).argmax()) for z in got])
         agree = float((lab == ref_lab).mean())
-        u = _uar(got, data.labels, data.classes)
+        u = _uar(got, data.labels, data.classes, data.weights)
         size = path.stat().st_size
         ms = _ms_per_window(path, data.wins)
         say(f"int8 {method}: {size / 1000:.0f} KB, label agreement with fp32 {agree:.1%}" +

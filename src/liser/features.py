@@ -63,26 +63,30 @@ def cache_key(manifest) -> str:
     return h.hexdigest()[:12]
 
 
-def build_features(manifest, work: str | Path = "work", threads: int = 2, progress: bool = True) -> FeatureCache:
+def build_features(manifest, work: str | Path = "work", threads: int = 2, progress: bool = True,
+                   featurize=None, key_suffix: str = "", desc: str = "log-Mel") -> FeatureCache:
     """Compute (or reuse) the features cache of a manifest; returns it opened.
 
     Files are decoded in a thread pool (libsndfile and soxr release the GIL)
     and the result is written under a temporary name, renamed when complete.
     The cache is all-or-nothing: an interrupted build starts again from the
     first file (it takes minutes per corpus hour, see the README's figures).
+    `featurize(path, item) -> [frames, 64]` replaces `file_features` for a
+    derived cache (liser.views: augmented copies), keyed apart by `key_suffix`.
     """
     from tqdm import tqdm
 
-    out = features_dir(work, manifest.corpus, cache_key(manifest))
+    featurize = featurize or (lambda path, item: file_features(path))
+    out = features_dir(work, manifest.corpus, cache_key(manifest) + key_suffix)
     if (out / "meta.json").is_file():
         return FeatureCache(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     items = manifest.items
     chunks: list[np.ndarray] = [None] * len(items)  # type: ignore[list-item]
-    bar = tqdm(total=len(items), desc=f"log-Mel {manifest.corpus}", unit="file", disable=None if progress else True, leave=False)
+    bar = tqdm(total=len(items), desc=f"{desc} {manifest.corpus}", unit="file", disable=None if progress else True, leave=False)
     seconds = 0.0
     with ThreadPoolExecutor(max(1, threads)) as pool:
-        futures = {pool.submit(file_features, manifest.abspath(it)): i for i, it in enumerate(items)}
+        futures = {pool.submit(featurize, manifest.abspath(it), it): i for i, it in enumerate(items)}
         for fut in futures:
             i = futures[fut]
             chunks[i] = fut.result()  # a LiserError names the file
@@ -104,7 +108,7 @@ def build_features(manifest, work: str | Path = "work", threads: int = 2, progre
             w.writerows(rows)
         from . import __version__
 
-        meta = {"corpus": manifest.corpus, "manifest_fingerprint": manifest.fingerprint(), "front_end": FRONT_END,
+        meta = {"corpus": manifest.corpus, "derived": key_suffix, "manifest_fingerprint": manifest.fingerprint(), "front_end": FRONT_END,
                 "items": len(items), "frames": r, "audio_hours": round(seconds / 3600, 4), "liser_version": __version__}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         if out.exists():

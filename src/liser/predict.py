@@ -195,9 +195,25 @@ class EmotionModel:
             out[a : a + len(x)] = self.backend(x)
         return out, starts
 
-    def _file_logits(self, frames: np.ndarray) -> np.ndarray:
-        logits, _ = self.frames_logits(frames, self.stride_s)
-        return logits.astype(np.float64).mean(0).astype(np.float32)
+    @property
+    def windowing(self) -> str:
+        """How whole files are scored: "pad" (every 3 s window) or "speech" (the speech span's; liser.windowing)."""
+        return (self.info.get("front_end") or {}).get("windowing", "pad")
+
+    def _file_logits(self, frames: np.ndarray, name: str = "input") -> np.ndarray:
+        """The file's logits [K]: mean over every 3 s window ("pad"), or the speech-weighted windows of its
+        speech span ("speech"; LiserError naming `name` when it holds too little speech)."""
+        if self.windowing == "pad":
+            logits, _ = self.frames_logits(frames, self.stride_s)
+            return logits.astype(np.float64).mean(0).astype(np.float32)
+        from .windowing import gather, plan
+
+        p = plan(frames, self.stride_s, self.windowing, strict=True, name=name)
+        total = np.zeros(len(self.classes), np.float64)
+        for a in range(0, len(p.starts), BATCH_WINDOWS):
+            z = self.backend(gather(frames, p, a, BATCH_WINDOWS))
+            total += (z.astype(np.float64) * p.weights[a : a + len(z), None]).sum(0)
+        return total.astype(np.float32)
 
     def predict(self, waveform, sample_rate: int, name: str = "waveform") -> Prediction:
         """Whole-signal prediction: mean g_sup logits of 3 s windows every `self.stride_s` (0.1 s) seconds.
@@ -206,12 +222,13 @@ class EmotionModel:
         uint8 centred on 128), 1-D or 2-D; see `prepare_waveform`. Raises
         TypeError for other sample types, LiserError for unusable signals.
         """
-        return _prediction(self._file_logits(features(prepare_waveform(waveform, sample_rate, name))), self.classes)
+        return _prediction(self._file_logits(features(prepare_waveform(waveform, sample_rate, name)), name),
+                           self.classes)
 
     def predict_file(self, path: str | Path) -> Prediction:
         """`predict` on an audio file (or a video's audio track); long files are read in blocks (`file_frames`)."""
         frames, _ = file_frames(path)
-        return _prediction(self._file_logits(frames), self.classes)
+        return _prediction(self._file_logits(frames, str(path)), self.classes)
 
     def timeline(self, waveform, sample_rate: int, hop_s: float = 0.5, name: str = "waveform") -> list[Prediction]:
         """One prediction per 3 s window every `hop_s` s, with start/end in seconds (end capped at the signal's end)."""
@@ -876,7 +893,7 @@ def _predict_path(model: EmotionModel, f: str, timeline_step: float | None, raw:
         frames, duration = features(sig), len(sig) / audio.SAMPLE_RATE
     else:
         frames, duration = file_frames(f)
-    p = _prediction(model._file_logits(frames), model.classes)
+    p = _prediction(model._file_logits(frames, f), model.classes)
     return p, (model.timeline_frames(frames, duration, timeline_step) if timeline_step is not None else None)
 
 

@@ -115,27 +115,47 @@ def fitted_temperature(cfg: Config, store) -> float:
     return float(t)
 
 
-def random_crop(frames: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, int]:
-    """A random 94-frame window of an item's features: ([64, 94] float32, start frame)."""
-    last = len(frames) - audio.CLIP_FRAMES
+def random_crop(frames: np.ndarray, rng: np.random.Generator,
+                length: int = audio.CLIP_FRAMES) -> tuple[np.ndarray, int]:
+    """A random `length`-frame window of an item's features: ([64, length] float32, start frame)."""
+    last = len(frames) - length
     start = int(rng.integers(0, last + 1)) if last > 0 else 0
-    return np.asarray(frames[start : start + audio.CLIP_FRAMES], dtype=np.float32).T, start
+    return np.asarray(frames[start : start + length], dtype=np.float32).T, start
 
 
-def unlabeled_batch(pool: Unlabeled, idx: np.ndarray, rng: np.random.Generator):
-    """Crops and their window targets: x [B,64,94]; (targets, mask) per teacher."""
+def speech_crop(frames: np.ndarray, span: tuple[int, int], extent: int, length: int,
+                rng: np.random.Generator) -> np.ndarray:
+    """A `length`-frame crop of an item for the "speech" windowing: [64, length] float32.
+
+    Inside the speech span [a, b) when it is that long, else the whole span
+    with recorded context around it, never past the recording's `extent`
+    (its frames before the zero padding) unless the recording is shorter
+    than `length`. The crop inference would score (liser.windowing).
+    """
+    a, b = span
+    if b - a >= length:
+        start = int(rng.integers(a, b - length + 1))
+    else:
+        lo, hi = max(0, b - length), min(a, max(extent, length) - length)
+        start = int(rng.integers(lo, hi + 1)) if hi >= lo else max(0, min(a, len(frames) - length))
+    return np.asarray(frames[start : start + length], dtype=np.float32).T
+
+
+def unlabeled_batch(pool: Unlabeled, idx: np.ndarray, rng: np.random.Generator, length: int = audio.CLIP_FRAMES):
+    """Crops and their window targets: x [B,64,length]; (targets, mask) per teacher."""
     import torch
 
     xs, sd_t, sd_m, vd_t, vd_m = [], [], [], [], []
+    length_s = audio.CLIP_S if length == audio.CLIP_FRAMES else length * audio.HOP_S
     for i in idx:
-        x, start = random_crop(pool.frames[i], rng)
+        x, start = random_crop(pool.frames[i], rng, length)
         xs.append(x)
         t0 = float(audio.frames_to_seconds(start))
         for store, tl, ml in ((pool.speech, sd_t, sd_m), (pool.video, vd_t, vd_m)):
             if store is None:
                 continue
             if pool.ids[i] in store:
-                p, n = store.window(pool.ids[i], t0)
+                p, n = store.window(pool.ids[i], t0, length_s)
             else:
                 p, n = np.zeros(len(store.classes), np.float32), 0
             tl.append(p)
@@ -145,6 +165,48 @@ def unlabeled_batch(pool: Unlabeled, idx: np.ndarray, rng: np.random.Generator):
         return (torch.from_numpy(np.stack(t)), torch.tensor(m)) if t else (None, None)
 
     return torch.from_numpy(np.stack(xs)), pack(sd_t, sd_m), pack(vd_t, vd_m)
+
+
+@dataclass
+class Crops:
+    """The labeled training items as the loop crops them: frames per view (view 0 = the clean features,
+    1..K = liser.views), and for the "speech" windowing each one's speech span and extent (frames before
+    the zero padding)."""
+
+    views: list  # [view][item] -> [frames, 64]
+    windowing: str = "pad"
+    spans: list | None = None  # [view][item] -> (a, b)
+    extents: list | None = None  # [view][item] -> frames
+
+    @classmethod
+    def of(cls, views: list, windowing: str) -> "Crops":
+        """Crops of the given frames; spans and extents computed once (liser.windowing)."""
+        if windowing != "speech":
+            return cls(views, windowing)
+        from .windowing import extent, speech_span
+
+        extents = [[extent(fr) for fr in frames] for frames in views]
+        spans = [[speech_span(fr[:n]) or (0, n) for fr, n in zip(frames, ext)] for frames, ext in zip(views, extents)]
+        return cls(views, windowing, spans, extents)
+
+    def batch(self, idx, rng: np.random.Generator) -> tuple[list, int]:
+        """Crops [64, length] of items `idx`, one view drawn per item (the clean one among them), and the length.
+
+        "pad": 94-frame crops anywhere (without views: the paper's draws, bit
+        for bit). "speech": one length per batch, uniform in 0.5-3 s and at
+        most the batch's shortest recording, cropped by `speech_crop`.
+        """
+        from .windowing import MIN_WINDOW_FRAMES
+
+        if len(self.views) == 1 and self.windowing == "pad":
+            return [random_crop(self.views[0][i], rng)[0] for i in idx], audio.CLIP_FRAMES
+        vs = rng.integers(0, len(self.views), len(idx))
+        if self.windowing == "pad":
+            return [random_crop(self.views[v][i], rng)[0] for v, i in zip(vs, idx)], audio.CLIP_FRAMES
+        length = int(rng.integers(MIN_WINDOW_FRAMES, audio.CLIP_FRAMES + 1))
+        length = min(length, min(max(self.extents[v][i], MIN_WINDOW_FRAMES) for v, i in zip(vs, idx)))
+        return [speech_crop(self.views[v][i], self.spans[v][i], self.extents[v][i], length, rng)
+                for v, i in zip(vs, idx)], length
 
 
 @dataclass
@@ -159,6 +221,7 @@ class Data:
     pool: Unlabeled | None
     temperature_sd: float  # cfg.temperature_sd, or the fold's teacher's fitted one when that is 0
     video_classes: list[str]
+    views: list = field(default_factory=list)  # FeatureCache of each augmented view (liser.views); [] = none
 
     @property
     def labels(self) -> np.ndarray:
@@ -186,7 +249,13 @@ def load_data(cfg: Config, progress: bool) -> Data:
     temperature_sd = fitted_temperature(cfg, speech) if speech is not None and cfg.temperature_sd == 0 \
         else cfg.temperature_sd
     video_classes = list(pool.video.classes) if pool is not None and pool.video is not None else DEFAULT_VIDEO_CLASSES
-    return Data(train_items, val_items, test_items, classes, cache, pool, temperature_sd, video_classes)
+    views = []
+    if cfg.aug_views:
+        from .views import build_views
+
+        views = [v.load_into_memory() for v in build_views(manifest, cfg.work, cfg.aug_views, cfg.seed,
+                                                           cfg.aug_noise_dir, cfg.threads or 2, progress)]
+    return Data(train_items, val_items, test_items, classes, cache, pool, temperature_sd, video_classes, views)
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -200,7 +269,7 @@ def student_checkpoint(model, classes, video_classes, cfg: Config, epoch: int, v
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "classes": list(classes),
         "video_classes": list(video_classes),
-        "front_end": dict(FRONT_END),
+        "front_end": {**FRONT_END, "windowing": cfg.windowing},
         "config": cfg.to_dict(),
         "epoch": epoch,
         "val": {"uar": val.get("uar"), "war": val.get("war")},
@@ -343,29 +412,30 @@ def lr_factor(cfg: Config, epoch: int, step: int, n_steps: int) -> float:
     return 1.0
 
 
-def next_batch(frames: list, y: np.ndarray, idx, pool, n_u: int, state: State):
-    """One mini-batch: random 3 s crops of the labeled items `idx` (None: none), then `n_u` pool items
-    (pool None: none) with their window targets. Returns (x [B, 64, 94], labels [N_l] or None, sd, vd),
-    sd and vd being (targets, mask) per teacher. The pool is walked in a permutation kept in `state`."""
+def next_batch(crops: Crops, y: np.ndarray, idx, pool, n_u: int, state: State):
+    """One mini-batch: crops of the labeled items `idx` (None: none; `Crops.batch`), then `n_u` pool items
+    (pool None: none) with their window targets, cropped to the same length. Returns (x [B, 64, L], labels
+    [N_l] or None, sd, vd), sd and vd being (targets, mask) per teacher. The pool is walked in a permutation
+    kept in `state`."""
     import torch
 
-    rng, xs, labels = state.rng, [], None
+    rng, xs, labels, length = state.rng, [], None, audio.CLIP_FRAMES
     if idx is not None:
-        xs = [random_crop(frames[i], rng)[0] for i in idx]
+        xs, length = crops.batch(idx, rng)
         labels = torch.from_numpy(y[idx])
     sd = vd = (None, None)
     x = None
     if pool is not None:
         if state.u_pos + n_u > len(state.u_order):
             state.u_order, state.u_pos = rng.permutation(len(pool.ids)), 0
-        x, sd, vd = unlabeled_batch(pool, state.u_order[state.u_pos : state.u_pos + n_u], rng)
+        x, sd, vd = unlabeled_batch(pool, state.u_order[state.u_pos : state.u_pos + n_u], rng, length)
         state.u_pos += n_u
     if xs:
         x = torch.from_numpy(np.stack(xs)) if x is None else torch.cat([torch.from_numpy(np.stack(xs)), x])
     return x, labels, sd, vd
 
 
-def run_epoch(cfg: Config, data: Data, model, opt, state: State, stage1: bool, frames: list, y: np.ndarray):
+def run_epoch(cfg: Config, data: Data, model, opt, state: State, stage1: bool, crops: Crops, y: np.ndarray):
     """One epoch of mini-batches: returns (summed loss parts, steps, samples, seconds).
 
     Stage 1 of the two-stage schedule sees only unlabeled items; otherwise
@@ -395,7 +465,7 @@ def run_epoch(cfg: Config, data: Data, model, opt, state: State, stage1: bool, f
     n_steps = int(np.ceil(len(data.train) / cfg.batch_size)) if use_l else int(np.ceil(len(pool.ids) / max(n_u, 1)))
     for s in range(n_steps):
         idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size] if use_l else None
-        x, labels, sd, vd = next_batch(frames, y, idx, pool if use_u else None, n_u, state)
+        x, labels, sd, vd = next_batch(crops, y, idx, pool if use_u else None, n_u, state)
         if aug.active:
             x = torch.from_numpy(augment_batch(x.numpy(), aug, rng))
         if scheduled:
@@ -449,7 +519,7 @@ def end_epoch(cfg: Config, data: Data, run: Path, model, opt, state: State, stag
     if stage1:  # distillation-only stage: no model selection yet
         val = {"uar": float("nan"), "war": float("nan")}
     else:
-        val, _ = evaluate_items(model, data.cache, data.val, data.classes, cfg.val_stride_s)
+        val, _ = evaluate_items(model, data.cache, data.val, data.classes, cfg.val_stride_s, cfg.windowing)
     row = {"epoch": state.epoch, "stage": "distil" if stage1 else "train",
            **{k: round(v / n_steps, 5) for k, v in sums.items()},
            "val_uar": round(val["uar"], 5), "val_war": round(val["war"], 5),
@@ -469,14 +539,14 @@ def run_epochs(cfg: Config, data: Data, run: Path, model, opt, state: State, pro
     """Epochs from state.epoch to cfg.epochs (or until `patience` epochs bring no better validation UAR)."""
     from tqdm import tqdm
 
-    frames = [data.cache.frames(it.id) for it in data.train]
+    crops = Crops.of([[c.frames(it.id) for it in data.train] for c in [data.cache, *data.views]], cfg.windowing)
     y = data.labels
     bar = tqdm(range(state.epoch, cfg.epochs), desc=f"{cfg.name} fold{cfg.fold}", unit="epoch",
                initial=state.epoch, total=cfg.epochs, disable=None if progress else True, leave=False)
     for epoch in bar:
         state.epoch = epoch
         stage1 = cfg.schedule == "two-stage" and epoch < cfg.stage1_epochs
-        stats = run_epoch(cfg, data, model, opt, state, stage1, frames, y)
+        stats = run_epoch(cfg, data, model, opt, state, stage1, crops, y)
         row, val = end_epoch(cfg, data, run, model, opt, state, stage1, stats)
         bar.set_postfix(val_uar=f"{val['uar']:.3f}", best=f"{state.best_uar:.3f}@{state.best_epoch}")
         if not progress:  # no bar (logs, CI, parallel workers): one line per epoch instead
@@ -498,7 +568,7 @@ def finish(cfg: Config, data: Data, run: Path, model, best_epoch: int) -> None:
         raise LiserError(f"{run}: no epoch finished a validation (epochs={cfg.epochs}, stage1_epochs={cfg.stage1_epochs})")
     best = torch.load(run / "best.pt", weights_only=True, map_location="cpu")
     model.load_state_dict(best["state_dict"])
-    test, test_logits = evaluate_items(model, data.cache, data.test, data.classes, cfg.test_stride_s)
+    test, test_logits = evaluate_items(model, data.cache, data.test, data.classes, cfg.test_stride_s, cfg.windowing)
     val = best["val"]  # what end_epoch measured on these weights: the same evaluation, not run again
     head = head_by_class(model, data.cache, data.test, data.classes, "vd") if cfg.lambda_vd > 0 else None
     result = {"config": cfg.name, "fold": cfg.fold, "best_epoch": best_epoch, "classes": data.classes,

@@ -88,6 +88,18 @@ def atomic_save(obj, path: str | Path) -> None:
     os.replace(tmp, path)
 
 
+def atomic_save_npy(array, path: str | Path) -> None:
+    """np.save through a temporary file in the same folder (made if missing), renamed when complete."""
+    import numpy as np
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:  # open() + umask: the same permissions as any new file
+        np.save(f, array)
+    os.replace(tmp, path)
+
+
 def read_text_guess(path: str | Path) -> tuple[str, str]:
     """The text of a small file (a labels CSV) and the encoding it was read in.
 

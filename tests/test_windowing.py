@@ -1,0 +1,142 @@
+"""The "speech" windowing and the field views (issue 23): predictions come from the speech, not its framing.
+
+Real RAVDESS clips: the speech span is found past their second of silence and
+under room tone; a trained "speech" student gives the same answer with or
+without digital silence or room tone around a clip, scores a 1 s clip on 1 s
+of frames (no zero wall), refuses a clip with no speech, and exports to an
+ONNX graph that takes windows of any length.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from liser import audio, augment_audio as A, windowing as W
+from liser.errors import LiserError
+from liser.frontend import features_numpy
+
+from conftest import real_root
+
+CLIP = "Actor_01/03-01-05-01-01-01-01.flac"  # angry, 3.7 s: about 1 s of silence, speech, silence
+
+
+@pytest.fixture(scope="module")
+def clip() -> np.ndarray:
+    return audio.load_audio(real_root("ravdess") / CLIP)
+
+
+def _span_s(x: np.ndarray) -> tuple[float, float]:
+    a, b = W.speech_span(features_numpy(x).astype(np.float32))
+    return a * audio.HOP_S, b * audio.HOP_S
+
+
+def test_speech_span_skips_silence_and_room_tone(clip):
+    a, b = _span_s(clip)
+    assert 0.5 < a < 1.3 and 2.0 < b < len(clip) / audio.SAMPLE_RATE  # RAVDESS: about 1 s of silence first
+    rng = np.random.default_rng(0)
+    for cond in (A.noise_floor(clip, -60, rng), A.telephone(clip), A.mp3(clip)):
+        a2, b2 = _span_s(cond)
+        assert abs(a2 - a) < 0.15 and abs(b2 - b) < 0.2
+    shift = 15 * audio.SAMPLE_RATE
+    tone = np.concatenate([A.room_tone(shift, -60, rng), clip])
+    a3, b3 = _span_s(tone)
+    assert a3 > 13.5 and abs(b3 - 15 - b) < 0.2  # the 15 s of room tone are not speech
+
+
+def test_no_speech_is_refused_or_scored_whole():
+    silent = np.zeros((200, audio.N_MELS), np.float32) + 10 * np.log10(audio.LOG_FLOOR)
+    with pytest.raises(LiserError, match="no speech"):
+        W.plan(silent, 0.1, W.SPEECH, name="x.wav")
+    p = W.plan(silent, 0.1, W.SPEECH, strict=False)
+    assert p.starts.tolist() == list(audio.window_starts(200, 0.1)) and p.length == audio.CLIP_FRAMES
+
+
+def test_pad_plan_is_the_papers_windows(clip):
+    fr = features_numpy(clip).astype(np.float32)
+    p = W.plan(fr, 0.1, W.PAD)
+    assert p.length == 94 and np.array_equal(p.starts, audio.window_starts(len(fr), 0.1))
+    np.testing.assert_allclose(p.weights.sum(), 1.0)
+
+
+def test_short_span_is_one_window_of_its_own_length(clip):
+    a, b = _span_s(clip)
+    mid = int((a + b) / 2 * audio.SAMPLE_RATE)
+    cut = clip[mid - 8000 : mid + 8000]  # 1.0 s of speech
+    fr = features_numpy(cut).astype(np.float32)  # padded to 3 s, as everywhere
+    p = W.plan(fr, 0.1, W.SPEECH)
+    assert len(p.starts) == 1 and W.MIN_WINDOW_FRAMES <= p.length <= 1 + (16000 + audio.N_FFT // 2) // audio.HOP
+    x = W.gather(fr, p)
+    assert x.shape == (1, audio.N_MELS, p.length)
+    assert x.max(axis=1).min() > 10 * np.log10(audio.LOG_FLOOR) + 1  # no frame of the zero padding
+
+
+def test_augment_view_is_seeded_and_finite(clip):
+    from liser.views import view_rng
+
+    a = A.augment_view(clip, view_rng(0, 1, "ravdess/Actor_01/x"))
+    b = A.augment_view(clip, view_rng(0, 1, "ravdess/Actor_01/x"))
+    c = A.augment_view(clip, view_rng(0, 2, "ravdess/Actor_01/x"))
+    assert np.array_equal(a, b) and a.dtype == np.float32 and np.isfinite(a).all()
+    assert not (len(a) == len(c) and np.array_equal(a, c))
+    assert 0.5 * len(clip) < len(a) < len(clip) / 0.9 + 2 * A.MAX_PAD_S * audio.SAMPLE_RATE + 1
+
+
+def test_speech_crops_stay_in_the_recording(small_ravdess):
+    from liser.features import build_features
+    from liser.train import Crops
+
+    cache = build_features(small_ravdess.manifest, small_ravdess.work, threads=1, progress=False)
+    frames = [cache.frames(it.id) for it in small_ravdess.manifest.items[:30]]
+    crops = Crops.of([frames], "speech")
+    rng = np.random.default_rng(0)
+    lengths = set()
+    for _ in range(40):
+        idx = rng.choice(len(frames), 8, replace=False)
+        xs, length = crops.batch(idx, rng)
+        lengths.add(length)
+        assert all(x.shape == (audio.N_MELS, length) for x in xs)
+        assert W.MIN_WINDOW_FRAMES <= length <= audio.CLIP_FRAMES
+        assert all(x.max(axis=0).min() > 10 * np.log10(audio.LOG_FLOOR) + 1 for x in xs)  # never the zero wall
+    assert len(lengths) > 10  # lengths vary from batch to batch
+
+
+@pytest.fixture(scope="module")
+def speech_run(small_config, tmp_path_factory):
+    from liser.train import train
+
+    cfg = small_config.replace(name="speech", windowing="speech", aug_views=1, level_norm=True, epochs=2, lr=1e-3)
+    return train(cfg, run_dir=tmp_path_factory.mktemp("speech") / "run", progress=False)
+
+
+def test_speech_student_ignores_silence_around_the_clip(speech_run, clip):
+    import liser
+
+    model = liser.load(speech_run)
+    assert model.windowing == "speech"
+    ref = model.predict(clip, audio.SAMPLE_RATE)
+    hop = audio.HOP  # whole hops keep the frame grid: the same frames, up to the DC removal
+    for before, after in ((4 * 31 * hop, 0), (0, 2 * 31 * hop), (10 * 31 * hop, 31 * hop)):
+        p = model.predict(np.concatenate([np.zeros(before, np.float32), clip, np.zeros(after, np.float32)]),
+                          audio.SAMPLE_RATE)
+        assert p.label == ref.label
+        np.testing.assert_allclose(list(p.probabilities.values()), list(ref.probabilities.values()), atol=0.02)
+    with pytest.raises(LiserError, match="no speech"):  # 5 s of steady room tone: no label, one clear line
+        model.predict(A.room_tone(5 * audio.SAMPLE_RATE, -40, np.random.default_rng(0)), audio.SAMPLE_RATE)
+
+
+def test_speech_student_exports_with_a_dynamic_frame_axis(speech_run, clip, tmp_path):
+    import liser
+    from liser.export import export_onnx
+
+    out = tmp_path / "s.onnx"
+    export_onnx(speech_run, out, say=lambda msg: None)
+    onnx_model, torch_model = liser.load(out), liser.load(speech_run)
+    assert json.loads(onnx_model.session.get_modelmeta().custom_metadata_map["front_end"])["windowing"] == "speech"
+    a0 = int(_span_s(clip)[0] * audio.SAMPLE_RATE)
+    for n in (16000, 24000, len(clip)):  # 1 s, 1.5 s of speech and the whole clip: windows of other lengths than 94
+        seg = clip[a0 : a0 + n] if n < len(clip) else clip
+        a, b = onnx_model.predict(seg, 16000), torch_model.predict(seg, 16000)
+        np.testing.assert_allclose(list(a.probabilities.values()), list(b.probabilities.values()), atol=1e-4)
