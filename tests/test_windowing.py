@@ -140,3 +140,18 @@ def test_speech_student_exports_with_a_dynamic_frame_axis(speech_run, clip, tmp_
         seg = clip[a0 : a0 + n] if n < len(clip) else clip
         a, b = onnx_model.predict(seg, 16000), torch_model.predict(seg, 16000)
         np.testing.assert_allclose(list(a.probabilities.values()), list(b.probabilities.values()), atol=1e-4)
+
+
+def test_channel_norm_ignores_a_fixed_channel_colouring(clip):
+    import torch
+
+    from liser.student import Student
+
+    torch.manual_seed(0)
+    x = torch.from_numpy(W.gather(features_numpy(clip).astype(np.float32),
+                                  W.plan(features_numpy(clip).astype(np.float32), 0.5, W.SPEECH)))
+    tilt = torch.linspace(-12, 6, audio.N_MELS)[None, :, None]  # a microphone's colouring: dB per Mel band
+    cmn, level = Student(6, channel_norm=True).eval(), Student(6, level_norm=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(cmn.classify(x + tilt), cmn.classify(x), atol=1e-4, rtol=0)
+        assert (level.classify(x + tilt) - level.classify(x)).abs().max() > 1e-3  # the level centring does not

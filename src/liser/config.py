@@ -88,6 +88,8 @@ class Config:
     stage1_epochs: int = 25  # two-stage only: epochs of distillation before fine-tuning
     # ---- the `liser` recipe (configs/liser-*.yaml); these defaults are the paper's recipe ----
     level_norm: bool = False  # student subtracts each window's mean log-Mel level: labels ignore recording level
+    channel_norm: bool = False  # student subtracts each window's mean per Mel band (CMN; replaces level_norm's
+    #   centring): labels ignore a fixed channel colouring too; an option to measure (grid-ravdess-field.yaml)
     aug_gain_db: float = 0.0  # random level change per training crop, +- this many dB; 0 = off
     aug_noise_p: float = 0.0  # share of training crops that get noise at 10..30 dB SNR; 0 = off
     aug_freq_masks: int = 0  # SpecAugment frequency masks (<= 8 Mel bands each) per training crop; 0 = off

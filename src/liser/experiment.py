@@ -59,6 +59,14 @@ def _train_all(cfg_dicts: list[dict], jobs: int, threads: int, progress: bool, r
         return list(pool.map(one, cfg_dicts, [per] * len(cfg_dicts), [False] * len(cfg_dicts)))
 
 
+def build_views_once(manifest, cfgs: list[Config], progress: bool) -> None:
+    """The augmented views (liser.views) the configs train on, built once on every core before any worker starts."""
+    from .views import build_views
+
+    for views, seed, noise, work in sorted({(c.aug_views, c.seed, c.aug_noise_dir, c.work) for c in cfgs if c.aug_views}):
+        build_views(manifest, work, views, seed, noise, os.cpu_count() or 1, progress)
+
+
 def run_folds(cfg: Config, folds: list[int] | None = None, jobs: int = 1, progress: bool = True,
               ray: str | None = None) -> dict:
     """Train and test `cfg` on each fold (`jobs` local processes, or Ray tasks at the address `ray`);
@@ -72,10 +80,7 @@ def run_folds(cfg: Config, folds: list[int] | None = None, jobs: int = 1, progre
         import_ray()  # without Ray, say so now, before the features are built
     manifest = labeled_manifest(cfg)  # prepare once, before any worker starts
     build_features(manifest, cfg.work, threads=cfg.threads or os.cpu_count() or 1, progress=progress)
-    if cfg.aug_views:  # the augmented views too, once, on every core
-        from .views import build_views
-
-        build_views(manifest, cfg.work, cfg.aug_views, cfg.seed, cfg.aug_noise_dir, os.cpu_count() or 1, progress)
+    build_views_once(manifest, [cfg], progress)
     folds = fold_indices(cfg, manifest, folds)
     for k in folds:
         fold_items(cfg.replace(fold=k), manifest)  # bad fold / class settings fail before training
@@ -274,6 +279,7 @@ def run_grid(grid_path: str | Path, overrides: list[str] | tuple = (), jobs: int
     distilling = [r["cfg"] for r in runs if r["cfg"].lambda_sd > 0 or r["cfg"].lambda_vd > 0]
     for m in unlabeled_manifests(distilling[0]) if distilling else []:
         build_features(m, base.work, threads=base.threads or 2, progress=progress)  # once, before workers start
+    build_views_once(manifest, [r["cfg"] for r in runs], progress)
     jobs = jobs or grid["jobs"]
     restore_ledger(grid, runs)
     check_finished(grid_path, runs)

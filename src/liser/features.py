@@ -120,19 +120,22 @@ def build_features(manifest, work: str | Path = "work", threads: int = 2, progre
     return FeatureCache(out)
 
 
-def normalisation_stats(cache: FeatureCache, ids: list[str], center: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def normalisation_stats(cache: FeatureCache, ids: list[str], center: bool | str = False) -> tuple[np.ndarray, np.ndarray]:
     """Per-Mel-band mean and std [n_mels] over the frames of the given (training) items.
 
     center=True first subtracts each item's mean level (over frames and
     bands): the statistics of what a `level_norm` student sees after its own
-    per-window centring.
+    per-window centring; center="band" subtracts each item's mean per band
+    (what a `channel_norm` student sees).
     """
     total = np.zeros(cache.feats.shape[1], np.float64)
     sq = np.zeros_like(total)
     n = 0
     for i in ids:
         x = np.asarray(cache.frames(i), dtype=np.float64)
-        if center:
+        if center == "band":
+            x = x - x.mean(axis=0)
+        elif center:
             x = x - x.mean()
         total += x.sum(0)
         sq += np.square(x).sum(0)

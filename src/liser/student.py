@@ -16,6 +16,10 @@ log-Mel level is subtracted first. Scaling a waveform by g adds 20 log10 g dB
 to every cell above the log floor, so the label no longer depends on the
 recording level. The flag is a buffer too: checkpoints and the ONNX graph
 carry it, and checkpoints written before it existed load with it off.
+`channel_norm` (an option, measured in configs/grid-ravdess-field.yaml)
+subtracts each window's mean per Mel band instead (cepstral mean
+normalisation in the log-Mel domain): a fixed microphone or channel
+colouring is a constant per band, so it goes too, and so does the level.
 
 Two changes to the way through the conv blocks give the same numbers bit
 for bit as the plain `conv -> BN -> ReLU -> pool` Sequential, for less memory
@@ -57,12 +61,13 @@ def _block(c_in: int, c_out: int, kernel: tuple[int, int], pool: tuple[int, int]
 
 class Student(nn.Module):
     def __init__(self, n_classes: int, n_video_classes: int = 7, channels: int = 64, hidden: int = 64,
-                 n_mels: int = N_MELS, level_norm: bool = False):
+                 n_mels: int = N_MELS, level_norm: bool = False, channel_norm: bool = False):
         super().__init__()
         self.n_classes, self.n_video_classes = n_classes, n_video_classes
         self.register_buffer("feat_mean", torch.zeros(n_mels))
         self.register_buffer("feat_std", torch.ones(n_mels))
         self.register_buffer("level_norm", torch.tensor(float(level_norm)))
+        self.register_buffer("channel_norm", torch.tensor(float(channel_norm)))
         self.conv = nn.Sequential(
             _block(1, channels, (3, 3), (2, 2)),
             _block(channels, channels, (3, 3), (4, 2)),
@@ -81,13 +86,16 @@ class Student(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # checkpoints from before level_norm existed: the flag is off, as they were trained
         state_dict.setdefault(prefix + "level_norm", torch.tensor(0.0))
+        state_dict.setdefault(prefix + "channel_norm", torch.tensor(0.0))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """[B, 64, T] log-Mel -> [B, hidden] (the LSTM's last hidden state)."""
         if x.dim() == 4:
             x = x[:, 0]
-        if bool(self.level_norm):  # a constant when traced for ONNX: the exported graph keeps the flag's path
+        if bool(self.channel_norm):  # per Mel band over the window's frames (CMN); includes the level
+            x = x - x.mean(dim=2, keepdim=True)
+        elif bool(self.level_norm):  # a constant when traced for ONNX: the exported graph keeps the flag's path
             x = x - x.mean(dim=(1, 2), keepdim=True)
         x = (x - self.feat_mean[:, None]) / self.feat_std[:, None]
         h = self.conv_blocks(x.unsqueeze(1).contiguous(memory_format=torch.channels_last))

@@ -329,8 +329,9 @@ def build_model(cfg: Config, data: Data):
     from .features import normalisation_stats
     from .student import Student
 
-    model = Student(len(data.classes), len(data.video_classes), level_norm=cfg.level_norm)
-    mean, std = normalisation_stats(data.cache, [it.id for it in data.train], center=cfg.level_norm)
+    model = Student(len(data.classes), len(data.video_classes), level_norm=cfg.level_norm, channel_norm=cfg.channel_norm)
+    center = "band" if cfg.channel_norm else cfg.level_norm
+    mean, std = normalisation_stats(data.cache, [it.id for it in data.train], center=center)
     model.set_normalisation(torch.from_numpy(mean), torch.from_numpy(std))
     model = model.to(resolve_device(cfg.device), memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
