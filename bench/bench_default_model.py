@@ -174,7 +174,8 @@ def onnx_figures(run: Path, onnx: Path, ids, y, classes, stride: float) -> dict:
         raise LiserError(f"{onnx}: classes {model.classes} differ from the run's {classes}")
     cfg = Config.load(run / "config.yaml")
     cache = build_features(labeled_manifest(cfg), cfg.work, threads=1, progress=False)
-    pred = [int(np.argmax(model.frames_logits(cache.frames(i), stride)[0].mean(0))) for i in ids]
+    model.stride_s = stride
+    pred = [int(np.argmax(model.file_logits(cache.frames(i), i, strict=False))) for i in ids]  # the model's windowing
     m = metrics(np.array(y), np.array(pred), classes)
     return {"path": str(onnx), "bytes": onnx.stat().st_size, "quantization": model.info.get("quantization"),
             "stride_s": stride, "uar": round(m["uar"], 4), "war": round(m["war"], 4), "files": len(ids),
@@ -216,6 +217,13 @@ def main(argv=None) -> int:
     ap.add_argument("--stride", type=float, default=0.1, help="--onnx: window stride in seconds (0.1, as the runs' test)")
     ap.add_argument("--teachers", default="", metavar="CONFIG",
                     help="the distilled config (configs/default-model-distill.yaml): its LOCO runs and teachers too")
+    ap.add_argument("--as", dest="section", default="", metavar="KEY",
+                    help="write the figures under this key of the existing JSON, keeping the figures already in it "
+                         "(the earlier default model's beside a new one's)")
+    ap.add_argument("--machine", default="each run trained on 1 thread, beside other jobs (train_wall_s is pessimistic)",
+                    help="how the runs were trained: the load they shared the machine with (recorded in the JSON)")
+    ap.add_argument("--trained-by", default="scripts/train_default_model.sh (configs/default-model.yaml)",
+                    help="what trained the runs (recorded in the JSON)")
     ap.add_argument("--json", default="", help="default bench/results/default_model.json; with --teachers "
                     "default_model_distill.json (a partial distilled table never overwrites the committed no-dstl one)")
     args = ap.parse_args(argv)
@@ -227,9 +235,9 @@ def main(argv=None) -> int:
     loco = loco_table(Path(args.loco)) if dist is None or any(Path(args.loco).glob("fold*/metrics.json")) else {}
     res = {"what": "default model, leave-one-corpus-out: trained on four corpora, tested on every file of the fifth",
            "command": "OMP_NUM_THREADS=1 python bench/bench_default_model.py " + " ".join(argv or sys.argv[1:]),
-           "trained_by": "scripts/train_default_model.sh (configs/default-model.yaml)",
-           "machine": f"{platform.machine()}, {os.cpu_count()} cores; each run trained alone on 1 thread, the LOCO runs "
-                      "while a background experiment grid shared the cores (train_wall_s is pessimistic)",
+           "trained_by": args.trained_by,
+           "machine": f"{platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} now; "
+                      + args.machine,
            "date": time.strftime("%Y-%m-%d"),
            "loco": loco}
     if loco:
@@ -243,7 +251,11 @@ def main(argv=None) -> int:
     from liser.util import atomic_write_text
 
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(Path(args.json), json.dumps(res, indent=1) + "\n")
+    out = res
+    if args.section:
+        out = json.loads(Path(args.json).read_text()) if Path(args.json).is_file() else {}
+        out[args.section] = res
+    atomic_write_text(Path(args.json), json.dumps(out, indent=1) + "\n")
     if loco:
         print(markdown(loco))
     if dist is not None:

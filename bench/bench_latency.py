@@ -272,7 +272,7 @@ m = lp.load(model_path, threads=1); mark("model load (InferenceSession)")
 with lp.one_blas_thread():
     import soundfile; mark("import soundfile")
     frames, d = lp.file_frames(file); mark("first file: decode + front end")
-    z = m._file_logits(frames); mark("first file: windows + onnxruntime")
+    z = m.file_logits(frames); mark("first file: windows + onnxruntime")
     p = lp._prediction(z, m.classes); json.dumps({"path": file, **p.to_dict()}); mark("first file: output")
 print("PHASES " + json.dumps(out))
 """
@@ -355,7 +355,7 @@ def file_phases(model_path: Path, files: list[Path], stride: float = 0.1) -> dic
             frames = lp.features(sig)
             t.append((time.thread_time(), time.perf_counter()))
             calls.clear()
-            z = model._file_logits(frames)
+            z = model.file_logits(frames)
             t.append((time.thread_time(), time.perf_counter()))
             json.dumps({"path": str(f), **lp._prediction(z, model.classes).to_dict()})
             t.append((time.thread_time(), time.perf_counter()))
@@ -364,7 +364,7 @@ def file_phases(model_path: Path, files: list[Path], stride: float = 0.1) -> dic
                     raise SystemExit("file_phases: its steps no longer give liser.predict.file_frames' features")
                 continue
             d = np.diff(np.array(t), axis=0)  # [7 steps, (cpu, wall)]
-            ort = np.array(calls).sum(axis=0)  # onnxruntime's part of the _file_logits step
+            ort = np.array(calls).sum(axis=0)  # onnxruntime's part of the file_logits step
             cpu += [d[0, 0], d[1, 0] + d[3, 0], d[2, 0], d[4, 0], d[5, 0] - ort[0], ort[0], d[6, 0]]
             wall += [d[0, 1], d[1, 1] + d[3, 1], d[2, 1], d[4, 1], d[5, 1] - ort[1], ort[1], d[6, 1]]
             windows += len(audio.window_starts(len(frames), stride))

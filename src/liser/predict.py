@@ -200,15 +200,16 @@ class EmotionModel:
         """How whole files are scored: "pad" (every 3 s window) or "speech" (the speech span's; liser.windowing)."""
         return (self.info.get("front_end") or {}).get("windowing", "pad")
 
-    def _file_logits(self, frames: np.ndarray, name: str = "input") -> np.ndarray:
-        """The file's logits [K]: mean over every 3 s window ("pad"), or the speech-weighted windows of its
-        speech span ("speech"; LiserError naming `name` when it holds too little speech)."""
+    def file_logits(self, frames: np.ndarray, name: str = "input", strict: bool = True) -> np.ndarray:
+        """The file's logits [K] from its [frames, 64] features: mean over every 3 s window ("pad"), or the
+        speech-weighted windows of its speech span ("speech"; LiserError naming `name` when it holds too
+        little speech, or with strict=False the whole file scored: liser.windowing.plan)."""
         if self.windowing == "pad":
             logits, _ = self.frames_logits(frames, self.stride_s)
             return logits.astype(np.float64).mean(0).astype(np.float32)
         from .windowing import gather, plan
 
-        p = plan(frames, self.stride_s, self.windowing, strict=True, name=name)
+        p = plan(frames, self.stride_s, self.windowing, strict=strict, name=name)
         total = np.zeros(len(self.classes), np.float64)
         for a in range(0, len(p.starts), BATCH_WINDOWS):
             z = self.backend(gather(frames, p, a, BATCH_WINDOWS))
@@ -222,13 +223,13 @@ class EmotionModel:
         uint8 centred on 128), 1-D or 2-D; see `prepare_waveform`. Raises
         TypeError for other sample types, LiserError for unusable signals.
         """
-        return _prediction(self._file_logits(features(prepare_waveform(waveform, sample_rate, name)), name),
+        return _prediction(self.file_logits(features(prepare_waveform(waveform, sample_rate, name)), name),
                            self.classes)
 
     def predict_file(self, path: str | Path) -> Prediction:
         """`predict` on an audio file (or a video's audio track); long files are read in blocks (`file_frames`)."""
         frames, _ = file_frames(path)
-        return _prediction(self._file_logits(frames, str(path)), self.classes)
+        return _prediction(self.file_logits(frames, str(path)), self.classes)
 
     def timeline(self, waveform, sample_rate: int, hop_s: float = 0.5, name: str = "waveform") -> list[Prediction]:
         """One prediction per 3 s window every `hop_s` s, with start/end in seconds (end capped at the signal's end)."""
@@ -893,7 +894,7 @@ def _predict_path(model: EmotionModel, f: str, timeline_step: float | None, raw:
         frames, duration = features(sig), len(sig) / audio.SAMPLE_RATE
     else:
         frames, duration = file_frames(f)
-    p = _prediction(model._file_logits(frames, f), model.classes)
+    p = _prediction(model.file_logits(frames, f), model.classes)
     return p, (model.timeline_frames(frames, duration, timeline_step) if timeline_step is not None else None)
 
 
