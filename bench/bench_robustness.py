@@ -263,13 +263,15 @@ def summary(folds: dict) -> dict:
 
 
 # ---------------------------------------------------------------- the run
-def fold_test_items(cfg, manifest, fold: int, per_class: int, seed: int) -> tuple[str, list]:
-    """(name, items): a balanced subset of a fold's test speakers; name = the held-out corpus (LOCO), else fold<k>."""
+def fold_test_items(cfg, manifest, fold: int, per_class: int, seed: int, split: str = "test") -> tuple[str, list]:
+    """(name, items): a balanced subset of a fold's test (or, split="val", validation) speakers;
+    name = the held-out corpus (LOCO), else fold<k>."""
     from liser.workspace import fold_items, labeled_corpora
 
-    _, _, test, _ = fold_items(cfg.replace(fold=fold), manifest)
+    _, val, test, _ = fold_items(cfg.replace(fold=fold), manifest)
+    test = val if split == "val" else test
     if not test:
-        raise LiserError(f"fold {fold}: no test items")
+        raise LiserError(f"fold {fold}: no {split} items")
     name = labeled_corpora(cfg)[fold] if cfg.labeled and cfg.folds in ("loco", "") else f"fold{fold}"
     return name, balanced_subset(test, per_class, seed)
 
@@ -329,7 +331,7 @@ def run(args) -> dict:
     noise = load_audio(args.noise) if args.noise else None
     out = {m: {"path": t, "folds": {}} for m, t in templates.items()}
     for k in folds:
-        name, items = fold_test_items(cfg, manifest, k, args.max_per_class, args.seed)
+        name, items = fold_test_items(cfg, manifest, k, args.max_per_class, args.seed, args.split)
         models, paths = load_models(templates, k)
         print(f"fold {k} ({name}): {len(items)} test files, models {paths}", file=sys.stderr, flush=True)
         for m, entry in score_fold(models, items, manifest, args.seed, noise).items():
@@ -351,6 +353,8 @@ def main(argv=None) -> int:
     which.add_argument("--fold", type=int, default=0, help="the fold to score (default 0)")
     which.add_argument("--loco", action="store_true",
                        help="every fold of the config (folds: loco = 0..len(labeled)-1, one per held-out corpus)")
+    ap.add_argument("--split", choices=("test", "val"), default="test",
+                    help="score the folds' test speakers (figures) or their validation speakers (choosing settings)")
     ap.add_argument("--max-per-class", type=int, default=40, help="test files per class and fold (seeded draw)")
     ap.add_argument("--seed", type=int, default=0, help="seeds the file draw and every condition's noise")
     ap.add_argument("--noise", default="", help="a WAV/FLAC of background noise for the SNR conditions and room "
