@@ -19,11 +19,14 @@ The speech detector is an energy gate on the 300-4000 Hz Mel bands against
 a local noise floor, not a neural VAD: it needs nothing but the features the
 student already has (numpy only, so an ONNX model runs without torch), it
 is deterministic, and it only has to find where the talking is. A frame is
-speech when its band energy is at least LOCAL_MARGIN_DB above the lowest
-energy within FLOOR_WINDOW_S around it (minimum statistics: steady room
-tone, hum or noise never rises that far above its own minimum; syllables
-do) and within DYNAMIC_RANGE_DB of the file's peak (99th percentile),
-inside a run of at least MIN_RUN frames.
+speech when its band energy is at least LOCAL_MARGIN_DB above the local
+floor and within DYNAMIC_RANGE_DB of the file's peak (99th percentile),
+inside a run of at least MIN_RUN frames. The local floor (minimum
+statistics: steady room tone, hum or noise never rises that far above its
+own minimum; syllables do) is the higher of the lowest energies in the
+FLOOR_WINDOW_S / 2 before and after the frame: room tone that ends where a
+quieter recording begins (a recorder started early, a spliced clip) stays
+below the floor on its own side.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ WINDOWINGS = (PAD, SPEECH)
 SPEECH_BANDS = slice(6, 50)  # Mel bands 6..49: centres 325-3905 Hz, the speech band
 DYNAMIC_RANGE_DB = 40.0  # frames more than this below the file's peak are never speech
 LOCAL_MARGIN_DB = 10.0  # a speech frame stands this far above the local floor
-FLOOR_WINDOW_S = 1.5  # the local floor: the minimum energy within this span centred on the frame
+FLOOR_WINDOW_S = 3.0  # the local floor: the lowest energy within half this before, and half after, the frame
 MIN_RUN = 3  # frames (~0.1 s): shorter bursts (clicks, door knocks) are not speech
 MARGIN_FRAMES = 3  # frames kept on each side of the span (~0.1 s): onsets and decays
 MIN_WINDOW_S = 0.5  # the shortest window the student is trained on and scores
@@ -67,11 +70,13 @@ def speech_frames(frames: np.ndarray) -> np.ndarray:
 
 
 def local_floor(e: np.ndarray) -> np.ndarray:
-    """The minimum of e [T] within FLOOR_WINDOW_S centred on each frame: [T] (edges repeat)."""
+    """max(min of e over the FLOOR_WINDOW_S / 2 up to each frame, min over the same span from it): [T]."""
     from numpy.lib.stride_tricks import sliding_window_view
 
     half = int(FLOOR_WINDOW_S / 2 / audio.HOP_S)
-    return sliding_window_view(np.pad(e, half, mode="edge"), 2 * half + 1).min(axis=1)
+    padded = np.pad(e, half, mode="edge")
+    mins = sliding_window_view(padded, half + 1).min(axis=1)  # mins[i] = min(padded[i : i + half + 1])
+    return np.maximum(mins[: len(e)], mins[half : half + len(e)])  # the span ending at the frame, the one starting there
 
 
 def _drop_short_runs(on: np.ndarray, min_run: int) -> np.ndarray:
