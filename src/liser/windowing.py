@@ -24,9 +24,9 @@ floor and within DYNAMIC_RANGE_DB of the file's peak (99th percentile),
 inside a run of at least MIN_RUN frames. The local floor (minimum
 statistics: steady room tone, hum or noise never rises that far above its
 own minimum; syllables do) is the higher of the lowest energies in the
-FLOOR_WINDOW_S / 2 before and after the frame: room tone that ends where a
-quieter recording begins (a recorder started early, a spliced clip) stays
-below the floor on its own side.
+FLOOR_WINDOW_S / 2 before and after the frame (`local_floor`): room tone
+that ends where a quieter recording begins (a recorder started early, a
+spliced clip) stays below the floor on its own side.
 """
 
 from __future__ import annotations
@@ -65,18 +65,29 @@ def speech_frames(frames: np.ndarray) -> np.ndarray:
     peak = np.percentile(e, 99)
     if peak <= 10.0 * np.log10(audio.LOG_FLOOR) + DYNAMIC_RANGE_DB / 4:  # digital silence throughout
         return np.zeros(len(e), bool)
-    on = (e > local_floor(e) + LOCAL_MARGIN_DB) & (e > peak - DYNAMIC_RANGE_DB)
+    on = (e > local_floor(e, extent(frames)) + LOCAL_MARGIN_DB) & (e > peak - DYNAMIC_RANGE_DB)
     return _drop_short_runs(on, MIN_RUN)
 
 
-def local_floor(e: np.ndarray) -> np.ndarray:
-    """max(min of e over the FLOOR_WINDOW_S / 2 up to each frame, min over the same span from it): [T]."""
+def local_floor(e: np.ndarray, end: int | None = None) -> np.ndarray:
+    """The local floor of band energies e [T] (dB): [T].
+
+    The higher of min(e) over the FLOOR_WINDOW_S / 2 up to each frame and
+    over the same span from it. A side that runs past the recording (before
+    frame 0, or from `end` on: the zero padding) tells nothing about the
+    room and counts as -inf, so a clip shorter than the window, all speech
+    (a 1 s cut), has no floor and only the peak rule applies to it.
+    """
     from numpy.lib.stride_tricks import sliding_window_view
 
+    end = len(e) if end is None else end
     half = int(FLOOR_WINDOW_S / 2 / audio.HOP_S)
     padded = np.pad(e, half, mode="edge")
     mins = sliding_window_view(padded, half + 1).min(axis=1)  # mins[i] = min(padded[i : i + half + 1])
-    return np.maximum(mins[: len(e)], mins[half : half + len(e)])  # the span ending at the frame, the one starting there
+    t = np.arange(len(e))
+    before = np.where(t >= half, mins[: len(e)], -np.inf)  # the span ending at the frame
+    after = np.where(t + half < end, mins[half : half + len(e)], -np.inf)  # the span starting there
+    return np.maximum(before, after)
 
 
 def _drop_short_runs(on: np.ndarray, min_run: int) -> np.ndarray:
