@@ -71,6 +71,8 @@ def test_short_span_is_one_window_of_its_own_length(clip):
     x = W.gather(fr, p)
     assert x.shape == (1, audio.N_MELS, p.length)
     assert x.max(axis=1).min() > 10 * np.log10(audio.LOG_FLOOR) + 1  # no frame of the zero padding
+    half = features_numpy(clip[mid - 4000 : mid + 4000]).astype(np.float32)  # 0.5 s, all speech: no room to measure
+    assert W.plan(half, 0.1, W.SPEECH).length >= W.MIN_WINDOW_FRAMES  # scored, not refused as "no speech"
 
 
 def test_augment_view_is_seeded_and_finite(clip):
