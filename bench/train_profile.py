@@ -72,7 +72,7 @@ def batch(cfg, data, frames, state):
     from liser import train as tr
 
     idx = state.rng.choice(len(data.train), cfg.batch_size, replace=False)
-    x, labels, _, _ = tr.next_batch(frames, data.labels, idx, None, 0, state)
+    x, labels, _, _ = tr.next_batch(tr.Crops([frames]), data.labels, idx, None, 0, state)
     return x, labels
 
 

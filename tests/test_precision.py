@@ -90,7 +90,7 @@ def test_bf16_first_step_loss_is_close_to_fp32(small_config):
         model.train()
         state = tr.State(np.random.default_rng(0))
         frames = [data.cache.frames(it.id) for it in data.train]
-        x, labels, sd, vd = tr.next_batch(frames, data.labels, np.arange(small_config.batch_size), None, 0, state)
+        x, labels, sd, vd = tr.next_batch(tr.Crops([frames]), data.labels, np.arange(small_config.batch_size), None, 0, state)
         options = tr.loss_options(small_config, data)
         bn = {k: v.clone() for k, v in model.state_dict().items()}
         loss32, _ = tr.step_loss(model, x, labels, sd, vd, options, "fp32")
