@@ -9,6 +9,7 @@ generated audio in `tmp_path`.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -280,7 +281,8 @@ def test_unlabeled_folder(tmp_path):
         ("spk2/a.wav", "spk2", ""),
         ("top.wav", "top", ""),
     ]
-    assert m.classes == [] and not m.rejected
+    assert m.classes == [] and m.rejected == [  # a skipped file is named (issue 12); hidden ._ files are not
+        {"path": "notes.txt", "reason": "skipped (a .txt file; not an audio or video file that liser reads)"}]
 
 
 def test_unlabeled_reads_video_audio_tracks(tmp_path):
@@ -400,11 +402,88 @@ def test_duplicate_ids_are_an_error(tmp_path):
         prepare_tess(tmp_path, progress=False)
 
 
-def test_duplicate_rows_in_csv_are_an_error(tmp_path):
-    write_audio(tmp_path / "x.wav")
-    (tmp_path / "labels.csv").write_text("path,speaker,label\nx.wav,s1,sad\nx.wav,s1,happy\n")
+def test_two_files_with_one_id_in_csv_are_an_error(tmp_path):
+    # two different files, one speaker, one stem: their ids would collide
+    write_audio(tmp_path / "a" / "x.wav")
+    write_audio(tmp_path / "b" / "x.wav")
+    (tmp_path / "labels.csv").write_text("path,speaker,label\na/x.wav,s1,sad\nb/x.wav,s1,happy\n")
     with pytest.raises(LiserError, match=r"x\.wav: duplicate id generic/s1/x"):
         prepare_generic(tmp_path, progress=False)
+
+
+# ---------------------------------------------------------------- one file listed twice in a labels.csv (real audio)
+
+
+def _real_csv_corpus(root: Path, n: int = 6) -> list[str]:
+    """`root` with n real RAVDESS recordings (symbolic links, Actor_01..03); their names."""
+    src = real_root("ravdess")
+    files = [f for a in ("Actor_01", "Actor_02", "Actor_03") for f in sorted((src / a).glob("*.flac"))[:2]][:n]
+    root.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        (root / f.name).symlink_to(f)
+    return [f.name for f in files]
+
+
+def test_reported_case_one_file_under_two_speakers_is_refused(tmp_path):
+    # 6 real files, one of them listed again under another speaker: was 7 items from 6 files
+    root = tmp_path / "mine"
+    names = _real_csv_corpus(root)
+    rows = [f"{n},spk{i // 2},neutral" for i, n in enumerate(names)] + [f"{names[0]},spk2,neutral"]
+    (root / "labels.csv").write_text("path,speaker,label\n" + "\n".join(rows) + "\n")
+    with pytest.raises(LiserError) as e:
+        prepare_generic(root, progress=False)
+    msg = str(e.value)
+    assert msg.startswith(f"{root / 'labels.csv'}:8: {names[0]} is the same file as {names[0]} on line 2")
+    assert "'spk2' here, 'spk0' there" in msg and "speaker-independent fold" in msg
+    m = prepare_generic(root, progress=False, csv=_write(tmp_path / "ok.csv", "path,speaker,label\n" +
+                                                          "\n".join(rows[:-1]) + "\n"))
+    assert len(m.items) == 6  # the same rows without the repeat are fine
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_same_file_same_speaker_names_both_lines_and_labels(tmp_path):
+    root = tmp_path / "mine"
+    a, b = _real_csv_corpus(root, 2)
+    (root / "labels.csv").write_text(f"path,speaker,label\n{a},s1,sad\n{b},s1,angry\n{a},s1,happy\n")
+    with pytest.raises(LiserError, match="^" + re.escape(f"{root / 'labels.csv'}:4: {a} is the same file as {a} "
+                                                         "on line 2, with another label ('happy' here, 'sad' there)")):
+        prepare_generic(root, progress=False)
+    (root / "labels.csv").write_text(f"path,speaker,label\n{a},s1,sad\n{a},s1,sadness\n")  # an alias: same label
+    with pytest.raises(LiserError, match=r"labels\.csv:3: .* on line 2 \(speaker 's1', label 'sadness' both times\)"):
+        prepare_generic(root, progress=False)
+
+
+@pytest.mark.parametrize("spelling", ["./{a}", "d/../{a}", "{root}/{a}", "link.flac", "hard.flac", "sub/{a}"])
+def test_same_file_by_another_spelling_is_refused(tmp_path, spelling):
+    # ./a, d/../a, the absolute path, a symbolic link, a hard link, a symbolic link to the folder: one recording
+    root = tmp_path / "mine"
+    a, b = _real_csv_corpus(root, 2)
+    real = root / "copy.flac"
+    real.write_bytes((root / a).read_bytes())  # a real copy in tmp_path (hard links need the same file system)
+    (root / a).unlink()
+    real.rename(root / a)
+    (root / "link.flac").symlink_to(root / a)
+    os.link(root / a, root / "hard.flac")
+    (root / "sub").symlink_to(root, target_is_directory=True)
+    (root / "d").mkdir()
+    other = spelling.format(a=a, root=root)
+    (root / "labels.csv").write_text(f"path,speaker,label\n{a},s1,sad\n{b},s1,sad\n{other},s2,sad\n")
+    with pytest.raises(LiserError, match=r"labels\.csv:4: " + re.escape(f"{other} is the same file as {a} on line 2")
+                       + r", under another speaker \('s2' here, 's1' there\)"):
+        prepare_generic(root, progress=False)
+
+
+def test_csv_path_outside_the_root_by_dotdot_is_refused(tmp_path):
+    root = tmp_path / "mine"
+    (a,) = _real_csv_corpus(tmp_path / "elsewhere", 1)
+    root.mkdir()
+    (root / "labels.csv").write_text(f"path,speaker,label\n../elsewhere/{a},s1,sad\n")
+    with pytest.raises(LiserError, match=r"labels\.csv:2: \.\./elsewhere/.* is outside the root"):
+        prepare_generic(root, progress=False)
 
 
 # ---------------------------------------------------------------- manifest on disk

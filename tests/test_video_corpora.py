@@ -32,7 +32,8 @@ def test_videos_tree_speakers_labels_and_rejects(tmp_path):
     assert by_path["spk2/sub/b.mp4"].speaker == "spk2" and by_path["solo.mp4"].speaker == "solo"
     assert all(it.label == "" for it in man.items) and man.classes == []
     assert all(it.sample_rate == 16000 and it.channels == 1 and 1.0 < it.duration < 1.6 for it in man.items)
-    assert man.rejected == [{"path": "spk1/mute.mp4", "reason": "no audio track"}]
+    assert man.rejected == [{"path": "spk1/mute.mp4", "reason": "no audio track"},  # skipped files are named too
+                            {"path": "notes.txt", "reason": "skipped (a .txt file; not a video file that liser reads)"}]
     assert [it.id for it in prepare("videos", tmp_path, progress=False).items] == [it.id for it in man.items]
 
 

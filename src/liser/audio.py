@@ -15,12 +15,15 @@ export all use this same definition.
 from __future__ import annotations
 
 import math
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
+from . import formats
 from .errors import LiserError
+from .util import AUDIO_SUFFIXES
 from .util import pcm_to_float32  # noqa: F401  (liser.audio.pcm_to_float32 stays the public name)
 
 # ---- the method's constants (SPEC "Student", "Protocol"; one place) ----
@@ -40,7 +43,51 @@ LOG_FLOOR = 1e-10  # power floor before log10 (-100 dB)
 MIN_SAMPLES = N_FFT  # shorter than one STFT window is refused
 SILENCE_RMS = 1e-5  # a file whose RMS is below this (-100 dBFS) counts as silent
 
-VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".flv", ".mpg", ".mpeg", ".m4a", ".aac"}
+# Suffixes: the one list of what liser reads (a folder given to `predict`, `prepare unlabeled` or `prepare
+# videos` is searched for these, and each file of another suffix there is named as skipped). libsndfile's are
+# liser.util.AUDIO_SUFFIXES; these containers go to PyAV first. A file given by name is read by its content.
+# (not .ts: TypeScript sources share it; a transport stream in a folder is still taken by its first bytes)
+MOVIE_SUFFIXES = frozenset({".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".flv", ".mpg", ".mpeg", ".3gp", ".3g2",
+                            ".wmv", ".asf", ".mts", ".m2ts", ".ogv", ".vob"})  # containers that may hold a picture
+AUDIO_ONLY_CONTAINERS = frozenset({".m4a", ".m4b", ".aac", ".wma", ".amr", ".mka", ".ac3", ".weba", ".spx", ".wv",
+                                   ".ape", ".mpc", ".tta", ".mp2"})  # PyAV-read audio (voice notes: .amr, .wma)
+VIDEO_SUFFIXES = MOVIE_SUFFIXES | AUDIO_ONLY_CONTAINERS  # read through PyAV first (the name predates the split)
+INPUT_SUFFIXES = frozenset(AUDIO_SUFFIXES) | VIDEO_SUFFIXES
+
+
+def folder_files(root: str | Path, suffixes=INPUT_SUFFIXES, by_content: bool = True) -> tuple[list[Path], list[Path]]:
+    """The files under a folder that liser reads, and those it skips, both sorted.
+
+    Taken: a file with one of `suffixes` (or a broken symbolic link with
+    one, for the caller to name), or, with `by_content`, a file whose first
+    bytes are a known audio or video format (liser.formats.sniff: a voice
+    note saved without its suffix). Skipped: every other file, for the
+    caller to name (`skipped_reason`). Hidden files and folders (.DS_Store,
+    ._ AppleDouble files, .git) are neither. `predict`, `prepare unlabeled`
+    and `prepare videos` search folders with this.
+    """
+    root = Path(root)
+    taken, skipped = [], []
+    for p in sorted(root.rglob("*")):
+        if any(part.startswith(".") for part in p.relative_to(root).parts) or p.is_dir():
+            continue
+        ok = p.suffix.lower() in suffixes or (by_content and _known_content(p))
+        (taken if ok else skipped).append(p)
+    return taken, skipped
+
+
+def _known_content(path: Path) -> bool:
+    try:
+        return path.is_file() and formats.sniff(path) is not None
+    except OSError:
+        return False
+
+
+def skipped_reason(path: str | Path, what: str = "an audio or video") -> str:
+    """Why `folder_files` skipped a file, in a few words."""
+    suffix = Path(path).suffix.lower()
+    said = f"a {suffix} file" if suffix else "no suffix"
+    return f"skipped ({said}; not {what} file that liser reads)"
 
 
 def load_audio(path: str | Path, sr: int = SAMPLE_RATE) -> np.ndarray:
@@ -75,39 +122,140 @@ def missing_reason(path: Path) -> str | None:
 
 
 def read_file(path: str | Path) -> tuple[np.ndarray, int]:
-    """A file's samples as float32 [samples, channels] at its own rate: soundfile first, then PyAV.
+    """A file's samples as float32 [samples, channels] at its own rate, all of them (`reader_for`).
 
     The one reader behind `load_audio`, `prepare`'s checks and `predict` on
     stdin (whose bytes are written to a temporary file and read through
-    this, so a stream is recognised exactly as a path would be). Raises
-    LiserError naming the file: missing, broken link, 0 bytes, or a format
-    neither library recognises.
+    this, so a stream is recognised exactly as a path would be). The file's
+    first bytes say what it is (liser.formats.sniff); `reader_for` picks
+    the reader that gets all of its audio: libsndfile (soundfile), else
+    PyAV (liser.video.read_audio_track), each falling back to the other.
+    Raises LiserError naming the file: missing, broken link, 0 bytes, or
+    bytes that are not a recognised audio or video format (said so, also
+    when a reader opened them and decoded nothing).
     """
-    import soundfile as sf
-
     path = Path(path)
     why = missing_reason(path)
     if why:
         raise LiserError(f"{path}: {why}")
     if path.stat().st_size == 0:  # libsndfile's message for this is a raw errno number
         raise LiserError(f"{path}: empty file (0 bytes)")
-    sf_error = None
-    if path.suffix.lower() not in VIDEO_SUFFIXES:
-        try:
-            audio, file_sr = sf.read(str(path), dtype="float32", always_2d=True)
-            return audio, int(file_sr)
-        except Exception as e:  # libsndfile's message says why; PyAV may still read it
-            sf_error = e
     try:
-        from .video import read_audio_track
+        kind = formats.sniff(path)
+    except OSError as e:
+        raise LiserError(f"{path}: cannot be read ({e.strerror or e})") from None
+    reader = reader_for(path, kind)
+    if reader == "wav-joined":
+        audio, sr = _read_wav_parts(path)
+    else:
+        audio, sr = _read_either(path, kind, soundfile_first=reader == "soundfile")
+    if audio.shape[0] == 0 and kind is None:
+        raise LiserError(_unrecognised(path))
+    if reader == "wav-unfinalised":
+        warnings.warn(f"{path}: WAV header never finalised (data size 0, as a recorder that stopped before "
+                      f"closing the file leaves it); read the {audio.shape[0] / sr:.2f} s of samples that follow")
+    return audio, sr
 
-        return read_audio_track(path)
-    except LiserError:
-        if sf_error is None:
-            raise
-        raise LiserError(f"{path}: unreadable audio ({_first_line(sf_error)})") from None
-    except Exception as e:
-        raise LiserError(f"{path}: unreadable audio ({_first_line(sf_error or e)})") from None
+
+LIBSNDFILE_KINDS = frozenset({"wav", "ogg", "flac", "aiff", "au", "caf", "w64", "rf64", "nist", "voc"})
+
+
+def reader_for(path: str | Path, kind: str | None = "?") -> str:
+    """Which reader gets all of a file's audio: 'soundfile', 'pyav', 'wav-unfinalised' or 'wav-joined'.
+
+    From liser.formats's measurements: MP3 (libsndfile stops at a Xing
+    header's frame count), chained Ogg and joined FLAC (libsndfile stops
+    after the first stream) and a WAV whose header was never finalised
+    (libsndfile gives 0 samples) go to PyAV; joined WAVs are read part by
+    part; a WAV with other bytes after its data chunk is read by soundfile
+    with a warning that audio may continue past the declared end. Other
+    known containers and PyAV's suffixes go to PyAV, the rest to soundfile.
+    `kind` is `formats.sniff(path)` when the caller has it. `predict`'s own
+    libsndfile path asks this too, so both read a file the same way.
+    """
+    path = Path(path)
+    try:
+        kind = formats.sniff(path) if kind == "?" else kind
+        if kind == "wav":
+            return _wav_reader(path)
+        if kind == "ogg":
+            return "pyav" if formats.ogg_chained(path) else "soundfile"
+        if kind == "flac":
+            return "pyav" if formats.flac_joined(path) else "soundfile"
+    except OSError:
+        return "soundfile"  # the reader says why the file cannot be read
+    if kind == "mp3" or (kind is None and path.suffix.lower() in (".mp3", ".mp2")):
+        return "pyav"
+    if kind in LIBSNDFILE_KINDS:
+        return "soundfile"
+    return "pyav" if kind is not None or path.suffix.lower() in VIDEO_SUFFIXES else "soundfile"
+
+
+def _wav_reader(path: Path) -> str:
+    """'wav-unfinalised', 'wav-joined' or 'soundfile' (warning when non-chunk bytes follow the data)."""
+    layout = formats.wav_layout(path)
+    if layout.unfinalised:
+        return "wav-unfinalised"
+    if len(layout.forms) > 1:
+        return "wav-joined"
+    if layout.trailing:
+        declared = f"the {layout.declared / layout.byte_rate:.2f} s" if layout.byte_rate else "what"
+        warnings.warn(f"{path}: {layout.trailing} bytes after the WAV data chunk are not RIFF chunks: audio may "
+                      f"continue past {declared} the header declares (only that is read)")
+    return "soundfile"
+
+
+def _read_either(path: Path, kind: str | None, soundfile_first: bool) -> tuple[np.ndarray, int]:
+    """soundfile then PyAV, or PyAV then (for libsndfile's own formats only) soundfile; the first one's error."""
+    from .video import read_audio_track
+
+    if soundfile_first:
+        readers = [_by_soundfile, read_audio_track]
+    else:  # MP3 and PyAV's containers: libsndfile would only add a second, vaguer error
+        readers = [read_audio_track] + ([_by_soundfile] if kind in LIBSNDFILE_KINDS else [])
+    errors = []
+    for read in readers:
+        try:
+            return read(path)
+        except Exception as e:
+            errors.append(e)
+    if kind is None:
+        raise LiserError(_unrecognised(path)) from None
+    if isinstance(errors[0], LiserError):
+        raise errors[0] from None
+    raise LiserError(f"{path}: unreadable audio ({_first_line(errors[0])})") from None
+
+
+def _by_soundfile(path: Path) -> tuple[np.ndarray, int]:
+    """libsndfile's read, the name as bytes (soundfile encodes a str name strictly: a Latin-1 name would fail)."""
+    import os
+
+    import soundfile as sf
+
+    audio, sr = sf.read(os.fsencode(path), dtype="float32", always_2d=True)
+    return audio, int(sr)
+
+
+def _unrecognised(path: Path) -> str:
+    """The message for bytes of no known audio or video format, with their first bytes."""
+    with open(path, "rb") as f:
+        head = f.read(8).hex(" ")
+    return f"{path}: unreadable audio (not a recognised audio or video format; its first bytes are {head})"
+
+
+def _read_wav_parts(path: Path) -> tuple[np.ndarray, int]:
+    """WAV files joined end to end (one RIFF form after another): each read by soundfile, in order."""
+    import io
+
+    import soundfile as sf
+
+    data = path.read_bytes()
+    parts = [sf.read(io.BytesIO(data[a:b]), dtype="float32", always_2d=True) for a, b in formats.wav_layout(path).forms]
+    shapes = sorted({(int(sr), x.shape[1]) for x, sr in parts})
+    if len(shapes) > 1:
+        said = ", ".join(f"{sr} Hz x{ch}" for sr, ch in shapes)
+        raise LiserError(f"{path}: {len(parts)} WAV files joined end to end, in different formats ({said}); split them")
+    return np.concatenate([x for x, _ in parts], axis=0), shapes[0][0]
 
 
 def _first_line(e: Exception) -> str:
@@ -139,11 +287,19 @@ def downmix(audio: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
 
 
 def speech_channel(audio: np.ndarray, sr: int) -> int:
-    """Index of the channel of [samples, channels] with the most 300-3400 Hz energy.
+    """Index of the channel of [samples, channels] with the most 300-3400 Hz energy (`speech_band_power`)."""
+    return int(np.argmax(speech_band_power(audio, sr)))
+
+
+def speech_band_power(audio: np.ndarray, sr: int) -> np.ndarray:
+    """Mean 300-3400 Hz power of each channel of [samples, channels] (float64 [channels]).
 
     Measured on up to 60 one-second excerpts spread over the file (a whole
     hour of 6-channel audio would cost a second copy of it); a 4th-order
-    Butterworth band-pass after each excerpt's DC is removed.
+    Butterworth band-pass after each excerpt's DC is removed. A mean per
+    sample, so signals of other lengths and rates compare: it picks the
+    channel of 3+ (`speech_channel`) and the audio track of a video with
+    several (liser.video.read_audio_track).
     """
     from scipy.signal import butter, sosfilt
 
@@ -152,14 +308,15 @@ def speech_channel(audio: np.ndarray, sr: int) -> int:
     starts = np.unique(np.linspace(0, n - seg, num=min(60, max(1, n // seg))).astype(np.int64))
     hi = min(3400.0, 0.45 * sr)
     sos = butter(4, [300.0, hi], btype="bandpass", fs=sr, output="sos") if hi > 300.0 else None
-    energy = np.zeros(audio.shape[1], np.float64)
+    energy, count = np.zeros(audio.shape[1], np.float64), 0
     for a in starts:
         x = audio[a : a + seg].astype(np.float64)
         x = x - x.mean(axis=0)
         if sos is not None:
             x = sosfilt(sos, x, axis=0)
         energy += np.square(x).sum(axis=0)
-    return int(np.argmax(energy))
+        count += x.shape[0]
+    return energy / max(count, 1)
 
 
 def ac_rms(audio: np.ndarray) -> float:

@@ -12,7 +12,12 @@
 Heavy modules are imported inside the handlers, so `liser --help` stays fast
 and every command is listed even when an optional dependency is missing:
 running such a command then says which module is missing, in one line.
-User errors (LiserError) print one line, `liser: <message>`, and exit 2.
+User errors (LiserError) print one line, `liser: <message>`, and exit 2; so
+do outputs that cannot be written (read-only, full disk: the path and the
+reason) and a full stdout. A closed stdout (`liser predict DIR | head -1`)
+stops the command quietly, with status 141 as a process ended by SIGPIPE.
+Outputs (`-o`, `--onnx`, `--json`, `out:`) replace only liser's own output
+of the same kind (liser.outputs).
 """
 
 from __future__ import annotations
@@ -45,7 +50,10 @@ def _folds(args):
 # ---------------------------------------------------------------- handlers
 def cmd_prepare(args) -> int:
     from .corpora import prepare
+    from .outputs import MANIFEST, check_out_dir
 
+    inputs = [(args.root, f"{args.corpus} corpus root")] + ([(args.csv, "label CSV")] if args.csv else [])
+    check_out_dir(args.out, MANIFEST, inputs)  # now, before every file is read (Manifest.save checks again)
     kw = {"csv": args.csv} if args.csv else {}
     m = prepare(args.corpus, args.root, progress=_progress(), **kw)
     out = m.save(args.out)
@@ -78,9 +86,11 @@ def cmd_folds(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from .outputs import check_runs_out
     from .train import train
 
     cfg = _config(args)
+    check_runs_out(cfg)
     run = train(cfg, progress=_progress())
     m = json.loads((run / "metrics.json").read_text())
     print(f"{run}: test UAR {m['test']['uar']:.3f} WAR {m['test']['war']:.3f} (best epoch {m['best_epoch']})")
@@ -209,8 +219,10 @@ def cmd_serve(args) -> int:
 
 def cmd_export(args) -> int:
     from .export import export_onnx
+    from .outputs import check_onnx_outputs
 
     int8 = True if args.int8 == "" else args.int8
+    check_onnx_outputs(args.onnx, int8)
     export_onnx(args.run, args.onnx, int8=int8, opset=args.opset, check_files=args.check_files, threads=args.threads)
     return 0
 
@@ -446,10 +458,48 @@ def main(argv: list[str] | None = None) -> int:
     tune_malloc(threshold, trim=threshold) if threshold else tune_malloc()
     if getattr(args, "one_blas_thread", False):
         _one_blas_thread_at_load()
+    from .outputs import StdoutGuard
+
+    sys.stdout, real_stdout = StdoutGuard(sys.stdout), sys.stdout
     try:
-        return int(args.func(args) or 0)
+        return _run(args, own_stdout=real_stdout is sys.__stdout__)
+    finally:
+        sys.stdout = real_stdout
+
+
+def _silence_stdout(own_stdout: bool) -> None:
+    """Point the process's stdout (not a caller's stand-in) at /dev/null: what is still buffered for a closed
+    pipe or a full disk is dropped at exit instead of raising again (Python's own advice for SIGPIPE)."""
+    import os
+
+    if not own_stdout:
+        return
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.__stdout__.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _run(args, own_stdout: bool = True) -> int:
+    """The command, its stdout flushed, every expected failure said in one line (see the module's docstring)."""
+    from .outputs import PLACE_ERRNOS, StdoutClosed, StdoutError, place_error_line
+
+    try:
+        rc = int(args.func(args) or 0)
+        sys.stdout.flush()  # output still buffered fails here, not at exit with a traceback
+        return rc
+    except StdoutClosed:  # the reader went away (| head): stop quietly
+        _silence_stdout(own_stdout)
+        return 141
     except LiserError as e:
+        if isinstance(e, StdoutError):
+            _silence_stdout(own_stdout)
         print(f"liser: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the place written to or read from (read-only, full, not a folder): one line
+        if e.errno not in PLACE_ERRNOS or isinstance(e, BrokenPipeError):
+            raise
+        print(f"liser: {place_error_line(e)}", file=sys.stderr)
         return 2
     except ImportError as e:  # an optional dependency is missing or broken: say which, in one line
         what = getattr(e, "name", None) or ""

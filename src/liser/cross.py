@@ -188,6 +188,7 @@ def evaluate_on(run: str | Path, on: str, maps: dict[str, str] | None = None, st
     from .config import Config
     from .evaluate import file_logits
     from .features import build_features
+    from .outputs import check_out_file, is_cross_json, writing
     from .predict import read_checkpoint, student_from_checkpoint
     from .util import atomic_write_text
     from .workspace import labeled_corpora
@@ -195,6 +196,8 @@ def evaluate_on(run: str | Path, on: str, maps: dict[str, str] | None = None, st
     run = Path(run)
     if not (run / "best.pt").is_file() or not (run / "config.yaml").is_file():
         raise LiserError(f"{run}: not a run directory (no best.pt / config.yaml)")
+    if out:  # before any work: a folder, or a file that is not a result of this command, is refused
+        check_out_file(out, "cross-corpus result (--json)", is_cross_json)
     cfg = Config.load(run / "config.yaml")
     ck = read_checkpoint(run / "best.pt")
     student_classes = list(ck["classes"])
@@ -217,7 +220,8 @@ def evaluate_on(run: str | Path, on: str, maps: dict[str, str] | None = None, st
            "test_corpus": manifest.corpus, "test_manifest_root": str(manifest.root),
            "test_files": len(items), "stride_s": stride_s, **res}
     out = Path(out) if out else run / "cross" / f"{manifest.corpus}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    with writing(out.parent):
+        out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(res, indent=1) + "\n")
     res["json"] = str(out)
     return res

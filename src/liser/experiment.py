@@ -15,6 +15,7 @@ from pathlib import Path
 from .config import Config
 from .device import tune_malloc  # worker processes start with it, as the `liser` command does
 from .errors import LiserError
+from .outputs import check_runs_out
 from .util import atomic_write_text, safe_id
 from .workspace import fold_indices, fold_items, labeled_manifest, run_dir, unlabeled_manifests
 
@@ -78,6 +79,7 @@ def run_folds(cfg: Config, folds: list[int] | None = None, jobs: int = 1, progre
         from .distributed import import_ray
 
         import_ray()  # without Ray, say so now, before the features are built
+    check_runs_out(cfg)
     manifest = labeled_manifest(cfg)  # prepare once, before any worker starts
     build_features(manifest, cfg.work, threads=cfg.threads or os.cpu_count() or 1, progress=progress)
     build_views_once(manifest, [cfg], progress)
@@ -273,6 +275,7 @@ def run_grid(grid_path: str | Path, overrides: list[str] | tuple = (), jobs: int
         import_ray()  # without Ray, say so now, before the features are built
     grid = load_grid(grid_path, overrides)
     base: Config = grid["base"]
+    check_runs_out(base, also_own=[grid["ledger"]])
     manifest = labeled_manifest(base)
     build_features(manifest, base.work, threads=base.threads or os.cpu_count() or 1, progress=progress)
     runs = expand_grid(grid, fold_count(base, manifest))

@@ -322,7 +322,13 @@ class FaceTrack:
 
     def save(self, path: str | Path) -> Path:
         """Compressed .npz, written to a temporary file and renamed (never half-written)."""
+        from .outputs import writing
+
         path = Path(path)
+        with writing(path):
+            return self._save(path)
+
+    def _save(self, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
@@ -715,11 +721,15 @@ def extract_faces_manifest(
     summary says it and counts the tracks each rule made ("selections":
     active tracks that fell back count as largest). Returns the summary.
     LiserError when resuming a directory made with another size, fps or
-    face_select.
+    face_select, and for an `out_dir` that is not empty and not a face-track
+    folder, or that is or holds the videos' folder (liser.outputs).
     """
+    from .outputs import FACES, check_out_dir, writing
+
     k, n = check_shard(shard)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = check_out_dir(out_dir, FACES, _manifest_inputs(manifest))
+    with writing(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
     tag = "" if n == 1 else f".shard-{k}-of-{n}"
     rejected_path, summary_path = out_dir / f"rejected{tag}.csv", out_dir / f"faces{tag}.json"
 
@@ -739,6 +749,12 @@ def extract_faces_manifest(
                        time.perf_counter() - start, detector.name, settings, (k, n))
     atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _manifest_inputs(manifest) -> list[tuple[Path, str]]:
+    """The folders a face-track folder must not be or hold: the manifest's root and every video's folder."""
+    folders = {Path(manifest.abspath(it)).parent for it in manifest.items}
+    return [(manifest.root, f"{manifest.corpus} root")] + [(d, "folder of videos") for d in sorted(folders)]
 
 
 def _summary(manifest, counts: dict, rejected: int, frames_run: int, elapsed: float, detector: str, settings: dict,
@@ -807,6 +823,8 @@ def _extract_items(todo, manifest, out_dir: Path, rejected: list, rejected_path:
     """Face tracks of `todo` into out_dir; unusable videos appended to `rejected` (and its file). Returns frames read."""
     from tqdm import tqdm
 
+    from .outputs import WriteError
+
     frames_run, start = 0, time.perf_counter()
     bar = tqdm(todo, desc=f"faces {manifest.corpus}", unit="video", disable=not progress)
     for it in bar:
@@ -817,6 +835,8 @@ def _extract_items(todo, manifest, out_dir: Path, rejected: list, rejected_path:
             if not track.valid.any():
                 raise LiserError(f"{path}: no face ({len(track)} frames, none with a face)")
             track.save(out_dir / f"{safe_id(it.id)}.npz")
+        except WriteError:
+            raise  # the output folder's problem, not this video's
         except LiserError as e:
             reason = str(e).split(": ", 1)[-1] if str(e).startswith(str(path)) else str(e)
             rejected.append({"id": it.id, "path": it.path, "reason": reason})

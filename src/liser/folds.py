@@ -57,10 +57,13 @@ class Folds:
                 "folds": [{"train": list(f.train), "val": list(f.val), "test": list(f.test)} for f in self.folds]}
 
     def save(self, path: str | Path) -> None:
+        """Write the fold file `path`; LiserError for a folder or an existing file that is not a fold file."""
+        from .outputs import check_out_file, is_folds_file, writing
         from .util import atomic_write_text
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = check_out_file(path, "fold file", is_folds_file)
+        with writing(path.parent):
+            path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
 
 

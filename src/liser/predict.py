@@ -56,7 +56,7 @@ import numpy as np
 
 from . import audio, frontend
 from .errors import LiserError
-from .util import AUDIO_SUFFIXES, softmax
+from .util import softmax
 
 MIN_DURATION_S = 0.1  # shorter input is refused (a 3 s window would be >96 % padding)
 # windows per forward pass: the student's conv activations are about 1.5 MB per window, so 512 at once
@@ -65,7 +65,7 @@ MIN_DURATION_S = 0.1  # shorter input is refused (a 3 s window would be >96 % pa
 BATCH_WINDOWS = 8
 LONG_FILE_S = 300.0  # libsndfile files longer than this are read in blocks (bounded memory), twice
 READ_BLOCK_S = 30.0  # block length of that read, seconds
-INPUT_SUFFIXES = set(AUDIO_SUFFIXES) | audio.VIDEO_SUFFIXES  # what a folder argument is searched for
+INPUT_SUFFIXES = audio.INPUT_SUFFIXES  # what a folder argument is searched for (with content: audio.folder_files)
 
 
 # ---------------------------------------------------------------- results
@@ -314,7 +314,7 @@ def _read_short(path: Path) -> tuple[np.ndarray, int] | None:
     """
     import soundfile as sf
 
-    if path.suffix.lower() in audio.VIDEO_SUFFIXES or not path.is_file() or path.stat().st_size == 0:
+    if not path.is_file() or path.stat().st_size == 0 or audio.reader_for(path) != "soundfile":
         return None
     try:
         with sf.SoundFile(str(path)) as f:
@@ -329,7 +329,7 @@ def _long_file_info(path: Path):
     """soundfile's info for a 1-2 channel file longer than LONG_FILE_S, else None (read it whole)."""
     import soundfile as sf
 
-    if path.suffix.lower() in audio.VIDEO_SUFFIXES or not path.is_file() or path.stat().st_size == 0:
+    if not path.is_file() or path.stat().st_size == 0 or audio.reader_for(path) != "soundfile":
         return None
     try:
         info = sf.info(str(path))
@@ -712,11 +712,14 @@ def _window_prediction(model: EmotionModel, buf: np.ndarray, total: int) -> Pred
 
 # ---------------------------------------------------------------- the command
 def expand_inputs(args: list[str]) -> tuple[list[str], list[str]]:
-    """Files to predict (folders searched recursively for audio/video suffixes), and problems.
+    """Files to predict (folders searched with liser.audio.folder_files), and problems.
 
-    A broken symbolic link, in a folder or given by name, is a problem
-    ("broken symbolic link -> target"), said and counted, never skipped
-    without a word.
+    A folder gives every file liser reads (by suffix, liser.audio.INPUT_SUFFIXES,
+    or by its first bytes); each other file in it is named on stderr as
+    skipped (a note, not a failure; past SKIPPED_SAID of them, a count by
+    suffix). A broken symbolic link, in a folder or given by name, is a
+    problem ("broken symbolic link -> target"), said and counted, never
+    skipped without a word.
     """
     files, problems = [], []
     for a in args:
@@ -725,17 +728,13 @@ def expand_inputs(args: list[str]) -> tuple[list[str], list[str]]:
             continue
         p = Path(a)
         if p.is_dir():
-            found, broken = [], []
-            for q in sorted(p.rglob("*")):
-                if q.suffix.lower() not in INPUT_SUFFIXES or q.name.startswith("."):
-                    continue
-                if q.is_file():
-                    found.append(q)
-                elif q.is_symlink() and not q.exists():
-                    broken.append(q)
-            problems.extend(f"{q}: {audio.missing_reason(q)}" for q in broken)
-            if not found and not broken:
-                problems.append(f"{p}: no audio files in this folder")
+            taken, skipped = audio.folder_files(p)
+            found = [q for q in taken if q.exists()]
+            problems.extend(f"{q}: {audio.missing_reason(q)}" for q in taken if not q.exists())
+            _say_skipped(p, skipped)
+            if not taken:
+                problems.append(f"{p}: no audio or video files in this folder"
+                                + (f" ({len(skipped)} other files skipped)" if skipped else ""))
             files.extend(str(q) for q in found)
         elif p.exists():
             files.append(str(p))
@@ -744,6 +743,22 @@ def expand_inputs(args: list[str]) -> tuple[list[str], list[str]]:
         else:
             problems.append(f"{p}: no such file or folder")
     return files, problems
+
+
+SKIPPED_SAID = 20  # skipped files of one folder named one per line; the rest are counted by suffix
+
+
+def _say_skipped(folder: Path, skipped: list[Path]) -> None:
+    """Name the files a folder search skipped, on stderr (a line each, then a count by suffix)."""
+    for q in skipped[:SKIPPED_SAID]:
+        print(f"liser: {q}: {audio.skipped_reason(q)}", file=sys.stderr, flush=True)
+    rest = skipped[SKIPPED_SAID:]
+    if rest:
+        counts: dict[str, int] = {}
+        for q in rest:
+            counts[q.suffix.lower() or "no suffix"] = counts.get(q.suffix.lower() or "no suffix", 0) + 1
+        said = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+        print(f"liser: {folder}: {len(rest)} more files skipped ({said})", file=sys.stderr, flush=True)
 
 
 def _say_problem(path: str, e: Exception) -> None:
@@ -912,6 +927,8 @@ def run_predict(model_path: str, inputs: list[str], fmt: str = "text", timeline:
     `raw`: stdin (`-`) is headerless 16 kHz mono 16-bit PCM; without it,
     stdin must be a recognisable audio or video file's bytes.
     """
+    from .outputs import StdoutError
+
     if stride is not None and not 0 < stride <= audio.CLIP_S:
         raise LiserError(f"--stride {stride}: must be in (0, {audio.CLIP_S}] seconds")
     step = stride if stride is not None else 0.5
@@ -932,7 +949,7 @@ def run_predict(model_path: str, inputs: list[str], fmt: str = "text", timeline:
                 try:
                     for w in stream(model, f, step, raw=raw):
                         out.window(f, w)
-                except BrokenPipeError:
+                except (BrokenPipeError, StdoutError):  # stdout's problem, not this stream's (liser.outputs)
                     raise
                 except Exception as e:  # one bad stream must not stop the rest
                     failed += 1

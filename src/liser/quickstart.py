@@ -97,8 +97,12 @@ def quickstart(grid_path: str | Path = "configs/grid-quickstart.yaml", overrides
         times[name] = round(time.time() - t, 1)
         return out
 
+    from .outputs import check_onnx_outputs, check_runs_out
+
     grid = load_grid(grid_path, overrides)
     base: Config = grid["base"]
+    check_runs_out(base)  # before any step: an `out` that is not liser's is refused now, not after the teachers
+    check_onnx_outputs(Path(base.out) / "student.onnx")
     step("data: a labeled subset and an unlabeled pool", prepare_data, base)
     step("speech teacher fit: on fold 0's training actors", fit_speech_teachers, base, [0], (), progress)
     step("speech teacher labels: the pool's 0.5 s pieces", label_speech, base, [0], (0, 1), (), progress)

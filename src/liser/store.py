@@ -132,7 +132,9 @@ class StoreWriter:
     def __init__(self, path: str | Path, teacher: str, classes: list[str], teacher_hash: str,
                  piece_s: float = PIECE_S, shard: tuple[int, int] = (0, 1), extra: dict | None = None,
                  flush_every: int = 64):
-        self.path = Path(path)
+        from .outputs import STORE, check_out_dir
+
+        self.path = check_out_dir(path, STORE)
         self.meta = {"teacher": teacher, "classes": list(classes), "teacher_hash": teacher_hash,
                      "piece_s": float(piece_s), **(extra or {})}
         self.shard = shard

@@ -15,8 +15,10 @@ import numpy as np
 
 from .errors import LiserError
 
-# what libsndfile (liser.audio.load_audio) reads; video containers are liser.audio.VIDEO_SUFFIXES
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".au", ".caf", ".w64")
+# what libsndfile (liser.audio.load_audio) reads; PyAV's containers are liser.audio.VIDEO_SUFFIXES, and
+# liser.audio.INPUT_SUFFIXES is both: what a folder is searched for
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".au", ".caf", ".w64",
+                  ".oga", ".aifc", ".snd", ".rf64")
 
 
 def absolute_paths(namespace, *names: str) -> None:
@@ -65,17 +67,21 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
     A reader never sees a half-written file; an interrupted write leaves no
     temporary behind. The file's permissions follow the umask (`follow_umask`).
+    A place that cannot be written (read-only, full) is a LiserError naming `path`.
     """
+    from .outputs import writing
+
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        follow_umask(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with writing(path):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", newline="") as f:
+                f.write(text)
+            follow_umask(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def atomic_save(obj, path: str | Path) -> None:

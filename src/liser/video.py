@@ -74,53 +74,145 @@ def _to_float(arr: np.ndarray) -> np.ndarray:
 
 
 def read_audio_track(path: str | Path) -> tuple[np.ndarray, int]:
-    """The first audio stream of a media file as float32 [samples, channels] and its rate.
+    """The audio of a media file as float32 [samples, channels] and its rate: the track with speech.
 
     Native rate and channel count (`load_audio` down-mixes and resamples).
-    Only the audio stream is demuxed, so video packets are not decoded.
+    Only audio streams are demuxed, so video packets are not decoded.
     Sample 0 is the container's start time (see the module docstring).
-    Raises LiserError naming the file when there is no audio stream or it
-    cannot be decoded.
+    With several audio tracks (a screen recorder's desktop sound, then its
+    microphone) each is decoded and the one with the most speech-band
+    energy (liser.audio.speech_band_power, the measure that picks a channel
+    of 3+) is returned; a warning says which. A packet that does not decode
+    (the ID3 tag of a second MP3 joined with `cat`, a damaged frame) is
+    skipped, and a warning counts them; a track where most packets fail is
+    undecodable. Raises LiserError naming the file when there is no audio
+    stream or none can be decoded.
     """
     path = Path(path)
     container = _open(path)
     try:
         if not container.streams.audio:
             raise LiserError(f"{path}: no audio track")
-        stream = container.streams.audio[0]
-        chunks, rate, channels, first_time = [], None, None, None
-        try:
-            for frame in container.decode(stream):
-                n_ch = len(frame.layout.channels)
-                arr = frame.to_ndarray()
-                if not frame.format.is_planar:  # packed: [1, samples * channels]
-                    arr = arr.reshape(-1, n_ch).T
-                if rate is None:
-                    rate, channels = int(frame.sample_rate), n_ch
-                    first_time = frame.time
-                elif frame.sample_rate != rate or n_ch != channels:
-                    raise LiserError(
-                        f"{path}: audio format changes mid-stream ({rate} Hz x{channels} -> {frame.sample_rate} Hz x{n_ch})"
-                    )
-                chunks.append(_to_float(arr).T)
-        except LiserError:
-            raise
-        except Exception as e:
-            if not chunks:
-                raise LiserError(f"{path}: undecodable audio track ({_why(e)})") from None
-            warnings.warn(f"{path}: audio decoding stopped early ({_why(e)}); keeping what was decoded")
-        if rate is None:
-            rate = int(stream.codec_context.sample_rate or stream.rate or 16_000)
-            channels = int(stream.codec_context.channels or 1)
-            return np.zeros((0, channels), dtype=np.float32), rate
-        audio = np.concatenate(chunks, axis=0)
-        lead = 0.0 if first_time is None else float(first_time) - _start_s(container)
-        pad = int(round(lead * rate))
-        if pad > 0:  # audio starts after the container start: keep both streams on one clock
-            audio = np.concatenate([np.zeros((pad, channels), np.float32), audio], axis=0)
-        return np.ascontiguousarray(audio, dtype=np.float32), rate
+        tracks = _decode_tracks(container, path)
+        origin = _start_s(container)
     finally:
         container.close()
+    track = _pick_track(tracks, path)
+    return track.samples(origin), track.rate
+
+
+@dataclass
+class _Track:
+    """One audio stream's decoded frames and what went wrong while decoding it."""
+
+    number: int  # 1-based, in the container's order
+    codec: str
+    rate: int
+    channels: int
+    chunks: list = None  # float32 [samples, channels] arrays
+    first_time: float | None = None  # presentation time of the first decoded frame
+    packets: int = 0  # packets holding data
+    bad: int = 0  # of those, how many did not decode
+    bad_at: float | None = None  # time (s) of the first one
+    why: str = ""  # the first decoding error
+
+    def add(self, frame, path: Path) -> None:
+        """Append a decoded frame (LiserError if the rate or channel count changes mid-stream)."""
+        n_ch = len(frame.layout.channels)
+        arr = frame.to_ndarray()
+        if not frame.format.is_planar:  # packed: [1, samples * channels]
+            arr = arr.reshape(-1, n_ch).T
+        if not self.chunks:
+            self.chunks, self.rate, self.channels, self.first_time = [], int(frame.sample_rate), n_ch, frame.time
+        elif frame.sample_rate != self.rate or n_ch != self.channels:
+            raise LiserError(f"{path}: audio format changes mid-stream "
+                             f"({self.rate} Hz x{self.channels} -> {frame.sample_rate} Hz x{n_ch})")
+        self.chunks.append(_to_float(arr).T)
+
+    @property
+    def decodable(self) -> bool:
+        """Some samples, and more packets decoded than failed."""
+        return bool(self.chunks) and self.bad <= self.packets - self.bad
+
+    def samples(self, origin: float) -> np.ndarray:
+        """[samples, channels] float32, zero-padded in front when the track starts after the container."""
+        if not self.chunks:
+            return np.zeros((0, self.channels), dtype=np.float32)
+        audio = np.concatenate(self.chunks, axis=0)
+        pad = int(round((float(self.first_time or 0.0) - origin) * self.rate))
+        if pad > 0:  # audio starts after the container start: keep both streams on one clock
+            audio = np.concatenate([np.zeros((pad, self.channels), np.float32), audio], axis=0)
+        return np.ascontiguousarray(audio, dtype=np.float32)
+
+
+def _decode_tracks(container, path: Path) -> list[_Track]:
+    """Decode every audio stream in one pass over the file; undecodable packets are counted, not fatal."""
+    streams = list(container.streams.audio)
+    tracks = {s.index: _Track(i + 1, s.codec_context.name, int(s.codec_context.sample_rate or s.rate or 16_000),
+                              int(s.codec_context.channels or 1)) for i, s in enumerate(streams)}
+    try:
+        for packet in container.demux(*streams):
+            _decode_packet(packet, tracks[packet.stream.index], path)
+    except LiserError:
+        raise
+    except Exception as e:  # the demuxer gave up (a truncated or damaged file): keep what was decoded
+        if not any(t.chunks for t in tracks.values()):
+            raise LiserError(f"{path}: undecodable audio track ({_why(e)})") from None
+        warnings.warn(f"{path}: audio decoding stopped early ({_why(e)}); keeping what was decoded")
+    return list(tracks.values())
+
+
+def _decode_packet(packet, track: _Track, path: Path) -> None:
+    """Decode one packet into its track; a packet that fails is counted and skipped."""
+    if packet.size:
+        track.packets += 1
+    try:
+        frames = packet.decode()
+    except Exception as e:
+        track.bad += 1
+        if track.bad == 1:
+            track.why = _why(e)
+            track.bad_at = float(packet.pts * packet.time_base) if packet.pts is not None and packet.time_base else None
+        return
+    for frame in frames:
+        track.add(frame, path)
+
+
+def _pick_track(tracks: list[_Track], path: Path) -> _Track:
+    """The track to use: the only one, else the decodable one with the most speech-band power (said in a warning)."""
+    usable = [t for t in tracks if t.decodable]
+    if not usable:
+        t = max(tracks, key=lambda t: t.packets)
+        if t.bad:
+            raise LiserError(f"{path}: undecodable audio track ({t.bad} of {t.packets} {t.codec} packets "
+                             f"do not decode: {t.why})")
+        return t  # no packets at all: 0 samples, which the caller names
+    if len(tracks) == 1:
+        best = usable[0]
+    else:
+        power = {t.number: _speech_power(t) for t in usable}
+        best = max(usable, key=lambda t: power[t.number])
+        warnings.warn(f"{path}: {len(tracks)} audio tracks; using track {best.number}, {_track_note(tracks, power)}")
+    if best.bad:
+        at = f" (the first at {best.bad_at:.2f} s)" if best.bad_at is not None else ""
+        warnings.warn(f"{path}: skipped {best.bad} undecodable {best.codec} packet(s) of {best.packets}{at}: "
+                      f"{best.why}; read the rest")
+    return best
+
+
+def _speech_power(track: _Track) -> float:
+    """Mean 300-3400 Hz power of a track's down-mix (liser.audio's channel measure)."""
+    from .audio import downmix, speech_band_power
+
+    mono = downmix(np.concatenate(track.chunks, axis=0), track.rate)
+    return float(speech_band_power(mono[:, None], track.rate)[0])
+
+
+def _track_note(tracks: list[_Track], power: dict[int, float]) -> str:
+    """Why a track was chosen: every track's speech-band level (dB re full scale), or that it does not decode."""
+    levels = [f"track {t.number}: {10 * np.log10(power[t.number] + 1e-20):.1f} dB" if t.number in power
+              else f"track {t.number}: undecodable" for t in tracks]
+    return "the most speech-band (300-3400 Hz) energy (" + ", ".join(levels) + ")"
 
 
 def _video_stream(container, path: Path):

@@ -35,10 +35,9 @@ import hashlib
 import random
 from pathlib import Path
 
+from .audio import AUDIO_ONLY_CONTAINERS  # noqa: F401  (PyAV-read suffixes that carry no picture in practice)
 from .config import Config
 from .errors import LiserError
-
-AUDIO_ONLY_CONTAINERS = {".m4a", ".aac"}  # video suffixes that carry no picture in practice
 
 
 # ---------------------------------------------------------------- paths

@@ -10,7 +10,9 @@ error.
 On disk a manifest is a directory: `manifest.csv` (the rows, paths relative
 to the corpus root), `rejected.csv`, and `meta.json` (corpus, absolute root,
 class names, counts, liser version). Everything is written to a temporary
-directory and renamed at the end.
+directory and renamed at the end; an existing manifest folder has only those
+three files replaced, and any other non-empty folder, or one that is or holds
+the corpus root, is refused (liser.outputs).
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ from ..util import follow_umask
 EMOTIONS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised", "boredom")
 
 ROW_FIELDS = ("id", "path", "speaker", "label", "duration", "sample_rate", "channels", "corpus", "gender")
+# manifest.csv and rejected.csv are UTF-8; a file name that is not (Latin-1 bytes on Linux, which Python holds
+# as lone surrogates) is written as its own bytes and read back to the same name, so the file still opens
+CSV_ERRORS = "surrogateescape"
 
 
 @dataclass(frozen=True)
@@ -90,53 +95,79 @@ class Manifest:
 
     def fingerprint(self) -> str:
         """Hash of the rows and root: caches keyed on it are redone when the corpus changes."""
-        h = hashlib.sha256(str(self.root).encode())
+        h = hashlib.sha256(str(self.root).encode("utf-8", CSV_ERRORS))
         for it in self.items:
-            h.update(f"{it.id}|{it.path}|{it.duration:.4f}|{it.label}\n".encode())
+            h.update(f"{it.id}|{it.path}|{it.duration:.4f}|{it.label}\n".encode("utf-8", CSV_ERRORS))
         return h.hexdigest()[:16]
 
     # ---- disk ----
     def save(self, out_dir: str | Path) -> Path:
-        out_dir = Path(out_dir)
+        """Write the manifest folder `out_dir` (manifest.csv, rejected.csv, meta.json); returns it.
+
+        A new folder is written under a temporary name and renamed; an
+        existing manifest folder has only those three files replaced (anything
+        else in it stays). LiserError (liser.outputs) for a non-empty folder
+        that is not a manifest, the corpus root or a folder holding it, and
+        for a place that cannot be written (read-only, full, ...).
+        """
+        from ..outputs import MANIFEST, check_out_dir, writing
+
+        out_dir = check_out_dir(out_dir, MANIFEST, [(self.root, f"{self.corpus} corpus root")])
+        with writing(out_dir):
+            if out_dir.is_dir():
+                self._replace_files(out_dir)
+            else:
+                self._write_new(out_dir)
+        return out_dir
+
+    def _write_new(self, out_dir: Path) -> None:
+        """The folder written under a temporary name beside it, renamed when complete."""
         out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.absolute().name}.", dir=out_dir.parent))
         try:
             follow_umask(tmp, directory=True)  # mkdtemp made it 0700; the files inside follow the umask already
-            with open(tmp / "manifest.csv", "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=ROW_FIELDS)
-                w.writeheader()
-                for it in self.items:
-                    w.writerow(asdict(it))
-            with open(tmp / "rejected.csv", "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=("path", "reason"))
-                w.writeheader()
-                w.writerows(self.rejected)
-            from .. import __version__
-
-            meta = {
-                "corpus": self.corpus,
-                "root": str(self.root),
-                "classes": self.classes,
-                "items": len(self.items),
-                "speakers": len(self.speakers),
-                "rejected": len(self.rejected),
-                "hours": round(sum(it.duration for it in self.items) / 3600, 4),
-                "fingerprint": self.fingerprint(),
-                "liser_version": __version__,
-            }
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-            old = None
-            if out_dir.exists():  # move the old one aside first: a crash never leaves no manifest
-                old = out_dir.with_name(f".{out_dir.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(out_dir, old)
+            self._write_files(tmp)
             os.replace(tmp, out_dir)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        return out_dir
+
+    def _replace_files(self, out_dir: Path) -> None:
+        """An existing manifest folder: the three files written in a temporary folder inside it, then moved
+        over the old ones (meta.json last); nothing else in the folder is touched."""
+        tmp = Path(tempfile.mkdtemp(prefix=".manifest-tmp-", dir=out_dir))
+        try:
+            self._write_files(tmp)
+            for name in ("manifest.csv", "rejected.csv", "meta.json"):
+                os.replace(tmp / name, out_dir / name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _write_files(self, d: Path) -> None:
+        """manifest.csv, rejected.csv and meta.json into the folder `d`."""
+        with open(d / "manifest.csv", "w", newline="", encoding="utf-8", errors=CSV_ERRORS) as f:
+            w = csv.DictWriter(f, fieldnames=ROW_FIELDS)
+            w.writeheader()
+            for it in self.items:
+                w.writerow(asdict(it))
+        with open(d / "rejected.csv", "w", newline="", encoding="utf-8", errors=CSV_ERRORS) as f:
+            w = csv.DictWriter(f, fieldnames=("path", "reason"))
+            w.writeheader()
+            w.writerows(self.rejected)
+        from .. import __version__
+
+        meta = {
+            "corpus": self.corpus,
+            "root": str(self.root),
+            "classes": self.classes,
+            "items": len(self.items),
+            "speakers": len(self.speakers),
+            "rejected": len(self.rejected),
+            "hours": round(sum(it.duration for it in self.items) / 3600, 4),
+            "fingerprint": self.fingerprint(),
+            "liser_version": __version__,
+        }
+        (d / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> "Manifest":
@@ -147,7 +178,7 @@ class Manifest:
         meta = json.loads((d / "meta.json").read_text())
         types = {f.name: f.type for f in fields(Item)}
         items = []
-        with open(d / "manifest.csv", newline="") as f:
+        with open(d / "manifest.csv", newline="", encoding="utf-8", errors=CSV_ERRORS) as f:
             for row in csv.DictReader(f):
                 items.append(
                     Item(
@@ -160,7 +191,7 @@ class Manifest:
                 )
         rejected = []
         if (d / "rejected.csv").is_file():
-            with open(d / "rejected.csv", newline="") as f:
+            with open(d / "rejected.csv", newline="", encoding="utf-8", errors=CSV_ERRORS) as f:
                 rejected = list(csv.DictReader(f))
         return cls(corpus=meta["corpus"], root=Path(meta["root"]), items=items, rejected=rejected)
 

@@ -1,6 +1,8 @@
 """Any tree of talking-face videos, unlabeled (the audio-visual pool).
 
-Layout: `<root>/<speaker>/.../<clip>.{mp4,mkv,webm,avi,mov}`. The speaker is
+Layout: `<root>/<speaker>/.../<clip>.<ext>`, ext one of
+liser.audio.MOVIE_SUFFIXES (mp4, mkv, webm, avi, mov, 3gp, ...); any other
+file is listed in `rejected` as skipped. The speaker is
 the first directory below the root (VoxCeleb-style `idNN/` folders); a video
 directly in the root is its own speaker (its file stem). Labels are empty:
 the teachers label these clips. Durations come from the audio track (read
@@ -16,10 +18,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..audio import MOVIE_SUFFIXES, folder_files, skipped_reason
 from ..errors import LiserError
-from .base import Candidate, Manifest, audio_files, build_manifest, check_root, rel
+from .base import Candidate, Manifest, build_manifest, check_root, rel
 
-VIDEO_EXTS = (".mp4", ".mkv", ".webm", ".avi", ".mov")
+VIDEO_EXTS = tuple(sorted(MOVIE_SUFFIXES))  # the shared list (liser.audio), under its old name
 
 
 def speaker_of(relpath: str) -> str:
@@ -35,9 +38,12 @@ def key_of(relpath: str) -> str:
 
 
 def prepare_videos(root: str | Path, progress: bool = True) -> Manifest:
+    """Every video under the root (liser.audio.MOVIE_SUFFIXES); any other file is listed in `rejected` as skipped."""
     root = check_root(root, "video")
-    files = [p for p in audio_files(root, suffixes=VIDEO_EXTS) if not p.name.startswith(".")]
+    files, skipped = folder_files(root, MOVIE_SUFFIXES, by_content=False)
     if not files:
-        raise LiserError(f"{root}: no video files ({' '.join(VIDEO_EXTS)}) found")
+        raise LiserError(f"{root}: no video files ({' '.join(sorted(MOVIE_SUFFIXES))}) found")
     cands = [Candidate(rel(p, root), speaker_of(rel(p, root)), key=key_of(rel(p, root))) for p in files]
-    return build_manifest("videos", root, cands, progress)
+    m = build_manifest("videos", root, cands, progress)
+    m.rejected += [{"path": rel(p, root), "reason": skipped_reason(p, "a video")} for p in skipped]
+    return m
