@@ -76,10 +76,10 @@ def noise_bank(folder: str | Path, work: str | Path) -> np.ndarray:
 
 
 def _audio_files(folder) -> list[Path]:
-    from .audio import VIDEO_SUFFIXES
+    """Every file under `folder` that liser's readers take (liser.audio.folder_files), sorted; the rest is ignored."""
+    from .audio import folder_files
 
-    ok = VIDEO_SUFFIXES | {".wav", ".flac", ".ogg", ".opus", ".mp3"}
-    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in ok)
+    return [p for p in folder_files(folder)[0] if p.is_file()]
 
 
 def _non_speech(path: Path) -> np.ndarray:
