@@ -1,11 +1,13 @@
 """The default model: the int8 ONNX student that ships inside the package.
 
 `liser predict FILE` and `liser.load()` use it when no model is named. It
-was trained on five acted corpora pooled onto six classes (neutral, happy,
-sad, angry, fearful, disgust) with the `liser` recipe and no distillation;
-`data/default/MODEL_CARD.md` says on what, under which licences, and how
-well it transfers to a corpus it never saw (leave-one-corpus-out UARs).
-The config it was trained from is `configs/default-model.yaml`.
+was trained on four acted corpora (not TESS) pooled onto six classes
+(neutral, happy, sad, angry, fearful, disgust), for recordings from the
+field: speech windowing and field views (docs/field.md), no distillation.
+`data/default/MODEL_CARD.md` says on what, under which licences, how well
+it transfers to a corpus it never saw and how it holds up under field
+conditions. It was trained by `scripts/train_default_model_field.sh pooled`
+(`configs/default-model-field.yaml`).
 
 A user replaces it by naming a model: a run directory, a best.pt or an
 exported .onnx (`liser predict MODEL FILE...`, `liser.load(MODEL)`).
