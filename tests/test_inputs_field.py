@@ -38,13 +38,17 @@ def model(trained_run):
     return liser.load(trained_run)
 
 
-def encode(sig: np.ndarray, sr: int, path: Path, codec: str, fmt: str | None = None, rate: int | None = None) -> Path:
-    """Write a mono float signal with PyAV (AAC in .m4a, MP3, Opus in Ogg, FLAC in Matroska...)."""
+def encode(sig: np.ndarray, sr: int, path: Path, codec: str, fmt: str | None = None, rate: int | None = None,
+           bit_rate: int | None = None) -> Path:
+    """Write a mono float signal with PyAV (AAC in .m4a, MP3, Opus in Ogg, FLAC in Matroska...); `bit_rate` in
+    bits/s for encoders that want one (WMA)."""
     import av
 
     with av.open(str(path), "w", format=fmt) as c:
         st = c.add_stream(codec, rate=rate or sr)
         st.layout = "mono"
+        if bit_rate:
+            st.bit_rate = bit_rate
         pcm = (np.clip(sig, -1, 1) * 32767).astype(np.int16)
         step = 1024
         for a in range(0, len(pcm), step):

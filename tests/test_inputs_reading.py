@@ -108,29 +108,13 @@ def voice_notes(folder: Path) -> list[str]:
     sf.write(folder / "telegram.oga", s0, sr, format="OGG", subtype="OPUS")
     s8 = audio.resample(clips[1][0], sr, 8000)
     encode(s8, 8000, folder / "android.3gp", "libopencore_amrnb", "3gp")
-    encode_at(clips[2][0], sr, folder / "windows.wma", "wmav2", "asf", bit_rate=32_000)
+    encode(clips[2][0], sr, folder / "windows.wma", "wmav2", "asf", bit_rate=32_000)
     sf.write(folder / "studio.flac", clips[3][0], sr)
     encode(clips[4][0], sr, folder / "iphone.m4a", "aac", "ipod")
     sf.write(folder / "voice-note", clips[5][0], sr, format="OGG", subtype="OPUS")  # saved without a suffix
     (folder / "notes.txt").write_text("what was said, typed\n")
     (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")  # hidden: neither taken nor named
     return ["android.3gp", "iphone.m4a", "studio.flac", "telegram.oga", "voice-note", "windows.wma"]
-
-
-def encode_at(sig: np.ndarray, sr: int, path: Path, codec: str, fmt: str, bit_rate: int) -> Path:
-    """A mono signal through PyAV at a given bit rate (WMA's encoder wants one)."""
-    with av.open(str(path), "w", format=fmt) as c:
-        st = c.add_stream(codec, rate=sr)
-        st.layout, st.bit_rate = "mono", bit_rate
-        pcm = (np.clip(sig, -1, 1) * 32767).astype(np.int16)
-        for a in range(0, len(pcm), 1024):
-            fr = av.AudioFrame.from_ndarray(pcm[None, a : a + 1024], format="s16", layout="mono")
-            fr.sample_rate, fr.pts = sr, a
-            for pkt in st.encode(fr):
-                c.mux(pkt)
-        for pkt in st.encode(None):
-            c.mux(pkt)
-    return path
 
 
 SKIPPED_TXT = "skipped (a .txt file; not an audio or video file that liser reads)"
