@@ -202,7 +202,7 @@ def _pick_track(tracks: list[_Track], path: Path) -> _Track:
 
 def _speech_power(track: _Track) -> float:
     """Mean 300-3400 Hz power of a track's down-mix (liser.audio's channel measure)."""
-    from .audio import downmix, speech_band_power
+    from .channels import downmix, speech_band_power
 
     mono = downmix(np.concatenate(track.chunks, axis=0), track.rate)
     return float(speech_band_power(mono[:, None], track.rate)[0])
