@@ -146,7 +146,8 @@ def plan(frames: np.ndarray, stride_s: float, windowing: str = PAD, strict: bool
     if span is None or span[1] - span[0] < MIN_WINDOW_FRAMES:
         if strict:
             got = 0.0 if span is None else (span[1] - span[0]) * audio.HOP_S
-            raise LiserError(f"{name}: no speech found ({got:.2f} s of speech; at least {MIN_WINDOW_S} s needed)")
+            raise LiserError(f"{name}: no speech found (a speech span of {got:.2f} s, margins included; "
+                             f"at least {MIN_WINDOW_S} s needed)")
         span = (0, len(frames))
     return span_plan(span, speech, stride_s)
 
