@@ -283,3 +283,24 @@ def test_latin1_file_name_survives_the_manifest(tmp_path, capsys):
     os.remove(os.path.join(os.fsencode(root / "spk"), b"l\xe9gende.txt"))  # the CLI prints rejected names (not here)
     assert main(["prepare", "unlabeled", str(root), "-o", str(tmp_path / "again")]) == 0
     assert Manifest.load(tmp_path / "again").items == back.items
+
+
+def test_cli_prints_a_latin1_name_it_rejects(tmp_path):
+    """`liser prepare` lists what it skipped: a non-UTF-8 name comes out as its own bytes, no traceback."""
+    import subprocess
+    import sys
+
+    (sig, sr), = speech(1)
+    root = tmp_path / "pool"
+    (root / "spk").mkdir(parents=True)
+    sf.write(root / "spk" / "a.flac", sig, sr)
+    txt = os.path.join(os.fsencode(root / "spk"), b"l\xe9gende.txt")
+    with open(txt, "w") as f:
+        f.write("not audio")
+    liser_bin = Path(sys.executable).parent / "liser"
+    env = {**os.environ, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}  # a UTF-8 terminal: strict encoding by default
+    p = subprocess.run([str(liser_bin), "prepare", "unlabeled", str(root), "-o", str(tmp_path / "m")],
+                       capture_output=True, timeout=120, env=env)
+    assert p.returncode == 0, p.stderr.decode("utf-8", "replace")
+    assert b"Traceback" not in p.stderr
+    assert b"l\xe9gende.txt" in p.stdout + p.stderr
