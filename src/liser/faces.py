@@ -206,6 +206,7 @@ class FaceDetector:
             return Detections.empty()
         faces = np.asarray(faces, dtype=np.float32)
         faces = faces[np.isfinite(faces).all(axis=1)]  # YuNet can return NaN rows on tiny/noisy inputs
+        faces = faces[_plausible(faces[:, 0:4], size)]  # ... and, now and then, boxes 1e8 px wide (score 0.9999)
         if len(faces) == 0:
             return Detections.empty()
         boxes = faces[:, 0:4].copy()
@@ -376,6 +377,15 @@ class FaceTrack:
             raise LiserError(f"{path}: no such face track file") from None
         except (KeyError, ValueError, OSError) as e:
             raise LiserError(f"{path}: not a liser face track ({str(e).strip()[:200]})") from None
+
+
+def _plausible(xywh: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Which YuNet boxes [N, 4] (x, y, w, h, pixels) can be a face in a frame of `size` (width, height): a
+    positive width and height at most twice the frame's, and a centre inside the frame. [N] bool."""
+    w, h = size
+    cx, cy = xywh[:, 0] + xywh[:, 2] / 2, xywh[:, 1] + xywh[:, 3] / 2
+    return ((xywh[:, 2] > 0) & (xywh[:, 3] > 0) & (xywh[:, 2] <= 2 * w) & (xywh[:, 3] <= 2 * h)
+            & (cx >= 0) & (cx <= w) & (cy >= 0) & (cy <= h))
 
 
 def track_faces(frames, detector: FaceDetector, size: int = 112, observe=None):
