@@ -9,11 +9,14 @@
     metrics.json   test (and validation) UAR, WAR, per-class recall, confusion
     confusion.png  the test confusion matrix
 
-Mini-batches hold `batch_size` labeled items (random 3 s crop of the cached
-log-Mel, CE through g_sup) and, when distilling, `unlabeled_batch`
-unlabeled items (random 3 s crop; targets = mean of the teacher's 0.5 s
-pieces inside the same window, from the soft-label stores). An interrupted
-run resumes from its last completed epoch; a finished run is skipped.
+Mini-batches hold `batch_size` labeled items (a random 3 s crop of the cached
+log-Mel, or with `windowing: speech` one 0.5-3 s length per batch cropped from
+each item's speech span (`Crops`), from the clean features or one of the
+`aug_views`; CE through g_sup) and, when distilling, `unlabeled_batch`
+unlabeled items (random crops of the same length; targets = mean of the
+teacher's 0.5 s pieces inside the same window, from the soft-label stores).
+An interrupted run resumes from its last completed epoch; a finished run is
+skipped.
 
 Which items and which files a config means is liser.workspace's business;
 this module is the loop, in named steps that `train` calls in order:
