@@ -109,8 +109,58 @@ def test_speech_crops_stay_in_the_recording(small_ravdess):
 def speech_run(small_config, tmp_path_factory):
     from liser.train import train
 
-    cfg = small_config.replace(name="speech", windowing="speech", aug_views=1, level_norm=True, epochs=2, lr=1e-3)
+    cfg = small_config.replace(name="speech", windowing="speech", aug_views=1, level_norm=True, epochs=2, lr=1e-3,
+                               aug_consistency=1.0)
     return train(cfg, run_dir=tmp_path_factory.mktemp("speech") / "run", progress=False)
+
+
+def test_paired_crops_hold_the_same_speech(small_ravdess):
+    """Crops.pairs: each item clean and as a view, the same length, about the same stretch of speech."""
+    from liser.features import build_features
+    from liser.train import Crops
+    from liser.views import build_views
+
+    items = small_ravdess.manifest.items[:24]
+    caches = [build_features(small_ravdess.manifest, small_ravdess.work, threads=1, progress=False),
+              *build_views(small_ravdess.manifest, small_ravdess.work, 1, 0, "", 1, False)]
+    crops = Crops.of([[c.frames(it.id) for it in items] for c in caches], "speech")
+    rng = np.random.default_rng(0)
+    same, other = [], []
+    for _ in range(10):
+        idx = rng.choice(len(items), 6, replace=False)
+        xs, length = crops.pairs(idx, rng)
+        assert len(xs) == 12 and all(x.shape == (audio.N_MELS, length) for x in xs)
+        contour = [x.mean(axis=0) for x in xs]  # loudness over time, [length]
+        for j in range(6):
+            same.append(np.corrcoef(contour[j], contour[6 + j])[0, 1])
+            other.append(np.corrcoef(contour[j], contour[6 + (j + 1) % 6])[0, 1])
+    assert np.mean(same) > np.mean(other) + 0.3, (np.mean(same), np.mean(other))
+
+
+def test_consistency_term_teaches_the_view_only():
+    import torch
+
+    from liser.losses import consistency_term
+
+    clean = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]], requires_grad=True)
+    view = torch.tensor([[2.0, 0.0, -1.0], [1.0, 0.0, 0.0]], requires_grad=True)
+    term = consistency_term(clean, view)
+    assert term[0].item() == pytest.approx(0.0, abs=1e-6) and term[1].item() > 0.1
+    term.sum().backward()
+    assert clean.grad is None and view.grad.abs().sum() > 0  # the clean side is the teacher, not taught
+
+
+def test_consistency_needs_views(small_config):
+    with pytest.raises(LiserError, match="aug_consistency 0.5 needs views"):
+        small_config.replace(aug_consistency=0.5).check_choices()
+
+
+def test_consistency_run_logs_its_term(speech_run):
+    import csv
+
+    rows = list(csv.DictReader(open(speech_run / "epochs.csv")))
+    terms = [float(r["consistency"]) for r in rows]
+    assert all(np.isfinite(terms)) and terms[0] > 0
 
 
 def test_speech_student_ignores_silence_around_the_clip(speech_run, clip):

@@ -101,6 +101,9 @@ class Config:
     aug_views: int = 0  # waveform views per labeled training item (codecs, phone band, speed, reverb, noise, room
     #   tone; liser.augment_audio), computed once into features caches; a step draws the clean item or a view; 0 = off
     aug_noise_dir: str = ""  # folder of recordings whose non-speech parts are the views' background noise; "" = pink
+    aug_consistency: float = 0.0  # with aug_views: each step takes every item clean and as one view, cropped alike,
+    #   and adds this weight x KL(clean || view) to the loss, the clean prediction (no gradient) teaching the view's;
+    #   0 = off (a step draws the clean item or a view)
     # ---- where it runs (not part of what the run is: a run resumes on another device) ----
     device: str = "auto"  # auto (CUDA when torch sees a GPU) | cpu | cuda | cuda:N
 
@@ -111,6 +114,9 @@ class Config:
             if getattr(self, key) not in allowed:
                 names = f"{', '.join(allowed[:-1])} or {allowed[-1]}"
                 raise LiserError(f"{key} must be {names}, got {getattr(self, key)!r}")
+        if self.aug_consistency and not self.aug_views:
+            raise LiserError(f"aug_consistency {self.aug_consistency:g} needs views to be consistent across "
+                             f"(aug_views > 0)")
 
     def replace(self, **kw) -> "Config":
         return dataclasses.replace(self, **kw)

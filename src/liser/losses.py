@@ -27,6 +27,18 @@ def distill_term(logits: torch.Tensor, target: torch.Tensor, kind: str = "mae") 
     raise ValueError(f"unknown distillation loss {kind!r} (mae or ce)")
 
 
+def consistency_term(clean_logits: torch.Tensor, view_logits: torch.Tensor) -> torch.Tensor:
+    """Per-pair consistency loss [B]: KL(softmax(clean) || softmax(view)), no gradient through the clean side.
+
+    The clean crop's prediction is the soft label its field view must match:
+    self-distillation across augmentations (the clean-to-noisy consistency
+    of UDA, Xie et al. 2020, with the clean side fixed as the teacher).
+    Shapes: both [B, K] logits of the same B items.
+    """
+    p = F.softmax(clean_logits.detach(), dim=1)
+    return (p * (F.log_softmax(clean_logits.detach(), dim=1) - F.log_softmax(view_logits, dim=1))).sum(dim=1)
+
+
 def temper(probs: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Temperature-scale probabilities (= logits / T, since log p = logits + const)."""
     if temperature == 1.0:
@@ -57,6 +69,7 @@ class LossOptions:
     kind: str = "mae"  # distillation loss: mae (the paper's) | ce (Table 3's distill-ce)
     temperature_sd: float = 1.0  # temperature of the speech teacher before its weights (not its targets)
     temperature_vd: float = 1.0  # temperature of the video teacher before its weights
+    consistency: float = 0.0  # weight of the clean-to-view consistency term (`consistency_term`); 0 = off
 
 
 def joint_loss(

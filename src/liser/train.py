@@ -47,7 +47,7 @@ from .workspace import fold_items, labeled_manifest, run_dir, speech_store, teac
 
 # the FER2013 order, used for g_vd when no video store is read (the head exists but gets no loss)
 DEFAULT_VIDEO_CLASSES = ["angry", "disgust", "fearful", "happy", "sad", "surprised", "neutral"]
-LOG_FIELDS = ("epoch", "stage", "loss", "ce", "sd", "vd", "val_uar", "val_war", "train_s", "epoch_s", "samples_per_s")
+LOG_FIELDS = ("epoch", "stage", "loss", "ce", "sd", "vd", "consistency", "val_uar", "val_war", "train_s", "epoch_s", "samples_per_s")
 
 
 # ---------------------------------------------------------------- data
@@ -119,29 +119,42 @@ def fitted_temperature(cfg: Config, store) -> float:
 
 
 def random_crop(frames: np.ndarray, rng: np.random.Generator,
-                length: int = audio.CLIP_FRAMES) -> tuple[np.ndarray, int]:
-    """A random `length`-frame window of an item's features: ([64, length] float32, start frame)."""
+                length: int = audio.CLIP_FRAMES, u: float | None = None) -> tuple[np.ndarray, int]:
+    """A random `length`-frame window of an item's features: ([64, length] float32, start frame).
+
+    `u` in [0, 1] places the window at that fraction of the room there is
+    instead of drawing it (the paired crops of `Crops.pairs`).
+    """
     last = len(frames) - length
-    start = int(rng.integers(0, last + 1)) if last > 0 else 0
+    start = (_at(0, last, u) if u is not None else int(rng.integers(0, last + 1))) if last > 0 else 0
     return np.asarray(frames[start : start + length], dtype=np.float32).T, start
 
 
 def speech_crop(frames: np.ndarray, span: tuple[int, int], extent: int, length: int,
-                rng: np.random.Generator) -> np.ndarray:
+                rng: np.random.Generator, u: float | None = None) -> np.ndarray:
     """A `length`-frame crop of an item for the "speech" windowing: [64, length] float32.
 
     Inside the speech span [a, b) when it is that long, else the whole span
     with recorded context around it, never past the recording's `extent`
     (its frames before the zero padding) unless the recording is shorter
-    than `length`. The crop inference would score (liser.windowing).
+    than `length`. The crop inference would score (liser.windowing). `u` in
+    [0, 1] places it at that fraction of the room instead of drawing it.
     """
     a, b = span
     if b - a >= length:
-        start = int(rng.integers(a, b - length + 1))
+        start = _at(a, b - length, u) if u is not None else int(rng.integers(a, b - length + 1))
     else:
         lo, hi = max(0, b - length), min(a, max(extent, length) - length)
-        start = int(rng.integers(lo, hi + 1)) if hi >= lo else max(0, min(a, len(frames) - length))
+        if hi < lo:
+            start = max(0, min(a, len(frames) - length))
+        else:
+            start = _at(lo, hi, u) if u is not None else int(rng.integers(lo, hi + 1))
     return np.asarray(frames[start : start + length], dtype=np.float32).T
+
+
+def _at(lo: int, hi: int, u: float) -> int:
+    """The integer at fraction u of [lo, hi]."""
+    return lo + int(round(u * (hi - lo)))
 
 
 def unlabeled_batch(pool: Unlabeled, idx: np.ndarray, rng: np.random.Generator, length: int = audio.CLIP_FRAMES):
@@ -210,6 +223,28 @@ class Crops:
         length = min(length, min(max(self.extents[v][i], MIN_WINDOW_FRAMES) for v, i in zip(vs, idx)))
         return [speech_crop(self.views[v][i], self.spans[v][i], self.extents[v][i], length, rng)
                 for v, i in zip(vs, idx)], length
+
+    def pairs(self, idx, rng: np.random.Generator) -> tuple[list, int]:
+        """Crops of items `idx` twice, clean then as one view each (drawn from 1..K), and the length.
+
+        The two crops of an item have the same length and sit at the same
+        fraction of the room their speech span (or, "pad", their frames)
+        leaves, so they hold about the same stretch of speech even when the
+        view is sped up or has room tone before it. Returns 2 x len(idx)
+        crops: the clean ones first, then the views in the same order.
+        """
+        from .windowing import MIN_WINDOW_FRAMES
+
+        vs = rng.integers(1, len(self.views), len(idx))
+        us = rng.random(len(idx))
+        if self.windowing == "pad":
+            return ([random_crop(self.views[0][i], rng, u=u)[0] for i, u in zip(idx, us)]
+                    + [random_crop(self.views[v][i], rng, u=u)[0] for v, i, u in zip(vs, idx, us)], audio.CLIP_FRAMES)
+        length = int(rng.integers(MIN_WINDOW_FRAMES, audio.CLIP_FRAMES + 1))
+        shortest = min(min(self.extents[0][i], self.extents[v][i]) for v, i in zip(vs, idx))
+        length = min(length, max(shortest, MIN_WINDOW_FRAMES))
+        crop = lambda v, i, u: speech_crop(self.views[v][i], self.spans[v][i], self.extents[v][i], length, rng, u)
+        return [crop(0, i, u) for i, u in zip(idx, us)] + [crop(v, i, u) for v, i, u in zip(vs, idx, us)], length
 
 
 @dataclass
@@ -392,7 +427,8 @@ def loss_options(cfg: Config, data: Data):
     from .losses import LossOptions
 
     return LossOptions(lambda_sd=cfg.lambda_sd, lambda_vd=cfg.lambda_vd, weighting=cfg.weighting,
-                       kind=cfg.distill_loss, temperature_sd=data.temperature_sd, temperature_vd=cfg.temperature_vd)
+                       kind=cfg.distill_loss, temperature_sd=data.temperature_sd, temperature_vd=cfg.temperature_vd,
+                       consistency=cfg.aug_consistency)
 
 
 def augment_options(cfg: Config):
@@ -416,15 +452,19 @@ def lr_factor(cfg: Config, epoch: int, step: int, n_steps: int) -> float:
     return 1.0
 
 
-def next_batch(crops: Crops, y: np.ndarray, idx, pool, n_u: int, state: State):
-    """One mini-batch: crops of the labeled items `idx` (None: none; `Crops.batch`), then `n_u` pool items
+def next_batch(crops: Crops, y: np.ndarray, idx, pool, n_u: int, state: State, paired: bool = False):
+    """One mini-batch: crops of the labeled items `idx` (None: none; `Crops.batch`, or `Crops.pairs` when
+    `paired`: each item clean, then each as a view, labels repeated), then `n_u` pool items
     (pool None: none) with their window targets, cropped to the same length. Returns (x [B, 64, L], labels
     [N_l] or None, sd, vd), sd and vd being (targets, mask) per teacher. The pool is walked in a permutation
     kept in `state`."""
     import torch
 
     rng, xs, labels, length = state.rng, [], None, audio.CLIP_FRAMES
-    if idx is not None:
+    if idx is not None and paired:
+        xs, length = crops.pairs(idx, rng)
+        labels = torch.from_numpy(np.concatenate([y[idx], y[idx]]))
+    elif idx is not None:
         xs, length = crops.batch(idx, rng)
         labels = torch.from_numpy(y[idx])
     sd = vd = (None, None)
@@ -462,6 +502,7 @@ def run_epoch(cfg: Config, data: Data, model, opt, state: State, stage1: bool, c
     n_u = cfg.unlabeled_batch if pool is not None else 0
     use_l = not stage1
     use_u = pool is not None and (cfg.schedule == "joint" or stage1)
+    paired = cfg.aug_consistency > 0 and len(crops.views) > 1
     model.train()
     order = rng.permutation(len(data.train))
     sums: dict[str, float] = {}
@@ -469,7 +510,7 @@ def run_epoch(cfg: Config, data: Data, model, opt, state: State, stage1: bool, c
     n_steps = int(np.ceil(len(data.train) / cfg.batch_size)) if use_l else int(np.ceil(len(pool.ids) / max(n_u, 1)))
     for s in range(n_steps):
         idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size] if use_l else None
-        x, labels, sd, vd = next_batch(crops, y, idx, pool if use_u else None, n_u, state)
+        x, labels, sd, vd = next_batch(crops, y, idx, pool if use_u else None, n_u, state, paired and idx is not None)
         if aug.active:
             x = torch.from_numpy(augment_batch(x.numpy(), aug, rng))
         if scheduled:
@@ -477,7 +518,8 @@ def run_epoch(cfg: Config, data: Data, model, opt, state: State, stage1: bool, c
                 g["lr"] = cfg.lr * lr_factor(cfg, state.epoch, s, n_steps)
         n_samples += len(x)
         x, labels = x.to(device, non_blocking=True), None if labels is None else labels.to(device)
-        loss, parts = step_loss(model, x, labels, _to(sd, device), _to(vd, device), options, cfg.precision)
+        pairs = len(idx) if paired and idx is not None else 0
+        loss, parts = step_loss(model, x, labels, _to(sd, device), _to(vd, device), options, cfg.precision, pairs)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -487,8 +529,12 @@ def run_epoch(cfg: Config, data: Data, model, opt, state: State, stage1: bool, c
     return sums, n_steps, n_samples, time.time() - t0
 
 
-def step_loss(model, x, labels, sd, vd, options, precision: str = "fp32"):
+def step_loss(model, x, labels, sd, vd, options, precision: str = "fp32", pairs: int = 0):
     """Forward + joint loss of one training mini-batch, in `precision`: (loss, parts for logging).
+
+    With `pairs` > 0 the first 2 x pairs labeled rows are items clean and
+    the same items as views (`Crops.pairs`), and the loss adds
+    options.consistency x the mean `consistency_term` over the pairs.
 
     x [B, 64, 94] on the model's device, labeled items first: labels [N_l]
     int (None: no labeled item); sd and vd are (targets [B - N_l, K], mask
@@ -500,13 +546,18 @@ def step_loss(model, x, labels, sd, vd, options, precision: str = "fp32"):
     Raises LiserError for another precision.
     """
     from .device import training_autocast
-    from .losses import joint_loss
+    from .losses import consistency_term, joint_loss
 
     with training_autocast(x.device, precision):
         sup, sd_logits, vd_logits = (out.float() for out in model(x))
         n_l = 0 if labels is None else len(labels)
-        return joint_loss(sup[:n_l] if n_l else None, labels, sd_logits[n_l:], sd[0], sd[1],
-                          vd_logits[n_l:], vd[0], vd[1], options=options)
+        loss, parts = joint_loss(sup[:n_l] if n_l else None, labels, sd_logits[n_l:], sd[0], sd[1],
+                                 vd_logits[n_l:], vd[0], vd[1], options=options)
+        if pairs and options.consistency:
+            term = consistency_term(sup[:pairs], sup[pairs : 2 * pairs]).mean()
+            loss = loss + options.consistency * term
+            parts["consistency"] = float(term.detach())
+        return loss, parts
 
 
 def _to(pair, device):
@@ -617,9 +668,14 @@ def train(cfg: Config, run_dir: str | Path | None = None, progress: bool = True)
 
 
 def _append_csv(path: Path, row: dict) -> None:
+    """Append a row to epochs.csv; a file begun with fewer columns (an older run resumed) keeps its header."""
     new = not path.exists()
+    fields = LOG_FIELDS
+    if not new:
+        with open(path, newline="") as f:
+            fields = next(csv.reader(f), None) or LOG_FIELDS
     with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         if new:
             w.writeheader()
         w.writerow(row)
