@@ -203,6 +203,12 @@ def test_cli_folder_with_a_bad_file(tiny, tmp_path, capsys):
         assert label in tiny["manifest"].classes and p.startswith("p=")
     assert f"liser: {d / 'broken.wav'}:" in err and "Traceback" not in err
     assert main(["predict", str(tiny["run"]), str(d / "a.flac")]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(tiny["run"]), str(d), "--json"]) == 1  # every input has its JSON line
+    rows = {Path(r["path"]).name: r for r in map(json.loads, capsys.readouterr().out.strip().splitlines())}
+    assert set(rows) == {"a.flac", "b.flac", "broken.wav"}
+    assert "error" in rows["broken.wav"] and "label" not in rows["broken.wav"]
+    assert all("label" in r for name, r in rows.items() if name != "broken.wav")
 
 
 def test_cli_json_csv_timeline(tiny, tmp_path, capsys):
@@ -237,7 +243,8 @@ def test_cli_stdin_wav_and_raw(tiny, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(raw)))
     assert main(["predict", str(tiny["run"]), "-", "--json"]) == 1  # unknown bytes are never guessed to be PCM
     out, err = capsys.readouterr()
-    assert out == "" and "not recognised" in err and "--raw" in err and len(err.strip().splitlines()) == 1
+    assert json.loads(out)["path"] == "-" and "not recognised" in json.loads(out)["error"]
+    assert "not recognised" in err and "--raw" in err and len(err.strip().splitlines()) == 1
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(raw)))
     assert main(["predict", str(tiny["run"]), "-", "--json", "--raw"]) == 0
     assert json.loads(capsys.readouterr().out)["label"] == label

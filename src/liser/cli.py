@@ -357,7 +357,8 @@ def add_predict(sub) -> None:
                     help="a model first (run directory, best.pt or .onnx; omitted = the default model that ships "
                          "with liser), then audio/video files, folders, or - for stdin")
     g = sp.add_mutually_exclusive_group()
-    g.add_argument("--json", action="store_true", help="one JSON object per line")
+    g.add_argument("--json", action="store_true",
+                   help="one JSON object per line for each file read: its label, or {path, error} when it got none")
     g.add_argument("--csv", action="store_true", help="CSV with a header row")
     sp.add_argument("--timeline", action="store_true", help="also the per-window predictions (3 s windows, --stride apart)")
     sp.add_argument("--stream", action="store_true",

@@ -761,13 +761,16 @@ def _say_skipped(folder: Path, skipped: list[Path]) -> None:
         print(f"liser: {folder}: {len(rest)} more files skipped ({said})", file=sys.stderr, flush=True)
 
 
-def _say_problem(path: str, e: Exception) -> None:
+def _problem_line(path: str, e: Exception) -> str:
+    """The one line that says why `path` got no label: '<path>: <why>'."""
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     if not isinstance(e, LiserError):
         msg = f"{type(e).__name__}: {msg}"
-    if not msg.startswith(str(path)):
-        msg = f"{path}: {msg}"
-    print(f"liser: {msg}", file=sys.stderr, flush=True)
+    return msg if msg.startswith(str(path)) else f"{path}: {msg}"
+
+
+def _say_problem(path: str, e: Exception) -> None:
+    print(f"liser: {_problem_line(path, e)}", file=sys.stderr, flush=True)
 
 
 class _Writer:
@@ -797,6 +800,13 @@ class _Writer:
             print(f"{path}\t{p.label}\tp={p.confidence:.2f}", flush=True)
             for w in windows or []:
                 self.window(path, w)
+
+    def refused(self, path: str, line: str) -> None:
+        """JSON lines: a record for a file that got no label, {"path", "error"}, so every input has its line
+        (the same line goes to stderr). Text and CSV keep to labels."""
+        if self.fmt == "json":
+            why = line[len(str(path)) + 2 :] if line.startswith(f"{path}: ") else line
+            print(json.dumps({"path": path, "error": why}), flush=True)
 
     def window(self, path: str, w: Prediction) -> None:
         if self.fmt == "json":
@@ -961,6 +971,7 @@ def run_predict(model_path: str, inputs: list[str], fmt: str = "text", timeline:
                 if err is not None:
                     failed += 1
                     _say_problem(f, err)
+                    out.refused(f, _problem_line(f, err))
                 else:
                     out.file(f, *res)
     return 1 if failed else 0
