@@ -16,8 +16,9 @@ after reading and resampling a file, so a runtime that only has onnxruntime
 
 Outputs: `probabilities` [K], `logits` [K] (the file's), `window_logits`
 [W, K], `window_start_s` [W] and `window_weight` [W] (the windows the file
-label was computed from), and for "speech" models `speech_s` [] (seconds of
-speech span, margins included). `liser predict` refuses a file with less than
+label was computed from), `classes` [K] (strings: the class names, so a
+runtime without a metadata API needs nothing else), and for "speech" models
+`speech_s` [] (seconds of speech span, margins included). `liser predict` refuses a file with less than
 MIN_SPEECH_S of speech ("no speech found"); the graph cannot raise, so it
 scores the whole file then (as `liser evaluate` does) and the caller must
 check `speech_s < 0.5` and refuse. The caller also resamples to 16 kHz and
@@ -372,11 +373,14 @@ def build(student_path: str | Path, meta: dict[str, str], dft: str = "stft"):
              "window_start_s": g.op("Mul", g.op("Cast", starts, to=1), g.f32(audio.HOP_S))}
     if speech_s is not None:
         named[SPEECH_OUTPUT] = speech_s
+    named["classes"] = g.const(np.array(json.loads(meta["classes"]), dtype=object), hint="class_names")
     for out, src in named.items():
         g.nodes.append(helper.make_node("Identity", [src], [out]))
     shapes = {"probabilities": [k], "logits": [k], "window_logits": ["windows", k], "window_weight": ["windows"],
               "window_start_s": ["windows"], SPEECH_OUTPUT: []}
-    outputs = [helper.make_tensor_value_info(o, TensorProto.FLOAT, shapes[o]) for o in named]
+    shapes["classes"] = [k]
+    outputs = [helper.make_tensor_value_info(o, TensorProto.STRING if o == "classes" else TensorProto.FLOAT, shapes[o])
+               for o in named]
     graph = helper.make_graph(g.nodes, "liser_waveform", [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT,
                               ["samples"])], outputs, g.inits)
     opsets = {o.domain: o.version for o in student.opset_import}
@@ -401,7 +405,7 @@ def metadata(student_meta: dict[str, str], dft: str) -> dict[str, str]:
         "student_format": meta.get("format", ""),  # liser-student-onnx: `liser export` may overwrite this file
         "input": CONTRACT,
         "output": "probabilities [K] (softmax of the file's logits), logits [K], window_logits [W, K], "
-                  "window_start_s [W], window_weight [W]" +
+                  "window_start_s [W], window_weight [W], classes [K] (strings)" +
                   (f", {SPEECH_OUTPUT} [] (refuse the file when < {MIN_SPEECH_S} s: no speech found)" if speech else ""),
         "front_end_in_graph": f"DC removal, 3 s zero padding, centred Hann STFT ({dft}), Slaney Mel, dB, float16 "
                               f"rounding, {'speech-span' if speech else 'pad'} windows every "
