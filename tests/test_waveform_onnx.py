@@ -163,6 +163,7 @@ def test_shipped_waveform_default(signals):
 
 def test_cli_export_waveform_wraps_an_onnx_and_refuses_a_graph(tmp_path, files, capsys):
     from liser.cli import main
+    from liser.errors import LiserError
 
     out = tmp_path / "wave.onnx"
     assert main(["export", str(DEFAULT_ONNX), "--onnx", str(out), "--waveform",
@@ -173,6 +174,8 @@ def test_cli_export_waveform_wraps_an_onnx_and_refuses_a_graph(tmp_path, files, 
     again = tmp_path / "again.onnx"
     assert main(["export", str(out), "--onnx", str(again), "--waveform", "--check-files", str(files[0])]) != 0
     assert "already a waveform graph" in capsys.readouterr().err and not again.exists()
+    with pytest.raises(LiserError, match="waveform-in graph"):
+        predict.load(out)
 
 
 # ---------------------------------------------------------------- Node (examples/node)
