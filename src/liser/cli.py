@@ -223,7 +223,8 @@ def cmd_export(args) -> int:
 
     int8 = True if args.int8 == "" else args.int8
     check_onnx_outputs(args.onnx, int8)
-    export_onnx(args.run, args.onnx, int8=int8, opset=args.opset, check_files=args.check_files, threads=args.threads)
+    export_onnx(args.run, args.onnx, int8=int8, opset=args.opset, check_files=args.check_files, threads=args.threads,
+                waveform=args.waveform, dft=args.dft)
     return 0
 
 
@@ -382,8 +383,14 @@ def add_export(sub) -> None:
     sp = sub.add_parser("export", help="export a run's student to ONNX (fp32, optionally int8) with a parity check",
                         description="Export the student's inference graph (log-Mel windows [B,64,94] -> logits [B,K]) "
                                     "to ONNX; the log-Mel front end stays a separate step (liser.frontend).")
-    sp.add_argument("run", help="run directory (holds best.pt) or a best.pt checkpoint")
+    sp.add_argument("run", help="run directory (holds best.pt) or a best.pt checkpoint (with --waveform also an "
+                                "exported log-Mel .onnx, wrapped as it is)")
     sp.add_argument("--onnx", required=True, metavar="OUT.onnx", help="fp32 model to write")
+    sp.add_argument("--waveform", action="store_true",
+                    help="write waveform-in graphs: 16 kHz mono samples of any length -> the file's probabilities, "
+                         "front end and windowing inside (docs/onnx.md); default: log-Mel windows in, logits out")
+    sp.add_argument("--dft", choices=("matmul", "stft"), default="matmul",
+                    help="with --waveform: the DFT as two MatMuls (default; every runtime) or the opset-17 STFT op")
     sp.add_argument("--int8", nargs="?", const="", default=None, metavar="PATH",
                     help="also write an int8 model (default <OUT>.int8.onnx); prints its test UAR next to fp32")
     sp.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")

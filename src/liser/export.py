@@ -28,6 +28,12 @@ An fp32 export with a difference above 1e-3 or any disagreeing label fails
 and leaves no file (everything is written under a temporary name and renamed
 on success).
 
+`--waveform` wraps each exported model (fp32 and int8) in one graph from
+16 kHz samples to the file's probabilities, the front end and the windowing
+inside (liser.waveform_onnx, docs/onnx.md), checked against `liser predict`
+on real files; RUN may then also be an exported log-Mel .onnx (the packaged
+default model), which is wrapped as it is.
+
 `--int8` tries two onnxruntime quantisations: dynamic (int8 weights,
 activations quantised on the fly; Conv, Gemm, LSTM) and static QDQ
 (convolutions and the head with activation ranges calibrated on real training
@@ -152,8 +158,9 @@ def _session(path: Path, threads: int = 1):
 class CheckData:
     """Real files for the checks: per-file windows [W, 64, 94], true labels (or None), calibration windows."""
 
-    def __init__(self, names, wins, labels, calib, source: str, classes, stride_s: float, weights=None):
+    def __init__(self, names, wins, labels, calib, source: str, classes, stride_s: float, weights=None, paths=None):
         self.names, self.wins, self.labels, self.calib = names, wins, labels, calib
+        self.paths = list(paths or [])  # the files' paths (strings), for checks that read them again
         self.source, self.classes, self.stride_s = source, classes, stride_s
         self.weights = weights  # per file, its windows' weights [W] (liser.windowing); None = equal
 
@@ -185,7 +192,8 @@ def _fold_data(ck: dict, max_calib: int = CALIBRATION_WINDOWS) -> CheckData | No
         calib.append(w[rng.integers(len(w))])
     return CheckData([it.id for it in test_items], wins, labels, np.stack(calib) if calib else None,
                      f"test fold {cfg.fold} of {cfg.name} ({len(test_items)} files)", classes, stride,
-                     [p.weights for p in plans] if cfg.windowing != "pad" else None)
+                     [p.weights for p in plans] if cfg.windowing != "pad" else None,
+                     [str(manifest.abspath(it)) for it in test_items])
 
 
 def _files_data(files: list[str], classes) -> CheckData:
@@ -197,7 +205,8 @@ def _files_data(files: list[str], classes) -> CheckData:
         raise LiserError(problems[0])
     wins = [windows(features(read_input(p)), audio.EVAL_STRIDE_S)[0] for p in paths]
     calib = np.concatenate([w[:: max(1, len(w) // 4)] for w in wins])[:CALIBRATION_WINDOWS]
-    return CheckData(paths, wins, None, calib, f"{len(paths)} given files", classes, audio.EVAL_STRIDE_S)
+    return CheckData(paths, wins, None, calib, f"{len(paths)} given files", classes, audio.EVAL_STRIDE_S,
+                     paths=[str(p) for p in paths])
 
 
 def _logits(fn, wins: list[np.ndarray]) -> list[np.ndarray]:
@@ -267,13 +276,17 @@ def _tmp_name(path: Path) -> Path:
 
 
 def export_onnx(run: str | Path, out: str | Path, int8: str | Path | bool | None = None, opset: int = 17,
-                check_files: list[str] | None = None, threads: int = 1, say=_say) -> dict:
+                check_files: list[str] | None = None, threads: int = 1, say=_say, waveform: bool = False,
+                dft: str = "matmul") -> dict:
     """Export a run's student to `out` (fp32) and, with `int8`, an int8 model; returns a report dict.
 
     `int8` is a path, or True for `<out stem>.int8.onnx`. Raises LiserError
     (and leaves no output file) when the fp32 parity check fails. Torch runs
     on `threads` threads during the call; the process's setting is restored after it.
+    `waveform`: both models are waveform-in graphs instead (`export_waveform`; `dft` as liser.waveform_onnx.build's).
     """
+    if waveform:
+        return export_waveform(run, out, int8, opset, check_files, threads, say, dft)
     from .predict import read_checkpoint, student_from_checkpoint
     from .student import Classifier
     from .util import torch_threads
@@ -285,7 +298,7 @@ def export_onnx(run: str | Path, out: str | Path, int8: str | Path | bool | None
     int8_path = _output_paths(out, int8)
     data = _check_data(ck, ck_path, check_files, say)
     report = {"checkpoint": str(ck_path), "onnx": str(out), "opset": opset, "classes": list(ck["classes"]),
-              "check_data": data.source}
+              "check_data": data.source, "check_paths": data.paths}
     tmp = _tmp_name(out)
     tmp_int8 = _tmp_name(int8_path) if int8_path else None
     try:
@@ -491,3 +504,72 @@ def _int8(fp32: Path, dest: Path, ck: dict, data: CheckData, ref_lab, uar32, thr
             "timing": {"windows": min(TIMING_WINDOWS, sum(len(w) for w in data.wins)), "batch": TIMING_BATCH,
                        "repeats": TIMING_REPEATS, "threads": 1, "clock": "time.process_time, median"},
             "int8_candidates": [{k: v for k, v in c.items() if k != "path"} for c in cands]}
+
+
+# ---------------------------------------------------------------- waveform in
+def export_waveform(run: str | Path, out: str | Path, int8=None, opset: int = 17, check_files=None, threads: int = 1,
+                    say=_say, dft: str = "matmul") -> dict:
+    """`liser export --waveform`: waveform-in graphs (liser.waveform_onnx) at `out` (and the int8 path).
+
+    `run` is a run directory / best.pt (exported and checked as usual into a
+    temporary folder first, then wrapped) or a log-Mel student .onnx (wrapped
+    as it is; `check_files` are then required, and `int8` is not taken: the
+    .onnx's own quantisation is kept). Each wrapped graph is checked against
+    `liser predict` on its student over real files (`--check-files`, else
+    the run's test fold): an fp32 one within liser.waveform_onnx.PARITY_TOLERANCE, an
+    int8 one on labels and refusals. Raises LiserError, writing nothing at
+    that path, when a check fails or no real files are at hand.
+    """
+    import tempfile
+
+    from . import waveform_onnx
+
+    out = Path(out)
+    if Path(run).suffix.lower() == ".onnx":
+        if int8:
+            raise LiserError(f"{run}: --int8 with an .onnx model: it is wrapped as it is (its own quantisation)")
+        if not check_files:
+            raise LiserError(f"{run}: wrapping an .onnx model needs --check-files (real audio to check it on)")
+        _output_paths(out, None)
+        files = _check_paths(check_files)
+        quant = waveform_onnx.student_metadata(run).get("quantization", "none")
+        tol = waveform_onnx.PARITY_TOLERANCE if quant == "none" else None
+        report = {"onnx": str(out), **waveform_onnx.export(run, out, files, dft, tol, threads, say)}
+        say(f"wrote {out} ({report['bytes'] / 1000:.0f} KB, waveform in; {waveform_onnx.CONTRACT})")
+        return report
+    int8_path = _output_paths(out, int8)
+    with tempfile.TemporaryDirectory(prefix=".liser-export-", dir=out.parent) as d:
+        student = Path(d) / "student.onnx"
+        def quiet(m: str) -> None:  # the log-Mel models are temporary: say "exported", not "wrote"
+            say(m.replace("wrote ", "exported log-Mel student ", 1) if m.startswith("wrote ") else m)
+
+        report = export_onnx(run, student, int8=Path(d) / "student.int8.onnx" if int8_path else None, opset=opset,
+                             check_files=check_files, threads=threads, say=quiet)
+        files = _check_paths(check_files) if check_files else report.get("check_paths") or []
+        if not files:
+            raise LiserError(f"{run}: no real files to check the waveform graph on (pass --check-files FILES)")
+        wave = Path(d) / out.name  # both graphs pass their checks before either is moved into place
+        report["waveform"] = waveform_onnx.export(student, wave, files, dft, waveform_onnx.PARITY_TOLERANCE, threads, say)
+        if int8_path:
+            wave8 = Path(d) / ("int8-" + int8_path.name)
+            report["waveform_int8"] = waveform_onnx.export(Path(d) / "student.int8.onnx", wave8, files, dft, None,
+                                                           threads, say)
+            os.replace(wave8, int8_path)
+            report["int8"] = str(int8_path)
+        os.replace(wave, out)
+        report["onnx"] = str(out)
+    for path, key in ((out, "waveform"), (int8_path, "waveform_int8")):
+        if path:
+            say(f"wrote {path} ({report[key]['bytes'] / 1000:.0f} KB, waveform in; {waveform_onnx.CONTRACT})")
+    report.pop("check_paths", None)
+    return report
+
+
+def _check_paths(check_files: list[str]) -> list[str]:
+    """The audio files named or found in folders (`liser predict`'s rules); LiserError for the first problem."""
+    from .predict import expand_inputs
+
+    paths, problems = expand_inputs(check_files)
+    if problems:
+        raise LiserError(problems[0])
+    return [str(p) for p in paths]

@@ -467,6 +467,9 @@ def _load_onnx(path: Path, threads: int | None) -> EmotionModel:
     except Exception as e:  # onnxruntime raises its own exception types
         raise LiserError(f"{path}: not a loadable ONNX model ({str(e).strip().splitlines()[0][:160]})") from None
     meta = sess.get_modelmeta().custom_metadata_map
+    if meta.get("format") == "liser-waveform-onnx":  # liser.waveform_onnx: samples in, probabilities out
+        raise LiserError(f"{path}: a waveform-in graph (liser export --waveform); run it with onnxruntime "
+                         "(docs/onnx.md), or load the log-Mel student it was made from")
     if meta.get("format") != "liser-student-onnx" or "classes" not in meta:
         raise LiserError(f"{path}: ONNX model without liser metadata (export it with `liser export`)")
     _check_version(meta.get("liser_version", "?"), str(path))
