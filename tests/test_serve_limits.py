@@ -392,6 +392,14 @@ def test_a_stream_faster_than_real_time_is_read_at_about_real_time(model, speech
         took = time.monotonic() - t0
     assert m["type"] == "done" and m["seconds"] == pytest.approx(12.0)
     assert took >= (12 - 1.0 - 0.5) / 4.0, took  # 12 s at 4x real time after a 1 s head start
+    pushed = client(model, stream_rate=4.0, stream_burst_s=1.0, stream_max_wait_s=0.5)
+    with pushed.websocket_connect("/api/live?rate=16000") as ws:  # held back too long in all: refused
+        ws.receive_json()
+        for a in range(0, len(x), RATE // 2):
+            ws.send_bytes(x[a : a + RATE // 2].astype("<f4").tobytes())
+        while (m := ws.receive_json())["type"] == "window":
+            pass
+        assert m["type"] == "error" and "faster than real time" in m["message"], m
     big = client(model, max_message_bytes=4_000)
     with big.websocket_connect("/api/live?rate=16000") as ws:
         ws.receive_json()

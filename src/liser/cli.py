@@ -410,6 +410,7 @@ SERVE_LIMIT_HELP = [  # (ServeLimits field, type, help)
     ("idle_timeout_s", float, "seconds without a request head, upload bytes or stream message before closing"),
     ("stream_rate", float, "live audio is read at most this many times real time"),
     ("stream_burst_s", float, "... after this many seconds of audio ahead"),
+    ("stream_max_wait_s", float, "a stream held back longer than this in all is refused, seconds"),
     ("max_message_bytes", int, "largest live message, bytes"),
     ("shutdown_timeout_s", float, "seconds Ctrl-C waits for running requests"),
 ]

@@ -218,7 +218,7 @@ def predict_upload(model, upload, name: str, hop_s: float = HOP_S, limits: Serve
     a limit, LiserError naming `name` for empty, unreadable, too short or
     silent input, Cancelled once `budget` is cancelled.
     """
-    from .predict import _prediction, prepare_waveform
+    from .predict import _prediction
 
     budget = budget or WorkBudget(name, limits)
     budget.begin()  # CPU time is counted in this thread from here
@@ -240,13 +240,34 @@ def predict_upload(model, upload, name: str, hop_s: float = HOP_S, limits: Serve
         if "unreadable" in why or "no audio" in why.lower():
             why += " (upload an audio file: WAV, FLAC, Ogg/Opus, MP3, or a video with sound)"
         raise LiserError(why) from None
-    sig = prepare_waveform(sig, audio.SAMPLE_RATE, name)  # too short, silent: LiserError naming the upload
+    check_signal(sig, name)
     frames = _features(sig, budget)
     m = guarded_model(model, budget)
     windows = m.timeline_frames(frames, len(sig) / audio.SAMPLE_RATE, hop_s)
     p = _prediction(m.file_logits(frames, name), m.classes)
     return {"name": name, "duration": round(windows[-1].end, 3), **p.to_dict(),
             "timeline": [w.to_dict() for w in windows]}
+
+
+def check_signal(sig: np.ndarray, name: str, block: int = 1 << 20) -> None:
+    """liser.predict.prepare_waveform's checks of a decoded mono 16 kHz signal, in float64 blocks of `block` samples.
+
+    LiserError naming `name` for a signal shorter than MIN_DURATION_S or
+    silent (RMS after removing the mean below -100 dBFS); NaN/inf were
+    refused while decoding. prepare_waveform's np.var of the whole signal
+    would hold it again as float64 (77 MB for 10 minutes).
+    """
+    from .predict import MIN_DURATION_S
+
+    seconds = len(sig) / audio.SAMPLE_RATE
+    if seconds < MIN_DURATION_S:
+        raise LiserError(f"{name}: too short ({seconds:.3f} s; at least {MIN_DURATION_S} s is needed)")
+    mean = sum(float(sig[a : a + block].sum(dtype=np.float64)) for a in range(0, len(sig), block)) / len(sig)
+    sumsq = sum(float(np.square(sig[a : a + block].astype(np.float64) - mean).sum()) for a in range(0, len(sig), block))
+    rms = math.sqrt(sumsq / len(sig))
+    if rms < audio.SILENCE_RMS:
+        raise LiserError(f"{name}: silent (RMS {rms:.1e} after removing the mean; all zeros, constant, or below "
+                         "-100 dBFS)")
 
 
 def _features(sig: np.ndarray, budget: WorkBudget) -> np.ndarray:
@@ -583,7 +604,8 @@ async def _live_session(ws, model, hop_s: float, run_in_threadpool, limits: Serv
 
     Closed when no message comes for limits.idle_timeout_s; audio is taken
     at most limits.stream_rate x real time after a head start of
-    stream_burst_s (faster messages are read later: the client waits).
+    stream_burst_s (faster messages are read later: the client waits), and
+    a stream held back for more than stream_max_wait_s in all is refused.
     """
     import anyio
     from starlette.websockets import WebSocketDisconnect
@@ -596,7 +618,7 @@ async def _live_session(ws, model, hop_s: float, run_in_threadpool, limits: Serv
                              "(/api/live?rate=48000)")
         timeline = LiveTimeline(model, int(rate), hop_s, limits.min_rate_hz, limits.max_rate_hz)
         await ws.send_json({"type": "ready", "classes": model.classes, "hop_s": hop_s, "rate": int(rate)})
-        t0, heard = time.monotonic(), 0.0
+        t0, heard, waited = time.monotonic(), 0.0, 0.0
         while True:
             try:
                 with anyio.fail_after(limits.idle_timeout_s):
@@ -616,6 +638,12 @@ async def _live_session(ws, model, hop_s: float, run_in_threadpool, limits: Serv
                 heard += len(data) / 4 / timeline.sample_rate
                 ahead = heard - limits.stream_burst_s - limits.stream_rate * (time.monotonic() - t0)
                 if ahead > 0:  # faster than real time: read on when the stream's rate allows it
+                    waited += ahead / limits.stream_rate
+                    if waited > limits.stream_max_wait_s:
+                        raise LiserError(f"audio arrives faster than real time ({heard:.1f} s of audio in "
+                                         f"{time.monotonic() - t0:.1f} s; this server reads at most "
+                                         f"{limits.stream_rate:g}x real time): stream it as it is recorded "
+                                         "(liser serve --stream-rate)")
                     await anyio.sleep(ahead / limits.stream_rate)
                 windows = await run_in_threadpool(timeline.push, np.frombuffer(data, dtype="<f4"))
             elif msg.get("text") == "stop":

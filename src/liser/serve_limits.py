@@ -88,6 +88,9 @@ class ServeLimits:
     idle_timeout_s: float = 30.0  # no request head, no upload bytes, or no stream message for this long: closed
     stream_rate: float = 1.25  # live audio is taken at most this many times real time (faster is read slower)
     stream_burst_s: float = 5.0  # ... after a head start of this many seconds of audio (a network hiccup's backlog)
+    # a stream held back (read later) for longer than this in all is refused: it is being pushed, not recorded
+    # (and a client waiting that long behind its own backlog would miss WebSocket pings)
+    stream_max_wait_s: float = 10.0
     max_message_bytes: int = 1 << 20  # one live message (float32 samples): 1 MiB = 1.4 s at 192 kHz
     shutdown_timeout_s: float = 5.0  # Ctrl-C: requests still running after this long are cancelled
     allow_origins: tuple[str, ...] = ()  # origins besides the page's own that may POST or open /api/live; "*": any
@@ -98,7 +101,7 @@ class ServeLimits:
     def check(self) -> None:
         """LiserError naming the option of the first value that cannot work (--max-seconds -1, ...)."""
         positive = ["max_upload_mb", "max_seconds", "max_cpu_s", "max_wall_s", "idle_timeout_s", "stream_rate",
-                    "shutdown_timeout_s"]
+                    "stream_max_wait_s", "shutdown_timeout_s"]
         for f in positive:
             if not getattr(self, f) > 0:
                 raise LiserError(f"--{f.replace('_', '-')} {getattr(self, f)}: must be positive")
@@ -205,7 +208,8 @@ class _Sink:
     are kept native until `signal()`.
     """
 
-    def __init__(self, name: str, rate: int, channels: int, limits: ServeLimits, budget: WorkBudget):
+    def __init__(self, name: str, rate: int, channels: int, limits: ServeLimits, budget: WorkBudget,
+                 expected_frames: int | None = None):
         import soxr
 
         if rate <= 0 or channels <= 0:  # no header of a real file says this: the bytes are not what they seemed
@@ -215,7 +219,11 @@ class _Sink:
         self.max_frames = int(limits.max_seconds * rate)
         self.frames = 0
         self.native = []  # 3+ channels: [n, channels] blocks at `rate`
-        self.out = []  # 1-2 channels: mono 16 kHz blocks
+        self.out = []  # 1-2 channels: mono 16 kHz blocks (past `buf`)
+        # a declared length (within the limit) is written into one array made up front: the signal is held
+        # once, not as blocks and then again as their concatenation
+        n16 = int(min(expected_frames or 0, self.max_frames) * audio.SAMPLE_RATE / rate) + 64 if channels <= 2 else 0
+        self.buf, self.n_buf = np.empty(n16 if expected_frames else 0, np.float32), 0
         self.resampler = None if rate == audio.SAMPLE_RATE or channels > 2 else soxr.ResampleStream(
             rate, audio.SAMPLE_RATE, 1, dtype="float32", quality="HQ")  # liser.audio.resample's quality
 
@@ -240,7 +248,14 @@ class _Sink:
             self.native.append(np.array(block, np.float32))
             return
         mono = audio.downmix(block, self.rate)
-        self.out.append(mono if self.resampler is None else self.resampler.resample_chunk(mono, last=False))
+        self._put(mono if self.resampler is None else self.resampler.resample_chunk(mono, last=False))
+
+    def _put(self, x: np.ndarray) -> None:
+        if not self.out and self.n_buf + len(x) <= len(self.buf):
+            self.buf[self.n_buf : self.n_buf + len(x)] = x
+            self.n_buf += len(x)
+        else:
+            self.out.append(np.array(x, np.float32))
 
     def pad(self, seconds: float) -> None:
         """Zeros in front of the audio (a track that starts after its container), counted like decoded audio."""
@@ -257,9 +272,10 @@ class _Sink:
             self.native = []
             return audio.resample(audio.downmix(x, self.rate), self.rate, audio.SAMPLE_RATE) if len(x) else x[:, 0]
         if self.resampler is not None and self.frames:
-            self.out.append(self.resampler.resample_chunk(np.zeros(0, np.float32), last=True))
-        x = np.concatenate(self.out) if self.out else np.zeros(0, np.float32)
-        self.out = []
+            self._put(self.resampler.resample_chunk(np.zeros(0, np.float32), last=True))
+        head = self.buf[: self.n_buf]
+        x = np.concatenate([head] + self.out) if self.out else head
+        self.out, self.buf = [], np.zeros(0, np.float32)
         return x
 
 
@@ -316,8 +332,10 @@ def _by_soundfile(path: Path, name: str, limits: ServeLimits, budget: WorkBudget
 def _read_sf(f, name: str, limits: ServeLimits, budget: WorkBudget) -> np.ndarray:
     rate, channels = int(f.samplerate), int(f.channels)
     declared = f.frames / rate if rate > 0 and 0 < f.frames < (1 << 62) else None
-    sink = _Sink(name, rate, channels, limits, budget)  # checks rate and channels
+    if rate <= 0 or channels <= 0:  # before the limits: these are not a real file's numbers
+        raise LiserError(f"{name}: unreadable audio (its header says {rate} Hz x {channels} channels)")
     check_format(name, rate, channels, declared, limits)
+    sink = _Sink(name, rate, channels, limits, budget, f.frames if declared else None)
     block = max(1, int(BLOCK_S * rate))
     while True:
         x = f.read(block, dtype="float32", always_2d=True)
