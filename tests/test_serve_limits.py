@@ -243,7 +243,8 @@ def test_absurd_and_non_finite_samples_are_refused(model, speech):
 
 def test_random_bytes_are_unreadable_whatever_their_name(model):
     c = client(model)
-    for seed, name in enumerate(("noise.wav", "noise.mp3", "noise.mp4", "noise.flac", "noise.ogg", "noise", "n.webm")):
+    for seed, name in enumerate(("noise.wav", "noise.mp3", "noise.mp4", "noise.flac", "noise.ogg", "noise", "n.webm",
+                                 "noise.aac", "noise.m4a")):
         data = np.random.default_rng(seed).bytes(40_000)
         msg = one_line_error(c.post("/api/predict", params={"name": name}, content=data), 400, f"{name}: unreadable")
         assert "0 samples" not in msg

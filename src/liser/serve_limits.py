@@ -303,7 +303,12 @@ def decode_upload(path: Path, name: str, limits: ServeLimits, budget: WorkBudget
     for read in readers:
         try:
             x = read(path, name, limits, budget)
-        except (LimitError, Cancelled):
+        except LimitError as e:
+            if kind is None and e.status == 415:  # bytes of no known format that a decoder guessed at: noise
+                raise LiserError(f"{name}: unreadable audio (not a recognised audio or video format; read as one, "
+                                 f"{str(e).removeprefix(name + ': ').split(' (')[0]})") from None
+            raise
+        except Cancelled:
             raise
         except Exception as e:  # this reader cannot read it: the next one may
             first = first or e
