@@ -340,7 +340,7 @@ def test_idle_websockets_past_the_cap_leave_the_page_served(model, speech):
     import websockets.sync.client as wsc
     from websockets.exceptions import InvalidStatus
 
-    limits = ServeLimits(max_websockets=3, idle_timeout_s=1.5)
+    limits = ServeLimits(max_websockets=3, idle_timeout_s=3.0)
     with running(serve.make_app(model, 0.5, limits=limits), limits) as (host, port, _, _):
         url = f"ws://{host}:{port}/api/live?rate=16000"
         idle = [wsc.connect(url, legacy=True) for _ in range(3)]
@@ -362,7 +362,7 @@ def test_idle_websockets_past_the_cap_leave_the_page_served(model, speech):
 
 
 def test_slow_and_surplus_connections_are_closed(model):
-    limits = ServeLimits(max_connections=4, idle_timeout_s=1.0)
+    limits = ServeLimits(max_connections=4, idle_timeout_s=2.0)
     with running(serve.make_app(model, 0.5, limits=limits), limits) as (host, port, _, _):
         slow = [socket.create_connection((host, port)) for _ in range(4)]
         for s in slow:
@@ -372,7 +372,7 @@ def test_slow_and_surplus_connections_are_closed(model):
         extra.settimeout(5)
         assert extra.recv(100).startswith(b"HTTP/1.1 503")  # over the cap: answered and closed at once
         extra.close()
-        assert all(closed_within(s, 3.0) for s in slow)  # the slow heads were dropped after the idle timeout
+        assert all(closed_within(s, 5.0) for s in slow)  # the slow heads were dropped after the idle timeout
         for s in slow:
             s.close()
         time.sleep(0.1)
@@ -432,7 +432,7 @@ def test_a_client_leaving_mid_upload_or_mid_work_stops_it_without_a_traceback(mo
         s = socket.create_connection((host, port))  # mid-work: the whole body, then gone
         s.sendall(b"POST /api/predict?name=whole.wav HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n"
                   % len(body) + body)
-        for _ in range(100):
+        for _ in range(400):  # the decoding and the log-Mel come first (~0.5 s here; more on a busy machine)
             if calls:
                 break
             time.sleep(0.05)
