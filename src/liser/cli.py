@@ -213,8 +213,12 @@ def cmd_predict(args) -> int:
 def cmd_serve(args) -> int:
     from .serve import run_serve
 
-    return run_serve(args.model, host=args.host, port=args.port, hop_s=args.hop, max_upload_mb=args.max_upload_mb,
-                     threads=args.threads)
+    from .serve_limits import ServeLimits
+
+    limits = ServeLimits().replace(**{f: getattr(args, f) for f in SERVE_LIMIT_OPTIONS},
+                                   allow_origins=tuple(args.allow_origin or ()) or None,
+                                   allow_hosts=tuple(args.allow_host or ()) or None)
+    return run_serve(args.model, host=args.host, port=args.port, hop_s=args.hop, threads=args.threads, limits=limits)
 
 
 def cmd_export(args) -> int:
@@ -400,6 +404,33 @@ def add_export(sub) -> None:
     sp.set_defaults(func=cmd_export, resumes=False)
 
 
+SERVE_LIMIT_HELP = [  # (ServeLimits field, type, help)
+    ("max_upload_mb", float, "largest upload, MB"),
+    ("max_seconds", float, "most decoded audio per upload, seconds"),
+    ("min_rate_hz", int, "lowest sample rate of an upload or stream, Hz"),
+    ("max_rate_hz", int, "highest sample rate of an upload or stream, Hz"),
+    ("max_channels", int, "most channels of an upload"),
+    ("max_cpu_s", float, "CPU-seconds per upload"),
+    ("max_wall_s", float, "seconds per upload once received, waiting included"),
+    ("max_jobs", int, "uploads worked on at once (others wait)"),
+    ("max_connections", int, "open connections at once (lowered to fit ulimit -n)"),
+    ("max_websockets", int, "live sessions at once"),
+    ("idle_timeout_s", float, "seconds without a request head, upload bytes or stream message before closing"),
+    ("stream_rate", float, "live audio is read at most this many times real time"),
+    ("stream_burst_s", float, "... after this many seconds of audio ahead"),
+    ("stream_max_wait_s", float, "a stream held back longer than this in all is refused, seconds"),
+    ("max_message_bytes", int, "largest live message, bytes"),
+    ("shutdown_timeout_s", float, "seconds Ctrl-C waits for running requests"),
+]
+SERVE_LIMIT_OPTIONS = [f for f, _, _ in SERVE_LIMIT_HELP]
+
+
+def _serve_defaults():
+    from .serve_limits import ServeLimits  # light: numpy and liser's own modules, no server
+
+    return ServeLimits()
+
+
 def add_serve(sub) -> None:
     sp = sub.add_parser("serve", help="a web page: the emotion timeline of the microphone, live, or of an uploaded file",
                         description="Serve one page that records the browser's microphone and draws the student's "
@@ -410,8 +441,18 @@ def add_serve(sub) -> None:
     sp.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0 = a free one)")
     sp.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     sp.add_argument("--hop", type=float, default=0.5, help="seconds between 3 s windows (default 0.5)")
-    sp.add_argument("--max-upload-mb", type=float, default=50.0, help="largest file upload, MB (default 50)")
     sp.add_argument("--threads", type=int, default=None, help="CPU threads for inference (default: library default)")
+    # what one client may cost (liser.serve_limits.ServeLimits; docs/serve.md): each default is the dataclass's
+    limits = sp.add_argument_group("limits per client (docs/serve.md)")
+    for flag, kind, what in SERVE_LIMIT_HELP:
+        limits.add_argument("--" + flag.replace("_", "-"), dest=flag, type=kind, default=None,
+                            help=f"{what} (default {getattr(_serve_defaults(), flag)})")
+    limits.add_argument("--allow-origin", action="append", metavar="ORIGIN",
+                        help="also answer POSTs and live sessions from pages of this origin (e.g. "
+                             "https://example.org; repeatable; '*' any). Default: the page's own origin only")
+    limits.add_argument("--allow-host", action="append", metavar="NAME",
+                        help="a Host name the server answers to (repeatable; '*' any). Default on a loopback "
+                             "address: localhost, 127.0.0.1, ::1; elsewhere any")
     sp.set_defaults(func=cmd_serve, resumes=False, malloc_threshold=1 << 20)  # predict's memory setting
 
 
