@@ -304,3 +304,22 @@ def test_cli_prints_a_latin1_name_it_rejects(tmp_path):
     assert p.returncode == 0, p.stderr.decode("utf-8", "replace")
     assert b"Traceback" not in p.stderr
     assert b"l\xe9gende.txt" in p.stdout + p.stderr
+
+
+# ---------------------------------------------------------------- samples that are not audio at any gain
+@pytest.mark.parametrize("seconds", [4.0, predict.LONG_FILE_S + 5])  # read whole, and read in blocks
+def test_absurd_amplitudes_are_one_clear_line(trained_run, tmp_path, capsys, seconds):
+    """A float WAV scaled x1e30 (or as int16, x32768) gets one line naming it and the problem, never a label."""
+    import soundfile as sf
+
+    src = real_root("ravdess") / "Actor_01" / "03-01-05-01-01-01-01.flac"
+    sig, sr = sf.read(src, dtype="float32")
+    sig = np.tile(sig, int(np.ceil(seconds * sr / len(sig))))[: int(seconds * sr)]
+    for scale in (1e30, 32768.0):
+        path = tmp_path / f"scaled-{scale:g}.wav"
+        sf.write(path, sig * np.float32(scale), sr, subtype="FLOAT")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no overflow RuntimeWarning on the way to the refusal
+            assert main(["predict", str(trained_run), str(path)]) == 1
+        out, err = capsys.readouterr()
+        assert out == "" and f"{path}: samples reach" in one_line(err) and "full scale" in err

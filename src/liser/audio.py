@@ -42,6 +42,9 @@ EVAL_STRIDE_S = 0.1  # sliding-window stride for evaluation
 F_MIN, F_MAX = 0.0, SAMPLE_RATE / 2  # Mel range
 LOG_FLOOR = 1e-10  # power floor before log10 (-100 dB)
 MIN_SAMPLES = N_FFT  # shorter than one STFT window is refused
+# |sample| above this is not audio at any gain: 1000 x full scale (+60 dBFS); a float file scaled as int16
+# (32768) or x1e30 is refused rather than given a label (its log-Mel would be +90 dB or inf off the training range)
+MAX_AMPLITUDE = 1000.0
 SILENCE_RMS = 1e-5  # a file whose RMS is below this (-100 dBFS) counts as silent
 
 # Suffixes: the one list of what liser reads (a folder given to `predict`, `prepare unlabeled` or `prepare
@@ -277,11 +280,20 @@ def ac_rms(audio: np.ndarray) -> float:
 
 
 def check_waveform(audio: np.ndarray, name: str) -> None:
-    """Refuse empty signals and NaN/inf samples, naming the source."""
+    """Refuse empty signals, NaN/inf samples and samples beyond MAX_AMPLITUDE, naming the source."""
     if audio.size == 0:
         raise LiserError(f"{name}: empty audio (0 samples)")
-    if not np.isfinite(audio).all():
+    check_samples(audio, name)
+
+
+def check_samples(block: np.ndarray, name: str) -> None:
+    """Refuse NaN/inf samples and |samples| over MAX_AMPLITUDE in a signal or one block of it (LiserError)."""
+    if not np.isfinite(block).all():
         raise LiserError(f"{name}: audio holds NaN or inf samples")
+    peak = float(np.abs(block).max()) if block.size else 0.0
+    if peak > MAX_AMPLITUDE:
+        raise LiserError(f"{name}: samples reach {peak:.1e}, over {MAX_AMPLITUDE:g} x full scale: not audio at any "
+                         "gain (float samples are expected in [-1, 1])")
 
 
 def check_not_silent(audio: np.ndarray, name: str) -> None:

@@ -115,9 +115,10 @@ def prepare_waveform(waveform, sample_rate: int, name: str = "waveform") -> np.n
     A 2-D array is [samples, channels] (soundfile's layout) or [channels,
     samples]: the shorter axis is taken as channels, down-mixed by
     liser.audio.downmix (mean of 1-2 channels, the loudest speech-band
-    channel of 3 or more). Empty, NaN/inf, shorter than 0.1 s and silent
-    (RMS after removing the mean below -100 dBFS: all zeros or constant)
-    input is refused with LiserError.
+    channel of 3 or more). Empty, NaN/inf, beyond 1000 x full scale
+    (liser.audio.MAX_AMPLITUDE), shorter than 0.1 s and silent (RMS after
+    removing the mean below -100 dBFS: all zeros or constant) input is
+    refused with LiserError.
     """
     if isinstance(waveform, (list, tuple)):
         try:
@@ -286,14 +287,12 @@ def file_frames(path: str | Path) -> tuple[np.ndarray, float]:
         sig = read_input(path)
         return features(sig), len(sig) / audio.SAMPLE_RATE
     name = str(path)
-    n, total, sumsq, finite = 0, 0.0, 0.0, True
+    n, total, sumsq = 0, 0.0, 0.0
     for block in _read_blocks(path, info):
+        audio.check_samples(block, name)
         n += len(block)
         total += float(block.sum(dtype=np.float64))
         sumsq += float(np.square(block, dtype=np.float64).sum())
-        finite = finite and bool(np.isfinite(block).all())
-    if not finite:
-        raise LiserError(f"{name}: audio holds NaN or inf samples")
     mean = total / max(n, 1)
     rms = float(np.sqrt(max(sumsq / max(n, 1) - mean * mean, 0.0)))
     if rms < audio.SILENCE_RMS:
@@ -678,8 +677,7 @@ def stream(model: EmotionModel, src: str, hop_s: float = 0.5, raw: bool = False)
     for block in _Blocks(src, block_s=min(0.1, hop_s), raw=raw):
         if not len(block):
             continue
-        if not np.isfinite(block).all():
-            raise LiserError(f"{src}: audio holds NaN or inf samples")
+        audio.check_samples(block, src)
         pos = 0
         while pos < len(block):
             # feed up to the next prediction point, so every hop is emitted even for large blocks

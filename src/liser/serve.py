@@ -128,8 +128,7 @@ class LiveTimeline:
         x = np.asarray(samples, dtype=np.float32).reshape(-1)
         if self.finished:
             raise LiserError("the stream has already been finished")
-        if not np.isfinite(x).all():
-            raise LiserError("the stream holds NaN or inf samples")
+        audio.check_samples(x, "the stream")
         if len(x) and float(np.abs(x).max()) > MAX_AMPLITUDE:
             raise LiserError(f"the stream's samples reach {float(np.abs(x).max()):.1e}, over {MAX_AMPLITUDE:g} x full "
                              "scale: not audio at any gain (send float32 samples in [-1, 1])")

@@ -47,9 +47,7 @@ from . import audio, formats
 from .errors import LiserError
 
 BLOCK_S = 1.0  # decoded audio per block (s of the file's own rate): the unit of the checks while decoding
-# |sample| above this is not audio at any gain: 1000 x full scale (+60 dBFS); a float file scaled as int16
-# (32768) or x1e30 is refused rather than given a label (its log-Mel would be +90 dB or inf off the training range)
-MAX_AMPLITUDE = 1000.0
+MAX_AMPLITUDE = audio.MAX_AMPLITUDE  # |sample| above this is refused (liser.audio: one rule for predict and serve)
 UPLOAD_PREFIX = "liser-upload-"  # temporary upload files: liser-upload-<pid>-<random><suffix> in the temp folder
 _UPLOAD_NAME = re.compile(r"^liser-upload-(\d+)-[A-Za-z0-9_]+(\.[A-Za-z0-9]{1,6})?$")
 
