@@ -323,3 +323,23 @@ def test_absurd_amplitudes_are_one_clear_line(trained_run, tmp_path, capsys, sec
             assert main(["predict", str(trained_run), str(path)]) == 1
         out, err = capsys.readouterr()
         assert out == "" and f"{path}: samples reach" in one_line(err) and "full scale" in err
+
+
+@pytest.mark.parametrize("claimed", [1, 2_000, 1_000_000])
+def test_a_header_sample_rate_no_speech_can_have_is_one_clear_line(trained_run, tmp_path, capsys, claimed):
+    """A real WAV's header rewritten to claim 1 Hz (an 8 KB file that would be resampled 16,000-fold), 2 kHz or
+    1 MHz: one line naming the file and the rate, for predict, --stream and the Python API alike."""
+    import soundfile as sf
+
+    import liser
+
+    src = real_root("ravdess") / "Actor_02" / "03-01-03-01-01-01-02.flac"
+    sig, sr = sf.read(src, dtype="int16")
+    path = tmp_path / f"claims-{claimed}.wav"
+    sf.write(path, sig[:4000], claimed, subtype="PCM_16")
+    for extra in ([], ["--stream"]):
+        assert main(["predict", str(trained_run), str(path), *extra]) == 1
+        out, err = capsys.readouterr()
+        assert out == "" and f"sample rate {claimed} Hz is outside" in one_line(err)
+    with pytest.raises(LiserError, match=f"sample rate {claimed} Hz"):
+        liser.load(trained_run).predict(sig.astype(np.float32) / 32768, claimed)

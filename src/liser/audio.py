@@ -45,6 +45,9 @@ MIN_SAMPLES = N_FFT  # shorter than one STFT window is refused
 # |sample| above this is not audio at any gain: 1000 x full scale (+60 dBFS); a float file scaled as int16
 # (32768) or x1e30 is refused rather than given a label (its log-Mel would be +90 dB or inf off the training range)
 MAX_AMPLITUDE = 1000.0
+# sample rates a file or array may have, Hz: below 4 kHz no speech band is left, and a header claiming 1 Hz
+# would be resampled 16,000-fold (8 KB of WAV -> minutes of audio); 768 kHz is the highest PCM rate in use
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 4_000, 768_000
 SILENCE_RMS = 1e-5  # a file whose RMS is below this (-100 dBFS) counts as silent
 
 # Suffixes: the one list of what liser reads (a folder given to `predict`, `prepare unlabeled` or `prepare
@@ -101,10 +104,12 @@ def load_audio(path: str | Path, sr: int = SAMPLE_RATE) -> np.ndarray:
     containers it cannot read (mp4, m4a, mkv, ...) go through PyAV's audio
     track. Channels are down-mixed by `downmix`. Raises LiserError naming the
     file if it is missing (or a broken symbolic link), empty (0 bytes),
-    cannot be read, has no samples, or holds NaN/inf.
+    cannot be read, has no samples, a sample rate outside `check_rate`'s
+    range, or NaN/inf or absurd samples (`check_samples`).
     """
     path = Path(path)
     audio, file_sr = read_file(path)
+    check_rate(file_sr, str(path))
     audio = downmix(audio, file_sr)
     check_waveform(audio, str(path))
     return resample(audio, file_sr, sr)
@@ -284,6 +289,13 @@ def check_waveform(audio: np.ndarray, name: str) -> None:
     if audio.size == 0:
         raise LiserError(f"{name}: empty audio (0 samples)")
     check_samples(audio, name)
+
+
+def check_rate(rate: int, name: str) -> None:
+    """Refuse a sample rate outside [MIN_SAMPLE_RATE, MAX_SAMPLE_RATE] Hz (LiserError naming the source)."""
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise LiserError(f"{name}: sample rate {rate} Hz is outside {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz "
+                         "(a broken header, or not audio this model can hear)")
 
 
 def check_samples(block: np.ndarray, name: str) -> None:

@@ -130,6 +130,7 @@ def prepare_waveform(waveform, sample_rate: int, name: str = "waveform") -> np.n
         sample_rate = int(sample_rate)
     if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
         raise LiserError(f"{name}: sample rate must be a positive integer, got {sample_rate!r}")
+    audio.check_rate(int(sample_rate), name)
     if x.ndim == 2:
         x = audio.downmix(x if x.shape[1] <= x.shape[0] else x.T, int(sample_rate))
     elif x.ndim != 1:
@@ -278,6 +279,7 @@ def file_frames(path: str | Path) -> tuple[np.ndarray, float]:
     got = _read_short(path)
     if got is not None:  # liser.audio.load_audio's steps, then read_input's checks
         x, sr = got
+        audio.check_rate(sr, str(path))
         x = audio.downmix(x, sr)
         audio.check_waveform(x, str(path))
         sig = prepare_waveform(audio.resample(x, sr, audio.SAMPLE_RATE), audio.SAMPLE_RATE, str(path))
@@ -336,6 +338,7 @@ def _long_file_info(path: Path):
         return None
     if info.channels > 2 or not info.frames or info.frames / info.samplerate <= LONG_FILE_S:
         return None
+    audio.check_rate(int(info.samplerate), str(path))
     return info
 
 
@@ -343,7 +346,7 @@ def _read_blocks(path: Path, info):
     """Mono 16 kHz float32 blocks of a libsndfile file (1-2 channels: their mean, as liser.audio.downmix)."""
     import soundfile as sf
 
-    rs = _Resampler(int(info.samplerate))
+    rs = _Resampler(int(info.samplerate), str(path))
     with sf.SoundFile(str(path)) as f:
         for block in f.blocks(blocksize=int(READ_BLOCK_S * info.samplerate), dtype="float32", always_2d=True):
             out = rs(audio.downmix(block, int(info.samplerate)), last=False)
@@ -594,7 +597,7 @@ class _Blocks:
             return
         frame_bytes = dt.itemsize * ch
         block = max(1, int(self.block_s * sr)) * frame_bytes
-        rs = _Resampler(sr)
+        rs = _Resampler(sr, "-")
         buf = b""
         while True:
             chunk = f.read(block)
@@ -625,7 +628,7 @@ class _Blocks:
             yield from self._split(audio.load_audio(path))
             return
         with f:
-            rs = _Resampler(f.samplerate)
+            rs = _Resampler(f.samplerate, str(path))
             for block in f.blocks(blocksize=max(1, int(self.block_s * f.samplerate)), dtype="float32", always_2d=True):
                 yield rs(block.mean(1), last=False)
             yield rs(np.zeros(0, np.float32), last=True)
@@ -640,7 +643,8 @@ class _Blocks:
 class _Resampler:
     """Streaming resampler to 16 kHz (soxr's ResampleStream; per-block polyphase without soxr)."""
 
-    def __init__(self, sr_in: int):
+    def __init__(self, sr_in: int, name: str = "input"):
+        audio.check_rate(sr_in, name)  # LiserError: a lying header is never resampled 16,000-fold
         self.sr_in = sr_in
         self.stream = None
         if sr_in != audio.SAMPLE_RATE:
