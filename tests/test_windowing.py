@@ -207,3 +207,33 @@ def test_channel_norm_ignores_a_fixed_channel_colouring(clip):
     with torch.no_grad():
         torch.testing.assert_close(cmn.classify(x + tilt), cmn.classify(x), atol=1e-4, rtol=0)
         assert (level.classify(x + tilt) - level.classify(x)).abs().max() > 1e-3  # the level centring does not
+
+
+def test_timeline_says_no_speech_where_there_is_none_live_and_offline(speech_run, clip, capsys):
+    """A "speech" model's timeline over 6 s of room tone, a clip, 6 s of room tone: windows in the tone alone
+    have no label, windows over the speech have one; the live timeline (serve) and the CLI say the same."""
+    import liser
+    from liser.cli import main
+    from liser.serve import LiveTimeline
+
+    model = liser.load(speech_run)
+    rng = np.random.default_rng(0)
+    tone = lambda: A.room_tone(6 * audio.SAMPLE_RATE, -55, rng)  # noqa: E731
+    x = np.concatenate([tone(), clip, tone()]).astype(np.float32)
+    off = model.timeline(x, audio.SAMPLE_RATE, hop_s=0.5)
+    speech_at = _span_s(clip)
+    for w in off:
+        overlap = min(w.end, 6 + speech_at[1]) - max(w.start, 6 + speech_at[0])
+        if overlap <= 0:  # the window holds room tone only
+            assert w.no_speech and w.to_dict()["label"] is None and w.to_dict()["no_speech"]
+        elif overlap >= 1.0:
+            assert not w.no_speech and w.label in model.classes
+    live = LiveTimeline(model, audio.SAMPLE_RATE, 0.5)
+    got = [w for a in range(0, len(x), 4000) for w in live.push(x[a : a + 4000])] + live.finish()
+    assert [(w.start, w.label) for w in got] == [(w.start, w.label) for w in off]
+    sf = pytest.importorskip("soundfile")
+    path = speech_run.parent / "tone-clip-tone.wav"
+    sf.write(path, x, audio.SAMPLE_RATE)
+    assert main(["predict", str(speech_run), str(path), "--timeline", "--stride", "0.5"]) == 0
+    said = [line.split("\t")[2] for line in capsys.readouterr().out.splitlines()[1:]]
+    assert said == ["no speech" if w.no_speech else w.label for w in off]

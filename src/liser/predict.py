@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import functools
 import io
 import json
@@ -74,22 +75,31 @@ class Prediction:
     """One prediction: the arg-max label, softmax probabilities by class, raw logits.
 
     `start`/`end` (seconds) are set for timeline and stream windows; None for a whole file.
+    A timeline window of a "speech" model that holds less than 0.5 s of
+    speech has no label: label None, no probabilities (`no_speech`).
     """
 
-    label: str
+    label: str | None
     probabilities: dict[str, float]
     logits: np.ndarray = field(repr=False)
     start: float | None = None
     end: float | None = None
 
     @property
-    def confidence(self) -> float:
-        return self.probabilities[self.label]
+    def no_speech(self) -> bool:
+        """True for a window the model gave no label: too little speech in it (liser.windowing)."""
+        return self.label is None
+
+    @property
+    def confidence(self) -> float | None:
+        return None if self.label is None else self.probabilities[self.label]
 
     def to_dict(self) -> dict:
-        d = {"label": self.label, "p": round(self.confidence, 6),
+        d = {"label": self.label, "p": None if self.no_speech else round(self.confidence, 6),
              "probabilities": {k: round(v, 6) for k, v in self.probabilities.items()},
              "logits": [round(float(v), 6) for v in self.logits]}
+        if self.no_speech:
+            d["no_speech"] = True
         if self.start is not None:
             d = {"start": round(self.start, 3), "end": round(self.end, 3), **d}
         return d
@@ -243,14 +253,44 @@ class EmotionModel:
         return self.timeline_frames(frames, duration, hop_s)
 
     def timeline_frames(self, frames: np.ndarray, duration: float, hop_s: float) -> list[Prediction]:
-        """`timeline` of [frames, 64] features of a signal lasting `duration` seconds."""
+        """`timeline` of [frames, 64] features of a signal lasting `duration` seconds.
+
+        "pad": the student on every 3 s window. "speech": on the speech span
+        inside each 3 s window (found on the window's own frames, so a live
+        stream gives what a file gives), and no label (`Prediction.no_speech`)
+        for a window with less than 0.5 s of it (liser.windowing.window_span).
+        """
         if not hop_s > 0:
             raise LiserError(f"hop must be positive, got {hop_s}")
-        logits, starts = self.frames_logits(frames, hop_s)
+        if self.windowing == "pad":
+            logits, starts = self.frames_logits(frames, hop_s)
+        else:
+            starts = audio.window_starts(len(frames), hop_s)
+            logits = self._span_logits(frames, starts)
         out = []
         for s, z in zip(starts, logits):
             t0 = float(audio.frames_to_seconds(s))
-            out.append(_prediction(z, self.classes, t0, min(t0 + audio.CLIP_S, duration)))
+            t1 = min(t0 + audio.CLIP_S, duration)
+            out.append(_prediction(z, self.classes, t0, t1) if np.isfinite(z).all()
+                       else Prediction(None, {}, np.zeros(0, np.float32), t0, t1))
+        return out
+
+    def _span_logits(self, frames: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """Logits [W, K] of the speech span inside each 3 s window starting at `starts`; NaN rows where a
+        window holds too little speech. Spans of one length go through the backend together."""
+        from .windowing import window_span
+
+        out = np.full((len(starts), len(self.classes)), np.nan, np.float32)
+        by_length: dict[int, list[tuple[int, int]]] = {}
+        for i, s in enumerate(starts):
+            span = window_span(frames[s : s + audio.CLIP_FRAMES])
+            if span is not None:
+                by_length.setdefault(span[1] - span[0], []).append((i, int(s) + span[0]))
+        for n, rows in by_length.items():
+            for a in range(0, len(rows), BATCH_WINDOWS):
+                part = rows[a : a + BATCH_WINDOWS]
+                x = np.stack([frames[f : f + n].T for _, f in part]).astype(np.float32)
+                out[[i for i, _ in part]] = self.backend(np.ascontiguousarray(x))
         return out
 
 
@@ -709,10 +749,9 @@ def stream(model: EmotionModel, src: str, hop_s: float = 0.5, raw: bool = False)
 def _window_prediction(model: EmotionModel, buf: np.ndarray, total: int) -> Prediction:
     """The student on one 3 s buffer (a short stream's whole audio is checked and zero-padded)."""
     sig = prepare_waveform(buf, audio.SAMPLE_RATE, "stream") if total < audio.CLIP_SAMPLES else buf
-    w, _ = windows(features(sig)[: audio.CLIP_FRAMES], 1.0)
-    z = model.window_logits(w)[0]
+    (p,) = model.timeline_frames(features(sig)[: audio.CLIP_FRAMES], audio.CLIP_S, audio.CLIP_S)  # one window
     end = total / audio.SAMPLE_RATE
-    return _prediction(z, model.classes, max(0.0, end - audio.CLIP_S), end)
+    return dataclasses.replace(p, start=max(0.0, end - audio.CLIP_S), end=end)
 
 
 # ---------------------------------------------------------------- the command
@@ -814,14 +853,17 @@ class _Writer:
             print(json.dumps({"path": path, "error": why}), flush=True)
 
     def window(self, path: str, w: Prediction) -> None:
+        """One timeline window; a no-speech window is "no speech" in text, an empty label and p in CSV."""
         if self.fmt == "json":
             print(json.dumps({"path": path, **w.to_dict()}), flush=True)
         elif self.fmt == "csv":
-            self.csv.writerow([path, f"{w.start:.3f}", f"{w.end:.3f}", w.label, f"{w.confidence:.4f}"]
-                              + [f"{w.probabilities[c]:.4f}" for c in self.classes])
+            said = [""] * (2 + len(self.classes)) if w.no_speech else \
+                [w.label, f"{w.confidence:.4f}"] + [f"{w.probabilities[c]:.4f}" for c in self.classes]
+            self.csv.writerow([path, f"{w.start:.3f}", f"{w.end:.3f}"] + said)
             sys.stdout.flush()
         else:
-            print(f"{path}\t{w.start:.2f}-{w.end:.2f}\t{w.label}\tp={w.confidence:.2f}", flush=True)
+            said = "no speech" if w.no_speech else f"{w.label}\tp={w.confidence:.2f}"
+            print(f"{path}\t{w.start:.2f}-{w.end:.2f}\t{said}", flush=True)
 
 
 def cores() -> int:

@@ -57,26 +57,32 @@ def band_energy_db(frames: np.ndarray) -> np.ndarray:
     return (m[:, 0] + 10.0 * np.log10(np.power(10.0, (x - m) / 10.0).sum(axis=1)))
 
 
-def speech_frames(frames: np.ndarray) -> np.ndarray:
-    """Which frames hold speech: [T, 64] log-Mel (dB) -> [T] bool (module docstring: the rule)."""
+def speech_frames(frames: np.ndarray, open_ends: bool = False) -> np.ndarray:
+    """Which frames hold speech: [T, 64] log-Mel (dB) -> [T] bool (module docstring: the rule).
+
+    `open_ends`: the frames are a window cut from a longer recording
+    (`window_span`), so its edges are not the recording's (`local_floor`).
+    """
     e = band_energy_db(frames)
     if len(e) == 0:
         return np.zeros(0, bool)
     peak = np.percentile(e, 99)
     if peak <= 10.0 * np.log10(audio.LOG_FLOOR) + DYNAMIC_RANGE_DB / 4:  # digital silence throughout
         return np.zeros(len(e), bool)
-    on = (e > local_floor(e, extent(frames)) + LOCAL_MARGIN_DB) & (e > peak - DYNAMIC_RANGE_DB)
+    on = (e > local_floor(e, extent(frames), open_ends) + LOCAL_MARGIN_DB) & (e > peak - DYNAMIC_RANGE_DB)
     return _drop_short_runs(on, MIN_RUN)
 
 
-def local_floor(e: np.ndarray, end: int | None = None) -> np.ndarray:
+def local_floor(e: np.ndarray, end: int | None = None, open_ends: bool = False) -> np.ndarray:
     """The local floor of band energies e [T] (dB): [T].
 
     The higher of min(e) over the FLOOR_WINDOW_S / 2 up to each frame and
     over the same span from it. A side that runs past the recording (before
     frame 0, or from `end` on: the zero padding) tells nothing about the
     room and counts as -inf, so a clip shorter than the window, all speech
-    (a 1 s cut), has no floor and only the peak rule applies to it.
+    (a 1 s cut), has no floor and only the peak rule applies to it. With
+    `open_ends` the frames are a window of a longer recording: a side cut
+    by the window's edge (not by zero padding) is the part inside it.
     """
     from numpy.lib.stride_tricks import sliding_window_view
 
@@ -87,6 +93,10 @@ def local_floor(e: np.ndarray, end: int | None = None) -> np.ndarray:
     t = np.arange(len(e))
     before = np.where(t >= half, mins[: len(e)], -np.inf)  # the span ending at the frame
     after = np.where(t + half < end, mins[half : half + len(e)], -np.inf)  # the span starting there
+    if open_ends:  # the "edge" padding makes mins the minima of the part inside the window
+        before = mins[: len(e)]
+        if end == len(e):  # no zero padding in the window: its end is not the recording's
+            after = mins[half : half + len(e)]
     return np.maximum(before, after)
 
 
@@ -115,6 +125,13 @@ def extent(frames: np.ndarray) -> int:
     """Frames of a recording before its trailing zero padding (frames at the log floor in every band)."""
     loud = np.flatnonzero(np.asarray(frames).max(axis=1) > 10.0 * np.log10(audio.LOG_FLOOR) + 1.0)
     return int(loud[-1]) + 1 if loud.size else len(frames)
+
+
+def window_span(window: np.ndarray) -> tuple[int, int] | None:
+    """The speech span [a, b) inside one timeline window ([T, 64] log-Mel, its own frames only), or None
+    when it is shorter than MIN_WINDOW_FRAMES: that window gets no label (liser.predict timelines)."""
+    span = speech_span(window, speech_frames(window, open_ends=True))
+    return span if span is not None and span[1] - span[0] >= MIN_WINDOW_FRAMES else None
 
 
 @dataclass(frozen=True)
