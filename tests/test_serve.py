@@ -27,6 +27,7 @@ from conftest import real_root
 pytest.importorskip("fastapi", reason="liser serve's extra is not installed (pip install -e '.[dev]')")
 
 from liser import audio, cli, serve  # noqa: E402
+from liser.serve_limits import ServeLimits  # noqa: E402
 
 HOP = 0.5
 PROB_TOL = 0.1  # measured with the grid's RAVDESS student (LISER_SERVE_MODEL, browser test): 0.044-0.050 in 4 runs
@@ -287,22 +288,12 @@ def chrome_paths():
 
 @contextmanager
 def running(app):
-    """The app on uvicorn in a thread of this process, on a free loopback port; yields its URL."""
-    import uvicorn
+    """The app on uvicorn in a thread of this process, on a free loopback port, as `liser serve` configures
+    it (test_serve_limits.running); yields its URL."""
+    from test_serve_limits import running as running_with
 
-    sock = serve.listen("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
-    finally:
-        server.should_exit = True
-        thread.join(30)
+    with running_with(app, ServeLimits()) as (host, port, _, _):
+        yield f"http://{host}:{port}/"
 
 
 @contextmanager

@@ -144,14 +144,9 @@ def _torch_export(classifier, path: Path, opset: int, dynamic_frames: bool = Fal
 
 
 def _session(path: Path, threads: int = 1):
-    import onnxruntime as ort
+    from .onnxrt import session
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return session(path, threads)
 
 
 # ---------------------------------------------------------------- real data

@@ -496,16 +496,10 @@ def _load_torch(path: Path, threads: int | None) -> EmotionModel:
 
 
 def _load_onnx(path: Path, threads: int | None) -> EmotionModel:
-    import onnxruntime as ort
+    from .onnxrt import session
 
-    so = ort.SessionOptions()
-    if threads:
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # no busy-waiting between calls
     try:
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        sess = session(path, threads)
     except Exception as e:  # onnxruntime raises its own exception types
         raise LiserError(f"{path}: not a loadable ONNX model ({str(e).strip().splitlines()[0][:160]})") from None
     meta = sess.get_modelmeta().custom_metadata_map

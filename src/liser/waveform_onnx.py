@@ -445,15 +445,10 @@ def write(student_path: str | Path, out: str | Path, dft: str = "matmul") -> Pat
 
 
 def session(path: str | Path, threads: int = 1):
-    """An onnxruntime CPU session on `threads` threads (no spinning between calls)."""
-    import onnxruntime as ort
+    """An onnxruntime CPU session on `threads` threads (liser.onnxrt.session)."""
+    from .onnxrt import session as ort_session
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return ort_session(path, threads)
 
 
 def run(sess, signal: np.ndarray) -> dict[str, np.ndarray]:
