@@ -9,6 +9,13 @@ The detector is silero-vad (MIT licence): a small, well-kept neural VAD that
 ships its model inside the pip package (no hub download, so it works
 offline), runs on 16 kHz audio with torch alone, and holds up on music and
 noise far better than energy or GMM detectors such as webrtcvad.
+
+It runs as silero's "sequence" ONNX model (silero-vad >= 6.2): the same
+network and per-frame probabilities (to 1e-6) as its TorchScript model,
+run as one onnxruntime call per 16 s block (one thread) instead of one
+torch call per 32 ms frame; about 5x faster, which matters when the VAD
+runs on every pool file beside the speech teacher. Older packages fall back
+to the TorchScript model.
 """
 
 from __future__ import annotations
@@ -21,31 +28,42 @@ from .errors import LiserError
 VAD_THRESHOLD = 0.5  # silero's speech probability threshold (its default)
 MIN_SPEECH_FRACTION = 0.25  # a piece counts as speech when at least this share of its samples is speech
 
-_MODEL = None
+_MODEL = None  # (model, sequence: bool), loaded on first use
 
 
 def _model():
+    """silero's sequence ONNX model (True) where the package has it, else its TorchScript model (False)."""
     global _MODEL
     if _MODEL is None:
         try:
             from silero_vad import load_silero_vad
         except ImportError as e:
             raise LiserError(f"voice activity detection needs the silero-vad package ({e})") from None
-        _MODEL = load_silero_vad(onnx=False)
+        try:
+            _MODEL = (load_silero_vad(sequence=True), True)
+        except (TypeError, ImportError, FileNotFoundError, OSError):  # silero-vad < 6.2: no sequence model
+            _MODEL = (load_silero_vad(onnx=False), False)
     return _MODEL
 
 
 def speech_samples(wave: np.ndarray) -> np.ndarray:
     """A boolean [N] mask: True where silero-vad finds speech in a 16 kHz mono waveform [N]."""
-    import torch
-    from silero_vad import get_speech_timestamps
-
     wave = np.asarray(wave, dtype=np.float32)
     covered = np.zeros(len(wave), dtype=bool)
-    with torch.no_grad():
-        for seg in get_speech_timestamps(torch.from_numpy(wave), _model(), threshold=VAD_THRESHOLD,
-                                         sampling_rate=SAMPLE_RATE):
-            covered[seg["start"] : seg["end"]] = True
+    model, sequence = _model()
+    if sequence:
+        from silero_vad.sequence_vad import get_speech_timestamps_sequence
+
+        segments = get_speech_timestamps_sequence(wave, model, threshold=VAD_THRESHOLD, sampling_rate=SAMPLE_RATE)
+    else:
+        import torch
+        from silero_vad import get_speech_timestamps
+
+        with torch.no_grad():
+            segments = get_speech_timestamps(torch.from_numpy(wave), model, threshold=VAD_THRESHOLD,
+                                             sampling_rate=SAMPLE_RATE)
+    for seg in segments:
+        covered[seg["start"] : seg["end"]] = True
     return covered
 
 

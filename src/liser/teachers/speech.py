@@ -59,6 +59,7 @@ PIECE_CONTEXTS = ("whole", "isolated")
 LORA_TARGETS = ("q_proj", "v_proj")  # attention q/v projections in HuBERT, wav2vec2, WavLM and Whisper
 MODES = ("frozen", "lora")
 HEADS = ("weighted", "concat")
+RUNTIMES = ("auto", "torch", "onnx", "onnx-int8")  # labeling's encoder: see liser.teachers.speech_onnx
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,10 @@ class SpeechTeacherConfig:
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda[:N]; on CUDA the encoder runs in bf16 autocast
     threads: int = 0  # torch CPU threads; 0 = leave torch's setting alone
     cache_dir: str | None = None  # frozen-feature cache; None = $LISER_CACHE or ~/.cache/liser, + /speech-features
+    runtime: str = "auto"  # labeling the pool: "torch" (the reference), "onnx" (fp32) or "onnx-int8" in onnxruntime,
+    #   exported once into <cache_dir>/onnx; "auto" = onnx-int8 for Whisper on the CPU (it holds the parity bound of
+    #   liser.teachers.speech_onnx, checked again at export), torch on CUDA or other backbones. Fitting and
+    #   evaluation always run in torch.
 
     def resolved_lr(self) -> float:
         return float(self.lr) if self.lr is not None else (1e-3 if self.mode == "frozen" else 1e-4)
@@ -115,7 +120,7 @@ class SpeechTeacherConfig:
         (and the stores keyed by it) stays what it was.
         """
         d = asdict(self)
-        for k in ("device", "threads", "cache_dir", "vad"):
+        for k in ("device", "threads", "cache_dir", "vad", "runtime"):
             d.pop(k)
         for k, default in LATER_DEFAULTS.items():
             if d[k] == default:
@@ -126,6 +131,8 @@ class SpeechTeacherConfig:
         """LiserError for values no fit can use (named, before any data is read)."""
         if self.mode not in MODES:
             raise LiserError(f"speech teacher: unknown mode {self.mode!r} (known: {', '.join(MODES)})")
+        if self.runtime not in RUNTIMES:
+            raise LiserError(f"speech teacher: unknown runtime {self.runtime!r} (known: {', '.join(RUNTIMES)})")
         if self.epochs < 1:
             raise LiserError(f"speech teacher: epochs must be >= 1 (got {self.epochs})")
         if self.train_pieces and self.mode != "frozen":
@@ -358,14 +365,9 @@ class Backbone:
 
         lengths = [len(w) for w in waves]
         if self.kind == "whisper":
-            # even number of Mel frames: samples padded to a multiple of 2 hops (320)
-            n = max(320, int(math.ceil(max(lengths) / 320)) * 320)
-            feats = self.feature_extractor(list(waves) if len(waves) > 1 else waves[0], sampling_rate=SAMPLE_RATE,
-                                           padding="max_length", max_length=n, truncation=True, return_tensors="pt")
-            x = feats["input_features"].to(self.device)
+            x, valid = self.whisper_mel(waves)
             with autocast(self.device):
                 states = whisper_encoder_states(self.model, x, training=grad and self.model.training)
-            valid = torch.tensor([max(1, math.ceil(L / 320)) for L in lengths], device=self.device)
         else:
             n = max(lengths)
             batch = np.zeros((len(waves), n), np.float32)
@@ -385,6 +387,22 @@ class Backbone:
             states = list(out.hidden_states)
             valid = self.model._get_feat_extract_output_lengths(torch.tensor(lengths)).to(self.device).clamp(min=1)
         return torch.stack(states, dim=1).float(), valid  # [B, S, T, d] float32 (bf16 under CUDA autocast), [B]
+
+    def whisper_mel(self, waves: list[np.ndarray]):
+        """Whisper's log-Mel input of a batch: ([B, 80, F] tensor on self.device, valid encoder frames [B]).
+
+        F is even: the samples are padded to a multiple of 2 hops (320), or
+        of the longest waveform's length; one 20 ms encoder frame per 320
+        samples is valid.
+        """
+        import torch
+
+        lengths = [len(w) for w in waves]
+        n = max(320, int(math.ceil(max(lengths) / 320)) * 320)
+        feats = self.feature_extractor(list(waves) if len(waves) > 1 else waves[0], sampling_rate=SAMPLE_RATE,
+                                       padding="max_length", max_length=n, truncation=True, return_tensors="pt")
+        valid = torch.tensor([max(1, math.ceil(L / 320)) for L in lengths], device=self.device)
+        return feats["input_features"].to(self.device), valid
 
     def frame_states(self, wave: np.ndarray, grad: bool = False):
         """Hidden states of every layer for every 20 ms frame of one waveform: [S, T, d] tensor.
@@ -657,19 +675,52 @@ class SpeechTeacher:
         with torch.no_grad():
             return self.probs_from_features(self.encoder.pooled([np.asarray(waveform_16k, np.float32)]))[0]
 
-    def predict_pieces(self, waveform_16k: np.ndarray, batch: int = 64) -> np.ndarray:
+    def predict_pieces(self, waveform_16k: np.ndarray, batch: int = 64, encoder: "Backbone | None" = None) -> np.ndarray:
         """Class probabilities [P, K] of each piece_s piece, P = n_pieces(len / 16 kHz).
 
         With piece_context "whole" the pieces are pooled from one encoding of
         the whole waveform; with "isolated" each piece is encoded alone.
+        `encoder`: another encoder of this teacher (its ONNX export,
+        `label_encoder`); None = the PyTorch one.
         """
         import torch
 
+        enc = encoder if encoder is not None else self.encoder
         wave = np.asarray(waveform_16k, np.float32)
         with torch.no_grad():
             if piece_kind(self.cfg) == "ctx":
-                return self.probs_from_features(self.encoder.context_pieces(wave, self.piece_s)[0])
-            return self.probs_from_features(self.encoder.pieces(wave, self.piece_s, batch))
+                return self.probs_from_features(enc.context_pieces(wave, self.piece_s)[0])
+            return self.probs_from_features(enc.pieces(wave, self.piece_s, batch))
+
+    def label_encoder(self, check_waves: list | None = None) -> tuple["Backbone", str]:
+        """The encoder that labels the pool under cfg.runtime, and the runtime it is: (encoder, "torch"|"onnx"|"onnx-int8").
+
+        onnx runtimes export the encoder once (speech_onnx.ensure_export, in
+        the feature cache's onnx/ folder) and run it in onnxruntime with
+        cfg.threads threads (0 = its default, every core). `check_waves`:
+        audio the int8 export is checked on when it is made; an int8 export
+        outside the parity bound falls back to fp32 under "auto" and is a
+        LiserError when "onnx-int8" was asked for.
+        """
+        from . import speech_onnx
+
+        runtime = speech_onnx.resolve_runtime(self.cfg.runtime, self.encoder.kind, str(self.encoder.device))
+        if runtime == "torch":
+            return self.encoder, runtime
+        folder, meta = speech_onnx.ensure_export(self, check_waves)
+        check = meta.get("int8_parity")
+        if runtime == "onnx-int8" and check is not None and not check["within_bound"]:
+            msg = (f"{folder}: the int8 encoder misses the parity bound on this pool (top-1 {check['top1']:.3f}, "
+                   f"mean |dp| {check['mean_abs_dp']:.4f})")
+            if self.cfg.runtime == "onnx-int8":
+                raise LiserError(msg + "; use runtime: onnx or torch")
+            import warnings
+
+            warnings.warn(msg + "; labeling with the fp32 export", stacklevel=2)
+            runtime = "onnx"
+        file = folder / (speech_onnx.INT8_FILE if runtime == "onnx-int8" else speech_onnx.FP32_FILE)
+        fingerprint = hashlib.sha256(f"{runtime}|{meta['key']}".encode()).hexdigest()
+        return speech_onnx.OnnxEncoder(self.encoder, file, self.cfg.threads, fingerprint), runtime
 
     # ---- disk ----
     def save(self, out_dir: str | Path) -> Path:
@@ -769,6 +820,12 @@ def cached_features(backbone: Backbone, manifest: Manifest, item: Item, kind: st
     to 30 s, where both definitions agree). Raises LiserError if the file
     cannot be read, ValueError for an unknown kind.
     """
+    return _cached_features_and_wave(backbone, manifest, item, kind, piece_s, cache_dir)[0]
+
+
+def _cached_features_and_wave(backbone: Backbone, manifest: Manifest, item: Item, kind: str = "utt",
+                              piece_s: float = PIECE_S, cache_dir: str | Path | None = None):
+    """`cached_features`, and the decoded waveform when it had to be read (else None): (array, wave | None)."""
     import torch
 
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -778,7 +835,7 @@ def cached_features(backbone: Backbone, manifest: Manifest, item: Item, kind: st
     path = _cache_path(cache_dir, backbone.fingerprint, file, kind, piece_s)
     if path.is_file():
         try:
-            return np.load(path)
+            return np.load(path), None
         except Exception:
             pass  # a damaged cache entry is recomputed
     if kind not in FEATURE_KINDS:
@@ -796,7 +853,29 @@ def cached_features(backbone: Backbone, manifest: Manifest, item: Item, kind: st
             if len(wave) <= CHUNK_S * SAMPLE_RATE and not utt_path.is_file():
                 _save_npy(utt_path, utt.cpu().numpy().astype(np.float32))
     _save_npy(path, arr)
-    return arr
+    return arr, wave
+
+
+def _check_waves(manifest: Manifest, items: list[Item], seconds: float | None = None):
+    """A callable giving the first readable items' waveforms, up to `seconds` (speech_onnx.CHECK_S) of audio.
+
+    What an int8 export is checked on when it is made (not read otherwise).
+    """
+    def read() -> list[np.ndarray]:
+        from .speech_onnx import CHECK_S
+
+        out, total = [], 0.0
+        for it in items:
+            if total >= (seconds or CHECK_S):
+                break
+            try:
+                out.append(load_audio(manifest.abspath(it)))
+            except LiserError:
+                continue
+            total += len(out[-1]) / SAMPLE_RATE
+        return out
+
+    return read
 
 
 FEATURE_KINDS = ("utt", "pieces", "ctx")
@@ -1173,12 +1252,15 @@ def evaluate_speech_teacher(teacher: SpeechTeacher, manifest: Manifest, ids: lis
 _VAD_MEMO: dict[tuple, np.ndarray] = {}  # one process labels the pool once per fold: VAD runs once per file
 
 
-def _speech_mask(path: Path, n: int, piece_s: float) -> np.ndarray:
-    """speech_pieces of a file, remembered by path, size and mtime for the other folds' teachers."""
+def _speech_mask(path: Path, n: int, piece_s: float, wave: np.ndarray | None = None) -> np.ndarray:
+    """speech_pieces of a file, remembered by path, size and mtime for the other folds' teachers.
+
+    `wave`: the file's samples when the caller has them already (else it is read again).
+    """
     st = path.stat()
     key = (str(path), st.st_size, st.st_mtime_ns, n, piece_s)
     if key not in _VAD_MEMO:
-        _VAD_MEMO[key] = speech_pieces(load_audio(path), n, piece_s)
+        _VAD_MEMO[key] = speech_pieces(wave if wave is not None else load_audio(path), n, piece_s)
     return _VAD_MEMO[key]
 
 
@@ -1198,27 +1280,31 @@ def label_with_speech_teacher(teacher: SpeechTeacher, manifest: Manifest, store_
         raise LiserError(f"shard {i}/{n}: need 0 <= i < n")
     _set_threads(teacher.cfg)
     vad = getattr(teacher.cfg, "vad", False)  # a store made with VAD masks must not be resumed without, and back
+    todo_all = [it for k, it in enumerate(manifest.items) if k % n == i]
+    encoder, runtime = teacher.label_encoder(_check_waves(manifest, todo_all))
     args = dict(teacher=f"speech:{teacher.backbone}" + ("+silero-vad" if vad else ""), classes=teacher.classes,
                 teacher_hash=teacher.hash,
                 piece_s=teacher.piece_s, shard=(i, n),
-                extra={"backbone": teacher.backbone, "mode": teacher.mode, "corpus": manifest.corpus})
+                extra={"backbone": teacher.backbone, "mode": teacher.mode, "corpus": manifest.corpus,
+                       "runtime": runtime})
     writer = StoreWriter(store_dir, **args)
-    todo = [it for k, it in enumerate(manifest.items) if k % n == i and it.id not in writer.done]
+    todo = [it for it in todo_all if it.id not in writer.done]
     audio_s, t0 = 0.0, time.time()
     bar = tqdm(todo, desc=f"label speech {i}/{n}", unit="file", disable=not progress)
     for it in bar:
+        wave = None
         try:
             if teacher.mode == "frozen":  # the frozen encoder's piece states are cached: every fold's head reuses them
-                feats = cached_features(teacher.encoder, manifest, it, piece_kind(teacher.cfg), teacher.piece_s,
-                                        teacher.cfg.cache_dir)
+                feats, wave = _cached_features_and_wave(encoder, manifest, it, piece_kind(teacher.cfg),
+                                                        teacher.piece_s, teacher.cfg.cache_dir)
                 probs, seconds = teacher.probs_from_features(feats), it.duration
             else:
                 wave = load_audio(manifest.abspath(it))
-                probs, seconds = teacher.predict_pieces(wave), len(wave) / SAMPLE_RATE
+                probs, seconds = teacher.predict_pieces(wave, encoder=encoder), len(wave) / SAMPLE_RATE
         except LiserError as e:
             writer.reject(it.id, str(e))
             continue
-        valid = _speech_mask(manifest.abspath(it), len(probs), teacher.piece_s) if vad \
+        valid = _speech_mask(manifest.abspath(it), len(probs), teacher.piece_s, wave) if vad \
             else np.ones(len(probs), dtype=bool)
         writer.add(it.id, probs, valid, seconds)
         audio_s += seconds
