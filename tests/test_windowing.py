@@ -114,6 +114,24 @@ def speech_run(small_config, tmp_path_factory):
     return train(cfg, run_dir=tmp_path_factory.mktemp("speech") / "run", progress=False)
 
 
+def test_full_length_batches_take_the_whole_span(small_ravdess):
+    """crop_full_p: that share of batches is cropped at 3 s (capped by the batch's recordings), the rest vary."""
+    from liser.features import build_features
+    from liser.train import Crops
+
+    cache = build_features(small_ravdess.manifest, small_ravdess.work, threads=1, progress=False)
+    frames = [cache.frames(it.id) for it in small_ravdess.manifest.items[:30]]
+    rng = np.random.default_rng(0)
+    for p in (0.0, 0.5):
+        crops = Crops.of([frames], "speech", full_p=p)
+        full = []
+        for _ in range(200):
+            idx = rng.choice(len(frames), 8, replace=False)
+            _, length = crops.batch(idx, rng)
+            full.append(length == min(audio.CLIP_FRAMES, min(crops.extents[0][i] for i in idx)))
+        assert (np.mean(full) < 0.1) if p == 0 else (0.4 < np.mean(full) < 0.7), (p, np.mean(full))
+
+
 def test_paired_crops_hold_the_same_speech(small_ravdess):
     """Crops.pairs: each item clean and as a view, the same length, about the same stretch of speech."""
     from liser.features import build_features

@@ -101,6 +101,9 @@ class Config:
     aug_views: int = 0  # waveform views per labeled training item (codecs, phone band, speed, reverb, noise, room
     #   tone; liser.augment_audio), computed once into features caches; a step draws the clean item or a view; 0 = off
     aug_noise_dir: str = ""  # folder of recordings whose non-speech parts are the views' background noise; "" = pink
+    crop_full_p: float = 0.0  # "speech" windowing: share of training batches cropped at the longest length (3 s,
+    #   capped by the batch's recordings): each item's whole span with context, as inference scores it; 0 = every
+    #   batch's length uniform in 0.5-3 s
     aug_consistency: float = 0.0  # with aug_views: each step takes every item clean and as one view, cropped alike,
     #   and adds this weight x KL(clean || view) to the loss, the clean prediction (no gradient) teaching the view's;
     #   0 = off (a step draws the clean item or a view)

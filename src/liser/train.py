@@ -193,9 +193,10 @@ class Crops:
     windowing: str = "pad"
     spans: list | None = None  # [view][item] -> (a, b)
     extents: list | None = None  # [view][item] -> frames
+    full_p: float = 0.0  # "speech": share of batches at the longest length (Config.crop_full_p)
 
     @classmethod
-    def of(cls, views: list, windowing: str) -> "Crops":
+    def of(cls, views: list, windowing: str, full_p: float = 0.0) -> "Crops":
         """Crops of the given frames; spans and extents computed once (liser.windowing)."""
         if windowing != "speech":
             return cls(views, windowing)
@@ -203,14 +204,24 @@ class Crops:
 
         extents = [[extent(fr) for fr in frames] for frames in views]
         spans = [[speech_span(fr[:n]) or (0, n) for fr, n in zip(frames, ext)] for frames, ext in zip(views, extents)]
-        return cls(views, windowing, spans, extents)
+        return cls(views, windowing, spans, extents, full_p)
+
+    def _length(self, rng: np.random.Generator) -> int:
+        """A batch's crop length in frames: CLIP_FRAMES with probability full_p, else uniform in 0.5-3 s
+        (no extra draw when full_p is 0: the draws of runs made before it existed)."""
+        from .windowing import MIN_WINDOW_FRAMES
+
+        if self.full_p and rng.random() < self.full_p:
+            return audio.CLIP_FRAMES
+        return int(rng.integers(MIN_WINDOW_FRAMES, audio.CLIP_FRAMES + 1))
 
     def batch(self, idx, rng: np.random.Generator) -> tuple[list, int]:
         """Crops [64, length] of items `idx`, one view drawn per item (the clean one among them), and the length.
 
         "pad": 94-frame crops anywhere (without views: the paper's draws, bit
         for bit). "speech": one length per batch, uniform in 0.5-3 s and at
-        most the batch's shortest recording, cropped by `speech_crop`.
+        most the batch's shortest recording (3 s in a `full_p` share of the
+        batches: `_length`), cropped by `speech_crop`.
         """
         from .windowing import MIN_WINDOW_FRAMES
 
@@ -219,8 +230,7 @@ class Crops:
         vs = rng.integers(0, len(self.views), len(idx))
         if self.windowing == "pad":
             return [random_crop(self.views[v][i], rng)[0] for v, i in zip(vs, idx)], audio.CLIP_FRAMES
-        length = int(rng.integers(MIN_WINDOW_FRAMES, audio.CLIP_FRAMES + 1))
-        length = min(length, min(max(self.extents[v][i], MIN_WINDOW_FRAMES) for v, i in zip(vs, idx)))
+        length = min(self._length(rng), min(max(self.extents[v][i], MIN_WINDOW_FRAMES) for v, i in zip(vs, idx)))
         return [speech_crop(self.views[v][i], self.spans[v][i], self.extents[v][i], length, rng)
                 for v, i in zip(vs, idx)], length
 
@@ -240,9 +250,8 @@ class Crops:
         if self.windowing == "pad":
             return ([random_crop(self.views[0][i], rng, u=u)[0] for i, u in zip(idx, us)]
                     + [random_crop(self.views[v][i], rng, u=u)[0] for v, i, u in zip(vs, idx, us)], audio.CLIP_FRAMES)
-        length = int(rng.integers(MIN_WINDOW_FRAMES, audio.CLIP_FRAMES + 1))
         shortest = min(min(self.extents[0][i], self.extents[v][i]) for v, i in zip(vs, idx))
-        length = min(length, max(shortest, MIN_WINDOW_FRAMES))
+        length = min(self._length(rng), max(shortest, MIN_WINDOW_FRAMES))
         crop = lambda v, i, u: speech_crop(self.views[v][i], self.spans[v][i], self.extents[v][i], length, rng, u)
         return [crop(0, i, u) for i, u in zip(idx, us)] + [crop(v, i, u) for v, i, u in zip(vs, idx, us)], length
 
@@ -594,7 +603,8 @@ def run_epochs(cfg: Config, data: Data, run: Path, model, opt, state: State, pro
     """Epochs from state.epoch to cfg.epochs (or until `patience` epochs bring no better validation UAR)."""
     from tqdm import tqdm
 
-    crops = Crops.of([[c.frames(it.id) for it in data.train] for c in [data.cache, *data.views]], cfg.windowing)
+    crops = Crops.of([[c.frames(it.id) for it in data.train] for c in [data.cache, *data.views]], cfg.windowing,
+                     cfg.crop_full_p)
     y = data.labels
     bar = tqdm(range(state.epoch, cfg.epochs), desc=f"{cfg.name} fold{cfg.fold}", unit="epoch",
                initial=state.epoch, total=cfg.epochs, disable=None if progress else True, leave=False)
