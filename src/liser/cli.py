@@ -399,7 +399,7 @@ def add_export(sub) -> None:
                     help="also write an int8 model (default <OUT>.int8.onnx); prints its test UAR next to fp32")
     sp.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     sp.add_argument("--check-files", nargs="+", metavar="AUDIO",
-                    help="real audio files/folders for the parity check (default: the run's test fold)")
+                    help="real audio files/folders for the parity check (default: the run's validation fold)")
     sp.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
     sp.set_defaults(func=cmd_export, resumes=False)
 

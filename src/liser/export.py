@@ -21,7 +21,7 @@ The file's metadata_props hold `format` (liser-student-onnx), `classes` and
 `input_frames`, `eval_stride_s`, `quantization` and the source checkpoint's
 epoch and validation UAR.
 
-Parity: the export is checked on real files (the run's test fold, rebuilt
+Parity: the export is checked on real files (the run's validation fold, rebuilt
 from the checkpoint's config, or `--check-files`): max abs logit difference
 between PyTorch and onnxruntime over every window, and file-label agreement.
 An fp32 export with a difference above 1e-3 or any disagreeing label fails
@@ -38,9 +38,9 @@ default model), which is wrapped as it is.
 activations quantised on the fly; Conv, Gemm, LSTM) and static QDQ
 (convolutions and the head with activation ranges calibrated on real training
 windows) plus dynamic int8 for the LSTM, which QDQ leaves in fp32. Each is
-scored on the check data (test UAR, label agreement with fp32, size) and
+scored on the check data (validation UAR, label agreement with fp32, size) and
 timed: median CPU ms per window on 1 thread (`TIMING_*`). Which one is kept
-(`choose_int8`): those under the size budget; of them, those whose test UAR
+(`choose_int8`): those under the size budget; of them, those whose validation UAR
 is within `INT8_UAR_TOLERANCE` of fp32's (none: the best UAR); of those, the
 fastest, where "faster" needs a clear `SPEED_MARGIN` (dynamic int8
 re-quantises the activations on every call: its convolutions ran ~5x slower
@@ -64,7 +64,7 @@ from .errors import LiserError
 
 FP32_TOLERANCE = 1e-3  # max abs logit difference torch vs onnxruntime for an fp32 export
 INT8_BUDGET = 200_000  # bytes: the int8 model's size target
-INT8_UAR_TOLERANCE = 0.01  # test UAR an int8 model may lose against fp32 and still count as good (1 point)
+INT8_UAR_TOLERANCE = 0.01  # validation UAR an int8 model may lose against fp32 and still count as good (1 point)
 SPEED_MARGIN = 1.5  # one candidate beats another on speed only when this many times faster (see choose_int8)
 TIMING_WINDOWS = 64  # check windows each model is timed on (the first files' windows)
 TIMING_BATCH = 8  # windows per onnxruntime call while timing
@@ -161,7 +161,11 @@ class CheckData:
 
 
 def _fold_data(ck: dict, max_calib: int = CALIBRATION_WINDOWS) -> CheckData | None:
-    """The run's test fold (and training windows for calibration), from the checkpoint's config."""
+    """The run's validation fold (and training windows for calibration), from the checkpoint's config.
+
+    Validation, not test: the int8 method is chosen on these files
+    (`choose_int8`), and a choice is never made on a test set.
+    """
     from .config import Config
     from .features import build_features
     from .frontend import windows as windows_of
@@ -172,23 +176,23 @@ def _fold_data(ck: dict, max_calib: int = CALIBRATION_WINDOWS) -> CheckData | No
         return None
     cfg = Config.from_dict(ck["config"], source="checkpoint config")
     manifest = labeled_manifest(cfg)
-    train_items, _, test_items, classes = fold_items(cfg, manifest)
+    train_items, check_items, _, classes = fold_items(cfg, manifest)
     if list(classes) != list(ck["classes"]):
         raise LiserError(f"the rebuilt fold's classes {classes} differ from the checkpoint's {ck['classes']}")
     cache = build_features(manifest, cfg.work, threads=cfg.threads or 2, progress=sys.stderr.isatty())
     stride = cfg.test_stride_s
-    plans = [plan(cache.frames(it.id), stride, cfg.windowing, strict=False) for it in test_items]
-    wins = [gather(cache.frames(it.id), p) for it, p in zip(test_items, plans)]
-    labels = [classes.index(it.label) for it in test_items]
+    plans = [plan(cache.frames(it.id), stride, cfg.windowing, strict=False) for it in check_items]
+    wins = [gather(cache.frames(it.id), p) for it, p in zip(check_items, plans)]
+    labels = [classes.index(it.label) for it in check_items]
     rng = np.random.default_rng(0)
     calib = []
     for i in rng.permutation(len(train_items))[:max_calib]:
         w = windows_of(cache.frames(train_items[i].id), 0.5)
         calib.append(w[rng.integers(len(w))])
-    return CheckData([it.id for it in test_items], wins, labels, np.stack(calib) if calib else None,
-                     f"test fold {cfg.fold} of {cfg.name} ({len(test_items)} files)", classes, stride,
+    return CheckData([it.id for it in check_items], wins, labels, np.stack(calib) if calib else None,
+                     f"validation fold {cfg.fold} of {cfg.name} ({len(check_items)} files)", classes, stride,
                      [p.weights for p in plans] if cfg.windowing != "pad" else None,
-                     [str(manifest.abspath(it)) for it in test_items])
+                     [str(manifest.abspath(it)) for it in check_items])
 
 
 def _files_data(files: list[str], classes) -> CheckData:
@@ -312,11 +316,11 @@ def export_onnx(run: str | Path, out: str | Path, int8: str | Path | bool | None
             for c in tmp_int8.parent.glob(f"{tmp_int8.name}.cand-*"):
                 c.unlink(missing_ok=True)
     say(f"wrote {out} ({report['fp32_bytes'] / 1000:.0f} KB, fp32" +
-        (f", test UAR {uar32:.3f})" if uar32 is not None else ")"))
+        (f", validation UAR {uar32:.3f})" if uar32 is not None else ")"))
     if int8_path:
         say(f"wrote {int8_path} ({report['int8_bytes'] / 1000:.0f} KB, int8 {report['int8_method']}, "
             f"{report['int8_ms_per_window']:.2f} ms/window" +
-            (f", test UAR {report['int8_uar']:.3f} vs fp32 {uar32:.3f}, delta {report['int8_uar_delta']:+.3f}"
+            (f", validation UAR {report['int8_uar']:.3f} vs fp32 {uar32:.3f}, delta {report['int8_uar_delta']:+.3f}"
              if uar32 is not None else f", label agreement with fp32 {report['int8_agreement']:.1%}") +
             f"; chosen: {report['int8_chosen_because']})")
     return report
@@ -339,14 +343,14 @@ def _output_paths(out: Path, int8) -> Path | None:
 
 
 def _check_data(ck: dict, ck_path: Path, check_files, say) -> CheckData:
-    """Real data for the checks: --check-files, else the run's test fold; LiserError when neither is there."""
+    """Real data for the checks: --check-files, else the run's validation fold; LiserError when neither is there."""
     if check_files:
         return _files_data(check_files, ck["classes"])
     data = None
     try:
         data = _fold_data(ck)
     except (LiserError, OSError) as e:
-        say(f"note: the run's test fold is not reachable ({e}); pass --check-files")
+        say(f"note: the run's validation fold is not reachable ({e}); pass --check-files")
     if data is None:
         raise LiserError(f"{ck_path}: no real files to check the export on (pass --check-files FILES)")
     return data
@@ -415,7 +419,7 @@ def choose_int8(cands: list[dict], uar32: float | None) -> tuple[dict, str]:
     """The int8 candidate to keep, and why (a phrase for the printed line).
 
     Each candidate is a dict with "method", "bytes", "agreement" (label
-    agreement with fp32, 0-1), "uar" (test UAR, None without labels) and
+    agreement with fp32, 0-1), "uar" (validation UAR, None without labels) and
     "ms_per_window". In turn: those under INT8_BUDGET (all, when none is);
     of them, those whose UAR is within INT8_UAR_TOLERANCE of `uar32` (none:
     those with the best UAR; without labels, agreement stands in for UAR and
@@ -427,7 +431,7 @@ def choose_int8(cands: list[dict], uar32: float | None) -> tuple[dict, str]:
         raise ValueError("no int8 candidates")
     labels = uar32 is not None
     score = (lambda c: c["uar"] if c["uar"] is not None else 0.0) if labels else (lambda c: c["agreement"])
-    ref, what = (uar32, "test UAR") if labels else (1.0, "label agreement")
+    ref, what = (uar32, "validation UAR") if labels else (1.0, "label agreement")
     why = []
     pool = [c for c in cands if c["bytes"] < INT8_BUDGET]
     if pool and len(pool) < len(cands):
@@ -484,7 +488,7 @@ def _int8(fp32: Path, dest: Path, ck: dict, data: CheckData, ref_lab, uar32, thr
         size = path.stat().st_size
         ms = _ms_per_window(path, data.wins)
         say(f"int8 {method}: {size / 1000:.0f} KB, label agreement with fp32 {agree:.1%}" +
-            (f", test UAR {u:.3f} (fp32 {uar32:.3f})" if u is not None else "") +
+            (f", validation UAR {u:.3f} (fp32 {uar32:.3f})" if u is not None else "") +
             f", {ms:.2f} ms/window on 1 thread (fp32 {ms32:.2f})")
         cands.append({"method": method, "path": path, "bytes": size, "agreement": agree, "uar": u,
                       "ms_per_window": ms})
@@ -511,7 +515,7 @@ def export_waveform(run: str | Path, out: str | Path, int8=None, opset: int = 17
     as it is; `check_files` are then required, and `int8` is not taken: the
     .onnx's own quantisation is kept). Each wrapped graph is checked against
     `liser predict` on its student over real files (`--check-files`, else
-    the run's test fold): an fp32 one within liser.waveform_onnx.PARITY_TOLERANCE, an
+    the run's validation fold): an fp32 one within liser.waveform_onnx.PARITY_TOLERANCE, an
     int8 one on labels and refusals. Raises LiserError, writing nothing at
     that path, when a check fails or no real files are at hand.
     """
