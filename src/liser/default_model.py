@@ -3,7 +3,8 @@
 `liser predict FILE` and `liser.load()` use it when no model is named. It
 was trained on four acted corpora (not TESS) pooled onto six classes
 (neutral, happy, sad, angry, fearful, disgust), for recordings from the
-field: speech windowing and field views (docs/field.md), no distillation.
+field: speech windowing, field views and consistency across them
+(docs/field.md), no distillation.
 `data/default/MODEL_CARD.md` says on what, under which licences, how well
 it transfers to a corpus it never saw and how it holds up under field
 conditions. It was trained by `scripts/train_default_model_field.sh pooled`
