@@ -85,3 +85,25 @@ def test_level_norm_student_ignores_the_recording_level(crops):
     assert float(plain.level_norm) == 0.0
     with torch.no_grad():
         assert not torch.allclose(plain.classify(x + 6.0), plain.classify(x), atol=1e-3)
+
+
+def test_band_limit_draws_a_phone_band_closer_to_a_real_one():
+    """On a real clip, the log-Mel band-limited crop is nearer to the clip sent through the phone band
+    (liser.augment_audio.telephone) than the clean crop is, in the bands the phone line cuts; p = 0 changes
+    nothing, and the speech band is left as it is."""
+    from liser import audio
+    from liser import augment_audio as A
+    from liser.augment import BAND_CUT, band_limit
+    from liser.predict import features
+
+    from conftest import real_root
+
+    x = audio.load_audio(real_root("ravdess") / "Actor_03" / "03-01-05-02-01-01-03.flac")
+    clean, phone = features(x).T[None], features(A.telephone(x)).T[None]  # [1, 64, T]
+    rng = np.random.default_rng(0)
+    assert np.array_equal(band_limit(clean, 0.0, rng), clean)
+    drawn = band_limit(np.repeat(clean, 8, axis=0), 1.0, rng)
+    high = slice(BAND_CUT[1], None)
+    assert np.abs(drawn[:, high] - phone[:, high]).mean() < 0.5 * np.abs(clean[:, high] - phone[:, high]).mean()
+    np.testing.assert_array_equal(drawn[:, 8:BAND_CUT[0]], np.repeat(clean, 8, axis=0)[:, 8:BAND_CUT[0]])
+    assert drawn.min() >= -100.0

@@ -110,7 +110,7 @@ def speech_run(small_config, tmp_path_factory):
     from liser.train import train
 
     cfg = small_config.replace(name="speech", windowing="speech", aug_views=1, level_norm=True, epochs=2, lr=1e-3,
-                               aug_consistency=1.0)
+                               aug_consistency=1.0, aug_band_p=0.5)
     return train(cfg, run_dir=tmp_path_factory.mktemp("speech") / "run", progress=False)
 
 

@@ -12,6 +12,10 @@ per step. All take a numpy Generator: a run stays reproducible for its seed.
 - `spec_augment`: SpecAugment's frequency and time masks (Park et al. 2019,
   without time warping); masked cells take the crop's mean level, not zero dB,
   so a mask never looks like loud sound.
+- `band_limit`: a phone band drawn in the log-Mel domain: the bands above a
+  random cut-off near 3.4 kHz lose 30-60 dB and the lowest ones a few dB, as
+  the telephone channel's log-Mel measurably does (ravdess clips through
+  liser.augment_audio.telephone: -50 dB above 3.9 kHz, -18 dB in band 0).
 """
 
 from __future__ import annotations
@@ -73,6 +77,28 @@ def spec_augment(x: np.ndarray, freq_masks: int, freq_width: int, time_masks: in
             w = int(rng.integers(0, time_width + 1))
             a = int(rng.integers(0, max(1, t - w + 1)))
             out[i, :, a : a + w] = fill
+    return out
+
+
+BAND_CUT = (44, 54)  # Mel band from which the high bands are cut: centres ~3.0-4.2 kHz (the phone band ends at 3.4)
+BAND_DROP_DB = (30.0, 60.0)  # how far the cut bands fall, dB
+LOW_BANDS = 4  # the lowest bands (below ~250 Hz) lose up to LOW_DROP_DB, the lowest the most
+LOW_DROP_DB = 18.0
+
+
+def band_limit(x: np.ndarray, p: float, rng: np.random.Generator) -> np.ndarray:
+    """x [B, F, T] dB with a share p of the crops band-limited like a phone line (module docstring).
+
+    The cut bands never fall below the front end's floor (-100 dB). Returns
+    a new array; x is left as it is.
+    """
+    out = x.copy()
+    floor = -100.0
+    for i in np.flatnonzero(rng.random(len(x)) < p):
+        cut = int(rng.integers(BAND_CUT[0], BAND_CUT[1] + 1))
+        out[i, cut:, :] = np.maximum(out[i, cut:, :] - rng.uniform(*BAND_DROP_DB), floor)
+        ramp = LOW_DROP_DB * rng.uniform(0.3, 1.0) * np.linspace(1.0, 0.0, LOW_BANDS, endpoint=False)
+        out[i, :LOW_BANDS, :] = np.maximum(out[i, :LOW_BANDS, :] - ramp[:, None], floor)
     return out
 
 

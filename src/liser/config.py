@@ -104,6 +104,8 @@ class Config:
     crop_full_p: float = 0.0  # "speech" windowing: share of training batches cropped at the longest length (3 s,
     #   capped by the batch's recordings): each item's whole span with context, as inference scores it; 0 = every
     #   batch's length uniform in 0.5-3 s
+    aug_band_p: float = 0.0  # share of training crops band-limited like a phone line in the log-Mel domain
+    #   (liser.augment.band_limit); with aug_consistency only the view crops, so the clean crop teaches them; 0 = off
     aug_consistency: float = 0.0  # with aug_views: each step takes every item clean and as one view, cropped alike,
     #   and adds this weight x KL(clean || view) to the loss, the clean prediction (no gradient) teaching the view's;
     #   0 = off (a step draws the clean item or a view)

@@ -500,7 +500,7 @@ def run_epoch(cfg: Config, data: Data, model, opt, state: State, stage1: bool, c
     """
     import torch
 
-    from .augment import augment_batch
+    from .augment import augment_batch, band_limit
 
     t0 = time.time()
     aug = augment_options(cfg)
@@ -522,6 +522,9 @@ def run_epoch(cfg: Config, data: Data, model, opt, state: State, stage1: bool, c
         x, labels, sd, vd = next_batch(crops, y, idx, pool if use_u else None, n_u, state, paired and idx is not None)
         if aug.active:
             x = torch.from_numpy(augment_batch(x.numpy(), aug, rng))
+        if cfg.aug_band_p and idx is not None:  # the view crops when paired (the clean ones teach), else all labeled
+            a, b = (len(idx), 2 * len(idx)) if paired else (0, len(idx))
+            x[a:b] = torch.from_numpy(band_limit(x[a:b].numpy(), cfg.aug_band_p, rng))
         if scheduled:
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * lr_factor(cfg, state.epoch, s, n_steps)
