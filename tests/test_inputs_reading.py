@@ -343,3 +343,21 @@ def test_a_header_sample_rate_no_speech_can_have_is_one_clear_line(trained_run, 
         assert out == "" and f"sample rate {claimed} Hz is outside" in one_line(err)
     with pytest.raises(LiserError, match=f"sample rate {claimed} Hz"):
         liser.load(trained_run).predict(sig.astype(np.float32) / 32768, claimed)
+
+
+def test_cli_says_a_warning_in_one_line(trained_run, tmp_path, capsys):
+    """liser's own warnings reach the CLI user as one `liser: warning:` line naming the file, then the label."""
+    (sig, sr), = speech(1)
+    good = tmp_path / "good.wav"
+    sf.write(good, sig, sr, subtype="PCM_16")
+    data = bytearray(good.read_bytes())
+    at = data.index(b"data")
+    data[at + 4 : at + 8] = b"\0\0\0\0"  # a header never finalised
+    path = tmp_path / "crashed.wav"
+    path.write_bytes(bytes(data))
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert main(["predict", str(trained_run), str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert one_line(err).startswith(f"liser: warning: {path}: WAV header never finalised")
+    assert out.startswith(str(path))

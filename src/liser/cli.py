@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from .errors import LiserError
@@ -511,9 +512,20 @@ def main(argv: list[str] | None = None) -> int:
 
     sys.stdout, real_stdout = StdoutGuard(sys.stdout), sys.stdout
     try:
-        return _run(args, own_stdout=real_stdout is sys.__stdout__)
+        with warnings.catch_warnings():  # restores the process's warning display when the command ends
+            warnings.showwarning = _say_warning
+            return _run(args, own_stdout=real_stdout is sys.__stdout__)
     finally:
         sys.stdout = real_stdout
+
+
+def _say_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """liser's own warnings ("<file>: what happened") as one stderr line, `liser: warning: ...`, not Python's
+    two (the source line under the message); other libraries' warnings keep Python's format."""
+    if str(Path(filename).resolve()).startswith(str(Path(__file__).resolve().parent)):
+        print(f"liser: warning: {message}", file=sys.stderr, flush=True)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 def _silence_stdout(own_stdout: bool) -> None:
