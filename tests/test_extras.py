@@ -14,8 +14,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
+
+import pytest
 
 from liser import cli, extras
 
@@ -33,6 +34,7 @@ def _dist_name(requirement: str) -> str:
 
 
 def test_extras_mirror_pyproject():
+    tomllib = pytest.importorskip("tomllib", reason="Python 3.11's TOML reader")
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     optional = project["optional-dependencies"]
     for extra, modules in extras.EXTRAS.items():
