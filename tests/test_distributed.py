@@ -117,7 +117,7 @@ def test_ray_flag_without_ray_is_one_line(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
     assert main(["experiment", "configs/grid-ravdess.yaml", "--ray", "auto"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--ray needs Ray" in err[0] and "pip install" in err[0]
+    assert err == ["liser: liser experiment --ray needs the 'ray' extra: pip install 'liser[ray]' (no module named 'ray')"]
 
 
 def test_shard_and_ray_do_not_go_together(capsys):

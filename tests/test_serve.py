@@ -24,7 +24,7 @@ import soundfile as sf
 
 from conftest import real_root
 
-pytest.importorskip("fastapi", reason="liser serve's extra is not installed (pip install -e '.[dev]')")
+pytest.importorskip("fastapi", reason="liser serve's extra is not installed (pip install -e '.[serve]'; scripts/setup.sh installs every extra)")
 
 from liser import audio, cli, serve  # noqa: E402
 from liser.serve_limits import ServeLimits  # noqa: E402

@@ -28,8 +28,8 @@ import soundfile as sf
 
 from conftest import real_root
 
-pytest.importorskip("fastapi", reason="liser serve's extra is not installed (pip install -e '.[dev]')")
-pytest.importorskip("python_multipart", reason="liser serve's extra is not installed (pip install -e '.[dev]')")
+pytest.importorskip("fastapi", reason="liser serve's extra is not installed (pip install -e '.[serve]'; scripts/setup.sh installs every extra)")
+pytest.importorskip("python_multipart", reason="liser serve's extra is not installed (pip install -e '.[serve]'; scripts/setup.sh installs every extra)")
 
 from liser import audio, serve, serve_limits  # noqa: E402
 from liser.serve_limits import ServeLimits  # noqa: E402

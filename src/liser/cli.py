@@ -10,8 +10,11 @@
     serve       a web page: the microphone's emotion timeline, live, or an uploaded file's
 
 Heavy modules are imported inside the handlers, so `liser --help` stays fast
-and every command is listed even when an optional dependency is missing:
-running such a command then says which module is missing, in one line.
+and every command is listed even when an optional dependency is missing.
+`pip install liser` is inference only: each command's extra is in
+COMMAND_EXTRAS, checked before the command runs (liser.extras), and a
+command whose extra is missing says which, in one line (`liser: liser train
+needs the 'train' extra: pip install 'liser[train]'`), exit 2.
 User errors (LiserError) print one line, `liser: <message>`, and exit 2; so
 do outputs that cannot be written (read-only, full disk: the path and the
 reason) and a full stdout. A closed stdout (`liser predict DIR | head -1`)
@@ -465,6 +468,13 @@ def add_quickstart(sub) -> None:
     sp.set_defaults(func=cmd_quickstart)
 
 
+# the extra each command needs beyond the base install (liser.extras; pyproject.toml says what each holds):
+# predict needs none for an ONNX model (a torch checkpoint needs `train`: said when it imports torch), serve its
+# own; every training step and its data preparation `train`. `--ray` also needs `ray` (checked in _run).
+COMMAND_EXTRAS = {"quickstart": "train", "prepare": "train", "folds": "train", "train": "train", "cv": "train",
+                  "evaluate": "train", "experiment": "train", "teacher": "train", "faces": "train",
+                  "predict": None, "export": "train", "serve": "serve"}
+
 # every command, in the order `liser --help` lists them
 COMMANDS = (add_quickstart, add_prepare, add_folds, add_train, add_cv, add_evaluate, add_experiment,
             add_teacher, add_faces, add_predict, add_export, add_serve)
@@ -543,9 +553,14 @@ def _silence_stdout(own_stdout: bool) -> None:
 
 def _run(args, own_stdout: bool = True) -> int:
     """The command, its stdout flushed, every expected failure said in one line (see the module's docstring)."""
+    from . import extras
     from .outputs import PLACE_ERRNOS, StdoutClosed, StdoutError, place_error_line
 
     try:
+        if COMMAND_EXTRAS[args.command]:  # before any work: a missing extra is said now, not after a corpus is read
+            extras.require(COMMAND_EXTRAS[args.command], f"liser {args.command}")
+        if getattr(args, "ray", None) is not None:
+            extras.require("ray", f"liser {args.command} --ray")
         rc = int(args.func(args) or 0)
         sys.stdout.flush()  # output still buffered fails here, not at exit with a traceback
         return rc
@@ -566,6 +581,10 @@ def _run(args, own_stdout: bool = True) -> int:
         what = getattr(e, "name", None) or ""
         if what == "liser" or what.startswith("liser."):
             raise  # liser's own modules: a bug, not a missing dependency; keep the traceback
+        line = extras.for_import_error(e, f"liser {args.command}")  # a module an extra installs (torch: `train`)
+        if line:
+            print(f"liser: {line}", file=sys.stderr)
+            return 2
         why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"liser: `liser {args.command}` needs the module {what or why!r}, which cannot be imported "
               f"({why}); install it (see pyproject.toml's dependencies) and retry", file=sys.stderr)

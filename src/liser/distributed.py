@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from .errors import LiserError
+from .extras import for_import_error
 
 RUN_GPU_FRACTION = 0.125  # a student run takes 1/8 of a GPU: the H200 ran 8-15 runs at a time (docs/scale.md)
 LABEL_GPU_FRACTION = 0.25  # a labeling shard: its encoder is per-file-overhead bound, 4 share a GPU
@@ -41,9 +42,8 @@ def import_ray():
     """The `ray` module, or LiserError saying how to install it (`pip install "liser[ray]"`)."""
     try:
         import ray
-    except ImportError as e:
-        raise LiserError(f"--ray needs Ray, which cannot be imported ({e}); install it with "
-                         "`.venv/bin/pip install \"ray>=2.9\"` (or `pip install \"liser[ray]\"`)") from None
+    except ImportError as e:  # the extra's one line (liser.extras); a dependency of Ray missing: that, said
+        raise LiserError(for_import_error(e, "--ray") or f"--ray: Ray cannot be imported ({e})") from None
     return ray
 
 

@@ -810,12 +810,11 @@ def run_serve(model_path: str | None, host: str = DEFAULT_HOST, port: int = DEFA
     is not a liser model, a missing `liser[serve]` extra, a port that
     cannot be bound or bad settings.
     """
-    try:
-        import fastapi  # noqa: F401
-        import python_multipart  # noqa: F401
-        import uvicorn
-    except ImportError as e:
-        raise LiserError(f"`liser serve` needs {e.name or 'fastapi and uvicorn'}: pip install 'liser[serve]'") from None
+    from .extras import require
+
+    require("serve", "liser serve")  # fastapi, uvicorn, websockets, python-multipart: one line naming the extra
+    import uvicorn
+
     from .predict import load
 
     if not 0.1 <= hop_s <= audio.CLIP_S:
