@@ -227,3 +227,21 @@ def test_parallel_cli_imports_neither_torch_nor_scipy(inputs):
     assert out["modules"] == [], f"the parallel ONNX path imported {out['modules']}"
     # numpy was loaded by the command, after liser.cli set OPENBLAS_NUM_THREADS=1: one BLAS thread, no spinning
     assert out["blas"] and set(out["blas"]) == {1}
+
+
+def test_predict_runs_numpy_blas_on_one_thread(tmp_path):
+    """`liser predict` in its own process: numpy's BLAS starts with one thread (files take the cores), though
+    building the CLI's parser loads numpy (liser.cli._one_blas_thread_at_load runs before it)."""
+    import subprocess
+    import sys
+
+    from conftest import real_root
+
+    f = sorted((real_root("ravdess") / "Actor_01").glob("*.flac"))[0]
+    child = ("import sys, contextlib, io\nsys.argv = ['liser', 'predict', sys.argv[1]]\nfrom liser.cli import main\n"
+             "with contextlib.redirect_stdout(io.StringIO()):\n    rc = main()\n"
+             "from threadpoolctl import threadpool_info\n"
+             "print(rc, max(i['num_threads'] for i in threadpool_info() if i.get('user_api') == 'blas'))\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS")}
+    r = subprocess.run([sys.executable, "-c", child, str(f)], capture_output=True, text=True, env=env, timeout=300)
+    assert r.stdout.split() == ["0", "1"], (r.stdout, r.stderr[-2000:])

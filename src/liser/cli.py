@@ -509,6 +509,8 @@ def _one_blas_thread_at_load() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if (sys.argv[1:] if argv is None else list(argv))[:1] == ["predict"]:
+        _one_blas_thread_at_load()  # before the parser, whose serve defaults load numpy (and with it BLAS)
     args = build_parser().parse_args(argv)
     from .device import tune_malloc
 
