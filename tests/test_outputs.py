@@ -293,3 +293,20 @@ def test_store_writer_refuses_a_folder_that_is_not_a_store(tmp_path):
         StoreWriter(tmp_path / "mine", "t", ["a", "b"], "h")
     w = StoreWriter(tmp_path / "store", "t", ["a", "b"], "h")  # a new one, then the same one again (a resume)
     assert StoreWriter(w.path, "t", ["a", "b"], "h").path == w.path
+
+
+@pytest.mark.skipif(not _unshare_ok(), reason="needs `unshare -m` (a private mount namespace) to mount a test folder")
+def test_export_to_a_read_only_or_full_place_is_one_line(trained_run, tmp_path):
+    """`liser export` names the output and the reason in one line, exit 2, and leaves no file behind."""
+    check = sorted((real_root("ravdess") / "Actor_05").glob("*.flac"))[0]
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    p = _in_mount(f"mount --bind {ro} {ro} && mount -o remount,bind,ro {ro}",
+                  [LISER, "export", trained_run, "--onnx", ro / "s.onnx", "--check-files", check])
+    assert p.returncode == 2 and f"{ro / 's.onnx'}: cannot write: Read-only file system" in one_line_error(p)
+    full = tmp_path / "full"
+    full.mkdir()
+    p = _in_mount(f"mount -t tmpfs -o size=100k tmpfs {full}",
+                  [LISER, "export", trained_run, "--onnx", full / "s.onnx", "--check-files", check])
+    assert p.returncode == 2 and f"{full / 's.onnx'}: cannot write: No space left on device" in one_line_error(p)
+    assert list(full.iterdir()) == [] and list(ro.iterdir()) == []

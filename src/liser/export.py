@@ -51,6 +51,7 @@ printed line say each candidate's figures and why the kept one was chosen.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -121,6 +122,17 @@ def _set_metadata(path: Path, meta: dict[str, str]) -> None:
     onnx.save(m, str(path))
 
 
+def _place_error(e: BaseException) -> OSError | None:
+    """The OSError of the place (read-only, full, ...; liser.outputs.PLACE_ERRNOS) behind `e`, if any."""
+    from .outputs import PLACE_ERRNOS
+
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in PLACE_ERRNOS:
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def _torch_export(classifier, path: Path, opset: int, dynamic_frames: bool = False) -> None:
     """Classifier -> ONNX with a dynamic batch axis, and a dynamic frame axis for the "speech" windowing
     (its windows are as long as the speech span, 0.5-3 s) (TorchScript exporter; dynamo as the fallback)."""
@@ -135,6 +147,9 @@ def _torch_export(classifier, path: Path, opset: int, dynamic_frames: bool = Fal
                               opset_version=opset, dynamic_axes={INPUT: axes, OUTPUT: {0: "batch"}},
                               dynamo=False)
         except Exception as first:  # the legacy exporter may be gone in a later torch
+            place = _place_error(first)
+            if place is not None:  # the disk, not the exporter: no fallback would write it either
+                raise place from None
             try:
                 batch = torch.export.Dim("batch", min=1, max=65536)
                 torch.onnx.export(classifier, (x,), str(path), input_names=[INPUT], output_names=[OUTPUT],
@@ -286,6 +301,7 @@ def export_onnx(run: str | Path, out: str | Path, int8: str | Path | bool | None
     """
     if waveform:
         return export_waveform(run, out, int8, opset, check_files, threads, say, dft)
+    from .outputs import writing
     from .predict import read_checkpoint, student_from_checkpoint
     from .student import Classifier
     from .util import torch_threads
@@ -301,20 +317,22 @@ def export_onnx(run: str | Path, out: str | Path, int8: str | Path | bool | None
     tmp = _tmp_name(out)
     tmp_int8 = _tmp_name(int8_path) if int8_path else None
     try:
-        with torch_threads(max(1, threads)):
-            ref_lab, uar32 = _fp32(classifier, tmp, out, ck, data, opset, threads, say, report)
+        with writing(out):  # a read-only or full place: "<out>: cannot write: <reason>", one line
+            with torch_threads(max(1, threads)):
+                ref_lab, uar32 = _fp32(classifier, tmp, out, ck, data, opset, threads, say, report)
         if int8_path:
-            report.update(_int8(tmp, tmp_int8, ck, data, ref_lab, uar32, threads, say))
-        os.replace(tmp, out)
+            with writing(int8_path):
+                report.update(_int8(tmp, tmp_int8, ck, data, ref_lab, uar32, threads, say))
+        with writing(out):
+            os.replace(tmp, out)
         if int8_path:
-            os.replace(tmp_int8, int8_path)
+            with writing(int8_path):
+                os.replace(tmp_int8, int8_path)
             report["int8"] = str(int8_path)
-    finally:
-        tmp.unlink(missing_ok=True)
-        if tmp_int8:
-            tmp_int8.unlink(missing_ok=True)
-            for c in tmp_int8.parent.glob(f"{tmp_int8.name}.cand-*"):
-                c.unlink(missing_ok=True)
+    finally:  # our temporaries only; on a read-only place even a missing one's unlink fails: that must not mask why
+        for t in [tmp, *([tmp_int8, *tmp_int8.parent.glob(f"{tmp_int8.name}.cand-*")] if tmp_int8 else [])]:
+            with contextlib.suppress(OSError):
+                t.unlink(missing_ok=True)
     say(f"wrote {out} ({report['fp32_bytes'] / 1000:.0f} KB, fp32" +
         (f", validation UAR {uar32:.3f})" if uar32 is not None else ")"))
     if int8_path:
