@@ -445,3 +445,133 @@ def test_browser_records_a_fake_microphone_and_shows_predicts_timeline(chrome_pa
     # and the page shows them: one table row per window, the stacked areas drawn
     assert [r[2] for r in rows] == [w["label"] for w in points] and len(points) >= len(live)
     assert covered > 0.3
+
+
+# ---------------------------------------------------------------- on this device (onnxruntime-web in the page)
+# The page's windows against the server's on the same samples (LiveTimeline at the microphone's rate): the
+# only difference is the resampler (the page's Kaiser sinc vs soxr HQ, ~-75 dB apart) and the graph's fp32
+# FFT; bench/bench_device_timeline.py measured |dp| <= 0.0094 over 656 windows, labels equal but for exact
+# or near ties of the int8 model's top two classes
+DEVICE_TOL = 0.02
+
+
+def same_windows(got: list[dict], want: list[dict], tol: float) -> None:
+    """assert_same_windows with no-speech windows (label None): those must be no-speech on both sides."""
+    assert [w["start"] for w in got] == [w["start"] for w in want]
+    assert all(abs(a["end"] - b["end"]) <= 1e-3 for a, b in zip(got, want))
+    assert [a["label"] is None for a in got] == [b["label"] is None for b in want], \
+        [(a["start"], a["label"], b["label"]) for a, b in zip(got, want) if (a["label"] is None) != (b["label"] is None)]
+    spoken = [(a, b) for a, b in zip(got, want) if b["label"] is not None]
+    for a, b in spoken:
+        dp = dprob(a, b)
+        assert dp <= tol, (a["start"], dp)
+        assert a["label"] == b["label"] or gap(b) <= 2 * dp, (a["start"], a["label"], b["label"], gap(b), dp)
+
+
+def test_on_device_needs_onnxruntime_web_and_an_onnx_model(model, tmp_path):
+    """Without onnxruntime-web the page's control says what to install; a torch model says to export; the
+    /ort/ route serves only onnxruntime-web's own file names from its folder."""
+    from fastapi.testclient import TestClient
+
+    import liser
+
+    with TestClient(serve.make_app(model, HOP)) as c:
+        device = c.get("/api/info").json()["device"]
+        assert device["ready"] is False and device["why"] == serve.ORT_WEB_INSTALL and "npm ci" in device["why"]
+        assert c.get("/ort/ort.wasm.min.js").status_code == 404
+        r = c.get("/api/device/model.onnx")
+        assert r.status_code == 404 and r.json()["error"] == serve.ORT_WEB_INSTALL
+        assert "ondevice" in c.get("/").text and "DeviceTimeline" in c.get("/device.js").text
+    dist = tmp_path / "onnxruntime-web" / "dist"
+    dist.mkdir(parents=True)
+    (dist / "ort.wasm.min.js").write_text("// a stand-in\n")
+    (dist / "package.json").write_text("{}")
+    assert serve.find_ort_web(dist.parent) == dist.resolve()
+    with pytest.raises(serve.LiserError, match="no onnxruntime-web build"):
+        serve.find_ort_web(tmp_path)
+    with TestClient(serve.make_app(model, HOP, ort_web=dist)) as c:  # a PyTorch run: export it first
+        assert "liser export" in c.get("/api/info").json()["device"]["why"]
+    with TestClient(serve.make_app(liser.load(None, threads=1), HOP, ort_web=dist)) as c:
+        assert c.get("/api/info").json()["device"] == {"ready": True, "why": None, "script": "/ort/ort.wasm.min.js",
+                                                       "model": "/api/device/model.onnx"}
+        r = c.get("/ort/ort.wasm.min.js")
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/javascript")
+        assert c.get("/ort/package.json").status_code == 404 and c.get("/ort/..%2Fpackage.json").status_code == 404
+        graph = c.get("/api/device/model.onnx")
+        assert graph.status_code == 200
+    import onnxruntime
+
+    sess = onnxruntime.InferenceSession(graph.content, providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["waveform", "first_frame"]
+    assert {"logits", "speech_s"} <= {o.name for o in sess.get_outputs()}
+
+
+def _heard(d) -> np.ndarray:
+    """The samples the page's microphone gave it (liser.keep), as float32 at the microphone's rate."""
+    import base64
+
+    b64 = d.execute_script("""const h = liser.heard, n = h.reduce((s, b) => s + b.length, 0), x = new Float32Array(n);
+        let at = 0; for (const b of h) { x.set(b, at); at += b.length; }
+        const u = new Uint8Array(x.buffer); let s = "";
+        for (let i = 0; i < u.length; i += 32768) s += String.fromCharCode.apply(null, u.subarray(i, i + 32768));
+        return btoa(s);""")
+    return np.frombuffer(base64.b64decode(b64), "<f4")
+
+
+@pytest.mark.slow
+def test_browser_on_device_gives_the_servers_timeline_and_sends_no_audio(chrome_paths, speech, tmp_path, capsys):
+    """The page in "on this device" mode, recording Chromium's fake microphone (a RAVDESS WAV, then silence):
+    its windows are the server's on the samples it heard (LiveTimeline at 44.1 kHz: same starts, the same
+    no-speech windows, labels and |dp| <= DEVICE_TOL), and `liser predict --timeline`'s on them (PROB_TOL, as
+    the live test), and the server got no audio: no WebSocket, no POST, only the page, its script, the model
+    and onnxruntime-web's files, all from its own origin. Needs `npm ci` in examples/browser (.ci/run)."""
+    import liser
+
+    ort_web = serve.find_ort_web()
+    if ort_web is None:
+        pytest.skip(serve.ORT_WEB_INSTALL)
+    from selenium.webdriver.common.by import By
+
+    model = liser.load(None, threads=1)  # the packaged default: an ONNX model, as on-device mode needs
+    wav_at(speech, FAKE_MIC_RATE, tmp_path / "mic.wav")
+    app, seen = serve.make_app(model, HOP, ort_web=ort_web), []
+
+    async def spy(scope, receive, send):  # every request the server got
+        if scope["type"] in ("http", "websocket"):
+            seen.append((scope["type"], scope.get("method"), scope["path"]))
+        await app(scope, receive, send)
+
+    with running(spy) as url, chromium(chrome_paths, tmp_path / "mic.wav") as d:
+        d.get(url)
+        wait_for(d, "liser.classes.length && !document.getElementById('ondevice').disabled")
+        d.execute_script("liser.keep = true")
+        d.find_element(By.ID, "ondevice").click()
+        d.find_element(By.ID, "record").click()
+        wait_for(d, "document.getElementById('status').textContent.startsWith('recording')", timeout=90)
+        time.sleep(len(speech) / audio.SAMPLE_RATE + 2.0)  # the whole file, and two seconds of silence
+        d.find_element(By.ID, "stop").click()
+        wait_for(d, "liser.done", timeout=90)
+        assert d.execute_script("return liser.error") == ""
+        points = d.execute_script("return liser.points")
+        heard = _heard(d)
+        origins = d.execute_script("return performance.getEntriesByType('resource').map(e => new URL(e.name).origin)")
+        rows = d.execute_script("return document.querySelectorAll('#rows tr').length")
+
+    assert not [s for s in seen if s[0] == "websocket" or s[1] != "GET"], seen
+    assert {p for _, _, p in seen} <= {"/", "/favicon.ico", "/device.js", "/api/info", "/api/device/model.onnx"} | \
+        {p for _, _, p in seen if p.startswith("/ort/ort")}
+    assert set(origins) <= {url.rstrip("/")}, origins
+    server = [w.to_dict() for w in stream(serve.LiveTimeline(model, FAKE_MIC_RATE, HOP), heard, 4410)]
+    assert len(points) == len(server) >= 20 and rows == len(points)
+    same_windows(points, server, DEVICE_TOL)
+    assert any(w["label"] is None for w in points) and sum(w["label"] is not None for w in points) >= 15
+    sf.write(str(tmp_path / "heard.wav"), heard, FAKE_MIC_RATE, subtype="FLOAT")
+    capsys.readouterr()
+    assert cli.main(["predict", str(tmp_path / "heard.wav"), "--timeline", "--json", "--threads", "1"]) == 0
+    offline = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["timeline"]
+    same_windows(points, offline, PROB_TOL)
+    spoken = [(a, b) for a, b in zip(points, server) if b["label"] is not None]
+    print(f"on this device: {len(points)} windows ({len(points) - len(spoken)} no speech); against the server's "
+          f"{sum(a['label'] == b['label'] for a, b in spoken)}/{len(spoken)} labels equal, max |dp| "
+          f"{max(dprob(a, b) for a, b in spoken):.4f}; against predict max |dp| "
+          f"{max(dprob(a, b) for a, b in zip(points, offline) if b['label'] is not None):.4f}")

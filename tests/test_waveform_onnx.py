@@ -215,3 +215,40 @@ def test_node_example_agrees_with_predict(tmp_path_factory, tmp_path):
         p = model.predict_file(wav)
         assert got["label"] == p.label, (f, got, p.probabilities)
         assert max(abs(got["probabilities"][c] - p.probabilities[c]) for c in model.classes) < INT8_DP
+
+
+def test_timeline_window_graph_is_the_servers_window(signals):
+    """build_window on the segments liser.serve.LiveTimeline cuts gives its windows: the same no-speech windows,
+    labels and probabilities within the int8 bound (bench/bench_device_timeline.py: 328/328 labels, |dp| <= 1.5e-3)."""
+    from liser import audio, serve
+
+    model = predict.load(DEFAULT_ONNX, threads=1)
+    import onnxruntime
+
+    sess = onnxruntime.InferenceSession(waveform_onnx.window_graph_bytes(DEFAULT_ONNX), providers=["CPUExecutionProvider"])
+    got = []
+
+    class Spy(serve.LiveTimeline):
+        def _features(self, first, stop):
+            a = self._segment_start(first)
+            self.segment = (a, self.buf[a - self.buf_start : min(self.total, (stop - 1) * audio.HOP + serve.CONTEXT)
+                                        - self.buf_start].copy())
+            return super()._features(first, stop)
+
+        def _window(self, f, frames):
+            p = super()._window(f, frames)
+            a, seg = self.segment
+            got.append((p, waveform_onnx.run_window(sess, seg, f - a // audio.HOP)))
+            return p
+
+    x = np.concatenate([signals[0], np.zeros(56_000, np.float32), signals[2], signals[4]])  # 3.5 s of silence inside
+    t = Spy(model, audio.SAMPLE_RATE, 0.5)
+    for a in range(0, len(x), 1600):
+        t.push(x[a : a + 1600])
+    t.finish()
+    assert len(got) >= 10 and any(p.no_speech for p, _ in got)
+    for p, out in got:
+        assert p.no_speech == (float(out["speech_s"]) < waveform_onnx.MIN_SPEECH_S)
+        if not p.no_speech:
+            assert p.label == model.classes[int(np.argmax(out["logits"]))]
+            assert np.abs(np.array([p.probabilities[c] for c in model.classes]) - out["probabilities"]).max() < INT8_DP

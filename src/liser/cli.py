@@ -222,7 +222,8 @@ def cmd_serve(args) -> int:
     limits = ServeLimits().replace(**{f: getattr(args, f) for f in SERVE_LIMIT_OPTIONS},
                                    allow_origins=tuple(args.allow_origin or ()) or None,
                                    allow_hosts=tuple(args.allow_host or ()) or None)
-    return run_serve(args.model, host=args.host, port=args.port, hop_s=args.hop, threads=args.threads, limits=limits)
+    return run_serve(args.model, host=args.host, port=args.port, hop_s=args.hop, threads=args.threads, limits=limits,
+                     ort_web=args.ort_web)
 
 
 def cmd_export(args) -> int:
@@ -446,6 +447,10 @@ def add_serve(sub) -> None:
     sp.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     sp.add_argument("--hop", type=float, default=0.5, help="seconds between 3 s windows (default 0.5)")
     sp.add_argument("--threads", type=int, default=None, help="CPU threads for inference (default: library default)")
+    sp.add_argument("--ort-web", metavar="DIR", default=None,
+                    help="onnxruntime-web (its package folder or dist/) for the page's 'on this device' mode, where "
+                         "the model runs in the browser and no audio leaves it (default: examples/browser's, after "
+                         "`npm ci` there; docs/serve.md)")
     # what one client may cost (liser.serve_limits.ServeLimits; docs/serve.md): each default is the dataclass's
     limits = sp.add_argument_group("limits per client (docs/serve.md)")
     for flag, kind, what in SERVE_LIMIT_HELP:

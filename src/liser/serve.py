@@ -44,6 +44,7 @@ are Host names the server is not known by (a DNS-rebinding page).
 import dataclasses
 import math
 import os
+import re
 import socket
 import sys
 import time
@@ -516,9 +517,52 @@ async def _refuse(scope, receive, send, status: int, message: str) -> None:
         await send({"type": "websocket.close", "code": 1008, "reason": message[:120]})
 
 
+# ---------------------------------------------------------------- the page's on-device mode
+# onnxruntime-web, installed from the npm registry by `npm ci` in examples/browser (its package-lock.json);
+# found there in a source checkout when --ort-web is not given
+ORT_WEB_CHECKOUT = Path(__file__).resolve().parents[2] / "examples" / "browser" / "node_modules" / "onnxruntime-web"
+ORT_WEB_SCRIPT = "ort.wasm.min.js"  # the WASM-only build: the page needs no WebGL or WebGPU
+ORT_WEB_INSTALL = ("on this device needs onnxruntime-web: run `npm ci` in examples/browser, then restart liser serve "
+                   "(or liser serve --ort-web DIR)")
+ORT_WEB_FILE = r"^ort[A-Za-z0-9._-]*\.(js|mjs|wasm)$"  # the names /ort/ serves from the dist folder: nothing else
+
+
+def find_ort_web(path: str | Path | None = None) -> Path | None:
+    """onnxruntime-web's dist folder: under `path` (the package folder or its dist/), else under the checkout's
+    examples/browser when it was installed there; None when not found. LiserError when `path` has no build."""
+    for d in ([Path(path), Path(path) / "dist"] if path is not None else [ORT_WEB_CHECKOUT / "dist"]):
+        if (d / ORT_WEB_SCRIPT).is_file():
+            return d.resolve()
+    if path is not None:
+        raise LiserError(f"--ort-web {path}: no onnxruntime-web build there (no {ORT_WEB_SCRIPT} in it or its dist/; "
+                         "`npm ci` in examples/browser installs one)")
+    return None
+
+
+def device_refusal(model, ort_web: Path | None) -> str | None:
+    """Why the page cannot run `model` on the device (one line), or None when it can."""
+    if ort_web is None:
+        return ORT_WEB_INSTALL
+    if model.info.get("kind") != "onnx":
+        return ("on this device runs ONNX models: `liser export` this model, then liser serve the .onnx "
+                "(the default model is one)")
+    return None
+
+
+def device_model_bytes(model) -> bytes:
+    """The timeline-window graph (liser.waveform_onnx.build_window) around the server's own ONNX student, so
+    the page's windows are the server's."""
+    from .waveform_onnx import window_graph_bytes
+
+    return window_graph_bytes(model.source)
+
+
 # ---------------------------------------------------------------- the app
-def make_app(model, hop_s: float = HOP_S, max_upload_mb: float | None = None, limits: ServeLimits = ServeLimits()):
-    """The FastAPI app: GET / (the page), GET /api/info, POST /api/predict (upload), WebSocket /api/live.
+def make_app(model, hop_s: float = HOP_S, max_upload_mb: float | None = None, limits: ServeLimits = ServeLimits(),
+             ort_web: Path | None = None):
+    """The FastAPI app: GET / (the page), GET /api/info, POST /api/predict (upload), WebSocket /api/live, and
+    for the page's on-device mode GET /api/device/model.onnx and GET /ort/NAME (onnxruntime-web's files from
+    the folder `ort_web`, find_ort_web's; None: the mode says what to install).
 
     POST /api/predict?name=FILE takes the file's bytes as the request body,
     or a multipart/form-data body with the file in its `file` field, and
@@ -535,13 +579,14 @@ def make_app(model, hop_s: float = HOP_S, max_upload_mb: float | None = None, li
     """
     import anyio
     from fastapi import FastAPI, Request, WebSocket
-    from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
     from starlette.concurrency import run_in_threadpool
     from starlette.requests import ClientDisconnect
 
     limits = limits.replace(max_upload_mb=max_upload_mb)
     limits.check()
     page = resources.files("liser").joinpath("static/serve.html").read_text(encoding="utf-8")
+    device_js = resources.files("liser").joinpath("static/device.js").read_text(encoding="utf-8")
     app = FastAPI(title="liser serve", docs_url=None, redoc_url=None, openapi_url=None)
     jobs = anyio.CapacityLimiter(limits.max_jobs)
     live_sessions = set()  # the open WebSockets (max_websockets)
@@ -550,10 +595,37 @@ def make_app(model, hop_s: float = HOP_S, max_upload_mb: float | None = None, li
     async def index():
         return page
 
+    @app.get("/device.js")
+    async def device_script():
+        return Response(device_js, media_type="text/javascript")
+
     @app.get("/api/info")
     async def info():
         return {"model": Path(model.source).name, "kind": model.info.get("kind"), "classes": model.classes,
-                "hop_s": hop_s, "max_upload_mb": limits.max_upload_mb, "max_seconds": limits.max_seconds}
+                "hop_s": hop_s, "max_upload_mb": limits.max_upload_mb, "max_seconds": limits.max_seconds,
+                "device": {"ready": refusal is None, "why": refusal, "script": f"/ort/{ORT_WEB_SCRIPT}",
+                           "model": "/api/device/model.onnx"}}
+
+    refusal = device_refusal(model, ort_web)
+    device_graph = {}  # built on the first request, then kept: {"bytes": ...}
+    build_lock = anyio.Lock()
+
+    @app.get("/api/device/model.onnx")
+    async def device_model():
+        if refusal is not None:
+            return JSONResponse({"error": refusal}, status_code=404)
+        async with build_lock:
+            if "bytes" not in device_graph:
+                device_graph["bytes"] = await run_in_threadpool(device_model_bytes, model)
+        return Response(device_graph["bytes"], media_type="application/octet-stream",
+                        headers={"cache-control": "no-store"})
+
+    @app.get("/ort/{name}")
+    async def ort_file(name: str):
+        if ort_web is None or not re.match(ORT_WEB_FILE, name) or not (ort_web / name).is_file():
+            return JSONResponse({"error": f"/ort/{name[:80]}: not found"}, status_code=404)
+        kind = "application/wasm" if name.endswith(".wasm") else "text/javascript"
+        return FileResponse(ort_web / name, media_type=kind)
 
     @app.post("/api/predict")
     async def upload(request: Request, name: str | None = None):
@@ -800,8 +872,11 @@ def listen(host: str, port: int) -> socket.socket:
 
 def run_serve(model_path: str | None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, hop_s: float = HOP_S,
               max_upload_mb: float | None = None, threads: int | None = None,
-              limits: ServeLimits = ServeLimits()) -> int:
+              limits: ServeLimits = ServeLimits(), ort_web: str | None = None) -> int:
     """`liser serve`: load the model (None: the packaged default), listen, serve the page until Ctrl-C; returns 0.
+
+    `ort_web`: onnxruntime-web's folder for the page's on-device mode (find_ort_web; None: the checkout's
+    examples/browser, when installed there).
 
     Upload files a killed server left in the temp folder are removed
     first (liser.serve_limits.remove_stale_uploads). On a loopback address
@@ -823,6 +898,7 @@ def run_serve(model_path: str | None, host: str = DEFAULT_HOST, port: int = DEFA
     limits.check()
     if not limits.allow_hosts and host in ("127.0.0.1", "localhost", "::1"):
         limits = limits.replace(allow_hosts=LOOPBACK_HOSTS)
+    ort_dir = find_ort_web(ort_web)
     started = time.time()
     model = load(model_path, threads=threads)  # None: the packaged default model (liser.default_model)
     sock = listen(host, port)
@@ -840,6 +916,9 @@ def run_serve(model_path: str | None, host: str = DEFAULT_HOST, port: int = DEFA
     if host not in ("127.0.0.1", "localhost", "::1"):
         print("liser serve: listening beyond this machine; browsers give the microphone only to https or "
               "localhost pages, so remote visitors can upload files but not record", file=sys.stderr, flush=True)
-    server = uvicorn.Server(server_config(make_app(model, hop_s, limits=limits), limits))
+    why = device_refusal(model, ort_dir)
+    print(f"liser serve: on-device mode {'off: ' + why if why else 'on (onnxruntime-web from ' + str(ort_dir) + ')'}",
+          file=sys.stderr, flush=True)
+    server = uvicorn.Server(server_config(make_app(model, hop_s, limits=limits, ort_web=ort_dir), limits))
     server.run(sockets=[sock])
     return 0

@@ -296,6 +296,23 @@ def _student_body(student, frames: str, starts: str, length: str):
     idx = g.op("Add", g.op("Unsqueeze", s, g.i64(1)),
                g.op("Unsqueeze", g.op("Range", g.const(np.int64(0)), length, g.const(np.int64(1))), g.i64(0)))
     windows = g.op("Transpose", g.op("Gather", frames, idx), perm=[0, 2, 1])  # [BATCH, 64, L]
+    logits = _inline_student(g, student, windows)
+    g.nodes.append(helper.make_node("Identity", [cond], ["body/cond_out"]))
+    g.nodes.append(helper.make_node("Identity", [logits], ["body/logits"]))
+    inputs = [helper.make_tensor_value_info(i, TensorProto.INT64, []),
+              helper.make_tensor_value_info(cond, TensorProto.BOOL, [])]
+    outputs = [helper.make_tensor_value_info("body/cond_out", TensorProto.BOOL, []),
+               helper.make_tensor_value_info("body/logits", TensorProto.FLOAT, None)]
+    return helper.make_graph(g.nodes, "student_windows", inputs, outputs, g.inits)
+
+
+def _inline_student(g: _Graph, student, windows: str) -> str:
+    """The student's nodes and initializers appended to `g`, fed `windows` [B, 64, L]; its logits' name [B, K].
+
+    Every name of the student's is prefixed by "student/", so it cannot meet the graph's own.
+    """
+    from onnx import helper
+
     sg = student.graph
     rename = {sg.input[0].name: windows}
     for init in sg.initializer:
@@ -315,14 +332,7 @@ def _student_body(student, frames: str, starts: str, length: str):
         copy.CopyFrom(init)
         copy.name = rename[init.name]
         g.inits.append(copy)
-    logits = rename[sg.output[0].name]
-    g.nodes.append(helper.make_node("Identity", [cond], ["body/cond_out"]))
-    g.nodes.append(helper.make_node("Identity", [logits], ["body/logits"]))
-    inputs = [helper.make_tensor_value_info(i, TensorProto.INT64, []),
-              helper.make_tensor_value_info(cond, TensorProto.BOOL, [])]
-    outputs = [helper.make_tensor_value_info("body/cond_out", TensorProto.BOOL, []),
-               helper.make_tensor_value_info("body/logits", TensorProto.FLOAT, None)]
-    return helper.make_graph(g.nodes, "student_windows", inputs, outputs, g.inits)
+    return rename[sg.output[0].name]
 
 
 def _window_logits(g: _Graph, student, frames: str, starts: str, length: str, k: int) -> str:
@@ -389,6 +399,124 @@ def build(student_path: str | Path, meta: dict[str, str], dft: str = "stft"):
                               producer_name="liser")
     model.ir_version = student.ir_version
     return model
+
+
+# ---------------------------------------------------------------- one timeline window (the page's on-device mode)
+WINDOW_FORMAT = "liser-timeline-window-onnx"
+FIRST_FRAME = "first_frame"
+WINDOW_CONTRACT = ("waveform: float32 [samples], mono, 16 kHz: a segment of a stream as liser.serve.LiveTimeline "
+                   "cuts it (from CONTEXT samples before the window's first frame, on the frame grid, to where its "
+                   "last frame's STFT ends or the stream ends); first_frame: int64 [], the window's first row in "
+                   "the segment's frames")
+
+
+def _window_local_floor(g: _Graph, e: str, total: str, end: str) -> str:
+    """windowing.local_floor(e, end, open_ends=True) of a window's energies e [T]: the window's edges are not
+    the recording's, so each side's minimum is over the part inside the window; only zero padding (frames from
+    `end` on, when end < T) counts as -inf."""
+    half = int(windowing.FLOOR_WINDOW_S / 2 / audio.HOP_S)
+    e3 = g.op("Pad", g.op("Unsqueeze", e, g.i64(0, 1)), g.i64(0, 0, half, 0, 0, half), mode="edge")
+    mins = g.op("Squeeze", _running_min(g, e3, half + 1), g.i64(0, 1))  # mins[i] = min(padded[i : i + half + 1])
+    t = g.op("Range", g.const(np.int64(0)), total, g.const(np.int64(1)))
+    h = g.const(np.int64(half))
+    before = g.op("Slice", mins, g.i64(0), g.op("Unsqueeze", total, g.i64(0)), g.i64(0))
+    after_min = g.op("Slice", mins, g.i64(half), g.op("Unsqueeze", g.op("Add", total, h), g.i64(0)), g.i64(0))
+    inside = g.op("Or", g.op("Less", g.op("Add", t, h), end), g.op("Equal", end, total))
+    return g.op("Max", before, g.op("Where", inside, after_min, g.f32(-np.inf)), hint="window_floor")
+
+
+def _window_span(g: _Graph, window: str) -> tuple[str, str, str]:
+    """windowing.window_span of a [94, 64] window: (a, n, speech_s); a and n 0-d int64, the whole window when
+    the span is shorter than MIN_WINDOW_FRAMES (speech_s < MIN_SPEECH_S then: the caller gives no label)."""
+    total = g.const(np.int64(audio.CLIP_FRAMES))
+    e = _band_energy(g, window)
+    end = _extent(g, window, total)
+    peak = _percentile99(g, e, total)
+    above_floor = g.op("Greater", e, g.op("Add", _window_local_floor(g, e, total, end), g.f32(windowing.LOCAL_MARGIN_DB)))
+    in_range = g.op("Greater", e, g.op("Sub", peak, g.f32(windowing.DYNAMIC_RANGE_DB)))
+    not_silent = g.op("Greater", peak, g.f32(10.0 * math.log10(audio.LOG_FLOOR) + windowing.DYNAMIC_RANGE_DB / 4))
+    speech = _open_runs(g, g.op("Cast", g.op("And", g.op("And", above_floor, in_range), not_silent), to=1))
+    t = g.op("Range", g.const(np.int64(0)), total, g.const(np.int64(1)))
+    is_on = g.op("Greater", speech, g.f32(0.5))
+    first = g.op("ReduceMin", g.op("Where", is_on, t, total), keepdims=0)
+    last = g.op("ReduceMax", g.op("Where", is_on, t, g.const(np.int64(-1))), keepdims=0)
+    m = g.const(np.int64(windowing.MARGIN_FRAMES))
+    a = g.op("Max", g.op("Sub", first, m), g.const(np.int64(0)))
+    b = g.op("Min", end, g.op("Add", g.op("Add", last, g.const(np.int64(1))), m))
+    n = g.op("Where", g.op("GreaterOrEqual", last, g.const(np.int64(0))), g.op("Sub", b, a), g.const(np.int64(0)))
+    ok = g.op("GreaterOrEqual", n, g.const(np.int64(windowing.MIN_WINDOW_FRAMES)))
+    speech_s = g.op("Mul", g.op("Cast", n, to=1), g.f32(audio.HOP_S))
+    return g.op("Where", ok, a, g.const(np.int64(0))), g.op("Where", ok, n, total), speech_s
+
+
+def build_window(student_path: str | Path, meta: dict[str, str], dft: str = "matmul"):
+    """One timeline window's graph (an onnx.ModelProto): what `EmotionModel.timeline_frames` gives for the
+    window of frames first_frame .. first_frame + 93 of a segment's features (LiveTimeline._window).
+
+    Inputs `waveform` (the segment, WINDOW_CONTRACT) and `first_frame`;
+    outputs `probabilities` [K], `logits` [K], `classes` [K] and, for a
+    "speech" model, `speech_s` [] (the window's speech span, margins
+    included; under MIN_SPEECH_S the window has no label). The front end is
+    the whole-file graph's (`_log_mel`: features_numpy of the segment); a
+    "speech" model scores the span inside the window (windowing.window_span),
+    a "pad" model the whole window.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    if dft not in DFTS:
+        raise ValueError(f"dft must be one of {DFTS}, got {dft!r}")
+    mode = json.loads(meta.get("front_end", "{}")).get("windowing", windowing.PAD)
+    if mode not in windowing.WINDOWINGS:
+        raise ValueError(f"unknown windowing {mode!r}")
+    student = onnx.load(str(student_path))
+    classes = json.loads(meta["classes"])
+    g = _Graph()
+    frames, _ = _log_mel(g, INPUT, dft)
+    first = g.op("Unsqueeze", FIRST_FRAME, g.i64(0))
+    window = g.op("Slice", frames, first, g.op("Add", first, g.i64(audio.CLIP_FRAMES)), g.i64(0), hint="window")
+    named = {}
+    if mode == windowing.SPEECH:
+        a, n, named[SPEECH_OUTPUT] = _window_span(g, window)
+        a1 = g.op("Unsqueeze", a, g.i64(0))
+        window = g.op("Slice", window, a1, g.op("Add", a1, g.op("Unsqueeze", n, g.i64(0))), g.i64(0), hint="span")
+    x = g.op("Unsqueeze", g.op("Transpose", window, perm=[1, 0]), g.i64(0))  # [1, 64, L]
+    logits = g.op("Squeeze", _inline_student(g, student, x), g.i64(0))
+    named = {"logits": logits, "probabilities": g.op("Softmax", logits, axis=-1), **named,
+             "classes": g.const(np.array(classes, dtype=object), hint="class_names")}
+    for out, src in named.items():
+        g.nodes.append(helper.make_node("Identity", [src], [out]))
+    k = len(classes)
+    shapes = {"probabilities": [k], "logits": [k], SPEECH_OUTPUT: [], "classes": [k]}
+    outputs = [helper.make_tensor_value_info(o, TensorProto.STRING if o == "classes" else TensorProto.FLOAT, shapes[o])
+               for o in named]
+    inputs = [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["samples"]),
+              helper.make_tensor_value_info(FIRST_FRAME, TensorProto.INT64, [])]
+    graph = helper.make_graph(g.nodes, "liser_timeline_window", inputs, outputs, g.inits)
+    opsets = {o.domain: o.version for o in student.opset_import}
+    opsets[""] = max(opsets.get("", OPSET), OPSET)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()],
+                              producer_name="liser")
+    model.ir_version = student.ir_version
+    meta = {**meta, "format": WINDOW_FORMAT, "student_format": meta.get("format", ""), "input": WINDOW_CONTRACT,
+            "student_input": meta.get("input", ""), "dft": dft}
+    for key, value in meta.items():
+        p = model.metadata_props.add()
+        p.key, p.value = key, value
+    onnx.checker.check_model(model)
+    return model
+
+
+def window_graph_bytes(student_path: str | Path, dft: str = "matmul") -> bytes:
+    """build_window of a log-Mel student .onnx (LiserError when it is not one), serialised: what `liser serve`
+    gives its page's on-device mode."""
+    return build_window(student_path, student_metadata(student_path), dft).SerializeToString()
+
+
+def run_window(sess, segment: np.ndarray, first_frame: int) -> dict[str, np.ndarray]:
+    """The window graph's outputs by name for one segment [samples] (16 kHz float32) and its window's first row."""
+    feed = {INPUT: np.ascontiguousarray(segment, dtype=np.float32), FIRST_FRAME: np.array(first_frame, np.int64)}
+    return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feed)))
 
 
 # ---------------------------------------------------------------- writing and checking
