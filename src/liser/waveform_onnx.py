@@ -222,16 +222,18 @@ def _extent(g: _Graph, frames: str, total: str) -> str:
     return g.op("Where", g.op("Less", last, g.const(np.int64(0))), total, g.op("Add", last, g.const(np.int64(1))))
 
 
-def _speech_span(g: _Graph, frames: str, total: str) -> tuple[str, str, str, str]:
+def _speech_span(g: _Graph, frames: str, total: str, floor=None) -> tuple[str, str, str, str]:
     """windowing.plan's span for "speech": (a, n, speech [T] 0/1 float, speech_s), a and n 0-d int64.
 
     A span shorter than MIN_WINDOW_FRAMES (or none) becomes the whole file
     (plan(strict=False)); `speech_s` is the span's length in seconds (0 without speech) for the caller to refuse.
+    `floor`: the local floor's graph (default `_local_floor`; a timeline window's is `_window_local_floor`).
     """
     e = _band_energy(g, frames)
     end = _extent(g, frames, total)
     peak = _percentile99(g, e, total)
-    above_floor = g.op("Greater", e, g.op("Add", _local_floor(g, e, total, end), g.f32(windowing.LOCAL_MARGIN_DB)))
+    local_floor = (floor or _local_floor)(g, e, total, end)
+    above_floor = g.op("Greater", e, g.op("Add", local_floor, g.f32(windowing.LOCAL_MARGIN_DB)))
     in_range = g.op("Greater", e, g.op("Sub", peak, g.f32(windowing.DYNAMIC_RANGE_DB)))
     not_silent = g.op("Greater", peak, g.f32(10.0 * math.log10(audio.LOG_FLOOR) + windowing.DYNAMIC_RANGE_DB / 4))
     on = g.op("And", g.op("And", above_floor, in_range), not_silent)
@@ -428,25 +430,8 @@ def _window_local_floor(g: _Graph, e: str, total: str, end: str) -> str:
 def _window_span(g: _Graph, window: str) -> tuple[str, str, str]:
     """windowing.window_span of a [94, 64] window: (a, n, speech_s); a and n 0-d int64, the whole window when
     the span is shorter than MIN_WINDOW_FRAMES (speech_s < MIN_SPEECH_S then: the caller gives no label)."""
-    total = g.const(np.int64(audio.CLIP_FRAMES))
-    e = _band_energy(g, window)
-    end = _extent(g, window, total)
-    peak = _percentile99(g, e, total)
-    above_floor = g.op("Greater", e, g.op("Add", _window_local_floor(g, e, total, end), g.f32(windowing.LOCAL_MARGIN_DB)))
-    in_range = g.op("Greater", e, g.op("Sub", peak, g.f32(windowing.DYNAMIC_RANGE_DB)))
-    not_silent = g.op("Greater", peak, g.f32(10.0 * math.log10(audio.LOG_FLOOR) + windowing.DYNAMIC_RANGE_DB / 4))
-    speech = _open_runs(g, g.op("Cast", g.op("And", g.op("And", above_floor, in_range), not_silent), to=1))
-    t = g.op("Range", g.const(np.int64(0)), total, g.const(np.int64(1)))
-    is_on = g.op("Greater", speech, g.f32(0.5))
-    first = g.op("ReduceMin", g.op("Where", is_on, t, total), keepdims=0)
-    last = g.op("ReduceMax", g.op("Where", is_on, t, g.const(np.int64(-1))), keepdims=0)
-    m = g.const(np.int64(windowing.MARGIN_FRAMES))
-    a = g.op("Max", g.op("Sub", first, m), g.const(np.int64(0)))
-    b = g.op("Min", end, g.op("Add", g.op("Add", last, g.const(np.int64(1))), m))
-    n = g.op("Where", g.op("GreaterOrEqual", last, g.const(np.int64(0))), g.op("Sub", b, a), g.const(np.int64(0)))
-    ok = g.op("GreaterOrEqual", n, g.const(np.int64(windowing.MIN_WINDOW_FRAMES)))
-    speech_s = g.op("Mul", g.op("Cast", n, to=1), g.f32(audio.HOP_S))
-    return g.op("Where", ok, a, g.const(np.int64(0))), g.op("Where", ok, n, total), speech_s
+    a, n, _, speech_s = _speech_span(g, window, g.const(np.int64(audio.CLIP_FRAMES)), _window_local_floor)
+    return a, n, speech_s
 
 
 def build_window(student_path: str | Path, meta: dict[str, str], dft: str = "matmul"):
