@@ -116,3 +116,18 @@ def test_train_then_evaluate(small_config, tmp_path):
 def test_evaluate_not_a_run(tmp_path):
     line = _one_line_error(liser("evaluate", tmp_path))
     assert str(tmp_path) in line
+
+
+def test_quickstart_next_commands_run_where_liser_is_not_on_path(monkeypatch, tmp_path):
+    """The quickstart's "Next:" lines name a liser that runs from the user's shell: `liser` on PATH, else the
+    venv's script (scripts/setup.sh does not activate .venv)."""
+    import shutil
+    import sys
+
+    from liser.quickstart import _liser_command
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.chdir(tmp_path)
+    assert _liser_command() == str(Path(sys.executable).parent / "liser")
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/local/bin/liser")
+    assert _liser_command() == "liser"

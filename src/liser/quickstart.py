@@ -128,9 +128,26 @@ def _say_done(results: dict, times: dict, made: dict, onnx: Path) -> None:
     print(f"\nquickstart finished in {times['total'] / 60:.1f} min ({steps}). It made:")
     for k, v in made.items():
         print(f"  {k:<13} {v}")
-    print("\nNext:\n"
-          f"  liser predict {onnx} some.wav                     # a label from the exported student\n"
-          "  liser cv configs/no-dstl.yaml --jobs 2                       # the 5-fold RAVDESS no-dstl table (~2 h)\n"
-          "  liser teacher label speech configs/vid-sp-dstl.yaml          # the full teachers' stores, then\n"
-          "  liser teacher label video configs/vid-sp-dstl.yaml\n"
-          "  liser experiment configs/grid-ravdess-cpu.yaml               # the Table 2 grid and its report")
+    cmd = _liser_command()
+    print("\nNext" + ("" if cmd == "liser" else f" (`liser` is not on PATH here: `source {Path(cmd).parent}/activate`"
+                                                 f" puts it there; until then it is {cmd})") + ":\n"
+          f"  {cmd} predict {onnx} some.wav                     # a label from the exported student\n"
+          f"  {cmd} cv configs/no-dstl.yaml --jobs 2                       # the 5-fold RAVDESS no-dstl table (~2 h)\n"
+          f"  {cmd} teacher label speech configs/vid-sp-dstl.yaml          # the full teachers' stores, then\n"
+          f"  {cmd} teacher label video configs/vid-sp-dstl.yaml\n"
+          f"  {cmd} experiment configs/grid-ravdess-cpu.yaml               # the Table 2 grid and its report")
+
+
+def _liser_command() -> str:
+    """How the user can run liser from this shell: `liser` when it is on PATH, else this interpreter's script
+    (.venv/bin/liser after scripts/setup.sh), relative to the working folder when it lies under it."""
+    import shutil
+    import sys
+
+    if shutil.which("liser"):
+        return "liser"
+    script = Path(sys.executable).parent / "liser"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
