@@ -34,11 +34,12 @@ def _metrics(run) -> dict:
     return json.loads((run / "metrics.json").read_text())
 
 
-def _plain_step_loss(model, x, labels, sd, vd, options, precision="fp32"):
-    """The step's forward + loss as run_epoch wrote it before `precision` existed: no context, no casts."""
+def _plain_step_loss(model, x, labels, sd, vd, options, precision="fp32", pairs=0):
+    """The step's forward + loss as run_epoch wrote it before `precision` existed: no context, no casts
+    (and no consistency pairs: the small config has no views)."""
     from liser.losses import joint_loss
 
-    assert precision == "fp32"
+    assert precision == "fp32" and pairs == 0
     sup, sd_logits, vd_logits = model(x)
     n_l = 0 if labels is None else len(labels)
     return joint_loss(sup[:n_l] if n_l else None, labels, sd_logits[n_l:], sd[0], sd[1],
