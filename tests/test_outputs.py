@@ -310,3 +310,18 @@ def test_export_to_a_read_only_or_full_place_is_one_line(trained_run, tmp_path):
                   [LISER, "export", trained_run, "--onnx", full / "s.onnx", "--check-files", check])
     assert p.returncode == 2 and f"{full / 's.onnx'}: cannot write: No space left on device" in one_line_error(p)
     assert list(full.iterdir()) == [] and list(ro.iterdir()) == []
+
+
+def test_train_into_a_folder_of_other_files_is_refused(small_config, tmp_path):
+    """train(cfg, run_dir) called from Python never writes over a user's files: a folder holding anything but a
+    run's own files is refused in one line, and nothing in it changes."""
+    from liser.errors import LiserError
+    from liser.train import train
+
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("my own settings\n")
+    with pytest.raises(LiserError, match="not empty and not a liser run folder"):
+        train(small_config, run_dir=mine, progress=False)
+    assert [p.name for p in mine.iterdir()] == ["config.yaml"]
+    assert (mine / "config.yaml").read_text() == "my own settings\n"

@@ -78,6 +78,21 @@ class Kind:
 MANIFEST = Kind("manifest folder", is_manifest_dir, ("manifest.csv", "rejected.csv", "meta.json", ".manifest-tmp-*"))
 FACES = Kind("face-track folder", is_faces_dir, ("*.npz", "rejected*.csv", "faces*.json", ".*.tmp"), resumable=True)
 RUNS = Kind("runs folder", is_runs_dir)
+def is_run_dir(d: Path) -> bool:
+    """One run's folder (liser.train): its config.yaml is a liser run config (a mapping with name, fold and
+    epochs), which train writes first, so an interrupted run is one too."""
+    import yaml
+
+    try:
+        cfg = yaml.safe_load((d / "config.yaml").read_text(errors="replace")[: 1 << 20])
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(cfg, dict) and {"name", "fold", "epochs"} <= set(cfg)
+
+
+# what train writes in a run folder, and nothing else, makes one resumable
+RUN = Kind("run folder", is_run_dir, ("epochs.csv", "last.pt", "best.pt", "metrics.json", "confusion.png", ".*tmp*"),
+           resumable=True)
 # a store writes head.json as it starts (liser.store.StoreWriter): before that, only parts/ can be there
 STORE = Kind("soft-label store", lambda d: (d / "head.json").is_file(), ("parts", ".head.json.*"), resumable=True)
 

@@ -656,13 +656,18 @@ def finish(cfg: Config, data: Data, run: Path, model, best_epoch: int) -> None:
 def train(cfg: Config, run_dir: str | Path | None = None, progress: bool = True) -> Path:
     """Train one fold of one configuration; returns the run directory (skips a finished run).
 
-    Raises LiserError for a bad setting, missing data or stores, or a run
-    directory that holds another config's run. Torch's thread count and
-    deterministic-algorithms flag are set for the run and restored after it.
+    Raises LiserError for a bad setting, missing data or stores, a run
+    directory that holds another config's run, or one that holds anything
+    liser did not write there (liser.outputs.RUN: it never overwrites a
+    user's files). Torch's thread count and deterministic-algorithms flag
+    are set for the run and restored after it.
     """
     import torch
 
+    from .outputs import RUN, check_out_dir
+
     run = Path(run_dir) if run_dir else run_dir_of(cfg)
+    check_out_dir(run, RUN)
     if check_run(cfg, run):
         return run
     cfg.check_choices()
