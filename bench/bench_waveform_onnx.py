@@ -143,11 +143,11 @@ def node_speed(graph: Path, sigs: list[np.ndarray], tmp: Path) -> dict | None:
             "onnxruntime_node": json.loads((example / "package.json").read_text())["dependencies"]["onnxruntime-node"]}
 
 
-def export_run(run: str, d: Path, files: list[Path]) -> list[tuple[str, Path]]:
+def export_run(label: str, run: str, d: Path, files: list[Path]) -> list[tuple[str, Path]]:
     """fp32 and int8 log-Mel students of a run (liser.export, checked on the first 60 of `files`)."""
     from liser.export import export_onnx
 
-    out = d / (Path(run).stem + ".onnx")
+    out = d / f"{label}.onnx"
     export_onnx(run, out, int8=True, check_files=[str(f) for f in files[:60]], say=lambda m: None)
     return [("fp32", out), ("int8", out.with_name(out.stem + ".int8.onnx"))]
 
@@ -165,7 +165,8 @@ def main(argv=None) -> int:
     from liser.default_model import DEFAULT_ONNX
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--run", action="append", default=[], help="run directory or best.pt: its fp32 and int8 exports")
+    ap.add_argument("--run", action="append", default=[], metavar="[LABEL=]RUN",
+                    help="run directory or best.pt: its fp32 and int8 exports (LABEL: their name, default RUN's stem)")
     ap.add_argument("--node", action="store_true", help="also time examples/node (needs npm ci there)")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args(argv)
@@ -179,8 +180,9 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         models = [("default-int8", DEFAULT_ONNX)]
-        for run in args.run:
-            models += [(f"{Path(run).stem}-{q}", p) for q, p in export_run(run, d, files)]
+        for spec in args.run:
+            label, run = spec.split("=", 1) if "=" in spec else (Path(spec).stem, spec)
+            models += [(f"{label}-{q}", p) for q, p in export_run(label, run, d, files)]
         for name, student in models:
             graph = waveform_onnx.write(student, d / f"{name}-waveform.onnx")
             meta = {p.key: p.value for p in onnx.load(str(student)).metadata_props}
