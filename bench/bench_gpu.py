@@ -126,7 +126,8 @@ def lora_steps(backbone: str, device: str, steps: int, batch: int = 8, seconds: 
 def labeling(backbone: str, data: Path, work: Path, device: str, n_items: int, tag: str) -> dict:
     """Audio-s/s of labeling n_items pool files (contextual pieces, fresh cache), after a 1-epoch head fit."""
     from liser.corpora import Manifest, prepare
-    from liser.teachers.speech import SpeechTeacherConfig, fit_speech_teacher, label_with_speech_teacher
+    from liser.teachers.speech import SpeechTeacherConfig, fit_speech_teacher
+    from liser.teachers.speech_label import label_with_speech_teacher
 
     m = prepare("ravdess", data, progress=False)
     train_ids = [it.id for it in m.items if it.speaker in FOLD["train"]][:96]

@@ -104,7 +104,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     from liser.corpora import prepare
     from liser.teachers.speech import (Backbone, SpeechTeacherConfig, cached_features, evaluate_speech_teacher,
-                                       fit_speech_teacher, label_with_speech_teacher)
+                                       fit_speech_teacher)
+    from liser.teachers.speech_label import label_with_speech_teacher
 
     if not Path(args.root).is_dir():
         sys.exit(f"{args.root}: RAVDESS absent")

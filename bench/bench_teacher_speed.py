@@ -107,7 +107,7 @@ def label_once(teacher, pool, runtime: str, threads: int, cache: Path) -> dict:
 
     from liser.store import SoftLabelStore
     from liser.teachers import speech
-    from liser.teachers.speech import label_with_speech_teacher
+    from liser.teachers.speech_label import label_with_speech_teacher
 
     speech._VAD_MEMO.clear()  # the VAD runs again, as it does for a pool's first teacher
     feature_cache = Path(tempfile.mkdtemp(prefix="features-", dir=cache))
@@ -165,7 +165,7 @@ def main() -> None:
     cache.mkdir(exist_ok=True)
     teacher.cfg = replace(teacher.cfg, cache_dir=str(cache))
     t0 = time.time()
-    from liser.teachers.speech import _check_waves
+    from liser.teachers.speech_label import _check_waves
 
     folder, meta = speech_onnx.ensure_export(teacher, _check_waves(pool, pool.items))
     export_s = round(time.time() - t0, 1)

@@ -146,7 +146,8 @@ def main() -> None:
     import dataclasses
 
     from liser.corpora import Manifest
-    from liser.teachers.speech import SpeechTeacher, label_with_speech_teacher
+    from liser.teachers.speech import SpeechTeacher
+    from liser.teachers.speech_label import label_with_speech_teacher
 
     pool = unlabeled_pool(cfg)
     teacher = SpeechTeacher.load(teacher_dir(cfg, evals[0]["fold"]))

@@ -31,8 +31,8 @@ from liser.teachers.speech import (  # noqa: E402
     SpeechTeacher,
     SpeechTeacherConfig,
     _make_head,
-    label_with_speech_teacher,
 )
+from liser.teachers.speech_label import label_encoder, label_with_speech_teacher  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 WHISPER = SHARED / "models" / "whisper-base-encoder"
@@ -95,7 +95,7 @@ def test_graph_gives_pytorch_states_at_any_length(tiny_whisper, tmp_path):
 def test_lora_is_merged_into_the_export(tiny_whisper, tmp_path):
     teacher = make_teacher(tiny_whisper, tmp_path / "t", mode="lora", cache=tmp_path / "cache")
     plain = make_teacher(tiny_whisper, tmp_path / "p", mode="frozen", cache=tmp_path / "cache")
-    enc, runtime = teacher.label_encoder()
+    enc, runtime = label_encoder(teacher)
     assert runtime == "onnx"
     for w in waves():
         p_ref = teacher.predict_pieces(w)

@@ -21,10 +21,10 @@ from liser.teachers.speech import (  # noqa: E402
     SpeechTeacherConfig,
     evaluate_speech_teacher,
     fit_speech_teacher,
-    label_with_speech_teacher,
     speaker_split,
     whisper_encoder_states,
 )
+from liser.teachers.speech_label import label_with_speech_teacher  # noqa: E402
 from liser.store import SoftLabelStore, n_pieces  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

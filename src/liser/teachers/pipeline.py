@@ -109,7 +109,8 @@ def fit_speech_teachers(cfg: Config, folds=None, overrides=(), progress: bool = 
 
 def label_speech(cfg: Config, folds=None, shard=(0, 1), overrides=(), progress: bool = True) -> list[str]:
     """Label the unlabeled pool with each fold's speech teacher; returns the store paths."""
-    from .speech import SpeechTeacher, label_with_speech_teacher
+    from .speech import SpeechTeacher
+    from .speech_label import label_with_speech_teacher
 
     if not cfg.speech_store:
         raise LiserError("speech_store: the config names no store to write")

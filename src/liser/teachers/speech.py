@@ -45,9 +45,8 @@ from ..corpora.base import Item, Manifest
 from ..device import autocast, resolve_device
 from ..errors import LiserError
 from ..evaluate import uar, war  # the metrics every other stage reports
-from ..store import SoftLabelStore, StoreWriter, n_pieces, sha256_file
+from ..store import n_pieces, sha256_file
 from ..util import model_path
-from ..vad import speech_pieces
 
 FORMAT = "liser-speech-teacher"
 FORMAT_VERSION = 1
@@ -681,7 +680,7 @@ class SpeechTeacher:
         With piece_context "whole" the pieces are pooled from one encoding of
         the whole waveform; with "isolated" each piece is encoded alone.
         `encoder`: another encoder of this teacher (its ONNX export,
-        `label_encoder`); None = the PyTorch one.
+        liser.teachers.speech_label.label_encoder); None = the PyTorch one.
         """
         import torch
 
@@ -691,36 +690,6 @@ class SpeechTeacher:
             if piece_kind(self.cfg) == "ctx":
                 return self.probs_from_features(enc.context_pieces(wave, self.piece_s)[0])
             return self.probs_from_features(enc.pieces(wave, self.piece_s, batch))
-
-    def label_encoder(self, check_waves: list | None = None) -> tuple["Backbone", str]:
-        """The encoder that labels the pool under cfg.runtime, and the runtime it is: (encoder, "torch"|"onnx"|"onnx-int8").
-
-        onnx runtimes export the encoder once (speech_onnx.ensure_export, in
-        the feature cache's onnx/ folder) and run it in onnxruntime with
-        cfg.threads threads (0 = its default, every core). `check_waves`:
-        audio the int8 export is checked on when it is made; an int8 export
-        outside the parity bound falls back to fp32 under "auto" and is a
-        LiserError when "onnx-int8" was asked for.
-        """
-        from . import speech_onnx
-
-        runtime = speech_onnx.resolve_runtime(self.cfg.runtime, self.encoder.kind, str(self.encoder.device))
-        if runtime == "torch":
-            return self.encoder, runtime
-        folder, meta = speech_onnx.ensure_export(self, check_waves)
-        check = meta.get("int8_parity")
-        if runtime == "onnx-int8" and check is not None and not check["within_bound"]:
-            msg = (f"{folder}: the int8 encoder misses the parity bound on this pool (top-1 {check['top1']:.3f}, "
-                   f"mean |dp| {check['mean_abs_dp']:.4f})")
-            if self.cfg.runtime == "onnx-int8":
-                raise LiserError(msg + "; use runtime: onnx or torch")
-            import warnings
-
-            warnings.warn(msg + "; labeling with the fp32 export", stacklevel=2)
-            runtime = "onnx"
-        file = folder / (speech_onnx.INT8_FILE if runtime == "onnx-int8" else speech_onnx.FP32_FILE)
-        fingerprint = hashlib.sha256(f"{runtime}|{meta['key']}".encode()).hexdigest()
-        return speech_onnx.OnnxEncoder(self.encoder, file, self.cfg.threads, fingerprint), runtime
 
     # ---- disk ----
     def save(self, out_dir: str | Path) -> Path:
@@ -854,28 +823,6 @@ def _cached_features_and_wave(backbone: Backbone, manifest: Manifest, item: Item
                 _save_npy(utt_path, utt.cpu().numpy().astype(np.float32))
     _save_npy(path, arr)
     return arr, wave
-
-
-def _check_waves(manifest: Manifest, items: list[Item], seconds: float | None = None):
-    """A callable giving the first readable items' waveforms, up to `seconds` (speech_onnx.CHECK_S) of audio.
-
-    What an int8 export is checked on when it is made (not read otherwise).
-    """
-    def read() -> list[np.ndarray]:
-        from .speech_onnx import CHECK_S
-
-        out, total = [], 0.0
-        for it in items:
-            if total >= (seconds or CHECK_S):
-                break
-            try:
-                out.append(load_audio(manifest.abspath(it)))
-            except LiserError:
-                continue
-            total += len(out[-1]) / SAMPLE_RATE
-        return out
-
-    return read
 
 
 FEATURE_KINDS = ("utt", "pieces", "ctx")
@@ -1244,76 +1191,3 @@ def evaluate_speech_teacher(teacher: SpeechTeacher, manifest: Manifest, ids: lis
     return {"uar": uar(y, p_utt), "war": war(y, p_utt), "uar_pieces": uar(y, p_pcs), "war_pieces": war(y, p_pcs),
             "n": len(items), "per_item_probs": {k: v.tolist() for k, v in utt.items()},
             "per_item_probs_pieces": {k: v.tolist() for k, v in pcs.items()}}
-
-
-# ---------------------------------------------------------------- labeling
-
-
-_VAD_MEMO: dict[tuple, np.ndarray] = {}  # one process labels the pool once per fold: VAD runs once per file
-
-
-def _speech_mask(path: Path, n: int, piece_s: float, wave: np.ndarray | None = None) -> np.ndarray:
-    """speech_pieces of a file, remembered by path, size and mtime for the other folds' teachers.
-
-    `wave`: the file's samples when the caller has them already (else it is read again).
-    """
-    st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns, n, piece_s)
-    if key not in _VAD_MEMO:
-        _VAD_MEMO[key] = speech_pieces(wave if wave is not None else load_audio(path), n, piece_s)
-    return _VAD_MEMO[key]
-
-
-def label_with_speech_teacher(teacher: SpeechTeacher, manifest: Manifest, store_dir: str | Path,
-                              shard: tuple[int, int] = (0, 1), progress: bool = True) -> SoftLabelStore | None:
-    """Label every piece of every item of `manifest` (this shard's share) into a soft-label store.
-
-    Resumable (items already in the store are skipped); unreadable items are
-    rejected with the reason. Shard i of n takes items i, i+n, ... in manifest
-    order. When every item of the manifest (all shards) is done, the store is
-    finalized and returned; otherwise the parts are flushed and None returned.
-    """
-    from tqdm import tqdm
-
-    i, n = shard
-    if n < 1 or not 0 <= i < n:
-        raise LiserError(f"shard {i}/{n}: need 0 <= i < n")
-    _set_threads(teacher.cfg)
-    vad = getattr(teacher.cfg, "vad", False)  # a store made with VAD masks must not be resumed without, and back
-    todo_all = [it for k, it in enumerate(manifest.items) if k % n == i]
-    encoder, runtime = teacher.label_encoder(_check_waves(manifest, todo_all))
-    args = dict(teacher=f"speech:{teacher.backbone}" + ("+silero-vad" if vad else ""), classes=teacher.classes,
-                teacher_hash=teacher.hash,
-                piece_s=teacher.piece_s, shard=(i, n),
-                extra={"backbone": teacher.backbone, "mode": teacher.mode, "corpus": manifest.corpus,
-                       "runtime": runtime})
-    writer = StoreWriter(store_dir, **args)
-    todo = [it for it in todo_all if it.id not in writer.done]
-    audio_s, t0 = 0.0, time.time()
-    bar = tqdm(todo, desc=f"label speech {i}/{n}", unit="file", disable=not progress)
-    for it in bar:
-        wave = None
-        try:
-            if teacher.mode == "frozen":  # the frozen encoder's piece states are cached: every fold's head reuses them
-                feats, wave = _cached_features_and_wave(encoder, manifest, it, piece_kind(teacher.cfg),
-                                                        teacher.piece_s, teacher.cfg.cache_dir)
-                probs, seconds = teacher.probs_from_features(feats), it.duration
-            else:
-                wave = load_audio(manifest.abspath(it))
-                probs, seconds = teacher.predict_pieces(wave, encoder=encoder), len(wave) / SAMPLE_RATE
-        except LiserError as e:
-            writer.reject(it.id, str(e))
-            continue
-        valid = _speech_mask(manifest.abspath(it), len(probs), teacher.piece_s, wave) if vad \
-            else np.ones(len(probs), dtype=bool)
-        writer.add(it.id, probs, valid, seconds)
-        audio_s += seconds
-        bar.set_postfix(audio_s_per_s=f"{audio_s / max(time.time() - t0, 1e-9):.1f}")
-    bar.close()
-    writer.flush()
-    # re-read every shard's parts and rejections: finalize only when all items are done
-    check = StoreWriter(store_dir, **args)
-    ids = [it.id for it in manifest.items]
-    if all(x in check.done for x in ids):
-        return check.finalize(expected_ids=ids)
-    return None
