@@ -349,6 +349,16 @@ def _window_logits(g: _Graph, student, frames: str, starts: str, length: str, k:
     return g.op("Slice", flat, g.i64(0), w, g.i64(0), hint="window_logits")
 
 
+def _checked_mode(meta: dict, dft: str) -> str:
+    """The student's windowing from its metadata; ValueError for an unknown `dft` or windowing."""
+    if dft not in DFTS:
+        raise ValueError(f"dft must be one of {DFTS}, got {dft!r}")
+    mode = json.loads(meta.get("front_end", "{}")).get("windowing", windowing.PAD)
+    if mode not in windowing.WINDOWINGS:
+        raise ValueError(f"unknown windowing {mode!r}")
+    return mode
+
+
 def build(student_path: str | Path, meta: dict[str, str], dft: str = "stft"):
     """The waveform graph (an onnx.ModelProto) around the log-Mel student at `student_path`.
 
@@ -361,11 +371,7 @@ def build(student_path: str | Path, meta: dict[str, str], dft: str = "stft"):
     import onnx
     from onnx import TensorProto, helper
 
-    if dft not in DFTS:
-        raise ValueError(f"dft must be one of {DFTS}, got {dft!r}")
-    mode = json.loads(meta.get("front_end", "{}")).get("windowing", windowing.PAD)
-    if mode not in windowing.WINDOWINGS:
-        raise ValueError(f"unknown windowing {mode!r}")
+    mode = _checked_mode(meta, dft)
     student = onnx.load(str(student_path))
     k = len(json.loads(meta["classes"]))
     stride = float(meta.get("eval_stride_s", audio.EVAL_STRIDE_S))
@@ -449,11 +455,7 @@ def build_window(student_path: str | Path, meta: dict[str, str], dft: str = "mat
     import onnx
     from onnx import TensorProto, helper
 
-    if dft not in DFTS:
-        raise ValueError(f"dft must be one of {DFTS}, got {dft!r}")
-    mode = json.loads(meta.get("front_end", "{}")).get("windowing", windowing.PAD)
-    if mode not in windowing.WINDOWINGS:
-        raise ValueError(f"unknown windowing {mode!r}")
+    mode = _checked_mode(meta, dft)
     student = onnx.load(str(student_path))
     classes = json.loads(meta["classes"])
     g = _Graph()
