@@ -106,10 +106,10 @@ def label_once(teacher, pool, runtime: str, threads: int, cache: Path) -> dict:
     import torch
 
     from liser.store import SoftLabelStore
-    from liser.teachers import speech
+    from liser.teachers import speech_label
     from liser.teachers.speech_label import label_with_speech_teacher
 
-    speech._VAD_MEMO.clear()  # the VAD runs again, as it does for a pool's first teacher
+    speech_label._VAD_MEMO.clear()  # the VAD runs again, as it does for a pool's first teacher
     feature_cache = Path(tempfile.mkdtemp(prefix="features-", dir=cache))
     shutil.copytree(cache / "onnx", feature_cache / "onnx", symlinks=True)  # the export, made before
     teacher.cfg = replace(teacher.cfg, runtime=runtime, threads=threads, cache_dir=str(feature_cache))
@@ -130,6 +130,46 @@ def label_once(teacher, pool, runtime: str, threads: int, cache: Path) -> dict:
     return row, probs, valid
 
 
+def _label_shard(teacher_dir: str, pool, runtime: str, cache_dir: str, store_dir: str, shard: tuple) -> None:
+    """One shard of a sharded labeling job, in its own process on one thread (`label_sharded`)."""
+    import torch
+
+    from liser.teachers.speech import SpeechTeacher
+    from liser.teachers.speech_label import label_with_speech_teacher
+
+    torch.set_num_threads(1)
+    teacher = SpeechTeacher.load(teacher_dir)
+    teacher.cfg = replace(teacher.cfg, runtime=runtime, threads=1, cache_dir=cache_dir)
+    label_with_speech_teacher(teacher, pool, store_dir, shard=shard, progress=False)
+
+
+def label_sharded(teacher_dir: Path, pool, runtime: str, shards: int, cache: Path) -> tuple[dict, np.ndarray]:
+    """The pool labeled by `shards` one-thread processes at once, shard i taking items i, i+n, ... (what
+    `liser teacher label --shard i/n` does on a machine's cores): the row and the finished store's probs."""
+    import multiprocessing as mp
+
+    from liser.store import SoftLabelStore
+
+    feature_cache = Path(tempfile.mkdtemp(prefix="features-", dir=cache))
+    shutil.copytree(cache / "onnx", feature_cache / "onnx", symlinks=True)  # the export, made before
+    store_dir = Path(tempfile.mkdtemp(prefix="store-", dir=cache)) / "store"
+    args = [(str(teacher_dir), pool, runtime, str(feature_cache), str(store_dir), (i, shards)) for i in range(shards)]
+    l0, t0 = load(), time.time()
+    with mp.get_context("spawn").Pool(shards) as workers:  # fresh interpreters: no VAD memo, no torch threads
+        workers.starmap(_label_shard, args)
+    wall = time.time() - t0
+    _label_shard(*args[0])  # every shard's items are in: this finalizes the store (nothing left to label)
+    store = SoftLabelStore(store_dir)
+    probs = np.concatenate([np.asarray(store.pieces(it.id)[0], np.float32) for it in pool.items])
+    audio_s = sum(it.duration for it in pool.items)
+    row = {"runtime": runtime, "threads": 1, "shards": shards, "store_runtime": store.meta.get("runtime"),
+           "audio_s": round(audio_s, 1), "wall_s": round(wall, 2), "audio_s_per_s": round(audio_s / wall, 1),
+           "load_start": l0, "load_end": load()}
+    shutil.rmtree(feature_cache, ignore_errors=True)
+    shutil.rmtree(store_dir.parent, ignore_errors=True)
+    return row, probs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--teacher", default=None, help="a speech-teacher folder (default: fit a small frozen one in --work)")
@@ -139,6 +179,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=600.0, help="audio-seconds of the pool sample")
     ap.add_argument("--threads", default="1,2", help="thread counts to run, e.g. 1,2")
     ap.add_argument("--runtimes", default=",".join(RUNTIMES))
+    ap.add_argument("--shards", type=int, default=0,
+                    help="also label with this many one-thread processes at once, each a shard (0 = not)")
+    ap.add_argument("--shard-runtimes", default="onnx-int8", help="runtimes of the sharded runs")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -187,6 +230,14 @@ def main() -> None:
             rows.append(row)
             print(f"{rt:10s} threads {n}: {row['audio_s_per_s']:6.1f} audio-s/s ({row['wall_s']:.1f} s)  "
                   f"load {row['load_start'][0]:.2f}->{row['load_end'][0]:.2f}  {row.get('parity', '')}", flush=True)
+
+    teacher_dir = Path(args.teacher) if args.teacher else work / "teacher-frozen"
+    for rt in [r for r in args.shard_runtimes.split(",") if r] if args.shards > 1 else []:
+        row, probs = label_sharded(teacher_dir, pool, rt, args.shards, cache)
+        row["parity"] = speech_onnx.parity(ref, probs)
+        rows.append(row)
+        print(f"{rt:10s} {args.shards} shards x 1 thread: {row['audio_s_per_s']:6.1f} audio-s/s ({row['wall_s']:.1f} s)  "
+              f"load {row['load_start'][0]:.2f}->{row['load_end'][0]:.2f}  {row['parity']}", flush=True)
 
     result = {
         "date": date.today().isoformat(), "command": " ".join(["python"] + sys.argv),
