@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .audio import LOG_FLOOR
+
 
 @dataclass(frozen=True)
 class AugmentOptions:
@@ -93,7 +95,7 @@ def band_limit(x: np.ndarray, p: float, rng: np.random.Generator) -> np.ndarray:
     a new array; x is left as it is.
     """
     out = x.copy()
-    floor = -100.0
+    floor = 10.0 * np.log10(LOG_FLOOR)  # the front end's floor, dB
     for i in np.flatnonzero(rng.random(len(x)) < p):
         cut = int(rng.integers(BAND_CUT[0], BAND_CUT[1] + 1))
         out[i, cut:, :] = np.maximum(out[i, cut:, :] - rng.uniform(*BAND_DROP_DB), floor)

@@ -35,8 +35,8 @@ def consistency_term(clean_logits: torch.Tensor, view_logits: torch.Tensor) -> t
     of UDA, Xie et al. 2020, with the clean side fixed as the teacher).
     Shapes: both [B, K] logits of the same B items.
     """
-    p = F.softmax(clean_logits.detach(), dim=1)
-    return (p * (F.log_softmax(clean_logits.detach(), dim=1) - F.log_softmax(view_logits, dim=1))).sum(dim=1)
+    target = F.log_softmax(clean_logits.detach(), dim=1)
+    return F.kl_div(F.log_softmax(view_logits, dim=1), target, reduction="none", log_target=True).sum(dim=1)
 
 
 def temper(probs: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

@@ -278,7 +278,7 @@ class EmotionModel:
     def _span_logits(self, frames: np.ndarray, starts: np.ndarray) -> np.ndarray:
         """Logits [W, K] of the speech span inside each 3 s window starting at `starts`; NaN rows where a
         window holds too little speech. Spans of one length go through the backend together."""
-        from .windowing import window_span
+        from .windowing import Plan, gather, window_span
 
         out = np.full((len(starts), len(self.classes)), np.nan, np.float32)
         by_length: dict[int, list[tuple[int, int]]] = {}
@@ -289,8 +289,8 @@ class EmotionModel:
         for n, rows in by_length.items():
             for a in range(0, len(rows), BATCH_WINDOWS):
                 part = rows[a : a + BATCH_WINDOWS]
-                x = np.stack([frames[f : f + n].T for _, f in part]).astype(np.float32)
-                out[[i for i, _ in part]] = self.backend(np.ascontiguousarray(x))
+                plan = Plan(np.array([f for _, f in part]), n, np.ones(len(part)))
+                out[[i for i, _ in part]] = self.backend(gather(frames, plan))
         return out
 
 
@@ -378,8 +378,7 @@ def _long_file_info(path: Path):
         return None
     if info.channels > 2 or not info.frames or info.frames / info.samplerate <= LONG_FILE_S:
         return None
-    audio.check_rate(int(info.samplerate), str(path))
-    return info
+    return info  # its rate is checked by the blocks' _Resampler
 
 
 def _read_blocks(path: Path, info):

@@ -47,7 +47,8 @@ from .workspace import fold_items, labeled_manifest, run_dir, speech_store, teac
 
 # the FER2013 order, used for g_vd when no video store is read (the head exists but gets no loss)
 DEFAULT_VIDEO_CLASSES = ["angry", "disgust", "fearful", "happy", "sad", "surprised", "neutral"]
-LOG_FIELDS = ("epoch", "stage", "loss", "ce", "sd", "vd", "consistency", "val_uar", "val_war", "train_s", "epoch_s", "samples_per_s")
+LOG_FIELDS = ("epoch", "stage", "loss", "ce", "sd", "vd", "consistency", "val_uar", "val_war", "train_s", "epoch_s",
+              "samples_per_s")
 
 
 # ---------------------------------------------------------------- data
@@ -519,18 +520,18 @@ def run_epoch(cfg: Config, data: Data, model, opt, state: State, stage1: bool, c
     n_steps = int(np.ceil(len(data.train) / cfg.batch_size)) if use_l else int(np.ceil(len(pool.ids) / max(n_u, 1)))
     for s in range(n_steps):
         idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size] if use_l else None
-        x, labels, sd, vd = next_batch(crops, y, idx, pool if use_u else None, n_u, state, paired and idx is not None)
+        pairs = len(idx) if paired and idx is not None else 0  # items taken clean and as a view (Crops.pairs)
+        x, labels, sd, vd = next_batch(crops, y, idx, pool if use_u else None, n_u, state, pairs > 0)
         if aug.active:
             x = torch.from_numpy(augment_batch(x.numpy(), aug, rng))
         if cfg.aug_band_p and idx is not None:  # the view crops when paired (the clean ones teach), else all labeled
-            a, b = (len(idx), 2 * len(idx)) if paired else (0, len(idx))
+            a, b = (pairs, 2 * pairs) if pairs else (0, len(idx))
             x[a:b] = torch.from_numpy(band_limit(x[a:b].numpy(), cfg.aug_band_p, rng))
         if scheduled:
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * lr_factor(cfg, state.epoch, s, n_steps)
         n_samples += len(x)
         x, labels = x.to(device, non_blocking=True), None if labels is None else labels.to(device)
-        pairs = len(idx) if paired and idx is not None else 0
         loss, parts = step_loss(model, x, labels, _to(sd, device), _to(vd, device), options, cfg.precision, pairs)
         opt.zero_grad(set_to_none=True)
         loss.backward()

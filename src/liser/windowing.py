@@ -91,12 +91,12 @@ def local_floor(e: np.ndarray, end: int | None = None, open_ends: bool = False) 
     padded = np.pad(e, half, mode="edge")
     mins = sliding_window_view(padded, half + 1).min(axis=1)  # mins[i] = min(padded[i : i + half + 1])
     t = np.arange(len(e))
-    before = np.where(t >= half, mins[: len(e)], -np.inf)  # the span ending at the frame
-    after = np.where(t + half < end, mins[half : half + len(e)], -np.inf)  # the span starting there
-    if open_ends:  # the "edge" padding makes mins the minima of the part inside the window
-        before = mins[: len(e)]
-        if end == len(e):  # no zero padding in the window: its end is not the recording's
-            after = mins[half : half + len(e)]
+    before, after = mins[: len(e)], mins[half : half + len(e)]  # the spans ending and starting at the frame
+    # ("edge" padding makes them the minima of what is inside the frames); a side past the recording: -inf
+    if not open_ends:
+        before = np.where(t >= half, before, -np.inf)
+    if not open_ends or end < len(e):  # with zero padding in a window, its end is the recording's
+        after = np.where(t + half < end, after, -np.inf)
     return np.maximum(before, after)
 
 
