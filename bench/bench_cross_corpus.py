@@ -12,7 +12,7 @@ fold's student is tested and the UAR is the mean over folds. Tests default
 to the five labeled corpora in ../shared/data (RAVDESS, CREMA-D, EmoDB,
 TESS, URDU), each prepared once under `--work`.
 
-- Off the diagonal: `liser.cross.evaluate_on`, UAR over the classes the two
+- Off the diagonal: `liser.experiments.cross.evaluate_on`, UAR over the classes the two
   corpora share (same names, plus any `--map`, which applies wherever its
   classes exist). Test classes the student cannot output are dropped and
   counted in the details file, never silently.
@@ -38,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from liser.errors import LiserError  # noqa: E402
+from liser.core.errors import LiserError  # noqa: E402
 
 # the figures of one fold on one test corpus that the matrix keeps
 KEPT = ("uar", "war", "n", "test_files", "classes", "dropped", "untested", "mapping", "uar_any_output")
@@ -82,7 +82,7 @@ def cross_one(run: Path, test: str, maps: dict, stride: float, work: Path, out: 
     A result already at `out` for the same run, stride and mapping, newer than the run's best.pt, is
     reused, so a stopped matrix resumes where it was (the whole matrix is ~40 min of one core).
     """
-    from liser.cross import evaluate_on
+    from liser.experiments.cross import evaluate_on
 
     done = reusable(run, test, maps, stride, out)
     if done is not None:
@@ -107,7 +107,7 @@ def reusable(run: Path, test: str, maps: dict, stride: float, out: Path) -> dict
     """The figures kept at `out` when they were scored from this run's current best.pt, on the same
     test corpus root, with the same stride and class mapping (recomputed from the classes recorded
     there); None otherwise."""
-    from liser.cross import class_mapping
+    from liser.experiments.cross import class_mapping
 
     try:
         r = json.loads(out.read_text())
@@ -171,7 +171,7 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default="work", help="cache root for the test manifests and features (default work)")
     ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "cross_corpus.json"))
     args = ap.parse_args(argv)
-    from liser.cross import check_map_sources, parse_maps, scored_manifest
+    from liser.experiments.cross import check_map_sources, parse_maps, scored_manifest
 
     t0 = time.time()
     tests = args.test or DEFAULT_TESTS

@@ -15,7 +15,7 @@ reports per held-out corpus:
   has 4 of the 6; the others all 6), arg-max over all six outputs: what a
   user of the model gets; `chance` = 1 / those classes;
 - `uar_shared_only`: arg-max over the held-out corpus's classes only (the
-  usual cross-corpus protocol, liser.cross.score); equal to `uar` where the
+  usual cross-corpus protocol, liser.experiments.cross.score); equal to `uar` where the
   corpus has all six classes;
 - `war`, files, the best epoch, per-class recall.
 
@@ -54,12 +54,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from liser.errors import LiserError  # noqa: E402
+from liser.core.errors import LiserError  # noqa: E402
 
 
 def run_figures(run: Path) -> dict:
     """A finished run's test figures, with UAR over the test corpus's classes (both arg-max rules)."""
-    from liser.cross import class_mapping, score
+    from liser.experiments.cross import class_mapping, score
 
     p = run / "metrics.json"
     if not p.is_file():
@@ -84,8 +84,8 @@ def loco_table(loco: Path) -> dict:
 
     Raises LiserError when `loco` holds no run, an unfinished one, or one that is not leave-one-corpus-out.
     """
-    from liser.config import Config
-    from liser.workspace import labeled_corpora
+    from liser.core.config import Config
+    from liser.data.workspace import labeled_corpora
 
     out = {}
     for run in sorted(loco.glob("fold*"), key=lambda d: int(d.name[4:])):
@@ -101,7 +101,7 @@ def loco_table(loco: Path) -> dict:
 
 def teachers_loco(cfg) -> dict:
     """{held-out corpus: {uar, uar_pieces, n_test, teacher}} from each LOCO fold's teacher eval.json (absent folds left out)."""
-    from liser.workspace import labeled_corpora, teacher_dir
+    from liser.data.workspace import labeled_corpora, teacher_dir
 
     if cfg.folds not in ("loco", ""):
         raise LiserError(f"--teachers: {cfg.name} is not a leave-one-corpus-out config (folds: {cfg.folds!r})")
@@ -120,7 +120,7 @@ def distill_figures(config: Path) -> dict:
 
     Raises LiserError when neither a finished run nor a fitted teacher exists yet.
     """
-    from liser.config import Config
+    from liser.core.config import Config
 
     cfg = Config.load(config)
     runs = Path(cfg.out) / cfg.name
@@ -138,7 +138,7 @@ def distill_figures(config: Path) -> dict:
 
 def per_corpus(ids: list[str], y: list[int], pred: list[int], classes: list[str]) -> dict:
     """{corpus: {uar, war, files}} from test ids ("corpus/..."), true and predicted class indices."""
-    from liser.evaluate import metrics
+    from liser.student.evaluate import metrics
 
     out = {}
     for c in sorted({i.split("/")[0] for i in ids}):
@@ -164,10 +164,10 @@ def pooled_figures(run: Path, onnx: Path | None, stride: float) -> dict:
 def onnx_figures(run: Path, onnx: Path, ids, y, classes, stride: float) -> dict:
     """The ONNX model on the run's test files (features from the run's cache): UAR, WAR, per corpus, size."""
     import liser
-    from liser.config import Config
-    from liser.evaluate import metrics
-    from liser.features import build_features
-    from liser.workspace import labeled_manifest
+    from liser.core.config import Config
+    from liser.student.evaluate import metrics
+    from liser.data.features import build_features
+    from liser.data.workspace import labeled_manifest
 
     model = liser.load(onnx, threads=1)
     if list(model.classes) != list(classes):
@@ -248,7 +248,7 @@ def main(argv=None) -> int:
     if args.pooled and (Path(args.pooled) / "metrics.json").is_file():
         res["pooled"] = pooled_figures(Path(args.pooled), Path(args.onnx) if args.onnx else None, args.stride)
     res["seconds"] = round(time.time() - t0, 1)
-    from liser.util import atomic_write_text
+    from liser.core.util import atomic_write_text
 
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     out = res

@@ -6,8 +6,8 @@ Four streams of real speech (4 RAVDESS clips of the browser test's actor;
 12 files each of EmoDB, CREMA-D and RAVDESS actor 7 with 0.3-2.5 s of quiet
 noise between them, 14-61 s) with the packaged default model, 0.5 s hop:
 
-1. the timeline-window graph (liser.waveform_onnx.build_window) on the very
-   segments liser.serve.LiveTimeline cuts, against LiveTimeline's windows
+1. the timeline-window graph (liser.inference.waveform_onnx.build_window) on the very
+   segments liser.inference.serve.LiveTimeline cuts, against LiveTimeline's windows
    (16 kHz in: the graph alone);
 2. the naive alternative, the shipped whole-file graph on each window's
    own 3 s of samples (its front end, speech detector and windowing then
@@ -62,7 +62,7 @@ def resample(x: np.ndarray, rate: int, out: int = 16_000, stop_db: float = 120.0
 
 def streams():
     """(name, 16 kHz float32 signal): the four streams of the module docstring."""
-    from liser import audio
+    from liser.data import audio
 
     r = DATA / "ravdess"
     clips = ("03-01-01-01-01-01-04", "03-01-03-02-01-01-04", "03-01-04-02-01-01-04", "03-01-05-02-01-01-04")
@@ -86,7 +86,9 @@ def agreement(ref: list, got: list) -> dict:
 
 def graphs_vs_server(model, window_sess, whole_sess, x: np.ndarray) -> tuple[dict, dict]:
     """(1) and (2) of the module docstring on one 16 kHz stream."""
-    from liser import audio, serve, waveform_onnx
+    from liser.data import audio
+    from liser.inference import serve
+    from liser.inference import waveform_onnx
 
     rows = []
 
@@ -118,7 +120,8 @@ def graphs_vs_server(model, window_sess, whole_sess, x: np.ndarray) -> tuple[dic
 
 def resampler_vs_soxr(model, x16: np.ndarray, rate: int) -> dict:
     """(3) of the module docstring: LiveTimeline on soxr's 16 kHz (the server) vs on the page's resampler's."""
-    from liser import audio, serve
+    from liser.data import audio
+    from liser.inference import serve
 
     def timeline(x, r):
         t = serve.LiveTimeline(model, r, HOP_S)
@@ -132,8 +135,8 @@ def resampler_vs_soxr(model, x16: np.ndarray, rate: int) -> dict:
 def main() -> int:
     sys.path.insert(0, str(ROOT / "src"))
     import liser
-    from liser import waveform_onnx
-    from liser.default_model import DEFAULT_DIR, DEFAULT_ONNX
+    from liser.inference import waveform_onnx
+    from liser.inference.default_model import DEFAULT_DIR, DEFAULT_ONNX
 
     opts = onnxruntime.SessionOptions()
     opts.intra_op_num_threads = opts.inter_op_num_threads = 1

@@ -1,6 +1,6 @@
 """Benchmark the distillation grid (issue: distillation and the paper's experiments).
 
-Runs a grid with `liser.experiment.run_grid` (finished runs are skipped, so
+Runs a grid with `liser.experiments.grid.run_grid` (finished runs are skipped, so
 an interrupted benchmark resumes), copies its report to docs/results/<grid>/,
 and writes the Table 2 figures as JSON: per configuration the mean / std of
 test UAR and WAR over folds and the fold-by-fold difference to no-dstl; the
@@ -55,11 +55,11 @@ def grid_span(runs: list[dict]) -> float:
 
 def pool_stats(cfg, n_train: int) -> dict:
     """The config's unlabeled pool (hours, items) and how much of it one run sees: each training step draws
-    `unlabeled_batch` pool items (one random 3 s crop each, liser.train), ceil(n_train / batch_size) steps an
+    `unlabeled_batch` pool items (one random 3 s crop each, liser.student.train), ceil(n_train / batch_size) steps an
     epoch, so `pool_passes` = how many times each item is drawn on average."""
     import math
 
-    from liser.report import pool_size
+    from liser.experiments.report import pool_size
 
     hours, n_items = pool_size(cfg)
     seen = cfg.epochs * math.ceil(n_train / cfg.batch_size) * cfg.unlabeled_batch
@@ -81,20 +81,20 @@ def main() -> None:
                          "machine of the collection it came from), so rows of an earlier machine are not dropped")
     ap.add_argument("--docs", default=None, help="where the report is copied (default: docs/results/<grid name>)")
     args = ap.parse_args()
-    from liser.util import absolute_paths
+    from liser.core.util import absolute_paths
 
     absolute_paths(args, "json", "docs")  # outputs: relative to where the script was run
     os.chdir(REPO)  # the grids' relative paths are relative to the repository
 
-    from liser.experiment import (check_finished, collect_grid, expand_grid, fold_count, load_grid, restore_ledger,
+    from liser.experiments.grid import (check_finished, collect_grid, expand_grid, fold_count, load_grid, restore_ledger,
                                   run_grid)
-    from liser.report import paired_delta, pool_curves, reference_name, teacher_summary
+    from liser.experiments.report import paired_delta, pool_curves, reference_name, teacher_summary
 
     grid = load_grid(args.grid, args.set)
     base = grid["base"]
     t0 = time.time()
     if args.collect_only:  # an interrupted grid: its finished runs, nothing trained
-        from liser.report import write_report
+        from liser.experiments.report import write_report
 
         runs = expand_grid(grid, fold_count(base))
         restore_ledger(grid, runs)  # runs trained in earlier sessions, on other machines

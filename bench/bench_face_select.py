@@ -33,7 +33,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))  # compose_pair: the test's input
 def clips(n: int) -> list[Path]:
     """One interview clip from each of the first n identities that have one of 8 s or more: the middle one of
     those, in name order (the features were chosen on the first and the last of each identity, not these)."""
-    from liser.video import video_info
+    from liser.data.video import video_info
     from test_video import AV
 
     out = []
@@ -45,7 +45,7 @@ def clips(n: int) -> list[Path]:
 
 
 def run_pair(det, speaker: Path, silent: Path, speaker_small: bool, tmp: Path) -> dict:
-    from liser.faces import extract_faces
+    from liser.data.faces import extract_faces
     from test_face_select import compose_pair, side
 
     video = compose_pair(speaker, silent, tmp / "pair.mp4", speaker_small=speaker_small)
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     import cv2
 
-    from liser.faces import FaceDetector
+    from liser.data.faces import FaceDetector
 
     cv2.setNumThreads(1)
     det = FaceDetector(backend="yunet")

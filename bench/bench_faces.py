@@ -40,8 +40,8 @@ def main(argv=None) -> int:
 
     import cv2
 
-    from liser.faces import FaceDetector, extract_faces
-    from liser.video import iter_frames
+    from liser.data.faces import FaceDetector, extract_faces
+    from liser.data.video import iter_frames
 
     cv2.setNumThreads(args.threads)
     if not args.root.is_dir():

@@ -2,7 +2,7 @@
 
 Measures, on a RAVDESS-layout folder (six actors are enough):
 
-1. the student: seconds per epoch of a no-dstl run through `liser.train.train`
+1. the student: seconds per epoch of a no-dstl run through `liser.student.train.train`
    with device cuda and cpu (same config and seed), and the logits of one
    model on both devices (parity);
 2. LoRA fine-tuning of a HuBERT-base-sized encoder (random weights from
@@ -42,10 +42,10 @@ def student(data: Path, work: Path, devices: list[str], epochs: int) -> dict:
     """Seconds per epoch (train + validation) of the no-dstl student on each device, and logits parity."""
     import torch
 
-    from liser.config import Config
-    from liser.corpora import prepare
-    from liser.student import Student
-    from liser.train import train
+    from liser.core.config import Config
+    from liser.data.corpora import prepare
+    from liser.student.model import Student
+    from liser.student.train import train
 
     m = prepare("ravdess", data, progress=False)
     m.save(work / "manifest")
@@ -93,7 +93,7 @@ def lora_steps(backbone: str, device: str, steps: int, batch: int = 8, seconds: 
     """Seconds per LoRA optimisation step (forward, backward, AdamW) on `batch` crops of `seconds`."""
     import torch
 
-    from liser.teachers.speech import Backbone, _make_head
+    from liser.teachers.speech.teacher import Backbone, _make_head
 
     bb = Backbone(backbone, device)
     bb.add_lora(8, 16, 0.1)
@@ -125,9 +125,9 @@ def lora_steps(backbone: str, device: str, steps: int, batch: int = 8, seconds: 
 
 def labeling(backbone: str, data: Path, work: Path, device: str, n_items: int, tag: str) -> dict:
     """Audio-s/s of labeling n_items pool files (contextual pieces, fresh cache), after a 1-epoch head fit."""
-    from liser.corpora import Manifest, prepare
-    from liser.teachers.speech import SpeechTeacherConfig, fit_speech_teacher
-    from liser.teachers.speech_label import label_with_speech_teacher
+    from liser.data.corpora import Manifest, prepare
+    from liser.teachers.speech.teacher import SpeechTeacherConfig, fit_speech_teacher
+    from liser.teachers.speech.label import label_with_speech_teacher
 
     m = prepare("ravdess", data, progress=False)
     train_ids = [it.id for it in m.items if it.speaker in FOLD["train"]][:96]

@@ -76,7 +76,7 @@ def collected(src: Path) -> dict:
     """A grid's table: from a grid file (its finished runs, the ledger restored first) or a grid.json."""
     if src.suffix not in (".yaml", ".yml"):
         return json.loads(src.read_text())
-    from liser.experiment import check_finished, collect_grid, expand_grid, fold_count, load_grid, restore_ledger
+    from liser.experiments.grid import check_finished, collect_grid, expand_grid, fold_count, load_grid, restore_ledger
 
     grid = load_grid(src)
     runs = expand_grid(grid, fold_count(grid["base"]))

@@ -25,7 +25,7 @@ Measured in one run, on this CPU:
   target <= 300 MB;
 - per 3 s clip, batch 1, 1 and 2 threads, median over many runs: the
   student (PyTorch fp32, ONNX fp32, ONNX int8; model only and waveform in,
-  through the numpy front end `liser.frontend.features_numpy` that
+  through the numpy front end `liser.data.frontend.features_numpy` that
   `liser predict` uses), next to HuBERT-base built from
   `transformers.HubertConfig()` defaults (the hubert-base-ls960
   architecture; random weights: timing does not depend on them; nothing is
@@ -63,7 +63,7 @@ from pathlib import Path
 import numpy as np
 
 from bench_predict_memory import long_file  # bench/ is on sys.path when this runs as a script
-from liser.predict import cores  # what `liser predict` uses by default: every core this process may run on
+from liser.inference.predict import cores  # what `liser predict` uses by default: every core this process may run on
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -98,8 +98,8 @@ def median_ms(fn, runs: int, warmup: int) -> float:
 
 def quick_run(out: Path, epochs: int, work: str | None) -> Path:
     """A 1-fold RAVDESS no-dstl run (shipped fold 0) with few epochs, for when no trained run is given."""
-    from liser.config import Config
-    from liser.train import train
+    from liser.core.config import Config
+    from liser.student.train import train
 
     cfg = Config(root=str(RAVDESS), fold=0, epochs=epochs, work=work or str(out / "work"), out=str(out), threads=2)
     return train(cfg, progress=False)
@@ -111,7 +111,8 @@ def student_latency(run: Path, onnx32: Path, onnx8: Path, threads: int, runs: in
     import torch
 
     import liser
-    from liser import audio, frontend
+    from liser.data import audio
+    from liser.data import frontend
 
     torch.set_num_threads(threads)
     rng = np.random.default_rng(0)
@@ -164,7 +165,7 @@ def teacher_latency(threads: int, runs: int) -> dict:
     if (WHISPER / "config.json").is_file():
         from transformers import WhisperForAudioClassification
 
-        from liser.teachers.speech import whisper_encoder_states
+        from liser.teachers.speech.teacher import whisper_encoder_states
 
         enc = WhisperForAudioClassification.from_pretrained(str(WHISPER), torch_dtype=torch.float32).encoder.eval()
         mel = torch.randn(1, enc.config.num_mel_bins, 300)  # 3 s of Whisper log-Mel (10 ms hop) -> 150 positions
@@ -252,7 +253,7 @@ def realtime_factor(model_path: Path, folder: Path, seconds: float, n_files: int
 
 
 # A fresh process timing each step of `liser predict MODEL FILE --threads 1` on its own (CPU and wall ms), in
-# the command's order: liser.cli, its one-BLAS-thread setting, numpy with liser.predict, onnxruntime and the model,
+# the command's order: liser.cli, its one-BLAS-thread setting, numpy with liser.inference.predict, onnxruntime and the model,
 # then one file's steps as predict does them (soundfile is imported by the first read).
 PHASES_CHILD = r"""
 import json, sys, time
@@ -266,14 +267,16 @@ model_path, file = sys.argv[1:3]
 import liser.cli; mark("import liser.cli (argparse)")
 liser.cli._one_blas_thread_at_load()
 import numpy; mark("import numpy (one BLAS thread)")
-import liser.predict as lp; mark("import liser.predict (audio, frontend, util)")
+import liser.inference.predict as lp; mark("import liser.inference.predict (audio, frontend, util)")
+from liser.inference import model as inference_model
+from liser.inference import decode
 import onnxruntime; mark("import onnxruntime")
-m = lp.load(model_path, threads=1); mark("model load (InferenceSession)")
+m = liser.load(model_path, threads=1); mark("model load (InferenceSession)")
 with lp.one_blas_thread():
     import soundfile; mark("import soundfile")
-    frames, d = lp.file_frames(file); mark("first file: decode + front end")
+    frames, d = decode.file_frames(file); mark("first file: decode + front end")
     z = m.file_logits(frames); mark("first file: windows + onnxruntime")
-    p = lp._prediction(z, m.classes); json.dumps({"path": file, **p.to_dict()}); mark("first file: output")
+    p = inference_model._prediction(z, m.classes); json.dumps({"path": file, **p.to_dict()}); mark("first file: output")
 print("PHASES " + json.dumps(out))
 """
 
@@ -320,18 +323,21 @@ def _timed(fn, calls: list):
 def file_phases(model_path: Path, files: list[Path], stride: float = 0.1) -> dict:
     """Where one file's time goes in `liser predict` (in process, one thread): CPU and wall ms per file by step.
 
-    The steps of `liser.predict.file_frames` and `run_predict` on a short
+    The steps of `liser.inference.decode.file_frames` and `run_predict` on a short
     file, called one by one: decoding (soundfile / libsndfile, one open),
-    down-mix and checks (as liser.audio.load_audio, then prepare_waveform's),
+    down-mix and checks (as liser.data.audio.load_audio, then prepare_waveform's),
     resampling (soxr; none for 16 kHz files), the numpy log-Mel front end,
     cutting the windows, the onnxruntime calls, and the output line
     (softmax, JSON). CPU is this thread's (time.thread_time). The steps'
     features are checked to equal file_frames', so this stays the command's path.
     """
-    from liser import audio
-    from liser import predict as lp
+    import liser
+    from liser.data import audio
+    from liser.inference import decode
+    from liser.inference import model as inference_model
+    from liser.inference import predict as lp
 
-    model = lp.load(model_path, threads=1)
+    model = liser.load(model_path, threads=1)
     model.stride_s = stride
     calls = []  # (CPU s, wall s) of each onnxruntime call
     model.backend = _timed(model.backend, calls)
@@ -343,25 +349,25 @@ def file_phases(model_path: Path, files: list[Path], stride: float = 0.1) -> dic
     with lp.one_blas_thread():
         for i, f in enumerate([files[0], *files]):  # the first file once more first: warm-up, not counted
             t = [(time.thread_time(), time.perf_counter())]
-            x, sr = lp._read_short(Path(f))
+            x, sr = decode._read_short(Path(f))
             t.append((time.thread_time(), time.perf_counter()))
             x = audio.downmix(x, sr)
             audio.check_waveform(x, str(f))
             t.append((time.thread_time(), time.perf_counter()))
             x = audio.resample(x, sr, audio.SAMPLE_RATE)
             t.append((time.thread_time(), time.perf_counter()))
-            sig = lp.prepare_waveform(x, audio.SAMPLE_RATE, str(f))  # read_input's checks (16 kHz: no resampling)
+            sig = decode.prepare_waveform(x, audio.SAMPLE_RATE, str(f))  # read_input's checks (16 kHz: no resampling)
             t.append((time.thread_time(), time.perf_counter()))
-            frames = lp.features(sig)
+            frames = decode.features(sig)
             t.append((time.thread_time(), time.perf_counter()))
             calls.clear()
             z = model.file_logits(frames)
             t.append((time.thread_time(), time.perf_counter()))
-            json.dumps({"path": str(f), **lp._prediction(z, model.classes).to_dict()})
+            json.dumps({"path": str(f), **inference_model._prediction(z, model.classes).to_dict()})
             t.append((time.thread_time(), time.perf_counter()))
             if i == 0:
-                if not np.array_equal(frames, lp.file_frames(f)[0]):
-                    raise SystemExit("file_phases: its steps no longer give liser.predict.file_frames' features")
+                if not np.array_equal(frames, decode.file_frames(f)[0]):
+                    raise SystemExit("file_phases: its steps no longer give liser.inference.decode.file_frames' features")
                 continue
             d = np.diff(np.array(t), axis=0)  # [7 steps, (cpu, wall)]
             ort = np.array(calls).sum(axis=0)  # onnxruntime's part of the file_logits step
@@ -394,7 +400,7 @@ def realtime_in_process(model_path: Path, files: list[Path], threads: int, strid
     import soundfile as sf
     import torch
 
-    from liser.predict import load
+    from liser.inference.model import load
 
     torch.set_num_threads(threads)
     model = load(model_path, threads=threads)  # liser.load(path) with a thread count
@@ -413,7 +419,7 @@ def measure(run: Path, args, tmp: Path) -> dict:
     """Every figure of the run (the export, per-clip latencies, start-up, real time, memory), as one dict."""
     import soundfile as sf
 
-    from liser.export import export_onnx
+    from liser.inference.export import export_onnx
 
     onnx32, onnx8 = tmp / "student.onnx", tmp / "student.int8.onnx"
     exp = export_onnx(run, onnx32, int8=onnx8, threads=1, say=lambda m: print("  export: " + m, flush=True))

@@ -27,9 +27,9 @@ N_FILES = 20
 def label_changes(run: Path) -> dict:
     """{gain: files whose label changed} over the run's first 20 test files, and which files."""
     import liser
-    from liser.audio import load_audio
-    from liser.config import Config
-    from liser.workspace import fold_items, labeled_manifest
+    from liser.data.audio import load_audio
+    from liser.core.config import Config
+    from liser.data.workspace import fold_items, labeled_manifest
 
     cfg = Config.load(run / "config.yaml")
     manifest = labeled_manifest(cfg)

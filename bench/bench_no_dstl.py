@@ -49,11 +49,11 @@ def main() -> None:
     args = ap.parse_args()
     peak = matmul_peak() if args.scale_json else None
 
-    from liser.config import Config
-    from liser.corpora import prepare
-    from liser.experiment import run_folds
-    from liser.features import build_features
-    from liser.student import Student, count_parameters, flops_per_sample
+    from liser.core.config import Config
+    from liser.data.corpora import prepare
+    from liser.experiments.grid import run_folds
+    from liser.data.features import build_features
+    from liser.student.model import Student, count_parameters, flops_per_sample
 
     # log-Mel extraction speed, on a fresh cache
     manifest = prepare("ravdess", args.root, progress=False)

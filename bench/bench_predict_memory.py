@@ -54,8 +54,8 @@ def random_checkpoint(path: Path) -> Path:
     import torch
 
     from liser import __version__
-    from liser.frontend import SETTINGS
-    from liser.student import Student
+    from liser.data.frontend import SETTINGS
+    from liser.student.model import Student
 
     torch.manual_seed(0)
     model = Student(8, 7)

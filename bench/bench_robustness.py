@@ -13,7 +13,7 @@ models hear the identical audio):
 
 - `full`: the clip as recorded; `voiced`: first to last speech sample;
   `central_<N>s`: the central N s of speech (0.5, 1.0, 1.5, 2.0; the voiced
-  part when it is shorter). Speech is found by silero-vad (liser.vad), on
+  part when it is shorter). Speech is found by silero-vad (liser.data.vad), on
   purpose not by any detector a model carries;
 - `room_tone_3s` / `room_tone_15s`: 3 s / 15 s of room tone at −60 dBFS
   before the clip (a recording started early): a seeded stretch of
@@ -57,8 +57,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from liser.audio import SAMPLE_RATE  # noqa: E402
-from liser.errors import LiserError  # noqa: E402
+from liser.data.audio import SAMPLE_RATE  # noqa: E402
+from liser.core.errors import LiserError  # noqa: E402
 
 NO_SPEECH = "no-speech"  # pseudo-class of a file a model refuses (LiserError: not enough speech)
 CENTRAL_S = (0.5, 1.0, 1.5, 2.0)  # seconds of central speech kept
@@ -109,7 +109,7 @@ def condition_rng(seed: int, item_id: str, condition: str) -> np.random.Generato
 
 def background(n: int, rng: np.random.Generator, noise: np.ndarray | None) -> np.ndarray:
     """[n] samples of background noise: a random stretch of `noise` (tiled when shorter), else pink noise."""
-    from liser.augment_audio import pink_noise
+    from liser.data.augment_audio import pink_noise
 
     if noise is None or len(noise) == 0:
         return pink_noise(n, rng)
@@ -124,7 +124,7 @@ def make_condition(name: str, x: np.ndarray, span: tuple[int, int], rng: np.rand
     The result is clipped to full scale (what a file can hold). Raises
     ValueError for an unknown condition.
     """
-    from liser import augment_audio as A
+    from liser.data import augment_audio as A
 
     if name not in CONDITIONS:
         raise ValueError(f"unknown condition {name!r} (known: {', '.join(CONDITIONS)})")
@@ -160,7 +160,7 @@ def make_conditions(x: np.ndarray, item_id: str, seed: int, noise: np.ndarray | 
     is seeded by (seed, item_id, condition).
     """
     if mask is None:
-        from liser.vad import speech_samples
+        from liser.data.vad import speech_samples
 
         mask = speech_samples(x)
     span = voiced_span(mask)
@@ -184,7 +184,7 @@ def condition_metrics(labels: list[str], preds: list[str], full: list[str]) -> d
     class (the first by name on a tie);
     no_speech_share; changed_vs_full: share of files whose prediction differs from `full`; n.
     """
-    from liser.evaluate import uar
+    from liser.student.evaluate import uar
 
     n = len(labels)
     if n == 0:
@@ -214,8 +214,8 @@ def score_fold(models: dict, items: list, manifest, seed: int, noise: np.ndarray
 
     Each file is read and made into every condition once; every model predicts each condition.
     """
-    from liser.audio import load_audio
-    from liser.vad import speech_samples
+    from liser.data.audio import load_audio
+    from liser.data.vad import speech_samples
 
     preds = {m: {c: [] for c in CONDITIONS} for m in models}
     vad_empty = 0
@@ -266,7 +266,7 @@ def summary(folds: dict) -> dict:
 def fold_test_items(cfg, manifest, fold: int, per_class: int, seed: int, split: str = "test") -> tuple[str, list]:
     """(name, items): a balanced subset of a fold's test (or, split="val", validation) speakers;
     name = the held-out corpus (LOCO), else fold<k>."""
-    from liser.workspace import fold_items, labeled_corpora
+    from liser.data.workspace import fold_items, labeled_corpora
 
     _, val, test, _ = fold_items(cfg.replace(fold=fold), manifest)
     test = val if split == "val" else test
@@ -320,9 +320,9 @@ def markdown_targets(label: str, s: dict) -> str:
 
 def run(args) -> dict:
     """Score every model on every asked fold; {label: {"folds": {name: entry}, "summary"}}."""
-    from liser.audio import load_audio
-    from liser.config import Config
-    from liser.workspace import fold_indices, labeled_manifest
+    from liser.data.audio import load_audio
+    from liser.core.config import Config
+    from liser.data.workspace import fold_indices, labeled_manifest
 
     templates = parse_models(args.model)
     cfg = Config.load(args.config, overrides=args.set)
@@ -381,7 +381,7 @@ def main(argv=None) -> int:
            "load_average_start": [round(x, 2) for x in load_start],
            "load_average_end": [round(x, 2) for x in os.getloadavg()],
            "seconds": round(time.time() - t0, 1), "models": models}
-    from liser.util import atomic_write_text
+    from liser.core.util import atomic_write_text
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(res, indent=1) + "\n")

@@ -50,7 +50,7 @@ def log(msg: str) -> None:
 
 def small_ravdess(tmp: Path) -> dict:
     """Config keys of a 4-actor x 24-file RAVDESS subset (symlinks) and its 2/1/1 fold file."""
-    from liser.corpora import prepare
+    from liser.data.corpora import prepare
 
     root = tmp / "ravdess-small"
     for actor in ("Actor_01", "Actor_02", "Actor_03", "Actor_04"):
@@ -83,7 +83,7 @@ def grids(tmp: Path, data: dict, runs: int, epochs: int, jobs: int) -> dict:
     import ray
     from ray.cluster_utils import Cluster
 
-    from liser.experiment import run_grid
+    from liser.experiments.grid import run_grid
 
     out = {}
     log(f"grid: {runs} runs x {epochs} epochs, {jobs} local processes")
@@ -133,10 +133,10 @@ def labeling(tmp: Path, data: dict, pool_files: int, jobs: int, backbone: str) -
     """Audio seconds per second of the speech labeling of a TESS pool: the local command, then Ray."""
     import ray
 
-    from liser.config import Config
-    from liser.distributed import ray_label
+    from liser.core.config import Config
+    from liser.experiments.distributed import ray_label
     from liser.teachers.pipeline import fit_speech_teachers, label_speech
-    from liser.workspace import unlabeled_pool
+    from liser.data.workspace import unlabeled_pool
 
     pool = tmp / "tess"
     folders = sorted(p for p in (DATA / "tess").iterdir() if p.is_dir())
@@ -193,7 +193,7 @@ def main() -> None:
                           args.pool or (8 if args.smoke else 400))
     tmp = Path(tempfile.mkdtemp(prefix="liser-scale-"))
     log(f"working in {tmp}")
-    from liser.util import absolute_paths
+    from liser.core.util import absolute_paths
 
     absolute_paths(args, "json")  # outputs: relative to where the script was run
     os.chdir(REPO)  # the grid's relative paths (configs/) mean the repository, here and on the Ray workers

@@ -107,7 +107,7 @@ def post(server: Server, name: str, data: bytes, timeout: float = 300) -> tuple[
 def speech(seconds: float) -> np.ndarray:
     """Real RAVDESS speech (Actor_01..04, 16 kHz mono) end to end, cut or repeated to `seconds`."""
     sys.path.insert(0, str(REPO / "src"))
-    from liser import audio
+    from liser.data import audio
 
     files = sorted(RAVDESS.glob("Actor_0[1-4]/*.flac"))[:40]
     x = np.concatenate([audio.load_audio(f) for f in files])
@@ -133,7 +133,7 @@ def opus(x: np.ndarray) -> bytes:
     import av
 
     sys.path.insert(0, str(REPO / "src"))
-    from liser import audio
+    from liser.data import audio
 
     b = io.BytesIO()
     with av.open(b, "w", format="ogg") as out:

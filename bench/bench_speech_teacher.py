@@ -48,9 +48,9 @@ def simple_folds(speakers: list[str], k: int = 5):
 
 def get_folds(manifest):
     try:
-        from liser.folds import load_folds
+        from liser.data.folds import load_folds
 
-        return [{"train": list(f.train), "val": list(f.val), "test": list(f.test)} for f in load_folds("ravdess")], "liser.folds"
+        return [{"train": list(f.train), "val": list(f.val), "test": list(f.test)} for f in load_folds("ravdess")], "liser.data.folds"
     except ImportError:
         return simple_folds(manifest.speakers), "simple round-robin"
 
@@ -59,8 +59,8 @@ def pool_manifest(roots: list[str], seconds: float):
     """The first items of the unlabeled pool corpora, interleaved, up to `seconds` of audio."""
     from dataclasses import replace
 
-    from liser.corpora import prepare
-    from liser.corpora.base import Manifest
+    from liser.data.corpora import prepare
+    from liser.data.corpora.base import Manifest
 
     per = []
     for spec in roots:
@@ -102,10 +102,10 @@ def main() -> None:
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    from liser.corpora import prepare
-    from liser.teachers.speech import (Backbone, SpeechTeacherConfig, cached_features, evaluate_speech_teacher,
+    from liser.data.corpora import prepare
+    from liser.teachers.speech.teacher import (Backbone, SpeechTeacherConfig, cached_features, evaluate_speech_teacher,
                                        fit_speech_teacher)
-    from liser.teachers.speech_label import label_with_speech_teacher
+    from liser.teachers.speech.label import label_with_speech_teacher
 
     if not Path(args.root).is_dir():
         sys.exit(f"{args.root}: RAVDESS absent")
@@ -151,7 +151,7 @@ def main() -> None:
               f"val UAR {row['val_uar']:.4f} @ epoch {row['best_epoch']}  ({row['fit_s']:.0f} s fit)", flush=True)
 
     # labeling throughput on the unlabeled pool with the first fold's teacher
-    from liser.teachers.speech import SpeechTeacher
+    from liser.teachers.speech.teacher import SpeechTeacher
 
     teacher = SpeechTeacher.load(out / f"fold{run[0]}")
     pool, pool_s = pool_manifest(args.pool, args.pool_seconds)

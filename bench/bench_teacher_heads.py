@@ -94,9 +94,9 @@ def main() -> None:
 
     import torch
 
-    from liser.corpora import prepare
-    from liser.folds import load_folds
-    from liser.teachers.speech import SpeechTeacherConfig
+    from liser.data.corpora import prepare
+    from liser.data.folds import load_folds
+    from liser.teachers.speech.teacher import SpeechTeacherConfig
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     manifest = prepare("ravdess", args.root, progress=False)
@@ -170,8 +170,8 @@ def _means(per: list[dict]) -> dict:
 
 def _run_folds(name: str, cfg, manifest, folds: list) -> list[dict]:
     """Fit and score one teacher config on each (k, fold): one dict of figures per fold."""
-    from liser.calibration import ece, fit_temperature, temper
-    from liser.teachers.speech import evaluate_speech_teacher, fit_speech_teacher
+    from liser.teachers.calibration import ece, fit_temperature, temper
+    from liser.teachers.speech.teacher import evaluate_speech_teacher, fit_speech_teacher
 
     per = []
     for k, f in folds:

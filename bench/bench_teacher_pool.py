@@ -46,7 +46,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from liser.errors import LiserError  # noqa: E402
+from liser.core.errors import LiserError  # noqa: E402
 
 
 def pool_labels(cfg, corpus_of: dict[str, str], work: str) -> tuple[dict[str, tuple[str, str]], list[str]]:
@@ -57,8 +57,8 @@ def pool_labels(cfg, corpus_of: dict[str, str], work: str) -> tuple[dict[str, tu
     `unlabeled:` entry not named with --as) is skipped and listed. Raises LiserError when an --as
     entry's corpus cannot be read from its root, or none of its files is a labeled one.
     """
-    from liser.cross import scored_manifest
-    from liser.workspace import unlabeled_manifests
+    from liser.experiments.cross import scored_manifest
+    from liser.data.workspace import unlabeled_manifests
 
     by_path, skipped = {}, []
     for spec, m in zip(cfg.unlabeled, unlabeled_manifests(cfg)):
@@ -90,9 +90,9 @@ def score_store(store, labels: dict[str, tuple[str, str]], maps: dict) -> dict[s
     """Per pool corpus: piece and file accuracy/ECE/confidence of one fold's store (module docstring)."""
     from sklearn.metrics import roc_auc_score
 
-    from liser.calibration import ece
-    from liser.cross import class_mapping
-    from liser.evaluate import uar
+    from liser.teachers.calibration import ece
+    from liser.experiments.cross import class_mapping
+    from liser.student.evaluate import uar
 
     classes = list(store.classes)
     by_corpus: dict[str, list] = {}
@@ -134,15 +134,15 @@ def score_store(store, labels: dict[str, tuple[str, str]], maps: dict) -> dict[s
 
 def grid_figures(grid_path: str, corpus_of: dict, maps: dict) -> dict:
     """{pool corpus: {figure: mean over folds, "per_fold": [fold figures]}} for one grid's speech stores."""
-    from liser.experiment import fold_count, load_grid
-    from liser.store import SoftLabelStore
+    from liser.experiments.grid import fold_count, load_grid
+    from liser.teachers.store import SoftLabelStore
 
     grid_path, _, row = grid_path.partition(":")
     grid = load_grid(grid_path, [])
     base = grid["base"]
     n_folds = fold_count(base)  # reads the labeled manifest: once
     if row:  # GRID:ROW scores the stores that row names (a row may bring its own teacher)
-        from liser.experiment import expand_grid
+        from liser.experiments.grid import expand_grid
 
         runs = [r for r in expand_grid(grid, n_folds) if r["config"] == row]
         if not runs:
@@ -151,7 +151,7 @@ def grid_figures(grid_path: str, corpus_of: dict, maps: dict) -> dict:
     if not base.speech_store:
         raise LiserError(f"{grid_path}: {'row ' + row if row else 'the grid'} has no speech_store")
     labels, skipped = pool_labels(base, corpus_of, base.work)
-    from liser.workspace import speech_store
+    from liser.data.workspace import speech_store
 
     paths = [Path(speech_store(base, k)) for k in range(n_folds)]  # {fold}, {teachers}, {work} filled
     folds = [k for k, p in enumerate(paths) if (p / "meta.json").is_file()]  # the folds labeled so far
@@ -173,7 +173,7 @@ def grid_figures(grid_path: str, corpus_of: dict, maps: dict) -> dict:
 def check_options(res: dict, maps: dict, corpus_of: dict) -> None:
     """LiserError for a --map or --as that no grid could use (a typo): a map whose source is in no
     grid's pool classes, an --as whose adapter names no grid's pool entry. Each applies where it can."""
-    from liser.cross import check_map_sources
+    from liser.experiments.cross import check_map_sources
 
     check_map_sources(maps, {c for r in res.values() for c in r["pool_classes"]})
     for adapter, corpus in corpus_of.items():
@@ -191,11 +191,11 @@ def main(argv=None) -> int:
                     help="class mapping applied wherever both classes exist (e.g. calm=neutral)")
     ap.add_argument("--json", default=str(REPO / "bench" / "results" / "teacher_pool.json"))
     args = ap.parse_args(argv)
-    from liser.util import absolute_paths
+    from liser.core.util import absolute_paths
 
     absolute_paths(args, "json")  # outputs: relative to where the script was run
     os.chdir(REPO)  # the grids' relative paths are relative to the repository
-    from liser.cross import parse_maps
+    from liser.experiments.cross import parse_maps
 
     try:
         corpus_of = {}

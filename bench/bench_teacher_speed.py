@@ -11,7 +11,7 @@ The ONNX export is made (and timed) before the timed runs.
 
 Parity: each runtime's piece soft labels against torch's on the same
 pieces: top-1 agreement, mean and max |dp|, and whether the bound of
-liser.teachers.speech_onnx holds (top-1 >= 0.98, mean |dp| <= 0.01); and
+liser.teachers.speech.onnx holds (top-1 >= 0.98, mean |dp| <= 0.01); and
 whether the validity masks are the same.
 
 The teacher: `--teacher DIR`, or a frozen Whisper-base teacher as
@@ -66,8 +66,8 @@ def cpu_model() -> str:
 
 def pool_sample(seconds: float):
     """Every n-th item of each pool corpus (equal shares of `seconds`), as one unlabeled manifest under "/"."""
-    from liser.corpora import prepare
-    from liser.corpora.base import Manifest
+    from liser.data.corpora import prepare
+    from liser.data.corpora.base import Manifest
 
     items, share = [], seconds / len(POOL)
     for name, root in POOL:
@@ -85,9 +85,9 @@ def pool_sample(seconds: float):
 
 def fitted_teacher(work: Path, backbone: str):
     """A frozen Whisper teacher as configs/teacher-speech-whisper.yaml, fitted once on a RAVDESS subset."""
-    from liser.corpora import prepare
-    from liser.corpora.base import Manifest
-    from liser.teachers.speech import SpeechTeacher, SpeechTeacherConfig, fit_speech_teacher
+    from liser.data.corpora import prepare
+    from liser.data.corpora.base import Manifest
+    from liser.teachers.speech.teacher import SpeechTeacher, SpeechTeacherConfig, fit_speech_teacher
 
     out = work / "teacher-frozen"
     if not (out / "teacher.json").is_file():
@@ -105,9 +105,9 @@ def label_once(teacher, pool, runtime: str, threads: int, cache: Path) -> dict:
     """One timed labeling job into a fresh store: figures, and the store's (probs, valid)."""
     import torch
 
-    from liser.store import SoftLabelStore
-    from liser.teachers import speech_label
-    from liser.teachers.speech_label import label_with_speech_teacher
+    from liser.teachers.store import SoftLabelStore
+    from liser.teachers.speech import label as speech_label
+    from liser.teachers.speech.label import label_with_speech_teacher
 
     speech_label._VAD_MEMO.clear()  # the VAD runs again, as it does for a pool's first teacher
     feature_cache = Path(tempfile.mkdtemp(prefix="features-", dir=cache))
@@ -134,8 +134,8 @@ def _label_shard(teacher_dir: str, pool, runtime: str, cache_dir: str, store_dir
     """One shard of a sharded labeling job, in its own process on one thread (`label_sharded`)."""
     import torch
 
-    from liser.teachers.speech import SpeechTeacher
-    from liser.teachers.speech_label import label_with_speech_teacher
+    from liser.teachers.speech.teacher import SpeechTeacher
+    from liser.teachers.speech.label import label_with_speech_teacher
 
     torch.set_num_threads(1)
     teacher = SpeechTeacher.load(teacher_dir)
@@ -148,7 +148,7 @@ def label_sharded(teacher_dir: Path, pool, runtime: str, shards: int, cache: Pat
     `liser teacher label --shard i/n` does on a machine's cores): the row and the finished store's probs."""
     import multiprocessing as mp
 
-    from liser.store import SoftLabelStore
+    from liser.teachers.store import SoftLabelStore
 
     feature_cache = Path(tempfile.mkdtemp(prefix="features-", dir=cache))
     shutil.copytree(cache / "onnx", feature_cache / "onnx", symlinks=True)  # the export, made before
@@ -188,8 +188,8 @@ def main() -> None:
     import onnxruntime
     import torch
 
-    from liser.teachers import speech_onnx
-    from liser.teachers.speech import SpeechTeacher
+    from liser.teachers.speech import onnx as speech_onnx
+    from liser.teachers.speech.teacher import SpeechTeacher
 
     for _, root in POOL:
         if not root.is_dir():
@@ -208,7 +208,7 @@ def main() -> None:
     cache.mkdir(exist_ok=True)
     teacher.cfg = replace(teacher.cfg, cache_dir=str(cache))
     t0 = time.time()
-    from liser.teachers.speech_label import _check_waves
+    from liser.teachers.speech.label import _check_waves
 
     folder, meta = speech_onnx.ensure_export(teacher, _check_waves(pool, pool.items))
     export_s = round(time.time() - t0, 1)

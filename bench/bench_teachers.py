@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def store_figures(path: Path, reads: int = 2000) -> dict:
     """Open time, random 3 s window read time, size per audio hour of a finalized store."""
-    from liser.store import SoftLabelStore
+    from liser.teachers.store import SoftLabelStore
 
     t0 = time.perf_counter()
     s = SoftLabelStore(path)
@@ -59,7 +59,7 @@ def store_figures(path: Path, reads: int = 2000) -> dict:
 
 def synthetic_store(hours: float = 50.0, classes: int = 8) -> Path:
     """A store the size of 50 h of audio (9.25 s items, as MSP-Face's mean clip) with random probabilities."""
-    from liser.store import StoreWriter, n_pieces
+    from liser.teachers.store import StoreWriter, n_pieces
 
     d = Path(tempfile.mkdtemp()) / "s50h"
     w = StoreWriter(d, "synthetic", [f"c{i}" for i in range(classes)], "x", flush_every=4096)
@@ -80,7 +80,7 @@ def speech_eval_figures(cfg) -> dict:
     Raises SystemExit naming the file when a fold has no eval.json or its
     hash is not the one in teacher.json (the eval is not of that teacher).
     """
-    from liser.workspace import fold_indices, labeled_manifest, teacher_dir
+    from liser.data.workspace import fold_indices, labeled_manifest, teacher_dir
 
     evals = []
     for k in fold_indices(cfg, labeled_manifest(cfg)):
@@ -119,14 +119,14 @@ def main() -> None:
     ap.add_argument("--speech-eval-only", action="store_true",
                     help="only update the speech-teacher figures from the fitted teachers' eval.json (no fitting)")
     args = ap.parse_args()
-    from liser.util import absolute_paths
+    from liser.core.util import absolute_paths
 
     absolute_paths(args, "json")  # outputs: relative to where the script was run
     os.chdir(REPO)  # the configs' relative paths are relative to the repository
 
-    from liser.config import Config
+    from liser.core.config import Config
     from liser.teachers import pipeline as tp
-    from liser.workspace import speech_store, teacher_dir, unlabeled_pool, video_store
+    from liser.data.workspace import speech_store, teacher_dir, unlabeled_pool, video_store
 
     cfg = Config.load(args.config, args.set)
     command = " ".join(["python"] + sys.argv)
@@ -145,9 +145,9 @@ def main() -> None:
     # labeling throughput with nothing cached: fold 0's teacher on every 20th pool item, a fresh feature cache
     import dataclasses
 
-    from liser.corpora import Manifest
-    from liser.teachers.speech import SpeechTeacher
-    from liser.teachers.speech_label import label_with_speech_teacher
+    from liser.data.corpora import Manifest
+    from liser.teachers.speech.teacher import SpeechTeacher
+    from liser.teachers.speech.label import label_with_speech_teacher
 
     pool = unlabeled_pool(cfg)
     teacher = SpeechTeacher.load(teacher_dir(cfg, evals[0]["fold"]))
@@ -162,7 +162,7 @@ def main() -> None:
     res["pool_audio_h"] = round(sum(it.duration for it in pool.items) / 3600, 3)
 
     # face throughput on a fixed subset (decode + detect + track + align), then the whole pool (resumable)
-    from liser.faces import extract_faces
+    from liser.data.faces import extract_faces
 
     videos = [Path(it.path) for it in unlabeled_pool(cfg, videos_only=True).items if "interviews" in it.path][:12]
     frames, t0 = 0, time.perf_counter()
@@ -171,7 +171,7 @@ def main() -> None:
     res["face_fps"] = round(frames / (time.perf_counter() - t0), 1)
     res["face_fps_subset"] = f"{len(videos)} pool videos, {frames} frames"
 
-    from liser.teachers.video import load_video_teacher
+    from liser.teachers.video.teacher import load_video_teacher
 
     teacher = load_video_teacher(cfg.video_teacher)
     crops = []

@@ -8,8 +8,8 @@ Measured on this machine, each in a fresh child process on one thread:
   configs/no-dstl.yaml --fold 0 --set epochs=2 threads=1` as the command runs
   it (its malloc setting included): FLOPs per training sample (forward x 3
   minus conv1's input gradient, which nothing needs; from
-  liser.student.flops_per_sample) x the samples the steps saw, over the CPU
-  seconds of the training steps (liser.train.run_epoch timed with the
+  liser.student.model.flops_per_sample) x the samples the steps saw, over the CPU
+  seconds of the training steps (liser.student.train.run_epoch timed with the
   thread's CPU clock: on one thread that is the run's CPU) and over their
   wall seconds (epochs.csv train_s); its ratio to the matmul peak (target
   >= 0.7). Per step too (the thread's CPU clock at each next_batch): min
@@ -112,11 +112,11 @@ print(json.dumps({"best": f / min(cpu), "median": f / statistics.median(cpu), "b
 # on the thread's CPU clock (the functions exist in every liser version this benchmark compares).
 TRAIN = """
 import csv, json, sys, time
-import liser, liser.train as T
-from liser import audio
-from liser.config import Config
-from liser.device import tune_malloc
-from liser.student import flops_per_sample
+import liser, liser.student.train as T
+from liser.data import audio
+from liser.core.config import Config
+from liser.core.device import tune_malloc
+from liser.student.model import flops_per_sample
 
 tune_malloc()  # as `liser train` does
 cpu = {"run_epoch": [], "end_epoch": [], "finish": []}
@@ -167,12 +167,12 @@ print("BENCH " + json.dumps({"cpu": cpu, "thread_cpu_s": total, **seen, "forward
 VARIANTS = """
 import contextlib, json, statistics, sys, time
 import numpy as np, torch, torch.nn.functional as F
-from liser.config import Config
-from liser.device import tune_malloc
-from liser.features import build_features
-from liser.student import Student
-from liser.train import random_crop
-from liser.workspace import fold_items, labeled_manifest
+from liser.core.config import Config
+from liser.core.device import tune_malloc
+from liser.data.features import build_features
+from liser.student.model import Student
+from liser.student.train import random_crop
+from liser.data.workspace import fold_items, labeled_manifest
 
 tune_malloc()
 torch.set_num_threads(1)
@@ -226,13 +226,13 @@ print("BENCH " + json.dumps({k: {"step_cpu_ms_min": round(1000 * min(t), 1),
 TURNS = """
 import hashlib, json, sys, time
 import numpy as np, torch, torch.nn.functional as F
-from liser.config import Config
-from liser.device import tune_malloc
-from liser.evaluate import file_logits
-from liser.features import build_features
-from liser.student import Student
-from liser.train import random_crop, torch_settings
-from liser.workspace import fold_items, labeled_manifest
+from liser.core.config import Config
+from liser.core.device import tune_malloc
+from liser.student.evaluate import file_logits
+from liser.data.features import build_features
+from liser.student.model import Student
+from liser.student.train import random_crop, torch_settings
+from liser.data.workspace import fold_items, labeled_manifest
 
 tune_malloc()
 cfg = Config.load(sys.argv[1], overrides=sys.argv[2:])

@@ -2,7 +2,7 @@
 
 Times `predict_frames` (preprocessing: grayscale + resize to 64x64, then the
 torch forward pass) on a batch of random 112x112 RGB crops (the size
-`liser.faces` writes), with 1 and 2 torch threads, after one warm-up call.
+`liser.data.faces` writes), with 1 and 2 torch threads, after one warm-up call.
 Prints a table and a markdown row; writes nothing unless `--json PATH` is given.
 
     python bench/bench_video_teacher.py
@@ -36,8 +36,8 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from liser.errors import LiserError
-    from liser.teachers.video import load_video_teacher
+    from liser.core.errors import LiserError
+    from liser.teachers.video.teacher import load_video_teacher
 
     cv2.setNumThreads(1)
     crops = np.random.default_rng(0).integers(0, 256, (args.frames, args.size, args.size, 3), dtype=np.uint8)

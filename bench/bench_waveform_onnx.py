@@ -3,8 +3,8 @@
     PYTHONPATH=src python bench/bench_waveform_onnx.py [--run CKPT_OR_RUN ...] [--node]
 
 Models: the packaged default (int8, "speech" windowing) and, for each
-`--run`, its fp32 and int8 exports (liser.export, checked on the same
-files). Each is wrapped by liser.waveform_onnx.write (DFT as MatMul) and
+`--run`, its fp32 and int8 exports (liser.inference.export, checked on the same
+files). Each is wrapped by liser.inference.waveform_onnx.write (DFT as MatMul) and
 compared with `liser predict`'s EmotionModel on its log-Mel student:
 
 - 200 real files, 40 from each of RAVDESS, CREMA-D, EmoDB, TESS, URDU
@@ -73,8 +73,8 @@ def clips(signals: list[np.ndarray]) -> dict[str, list[np.ndarray]]:
 
 def compare(sess, model, sig: np.ndarray) -> dict:
     """One signal through the graph and through `liser predict` (EmotionModel.predict)."""
-    from liser import waveform_onnx
-    from liser.errors import LiserError
+    from liser.inference import waveform_onnx
+    from liser.core.errors import LiserError
 
     out = waveform_onnx.run(sess, sig)
     s = out.get(waveform_onnx.SPEECH_OUTPUT)
@@ -98,17 +98,19 @@ def summary(rows: list[dict]) -> dict:
 
 
 def parity(graph: Path, student: Path, sets: dict[str, list[np.ndarray]]) -> dict:
-    from liser import predict, waveform_onnx
+    import liser
+    from liser.inference import waveform_onnx
 
-    sess, model = waveform_onnx.session(graph), predict.load(student, threads=1)
+    sess, model = waveform_onnx.session(graph), liser.load(student, threads=1)
     return {name: summary([compare(sess, model, s) for s in sigs]) for name, sigs in sets.items()}
 
 
 def speed(graph: Path, student: Path, sigs: list[np.ndarray]) -> dict:
     """Median ms per signal on 1 thread: the graph vs `liser predict`'s in-process path (after one warm-up each)."""
-    from liser import predict, waveform_onnx
+    import liser
+    from liser.inference import waveform_onnx
 
-    sess, model = waveform_onnx.session(graph), predict.load(student, threads=1)
+    sess, model = waveform_onnx.session(graph), liser.load(student, threads=1)
     g, p = [], []
     for s in sigs:
         waveform_onnx.run(sess, s)
@@ -144,8 +146,8 @@ def node_speed(graph: Path, sigs: list[np.ndarray], tmp: Path) -> dict | None:
 
 
 def export_run(label: str, run: str, d: Path, files: list[Path]) -> list[tuple[str, Path]]:
-    """fp32 and int8 log-Mel students of a run (liser.export, checked on the first 60 of `files`)."""
-    from liser.export import export_onnx
+    """fp32 and int8 log-Mel students of a run (liser.inference.export, checked on the first 60 of `files`)."""
+    from liser.inference.export import export_onnx
 
     out = d / f"{label}.onnx"
     export_onnx(run, out, int8=True, check_files=[str(f) for f in files[:60]], say=lambda m: None)
@@ -161,8 +163,9 @@ def main(argv=None) -> int:
     import onnx
     import onnxruntime
 
-    from liser import predict, waveform_onnx
-    from liser.default_model import DEFAULT_ONNX
+    from liser.inference import decode
+    from liser.inference import waveform_onnx
+    from liser.inference.default_model import DEFAULT_ONNX
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run", action="append", default=[], metavar="[LABEL=]RUN",
@@ -172,7 +175,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     t0, load0 = time.time(), os.getloadavg()
     files = real_files()
-    signals = [predict.read_input(f) for f in files]
+    signals = [decode.read_input(f) for f in files]
     sets = {"real_200": signals, **clips(signals)}
     print(f"{len(files)} real files; {len(sets['short'])} short clips; long clips of "
           f"{', '.join(f'{len(s) / 16000:.0f}' for s in sets['long'])} s", flush=True)

@@ -3,10 +3,10 @@
 
 Both run in a child process on one thread (`child_main`, started by the
 benchmark) on the real path of `liser train`: the fold's data
-(liser.train.load_data), the normalised channels_last student and AdamW
+(liser.student.train.load_data), the normalised channels_last student and AdamW
 (build_model), random 3 s crops of the training files (next_batch), and
-liser.train.step_loss then zero_grad / backward / step, inside
-liser.train.torch_settings(1).
+liser.student.train.step_loss then zero_grad / backward / step, inside
+liser.student.train.torch_settings(1).
 
 `profile_steps`: torch.profiler (CPU activities, shapes recorded) over
 `steps` training steps after 3 warm-up steps. Every op under a step's
@@ -43,9 +43,9 @@ GROUPS = ("conv block 1", "conv blocks 2-3", "BatchNorm", "pooling", "LSTM", "re
 
 
 def train_flops_per_sample(n_classes: int, n_video_classes: int = 7) -> int:
-    """FLOPs of one training sample: the forward (liser.student.flops_per_sample) x 3, less conv 1's input gradient."""
-    from liser import audio
-    from liser.student import flops_per_sample
+    """FLOPs of one training sample: the forward (liser.student.model.flops_per_sample) x 3, less conv 1's input gradient."""
+    from liser.data import audio
+    from liser.student.model import flops_per_sample
 
     conv1 = 2 * 64 * 9 * audio.N_MELS * audio.CLIP_FRAMES  # conv 1's input gradient: the input needs none
     return 3 * flops_per_sample(n_classes, n_video_classes) - conv1
@@ -53,11 +53,11 @@ def train_flops_per_sample(n_classes: int, n_video_classes: int = 7) -> int:
 
 # ---------------------------------------------------------------- the real training path
 def setup(cfg):
-    """(data, model, optimiser, state, frames) of `cfg`'s fold, as liser.train builds them (call inside torch_settings)."""
+    """(data, model, optimiser, state, frames) of `cfg`'s fold, as liser.student.train builds them (call inside torch_settings)."""
     import numpy as np
     import torch
 
-    from liser import train as tr
+    from liser.student import train as tr
 
     torch.manual_seed(cfg.seed)
     data = tr.load_data(cfg, progress=False)
@@ -69,7 +69,7 @@ def setup(cfg):
 
 def batch(cfg, data, frames, state):
     """One labeled mini-batch of `cfg.batch_size` random crops: (x [B, 64, 94], labels [B])."""
-    from liser import train as tr
+    from liser.student import train as tr
 
     idx = state.rng.choice(len(data.train), cfg.batch_size, replace=False)
     x, labels, _, _ = tr.next_batch(tr.Crops([frames]), data.labels, idx, None, 0, state)
@@ -77,8 +77,8 @@ def batch(cfg, data, frames, state):
 
 
 def step(model, opt, options, x, labels, precision: str) -> float:
-    """One training step (liser.train's forward + loss, backward, AdamW); returns the loss."""
-    from liser import train as tr
+    """One training step (liser.student.train's forward + loss, backward, AdamW); returns the loss."""
+    from liser.student import train as tr
 
     loss, _ = tr.step_loss(model, x, labels, (None, None), (None, None), options, precision)
     opt.zero_grad(set_to_none=True)
@@ -145,7 +145,7 @@ def profile_steps(cfg, steps: int = 20, precision: str = "fp32", peak_gflops: fl
     """
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    from liser import train as tr
+    from liser.student import train as tr
 
     with tr.torch_settings(1):
         data, model, opt, state, frames = setup(cfg)
@@ -227,8 +227,8 @@ def compare_precision(cfg, steps: int = 30, validations: int = 2, epochs: int = 
 
     import torch
 
-    from liser import train as tr
-    from liser.evaluate import evaluate_items
+    from liser.student import train as tr
+    from liser.student.evaluate import evaluate_items
 
     precisions = ("fp32", "bf16")
     with tr.torch_settings(1):
@@ -288,8 +288,8 @@ def child_main(argv=None) -> None:
     MODE precision: N steps each in turns (the 4th argument: epochs of the projection).
     """
     t_start = time.thread_time()
-    from liser.config import Config
-    from liser.device import tune_malloc
+    from liser.core.config import Config
+    from liser.core.device import tune_malloc
 
     tune_malloc()  # as `liser train` does: a child process of its own
     mode, n, path, extra, *sets = argv if argv is not None else sys.argv[1:]

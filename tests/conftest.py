@@ -50,7 +50,7 @@ def real_root(name: str) -> Path:
 
 def ravdess_sample(per_actor: int):
     """A manifest of `per_actor` real RAVDESS files (every 12th, mixed emotions) from Actor_01..04; skips without data."""
-    from liser.corpora import Manifest, prepare
+    from liser.data.corpora import Manifest, prepare
 
     full = prepare("ravdess", real_root("ravdess"), progress=False)
     keep = []
@@ -84,7 +84,7 @@ def data_dir() -> Path:
 class SmallSet:
     root: Path  # corpus tree of symlinks to the real files
     manifest_dir: Path  # prepared manifest
-    manifest: object  # liser.corpora.Manifest
+    manifest: object  # liser.data.corpora.Manifest
     folds: Path  # fold file: 2 / 1 / 1 actors
     work: Path  # shared cache root (features are computed once per session)
 
@@ -104,7 +104,7 @@ def _link_subset(src: Path, dst: Path, actors=SMALL_ACTORS, per_emotion=FILES_PE
 @pytest.fixture(scope="session")
 def small_ravdess(tmp_path_factory) -> SmallSet:
     """A prepared manifest of 4 RAVDESS actors x 24 real files (all 8 emotions), and a 2/1/1 fold file."""
-    from liser.corpora import prepare
+    from liser.data.corpora import prepare
 
     src = real_root("ravdess")
     base = tmp_path_factory.mktemp("small_ravdess")
@@ -122,7 +122,7 @@ def small_ravdess(tmp_path_factory) -> SmallSet:
 @pytest.fixture(scope="session")
 def small_config(small_ravdess):
     """A fast configuration on the small set (2 epochs, 1 thread, coarse evaluation strides)."""
-    from liser.config import Config
+    from liser.core.config import Config
 
     return Config(name="small", manifest=str(small_ravdess.manifest_dir), folds=str(small_ravdess.folds),
                   fold=0, work=str(small_ravdess.work), out=str(small_ravdess.work / "runs"), epochs=2,
@@ -132,7 +132,7 @@ def small_config(small_ravdess):
 @pytest.fixture(scope="session")
 def trained_run(small_config, tmp_path_factory) -> Path:
     """One finished 2-epoch run of `small_config` (shared by the train and CLI tests; do not modify)."""
-    from liser.train import train
+    from liser.student.train import train
 
     return train(small_config, run_dir=tmp_path_factory.mktemp("trained") / "run", progress=False)
 

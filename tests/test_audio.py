@@ -11,8 +11,8 @@ import soundfile as sf
 import torch
 
 from conftest import real_root
-from liser import audio
-from liser.errors import LiserError
+from liser.data import audio
+from liser.core.errors import LiserError
 
 SR = 16_000
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from liser.augment import AugmentOptions, add_noise, augment_batch, gain, spec_augment
+from liser.data.augment import AugmentOptions, add_noise, augment_batch, gain, spec_augment
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -15,7 +15,7 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 @pytest.fixture(scope="module")
 def crops() -> np.ndarray:
     """Four real 3 s log-Mel crops of RAVDESS files: [4, 64, 94] dB."""
-    from liser.audio import CLIP_FRAMES, load_audio, log_mel
+    from liser.data.audio import CLIP_FRAMES, load_audio, log_mel
 
     files = sorted((DATA / "ravdess" / "Actor_05").glob("*.flac"))[::15][:4]
     if len(files) < 4:
@@ -71,7 +71,7 @@ def test_spec_augment_masks_stripes_with_the_crop_mean(crops):
 def test_level_norm_student_ignores_the_recording_level(crops):
     import torch
 
-    from liser.student import Student
+    from liser.student.model import Student
 
     torch.manual_seed(0)
     m = Student(8, 7, level_norm=True).eval()
@@ -89,12 +89,12 @@ def test_level_norm_student_ignores_the_recording_level(crops):
 
 def test_band_limit_draws_a_phone_band_closer_to_a_real_one():
     """On a real clip, the log-Mel band-limited crop is nearer to the clip sent through the phone band
-    (liser.augment_audio.telephone) than the clean crop is, in the bands the phone line cuts; p = 0 changes
+    (liser.data.augment_audio.telephone) than the clean crop is, in the bands the phone line cuts; p = 0 changes
     nothing, and the speech band is left as it is."""
-    from liser import audio
-    from liser import augment_audio as A
-    from liser.augment import BAND_CUT, band_limit
-    from liser.predict import features
+    from liser.data import audio
+    from liser.data import augment_audio as A
+    from liser.data.augment import BAND_CUT, band_limit
+    from liser.inference.decode import features
 
     from conftest import real_root
 

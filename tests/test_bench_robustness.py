@@ -18,7 +18,7 @@ bench = load_bench("bench_robustness")
 
 SR = 16_000
 CLIP = "Actor_01/03-01-05-01-01-01-01.flac"  # angry, "Kids are talking by the door", 3.9 s with silence around
-DEFAULT_ONNX = Path(__file__).resolve().parents[1] / "src" / "liser" / "data" / "default" / "liser-default-int8.onnx"
+DEFAULT_ONNX = Path(__file__).resolve().parents[1] / "src" / "liser" / "inference" / "default" / "liser-default-int8.onnx"
 PER_CLASS = 2  # test files per class in the end-to-end run
 EMOTION_CODES = {"01": "neutral", "02": "calm", "03": "happy", "04": "sad", "05": "angry", "06": "fearful",
                  "07": "disgust", "08": "surprised"}
@@ -27,7 +27,7 @@ EMOTION_CODES = {"01": "neutral", "02": "calm", "03": "happy", "04": "sad", "05"
 @pytest.fixture(scope="module")
 def clip():
     """(waveform [N] float32 at 16 kHz, its conditions, the voiced span) of one real RAVDESS file."""
-    from liser.audio import load_audio
+    from liser.data.audio import load_audio
 
     x = load_audio(real_root("ravdess") / CLIP)
     waves, span = bench.make_conditions(x, "ravdess/Actor_01/" + Path(CLIP).stem, seed=0)
@@ -68,7 +68,7 @@ def test_voiced_part_and_central_cuts_lie_inside_the_speech(clip):
 
 
 def test_room_tone_and_noise_levels(clip):
-    from liser.augment_audio import rms_dbfs
+    from liser.data.augment_audio import rms_dbfs
 
     x, waves, _ = clip
     for s in bench.ROOM_TONE_S:

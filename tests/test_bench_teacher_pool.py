@@ -8,9 +8,9 @@ from conftest import DEFAULT_CLASSES, link_five_corpora, load_bench
 
 
 def test_pool_store_scored_by_path_through_two_adapters_with_dropped_classes(tmp_path):
-    from liser.config import Config
-    from liser.store import StoreWriter
-    from liser.workspace import unlabeled_manifests
+    from liser.core.config import Config
+    from liser.teachers.store import StoreWriter
+    from liser.data.workspace import unlabeled_manifests
 
     bench = load_bench("bench_teacher_pool")
     roots = link_five_corpora(tmp_path / "data")
@@ -49,8 +49,8 @@ def test_pool_store_scored_by_path_through_two_adapters_with_dropped_classes(tmp
 def test_pool_entries_without_labels_are_listed_and_bad_options_are_one_line(tmp_path, capsys):
     import pytest
 
-    from liser.config import Config
-    from liser.errors import LiserError
+    from liser.core.config import Config
+    from liser.core.errors import LiserError
 
     bench = load_bench("bench_teacher_pool")
     roots = link_five_corpora(tmp_path / "data")
@@ -60,7 +60,7 @@ def test_pool_entries_without_labels_are_listed_and_bad_options_are_one_line(tmp
     assert len(skipped) == 1 and skipped[0].startswith(f"unlabeled:{roots['cremad']}") and "--as unlabeled=" in skipped[0]
     with pytest.raises(LiserError, match="--as unlabeled=emodb: .*not an EmoDB tree"):  # the wrong corpus for that root
         bench.pool_labels(cfg, {"unlabeled": "emodb"}, cfg.work)
-    from liser.cross import check_map_sources
+    from liser.experiments.cross import check_map_sources
 
     with pytest.raises(LiserError, match="'clam' is a class of none"):
         check_map_sources({"clam": "neutral"}, {lab for _, lab in labels.values()})
@@ -83,15 +83,15 @@ def test_pool_entries_without_labels_are_listed_and_bad_options_are_one_line(tmp
 def test_a_grid_row_with_its_own_teacher_is_scored_from_its_own_stores(tmp_path):
     import pytest
 
-    from liser.config import Config
-    from liser.errors import LiserError
-    from liser.store import StoreWriter
-    from liser.workspace import unlabeled_manifests
+    from liser.core.config import Config
+    from liser.core.errors import LiserError
+    from liser.teachers.store import StoreWriter
+    from liser.data.workspace import unlabeled_manifests
 
     bench = load_bench("bench_teacher_pool")
     roots = link_five_corpora(tmp_path / "data")
     work = tmp_path / "work"
-    from liser.corpora import prepare
+    from liser.data.corpora import prepare
 
     spk = sorted(prepare("ravdess", roots["ravdess"], progress=False).speakers)  # a one-fold file for the sample
     (tmp_path / "folds.json").write_text(json.dumps({"corpus": "ravdess", "k": 1, "folds": [

@@ -42,7 +42,7 @@ def fitted(small_config, tmp_path_factory):
 
 
 def test_figures_are_the_eval_json_ones(bench, fitted, tmp_path):
-    from liser.workspace import teacher_dir
+    from liser.data.workspace import teacher_dir
 
     cfg, evals = fitted
     stamp = {p: p.stat().st_mtime_ns for p in teacher_dir(cfg, 0).iterdir()}
@@ -68,7 +68,7 @@ def test_an_eval_of_another_teacher_is_refused(bench, fitted, tmp_path):
 
     cfg, _ = fitted
     other = cfg.replace(work=str(tmp_path / "work"))
-    from liser.workspace import teacher_dir
+    from liser.data.workspace import teacher_dir
 
     shutil.copytree(teacher_dir(cfg, 0), teacher_dir(other, 0))
     ev = teacher_dir(other, 0) / "eval.json"

@@ -63,7 +63,7 @@ def test_prepare_unknown_corpus(tmp_path):
 
 @pytest.fixture(scope="module")
 def full_ravdess_manifest(tmp_path_factory) -> Path:
-    from liser.corpora import prepare
+    from liser.data.corpora import prepare
 
     m = prepare("ravdess", real_root("ravdess"), progress=False)
     return m.save(tmp_path_factory.mktemp("full") / "ravdess")
@@ -84,7 +84,7 @@ def test_folds_make(full_ravdess_manifest, tmp_path):
     out = tmp_path / "f.json"
     p = liser("folds", full_ravdess_manifest, "-k", "4", "--seed", "2", "-o", out)
     assert p.returncode == 0, p.stderr
-    from liser.folds import load_folds
+    from liser.data.folds import load_folds
 
     f = load_folds(out)
     assert len(f) == 4 and f.seed == 2
@@ -124,7 +124,7 @@ def test_quickstart_next_commands_run_where_liser_is_not_on_path(monkeypatch, tm
     import shutil
     import sys
 
-    from liser.quickstart import _liser_command
+    from liser.experiments.quickstart import _liser_command
 
     monkeypatch.setattr(shutil, "which", lambda name: None)
     monkeypatch.chdir(tmp_path)

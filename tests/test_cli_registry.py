@@ -25,7 +25,7 @@ def test_every_command_is_registered():
 def test_commands_stay_registered_when_an_optional_dependency_is_broken(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` now raises ImportError
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
-    monkeypatch.delitem(sys.modules, "liser.export", raising=False)
+    monkeypatch.delitem(sys.modules, "liser.inference.export", raising=False)
     assert _commands() == COMMANDS
 
 
@@ -37,9 +37,9 @@ def test_a_missing_optional_module_is_a_clear_one_line_error(monkeypatch, tmp_pa
     def broken_export(*a, **kw):
         import onnx  # noqa: F401  (what export_onnx imports first)
 
-    import liser.export
+    import liser.inference.export
 
-    monkeypatch.setattr(liser.export, "export_onnx", broken_export)
+    monkeypatch.setattr(liser.inference.export, "export_onnx", broken_export)
     rc = cli.main(["export", str(tmp_path), "--onnx", str(tmp_path / "m.onnx")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1, err

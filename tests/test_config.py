@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from liser.config import Config
-from liser.errors import LiserError
+from liser.core.config import Config
+from liser.core.errors import LiserError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # run configurations (teacher-*.yaml and grid-*.yaml files have schemas of their own)
@@ -119,6 +119,6 @@ def test_there_are_shipped_configs():
 
 
 def test_comma_lists_are_stripped():
-    from liser.config import Config
+    from liser.core.config import Config
 
     assert Config.load(None, ["classes=happy, sad ,angry"]).classes == ("happy", "sad", "angry")

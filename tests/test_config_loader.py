@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 
 from liser.cli import build_parser, main
-from liser.config import Config, Grid, from_dict, load_dataclass, parse_overrides
-from liser.errors import LiserError
+from liser.core.config import Config, Grid, from_dict, load_dataclass, parse_overrides
+from liser.core.errors import LiserError
 
 
 def test_types_are_checked_per_field():
@@ -23,7 +23,7 @@ def test_unknown_keys_name_the_key_and_the_source(tmp_path):
     p = tmp_path / "g.yaml"
     p.write_text("runs: {a: {}}\nbogus: 1\n")
     with pytest.raises(LiserError, match=r"g\.yaml.*bogus"):
-        from liser.experiment import load_grid
+        from liser.experiments.grid import load_grid
 
         load_grid(p)
     with pytest.raises(LiserError, match="unknown config key 'nope'"):
@@ -58,7 +58,7 @@ def test_null_stays_none_for_optional_fields():
 
 
 def test_grid_set_values_keep_their_yaml_types(tmp_path):
-    from liser.experiment import load_grid
+    from liser.experiments.grid import load_grid
 
     (tmp_path / "base.yaml").write_text("name: b\n")
     p = tmp_path / "g.yaml"
@@ -74,7 +74,7 @@ def test_grid_set_values_keep_their_yaml_types(tmp_path):
 
 
 def test_grid_row_with_a_list_valued_key_is_fixed_unless_given_a_list_of_lists(tmp_path):
-    from liser.experiment import expand_grid, load_grid
+    from liser.experiments.grid import expand_grid, load_grid
 
     (tmp_path / "base.yaml").write_text("name: b\n")
     p = tmp_path / "g.yaml"
@@ -112,16 +112,16 @@ def test_teacher_set_wrong_type_fails_at_once_in_one_line(tmp_path, capsys):
 def test_no_auto_store_value_documented():
     import inspect
 
-    import liser.config
+    import liser.core.config
 
-    store_lines = [ln for ln in inspect.getsource(liser.config).splitlines() if ln.strip().startswith("speech_store:")]
+    store_lines = [ln for ln in inspect.getsource(liser.core.config).splitlines() if ln.strip().startswith("speech_store:")]
     assert store_lines and not any("auto" in ln for ln in store_lines)  # there is no "auto" store value
 
 
 def test_every_shipped_grid_loads(monkeypatch):
     from pathlib import Path
 
-    from liser.experiment import load_grid
+    from liser.experiments.grid import load_grid
 
     repo = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(repo)  # grids name their base and teacher configs relative to the repository

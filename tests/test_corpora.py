@@ -18,15 +18,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from liser.corpora import EMOTIONS, Manifest, prepare
-from liser.corpora import base
-from liser.corpora.cremad import prepare_cremad
-from liser.corpora.emodb import prepare_emodb
-from liser.corpora.generic import prepare_generic, prepare_unlabeled
-from liser.corpora.ravdess import prepare_ravdess
-from liser.corpora.tess import prepare_tess
-from liser.corpora.urdu import prepare_urdu
-from liser.errors import LiserError
+from liser.data.corpora import EMOTIONS, Manifest, prepare
+from liser.data.corpora import base
+from liser.data.corpora.cremad import prepare_cremad
+from liser.data.corpora.emodb import prepare_emodb
+from liser.data.corpora.generic import prepare_generic, prepare_unlabeled
+from liser.data.corpora.ravdess import prepare_ravdess
+from liser.data.corpora.tess import prepare_tess
+from liser.data.corpora.urdu import prepare_urdu
+from liser.core.errors import LiserError
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SR = 16_000
@@ -286,7 +286,7 @@ def test_unlabeled_folder(tmp_path):
 
 
 def test_unlabeled_reads_video_audio_tracks(tmp_path):
-    pytest.importorskip("liser.video", reason="liser.video (the video reader) is not written yet")
+    pytest.importorskip("liser.data.video", reason="liser.data.video (the video reader) is not written yet")
     clips = sorted((real_root("av") / "interviews").rglob("*.mp4"))[:2]
     if not clips:
         pytest.skip("no mp4 clips under ../shared/data/av/interviews")

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from liser.corpora import base
-from liser.errors import LiserError
+from liser.data.corpora import base
+from liser.core.errors import LiserError
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 LFS_TEXT = ("version https://git-lfs.github.com/spec/v1\n"
@@ -37,7 +37,7 @@ def test_lfs_pointer_is_rejected_by_every_adapter_with_the_reason(tmp_path):
     with pytest.raises(LiserError, match="^" + re.escape(str(f)) + r": a Git LFS pointer, not audio .*git lfs pull"):
         base.probe(f)
     write_noise(tmp_path / "03a01Wa.wav")
-    from liser.corpora.emodb import prepare_emodb
+    from liser.data.corpora.emodb import prepare_emodb
 
     m = prepare_emodb(tmp_path, progress=False)
     assert [it.path for it in m.items] == ["03a01Wa.wav"]
@@ -72,7 +72,7 @@ def link_actors(dst: Path, actors=REAL_ACTORS, per_actor: int = 6, extra=("1076_
 
 
 def test_cremad_real_actors(tmp_path):
-    from liser.corpora.cremad import prepare_cremad
+    from liser.data.corpora.cremad import prepare_cremad
 
     root = link_actors(tmp_path / "CREMA-D")
     m = prepare_cremad(root, progress=False)
@@ -90,7 +90,7 @@ def test_cremad_real_actors(tmp_path):
 
 def test_cremad_old_misnamed_file_is_accepted(tmp_path):
     # An older release names one file 1040_ITH_SAD_X (one-letter level): the same clip, accepted.
-    from liser.corpora.cremad import prepare_cremad
+    from liser.data.corpora.cremad import prepare_cremad
 
     src = real_cremad() / "AudioWAV" / "1040_ITH_SAD_XX.opus"
     root = tmp_path / "c"
@@ -105,7 +105,7 @@ def test_cremad_old_misnamed_file_is_accepted(tmp_path):
 
 @pytest.mark.parametrize("suffix", [".wav", ".flac", ".ogg", ".opus", ".WAV"])
 def test_cremad_any_audio_extension(tmp_path, suffix):
-    from liser.corpora.cremad import prepare_cremad
+    from liser.data.corpora.cremad import prepare_cremad
 
     write_noise(tmp_path / "AudioWAV" / f"1001_DFA_ANG_XX{suffix}")
     m = prepare_cremad(tmp_path, progress=False)
@@ -116,7 +116,7 @@ def test_cremad_any_audio_extension(tmp_path, suffix):
 
 
 def test_cremad_bad_files_are_rejected_one_row_each_and_the_rest_prepared(tmp_path):
-    from liser.corpora.cremad import prepare_cremad
+    from liser.data.corpora.cremad import prepare_cremad
 
     a = tmp_path / "AudioWAV"
     for name in ("1001_DFA_ANG_XX", "1001_DFA_HAP_LO", "1002_DFA_NEU_XX"):
@@ -144,7 +144,7 @@ def test_cremad_bad_files_are_rejected_one_row_each_and_the_rest_prepared(tmp_pa
 
 
 def test_cremad_missing_audiowav_is_one_clear_error(tmp_path):
-    from liser.corpora.cremad import prepare_cremad
+    from liser.data.corpora.cremad import prepare_cremad
 
     (tmp_path / "VideoDemographics.csv").write_text("ActorID,Age,Sex,Race,Ethnicity\n1001,51,Male,Caucasian,Not Hispanic\n")
     with pytest.raises(LiserError, match="^" + re.escape(str(tmp_path)) +
@@ -156,7 +156,7 @@ def test_cremad_missing_audiowav_is_one_clear_error(tmp_path):
 
 
 def test_cremad_only_unknown_codes_is_an_error_that_says_so(tmp_path):
-    from liser.corpora.cremad import prepare_cremad
+    from liser.data.corpora.cremad import prepare_cremad
 
     write_noise(tmp_path / "AudioWAV" / "1001_DFA_XYZ_XX.wav")
     with pytest.raises(LiserError, match=r"not a CREMA-D tree \(no usable .* 1 with an unknown emotion code\)"):
@@ -177,8 +177,8 @@ def test_cli_prepare_cremad_bad_tree_exits_2_with_one_line(tmp_path, capsys):
 
 
 def test_shipped_cremad_folds_have_no_leak_and_balance_gender():
-    from liser.corpora.cremad import read_genders
-    from liser.folds import SHIPPED, check_folds, load_folds
+    from liser.data.corpora.cremad import read_genders
+    from liser.data.folds import SHIPPED, check_folds, load_folds
 
     f = load_folds("cremad")  # load_folds runs the leak check
     check_folds(f)
@@ -199,8 +199,8 @@ def test_shipped_cremad_folds_match_the_real_file_names():
     # Fast: the speakers are the actor ids in the real file names (no audio decoded).
     from types import SimpleNamespace
 
-    from liser.corpora.cremad import NAME
-    from liser.folds import check_folds, load_folds
+    from liser.data.corpora.cremad import NAME
+    from liser.data.folds import check_folds, load_folds
 
     names = sorted((real_cremad() / "AudioWAV").iterdir())
     assert len(names) == 7442
@@ -211,9 +211,9 @@ def test_shipped_cremad_folds_match_the_real_file_names():
 @pytest.mark.slow
 def test_shipped_cremad_folds_against_the_real_manifest(tmp_path):
     # The whole release (7,442 clips, ~40 s to probe): one clip rejected, the folds resolve for a config.
-    from liser.config import Config
-    from liser.corpora.cremad import prepare_cremad
-    from liser.workspace import fold_items, resolve_folds
+    from liser.core.config import Config
+    from liser.data.corpora.cremad import prepare_cremad
+    from liser.data.workspace import fold_items, resolve_folds
 
     m = prepare_cremad(real_cremad(), progress=False)
     assert len(m.items) == 7441 and [r["path"] for r in m.rejected] == ["AudioWAV/1076_MTI_SAD_XX.opus"]
@@ -232,8 +232,8 @@ def test_shipped_cremad_folds_against_the_real_manifest(tmp_path):
 def test_cremad_grid_is_table2_with_calibration_rows_and_figure2(monkeypatch):
     from collections import Counter
 
-    from liser.config import Config
-    from liser.experiment import expand_grid, load_grid
+    from liser.core.config import Config
+    from liser.experiments.grid import expand_grid, load_grid
 
     repo = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(repo)  # grids name their base and teacher configs relative to the repository

@@ -1,4 +1,4 @@
-"""Cross-corpus evaluation (liser.cross, `liser evaluate RUN --on ...`) and bench/bench_cross_corpus.py.
+"""Cross-corpus evaluation (liser.experiments.cross, `liser evaluate RUN --on ...`) and bench/bench_cross_corpus.py.
 
 The class mapping and the scores are tested on hand-made logits; the whole
 path on the session's 2-epoch RAVDESS student (`trained_run`) and a few
@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from liser.cross import class_mapping, parse_maps, score
-from liser.errors import LiserError
+from liser.experiments.cross import class_mapping, parse_maps, score
+from liser.core.errors import LiserError
 from conftest import load_bench
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -115,7 +115,7 @@ def small_tess(dst: Path) -> Path:
 
 
 def test_evaluate_on_emodb_reports_boredom_and_writes_json(trained_run, tmp_path):
-    from liser.cross import evaluate_on
+    from liser.experiments.cross import evaluate_on
 
     root = small_emodb(tmp_path / "emodb")
     out = tmp_path / "emodb.json"
@@ -136,8 +136,8 @@ def test_evaluate_on_emodb_reports_boredom_and_writes_json(trained_run, tmp_path
 
 
 def test_evaluate_on_a_manifest_dir_and_on_tess(trained_run, tmp_path):
-    from liser.corpora import prepare
-    from liser.cross import evaluate_on
+    from liser.data.corpora import prepare
+    from liser.experiments.cross import evaluate_on
 
     m = prepare("tess", small_tess(tmp_path / "tess"), progress=False)
     mdir = m.save(tmp_path / "tess-manifest")
@@ -225,7 +225,7 @@ def test_bench_cross_corpus_bad_student_is_one_line(tmp_path, capsys):
 
 def test_bench_cross_corpus_resumes_from_kept_results_and_rescores_a_changed_mapping(trained_run, tmp_path,
                                                                                      monkeypatch, capsys):
-    import liser.cross
+    import liser.experiments.cross
 
     bench = load_bench("bench_cross_corpus")
     emodb = small_emodb(tmp_path / "emodb")
@@ -235,8 +235,8 @@ def test_bench_cross_corpus_resumes_from_kept_results_and_rescores_a_changed_map
     assert bench.main(argv + ["--map", "boredom=neutral"]) == 0
     first = json.loads(out.read_text())
     scored = []
-    real_evaluate_on = liser.cross.evaluate_on
-    monkeypatch.setattr(liser.cross, "evaluate_on", lambda *a, **k: scored.append(a) or real_evaluate_on(*a, **k))
+    real_evaluate_on = liser.experiments.cross.evaluate_on
+    monkeypatch.setattr(liser.experiments.cross, "evaluate_on", lambda *a, **k: scored.append(a) or real_evaluate_on(*a, **k))
     assert bench.main(argv + ["--map", "boredom=neutral"]) == 0  # a stopped matrix resumes: nothing scored again
     assert scored == [] and json.loads(out.read_text()) == first
     assert bench.main(argv) == 0  # boredom now dropped: another mapping, so scored again

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from liser.config import Config
-from liser.errors import LiserError
-from liser.folds import check_folds, corpus_folds
+from liser.core.config import Config
+from liser.core.errors import LiserError
+from liser.data.folds import check_folds, corpus_folds
 
 from conftest import CORPORA, DEFAULT_CLASSES, _real, link_five_corpora
 
@@ -23,7 +23,7 @@ from conftest import CORPORA, DEFAULT_CLASSES, _real, link_five_corpora
 @pytest.fixture(scope="module")
 def five(tmp_path_factory):
     """(config, pooled manifest) over the five small corpora, with the default model's classes."""
-    from liser.workspace import labeled_manifest
+    from liser.data.workspace import labeled_manifest
 
     base = tmp_path_factory.mktemp("five")
     roots = link_five_corpora(base / "data")
@@ -45,7 +45,7 @@ def test_pooled_manifest_keeps_every_corpus_and_prefixes_speakers(five):
 
 
 def test_class_map_onto_the_default_classes(five):
-    from liser.workspace import fold_items
+    from liser.data.workspace import fold_items
 
     cfg, m = five
     raw = {it.id: it.label for it in m.items}
@@ -66,7 +66,7 @@ def test_class_map_onto_the_default_classes(five):
 
 
 def test_class_map_typo_is_an_error(five):
-    from liser.workspace import fold_items
+    from liser.data.workspace import fold_items
 
     cfg, m = five
     with pytest.raises(LiserError, match="class_map: 'clam' is not a label"):
@@ -77,7 +77,7 @@ def test_class_map_typo_is_an_error(five):
 
 # ---------------------------------------------------------------- leave-one-corpus-out folds
 def test_loco_folds_hold_out_a_whole_corpus_without_speaker_leak(five):
-    from liser.workspace import fold_indices, fold_items, resolve_folds
+    from liser.data.workspace import fold_indices, fold_items, resolve_folds
 
     cfg, m = five
     folds = resolve_folds(cfg, m)
@@ -98,7 +98,7 @@ def test_loco_folds_hold_out_a_whole_corpus_without_speaker_leak(five):
 
 
 def test_pooled_fold_tests_speakers_of_every_corpus(five):
-    from liser.workspace import resolve_folds
+    from liser.data.workspace import resolve_folds
 
     cfg, m = five
     folds = resolve_folds(cfg.replace(folds="pooled"), m)
@@ -118,11 +118,11 @@ def test_corpus_folds_errors():
     with pytest.raises(LiserError, match="corpus 'b' has no speakers"):
         corpus_folds({"a/1": "a", "a/2": "a", "a/3": "a"}, ["a", "b"])
     with pytest.raises(LiserError, match="needs `labeled`"):
-        from liser.workspace import resolve_folds
+        from liser.data.workspace import resolve_folds
 
         resolve_folds(Config(folds="loco"), None)
     with pytest.raises(LiserError, match="not adapter:root"):
-        from liser.workspace import labeled_specs
+        from liser.data.workspace import labeled_specs
 
         labeled_specs(Config(labeled=("ravdess",)))
 
@@ -130,7 +130,7 @@ def test_corpus_folds_errors():
 @pytest.fixture(scope="module")
 def urdu_out(five):
     """Two epochs of LOCO fold 4 (URDU held out) on the small corpora: the run directory."""
-    from liser.train import train
+    from liser.student.train import train
 
     cfg, _ = five
     return train(cfg.replace(fold=4), progress=False)
@@ -172,7 +172,7 @@ def test_bench_loco_table_reads_the_runs(five, urdu_out):
 # ---------------------------------------------------------------- the packaged model
 def test_load_without_a_path_loads_the_packaged_int8_model():
     import liser
-    from liser.default_model import DEFAULT_ONNX, MODEL_CARD
+    from liser.inference.default_model import DEFAULT_ONNX, MODEL_CARD
 
     model = liser.load()
     assert model.source == str(DEFAULT_ONNX)
@@ -180,7 +180,7 @@ def test_load_without_a_path_loads_the_packaged_int8_model():
     assert model.info["kind"] == "onnx" and model.info["quantization"] != "none"
     # static QDQ, not dynamic int8: dynamic int8 convolutions ran ~5x slower per window than static
     # ones on this CPU (MODEL_CARD.md, export); a file re-exported must stay small and fast
-    from liser.export import INT8_BUDGET
+    from liser.inference.export import INT8_BUDGET
 
     assert model.info["quantization"] == "int8-static-qdq" and DEFAULT_ONNX.stat().st_size < INT8_BUDGET
     card = MODEL_CARD.read_text()
@@ -204,7 +204,7 @@ def test_predict_without_a_model_labels_a_real_ravdess_file(capsys):
 
 def test_predict_with_a_model_still_takes_it_first(trained_run, capsys):
     from liser.cli import main
-    from liser.default_model import model_and_inputs
+    from liser.inference.default_model import model_and_inputs
 
     wav = _real("ravdess") / "Actor_05" / "03-01-05-02-01-01-05.flac"
     assert model_and_inputs([str(trained_run), str(wav)]) == (str(trained_run), [str(wav)])

@@ -7,7 +7,7 @@ the other six map onto the model's six classes (TESS `fear` = fearful).
 20 files per class, 10 per speaker, drawn with a fixed seed.
 
 - whole files: UAR clearly above chance (1/6);
-- the central 1.0 s of each file's speech (silero-vad via liser.vad, not the
+- the central 1.0 s of each file's speech (silero-vad via liser.data.vad, not the
   model's own detector): still above chance, and no class takes more than
   half of the answers (a model that says one class for every short input
   fails this, whatever its UAR on whole files).
@@ -40,7 +40,7 @@ MAX_SHARE = 0.5  # the most frequent answer on the cuts: at most this share of t
 
 def tess_files(classes, per_class: int = PER_CLASS, seed: int = SEED) -> list[tuple[Path, str]]:
     """(file, label) pairs: per_class files of each of `classes`, per_class / 2 from each TESS speaker."""
-    from liser.corpora.tess import parse_folder
+    from liser.data.corpora.tess import parse_folder
 
     root = real_root("tess")
     groups: dict[tuple[str, str], list[Path]] = {}
@@ -58,7 +58,7 @@ def tess_files(classes, per_class: int = PER_CLASS, seed: int = SEED) -> list[tu
 
 def speech_cut(wave: np.ndarray, seconds: float = CUT_S, sr: int = 16000) -> np.ndarray:
     """`seconds` of `wave` centred on its speech (the midpoint of the first and last speech sample)."""
-    from liser.vad import speech_samples
+    from liser.data.vad import speech_samples
 
     speech = np.flatnonzero(speech_samples(wave))
     assert speech.size >= sr // 4, f"the VAD found {speech.size} speech samples"  # TESS is speech throughout
@@ -76,8 +76,8 @@ def uar(y: list[str], pred: list[str], classes) -> float:
 def answers():
     """(classes, true labels, labels on whole files, labels on 1.0 s speech cuts) of the default model."""
     import liser
-    from liser.audio import load_audio
-    from liser.default_model import DEFAULT_ONNX
+    from liser.data.audio import load_audio
+    from liser.inference.default_model import DEFAULT_ONNX
 
     model = liser.load()
     assert model.source == str(DEFAULT_ONNX)

@@ -1,4 +1,4 @@
-"""Ray runner (liser.distributed) on a local Ray: the same run directories, grid.json and stores as the local runner.
+"""Ray runner (liser.experiments.distributed) on a local Ray: the same run directories, grid.json and stores as the local runner.
 
 The Ray tests skip when Ray is not installed (it is the optional extra
 `liser[ray]`); the error a user gets without it is tested either way.
@@ -24,7 +24,7 @@ TIMING = ("train_s", "epoch_s", "samples_per_s", "wall_s", "seconds", "time")
 
 
 class FakeRay(types.ModuleType):
-    """The part of Ray's API that liser.distributed uses, over a pool of 2 spawned processes.
+    """The part of Ray's API that liser.experiments.distributed uses, over a pool of 2 spawned processes.
 
     It checks liser's side of the Ray runner (one job per task, declared
     resources, the change of directory, shards and their merge, the gathering)
@@ -83,7 +83,7 @@ class FakeRay(types.ModuleType):
 
 @pytest.fixture(scope="module", params=["fake", "real"])
 def ray_api(request):
-    """Ray's API for liser.distributed: the FakeRay pool, then a real local Ray of 2 CPUs (skipped when it
+    """Ray's API for liser.experiments.distributed: the FakeRay pool, then a real local Ray of 2 CPUs (skipped when it
     cannot start or is not installed; with $RAY_ADDRESS, that cluster)."""
     if request.param == "fake":
         fake = FakeRay()
@@ -128,8 +128,8 @@ def test_shard_and_ray_do_not_go_together(capsys):
 
 
 def test_gpu_share_follows_device_and_cluster():
-    from liser.distributed import gpu_share
-    from liser.errors import LiserError
+    from liser.experiments.distributed import gpu_share
+    from liser.core.errors import LiserError
 
     class Fake:
         def __init__(self, gpus):
@@ -169,7 +169,7 @@ def _grid(base_cfg, tmp: Path, name: str) -> Path:
 @pytest.fixture(scope="module")
 def local_grid(small_config, tmp_path_factory):
     """The 2-run grid (seeds 0 and 1, 1 epoch, 1 thread) by the local runner, 2 processes: the reference."""
-    from liser.experiment import run_grid
+    from liser.experiments.grid import run_grid
 
     tmp = tmp_path_factory.mktemp("local_grid")
     cfg = small_config.replace(epochs=1, threads=1)
@@ -177,7 +177,7 @@ def local_grid(small_config, tmp_path_factory):
 
 
 def test_grid_through_ray_equals_local_processes(ray_api, local_grid, tmp_path):
-    from liser.experiment import run_grid
+    from liser.experiments.grid import run_grid
 
     cfg, local_out, local = local_grid
     ray = run_grid(_grid(cfg, tmp_path, "ray"), progress=False, report=True, ray="local")
@@ -222,7 +222,7 @@ def label_setup(small_config, tiny_hubert, tmp_path_factory):  # noqa: F811
 
 
 def test_speech_labeling_through_ray_equals_local(ray_api, label_setup, tmp_path):
-    from liser.distributed import ray_label
+    from liser.experiments.distributed import ray_label
     from liser.teachers.pipeline import label_speech
 
     cfg, base = label_setup

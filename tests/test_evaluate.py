@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from liser import evaluate as ev
+from liser.student import evaluate as ev
 
 
 # ---------------------------------------------------------------- metrics

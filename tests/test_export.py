@@ -12,9 +12,9 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 import liser  # noqa: E402
-from liser import export  # noqa: E402
+from liser.inference import export  # noqa: E402
 from liser.cli import main  # noqa: E402
-from liser.errors import LiserError  # noqa: E402
+from liser.core.errors import LiserError  # noqa: E402
 
 from test_predict import RAVDESS, build_run  # noqa: E402  (tests/ is on sys.path)
 

@@ -4,7 +4,7 @@ A fresh process with every extra's modules blocked (an import hook: what a
 base install lacks) runs the `liser` command's main: `liser predict` on the
 default model works and imports none of them; `liser train`, `liser serve`
 and `liser predict` on a torch checkpoint each print one line naming the
-extra and exit 2. liser.extras's module lists against pyproject.toml's extras,
+extra and exit 2. liser.core.extras's module lists against pyproject.toml's extras,
 and the command table against the registered commands. The real thing (a
 built wheel in a fresh venv without torch) is tests/test_wheel.py (slow).
 """
@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from liser import cli, extras
+from liser import cli
+from liser.core import extras
 
 ROOT = Path(__file__).resolve().parents[1]
 

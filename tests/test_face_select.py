@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import cv2  # noqa: E402
 
-from liser.errors import LiserError  # noqa: E402
-from liser.faces import (  # noqa: E402
+from liser.core.errors import LiserError  # noqa: E402
+from liser.data.faces import (  # noqa: E402
     Detections,
     FaceDetector,
     FaceTrack,
@@ -32,7 +32,7 @@ from liser.faces import (  # noqa: E402
     similarity_transform,
     template,
 )
-from liser.video import iter_frames, read_audio_track  # noqa: E402
+from liser.data.video import iter_frames, read_audio_track  # noqa: E402
 from test_faces import _manifest, need_yunet  # noqa: E402
 from test_video import AV, make_video, need  # noqa: E402
 

@@ -15,10 +15,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import cv2  # noqa: E402
 
-from liser import faces  # noqa: E402
-from liser.corpora.base import Item, Manifest  # noqa: E402
-from liser.errors import LiserError  # noqa: E402
-from liser.faces import (  # noqa: E402
+from liser.data import faces  # noqa: E402
+from liser.data.corpora.base import Item, Manifest  # noqa: E402
+from liser.core.errors import LiserError  # noqa: E402
+from liser.data.faces import (  # noqa: E402
     Detections,
     FaceDetector,
     FaceTrack,
@@ -196,7 +196,7 @@ def test_safe_id():
 def test_implausible_yunet_boxes_are_dropped():
     """YuNet now and then returns a box 1e8 px wide with score 0.9999 (seen on 32 px frames, as in
     test_manifest_shards_split_the_items, which then failed 3 runs in 8): such rows are not faces."""
-    from liser.faces import _plausible
+    from liser.data.faces import _plausible
 
     boxes = np.array([[10, 8, 20, 24], [-1.2e8, -150, 2.4e8, 0.5], [70, 10, 5, 5], [-3, -3, 10, 10]], np.float32)
     assert _plausible(boxes, (64, 48)).tolist() == [True, False, False, True]

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from liser.corpora import Item, Manifest
-from liser.errors import LiserError
-from liser.folds import Fold, Folds, check_folds, folds_for_manifest, load_folds, make_folds
+from liser.data.corpora import Item, Manifest
+from liser.core.errors import LiserError
+from liser.data.folds import Fold, Folds, check_folds, folds_for_manifest, load_folds, make_folds
 
 RAVDESS_SPEAKERS = {f"Actor_{i:02d}": ("M" if i % 2 else "F") for i in range(1, 25)}  # odd id = male
 # Berlin EmoDB's documentation: male 03 10 11 12 15, female 08 09 13 14 16.

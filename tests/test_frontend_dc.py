@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from liser import audio, frontend
+from liser.data import audio
+from liser.data import frontend
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -20,9 +20,9 @@ import pytest
 sf = pytest.importorskip("soundfile")
 
 import liser  # noqa: E402
-from liser import audio  # noqa: E402
+from liser.data import audio  # noqa: E402
 from liser.cli import main  # noqa: E402
-from liser.errors import LiserError  # noqa: E402
+from liser.core.errors import LiserError  # noqa: E402
 
 from conftest import real_root  # noqa: E402
 
@@ -121,7 +121,7 @@ def test_dc_offset_keeps_the_labels(model, tmp_path):
 
 # ---------------------------------------------------------------- row 3: a constant is silent
 def test_constant_signal_is_silent(model, trained_run, tmp_path, capsys):
-    from liser.corpora import prepare
+    from liser.data.corpora import prepare
 
     actor = tmp_path / "corpus" / "Actor_05"
     actor.mkdir(parents=True)
@@ -170,7 +170,7 @@ def _generic_corpus(tmp_path: Path, text: str, encoding: str) -> Path:
 
 
 def test_labels_csv_encodings(tmp_path, capsys):
-    from liser.corpora import prepare
+    from liser.data.corpora import prepare
 
     text = "path,speaker,label\nclip0.flac,Jäger,angry\nclip1.flac,Jäger,sad\n"
     root = _generic_corpus(tmp_path, text, "cp1252")
@@ -190,7 +190,7 @@ def test_labels_csv_encodings(tmp_path, capsys):
 
 # ---------------------------------------------------------------- row 6: 5.1 audio, voice in the centre
 def test_voice_in_one_of_six_channels_is_not_buried(model, tmp_path):
-    from liser.audio import resample
+    from liser.data.audio import resample
 
     files = ravdess_files(4)
     rng = np.random.default_rng(0)
@@ -212,7 +212,7 @@ def test_voice_in_one_of_six_channels_is_not_buried(model, tmp_path):
 
 # ---------------------------------------------------------------- row 7: broken symbolic links
 def test_broken_symlink_is_rejected_and_said(trained_run, tmp_path, capsys):
-    from liser.corpora import prepare
+    from liser.data.corpora import prepare
 
     actor = tmp_path / "corpus" / "Actor_05"
     actor.mkdir(parents=True)
@@ -234,10 +234,10 @@ def test_broken_symlink_is_rejected_and_said(trained_run, tmp_path, capsys):
 # ---------------------------------------------------------------- row 8: permissions follow the umask
 @pytest.mark.parametrize("umask", [0o022, 0o002])
 def test_outputs_follow_the_umask(tmp_path, umask):
-    from liser.corpora import prepare
-    from liser.faces import FaceTrack
-    from liser.store import StoreWriter
-    from liser.util import atomic_write_text, current_umask
+    from liser.data.corpora import prepare
+    from liser.data.faces import FaceTrack
+    from liser.teachers.store import StoreWriter
+    from liser.core.util import atomic_write_text, current_umask
 
     root = tmp_path / "corpus" / "Actor_05"
     root.mkdir(parents=True)
@@ -270,7 +270,7 @@ def test_outputs_follow_the_umask(tmp_path, umask):
 
 # ---------------------------------------------------------------- also seen
 def test_empty_file_is_named(model, trained_run, tmp_path, capsys):
-    from liser.corpora.base import probe
+    from liser.data.corpora.base import probe
 
     empty = tmp_path / "empty.wav"
     empty.write_bytes(b"")
@@ -282,19 +282,19 @@ def test_empty_file_is_named(model, trained_run, tmp_path, capsys):
 
 
 def test_interrupt_does_not_promise_a_resume(trained_run, monkeypatch, capsys):
-    import liser.predict
+    import liser.inference.predict
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(liser.predict, "run_predict", interrupted)
+    monkeypatch.setattr(liser.inference.predict, "run_predict", interrupted)
     assert main(["predict", str(trained_run), "x.wav"]) == 130
     err = capsys.readouterr().err
     assert "interrupted" in err and "resume" not in err
 
 
 def test_long_files_take_the_bounded_path_with_the_same_result(model, tmp_path, monkeypatch):
-    import liser.predict as lp
+    import liser.inference.predict as lp
 
     sig = np.concatenate([sf.read(f, dtype="float32")[0] for f in ravdess_files(6)])  # about 22 s
     f = tmp_path / "long.flac"

@@ -22,10 +22,12 @@ import pytest
 sf = pytest.importorskip("soundfile")
 av = pytest.importorskip("av")
 
-from liser import audio, predict  # noqa: E402
+from liser.data import audio  # noqa: E402
+from liser.inference import predict
+from liser.inference import decode
 from liser.cli import main  # noqa: E402
-from liser.corpora import Manifest, prepare  # noqa: E402
-from liser.errors import LiserError  # noqa: E402
+from liser.data.corpora import Manifest, prepare  # noqa: E402
+from liser.core.errors import LiserError  # noqa: E402
 
 from conftest import real_root  # noqa: E402
 from test_inputs_field import encode, one_line  # noqa: E402
@@ -56,7 +58,7 @@ def joined(tmp_path: Path, kind: str) -> tuple[Path, float]:
 
 
 def read_warned(path: Path) -> tuple[np.ndarray, int, list[str]]:
-    """liser.audio.read_file with the warnings it gave."""
+    """liser.data.audio.read_file with the warnings it gave."""
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         x, sr = audio.read_file(path)
@@ -70,7 +72,7 @@ def test_joined_files_are_read_whole(tmp_path, kind):
     first = sf.info(str(tmp_path / f"part0.{kind}")).duration
     x, sr, said = read_warned(path)
     assert len(x) / sr == pytest.approx(total, abs=0.2), (len(x) / sr, total, first)  # not the first part alone
-    frames, duration = predict.file_frames(path)  # predict's own libsndfile path takes the same reader
+    frames, duration = decode.file_frames(path)  # predict's own libsndfile path takes the same reader
     assert duration == pytest.approx(len(x) / sr, abs=0.01)
     if kind == "mp3":  # the second file's ID3 tag is one packet that does not decode: skipped and said
         assert any("undecodable" in s and "read the rest" in s for s in said), said
@@ -206,7 +208,7 @@ def test_the_track_with_speech_is_read_and_said(tmp_path, desktop, suffix):
     lag = int(np.argmax(np.correlate(mono[:4000], mic[:2000], "valid")))  # AAC's priming delay
     assert np.corrcoef(mono[lag : lag + n - 4000], mic[: n - 4000])[0, 1] > 0.99
     assert len(said) == 1 and "2 audio tracks; using track 2" in said[0] and "track 1:" in said[0], said
-    from liser.corpora.base import probe
+    from liser.data.corpora.base import probe
 
     probe(path)  # not 'silent': the muted desktop track is not the one read
 
@@ -238,7 +240,7 @@ def test_unfinalised_wav_is_read_with_a_warning(tmp_path, subtype, riff):
     assert got_sr == sr and x.shape == ref.shape
     np.testing.assert_allclose(x, ref, atol=1e-7)
     assert len(said) == 1 and "header never finalised" in said[0] and f"{len(sig) / sr:.2f} s" in said[0]
-    assert predict.file_frames(path)[1] == pytest.approx(len(sig) / sr, abs=1e-3)
+    assert decode.file_frames(path)[1] == pytest.approx(len(sig) / sr, abs=1e-3)
 
 
 def test_an_empty_wav_is_still_empty_audio(tmp_path):
@@ -307,7 +309,7 @@ def test_cli_prints_a_latin1_name_it_rejects(tmp_path):
 
 
 # ---------------------------------------------------------------- samples that are not audio at any gain
-@pytest.mark.parametrize("seconds", [4.0, predict.LONG_FILE_S + 5])  # read whole, and read in blocks
+@pytest.mark.parametrize("seconds", [4.0, decode.LONG_FILE_S + 5])  # read whole, and read in blocks
 def test_absurd_amplitudes_are_one_clear_line(trained_run, tmp_path, capsys, seconds):
     """A float WAV scaled x1e30 (or as int16, x32768) gets one line naming it and the problem, never a label."""
     import soundfile as sf

@@ -41,9 +41,9 @@ UAR_MIN = 2 * CHANCE  # 0.25: validation and test UAR of the kept epoch
 @pytest.fixture(scope="module")
 def learned_run(tmp_path_factory) -> Path:
     """A 10-epoch run (lr 1e-3, otherwise the defaults) on 8 training actors; ~40 s on one busy core."""
-    from liser.config import Config
-    from liser.corpora import prepare
-    from liser.train import train
+    from liser.core.config import Config
+    from liser.data.corpora import prepare
+    from liser.student.train import train
 
     src = real_root("ravdess")
     base = tmp_path_factory.mktemp("learning")
@@ -105,7 +105,7 @@ def _unseen_files(n: int = N_UNSEEN, seed: int = 0) -> list[Path]:
 @pytest.fixture(scope="module")
 def exported(learned_run, tmp_path_factory):
     """The learned run as fp32 and int8 ONNX (`liser export --int8`; checked and calibrated on the run's own data)."""
-    from liser.export import export_onnx
+    from liser.inference.export import export_onnx
 
     out = tmp_path_factory.mktemp("learning-onnx") / "student.onnx"
     report = export_onnx(learned_run, out, int8=True, threads=1, say=lambda m: None)
@@ -114,7 +114,7 @@ def exported(learned_run, tmp_path_factory):
 
 def test_int8_agrees_with_fp32_on_unseen_real_files(exported):
     import liser
-    from liser.audio import load_audio
+    from liser.data.audio import load_audio
 
     fp32_path, int8_path, report = exported
     fp32, int8 = liser.load(fp32_path), liser.load(int8_path)

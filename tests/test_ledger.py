@@ -1,4 +1,4 @@
-"""The grid ledger (liser.ledger): finished runs survive the loss of out/, and a changed row trains again."""
+"""The grid ledger (liser.experiments.ledger): finished runs survive the loss of out/, and a changed row trains again."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def _uars(res: dict) -> dict:
 
 
 def test_grid_resumes_from_ledger_on_a_fresh_clone(small_config, tmp_path):
-    from liser.experiment import run_grid
+    from liser.experiments.grid import run_grid
 
     grid, out, ledger = _grid(tmp_path, small_config, lr_b=3e-4)
     first = run_grid(grid, progress=False, report=False)
@@ -51,8 +51,8 @@ def test_grid_resumes_from_ledger_on_a_fresh_clone(small_config, tmp_path):
 
 
 def test_changed_row_trains_again_and_replaces_its_entry(small_config, tmp_path, capsys):
-    from liser.config import Config
-    from liser.experiment import run_grid
+    from liser.core.config import Config
+    from liser.experiments.grid import run_grid
 
     grid, out, ledger = _grid(tmp_path, small_config, lr_b=3e-4)
     run_grid(grid, progress=False, report=False)
@@ -65,8 +65,8 @@ def test_changed_row_trains_again_and_replaces_its_entry(small_config, tmp_path,
 
 
 def test_a_finished_run_of_other_settings_is_refused_not_reported(small_config, tmp_path):
-    from liser.errors import LiserError
-    from liser.experiment import run_grid
+    from liser.core.errors import LiserError
+    from liser.experiments.grid import run_grid
 
     grid, out, ledger = _grid(tmp_path, small_config, lr_b=3e-4)
     run_grid(grid, progress=False, report=False)
@@ -80,7 +80,7 @@ def test_a_finished_run_of_other_settings_is_refused_not_reported(small_config, 
 
 
 def test_runs_finished_before_the_ledger_are_kept(small_config, tmp_path):
-    from liser.experiment import collect_grid, expand_grid, load_grid, restore_ledger, run_grid
+    from liser.experiments.grid import collect_grid, expand_grid, load_grid, restore_ledger, run_grid
 
     grid, out, ledger = _grid(tmp_path, small_config, lr_b=3e-4)
     text = yaml.safe_load(grid.read_text())
@@ -97,7 +97,7 @@ def test_runs_finished_before_the_ledger_are_kept(small_config, tmp_path):
 
 
 def test_stale_keys_ignore_threads_and_device(small_config, tmp_path):
-    from liser.ledger import stale_keys
+    from liser.experiments.ledger import stale_keys
 
     small_config.save(tmp_path / "config.yaml")
     assert stale_keys(small_config.replace(threads=7, device="cpu"), tmp_path) == []

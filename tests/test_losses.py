@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from liser.losses import LossOptions, distill_term, item_weights, joint_loss, temper
+from liser.student.losses import LossOptions, distill_term, item_weights, joint_loss, temper
 
 LN3, LN2 = math.log(3.0), math.log(2.0)
 

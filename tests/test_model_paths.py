@@ -22,8 +22,9 @@ YUNET = Path("face-detection") / "face_detection_yunet_2023mar.onnx"
 
 PROBE = """
 import json, liser
-from liser import util, faces
-from liser.teachers import video
+from liser.core import util
+from liser.data import faces
+from liser.teachers.video import teacher as video
 print(json.dumps({"liser": liser.__file__, "models": str(util.models_dir()), "yunet": str(faces.DEFAULT_YUNET),
                   "fer_root": str(video.DEFAULT_MODELS), "detector": faces.FaceDetector().name,
                   "whisper": util.model_path("../shared/models/whisper-base-encoder"),
@@ -83,7 +84,7 @@ def wheel_site(tmp_path_factory) -> Path:
 def test_installed_wheel_finds_models_from_the_project_folder_or_liser_models(wheel_site, tmp_path):
     if not (SHARED_MODELS / YUNET).is_file():
         pytest.skip(f"{SHARED_MODELS / YUNET}: shared models absent")
-    assert (wheel_site / "liser" / "data" / "folds" / "ravdess.json").is_file()  # package data travels
+    assert (wheel_site / "liser" / "data" / "corpora" / "folds" / "ravdess.json").is_file()  # package data travels
     project = tmp_path / "project"
     project.mkdir()
     # no $LISER_MODELS and nothing beside: ../shared/models of the working directory, which is not there

@@ -1,4 +1,4 @@
-"""Outputs (liser.outputs): liser never deletes or overwrites what it did not write, and says in one line
+"""Outputs (liser.core.outputs): liser never deletes or overwrites what it did not write, and says in one line
 when an output cannot be written (read-only, full disk, a closed or full stdout).
 
 Every case runs the `liser` command as a subprocess on real audio (symbolic links to
@@ -91,7 +91,7 @@ def test_prepare_into_dot(project, tmp_path):
 
 
 def test_prepare_replaces_only_a_manifests_own_files(project, tmp_path):
-    from liser.corpora import Manifest
+    from liser.data.corpora import Manifest
 
     out = tmp_path / "manifest"
     assert liser("prepare", "ravdess", project / "ravdess", "-o", out).returncode == 0
@@ -121,7 +121,7 @@ def test_folds_out_replaces_only_a_fold_file(project, tmp_path):
 
 def test_faces_out_must_be_a_face_track_folder(tmp_path):
     # another command that writes a folder: `liser faces -o`, on a manifest of a real video
-    from liser.corpora import Item, Manifest
+    from liser.data.corpora import Item, Manifest
 
     demo = real_root("av") / "demo"
     video = sorted(demo.glob("*.mp4"))[0]
@@ -265,9 +265,9 @@ def test_predict_pipe_to_head_in_a_shell(audio_folder):
 
 # ---------------------------------------------------------------- the rule itself (no command)
 def test_runs_out_may_hold_its_work_cache_and_runs(tmp_path):
-    from liser.config import Config
-    from liser.errors import LiserError
-    from liser.outputs import check_runs_out
+    from liser.core.config import Config
+    from liser.core.errors import LiserError
+    from liser.core.outputs import check_runs_out
 
     out = tmp_path / "bench"
     (out / "work" / "manifests").mkdir(parents=True)  # an interrupted `cv` whose work cache is inside `out`
@@ -284,8 +284,8 @@ def test_runs_out_may_hold_its_work_cache_and_runs(tmp_path):
 
 
 def test_store_writer_refuses_a_folder_that_is_not_a_store(tmp_path):
-    from liser.errors import LiserError
-    from liser.store import StoreWriter
+    from liser.core.errors import LiserError
+    from liser.teachers.store import StoreWriter
 
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "meta.json").write_text("{}")
@@ -315,8 +315,8 @@ def test_export_to_a_read_only_or_full_place_is_one_line(trained_run, tmp_path):
 def test_train_into_a_folder_of_other_files_is_refused(small_config, tmp_path):
     """train(cfg, run_dir) called from Python never writes over a user's files: a folder holding anything but a
     run's own files is refused in one line, and nothing in it changes."""
-    from liser.errors import LiserError
-    from liser.train import train
+    from liser.core.errors import LiserError
+    from liser.student.train import train
 
     mine = tmp_path / "notes"
     mine.mkdir()

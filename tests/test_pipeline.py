@@ -55,9 +55,9 @@ def setup(small_config, tmp_path_factory):
 
 def test_teachers_stores_and_a_distilled_student(setup):
     from liser.teachers import pipeline as tp
-    from liser.store import SoftLabelStore
-    from liser.workspace import teacher_dir
-    from liser.train import train
+    from liser.teachers.store import SoftLabelStore
+    from liser.data.workspace import teacher_dir
+    from liser.student.train import train
 
     cfg, base = setup
     evals = tp.fit_speech_teachers(cfg, progress=False)
@@ -66,7 +66,7 @@ def test_teachers_stores_and_a_distilled_student(setup):
     assert 0 <= e["uar"] <= 1 and 0 <= e["uar_pieces"] <= 1
     assert 0 <= e["calibration"]["ece"] <= 1 and e["calibration"]["temperature"] > 0
     assert (teacher_dir(cfg, 0) / "reliability.png").is_file()
-    from liser.report import teacher_summary  # what a grid's JSON reports for the paper's open question 1
+    from liser.experiments.report import teacher_summary  # what a grid's JSON reports for the paper's open question 1
 
     summary = teacher_summary(cfg)
     assert summary["val_ece_per_fold"] == [round(e["calibration"]["ece"], 4)]
@@ -103,7 +103,7 @@ def test_teachers_stores_and_a_distilled_student(setup):
 def test_grid_report(setup):
     import yaml
 
-    from liser.experiment import run_grid
+    from liser.experiments.grid import run_grid
 
     cfg, base = setup
     cfg_file = base / "base.yaml"

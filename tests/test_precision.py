@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from liser import train as tr
-from liser.config import Config
-from liser.device import training_autocast
-from liser.errors import LiserError
+from liser.student import train as tr
+from liser.core.config import Config
+from liser.core.device import training_autocast
+from liser.core.errors import LiserError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -37,7 +37,7 @@ def _metrics(run) -> dict:
 def _plain_step_loss(model, x, labels, sd, vd, options, precision="fp32", pairs=0):
     """The step's forward + loss as run_epoch wrote it before `precision` existed: no context, no casts
     (and no consistency pairs: the small config has no views)."""
-    from liser.losses import joint_loss
+    from liser.student.losses import joint_loss
 
     assert precision == "fp32" and pairs == 0
     sup, sd_logits, vd_logits = model(x)

@@ -17,9 +17,9 @@ torch = pytest.importorskip("torch")
 sf = pytest.importorskip("soundfile")
 
 import liser  # noqa: E402
-from liser import audio  # noqa: E402
+from liser.data import audio  # noqa: E402
 from liser.cli import main  # noqa: E402
-from liser.errors import LiserError  # noqa: E402
+from liser.core.errors import LiserError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RAVDESS = ROOT.parent / "shared" / "data" / "ravdess"
@@ -29,9 +29,9 @@ LISER = ROOT / ".venv" / "bin" / "liser"
 
 def build_run(base: Path) -> dict:
     """A real 1-epoch run on 3 RAVDESS actors (1/1/1), built once per session under `base`."""
-    from liser.config import Config
-    from liser.corpora import Manifest, prepare
-    from liser.train import train
+    from liser.core.config import Config
+    from liser.data.corpora import Manifest, prepare
+    from liser.student.train import train
 
     base.mkdir(parents=True, exist_ok=True)
     man = base / "manifest"
@@ -81,8 +81,8 @@ def test_load_run_dir_and_checkpoint(tiny, model):
 
 
 def test_predict_file_equals_training_evaluation(tiny, model):
-    from liser.evaluate import file_logits
-    from liser.features import build_features
+    from liser.student.evaluate import file_logits
+    from liser.data.features import build_features
 
     cache = build_features(tiny["manifest"], tiny["cfg"].work, progress=False)
     metrics = json.loads((tiny["run"] / "metrics.json").read_text())
@@ -265,8 +265,8 @@ def test_cli_stream(tiny, tmp_path, monkeypatch, capsys):
 
 
 def test_stride_setting_matches_training_evaluation(tiny, model):
-    from liser.evaluate import file_logits
-    from liser.features import build_features
+    from liser.student.evaluate import file_logits
+    from liser.data.features import build_features
 
     cache = build_features(tiny["manifest"], tiny["cfg"].work, progress=False)
     it = tiny["test"][3]

@@ -1,7 +1,7 @@
 """Inference without torch: the numpy front end equals the torch one, and an .onnx model never imports torch.
 
-`liser.frontend.features_numpy` (what `liser.load` and `liser predict`
-use) against `liser.frontend.features` (torch: the features cache that
+`liser.data.frontend.features_numpy` (what `liser.load` and `liser predict`
+use) against `liser.data.frontend.features` (torch: the features cache that
 training and `liser evaluate` read) on real files of several corpora and
 sample rates; the long-file block path against the whole-signal one; a
 fresh process that loads an exported student and predicts through the
@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from liser import audio, frontend
+from liser.data import audio
+from liser.data import frontend
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -96,7 +97,7 @@ def exported(tmp_path_factory):
     """The session's tiny trained run (tests/test_predict.py) and its fp32 ONNX export."""
     pytest.importorskip("torch")
     pytest.importorskip("onnxruntime")
-    from liser.export import export_onnx
+    from liser.inference.export import export_onnx
     from test_predict import RAVDESS, build_run  # tests/ is on sys.path
 
     if not RAVDESS.is_dir():
@@ -113,7 +114,7 @@ import json, sys
 import numpy as np
 onnx, wav, flac = sys.argv[1:4]
 import liser
-import liser.predict as lp
+import liser.inference.predict as lp
 m = liser.load(onnx, threads=1)
 out = {"file": m.predict_file(wav).label, "timeline": len(m.timeline_file(wav, 0.5))}
 x = np.random.default_rng(0).normal(0, 0.1, 16000 * 4).astype(np.float32)

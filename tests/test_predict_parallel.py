@@ -26,9 +26,12 @@ import pytest
 sf = pytest.importorskip("soundfile")
 pytest.importorskip("onnxruntime")
 
-from liser import audio, frontend  # noqa: E402
-from liser import predict as lp  # noqa: E402
-from liser.errors import LiserError  # noqa: E402
+from liser.data import audio  # noqa: E402
+from liser.data import frontend
+from liser.inference import predict as lp  # noqa: E402
+import liser
+from liser.inference import decode
+from liser.core.errors import LiserError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -98,24 +101,24 @@ def test_one_open_read_equals_the_general_reader(inputs, monkeypatch):
     for corpus, pattern in (("emodb", "*.flac"), ("tess", "*.opus"), ("cremad", "*.opus")):
         files += sorted((DATA / corpus).rglob(pattern))[:2] if (DATA / corpus).is_dir() else []
     for f in files:
-        assert lp._read_short(Path(f)) is not None, f
-        got, duration = lp.file_frames(f)
-        sig = lp.read_input(f)  # liser.audio.load_audio: soundfile's always-2-D read, then the down-mix
-        assert got.dtype == np.float32 and np.array_equal(got, lp.features(sig)), f
+        assert decode._read_short(Path(f)) is not None, f
+        got, duration = decode.file_frames(f)
+        sig = decode.read_input(f)  # liser.data.audio.load_audio: soundfile's always-2-D read, then the down-mix
+        assert got.dtype == np.float32 and np.array_equal(got, decode.features(sig)), f
         assert duration == len(sig) / audio.SAMPLE_RATE
     for f in inputs["bad"][:2]:  # what soundfile cannot read goes to the general reader, which says why
-        assert lp._read_short(f) is None
+        assert decode._read_short(f) is None
         with pytest.raises(LiserError, match=str(f)):
-            lp.file_frames(f)
+            decode.file_frames(f)
     monkeypatch.setattr(lp, "LONG_FILE_S", 2.0)  # a "long" file: read in blocks, not whole
-    assert lp._read_short(inputs["good"][0]) is None
-    assert lp.file_frames(inputs["good"][0])[0].dtype == np.float16
+    assert decode._read_short(inputs["good"][0]) is None
+    assert decode.file_frames(inputs["good"][0])[0].dtype == np.float16
 
 
 def test_windows_as_views_equal_the_front_end_windows(inputs):
-    model = lp.load(None, threads=1)  # the packaged default model
+    model = liser.load(None, threads=1)  # the packaged default model
     for f in inputs["good"][:3]:
-        frames, _ = lp.file_frames(f)
+        frames, _ = decode.file_frames(f)
         for stride in (0.1, 0.5, 3.0):
             logits, starts = model.frames_logits(frames, stride)
             ref = model.window_logits(np.ascontiguousarray(frontend.windows(frames, stride)))
@@ -144,7 +147,7 @@ def test_in_order_keeps_order_errors_and_stops(inputs):
 
     def slow_first(f):  # the first items finish last
         time.sleep(0.05 * (len(files) - files.index(f)) / len(files))
-        return lp.file_frames(f)[1]
+        return decode.file_frames(f)[1]
 
     got = list(lp.in_order(slow_first, files, 4))
     assert [g[0] for g in got] == files

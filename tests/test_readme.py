@@ -128,7 +128,7 @@ def made_paths(text: str) -> set[str]:
 
 def readme_problems(text: str) -> list[str]:
     """Everything wrong with a README text (empty = fine)."""
-    from liser.config import Config
+    from liser.core.config import Config
 
     problems = []
     n = text.count("\n")
@@ -153,7 +153,7 @@ def readme_problems(text: str) -> list[str]:
 
             for key in yaml.safe_load(body) or {}:
                 if key not in fields:
-                    problems.append(f"yaml block: {key!r} is not a run-config key (liser.config.Config)")
+                    problems.append(f"yaml block: {key!r} is not a run-config key (liser.core.config.Config)")
         for p in MADE_PATH.findall(body):
             p = p.rstrip("./")
             if not any(c in p for c in "<{") and not any(p == m or p.startswith(m.rstrip("/") + "/") for m in made):

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from liser import train as tr
-from liser.device import resolve_device
-from liser.errors import LiserError
+from liser.student import train as tr
+from liser.core.device import resolve_device
+from liser.core.errors import LiserError
 
 RECIPE = dict(level_norm=True, aug_gain_db=6.0, aug_noise_p=0.5, aug_freq_masks=2, aug_time_masks=2,
               warmup_epochs=1.0, lr_schedule="cosine", lr=1e-3)
@@ -59,7 +59,7 @@ def test_recipe_run_is_seeded_and_differs_from_the_paper_recipe(recipe_run, trai
 
 def test_recipe_student_labels_ignore_the_recording_level(recipe_run, small_ravdess):
     import liser
-    from liser.audio import load_audio
+    from liser.data.audio import load_audio
 
     model = liser.load(recipe_run)
     items = small_ravdess.manifest.items[::6][:8]
@@ -82,8 +82,8 @@ def test_tune_malloc_is_accepted_by_glibc_and_changes_no_result(small_config, tr
     if not sys.platform.startswith("linux"):
         pytest.skip("glibc only")
     # in a child process: the setting is process-wide, and this test process must stay as it was
-    code = ("import sys, json; from liser.device import tune_malloc; ok = tune_malloc(); "
-            "from liser.config import Config; from liser.train import train; "
+    code = ("import sys, json; from liser.core.device import tune_malloc; ok = tune_malloc(); "
+            "from liser.core.config import Config; from liser.student.train import train; "
             f"cfg = Config.from_dict(json.loads(sys.argv[1])); train(cfg, run_dir=sys.argv[2], progress=False); print(ok)")
     out = subprocess.run([sys.executable, "-c", code, json.dumps(small_config.to_dict()), str(tmp_path / "run")],
                          capture_output=True, text=True, timeout=600)

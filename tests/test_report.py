@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from liser.report import paired_delta
+from liser.experiments.report import paired_delta
 
 
 def _t(uars: dict) -> dict:
@@ -25,7 +25,7 @@ def test_paired_delta_without_common_folds():
 
 
 def test_each_row_is_compared_with_its_own_recipes_no_dstl():
-    from liser.report import reference_name
+    from liser.experiments.report import reference_name
 
     names = {"no-dstl": 0, "sp-dstl": 0, "liser-no-dstl": 0, "liser-sp-dstl": 0, "liser-conf-vid-sp-dstl": 0,
              "sp-dstl-av-pool": 0}
@@ -45,7 +45,7 @@ def _run(tmp_path, name: str, fold: int, uar: float, **cfg) -> dict:
     """A finished run directory as collect_grid reads it: config.yaml and metrics.json."""
     import json
 
-    from liser.config import Config
+    from liser.core.config import Config
 
     c = Config.from_dict({**cfg, "name": name, "fold": fold, "out": str(tmp_path / "runs"), "work": str(tmp_path / "work")})
     d = tmp_path / "runs" / name / f"fold{fold}"
@@ -60,8 +60,8 @@ def test_pool_curve_pairs_rows_that_differ_only_in_the_pool(tmp_path):
     """Two pools of real corpora (URDU; URDU + EmoDB): one curve, points sorted by hours, gains paired by fold."""
     from pathlib import Path
 
-    from liser.experiment import collect_grid
-    from liser.report import pool_curves
+    from liser.experiments.grid import collect_grid
+    from liser.experiments.report import pool_curves
 
     data = Path(__file__).resolve().parents[2] / "shared" / "data"
     if not (data / "urdu").is_dir() or not (data / "emodb").is_dir():
@@ -91,8 +91,8 @@ def test_seeds_repeat_rows_and_a_fold_counts_their_mean(tmp_path):
 
     import yaml
 
-    from liser.experiment import collect_grid, expand_grid, load_grid, run_dir
-    from liser.report import paired_delta
+    from liser.experiments.grid import collect_grid, expand_grid, load_grid, run_dir
+    from liser.experiments.report import paired_delta
 
     grid = tmp_path / "g.yaml"
     grid.write_text(yaml.safe_dump({"out": str(tmp_path / "runs"), "set": {"work": str(tmp_path / "work")},
@@ -131,8 +131,8 @@ def test_seeds_repeat_rows_and_a_fold_counts_their_mean(tmp_path):
 def test_seed_runs_must_name_rows_of_the_grid(tmp_path):
     import yaml
 
-    from liser.errors import LiserError
-    from liser.experiment import load_grid
+    from liser.core.errors import LiserError
+    from liser.experiments.grid import load_grid
 
     grid = tmp_path / "g.yaml"
     grid.write_text(yaml.safe_dump({"seeds": [0, 1], "seed_runs": ["no-dslt"], "runs": {"no-dstl": {}}}))

@@ -26,8 +26,10 @@ from conftest import real_root
 
 pytest.importorskip("fastapi", reason="liser serve's extra is not installed (pip install -e '.[serve]'; scripts/setup.sh installs every extra)")
 
-from liser import audio, cli, serve  # noqa: E402
-from liser.serve_limits import ServeLimits  # noqa: E402
+from liser import cli  # noqa: E402
+from liser.data import audio
+from liser.inference import serve
+from liser.inference.serve_limits import ServeLimits  # noqa: E402
 
 HOP = 0.5
 PROB_TOL = 0.1  # measured with the grid's RAVDESS student (LISER_SERVE_MODEL, browser test): 0.044-0.050 in 4 runs
@@ -271,7 +273,7 @@ def test_serve_listens_on_loopback_and_says_where(trained_run, tmp_path):
 
 
 def test_help_does_not_import_the_server():
-    code = "import sys; from liser import cli; cli.build_parser(); print(sorted(m for m in ('fastapi', 'uvicorn', 'liser.serve') if m in sys.modules))"
+    code = "import sys; from liser import cli; cli.build_parser(); print(sorted(m for m in ('fastapi', 'uvicorn', 'liser.inference.serve') if m in sys.modules))"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.stdout.strip() == "[]", r.stdout + r.stderr
 

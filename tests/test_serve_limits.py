@@ -31,8 +31,10 @@ from conftest import real_root
 pytest.importorskip("fastapi", reason="liser serve's extra is not installed (pip install -e '.[serve]'; scripts/setup.sh installs every extra)")
 pytest.importorskip("python_multipart", reason="liser serve's extra is not installed (pip install -e '.[serve]'; scripts/setup.sh installs every extra)")
 
-from liser import audio, serve, serve_limits  # noqa: E402
-from liser.serve_limits import ServeLimits  # noqa: E402
+from liser.data import audio  # noqa: E402
+from liser.inference import serve
+from liser.inference import serve_limits
+from liser.inference.serve_limits import ServeLimits  # noqa: E402
 
 CLIPS = ("03-01-01-01-01-01-04", "03-01-03-02-01-01-04", "03-01-04-02-01-01-04", "03-01-05-02-01-01-04")
 RATE = audio.SAMPLE_RATE

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from liser.errors import LiserError
-from liser.store import SoftLabelStore, StoreWriter, n_pieces, window_pieces
+from liser.core.errors import LiserError
+from liser.teachers.store import SoftLabelStore, StoreWriter, n_pieces, window_pieces
 
 CLASSES = ["neg", "pos"]
 
@@ -127,7 +127,7 @@ def test_a_part_still_being_written_is_not_read(tmp_path, monkeypatch):
     """A part is read only once renamed: another shard mid-write (or a job killed mid-write) leaves a
     temporary behind, which neither resume nor finalize may open (CI once hit a shard's temporary
     vanishing, renamed, between another shard's listing and its read)."""
-    import liser.store as store_mod
+    import liser.teachers.store as store_mod
 
     path = tmp_path / "store"
     w = StoreWriter(path, "fake", CLASSES, "hash1", shard=(0, 2), flush_every=1)
@@ -203,7 +203,7 @@ def test_a_thousand_items(tmp_path):
 def test_finalize_sees_rejections_written_by_another_shard(tmp_path):
     import numpy as np
 
-    from liser.store import StoreWriter
+    from liser.teachers.store import StoreWriter
 
     a = StoreWriter(tmp_path / "s", "t", ["x", "y"], "h", shard=(0, 2))
     b = StoreWriter(tmp_path / "s", "t", ["x", "y"], "h", shard=(1, 2))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from liser.student import Classifier, Student, count_parameters, flops_per_sample
+from liser.student.model import Classifier, Student, count_parameters, flops_per_sample
 
 
 def _expected_parameters(k_s: int, k_v: int, c: int = 64, h: int = 64, mel_out: int = 2) -> int:

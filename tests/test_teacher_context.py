@@ -10,12 +10,12 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from liser.audio import load_audio  # noqa: E402
+from liser.data.audio import load_audio  # noqa: E402
 from conftest import ravdess_sample  # noqa: E402
-from liser.corpora.base import Manifest  # noqa: E402
-from liser.errors import LiserError  # noqa: E402
-from liser.store import n_pieces  # noqa: E402
-from liser.teachers.speech import (  # noqa: E402
+from liser.data.corpora.base import Manifest  # noqa: E402
+from liser.core.errors import LiserError  # noqa: E402
+from liser.teachers.store import n_pieces  # noqa: E402
+from liser.teachers.speech.teacher import (  # noqa: E402
     FRAME_SAMPLES,
     Backbone,
     SpeechTeacher,

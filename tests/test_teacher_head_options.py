@@ -19,8 +19,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from conftest import ravdess_sample  # noqa: E402
-from liser.errors import LiserError  # noqa: E402
-from liser.teachers.speech import (  # noqa: E402
+from liser.core.errors import LiserError  # noqa: E402
+from liser.teachers.speech.teacher import (  # noqa: E402
     LATER_DEFAULTS,
     SpeechTeacher,
     SpeechTeacherConfig,
@@ -160,7 +160,7 @@ def test_ensemble_is_the_mean_of_its_members_and_the_first_is_the_single_head(ra
 
 
 def test_bad_values_are_refused_before_any_data_is_read(tmp_path):
-    from liser.config import Config
+    from liser.core.config import Config
     from liser.teachers.pipeline import speech_teacher_config
 
     bad = [dict(utt_weight=2.0),  # without train_pieces

@@ -22,17 +22,17 @@ pytest.importorskip("transformers")
 pytest.importorskip("onnxruntime")
 
 from conftest import ravdess_sample  # noqa: E402
-from liser.audio import load_audio  # noqa: E402
-from liser.errors import LiserError  # noqa: E402
-from liser.store import SoftLabelStore  # noqa: E402
-from liser.teachers import speech_onnx  # noqa: E402
-from liser.teachers.speech import (  # noqa: E402
+from liser.data.audio import load_audio  # noqa: E402
+from liser.core.errors import LiserError  # noqa: E402
+from liser.teachers.store import SoftLabelStore  # noqa: E402
+from liser.teachers.speech import onnx as speech_onnx  # noqa: E402
+from liser.teachers.speech.teacher import (  # noqa: E402
     Backbone,
     SpeechTeacher,
     SpeechTeacherConfig,
     _make_head,
 )
-from liser.teachers.speech_label import label_encoder, label_with_speech_teacher  # noqa: E402
+from liser.teachers.speech.label import label_encoder, label_with_speech_teacher  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 WHISPER = SHARED / "models" / "whisper-base-encoder"

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from liser.config import Config
-from liser.errors import LiserError
+from liser.core.config import Config
+from liser.core.errors import LiserError
 
 from conftest import CORPORA, DATA, DEFAULT_CLASSES, link_five_corpora, load_bench, real_root
 
@@ -32,7 +32,7 @@ POOL_NAME = "pool-cremad+emodb+ravdess+tess+urdu-6cls"
 
 # ---------------------------------------------------------------- naming (no data read)
 def test_teacher_set_of_one_corpus_is_the_corpus_as_before():
-    from liser.workspace import teacher_dir, teacher_set, teachers_dir
+    from liser.data.workspace import teacher_dir, teacher_set, teachers_dir
 
     cfg = Config(corpus="emodb", work="w")
     assert teacher_set(cfg) == "emodb"
@@ -43,7 +43,7 @@ def test_teacher_set_of_one_corpus_is_the_corpus_as_before():
 
 
 def test_teacher_set_of_a_pool_names_corpora_classes_and_scheme_in_any_order():
-    from liser.workspace import teacher_dir, teacher_set
+    from liser.data.workspace import teacher_dir, teacher_set
 
     cfg = Config.load(DEFAULT_CFG)
     assert teacher_set(cfg) == f"{POOL_NAME}-loco"
@@ -56,7 +56,7 @@ def test_teacher_set_of_a_pool_names_corpora_classes_and_scheme_in_any_order():
 
 
 def test_a_long_pool_name_keeps_a_digest_of_its_corpora():
-    from liser.workspace import POOL_NAME_MAX, teacher_set
+    from liser.data.workspace import POOL_NAME_MAX, teacher_set
 
     names = [f"corpus{i:02d}withalongname" for i in range(6)]
     cfg = Config(labeled=tuple(f"{n}:/data/{n}" for n in names), classes=("a", "b", "c"))
@@ -68,7 +68,7 @@ def test_a_long_pool_name_keeps_a_digest_of_its_corpora():
 
 
 def test_store_placeholders_teachers_work_and_fold():
-    from liser.workspace import speech_store, teachers_dir, video_store
+    from liser.data.workspace import speech_store, teachers_dir, video_store
 
     cfg = Config.load(DEFAULT_CFG, extra={"work": "/w", "speech_store": "{teachers}/store-av-fold{fold}",
                                           "video_store": "{work}/stores/video"})
@@ -94,7 +94,7 @@ class _It:
 
 
 def test_training_record_digest_depends_on_ids_and_labels_not_order():
-    from liser.workspace import training_record
+    from liser.data.workspace import training_record
 
     a = training_record([_It("x/1", "sad"), _It("x/2", "angry")], ["sad", "angry"])
     assert a == training_record([_It("x/2", "angry"), _It("x/1", "sad")], ["sad", "angry"])
@@ -105,7 +105,7 @@ def test_training_record_digest_depends_on_ids_and_labels_not_order():
 
 
 def test_claim_refuses_a_fitted_folder_of_other_items_or_classes(tmp_path):
-    from liser.workspace import TRAINED_ON, claim_teacher_dir, training_record
+    from liser.data.workspace import TRAINED_ON, claim_teacher_dir, training_record
 
     out = tmp_path / "speech-fold0"
     rec = training_record([_It("x/1", "sad"), _It("x/2", "angry")], ["sad", "angry"])
@@ -125,7 +125,7 @@ def test_claim_refuses_a_fitted_folder_of_other_items_or_classes(tmp_path):
 
 def test_claim_checks_and_adopts_a_folder_fitted_before_records(tmp_path):
     """A teacher fitted before trained_on.json: checked on teacher.json's classes and speakers, then recorded."""
-    from liser.workspace import TRAINED_ON, claim_teacher_dir, training_record
+    from liser.data.workspace import TRAINED_ON, claim_teacher_dir, training_record
 
     out = tmp_path / "speech-fold0"
     out.mkdir()
@@ -170,8 +170,8 @@ def urdu_teacher(pooled):
 
 
 def test_pooled_teacher_learns_the_mapped_classes_and_labels_into_its_set(pooled, urdu_teacher):
-    from liser.store import SoftLabelStore
-    from liser.workspace import (TRAINED_ON, fold_items, labeled_manifest, teacher_dir, training_record,
+    from liser.teachers.store import SoftLabelStore
+    from liser.data.workspace import (TRAINED_ON, fold_items, labeled_manifest, teacher_dir, training_record,
                                  unlabeled_pool)
 
     evals, stores = urdu_teacher
@@ -200,7 +200,7 @@ def test_pooled_teacher_learns_the_mapped_classes_and_labels_into_its_set(pooled
 
 def test_fit_or_label_refuses_a_teacher_of_other_items_or_classes(pooled, urdu_teacher):
     from liser.teachers import pipeline as tp
-    from liser.workspace import teacher_dir
+    from liser.data.workspace import teacher_dir
 
     out = teacher_dir(pooled, 4)
     fewer = pooled.replace(class_map={"calm": ""})  # calm dropped instead of joining neutral: other items
@@ -220,7 +220,7 @@ def test_distilled_loco_student_and_the_bench_table(pooled, urdu_teacher, tmp_pa
     """One epoch of the distilled fold-4 student; a store of the pooled teacher is refused for it (a leak)."""
 
     from liser.teachers import pipeline as tp
-    from liser.train import train
+    from liser.student.train import train
 
     run = train(pooled.replace(fold=4), progress=False)
     m = json.loads((run / "metrics.json").read_text())

@@ -13,9 +13,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from conftest import ravdess_sample  # noqa: E402
-from liser.corpora.base import Item, Manifest  # noqa: E402
-from liser.errors import LiserError  # noqa: E402
-from liser.teachers.speech import (  # noqa: E402
+from liser.data.corpora.base import Item, Manifest  # noqa: E402
+from liser.core.errors import LiserError  # noqa: E402
+from liser.teachers.speech.teacher import (  # noqa: E402
     Backbone,
     SpeechTeacher,
     SpeechTeacherConfig,
@@ -24,8 +24,8 @@ from liser.teachers.speech import (  # noqa: E402
     speaker_split,
     whisper_encoder_states,
 )
-from liser.teachers.speech_label import label_with_speech_teacher  # noqa: E402
-from liser.store import SoftLabelStore, n_pieces  # noqa: E402
+from liser.teachers.speech.label import label_with_speech_teacher  # noqa: E402
+from liser.teachers.store import SoftLabelStore, n_pieces  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 DATA = SHARED / "data"
@@ -125,7 +125,7 @@ def test_changed_head_breaks_the_hash(frozen_fit, tmp_path):
 
 
 def test_lora_wraps_qv_and_trains_only_lora_and_head(tiny_hubert):
-    from liser.teachers.speech import _make_head
+    from liser.teachers.speech.teacher import _make_head
 
     bb = Backbone(tiny_hubert)
     bb.add_lora(r=4, alpha=8, dropout=0.0)
@@ -198,14 +198,14 @@ def test_label_two_shards_then_merge(frozen_fit, ravdess, tmp_path):
     store = label_with_speech_teacher(t, pool, tmp_path / "s", shard=(0, 2), progress=False)
     assert store is not None and store.ids == [it.id for it in pool.items]
     assert store.probs.shape[0] == sum(n_pieces(it.duration) for it in pool.items)
-    from liser.audio import load_audio
+    from liser.data.audio import load_audio
 
     wave_probs = t.predict_pieces(load_audio(pool.abspath(pool.items[2])))
     np.testing.assert_allclose(np.asarray(store.pieces(pool.items[2].id)[0], np.float32), wave_probs, atol=2e-3)
 
 
 def test_class_count_mismatch_with_store_raises(frozen_fit, ravdess, tmp_path):
-    from liser.teachers.speech import _make_head
+    from liser.teachers.speech.teacher import _make_head
 
     t = frozen_fit.teacher
     label_with_speech_teacher(t, _pool(ravdess, 1), tmp_path / "s", progress=False)
@@ -227,8 +227,8 @@ def test_frozen_fit_on_pieces_too(tiny_hubert, ravdess, tmp_path):
 
 def test_label_with_vad_masks_pieces_without_speech(frozen_fit, ravdess, tmp_path):
     pytest.importorskip("silero_vad")
-    from liser.audio import load_audio
-    from liser.vad import speech_pieces
+    from liser.data.audio import load_audio
+    from liser.data.vad import speech_pieces
 
     t = frozen_fit.teacher
     t.cfg = replace(t.cfg, vad=True)  # labeling option only: the trained teacher (and its hash) stay the same

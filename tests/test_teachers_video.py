@@ -13,10 +13,10 @@ torch = pytest.importorskip("torch")
 h5py = pytest.importorskip("h5py")
 cv2 = pytest.importorskip("cv2")
 
-from liser.corpora.base import Item, Manifest  # noqa: E402
-from liser.errors import LiserError  # noqa: E402
-from liser.store import SoftLabelStore, n_pieces  # noqa: E402
-from liser.teachers.video import (  # noqa: E402
+from liser.data.corpora.base import Item, Manifest  # noqa: E402
+from liser.core.errors import LiserError  # noqa: E402
+from liser.teachers.store import SoftLabelStore, n_pieces  # noqa: E402
+from liser.teachers.video.teacher import (  # noqa: E402
     FER2013_CLASSES,
     FER_FILES,
     S2D_CLASSES,
@@ -525,7 +525,7 @@ def save_track(path, track):
 
 def test_safe_id_matches_faces():
     assert safe_id("msp/spk 1/clip:a") == "msp__spk_1__clip_a"
-    faces = pytest.importorskip("liser.faces")
+    faces = pytest.importorskip("liser.data.faces")
     if hasattr(faces, "safe_id"):
         for s in ("a/b/c", "x y/z.mp4", ".hidden/q", "ü/é"):
             assert safe_id(s) == faces.safe_id(s)

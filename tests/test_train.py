@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from liser import train as tr
-from liser import workspace as ws
-from liser.errors import LiserError
-from liser.student import Student
+from liser.student import train as tr
+from liser.data import workspace as ws
+from liser.core.errors import LiserError
+from liser.student.model import Student
 
 from conftest import SMALL_FOLD, real_root
 
@@ -95,7 +95,7 @@ def test_run_directory(trained_run, small_config, small_ravdess):
     for name in ("config.yaml", "epochs.csv", "best.pt", "metrics.json", "confusion.png"):
         assert (run / name).is_file(), name
     assert not (run / "last.pt").exists()  # removed once finished
-    from liser.config import Config
+    from liser.core.config import Config
 
     assert Config.load(run / "config.yaml") == small_config
 
@@ -140,8 +140,8 @@ def test_run_directory(trained_run, small_config, small_ravdess):
             clear += 1
     assert clear >= 12 and (rebuilt <= cm).all()
     # metrics.json's validation is best.pt's logged one (not evaluated again): the same as re-evaluating it
-    from liser.evaluate import evaluate_items
-    from liser.features import build_features
+    from liser.student.evaluate import evaluate_items
+    from liser.data.features import build_features
 
     model.to(memory_format=torch.channels_last)
     cache = build_features(small_ravdess.manifest, small_config.work, progress=False)
@@ -169,7 +169,7 @@ def test_another_seed_another_run(small_config, trained_run, tmp_path):
 
 
 def test_resume_after_interruption(small_config, trained_run, tmp_path, monkeypatch):
-    import liser.evaluate as ev
+    import liser.student.evaluate as ev
 
     real, calls = ev.evaluate_items, []
 
@@ -213,9 +213,9 @@ def test_two_stage_without_unlabeled_data_is_a_user_error(small_config, tmp_path
 @pytest.fixture(scope="module")
 def speech_pool(small_ravdess, tmp_path_factory):
     """12 real TESS files as an unlabeled pool, their features, and a fake speech-teacher store over them."""
-    from liser.corpora import prepare
-    from liser.features import build_features
-    from liser.store import StoreWriter, n_pieces
+    from liser.data.corpora import prepare
+    from liser.data.features import build_features
+    from liser.teachers.store import StoreWriter, n_pieces
 
     src = real_root("tess")
     base = tmp_path_factory.mktemp("pool")
@@ -292,7 +292,7 @@ def test_two_stage_with_no_finetuning_epoch_is_an_error(small_config, speech_poo
 
 
 def _interrupt_at_second_validation(monkeypatch):
-    import liser.evaluate as ev
+    import liser.student.evaluate as ev
 
     real, calls = ev.evaluate_items, []
 
@@ -354,7 +354,7 @@ def test_fitted_teacher_temperature(small_config, speech_pool, tmp_path):
     import json
     import shutil
 
-    from liser.workspace import teacher_dir
+    from liser.data.workspace import teacher_dir
 
     manifest_dir, store, _ = speech_pool
     cfg = small_config.replace(name="conf-fitted", lambda_sd=1.0, speech_store=str(store), unlabeled=(str(manifest_dir),),

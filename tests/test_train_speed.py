@@ -1,8 +1,8 @@
 """The CPU shortcuts of training and evaluation give the plain path's numbers bit for bit (issue 14 §1).
 
-liser.student runs the conv blocks as conv -> BN -> pool -> ReLU in training
+liser.student.model runs the conv blocks as conv -> BN -> pool -> ReLU in training
 and BN / ReLU / pool per EVAL_CHUNK windows in evaluation, and
-liser.train.torch_settings turns off deterministic mode's NaN fill of new
+liser.student.train.torch_settings turns off deterministic mode's NaN fill of new
 tensors. Each is checked here against the plain `conv -> BN -> ReLU -> pool`
 Sequential (and the fill) on crops of real RAVDESS files.
 """
@@ -17,13 +17,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from liser.student import EVAL_CHUNK, Classifier, Student
+from liser.student.model import EVAL_CHUNK, Classifier, Student
 
 
 @pytest.fixture(scope="module")
 def real(small_ravdess):
     """The small RAVDESS set's features cache (in memory), its item ids and labels."""
-    from liser.features import build_features
+    from liser.data.features import build_features
 
     m = small_ravdess.manifest
     cache = build_features(m, small_ravdess.work, threads=1, progress=False).load_into_memory()
@@ -34,7 +34,7 @@ def real(small_ravdess):
 
 def _students(cache, ids):
     """A normalised student and a copy that runs the plain Sequential blocks."""
-    from liser.features import normalisation_stats
+    from liser.data.features import normalisation_stats
 
     torch.manual_seed(0)
     a = Student(8, 7)
@@ -48,7 +48,7 @@ def _students(cache, ids):
 
 def _crops(cache, ids, y, rng, n=25):
     """n random 3 s crops of real files, [n, 64, 94] float32, and their labels."""
-    from liser.train import random_crop
+    from liser.student.train import random_crop
 
     idx = rng.choice(len(ids), n, replace=False)
     x = np.stack([random_crop(cache.frames(ids[i]), rng)[0] for i in idx])
@@ -93,8 +93,8 @@ def test_training_order_gives_the_plain_blocks_weights_bit_for_bit(real):
 
 
 def test_evaluation_in_chunks_equals_the_whole_batch(real):
-    from liser.evaluate import file_logits
-    from liser.frontend import windows
+    from liser.student.evaluate import file_logits
+    from liser.data.frontend import windows
 
     cache, ids, y = real
     a, b = _students(cache, ids)
@@ -135,7 +135,7 @@ def test_no_fill_of_new_tensors_gives_the_same_training(real):
 
 
 def test_torch_settings_turn_the_fill_off_and_restore_it():
-    from liser.train import torch_settings
+    from liser.student.train import torch_settings
 
     det = torch.utils.deterministic
     before = (det.fill_uninitialized_memory, torch.are_deterministic_algorithms_enabled(), torch.get_num_threads())
@@ -171,15 +171,15 @@ def test_evaluation_batches_stay_in_the_heap(real, tmp_path):
 
     if not sys.platform.startswith("linux"):
         pytest.skip("glibc only")
-    from liser.frontend import windows
+    from liser.data.frontend import windows
 
     cache, ids, _ = real
     x = np.concatenate([windows(cache.frames(i), 0.1) for i in ids])[:512]
     assert len(x) == 512
     np.save(tmp_path / "x.npy", x)
     # in a child process: the setting is process-wide, and this test process must stay as it was
-    code = ("import sys, resource, numpy as np, torch; from liser.device import tune_malloc; ok = tune_malloc(); "
-            "from liser.student import Student; torch.set_num_threads(1); "
+    code = ("import sys, resource, numpy as np, torch; from liser.core.device import tune_malloc; ok = tune_malloc(); "
+            "from liser.student.model import Student; torch.set_num_threads(1); "
             "m = Student(8, 7).to(memory_format=torch.channels_last).eval(); x = torch.from_numpy(np.load(sys.argv[1])); "
             "flt = []\n"
             "with torch.inference_mode():\n"

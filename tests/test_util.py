@@ -1,11 +1,11 @@
-"""liser.util helpers that scripts share."""
+"""liser.core.util helpers that scripts share."""
 
 import argparse
 from pathlib import Path
 
 
 def test_absolute_paths_resolves_outputs_against_where_the_script_ran(tmp_path, monkeypatch):
-    from liser.util import absolute_paths
+    from liser.core.util import absolute_paths
 
     monkeypatch.chdir(tmp_path)
     ns = argparse.Namespace(json="out/r.json", docs=None, grid="configs/x.yaml")

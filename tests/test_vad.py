@@ -9,8 +9,8 @@ import pytest
 
 pytest.importorskip("silero_vad")
 
-from liser.audio import load_audio  # noqa: E402
-from liser.vad import speech_pieces, speech_samples  # noqa: E402
+from liser.data.audio import load_audio  # noqa: E402
+from liser.data.vad import speech_pieces, speech_samples  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

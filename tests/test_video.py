@@ -16,8 +16,8 @@ import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from liser.errors import LiserError  # noqa: E402
-from liser.video import iter_frames, read_audio_track, rotate_upright, rotation_cw, video_info  # noqa: E402
+from liser.core.errors import LiserError  # noqa: E402
+from liser.data.video import iter_frames, read_audio_track, rotate_upright, rotation_cw, video_info  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 AV = DATA / "av"
@@ -105,7 +105,7 @@ def test_real_audio_track_is_mono_16k_and_as_long_as_the_video():
     assert info.has_audio and info.width == 224 and info.height == 224
     assert info.fps == pytest.approx(25.0) and not info.variable_frame_rate and info.rotation == 0
 
-    from liser.audio import load_audio  # the audio front end reads mp4 through read_audio_track
+    from liser.data.audio import load_audio  # the audio front end reads mp4 through read_audio_track
 
     mono = load_audio(path)
     assert mono.ndim == 1 and abs(mono.size - audio.shape[0]) <= 1
@@ -192,7 +192,7 @@ def test_video_without_audio_has_no_audio_track(tmp_path):
     assert not video_info(path).has_audio
     with pytest.raises(LiserError, match=r"mute\.mp4: no audio track"):
         read_audio_track(path)
-    from liser.audio import load_audio
+    from liser.data.audio import load_audio
 
     with pytest.raises(LiserError, match="no audio track"):
         load_audio(path)

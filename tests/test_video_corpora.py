@@ -11,10 +11,10 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from liser.corpora import prepare  # noqa: E402
-from liser.corpora.mspface import prepare_mspface, speaker_from_name  # noqa: E402
-from liser.corpora.videos import prepare_videos, speaker_of  # noqa: E402
-from liser.errors import LiserError  # noqa: E402
+from liser.data.corpora import prepare  # noqa: E402
+from liser.data.corpora.mspface import prepare_mspface, speaker_from_name  # noqa: E402
+from liser.data.corpora.videos import prepare_videos, speaker_of  # noqa: E402
+from liser.core.errors import LiserError  # noqa: E402
 from test_video import AV, make_video  # noqa: E402
 
 

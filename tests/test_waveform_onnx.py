@@ -1,4 +1,4 @@
-"""Waveform-in ONNX graphs (liser.waveform_onnx, `liser export --waveform`): parity with `liser predict` on real
+"""Waveform-in ONNX graphs (liser.inference.waveform_onnx, `liser export --waveform`): parity with `liser predict` on real
 files, short and long clips, refusals, size, the fp32 front end of int8 graphs, and the Node example (slow)."""
 
 from __future__ import annotations
@@ -16,8 +16,12 @@ pytest.importorskip("onnxruntime")
 
 from conftest import real_root  # noqa: E402
 
-from liser import predict, waveform_onnx  # noqa: E402
-from liser.default_model import DEFAULT_DIR, DEFAULT_ONNX  # noqa: E402
+
+import liser
+
+from liser.inference import decode
+from liser.inference import waveform_onnx
+from liser.inference.default_model import DEFAULT_DIR, DEFAULT_ONNX  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = DEFAULT_DIR / "liser-default-waveform-int8.onnx"
@@ -44,7 +48,7 @@ def files() -> list[Path]:
 
 @pytest.fixture(scope="module")
 def signals(files) -> list[np.ndarray]:
-    return [predict.read_input(f) for f in files]
+    return [decode.read_input(f) for f in files]
 
 
 def _with_windowing(src: Path, dst: Path, mode: str) -> Path:
@@ -67,7 +71,7 @@ def graphs(tmp_path_factory) -> dict:
     out = {}
     for name, student in (("speech", DEFAULT_ONNX), ("pad", pad)):
         path = waveform_onnx.write(student, d / f"{name}.onnx")
-        out[name] = (path, waveform_onnx.session(path), predict.load(student, threads=1))
+        out[name] = (path, waveform_onnx.session(path), liser.load(student, threads=1))
     return out
 
 
@@ -99,7 +103,7 @@ def test_short_and_long_clips(graphs, signals, mode):
 
 
 def test_no_speech_is_said_by_speech_s(graphs, signals):
-    from liser.errors import LiserError
+    from liser.core.errors import LiserError
 
     _, sess, model = graphs["speech"]
     cut = signals[2][int(0.8 * 16000) : int(1.1 * 16000)]  # 0.3 s of a real file
@@ -118,19 +122,20 @@ def test_fp32_student_within_1e3_and_stft_op_alike(tmp_path, signals):
     """A randomly initialised fp32 student (real feature statistics): graph vs predict, both DFTs."""
     import torch
 
-    from liser import __version__, export
-    from liser.student import Classifier, Student
+    from liser import __version__
+    from liser.inference import export
+    from liser.student.model import Classifier, Student
 
     torch.manual_seed(0)
     student = Student(6, level_norm=True)
-    feats = np.concatenate([predict.features(s) for s in signals])
+    feats = np.concatenate([decode.features(s) for s in signals])
     student.set_normalisation(torch.from_numpy(feats.mean(0)), torch.from_numpy(feats.std(0)))
     path = tmp_path / "fp32.onnx"
     export._torch_export(Classifier(student).eval(), path, 17, dynamic_frames=True)
     ck = {"liser_version": __version__, "classes": list("abcdef"),
           "front_end": {"sample_rate": 16000, "windowing": "speech"}}
     export._set_metadata(path, export.metadata(ck))
-    model = predict.load(path, threads=1)
+    model = liser.load(path, threads=1)
     for dft in waveform_onnx.DFTS:
         sess = waveform_onnx.session(waveform_onnx.write(path, tmp_path / f"w-{dft}.onnx", dft))
         for sig in signals[:4]:
@@ -154,7 +159,7 @@ def test_shipped_waveform_default(signals):
     if not SHIPPED.is_file():
         pytest.skip(f"{SHIPPED} not shipped")
     assert SHIPPED.stat().st_size <= SIZE_BUDGET
-    sess, model = waveform_onnx.session(SHIPPED), predict.load(DEFAULT_ONNX, threads=1)
+    sess, model = waveform_onnx.session(SHIPPED), liser.load(DEFAULT_ONNX, threads=1)
     for sig in signals[:3]:
         same, dp, _ = _compare(sess, model, sig)
         assert same and dp < INT8_DP
@@ -163,7 +168,7 @@ def test_shipped_waveform_default(signals):
 
 def test_cli_export_waveform_wraps_an_onnx_and_refuses_a_graph(tmp_path, files, capsys):
     from liser.cli import main
-    from liser.errors import LiserError
+    from liser.core.errors import LiserError
 
     out = tmp_path / "wave.onnx"
     assert main(["export", str(DEFAULT_ONNX), "--onnx", str(out), "--waveform",
@@ -175,7 +180,7 @@ def test_cli_export_waveform_wraps_an_onnx_and_refuses_a_graph(tmp_path, files, 
     assert main(["export", str(out), "--onnx", str(again), "--waveform", "--check-files", str(files[0])]) != 0
     assert "already a waveform graph" in capsys.readouterr().err and not again.exists()
     with pytest.raises(LiserError, match="waveform-in graph"):
-        predict.load(out)
+        liser.load(out)
 
 
 # ---------------------------------------------------------------- Node (examples/node)
@@ -201,11 +206,11 @@ def test_node_example_agrees_with_predict(tmp_path_factory, tmp_path):
     import soundfile as sf
 
     example = _node_example(tmp_path_factory)
-    model = predict.load(DEFAULT_ONNX, threads=1)
+    model = liser.load(DEFAULT_ONNX, threads=1)
     graph = SHIPPED if SHIPPED.is_file() else waveform_onnx.write(DEFAULT_ONNX, tmp_path / "wave.onnx")
     files = _real_files() + sorted((real_root("ravdess") / "Actor_12").glob("*.flac"))[::20][:3]
     for i, f in enumerate(files):
-        sig = predict.read_input(f)  # 16 kHz mono, as the example's input contract says
+        sig = decode.read_input(f)  # 16 kHz mono, as the example's input contract says
         wav = tmp_path / f"{i}.wav"
         sf.write(wav, sig, 16000, subtype="FLOAT" if i % 2 else "PCM_16")
         r = subprocess.run(["node", str(example / "predict.js"), str(graph), str(wav)], capture_output=True,
@@ -218,11 +223,12 @@ def test_node_example_agrees_with_predict(tmp_path_factory, tmp_path):
 
 
 def test_timeline_window_graph_is_the_servers_window(signals):
-    """build_window on the segments liser.serve.LiveTimeline cuts gives its windows: the same no-speech windows,
+    """build_window on the segments liser.inference.serve.LiveTimeline cuts gives its windows: the same no-speech windows,
     labels and probabilities within the int8 bound (bench/bench_device_timeline.py: 328/328 labels, |dp| <= 1.5e-3)."""
-    from liser import audio, serve
+    from liser.data import audio
+    from liser.inference import serve
 
-    model = predict.load(DEFAULT_ONNX, threads=1)
+    model = liser.load(DEFAULT_ONNX, threads=1)
     import onnxruntime
 
     sess = onnxruntime.InferenceSession(waveform_onnx.window_graph_bytes(DEFAULT_ONNX), providers=["CPUExecutionProvider"])

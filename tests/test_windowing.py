@@ -14,9 +14,11 @@ import json
 import numpy as np
 import pytest
 
-from liser import audio, augment_audio as A, windowing as W
-from liser.errors import LiserError
-from liser.frontend import features_numpy
+from liser.data import audio
+from liser.data import augment_audio as A
+from liser.data import windowing as W
+from liser.core.errors import LiserError
+from liser.data.frontend import features_numpy
 
 from conftest import real_root
 
@@ -76,7 +78,7 @@ def test_short_span_is_one_window_of_its_own_length(clip):
 
 
 def test_augment_view_is_seeded_and_finite(clip):
-    from liser.views import view_rng
+    from liser.data.views import view_rng
 
     a = A.augment_view(clip, view_rng(0, 1, "ravdess/Actor_01/x"))
     b = A.augment_view(clip, view_rng(0, 1, "ravdess/Actor_01/x"))
@@ -87,8 +89,8 @@ def test_augment_view_is_seeded_and_finite(clip):
 
 
 def test_speech_crops_stay_in_the_recording(small_ravdess):
-    from liser.features import build_features
-    from liser.train import Crops
+    from liser.data.features import build_features
+    from liser.student.train import Crops
 
     cache = build_features(small_ravdess.manifest, small_ravdess.work, threads=1, progress=False)
     frames = [cache.frames(it.id) for it in small_ravdess.manifest.items[:30]]
@@ -107,7 +109,7 @@ def test_speech_crops_stay_in_the_recording(small_ravdess):
 
 @pytest.fixture(scope="module")
 def speech_run(small_config, tmp_path_factory):
-    from liser.train import train
+    from liser.student.train import train
 
     cfg = small_config.replace(name="speech", windowing="speech", aug_views=1, level_norm=True, epochs=2, lr=1e-3,
                                aug_consistency=1.0, aug_band_p=0.5)
@@ -116,8 +118,8 @@ def speech_run(small_config, tmp_path_factory):
 
 def test_full_length_batches_take_the_whole_span(small_ravdess):
     """crop_full_p: that share of batches is cropped at 3 s (capped by the batch's recordings), the rest vary."""
-    from liser.features import build_features
-    from liser.train import Crops
+    from liser.data.features import build_features
+    from liser.student.train import Crops
 
     cache = build_features(small_ravdess.manifest, small_ravdess.work, threads=1, progress=False)
     frames = [cache.frames(it.id) for it in small_ravdess.manifest.items[:30]]
@@ -134,9 +136,9 @@ def test_full_length_batches_take_the_whole_span(small_ravdess):
 
 def test_paired_crops_hold_the_same_speech(small_ravdess):
     """Crops.pairs: each item clean and as a view, the same length, about the same stretch of speech."""
-    from liser.features import build_features
-    from liser.train import Crops
-    from liser.views import build_views
+    from liser.data.features import build_features
+    from liser.student.train import Crops
+    from liser.data.views import build_views
 
     items = small_ravdess.manifest.items[:24]
     caches = [build_features(small_ravdess.manifest, small_ravdess.work, threads=1, progress=False),
@@ -158,7 +160,7 @@ def test_paired_crops_hold_the_same_speech(small_ravdess):
 def test_consistency_term_teaches_the_view_only():
     import torch
 
-    from liser.losses import consistency_term
+    from liser.student.losses import consistency_term
 
     clean = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]], requires_grad=True)
     view = torch.tensor([[2.0, 0.0, -1.0], [1.0, 0.0, 0.0]], requires_grad=True)
@@ -199,7 +201,7 @@ def test_speech_student_ignores_silence_around_the_clip(speech_run, clip):
 
 def test_speech_student_exports_with_a_dynamic_frame_axis(speech_run, clip, tmp_path):
     import liser
-    from liser.export import export_onnx
+    from liser.inference.export import export_onnx
 
     out = tmp_path / "s.onnx"
     export_onnx(speech_run, out, say=lambda msg: None)
@@ -215,7 +217,7 @@ def test_speech_student_exports_with_a_dynamic_frame_axis(speech_run, clip, tmp_
 def test_channel_norm_ignores_a_fixed_channel_colouring(clip):
     import torch
 
-    from liser.student import Student
+    from liser.student.model import Student
 
     torch.manual_seed(0)
     x = torch.from_numpy(W.gather(features_numpy(clip).astype(np.float32),
@@ -232,7 +234,7 @@ def test_timeline_says_no_speech_where_there_is_none_live_and_offline(speech_run
     have no label, windows over the speech have one; the live timeline (serve) and the CLI say the same."""
     import liser
     from liser.cli import main
-    from liser.serve import LiveTimeline
+    from liser.inference.serve import LiveTimeline
 
     model = liser.load(speech_run)
     rng = np.random.default_rng(0)

@@ -25,24 +25,24 @@ import dataclasses
 import json
 from pathlib import Path
 
-from ..config import Config
-from ..errors import LiserError
-from ..store import store_complete
-from ..util import atomic_write_text
-from ..workspace import (claim_teacher_dir, class_mapped_manifest, faces_dir, fold_indices, fold_items,
+from liser.core.config import Config
+from liser.core.errors import LiserError
+from liser.teachers.store import store_complete
+from liser.core.util import atomic_write_text
+from liser.data.workspace import (claim_teacher_dir, class_mapped_manifest, faces_dir, fold_indices, fold_items,
                          labeled_manifest, speech_store, teacher_dir, training_record, unlabeled_pool, video_store)
 
 
 def speech_teacher_config(cfg: Config, overrides: list[str] | tuple = ()):
     """SpeechTeacherConfig from the YAML named by cfg.speech_teacher, then `key=value` overrides.
 
-    Read by liser.config's one loader: an unknown key or a wrong type
+    Read by liser.core.config's one loader: an unknown key or a wrong type
     (`--teacher-set epochs=many`) is a LiserError naming the key, raised here,
     before any data is read. A relative local `backbone` folder is made
     absolute, since runs may change directory.
     """
-    from ..config import load_dataclass
-    from .speech import SpeechTeacherConfig
+    from liser.core.config import load_dataclass
+    from liser.teachers.speech.teacher import SpeechTeacherConfig
 
     if cfg.speech_teacher and not Path(cfg.speech_teacher).is_file():
         raise LiserError(f"{cfg.speech_teacher}: no such speech-teacher config (speech_teacher)")
@@ -65,8 +65,8 @@ def fit_speech_teachers(cfg: Config, folds=None, overrides=(), progress: bool = 
     """
     import numpy as np
 
-    from ..calibration import ece, fit_temperature, plot_reliability, temper
-    from .speech import SpeechTeacher, evaluate_speech_teacher, fit_speech_teacher
+    from liser.teachers.calibration import ece, fit_temperature, plot_reliability, temper
+    from liser.teachers.speech.teacher import SpeechTeacher, evaluate_speech_teacher, fit_speech_teacher
 
     tcfg = speech_teacher_config(cfg, overrides)
     raw = labeled_manifest(cfg)
@@ -109,8 +109,8 @@ def fit_speech_teachers(cfg: Config, folds=None, overrides=(), progress: bool = 
 
 def label_speech(cfg: Config, folds=None, shard=(0, 1), overrides=(), progress: bool = True) -> list[str]:
     """Label the unlabeled pool with each fold's speech teacher; returns the store paths."""
-    from .speech import SpeechTeacher
-    from .speech_label import label_with_speech_teacher
+    from liser.teachers.speech.teacher import SpeechTeacher
+    from liser.teachers.speech.label import label_with_speech_teacher
 
     if not cfg.speech_store:
         raise LiserError("speech_store: the config names no store to write")
@@ -129,7 +129,7 @@ def label_speech(cfg: Config, folds=None, shard=(0, 1), overrides=(), progress: 
 
 
 def extract_pool_faces(cfg: Config, shard=(0, 1), progress: bool = True) -> dict:
-    from ..faces import extract_faces_manifest
+    from liser.data.faces import extract_faces_manifest
 
     return extract_faces_manifest(unlabeled_pool(cfg, videos_only=True), faces_dir(cfg), size=cfg.face_size,
                                   shard=shard, progress=progress)
@@ -137,7 +137,7 @@ def extract_pool_faces(cfg: Config, shard=(0, 1), progress: bool = True) -> dict
 
 def label_video(cfg: Config, shard=(0, 1), progress: bool = True) -> str:
     """Faces (if not yet extracted) then the video teacher's store."""
-    from .video import label_with_video_teacher, load_video_teacher
+    from liser.teachers.video.teacher import label_with_video_teacher, load_video_teacher
 
     if not cfg.video_store:
         raise LiserError("video_store: the config names no store to write")

@@ -1,0 +1,155 @@
+"""The student: the CNN-LSTM of SPEC Table 1 (about 105K parameters).
+
+Input: log-Mel [B, 64, 94] (dB) of a 3 s window. Three conv blocks (64
+filters, BatchNorm, ReLU, max-pool (2,2), (4,2), (4,1) on (Mel, time)) turn
+64 Mel bins into 2, the LSTM (hidden 64) reads 64 channels x 2 bins = 128
+features per frame for 23 frames, and its last hidden state feeds three
+heads: `g_sup` (K_S, the only one used at inference), `g_sd` (32, K_S: speech
+distillation) and `g_vd` (32, K_V: video distillation).
+
+The input is standardised per Mel band by fixed buffers (`feat_mean`,
+`feat_std`) set from the training features: not parameters, so the count
+stays the paper's, but they travel with the weights and the ONNX graph.
+
+With `level_norm` (the `liser` recipe; off in the paper's) each window's mean
+log-Mel level is subtracted first. Scaling a waveform by g adds 20 log10 g dB
+to every cell above the log floor, so the label no longer depends on the
+recording level. The flag is a buffer too: checkpoints and the ONNX graph
+carry it, and checkpoints written before it existed load with it off.
+`channel_norm` (an option, measured in configs/grid-ravdess-field.yaml)
+subtracts each window's mean per Mel band instead (cepstral mean
+normalisation in the log-Mel domain): a fixed microphone or channel
+colouring is a constant per band, so it goes too, and so does the level.
+
+Two changes to the way through the conv blocks give the same numbers bit
+for bit as the plain `conv -> BN -> ReLU -> pool` Sequential, for less memory
+traffic on the CPU (tests/test_train_speed.py checks both on real crops):
+
+- each block runs conv -> BN -> pool -> ReLU: max-pooling and ReLU commute
+  (both monotone: the max picks the same element, and their gradients reach
+  the same elements with the same values), and the ReLU and its backward
+  then touch a quarter (block 1) or an eighth (block 2) of the elements;
+- evaluation without autograd runs each conv on the whole batch, as given,
+  and BN, pool and ReLU on `EVAL_CHUNK` windows at a time: those three work
+  per window, while oneDNN's convolutions round differently for another
+  batch size (measured: a window's logits differ in the last bit between
+  batches of 512 and 59), so the batch a caller chose still decides the
+  result. A 512-window batch then holds one 800 MB activation instead of
+  two, which glibc no longer hands back and faults in again per batch.
+The exported ONNX graph keeps the plain order (`torch.jit.is_tracing`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from liser.data.audio import CLIP_FRAMES, N_MELS
+
+EVAL_CHUNK = 32  # windows per BN / pool / ReLU call in evaluation: 48 MB of block-1 activations, not 770 MB
+
+
+def _block(c_in: int, c_out: int, kernel: tuple[int, int], pool: tuple[int, int]) -> nn.Sequential:
+    pad = (kernel[0] // 2, kernel[1] // 2)
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, kernel, padding=pad),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(pool),
+    )
+
+
+class Student(nn.Module):
+    def __init__(self, n_classes: int, n_video_classes: int = 7, channels: int = 64, hidden: int = 64,
+                 n_mels: int = N_MELS, level_norm: bool = False, channel_norm: bool = False):
+        super().__init__()
+        self.n_classes, self.n_video_classes = n_classes, n_video_classes
+        self.register_buffer("feat_mean", torch.zeros(n_mels))
+        self.register_buffer("feat_std", torch.ones(n_mels))
+        self.register_buffer("level_norm", torch.tensor(float(level_norm)))
+        self.register_buffer("channel_norm", torch.tensor(float(channel_norm)))
+        self.conv = nn.Sequential(
+            _block(1, channels, (3, 3), (2, 2)),
+            _block(channels, channels, (3, 3), (4, 2)),
+            _block(channels, channels, (3, 1), (4, 1)),
+        )
+        mel_out = n_mels // 2 // 4 // 4
+        self.lstm = nn.LSTM(channels * mel_out, hidden, batch_first=True)
+        self.g_sup = nn.Linear(hidden, n_classes)
+        self.g_sd = nn.Sequential(nn.Linear(hidden, 32), nn.ReLU(inplace=True), nn.Linear(32, n_classes))
+        self.g_vd = nn.Sequential(nn.Linear(hidden, 32), nn.ReLU(inplace=True), nn.Linear(32, n_video_classes))
+
+    def set_normalisation(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.feat_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.feat_std.copy_(torch.clamp(torch.as_tensor(std, dtype=torch.float32), min=1e-3))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints from before level_norm existed: the flag is off, as they were trained
+        state_dict.setdefault(prefix + "level_norm", torch.tensor(0.0))
+        state_dict.setdefault(prefix + "channel_norm", torch.tensor(0.0))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, 64, T] log-Mel -> [B, hidden] (the LSTM's last hidden state)."""
+        if x.dim() == 4:
+            x = x[:, 0]
+        if bool(self.channel_norm):  # per Mel band over the window's frames (CMN); includes the level
+            x = x - x.mean(dim=2, keepdim=True)
+        elif bool(self.level_norm):  # a constant when traced for ONNX: the exported graph keeps the flag's path
+            x = x - x.mean(dim=(1, 2), keepdim=True)
+        x = (x - self.feat_mean[:, None]) / self.feat_std[:, None]
+        h = self.conv_blocks(x.unsqueeze(1).contiguous(memory_format=torch.channels_last))
+        b, c, f, t = h.shape
+        h = h.permute(0, 3, 1, 2).reshape(b, t, c * f)
+        _, (h_n, _) = self.lstm(h)
+        return h_n[-1]
+
+    def conv_blocks(self, h: torch.Tensor) -> torch.Tensor:
+        """[B, 1, 64, T] -> [B, 64, 2, T / 4]: `self.conv`, in the order that is cheapest here (module docstring)."""
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return self.conv(h)  # the exported graph: the paper's order
+        # BN in training needs the whole batch's statistics; autograd gains nothing from chunks
+        chunk = EVAL_CHUNK if not (self.training or torch.is_grad_enabled()) else len(h)
+        for conv, bn, relu, pool in self.conv:
+            y = conv(h)
+            if len(y) <= chunk:
+                h = relu(pool(bn(y)))
+            else:
+                h = torch.cat([relu(pool(bn(y[a : a + chunk]))) for a in range(0, len(y), chunk)])
+            del y  # before the next conv allocates its output
+        return h
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits of the three heads: (g_sup, g_sd, g_vd)."""
+        z = self.embed(x)
+        return self.g_sup(z), self.g_sd(z), self.g_vd(z)
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """Supervised logits only: what inference and export use."""
+        return self.g_sup(self.embed(x))
+
+
+class Classifier(nn.Module):
+    """The inference graph: log-Mel windows [B, 64, 94] -> g_sup logits [B, K] (exported to ONNX)."""
+
+    def __init__(self, student: Student):
+        super().__init__()
+        self.student = student
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.student.classify(x)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def flops_per_sample(n_classes: int = 8, n_video_classes: int = 7) -> int:
+    """Multiply-adds x 2 of one forward pass on a 3 s window (conv, LSTM, heads)."""
+    f, t, flops, c_in = N_MELS, CLIP_FRAMES, 0, 1
+    for (kf, kt), (pf, pt) in (((3, 3), (2, 2)), ((3, 3), (4, 2)), ((3, 1), (4, 1))):
+        flops += 2 * c_in * 64 * kf * kt * f * t
+        f, t, c_in = f // pf, t // pt, 64
+    flops += 2 * 4 * 64 * (64 * f + 64) * t  # LSTM gates over t steps
+    flops += 2 * (64 * n_classes + 64 * 32 + 32 * n_classes + 64 * 32 + 32 * n_video_classes)
+    return flops

@@ -1,0 +1,683 @@
+"""Training a student for one fold: joint mini-batches, the loop, checkpoints, resume.
+
+`train(cfg)` writes a run directory `<out>/<name>/fold<k>/` (liser.data.workspace.run_dir):
+
+    config.yaml    the resolved configuration
+    epochs.csv     one row per epoch (losses, validation UAR/WAR, seconds)
+    last.pt        model + optimiser + RNG state after the last finished epoch (resume)
+    best.pt        the self-describing student of the best validation-UAR epoch
+    metrics.json   test (and validation) UAR, WAR, per-class recall, confusion
+    confusion.png  the test confusion matrix
+
+Mini-batches hold `batch_size` labeled items (a random 3 s crop of the cached
+log-Mel, or with `windowing: speech` one 0.5-3 s length per batch cropped from
+each item's speech span (`Crops`), from the clean features or one of the
+`aug_views`; CE through g_sup) and, when distilling, `unlabeled_batch`
+unlabeled items (random crops of the same length; targets = mean of the
+teacher's 0.5 s pieces inside the same window, from the soft-label stores).
+An interrupted run resumes from its last completed epoch; a finished run is
+skipped.
+
+Which items and which files a config means is liser.data.workspace's business;
+this module is the loop, in named steps that `train` calls in order:
+
+    check_run -> load_data -> build_model -> resume -> run_epoch (x epochs) -> finish
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from liser.data import audio
+from liser.core.config import Config
+from liser.core.device import resolve_device
+from liser.core.errors import LiserError
+from liser.core.util import atomic_save, atomic_write_text
+from liser.student.checkpoint import student_checkpoint
+from liser.data.workspace import fold_items, labeled_manifest, run_dir, speech_store, teacher_dir, unlabeled_manifests, video_store
+
+# the FER2013 order, used for g_vd when no video store is read (the head exists but gets no loss)
+DEFAULT_VIDEO_CLASSES = ["angry", "disgust", "fearful", "happy", "sad", "surprised", "neutral"]
+LOG_FIELDS = ("epoch", "stage", "loss", "ce", "sd", "vd", "consistency", "val_uar", "val_war", "train_s", "epoch_s",
+              "samples_per_s")
+
+
+# ---------------------------------------------------------------- data
+@dataclass
+class Unlabeled:
+    """The unlabeled pool of a run: features plus the stores that give its targets."""
+
+    frames: list  # per item [frames, 64] arrays
+    ids: list[str]
+    speech: object | None  # SoftLabelStore
+    video: object | None  # SoftLabelStore
+
+
+def load_unlabeled(cfg: Config, work: Path, progress: bool) -> Unlabeled | None:
+    """The pool items that have a soft label in a store the config distils from; None when not distilling."""
+    from liser.data.features import build_features
+    from liser.teachers.store import SoftLabelStore
+
+    use_sd = cfg.lambda_sd > 0 and cfg.speech_store
+    use_vd = cfg.lambda_vd > 0 and cfg.video_store
+    if not (use_sd or use_vd):
+        return None
+    speech = SoftLabelStore(speech_store(cfg)) if use_sd else None
+    video = SoftLabelStore(video_store(cfg)) if use_vd else None
+    frames, ids = [], []
+    for m in unlabeled_manifests(cfg):
+        cache = build_features(m, work, threads=cfg.threads or 2, progress=progress).load_into_memory()
+        for it in m.items:
+            if (speech is not None and it.id in speech) or (video is not None and it.id in video):
+                frames.append(cache.frames(it.id))
+                ids.append(it.id)
+    if not ids:
+        raise LiserError(f"no unlabeled item has a soft label in {speech_store(cfg) or video_store(cfg)}")
+    return Unlabeled(frames, ids, speech, video)
+
+
+def check_store_teacher(cfg: Config, store) -> None:
+    """Refuse a speech store written by another teacher than the fold's own, when the fold's teacher exists.
+
+    The store path is a template the config names freely, so a LOCO fold can
+    point at a store the pooled teacher wrote (same classes, but that teacher
+    heard the held-out corpus): a leak no class check sees. When
+    teacher_dir(cfg, fold) holds a fitted teacher, the store must carry its
+    hash. A store with no teacher folder beside it (made elsewhere, or by
+    hand) is taken as the config names it.
+    """
+    meta = teacher_dir(cfg, cfg.fold) / "teacher.json"
+    if not meta.is_file():
+        return
+    want = json.loads(meta.read_text()).get("teacher_hash")
+    if want and store.teacher_hash != want:
+        raise LiserError(f"{store.path}: written by teacher {store.teacher_hash[:12]}, not by this fold's teacher "
+                         f"{meta.parent} ({want[:12]}); label the pool with it (`liser teacher label speech`) "
+                         "or name its store (speech_store: {teachers}/...)")
+
+
+def fitted_temperature(cfg: Config, store) -> float:
+    """The temperature fitted on validation for the teacher that wrote `store` (its eval.json, same hash)."""
+    path = teacher_dir(cfg, cfg.fold) / "eval.json"
+    if not path.is_file():
+        raise LiserError(f"{path}: temperature_sd 0 (fitted) needs the teacher's evaluation; run `liser teacher fit speech`")
+    e = json.loads(path.read_text())
+    if e.get("hash") != store.teacher_hash:
+        raise LiserError(f"{path}: evaluates another teacher than the one that wrote {store.path}; re-run `liser teacher fit speech`")
+    t = (e.get("calibration") or {}).get("temperature")
+    if not t or t <= 0:
+        raise LiserError(f"{path}: holds no fitted temperature")
+    return float(t)
+
+
+def random_crop(frames: np.ndarray, rng: np.random.Generator,
+                length: int = audio.CLIP_FRAMES, u: float | None = None) -> tuple[np.ndarray, int]:
+    """A random `length`-frame window of an item's features: ([64, length] float32, start frame).
+
+    `u` in [0, 1] places the window at that fraction of the room there is
+    instead of drawing it (the paired crops of `Crops.pairs`).
+    """
+    last = len(frames) - length
+    start = (_at(0, last, u) if u is not None else int(rng.integers(0, last + 1))) if last > 0 else 0
+    return np.asarray(frames[start : start + length], dtype=np.float32).T, start
+
+
+def speech_crop(frames: np.ndarray, span: tuple[int, int], extent: int, length: int,
+                rng: np.random.Generator, u: float | None = None) -> np.ndarray:
+    """A `length`-frame crop of an item for the "speech" windowing: [64, length] float32.
+
+    Inside the speech span [a, b) when it is that long, else the whole span
+    with recorded context around it, never past the recording's `extent`
+    (its frames before the zero padding) unless the recording is shorter
+    than `length`. The crop inference would score (liser.data.windowing). `u` in
+    [0, 1] places it at that fraction of the room instead of drawing it.
+    """
+    a, b = span
+    if b - a >= length:
+        start = _at(a, b - length, u) if u is not None else int(rng.integers(a, b - length + 1))
+    else:
+        lo, hi = max(0, b - length), min(a, max(extent, length) - length)
+        if hi < lo:
+            start = max(0, min(a, len(frames) - length))
+        else:
+            start = _at(lo, hi, u) if u is not None else int(rng.integers(lo, hi + 1))
+    return np.asarray(frames[start : start + length], dtype=np.float32).T
+
+
+def _at(lo: int, hi: int, u: float) -> int:
+    """The integer at fraction u of [lo, hi]."""
+    return lo + int(round(u * (hi - lo)))
+
+
+def unlabeled_batch(pool: Unlabeled, idx: np.ndarray, rng: np.random.Generator, length: int = audio.CLIP_FRAMES):
+    """Crops and their window targets: x [B,64,length]; (targets, mask) per teacher."""
+    import torch
+
+    xs, sd_t, sd_m, vd_t, vd_m = [], [], [], [], []
+    length_s = audio.CLIP_S if length == audio.CLIP_FRAMES else length * audio.HOP_S
+    for i in idx:
+        x, start = random_crop(pool.frames[i], rng, length)
+        xs.append(x)
+        t0 = float(audio.frames_to_seconds(start))
+        for store, tl, ml in ((pool.speech, sd_t, sd_m), (pool.video, vd_t, vd_m)):
+            if store is None:
+                continue
+            if pool.ids[i] in store:
+                p, n = store.window(pool.ids[i], t0, length_s)
+            else:
+                p, n = np.zeros(len(store.classes), np.float32), 0
+            tl.append(p)
+            ml.append(n > 0)
+
+    def pack(t, m):
+        return (torch.from_numpy(np.stack(t)), torch.tensor(m)) if t else (None, None)
+
+    return torch.from_numpy(np.stack(xs)), pack(sd_t, sd_m), pack(vd_t, vd_m)
+
+
+@dataclass
+class Crops:
+    """The labeled training items as the loop crops them: frames per view (view 0 = the clean features,
+    1..K = liser.data.views), and for the "speech" windowing each one's speech span and extent (frames before
+    the zero padding)."""
+
+    views: list  # [view][item] -> [frames, 64]
+    windowing: str = "pad"
+    spans: list | None = None  # [view][item] -> (a, b)
+    extents: list | None = None  # [view][item] -> frames
+    full_p: float = 0.0  # "speech": share of batches at the longest length (Config.crop_full_p)
+
+    @classmethod
+    def of(cls, views: list, windowing: str, full_p: float = 0.0) -> "Crops":
+        """Crops of the given frames; spans and extents computed once (liser.data.windowing)."""
+        if windowing != "speech":
+            return cls(views, windowing)
+        from liser.data.windowing import extent, speech_span
+
+        extents = [[extent(fr) for fr in frames] for frames in views]
+        spans = [[speech_span(fr[:n]) or (0, n) for fr, n in zip(frames, ext)] for frames, ext in zip(views, extents)]
+        return cls(views, windowing, spans, extents, full_p)
+
+    def _length(self, rng: np.random.Generator) -> int:
+        """A batch's crop length in frames: CLIP_FRAMES with probability full_p, else uniform in 0.5-3 s
+        (no extra draw when full_p is 0: the draws of runs made before it existed)."""
+        from liser.data.windowing import MIN_WINDOW_FRAMES
+
+        if self.full_p and rng.random() < self.full_p:
+            return audio.CLIP_FRAMES
+        return int(rng.integers(MIN_WINDOW_FRAMES, audio.CLIP_FRAMES + 1))
+
+    def batch(self, idx, rng: np.random.Generator) -> tuple[list, int]:
+        """Crops [64, length] of items `idx`, one view drawn per item (the clean one among them), and the length.
+
+        "pad": 94-frame crops anywhere (without views: the paper's draws, bit
+        for bit). "speech": one length per batch, uniform in 0.5-3 s and at
+        most the batch's shortest recording (3 s in a `full_p` share of the
+        batches: `_length`), cropped by `speech_crop`.
+        """
+        from liser.data.windowing import MIN_WINDOW_FRAMES
+
+        if len(self.views) == 1 and self.windowing == "pad":
+            return [random_crop(self.views[0][i], rng)[0] for i in idx], audio.CLIP_FRAMES
+        vs = rng.integers(0, len(self.views), len(idx))
+        if self.windowing == "pad":
+            return [random_crop(self.views[v][i], rng)[0] for v, i in zip(vs, idx)], audio.CLIP_FRAMES
+        length = min(self._length(rng), min(max(self.extents[v][i], MIN_WINDOW_FRAMES) for v, i in zip(vs, idx)))
+        return [speech_crop(self.views[v][i], self.spans[v][i], self.extents[v][i], length, rng)
+                for v, i in zip(vs, idx)], length
+
+    def pairs(self, idx, rng: np.random.Generator) -> tuple[list, int]:
+        """Crops of items `idx` twice, clean then as one view each (drawn from 1..K), and the length.
+
+        The two crops of an item have the same length and sit at the same
+        fraction of the room their speech span (or, "pad", their frames)
+        leaves, so they hold about the same stretch of speech even when the
+        view is sped up or has room tone before it. Returns 2 x len(idx)
+        crops: the clean ones first, then the views in the same order.
+        """
+        from liser.data.windowing import MIN_WINDOW_FRAMES
+
+        vs = rng.integers(1, len(self.views), len(idx))
+        us = rng.random(len(idx))
+        if self.windowing == "pad":
+            return ([random_crop(self.views[0][i], rng, u=u)[0] for i, u in zip(idx, us)]
+                    + [random_crop(self.views[v][i], rng, u=u)[0] for v, i, u in zip(vs, idx, us)], audio.CLIP_FRAMES)
+        shortest = min(min(self.extents[0][i], self.extents[v][i]) for v, i in zip(vs, idx))
+        length = min(self._length(rng), max(shortest, MIN_WINDOW_FRAMES))
+        crop = lambda v, i, u: speech_crop(self.views[v][i], self.spans[v][i], self.extents[v][i], length, rng, u)
+        return [crop(0, i, u) for i, u in zip(idx, us)] + [crop(v, i, u) for v, i, u in zip(vs, idx, us)], length
+
+
+@dataclass
+class Data:
+    """Everything a run reads: the fold's labeled items and features, the unlabeled pool, the teachers' settings."""
+
+    train: list
+    val: list
+    test: list
+    classes: list[str]
+    cache: object  # FeatureCache of the labeled corpus, in memory
+    pool: Unlabeled | None
+    temperature_sd: float  # cfg.temperature_sd, or the fold's teacher's fitted one when that is 0
+    video_classes: list[str]
+    views: list = field(default_factory=list)  # FeatureCache of each augmented view (liser.data.views); [] = none
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Class indices of the training items, [N] int."""
+        index = {c: i for i, c in enumerate(self.classes)}
+        return np.array([index[it.label] for it in self.train])
+
+
+def load_data(cfg: Config, progress: bool) -> Data:
+    """The fold's items and features, the pool and the stores, checked against each other."""
+    from liser.data.features import build_features
+
+    manifest = labeled_manifest(cfg)
+    train_items, val_items, test_items, classes = fold_items(cfg, manifest)
+    cache = build_features(manifest, cfg.work, threads=cfg.threads or 2, progress=progress).load_into_memory()
+    pool = load_unlabeled(cfg, Path(cfg.work), progress)
+    if pool is None and cfg.schedule == "two-stage":
+        raise LiserError("schedule two-stage needs unlabeled data with soft labels "
+                         "(unlabeled, speech_store/video_store and lambda_sd/lambda_vd > 0)")
+    speech = pool.speech if pool is not None else None
+    if speech is not None and list(speech.classes) != list(classes):
+        raise LiserError(f"{speech.path}: speech teacher classes {speech.classes} != the student's {classes}")
+    if speech is not None:
+        check_store_teacher(cfg, speech)
+    temperature_sd = fitted_temperature(cfg, speech) if speech is not None and cfg.temperature_sd == 0 \
+        else cfg.temperature_sd
+    video_classes = list(pool.video.classes) if pool is not None and pool.video is not None else DEFAULT_VIDEO_CLASSES
+    views = []
+    if cfg.aug_views:
+        from liser.data.views import build_views
+
+        views = [v.load_into_memory() for v in build_views(manifest, cfg.work, cfg.aug_views, cfg.seed,
+                                                           cfg.aug_noise_dir, cfg.threads or 2, progress)]
+    return Data(train_items, val_items, test_items, classes, cache, pool, temperature_sd, video_classes, views)
+
+
+# ---------------------------------------------------------------- checkpoints
+def run_dir_of(cfg: Config) -> Path:
+    """Kept for callers of the old name: liser.data.workspace.run_dir."""
+    return run_dir(cfg)
+
+
+# ---------------------------------------------------------------- the steps
+def check_run(cfg: Config, run: Path) -> bool:
+    """True if `run` already holds this config's finished run; LiserError if it holds another config's."""
+    if (run / "config.yaml").is_file() and (run / "metrics.json").is_file() or (run / "last.pt").is_file():
+        from liser.experiments.ledger import stale_keys  # the one comparison of a run directory's config with a config
+
+        diff = stale_keys(cfg, run)
+        if diff:
+            raise LiserError(f"{run}: holds a run of another config (differs in {', '.join(diff)}); "
+                             "remove it or change `name` / `out`")
+    return (run / "metrics.json").is_file()
+
+
+@contextlib.contextmanager
+def torch_settings(threads: int):
+    """Thread count and deterministic algorithms for the run, restored afterwards (no process-wide change).
+
+    Deterministic mode would also fill every new tensor with NaN before a
+    kernel writes it (torch.utils.deterministic.fill_uninitialized_memory), a
+    debugging aid: on the CPU it wrote each 38 MB activation of a batch twice,
+    about 15 % of a training step and of an evaluation, and no kernel the
+    student runs reads memory it has not written (a run's weights, logs and
+    metrics are bit for bit those with the fill: tests/test_train_speed.py).
+    """
+    import torch
+
+    fill = torch.utils.deterministic
+    old = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+           torch.is_deterministic_algorithms_warn_only_enabled(), fill.fill_uninitialized_memory)
+    if threads:
+        torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    fill.fill_uninitialized_memory = False
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old[0])
+        torch.use_deterministic_algorithms(old[1], warn_only=old[2])
+        fill.fill_uninitialized_memory = old[3]
+
+
+def build_model(cfg: Config, data: Data):
+    """The student (normalised on the training items' frames, channels_last) and its AdamW optimiser."""
+    import torch
+
+    from liser.data.features import normalisation_stats
+    from liser.student.model import Student
+
+    model = Student(len(data.classes), len(data.video_classes), level_norm=cfg.level_norm, channel_norm=cfg.channel_norm)
+    center = "band" if cfg.channel_norm else cfg.level_norm
+    mean, std = normalisation_stats(data.cache, [it.id for it in data.train], center=center)
+    model.set_normalisation(torch.from_numpy(mean), torch.from_numpy(std))
+    model = model.to(resolve_device(cfg.device), memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return model, opt
+
+
+@dataclass
+class State:
+    """What a resumed run needs besides the weights: position in the schedule and every RNG."""
+
+    rng: np.random.Generator
+    epoch: int = 0  # the next epoch to train
+    best_uar: float = -1.0
+    best_epoch: int = -1
+    stale: int = 0  # epochs since the best validation UAR
+    u_order: np.ndarray = field(default_factory=lambda: np.array([], dtype=np.int64))  # pool permutation
+    u_pos: int = 0  # position in u_order
+
+    def to_checkpoint(self, model, opt) -> dict:
+        import torch
+
+        return {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": self.epoch,
+                "best_uar": self.best_uar, "best_epoch": self.best_epoch, "stale": self.stale,
+                "np_rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                "u_order": torch.from_numpy(np.asarray(self.u_order, dtype=np.int64)), "u_pos": self.u_pos}
+
+
+def resume(run: Path, cfg: Config, model, opt) -> State:
+    """A fresh State, or the one of last.pt (restoring model, optimiser and RNGs); trims epochs.csv to match."""
+    import torch
+
+    state = State(np.random.default_rng(cfg.seed))
+    last = run / "last.pt"
+    if last.is_file():  # resume after the last completed epoch
+        st = torch.load(last, weights_only=True, map_location="cpu")
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        state.epoch, state.best_uar, state.best_epoch, state.stale = \
+            st["epoch"] + 1, st["best_uar"], st["best_epoch"], st["stale"]
+        state.u_order, state.u_pos = st["u_order"].numpy(), int(st["u_pos"])
+        state.rng.bit_generator.state = st["np_rng"]
+        torch.set_rng_state(st["torch_rng"])
+    log_path = run / "epochs.csv"
+    if log_path.exists():  # keep only the epochs that last.pt holds (an interruption may have logged one more)
+        with open(log_path, newline="") as f:
+            kept = [r for r in csv.DictReader(f) if int(r["epoch"]) < state.epoch]
+        log_path.unlink()
+        for r in kept:
+            _append_csv(log_path, r)
+    return state
+
+
+def loss_options(cfg: Config, data: Data):
+    """The joint loss's settings from the config (and the fold's fitted speech temperature)."""
+    from liser.student.losses import LossOptions
+
+    return LossOptions(lambda_sd=cfg.lambda_sd, lambda_vd=cfg.lambda_vd, weighting=cfg.weighting,
+                       kind=cfg.distill_loss, temperature_sd=data.temperature_sd, temperature_vd=cfg.temperature_vd,
+                       consistency=cfg.aug_consistency)
+
+
+def augment_options(cfg: Config):
+    """The crops' augmentations from the config (all off in the paper's recipe)."""
+    from liser.data.augment import AugmentOptions
+
+    return AugmentOptions(gain_db=cfg.aug_gain_db, noise_p=cfg.aug_noise_p, freq_masks=cfg.aug_freq_masks,
+                          time_masks=cfg.aug_time_masks)
+
+
+def lr_factor(cfg: Config, epoch: int, step: int, n_steps: int) -> float:
+    """Learning-rate multiplier at a step: linear warm-up over warmup_epochs, then constant or cosine to 0."""
+    import math
+
+    t = epoch + step / max(n_steps, 1)  # epochs done, fractional
+    if cfg.warmup_epochs > 0 and t < cfg.warmup_epochs:
+        return (t + 1 / max(n_steps, 1)) / cfg.warmup_epochs
+    if cfg.lr_schedule == "cosine":
+        span = max(cfg.epochs - cfg.warmup_epochs, 1e-9)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (t - cfg.warmup_epochs) / span)))
+    return 1.0
+
+
+def next_batch(crops: Crops, y: np.ndarray, idx, pool, n_u: int, state: State, paired: bool = False):
+    """One mini-batch: crops of the labeled items `idx` (None: none; `Crops.batch`, or `Crops.pairs` when
+    `paired`: each item clean, then each as a view, labels repeated), then `n_u` pool items
+    (pool None: none) with their window targets, cropped to the same length. Returns (x [B, 64, L], labels
+    [N_l] or None, sd, vd), sd and vd being (targets, mask) per teacher. The pool is walked in a permutation
+    kept in `state`."""
+    import torch
+
+    rng, xs, labels, length = state.rng, [], None, audio.CLIP_FRAMES
+    if idx is not None and paired:
+        xs, length = crops.pairs(idx, rng)
+        labels = torch.from_numpy(np.concatenate([y[idx], y[idx]]))
+    elif idx is not None:
+        xs, length = crops.batch(idx, rng)
+        labels = torch.from_numpy(y[idx])
+    sd = vd = (None, None)
+    x = None
+    if pool is not None:
+        if state.u_pos + n_u > len(state.u_order):
+            state.u_order, state.u_pos = rng.permutation(len(pool.ids)), 0
+        x, sd, vd = unlabeled_batch(pool, state.u_order[state.u_pos : state.u_pos + n_u], rng, length)
+        state.u_pos += n_u
+    if xs:
+        x = torch.from_numpy(np.stack(xs)) if x is None else torch.cat([torch.from_numpy(np.stack(xs)), x])
+    return x, labels, sd, vd
+
+
+def run_epoch(cfg: Config, data: Data, model, opt, state: State, stage1: bool, crops: Crops, y: np.ndarray):
+    """One epoch of mini-batches: returns (summed loss parts, steps, samples, seconds).
+
+    Stage 1 of the two-stage schedule sees only unlabeled items; otherwise
+    each step holds `batch_size` labeled items plus `unlabeled_batch`
+    pool items when distilling. Crops are augmented (labeled and unlabeled
+    alike) when the config asks for it, the learning rate follows
+    `lr_factor` when a schedule is set, and the forward + loss run in
+    `cfg.precision` (`step_loss`).
+    """
+    import torch
+
+    from liser.data.augment import augment_batch, band_limit
+
+    t0 = time.time()
+    aug = augment_options(cfg)
+    scheduled = cfg.warmup_epochs > 0 or cfg.lr_schedule != "constant"
+    device = next(model.parameters()).device
+    pool, rng = data.pool, state.rng
+    options = loss_options(cfg, data)
+    n_u = cfg.unlabeled_batch if pool is not None else 0
+    use_l = not stage1
+    use_u = pool is not None and (cfg.schedule == "joint" or stage1)
+    paired = cfg.aug_consistency > 0 and len(crops.views) > 1
+    model.train()
+    order = rng.permutation(len(data.train))
+    sums: dict[str, float] = {}
+    n_samples = 0
+    n_steps = int(np.ceil(len(data.train) / cfg.batch_size)) if use_l else int(np.ceil(len(pool.ids) / max(n_u, 1)))
+    for s in range(n_steps):
+        idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size] if use_l else None
+        pairs = len(idx) if paired and idx is not None else 0  # items taken clean and as a view (Crops.pairs)
+        x, labels, sd, vd = next_batch(crops, y, idx, pool if use_u else None, n_u, state, pairs > 0)
+        if aug.active:
+            x = torch.from_numpy(augment_batch(x.numpy(), aug, rng))
+        if cfg.aug_band_p and idx is not None:  # the view crops when paired (the clean ones teach), else all labeled
+            a, b = (pairs, 2 * pairs) if pairs else (0, len(idx))
+            x[a:b] = torch.from_numpy(band_limit(x[a:b].numpy(), cfg.aug_band_p, rng))
+        if scheduled:
+            for g in opt.param_groups:
+                g["lr"] = cfg.lr * lr_factor(cfg, state.epoch, s, n_steps)
+        n_samples += len(x)
+        x, labels = x.to(device, non_blocking=True), None if labels is None else labels.to(device)
+        loss, parts = step_loss(model, x, labels, _to(sd, device), _to(vd, device), options, cfg.precision, pairs)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + v
+        sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+    return sums, n_steps, n_samples, time.time() - t0
+
+
+def step_loss(model, x, labels, sd, vd, options, precision: str = "fp32", pairs: int = 0):
+    """Forward + joint loss of one training mini-batch, in `precision`: (loss, parts for logging).
+
+    With `pairs` > 0 the first 2 x pairs labeled rows are items clean and
+    the same items as views (`Crops.pairs`), and the loss adds
+    options.consistency x the mean `consistency_term` over the pairs.
+
+    x [B, 64, 94] on the model's device, labeled items first: labels [N_l]
+    int (None: no labeled item); sd and vd are (targets [B - N_l, K], mask
+    [B - N_l]) pairs or (None, None). Under "bf16" the forward runs in
+    liser.core.device.training_autocast and the logits are cast back to float32,
+    so the loss (softmax, CE, the distillation terms) is summed in float32;
+    "fp32" is the plain step bit for bit (`.float()` of a float32 tensor is
+    the tensor itself). The backward runs outside, as autocast wants it.
+    Raises LiserError for another precision.
+    """
+    from liser.core.device import training_autocast
+    from liser.student.losses import consistency_term, joint_loss
+
+    with training_autocast(x.device, precision):
+        sup, sd_logits, vd_logits = (out.float() for out in model(x))
+        n_l = 0 if labels is None else len(labels)
+        loss, parts = joint_loss(sup[:n_l] if n_l else None, labels, sd_logits[n_l:], sd[0], sd[1],
+                                 vd_logits[n_l:], vd[0], vd[1], options=options)
+        if pairs and options.consistency:
+            term = consistency_term(sup[:pairs], sup[pairs : 2 * pairs]).mean()
+            loss = loss + options.consistency * term
+            parts["consistency"] = float(term.detach())
+        return loss, parts
+
+
+def _to(pair, device):
+    """A (targets, mask) pair of tensors (or Nones) on `device`."""
+    return tuple(None if t is None else t.to(device, non_blocking=True) for t in pair)
+
+
+def end_epoch(cfg: Config, data: Data, run: Path, model, opt, state: State, stage1: bool, stats) -> dict:
+    """Validate, log the epoch's row, keep best.pt, save last.pt; returns the row and the validation metrics."""
+    from liser.student.evaluate import evaluate_items
+
+    sums, n_steps, n_samples, train_s = stats
+    t_val = time.time()
+    if stage1:  # distillation-only stage: no model selection yet
+        val = {"uar": float("nan"), "war": float("nan")}
+    else:
+        val, _ = evaluate_items(model, data.cache, data.val, data.classes, cfg.val_stride_s, cfg.windowing)
+    row = {"epoch": state.epoch, "stage": "distil" if stage1 else "train",
+           **{k: round(v / n_steps, 5) for k, v in sums.items()},
+           "val_uar": round(val["uar"], 5), "val_war": round(val["war"], 5),
+           "train_s": round(train_s, 2), "epoch_s": round(train_s + time.time() - t_val, 2),
+           "samples_per_s": round(n_samples / max(train_s, 1e-9), 1)}
+    _append_csv(run / "epochs.csv", row)
+    if not stage1 and val["uar"] > state.best_uar:
+        state.best_uar, state.best_epoch, state.stale = val["uar"], state.epoch, 0
+        atomic_save(student_checkpoint(model, data.classes, data.video_classes, cfg, state.epoch, val), run / "best.pt")
+    elif not stage1:
+        state.stale += 1
+    atomic_save(state.to_checkpoint(model, opt), run / "last.pt")
+    return row, val
+
+
+def run_epochs(cfg: Config, data: Data, run: Path, model, opt, state: State, progress: bool) -> None:
+    """Epochs from state.epoch to cfg.epochs (or until `patience` epochs bring no better validation UAR)."""
+    from tqdm import tqdm
+
+    crops = Crops.of([[c.frames(it.id) for it in data.train] for c in [data.cache, *data.views]], cfg.windowing,
+                     cfg.crop_full_p)
+    y = data.labels
+    bar = tqdm(range(state.epoch, cfg.epochs), desc=f"{cfg.name} fold{cfg.fold}", unit="epoch",
+               initial=state.epoch, total=cfg.epochs, disable=None if progress else True, leave=False)
+    for epoch in bar:
+        state.epoch = epoch
+        stage1 = cfg.schedule == "two-stage" and epoch < cfg.stage1_epochs
+        stats = run_epoch(cfg, data, model, opt, state, stage1, crops, y)
+        row, val = end_epoch(cfg, data, run, model, opt, state, stage1, stats)
+        bar.set_postfix(val_uar=f"{val['uar']:.3f}", best=f"{state.best_uar:.3f}@{state.best_epoch}")
+        if not progress:  # no bar (logs, CI, parallel workers): one line per epoch instead
+            print(f"{cfg.name} fold{cfg.fold} epoch {epoch}: loss {row.get('loss', float('nan')):.4f} "
+                  f"val UAR {val['uar']:.3f} (best {state.best_uar:.3f}@{state.best_epoch}) {row['epoch_s']:.1f}s",
+                  file=sys.stderr, flush=True)
+        if cfg.patience and state.stale >= cfg.patience:
+            break
+    bar.close()
+
+
+def finish(cfg: Config, data: Data, run: Path, model, best_epoch: int) -> None:
+    """The best epoch on the test (and validation) speakers: metrics.json and confusion.png; drops last.pt."""
+    import torch
+
+    from liser.student.evaluate import evaluate_items, head_by_class, plot_confusion
+
+    if not (run / "best.pt").is_file():
+        raise LiserError(f"{run}: no epoch finished a validation (epochs={cfg.epochs}, stage1_epochs={cfg.stage1_epochs})")
+    best = torch.load(run / "best.pt", weights_only=True, map_location="cpu")
+    model.load_state_dict(best["state_dict"])
+    test, test_logits = evaluate_items(model, data.cache, data.test, data.classes, cfg.test_stride_s, cfg.windowing)
+    val = best["val"]  # what end_epoch measured on these weights: the same evaluation, not run again
+    head = head_by_class(model, data.cache, data.test, data.classes, "vd") if cfg.lambda_vd > 0 else None
+    result = {"config": cfg.name, "fold": cfg.fold, "best_epoch": best_epoch, "classes": data.classes,
+              "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test),
+              "n_unlabeled": 0 if data.pool is None else len(data.pool.ids), "temperature_sd": data.temperature_sd,
+              "test": test, "val": {"uar": val["uar"], "war": val["war"]},
+              "video_classes": data.video_classes, "video_head_by_class": head,
+              "test_ids": [it.id for it in data.test], "test_y": [data.classes.index(it.label) for it in data.test],
+              "test_logits": np.round(test_logits, 4).tolist()}
+    plot_confusion(test["confusion"], data.classes, run / "confusion.png",
+                   f"{cfg.name} fold {cfg.fold}: UAR {test['uar']:.3f} WAR {test['war']:.3f}")
+    atomic_write_text(run / "metrics.json", json.dumps(result, indent=1) + "\n")
+    (run / "last.pt").unlink(missing_ok=True)  # finished: the resume state is no longer needed
+
+
+# ---------------------------------------------------------------- the loop
+def train(cfg: Config, run_dir: str | Path | None = None, progress: bool = True) -> Path:
+    """Train one fold of one configuration; returns the run directory (skips a finished run).
+
+    Raises LiserError for a bad setting, missing data or stores, a run
+    directory that holds another config's run, or one that holds anything
+    liser did not write there (liser.core.outputs.RUN: it never overwrites a
+    user's files). Torch's thread count and deterministic-algorithms flag
+    are set for the run and restored after it.
+    """
+    import torch
+
+    from liser.core.outputs import RUN, check_out_dir
+
+    run = Path(run_dir) if run_dir else run_dir_of(cfg)
+    check_out_dir(run, RUN)
+    if check_run(cfg, run):
+        return run
+    cfg.check_choices()
+    run.mkdir(parents=True, exist_ok=True)
+    cfg.save(run / "config.yaml")
+    with torch_settings(cfg.threads):
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        data = load_data(cfg, progress)
+        model, opt = build_model(cfg, data)
+        state = resume(run, cfg, model, opt)
+        run_epochs(cfg, data, run, model, opt, state, progress)
+        finish(cfg, data, run, model, state.best_epoch)
+    return run
+
+
+def _append_csv(path: Path, row: dict) -> None:
+    """Append a row to epochs.csv; a file begun with fewer columns (an older run resumed) keeps its header."""
+    new = not path.exists()
+    fields = LOG_FIELDS
+    if not new:
+        with open(path, newline="") as f:
+            fields = next(csv.reader(f), None) or LOG_FIELDS
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        if new:
+            w.writeheader()
+        w.writerow(row)
