@@ -248,7 +248,7 @@ def main(argv=None) -> int:
     if args.pooled and (Path(args.pooled) / "metrics.json").is_file():
         res["pooled"] = pooled_figures(Path(args.pooled), Path(args.onnx) if args.onnx else None, args.stride)
     res["seconds"] = round(time.time() - t0, 1)
-    from liser.core.util import atomic_write_text
+    from liser.core.atomic import atomic_write_text
 
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     out = res

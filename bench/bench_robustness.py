@@ -381,7 +381,7 @@ def main(argv=None) -> int:
            "load_average_start": [round(x, 2) for x in load_start],
            "load_average_end": [round(x, 2) for x in os.getloadavg()],
            "seconds": round(time.time() - t0, 1), "models": models}
-    from liser.core.util import atomic_write_text
+    from liser.core.atomic import atomic_write_text
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(res, indent=1) + "\n")

@@ -237,7 +237,7 @@ def test_outputs_follow_the_umask(tmp_path, umask):
     from liser.data.corpora import prepare
     from liser.data.faces import FaceTrack
     from liser.teachers.store import StoreWriter
-    from liser.core.util import atomic_write_text, current_umask
+    from liser.core.atomic import atomic_write_text, current_umask
 
     root = tmp_path / "corpus" / "Actor_05"
     root.mkdir(parents=True)
@@ -294,7 +294,7 @@ def test_interrupt_does_not_promise_a_resume(trained_run, monkeypatch, capsys):
 
 
 def test_long_files_take_the_bounded_path_with_the_same_result(model, tmp_path, monkeypatch):
-    import liser.inference.predict as lp
+    from liser.inference import decode as lp
 
     sig = np.concatenate([sf.read(f, dtype="float32")[0] for f in ravdess_files(6)])  # about 22 s
     f = tmp_path / "long.flac"

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from liser.student.losses import LossOptions, distill_term, item_weights, joint_loss, temper
+from liser.student.losses import Distill, LossOptions, distill_term, item_weights, joint_loss, temper
 
 LN3, LN2 = math.log(3.0), math.log(2.0)
 
@@ -80,12 +80,13 @@ MAE_VD = [(1 / 6 + 1 / 6 + 1 / 3) / 3, (0.25 + 0.0 + 0.25) / 3]  # 2/9, 1/6
 
 
 def _loss(**kw):
-    args = dict(sup_logits=t(SUP), labels=torch.tensor(LABELS), sd_logits=t(SD_LOGITS), sd_target=t(SD_TARGET),
-                vd_logits=t(VD_LOGITS), vd_target=t(VD_TARGET), lambda_sd=LAM_SD, lambda_vd=LAM_VD)
+    """The joint loss of the two teachers sd and vd, set as the paper's keys name them (lambda_sd, ...)."""
+    args = dict(sd_logits=t(SD_LOGITS), sd_target=t(SD_TARGET), sd_mask=None, lambda_sd=LAM_SD, temperature_sd=1.0,
+                vd_logits=t(VD_LOGITS), vd_target=t(VD_TARGET), vd_mask=None, lambda_vd=LAM_VD, temperature_vd=1.0)
     args.update(kw)
-    option_names = {f.name for f in dataclasses.fields(LossOptions)}
-    options = LossOptions(**{k: args.pop(k) for k in list(args) if k in option_names})
-    loss, parts = joint_loss(**args, options=options)
+    terms = [Distill(n, args.pop(f"{n}_logits"), args.pop(f"{n}_target"), args.pop(f"{n}_mask"),
+                     args.pop(f"lambda_{n}"), args.pop(f"temperature_{n}")) for n in ("sd", "vd")]
+    loss, parts = joint_loss(t(SUP), torch.tensor(LABELS), terms, options=LossOptions(**args))
     return float(loss), parts
 
 
@@ -117,9 +118,9 @@ def test_distill_ce_in_the_joint_loss():
 def test_masked_item_contributes_nothing_but_counts_in_n_u():
     sup = t(SUP)
     sd_logits = t(SD_LOGITS).requires_grad_()
-    loss, parts = joint_loss(sup, torch.tensor(LABELS), sd_logits, t(SD_TARGET), torch.tensor([True, False]),
-                             t(VD_LOGITS), t(VD_TARGET), None,
-                             options=LossOptions(lambda_sd=LAM_SD, lambda_vd=LAM_VD))
+    loss, parts = joint_loss(sup, torch.tensor(LABELS),
+                             [Distill("sd", sd_logits, t(SD_TARGET), torch.tensor([True, False]), LAM_SD),
+                              Distill("vd", t(VD_LOGITS), t(VD_TARGET), None, LAM_VD)])
     expected = (sum(CE) + LAM_SD * MAE_SD[0] + LAM_VD * sum(MAE_VD)) / 4  # still / (N_l + N_u) = 4
     assert float(loss.detach()) == pytest.approx(expected, abs=1e-6)
     assert parts["sd"] == pytest.approx(MAE_SD[0], abs=1e-6)  # the logged term averages valid items only
@@ -158,7 +159,7 @@ def test_labeled_only_is_mean_cross_entropy():
 
 
 def test_unlabeled_only_two_stage_batch():
-    loss, parts = joint_loss(None, None, t(SD_LOGITS), t(SD_TARGET), None, options=LossOptions(lambda_sd=LAM_SD))
+    loss, parts = joint_loss(None, None, [Distill("sd", t(SD_LOGITS), t(SD_TARGET), None, LAM_SD)])
     assert float(loss) == pytest.approx(LAM_SD * sum(MAE_SD) / 2, abs=1e-6)
     assert "ce" not in parts
 
@@ -172,3 +173,14 @@ def test_entropy_weighting_in_the_joint_loss():
     expected = (sum(CE) + LAM_SD * (w_sd[0] * MAE_SD[0] + w_sd[1] * MAE_SD[1])
                 + LAM_VD * (w_vd[0] * MAE_VD[0] + w_vd[1] * MAE_VD[1])) / 4
     assert _loss(weighting="entropy")[0] == pytest.approx(expected, abs=1e-5)
+
+
+def test_a_third_named_teacher_adds_its_own_term():
+    """Teachers are named entries: a third term counts like the others, logged under its name."""
+    third = Distill("face2", t(VD_LOGITS), t(VD_TARGET), None, 1.0)
+    two = _loss()[0] * 4
+    loss, parts = joint_loss(t(SUP), torch.tensor(LABELS),
+                             [Distill("sd", t(SD_LOGITS), t(SD_TARGET), None, LAM_SD),
+                              Distill("vd", t(VD_LOGITS), t(VD_TARGET), None, LAM_VD), third])
+    assert float(loss) * 4 == pytest.approx(two + sum(MAE_VD), abs=1e-6)
+    assert parts["face2"] == pytest.approx(sum(MAE_VD) / 2, abs=1e-6)

@@ -34,16 +34,16 @@ def _metrics(run) -> dict:
     return json.loads((run / "metrics.json").read_text())
 
 
-def _plain_step_loss(model, x, labels, sd, vd, options, precision="fp32", pairs=0):
+def _plain_step_loss(model, x, labels, targets, teachers, options, precision="fp32", pairs=0):
     """The step's forward + loss as run_epoch wrote it before `precision` existed: no context, no casts
     (and no consistency pairs: the small config has no views)."""
-    from liser.student.losses import joint_loss
+    from liser.student.losses import Distill, joint_loss
 
     assert precision == "fp32" and pairs == 0
-    sup, sd_logits, vd_logits = model(x)
+    sup, heads = model(x)
     n_l = 0 if labels is None else len(labels)
-    return joint_loss(sup[:n_l] if n_l else None, labels, sd_logits[n_l:], sd[0], sd[1],
-                      vd_logits[n_l:], vd[0], vd[1], options=options)
+    terms = [Distill(n, heads[n][n_l:], *targets.get(n, (None, None)), w, temp) for n, w, temp in teachers]
+    return joint_loss(sup[:n_l] if n_l else None, labels, terms, options=options)
 
 
 def test_fp32_default_is_the_plain_step_bit_for_bit(small_config, trained_run, tmp_path, monkeypatch):
@@ -91,12 +91,12 @@ def test_bf16_first_step_loss_is_close_to_fp32(small_config):
         model.train()
         state = tr.State(np.random.default_rng(0))
         frames = [data.cache.frames(it.id) for it in data.train]
-        x, labels, sd, vd = tr.next_batch(tr.Crops([frames]), data.labels, np.arange(small_config.batch_size), None, 0, state)
+        x, labels, targets = tr.next_batch(tr.Crops([frames]), data.labels, np.arange(small_config.batch_size), None, 0, state)
         options = tr.loss_options(small_config, data)
         bn = {k: v.clone() for k, v in model.state_dict().items()}
-        loss32, _ = tr.step_loss(model, x, labels, sd, vd, options, "fp32")
+        loss32, _ = tr.step_loss(model, x, labels, targets, [], options, "fp32")
         model.load_state_dict(bn)  # the same BatchNorm running statistics for the second forward
-        loss16, parts = tr.step_loss(model, x, labels, sd, vd, options, "bf16")
+        loss16, parts = tr.step_loss(model, x, labels, targets, [], options, "bf16")
         loss16.backward()
     assert loss32.dtype == loss16.dtype == torch.float32  # the loss is summed in float32
     l32, l16 = float(loss32.detach()), float(loss16.detach())

@@ -114,7 +114,8 @@ import json, sys
 import numpy as np
 onnx, wav, flac = sys.argv[1:4]
 import liser
-import liser.inference.predict as lp
+import liser.inference.predict
+from liser.inference import decode as lp
 m = liser.load(onnx, threads=1)
 out = {"file": m.predict_file(wav).label, "timeline": len(m.timeline_file(wav, 0.5))}
 x = np.random.default_rng(0).normal(0, 0.1, 16000 * 4).astype(np.float32)

@@ -110,7 +110,7 @@ def test_one_open_read_equals_the_general_reader(inputs, monkeypatch):
         assert decode._read_short(f) is None
         with pytest.raises(LiserError, match=str(f)):
             decode.file_frames(f)
-    monkeypatch.setattr(lp, "LONG_FILE_S", 2.0)  # a "long" file: read in blocks, not whole
+    monkeypatch.setattr(decode, "LONG_FILE_S", 2.0)  # a "long" file: read in blocks, not whole
     assert decode._read_short(inputs["good"][0]) is None
     assert decode.file_frames(inputs["good"][0])[0].dtype == np.float16
 

@@ -35,13 +35,27 @@ def test_output_shapes_of_the_three_heads():
     torch.manual_seed(0)
     m = Student(8, 7).eval()
     x = torch.randn(3, 64, 94) * 10 - 40
-    sup, sd, vd = m(x)
-    assert sup.shape == (3, 8) and sd.shape == (3, 8) and vd.shape == (3, 7)
+    sup, heads = m(x)
+    assert list(heads) == ["sd", "vd"]  # the paper's two teachers when none are named
+    assert sup.shape == (3, 8) and heads["sd"].shape == (3, 8) and heads["vd"].shape == (3, 7)
     assert torch.equal(m.classify(x), sup)
     assert torch.equal(Classifier(m)(x), sup)
     # [B, 1, 64, 94] is accepted too
     assert torch.equal(m.classify(x[:, None]), sup)
     assert m.embed(x).shape == (3, 64)
+
+
+def test_named_teachers_grow_one_head_each():
+    m = Student(6, heads={"speech2": 6, "face": 7, "text": 4})
+    assert [n for n, _ in m.named_children() if n.startswith("g_")] == ["g_sup", "g_speech2", "g_face", "g_text"]
+    sup, heads = m.eval()(torch.randn(2, 64, 94))
+    assert {n: h.shape[1] for n, h in heads.items()} == {"speech2": 6, "face": 7, "text": 4}
+    # the paper's default is the same module, weight for weight, as naming sd and vd explicitly
+    torch.manual_seed(1)
+    a = Student(8, 7)
+    torch.manual_seed(1)
+    b = Student(8, heads={"sd": 8, "vd": 7})
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
 def test_batch_items_are_independent_in_eval_mode():

@@ -323,7 +323,7 @@ def test_resumed_distillation_run_equals_the_uninterrupted_one(small_config, spe
 
 def test_interruption_while_saving_does_not_duplicate_log_rows(small_config, tmp_path, monkeypatch):
     cfg = small_config.replace(classes=("happy", "sad"), epochs=2)
-    real, saves = tr.atomic_save, []
+    real, saves = tr.save, []
 
     def interrupted(obj, path):
         if path.name == "last.pt":
@@ -332,10 +332,10 @@ def test_interruption_while_saving_does_not_duplicate_log_rows(small_config, tmp
                 raise KeyboardInterrupt
         return real(obj, path)
 
-    monkeypatch.setattr(tr, "atomic_save", interrupted)
+    monkeypatch.setattr(tr, "save", interrupted)
     with pytest.raises(KeyboardInterrupt):
         tr.train(cfg, run_dir=tmp_path / "r", progress=False)
-    monkeypatch.setattr(tr, "atomic_save", real)
+    monkeypatch.setattr(tr, "save", real)
     tr.train(cfg, run_dir=tmp_path / "r", progress=False)
     assert [int(r["epoch"]) for r in _rows(tmp_path / "r")] == [0, 1]
 

@@ -83,6 +83,9 @@ class Config:
     temperature_sd: float = 1.0  # temperature applied to the speech teacher before weighting (calibration);
     #   0 = the fold's teacher's own, fitted on its validation speakers (eval.json of `liser teacher fit`)
     temperature_vd: float = 1.0  # temperature applied to the video teacher before weighting
+    teachers: tuple = ()  # named teachers, each {name, kind, store, weight, temperature} (TeacherEntry); the student
+    #   grows a head g_<name> per entry and the loss sums their terms. () = the paper's two, from the keys above:
+    #   sd (kind speech: speech_store, lambda_sd, temperature_sd) and vd (kind video: video_store, lambda_vd, ...)
     distill_loss: str = "mae"  # mae (the paper's) | ce (Table 3 distill-ce)
     schedule: str = "joint"  # joint (the paper's) | two-stage (Table 3: distil first, then fine-tune)
     stage1_epochs: int = 25  # two-stage only: epochs of distillation before fine-tuning
@@ -119,9 +122,31 @@ class Config:
             if getattr(self, key) not in allowed:
                 names = f"{', '.join(allowed[:-1])} or {allowed[-1]}"
                 raise LiserError(f"{key} must be {names}, got {getattr(self, key)!r}")
+        self.teacher_entries()  # each entry's keys and kind
         if self.aug_consistency and not self.aug_views:
             raise LiserError(f"aug_consistency {self.aug_consistency:g} needs views to be consistent across "
                              f"(aug_views > 0)")
+
+    def teacher_entries(self) -> tuple["TeacherEntry", ...]:
+        """The teachers this config names, in head order: `teachers`, or the paper's sd and vd from the legacy keys.
+
+        Raises LiserError naming the entry for an unknown key or kind, a missing name, or a repeated name.
+        """
+        if not self.teachers:
+            return (TeacherEntry("sd", "speech", self.speech_store, self.lambda_sd, self.temperature_sd),
+                    TeacherEntry("vd", "video", self.video_store, self.lambda_vd, self.temperature_vd))
+        entries = tuple(from_dict(TeacherEntry, dict(e) if isinstance(e, dict) else {"?": e}, f"teachers[{i}]")
+                        for i, e in enumerate(self.teachers))
+        names = [e.name for e in entries]
+        for i, e in enumerate(entries):
+            if e.kind not in TEACHER_KINDS or not e.name.isidentifier() or names.count(e.name) > 1:
+                raise LiserError(f"teachers[{i}]: needs a unique name (an identifier; got {e.name!r}) and a kind "
+                                 f"in {', '.join(TEACHER_KINDS)} (got {e.kind!r})")
+        return entries
+
+    def distilling(self) -> tuple["TeacherEntry", ...]:
+        """The entries that give a loss term: a store and a weight > 0."""
+        return tuple(e for e in self.teacher_entries() if e.weight > 0 and e.store)
 
     def replace(self, **kw) -> "Config":
         return dataclasses.replace(self, **kw)
@@ -147,6 +172,21 @@ class Config:
         import hashlib
 
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+TEACHER_KINDS = ("speech", "video")  # speech: targets over the labeled classes; video: over the teacher's own
+
+
+@dataclass(frozen=True)
+class TeacherEntry:
+    """One teacher the student distils from (SPEC "Teachers" and eq. 4: one head and one loss term each)."""
+
+    name: str = ""  # the student's head is g_<name>; the paper's two are sd (speech) and vd (video)
+    kind: str = "speech"  # speech (its classes are the labeled ones) | video (its own, e.g. the 7 FER classes)
+    store: str = ""  # its soft-label store: a path or a template ({fold}, {teachers}, {work}; liser.data.workspace)
+    weight: float = 0.0  # lambda of its term in the joint loss; 0 = the head exists but gets no loss
+    temperature: float = 1.0  # applied before its confidence weights, not its targets; 0 = the fold's speech
+    #   teacher's own, fitted on its validation speakers (speech kind only)
 
 
 # ---------------------------------------------------------------- an experiment grid

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -31,79 +30,6 @@ def absolute_paths(namespace, *names: str) -> None:
         value = getattr(namespace, name, None)
         if value:
             setattr(namespace, name, str(Path(value).resolve()))
-
-
-def current_umask() -> int:
-    """The process's umask, without changing it for longer than a moment.
-
-    Linux reports it in /proc/self/status (no change at all); elsewhere it is
-    read the only portable way, os.umask(x) then os.umask(old), which leaves
-    it altered for two system calls.
-    """
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    old = os.umask(0o022)
-    os.umask(old)
-    return old
-
-
-def follow_umask(path: str | Path, directory: bool = False) -> None:
-    """chmod a file (0o666) or folder (0o777) made by tempfile to what the user's umask gives a new one.
-
-    tempfile.mkstemp creates 0600 files and mkdtemp 0700 folders whatever the
-    umask, so a result renamed into place from them would be private even
-    where the user asked (umask 022 / 002) for the group to read it.
-    """
-    os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same folder, renamed when complete.
-
-    A reader never sees a half-written file; an interrupted write leaves no
-    temporary behind. The file's permissions follow the umask (`follow_umask`).
-    A place that cannot be written (read-only, full) is a LiserError naming `path`.
-    """
-    from liser.core.outputs import writing
-
-    path = Path(path)
-    with writing(path):
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", newline="") as f:
-                f.write(text)
-            follow_umask(tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-
-def atomic_save(obj, path: str | Path) -> None:
-    """torch.save through a temporary file, renamed when complete."""
-    import torch
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)  # open() + umask: the same permissions as any new file
-    os.replace(tmp, path)
-
-
-def atomic_save_npy(array, path: str | Path) -> None:
-    """np.save through a temporary file in the same folder (made if missing), renamed when complete."""
-    import numpy as np
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:  # open() + umask: the same permissions as any new file
-        np.save(f, array)
-    os.replace(tmp, path)
 
 
 def read_text_guess(path: str | Path) -> tuple[str, str]:
@@ -199,11 +125,11 @@ def new_figure(figsize: tuple[float, float]):
 
 def save_figure(fig, path: str | Path, dpi: int = 110) -> None:
     """Tight layout, then the PNG through a temporary file renamed when complete."""
-    path = Path(path)
+    from liser.core.atomic import atomic_path
+
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=dpi)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=dpi)
 
 
 @contextlib.contextmanager

@@ -54,7 +54,6 @@ import csv
 import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,7 +61,8 @@ from pathlib import Path
 import numpy as np
 
 from liser.core.errors import LiserError
-from liser.core.util import atomic_write_text, check_shard, follow_umask, models_dir, safe_id  # safe_id: the face-track file names
+from liser.core.atomic import atomic_path, atomic_write_text
+from liser.core.util import check_shard, models_dir, safe_id  # safe_id: the face-track file names
 
 log = logging.getLogger(__name__)  # active-speaker fallbacks are said here (and stored in the track)
 
@@ -322,37 +322,23 @@ class FaceTrack:
         return int(self.times.shape[0])
 
     def save(self, path: str | Path) -> Path:
-        """Compressed .npz, written to a temporary file and renamed (never half-written)."""
-        from liser.core.outputs import writing
-
+        """Compressed .npz, written to a temporary file and renamed (never half-written; liser.core.atomic)."""
         path = Path(path)
-        with writing(path):
-            return self._save(path)
-
-    def _save(self, path: Path) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez_compressed(
-                    f,
-                    crops=self.crops,
-                    times=self.times.astype(np.float64),
-                    valid=self.valid.astype(bool),
-                    boxes=self.boxes.astype(np.float32),
-                    landmarks=self.landmarks.astype(np.float32),
-                    scores=(self.scores if self.scores is not None else np.zeros(len(self), np.float32)).astype(np.float32),
-                    fps=np.float64(self.fps),
-                    source=np.str_(self.source),
-                    detector=np.str_(self.detector),
-                    selection=np.str_(self.selection),
-                    selection_note=np.str_(self.selection_note),
-                )
-            follow_umask(tmp)  # mkstemp made it 0600
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(path, mkdir=True) as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(
+                f,
+                crops=self.crops,
+                times=self.times.astype(np.float64),
+                valid=self.valid.astype(bool),
+                boxes=self.boxes.astype(np.float32),
+                landmarks=self.landmarks.astype(np.float32),
+                scores=(self.scores if self.scores is not None else np.zeros(len(self), np.float32)).astype(np.float32),
+                fps=np.float64(self.fps),
+                source=np.str_(self.source),
+                detector=np.str_(self.detector),
+                selection=np.str_(self.selection),
+                selection_note=np.str_(self.selection_note),
+            )
         return path
 
     @classmethod

@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import numpy as np
 from liser.core.errors import LiserError
 from liser.data.frontend import CACHE_SETTINGS as FRONT_END
 from liser.data.frontend import file_features
-from liser.core.util import follow_umask
+from liser.core.atomic import temp_folder
 from liser.data.workspace import features_dir
 
 
@@ -94,9 +93,8 @@ def build_features(manifest, work: str | Path = "work", threads: int = 2, progre
             bar.update(1)
             bar.set_postfix(audio_h=f"{seconds / 3600:.2f}")
     bar.close()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = temp_folder(out.parent, f".{out.name}.")
     try:
-        follow_umask(tmp, directory=True)  # mkdtemp made it 0700
         rows, r = [], 0
         for it, c in zip(items, chunks):
             rows.append((it.id, r, len(c)))

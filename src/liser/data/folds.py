@@ -59,7 +59,7 @@ class Folds:
     def save(self, path: str | Path) -> None:
         """Write the fold file `path`; LiserError for a folder or an existing file that is not a fold file."""
         from liser.core.outputs import check_out_file, is_folds_file, writing
-        from liser.core.util import atomic_write_text
+        from liser.core.atomic import atomic_write_text
 
         path = check_out_file(path, "fold file", is_folds_file)
         with writing(path.parent):

@@ -53,7 +53,7 @@ def noise_bank(folder: str | Path, work: str | Path) -> np.ndarray:
     """The non-speech audio of the recordings under `folder`, 16 kHz float32 [N], unit RMS, at most
     NOISE_BANK_MAX_S seconds; cached in <work>/noise/. Raises LiserError when it holds none."""
     from liser.core.errors import LiserError
-    from liser.core.util import atomic_save_npy
+    from liser.core.atomic import atomic_save_npy
 
     files = _audio_files(folder)
     key = hashlib.sha256("\n".join(f"{f}:{f.stat().st_size}" for f in files).encode()).hexdigest()[:12]

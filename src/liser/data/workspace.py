@@ -23,6 +23,7 @@ and the paths, all under `cfg.work` or `cfg.out`:
     <work>/faces/pool-<size>/                  face tracks of the pool's videos
     cfg.speech_store                           speech soft-label store of fold k ({fold}, {teachers}, {work} filled in)
     cfg.video_store                            video soft-label store ({work} filled in)
+    cfg.teachers[i].store                      the store of a named teacher entry (store_path; the same placeholders)
     <out>/<name>/fold<k>/                      a student run
 
 This module imports only the config, the corpora and the folds, so any stage
@@ -120,22 +121,35 @@ def fill_path(template: str, key: str, **values) -> str:
 
 
 def speech_store(cfg: Config, fold: int | None = None) -> str:
-    """The speech-teacher store of a fold (cfg.fold when None); "" when the config names none.
+    """The store of the config's (first) speech teacher for a fold (cfg.fold when None); "" when it names none.
 
     Placeholders: {fold} the fold, {teachers} the teacher set's folder
     (teachers_dir: the store then lives beside the teachers that wrote it, so
     a pooled and a single-corpus config cannot share one), {work} cfg.work.
     """
-    return fill_path(cfg.speech_store, "speech_store", fold=cfg.fold if fold is None else fold,
-                     teachers=str(teachers_dir(cfg)), work=cfg.work)
+    return _first_store(cfg, "speech", fold)
 
 
 def video_store(cfg: Config) -> str:
-    """The video-teacher store ("" when the config names none); one for every fold, {work} = cfg.work.
+    """The store of the config's (first) video teacher ("" when it names none); one for every fold.
 
-    No {fold} or {teachers}: the video teacher is pretrained and never sees the labeled corpora.
+    The video teacher is pretrained and never sees the labeled corpora, so its store needs no {fold}.
     """
-    return fill_path(cfg.video_store, "video_store", work=cfg.work)
+    return _first_store(cfg, "video", None)
+
+
+def _first_store(cfg: Config, kind: str, fold: int | None) -> str:
+    entry = next((e for e in cfg.teacher_entries() if e.kind == kind), None)
+    return store_path(cfg, entry, fold) if entry is not None else ""
+
+
+def store_path(cfg: Config, entry, fold: int | None = None) -> str:
+    """The soft-label store of one teacher entry (liser.core.config.TeacherEntry) for a fold (cfg.fold when
+    None); "" when it names none. Placeholders as speech_store's: {fold}, {teachers}, {work}."""
+    legacy = {"sd": "speech_store", "vd": "video_store"}
+    key = legacy[entry.name] if not cfg.teachers and entry.name in legacy else f"teachers.{entry.name}.store"
+    return fill_path(entry.store, key, fold=cfg.fold if fold is None else fold, teachers=str(teachers_dir(cfg)),
+                     work=cfg.work)
 
 
 def run_dir(cfg: Config) -> Path:
@@ -174,7 +188,7 @@ def claim_teacher_dir(out: Path, record: dict, speakers=()) -> None:
     """
     import json
 
-    from liser.core.util import atomic_write_text
+    from liser.core.atomic import atomic_write_text
 
     out = Path(out)
     path = out / TRAINED_ON

@@ -190,7 +190,7 @@ def evaluate_on(run: str | Path, on: str, maps: dict[str, str] | None = None, st
     from liser.data.features import build_features
     from liser.core.outputs import check_out_file, is_cross_json, writing
     from liser.student.checkpoint import read_checkpoint, student_from_checkpoint
-    from liser.core.util import atomic_write_text
+    from liser.core.atomic import atomic_write_text
     from liser.data.workspace import labeled_corpora
 
     run = Path(run)

@@ -206,13 +206,13 @@ def ray_label(cfg, teacher: str, folds=None, overrides=(), address: str | None =
     and returns their paths, or finalises one whose merge was lost.
     """
     from liser.teachers.pipeline import (fit_speech_teachers, label_speech, label_video, speech_teacher_config)
-    from liser.data.workspace import fold_indices, labeled_manifest, unlabeled_pool
+    from liser.data.workspace import fold_indices, labeled_manifest, speech_store, unlabeled_pool, video_store
 
     if teacher not in ("speech", "video"):
         raise LiserError(f"teacher {teacher!r}: speech or video")
     overrides = list(overrides)
     cwd = os.getcwd()
-    store = cfg.speech_store if teacher == "speech" else cfg.video_store
+    store = speech_store(cfg, 0) if teacher == "speech" else video_store(cfg)
     if not store:
         raise LiserError(f"{teacher}_store: the config names no store to write")
     tcfg = speech_teacher_config(cfg, overrides) if teacher == "speech" else None  # a bad --teacher-set fails now

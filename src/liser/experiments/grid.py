@@ -16,7 +16,8 @@ from liser.core.config import Config
 from liser.core.device import tune_malloc  # worker processes start with it, as the `liser` command does
 from liser.core.errors import LiserError
 from liser.core.outputs import check_runs_out
-from liser.core.util import atomic_write_text, safe_id
+from liser.core.atomic import atomic_write_text
+from liser.core.util import safe_id
 from liser.data.workspace import fold_indices, fold_items, labeled_manifest, run_dir, unlabeled_manifests
 
 
@@ -279,7 +280,7 @@ def run_grid(grid_path: str | Path, overrides: list[str] | tuple = (), jobs: int
     manifest = labeled_manifest(base)
     build_features(manifest, base.work, threads=base.threads or os.cpu_count() or 1, progress=progress)
     runs = expand_grid(grid, fold_count(base, manifest))
-    distilling = [r["cfg"] for r in runs if r["cfg"].lambda_sd > 0 or r["cfg"].lambda_vd > 0]
+    distilling = [r["cfg"] for r in runs if r["cfg"].distilling()]
     for m in unlabeled_manifests(distilling[0]) if distilling else []:
         build_features(m, base.work, threads=base.threads or 2, progress=progress)  # once, before workers start
     build_views_once(manifest, [r["cfg"] for r in runs], progress)

@@ -52,7 +52,8 @@ def _spread(files: list[Path], n: int) -> list[Path]:
 def prepare_data(base: Config) -> None:
     """The labeled subset (manifest + fold file) and the unlabeled pool's manifest named by `base`."""
     from liser.data.corpora import prepare
-    from liser.core.util import AUDIO_SUFFIXES, atomic_write_text
+    from liser.core.atomic import atomic_write_text
+    from liser.core.util import AUDIO_SUFFIXES
 
     data = Path(base.root).parent
     work = Path(base.work)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from liser.core.util import atomic_write_text
+from liser.core.atomic import atomic_write_text
 from liser.data.workspace import teacher_dir
 
 TABLE2 = ("no-dstl", "vid-dstl", "sp-dstl", "vid-sp-dstl", "conf-vid-sp-dstl")
@@ -104,10 +104,9 @@ def _store_lines(base) -> list[str]:
     from liser.teachers.store import SoftLabelStore
 
     # the per-fold speech stores hold the same items: the base fold's stands for all
-    from liser.data.workspace import speech_store, video_store
+    from liser.data.workspace import store_path
 
-    paths = [(kind, tmpl, path) for kind, tmpl, path in (("speech", base.speech_store, speech_store(base)),
-                                                          ("video", base.video_store, video_store(base))) if tmpl]
+    paths = [(e.kind, e.store, store_path(base, e)) for e in base.teacher_entries() if e.store]
     rows = []
     for kind, tmpl, p in paths:
         if not (Path(p) / "meta.json").is_file():
@@ -250,7 +249,7 @@ def pool_curves(full: dict) -> dict[str, list[dict]]:
             if not ref or not cfg_path.is_file():
                 continue
             cfg = Config.load(cfg_path)
-            if cfg.lambda_sd <= 0 and cfg.lambda_vd <= 0:
+            if not cfg.distilling():
                 continue
             pool = tuple(cfg.unlabeled)
             if pool not in hours:

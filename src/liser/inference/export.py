@@ -60,6 +60,7 @@ from pathlib import Path
 
 import numpy as np
 
+from liser.core.atomic import commit
 from liser.data import audio
 from liser.core.errors import LiserError
 
@@ -325,10 +326,10 @@ def export_onnx(run: str | Path, out: str | Path, int8: str | Path | bool | None
             with writing(int8_path):
                 report.update(_int8(tmp, tmp_int8, ck, data, ref_lab, uar32, threads, say))
         with writing(out):
-            os.replace(tmp, out)
+            commit(tmp, out)
         if int8_path:
             with writing(int8_path):
-                os.replace(tmp_int8, int8_path)
+                commit(tmp_int8, int8_path)
             report["int8"] = str(int8_path)
     finally:  # our temporaries only; on a read-only place even a missing one's unlink fails: that must not mask why
         for t in [tmp, *([tmp_int8, *tmp_int8.parent.glob(f"{tmp_int8.name}.cand-*")] if tmp_int8 else [])]:
@@ -572,9 +573,9 @@ def export_waveform(run: str | Path, out: str | Path, int8=None, opset: int = 17
             wave8 = Path(d) / ("int8-" + int8_path.name)
             report["waveform_int8"] = waveform_onnx.export(Path(d) / "student.int8.onnx", wave8, files, dft, None,
                                                            threads, say)
-            os.replace(wave8, int8_path)
+            commit(wave8, int8_path)
             report["int8"] = str(int8_path)
-        os.replace(wave, out)
+        commit(wave, out)
         report["onnx"] = str(out)
     for path, key in ((out, "waveform"), (int8_path, "waveform_int8")):
         if path:

@@ -621,12 +621,11 @@ def export(student_path: str | Path, out: str | Path, files: list[str], dft: str
     refusal differs, or (with `tolerance`, None for int8) a probability
     differs by more than it. Returns `check`'s summary without the rows, with "bytes".
     """
-    import os
-
+    from liser.core.atomic import commit, temp_beside
     from liser.core.errors import LiserError
 
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp = temp_beside(out, suffix=".onnx")
     try:
         write(student_path, tmp, dft)
         res = check(tmp, student_path, files, threads)
@@ -637,7 +636,7 @@ def export(student_path: str | Path, out: str | Path, files: list[str], dft: str
         if bad or (tolerance is not None and res["max_dp"] > tolerance):
             raise LiserError(f"{out}: waveform parity check failed (labels {res['same_label']}/{res['scored']}, "
                              f"max |dp| {res['max_dp']:.1e}, limit {tolerance}); nothing written")
-        os.replace(tmp, out)
+        commit(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
     summary = {k: v for k, v in res.items() if k != "rows"}

@@ -21,21 +21,40 @@ from liser.data import frontend
 FORMAT = "liser-student"  # the checkpoint's `format` key
 
 
-def student_checkpoint(model, classes, video_classes, cfg, epoch: int, val: dict) -> dict:
-    """A self-describing student: plain types and tensors only (loads with weights_only=True)."""
+def student_checkpoint(model, classes, teacher_classes: dict, cfg, epoch: int, val: dict) -> dict:
+    """A self-describing student (best.pt): plain types and tensors only (loads with weights_only=True).
+
+    `teacher_classes`: {teacher name: the classes of its head g_<name>}, in head order.
+    """
     from liser import __version__
 
+    video = next((c for n, c in teacher_classes.items() if n == "vd"), [])
     return {
         "format": FORMAT,
         "liser_version": __version__,
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "classes": list(classes),
-        "video_classes": list(video_classes),
+        "teacher_classes": {n: list(c) for n, c in teacher_classes.items()},
+        "video_classes": list(video),  # the paper's vd head's, for readers of the two-teacher format
         "front_end": {**frontend.SETTINGS, "windowing": cfg.windowing},
         "config": cfg.to_dict(),
         "epoch": epoch,
         "val": {"uar": val.get("uar"), "war": val.get("war")},
     }
+
+
+def save(obj: dict, path: str | Path) -> None:
+    """A checkpoint (best.pt) or a resume state (last.pt) written atomically (liser.core.atomic)."""
+    from liser.core.atomic import atomic_save
+
+    atomic_save(obj, path)
+
+
+def load(path: str | Path) -> dict:
+    """A file `save` wrote, on the CPU, with weights_only=True (no pickled code runs); not checked (read_checkpoint)."""
+    import torch
+
+    return torch.load(path, weights_only=True, map_location="cpu")
 
 
 def check_version(made_by: str, source: str) -> None:
@@ -78,13 +97,18 @@ def read_checkpoint(path: Path) -> dict:
     return ck
 
 
+def head_sizes(state_dict: dict) -> dict[str, int]:
+    """{teacher name: classes} of a student's distillation heads, in order, read from its weights (g_<name>.2.weight)."""
+    return {k[2 : -len(".2.weight")]: int(v.shape[0]) for k, v in state_dict.items()
+            if k.startswith("g_") and k.endswith(".2.weight")}
+
+
 def student_from_checkpoint(ck: dict, source: str):
     """A Student in eval mode with the checkpoint's weights (LiserError if they do not fit)."""
     from liser.student.model import Student
 
-    classes, video = list(ck["classes"]), list(ck.get("video_classes") or [])
-    n_video = len(video) or int(ck["state_dict"]["g_vd.2.weight"].shape[0])
-    model = Student(len(classes), n_video)
+    classes = list(ck["classes"])
+    model = Student(len(classes), heads=head_sizes(ck["state_dict"]))
     try:
         model.load_state_dict(ck["state_dict"])
     except (RuntimeError, KeyError) as e:

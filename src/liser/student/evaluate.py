@@ -75,7 +75,7 @@ def bootstrap_ci(y_true, y_pred, n_classes: int, n: int = 1000, seed: int = 0) -
 
 def file_logits(model, frames_list, stride_s: float = EVAL_STRIDE_S, batch: int = 512, head: str = "sup",
                 windowing: str = "pad") -> np.ndarray:
-    """Weighted mean logits of one head (sup, sd or vd) over each item's windows: [items, K].
+    """Weighted mean logits of one head ("sup", or a teacher entry's name: sd, vd, ...) over each item's windows: [items, K].
 
     The windows and weights are liser.data.windowing's plan for `windowing`
     ("pad": every 3 s window, equal weights; "speech": the speech span's, a
@@ -112,7 +112,7 @@ def _window_logits(model, wins: np.ndarray, batch: int, head: str) -> np.ndarray
         for a in range(0, len(wins), batch):
             x = torch.from_numpy(wins[a : a + batch])
             x = x if device is None else x.to(device)
-            y = model.classify(x) if head == "sup" else model(x)[("sup", "sd", "vd").index(head)]
+            y = model.classify(x) if head == "sup" else model(x)[1][head]
             out.append(y.float().cpu().numpy())
     if was_training:
         model.train()

@@ -3,9 +3,10 @@
 For a mini-batch of N_l labeled and N_u unlabeled items (eq. 4):
 
     L = ( sum_i CE(g_sup(s_i), y_i)
-          + sum_j ( lam_sd * w_sd_j * L_sd_j + lam_vd * w_vd_j * L_vd_j ) ) / (N_l + N_u)
+          + sum_j sum_t lam_t * w_t,j * L_t,j ) / (N_l + N_u)
 
-with L_sd_j = MAE(softmax(g_sd(s_j)), t_s(s_j)) (mean over classes of the
+summed over the teachers t the config names (the paper's two: sd, speech, and
+vd, video; liser.core.config.TeacherEntry), with L_sd_j = MAE(softmax(g_sd(s_j)), t_s(s_j)) (mean over classes of the
 absolute differences), w = 1 (eq. 4) or the teacher's max probability on
 that window (eq. 5), and terms of items without a valid target masked out.
 """
@@ -61,57 +62,49 @@ def item_weights(target: torch.Tensor, weighting: str = "none") -> torch.Tensor:
 
 @dataclass(frozen=True)
 class LossOptions:
-    """How the distillation terms of the joint loss are weighted (SPEC "Losses"); the defaults are eq. 4 without distillation."""
+    """How the joint loss's terms are formed (SPEC "Losses"); the defaults are eq. 4."""
 
-    lambda_sd: float = 0.0  # weight of the speech-distillation term (0 = off)
-    lambda_vd: float = 0.0  # weight of the video-distillation term (0 = off)
-    weighting: str = "none"  # per-item weight: none (eq. 4) | confidence (eq. 5) | entropy
+    weighting: str = "none"  # per-item weight of every distillation term: none (eq. 4) | confidence (eq. 5) | entropy
     kind: str = "mae"  # distillation loss: mae (the paper's) | ce (Table 3's distill-ce)
-    temperature_sd: float = 1.0  # temperature of the speech teacher before its weights (not its targets)
-    temperature_vd: float = 1.0  # temperature of the video teacher before its weights
     consistency: float = 0.0  # weight of the clean-to-view consistency term (`consistency_term`); 0 = off
 
 
-def joint_loss(
-    sup_logits: torch.Tensor | None,
-    labels: torch.Tensor | None,
-    sd_logits: torch.Tensor | None = None,
-    sd_target: torch.Tensor | None = None,
-    sd_mask: torch.Tensor | None = None,
-    vd_logits: torch.Tensor | None = None,
-    vd_target: torch.Tensor | None = None,
-    vd_mask: torch.Tensor | None = None,
-    *,
-    options: LossOptions = LossOptions(),
-) -> tuple[torch.Tensor, dict]:
-    """Eq. 4 (weighting='none') or eq. 5 (weighting='confidence'); returns (loss, parts for logging).
+@dataclass
+class Distill:
+    """One teacher's term of a mini-batch: its head's logits and its targets on the unlabeled items."""
 
-    Shapes: sup_logits [N_l, K], labels [N_l] int; *_logits and *_target
-    [N_u, K_teacher], *_mask [N_u] bool (False = no valid target, no loss).
-    Temperatures change only the weights (the teacher's confidence), not the
-    targets the student matches. Raises ValueError for an unknown weighting or kind.
+    name: str  # the teacher entry's name (sd, vd, ...): the key of its part in the log
+    logits: torch.Tensor  # [N_u, K_teacher] the student's g_<name> logits
+    target: torch.Tensor  # [N_u, K_teacher] the teacher's soft labels of the same windows
+    mask: torch.Tensor | None  # [N_u] bool, False = no valid target (no loss); None = all valid
+    weight: float  # lambda of the term (0 = left out)
+    temperature: float = 1.0  # applied before the item weights, not to the target
+
+
+def joint_loss(sup_logits: torch.Tensor | None, labels: torch.Tensor | None, terms=(), *,
+               options: LossOptions = LossOptions()) -> tuple[torch.Tensor, dict]:
+    """Eq. 4 (weighting='none') or eq. 5 (weighting='confidence'), summed over the teachers' `terms` (Distill,
+    in order); returns (loss, parts for logging: "ce" and each term's mean by name).
+
+    Shapes: sup_logits [N_l, K], labels [N_l] int. Temperatures change only
+    the weights (the teacher's confidence), not the targets the student
+    matches. Raises ValueError for an unknown weighting or kind.
     """
     n_l = 0 if labels is None else int(labels.shape[0])
-    n_u = 0
-    for t in (sd_target, vd_target):
-        if t is not None:
-            n_u = max(n_u, int(t.shape[0]))
+    n_u = max([int(t.target.shape[0]) for t in terms if t.target is not None] + [0])
     total = torch.zeros(())
     parts = {}
     if n_l:
         ce = F.cross_entropy(sup_logits, labels, reduction="sum")
         total = total + ce
         parts["ce"] = float(ce.detach()) / n_l
-    for name, logits, target, mask, lam, temp in (
-        ("sd", sd_logits, sd_target, sd_mask, options.lambda_sd, options.temperature_sd),
-        ("vd", vd_logits, vd_target, vd_mask, options.lambda_vd, options.temperature_vd),
-    ):
-        if logits is None or target is None or lam == 0:
+    for t in terms:
+        if t.logits is None or t.target is None or t.weight == 0:
             continue
-        m = torch.ones(target.shape[0]) if mask is None else mask.to(target.dtype)
-        w = item_weights(temper(target, temp), options.weighting) * m
-        term = distill_term(logits, target, options.kind)
-        total = total + lam * (w * term).sum()
-        parts[name] = float((term.detach() * m).sum() / torch.clamp(m.sum(), min=1))
+        m = torch.ones(t.target.shape[0]) if t.mask is None else t.mask.to(t.target.dtype)
+        w = item_weights(temper(t.target, t.temperature), options.weighting) * m
+        term = distill_term(t.logits, t.target, options.kind)
+        total = total + t.weight * (w * term).sum()
+        parts[t.name] = float((term.detach() * m).sum() / torch.clamp(m.sum(), min=1))
     denom = max(n_l + n_u, 1)
     return total / denom, parts

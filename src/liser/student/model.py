@@ -3,9 +3,10 @@
 Input: log-Mel [B, 64, 94] (dB) of a 3 s window. Three conv blocks (64
 filters, BatchNorm, ReLU, max-pool (2,2), (4,2), (4,1) on (Mel, time)) turn
 64 Mel bins into 2, the LSTM (hidden 64) reads 64 channels x 2 bins = 128
-features per frame for 23 frames, and its last hidden state feeds three
-heads: `g_sup` (K_S, the only one used at inference), `g_sd` (32, K_S: speech
-distillation) and `g_vd` (32, K_V: video distillation).
+features per frame for 23 frames, and its last hidden state feeds `g_sup`
+(K_S, the only head used at inference) and one distillation head per named
+teacher (`heads`): the paper's `g_sd` (32, K_S: speech distillation) and
+`g_vd` (32, K_V: video distillation) unless a config names others.
 
 The input is standardised per Mel band by fixed buffers (`feat_mean`,
 `feat_std`) set from the training features: not parameters, so the count
@@ -61,9 +62,13 @@ def _block(c_in: int, c_out: int, kernel: tuple[int, int], pool: tuple[int, int]
 
 class Student(nn.Module):
     def __init__(self, n_classes: int, n_video_classes: int = 7, channels: int = 64, hidden: int = 64,
-                 n_mels: int = N_MELS, level_norm: bool = False, channel_norm: bool = False):
+                 n_mels: int = N_MELS, level_norm: bool = False, channel_norm: bool = False,
+                 heads: dict[str, int] | None = None):
+        """`heads`: one distillation head per named teacher, {name: its classes}, in order (g_<name>, each
+        Linear(hidden, 32), ReLU, Linear(32, K)); None = the paper's two, {"sd": n_classes, "vd": n_video_classes}."""
         super().__init__()
-        self.n_classes, self.n_video_classes = n_classes, n_video_classes
+        heads = {"sd": n_classes, "vd": n_video_classes} if heads is None else dict(heads)
+        self.n_classes, self.heads = n_classes, heads
         self.register_buffer("feat_mean", torch.zeros(n_mels))
         self.register_buffer("feat_std", torch.ones(n_mels))
         self.register_buffer("level_norm", torch.tensor(float(level_norm)))
@@ -76,8 +81,8 @@ class Student(nn.Module):
         mel_out = n_mels // 2 // 4 // 4
         self.lstm = nn.LSTM(channels * mel_out, hidden, batch_first=True)
         self.g_sup = nn.Linear(hidden, n_classes)
-        self.g_sd = nn.Sequential(nn.Linear(hidden, 32), nn.ReLU(inplace=True), nn.Linear(32, n_classes))
-        self.g_vd = nn.Sequential(nn.Linear(hidden, 32), nn.ReLU(inplace=True), nn.Linear(32, n_video_classes))
+        for name, k in heads.items():  # created in order: the same initial weights for the same heads
+            self.add_module(f"g_{name}", nn.Sequential(nn.Linear(hidden, 32), nn.ReLU(inplace=True), nn.Linear(32, k)))
 
     def set_normalisation(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         self.feat_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
@@ -119,10 +124,10 @@ class Student(nn.Module):
             del y  # before the next conv allocates its output
         return h
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Logits of the three heads: (g_sup, g_sd, g_vd)."""
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Logits of every head: (g_sup [B, K], {teacher name: g_<name> [B, K_teacher]})."""
         z = self.embed(x)
-        return self.g_sup(z), self.g_sd(z), self.g_vd(z)
+        return self.g_sup(z), {name: getattr(self, f"g_{name}")(z) for name in self.heads}
 
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         """Supervised logits only: what inference and export use."""

@@ -41,14 +41,19 @@ from liser.data import audio
 from liser.core.config import Config
 from liser.core.device import resolve_device
 from liser.core.errors import LiserError
-from liser.core.util import atomic_save, atomic_write_text
-from liser.student.checkpoint import student_checkpoint
-from liser.data.workspace import fold_items, labeled_manifest, run_dir, speech_store, teacher_dir, unlabeled_manifests, video_store
+from liser.core.atomic import atomic_write_text
+from liser.student.checkpoint import load, save, student_checkpoint
+from liser.data.workspace import fold_items, labeled_manifest, run_dir, store_path, teacher_dir, unlabeled_manifests
 
-# the FER2013 order, used for g_vd when no video store is read (the head exists but gets no loss)
+# the FER2013 order, used for a video head when no video store is read (the head exists but gets no loss)
 DEFAULT_VIDEO_CLASSES = ["angry", "disgust", "fearful", "happy", "sad", "surprised", "neutral"]
-LOG_FIELDS = ("epoch", "stage", "loss", "ce", "sd", "vd", "consistency", "val_uar", "val_war", "train_s", "epoch_s",
-              "samples_per_s")
+
+
+def log_fields(cfg: Config) -> tuple[str, ...]:
+    """The columns of epochs.csv: one loss part per teacher entry (sd and vd for the paper's two)."""
+    names = tuple(e.name for e in cfg.teacher_entries())
+    return ("epoch", "stage", "loss", "ce", *names, "consistency", "val_uar", "val_war", "train_s", "epoch_s",
+            "samples_per_s")
 
 
 # ---------------------------------------------------------------- data
@@ -58,8 +63,7 @@ class Unlabeled:
 
     frames: list  # per item [frames, 64] arrays
     ids: list[str]
-    speech: object | None  # SoftLabelStore
-    video: object | None  # SoftLabelStore
+    stores: dict  # teacher name -> SoftLabelStore, for the entries the config distils from, in entry order
 
 
 def load_unlabeled(cfg: Config, work: Path, progress: bool) -> Unlabeled | None:
@@ -67,22 +71,19 @@ def load_unlabeled(cfg: Config, work: Path, progress: bool) -> Unlabeled | None:
     from liser.data.features import build_features
     from liser.teachers.store import SoftLabelStore
 
-    use_sd = cfg.lambda_sd > 0 and cfg.speech_store
-    use_vd = cfg.lambda_vd > 0 and cfg.video_store
-    if not (use_sd or use_vd):
+    stores = {e.name: SoftLabelStore(store_path(cfg, e)) for e in cfg.distilling()}
+    if not stores:
         return None
-    speech = SoftLabelStore(speech_store(cfg)) if use_sd else None
-    video = SoftLabelStore(video_store(cfg)) if use_vd else None
     frames, ids = [], []
     for m in unlabeled_manifests(cfg):
         cache = build_features(m, work, threads=cfg.threads or 2, progress=progress).load_into_memory()
         for it in m.items:
-            if (speech is not None and it.id in speech) or (video is not None and it.id in video):
+            if any(it.id in st for st in stores.values()):
                 frames.append(cache.frames(it.id))
                 ids.append(it.id)
     if not ids:
-        raise LiserError(f"no unlabeled item has a soft label in {speech_store(cfg) or video_store(cfg)}")
-    return Unlabeled(frames, ids, speech, video)
+        raise LiserError(f"no unlabeled item has a soft label in {', '.join(str(st.path) for st in stores.values())}")
+    return Unlabeled(frames, ids, stores)
 
 
 def check_store_teacher(cfg: Config, store) -> None:
@@ -159,29 +160,24 @@ def _at(lo: int, hi: int, u: float) -> int:
 
 
 def unlabeled_batch(pool: Unlabeled, idx: np.ndarray, rng: np.random.Generator, length: int = audio.CLIP_FRAMES):
-    """Crops and their window targets: x [B,64,length]; (targets, mask) per teacher."""
+    """Crops and their window targets: x [B, 64, length] and {teacher name: (targets [B, K_t], mask [B] bool)}."""
     import torch
 
-    xs, sd_t, sd_m, vd_t, vd_m = [], [], [], [], []
+    xs, got = [], {name: ([], []) for name in pool.stores}
     length_s = audio.CLIP_S if length == audio.CLIP_FRAMES else length * audio.HOP_S
     for i in idx:
         x, start = random_crop(pool.frames[i], rng, length)
         xs.append(x)
         t0 = float(audio.frames_to_seconds(start))
-        for store, tl, ml in ((pool.speech, sd_t, sd_m), (pool.video, vd_t, vd_m)):
-            if store is None:
-                continue
+        for name, store in pool.stores.items():
             if pool.ids[i] in store:
                 p, n = store.window(pool.ids[i], t0, length_s)
             else:
                 p, n = np.zeros(len(store.classes), np.float32), 0
-            tl.append(p)
-            ml.append(n > 0)
-
-    def pack(t, m):
-        return (torch.from_numpy(np.stack(t)), torch.tensor(m)) if t else (None, None)
-
-    return torch.from_numpy(np.stack(xs)), pack(sd_t, sd_m), pack(vd_t, vd_m)
+            got[name][0].append(p)
+            got[name][1].append(n > 0)
+    targets = {name: (torch.from_numpy(np.stack(t)), torch.tensor(m)) for name, (t, m) in got.items()}
+    return torch.from_numpy(np.stack(xs)), targets
 
 
 @dataclass
@@ -267,8 +263,8 @@ class Data:
     classes: list[str]
     cache: object  # FeatureCache of the labeled corpus, in memory
     pool: Unlabeled | None
-    temperature_sd: float  # cfg.temperature_sd, or the fold's teacher's fitted one when that is 0
-    video_classes: list[str]
+    temperatures: dict  # teacher name -> its temperature (a speech entry's 0 replaced by its fold teacher's fitted one)
+    teacher_classes: dict  # teacher name -> the classes of its head, in entry order
     views: list = field(default_factory=list)  # FeatureCache of each augmented view (liser.data.views); [] = none
 
     @property
@@ -288,22 +284,33 @@ def load_data(cfg: Config, progress: bool) -> Data:
     pool = load_unlabeled(cfg, Path(cfg.work), progress)
     if pool is None and cfg.schedule == "two-stage":
         raise LiserError("schedule two-stage needs unlabeled data with soft labels "
-                         "(unlabeled, speech_store/video_store and lambda_sd/lambda_vd > 0)")
-    speech = pool.speech if pool is not None else None
-    if speech is not None and list(speech.classes) != list(classes):
-        raise LiserError(f"{speech.path}: speech teacher classes {speech.classes} != the student's {classes}")
-    if speech is not None:
-        check_store_teacher(cfg, speech)
-    temperature_sd = fitted_temperature(cfg, speech) if speech is not None and cfg.temperature_sd == 0 \
-        else cfg.temperature_sd
-    video_classes = list(pool.video.classes) if pool is not None and pool.video is not None else DEFAULT_VIDEO_CLASSES
+                         "(unlabeled, and a teacher's store with a weight > 0: speech_store/video_store and "
+                         "lambda_sd/lambda_vd, or `teachers`)")
+    temperatures, teacher_classes = teacher_settings(cfg, pool, classes)
     views = []
     if cfg.aug_views:
         from liser.data.views import build_views
 
         views = [v.load_into_memory() for v in build_views(manifest, cfg.work, cfg.aug_views, cfg.seed,
                                                            cfg.aug_noise_dir, cfg.threads or 2, progress)]
-    return Data(train_items, val_items, test_items, classes, cache, pool, temperature_sd, video_classes, views)
+    return Data(train_items, val_items, test_items, classes, cache, pool, temperatures, teacher_classes, views)
+
+
+def teacher_settings(cfg: Config, pool: Unlabeled | None, classes: list[str]) -> tuple[dict, dict]:
+    """Each teacher entry's temperature and head classes, its store checked: a speech store must hold the
+    student's classes and come from the fold's own teacher (check_store_teacher)."""
+    temperatures, teacher_classes = {}, {}
+    for e in cfg.teacher_entries():
+        store = pool.stores.get(e.name) if pool is not None else None
+        if e.kind == "speech" and store is not None:
+            if list(store.classes) != list(classes):
+                raise LiserError(f"{store.path}: speech teacher classes {store.classes} != the student's {classes}")
+            check_store_teacher(cfg, store)
+        fitted = e.kind == "speech" and store is not None and e.temperature == 0
+        temperatures[e.name] = fitted_temperature(cfg, store) if fitted else e.temperature
+        teacher_classes[e.name] = list(store.classes) if store is not None else \
+            (list(classes) if e.kind == "speech" else DEFAULT_VIDEO_CLASSES)
+    return temperatures, teacher_classes
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -360,7 +367,8 @@ def build_model(cfg: Config, data: Data):
     from liser.data.features import normalisation_stats
     from liser.student.model import Student
 
-    model = Student(len(data.classes), len(data.video_classes), level_norm=cfg.level_norm, channel_norm=cfg.channel_norm)
+    model = Student(len(data.classes), heads={n: len(c) for n, c in data.teacher_classes.items()},
+                    level_norm=cfg.level_norm, channel_norm=cfg.channel_norm)
     center = "band" if cfg.channel_norm else cfg.level_norm
     mean, std = normalisation_stats(data.cache, [it.id for it in data.train], center=center)
     model.set_normalisation(torch.from_numpy(mean), torch.from_numpy(std))
@@ -397,7 +405,7 @@ def resume(run: Path, cfg: Config, model, opt) -> State:
     state = State(np.random.default_rng(cfg.seed))
     last = run / "last.pt"
     if last.is_file():  # resume after the last completed epoch
-        st = torch.load(last, weights_only=True, map_location="cpu")
+        st = load(last)
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
         state.epoch, state.best_uar, state.best_epoch, state.stale = \
@@ -411,7 +419,7 @@ def resume(run: Path, cfg: Config, model, opt) -> State:
             kept = [r for r in csv.DictReader(f) if int(r["epoch"]) < state.epoch]
         log_path.unlink()
         for r in kept:
-            _append_csv(log_path, r)
+            _append_csv(log_path, r, log_fields(cfg))
     return state
 
 
@@ -419,9 +427,7 @@ def loss_options(cfg: Config, data: Data):
     """The joint loss's settings from the config (and the fold's fitted speech temperature)."""
     from liser.student.losses import LossOptions
 
-    return LossOptions(lambda_sd=cfg.lambda_sd, lambda_vd=cfg.lambda_vd, weighting=cfg.weighting,
-                       kind=cfg.distill_loss, temperature_sd=data.temperature_sd, temperature_vd=cfg.temperature_vd,
-                       consistency=cfg.aug_consistency)
+    return LossOptions(weighting=cfg.weighting, kind=cfg.distill_loss, consistency=cfg.aug_consistency)
 
 
 def augment_options(cfg: Config):
@@ -449,7 +455,7 @@ def next_batch(crops: Crops, y: np.ndarray, idx, pool, n_u: int, state: State, p
     """One mini-batch: crops of the labeled items `idx` (None: none; `Crops.batch`, or `Crops.pairs` when
     `paired`: each item clean, then each as a view, labels repeated), then `n_u` pool items
     (pool None: none) with their window targets, cropped to the same length. Returns (x [B, 64, L], labels
-    [N_l] or None, sd, vd), sd and vd being (targets, mask) per teacher. The pool is walked in a permutation
+    [N_l] or None, {teacher name: (targets, mask)}). The pool is walked in a permutation
     kept in `state`."""
     import torch
 
@@ -460,16 +466,16 @@ def next_batch(crops: Crops, y: np.ndarray, idx, pool, n_u: int, state: State, p
     elif idx is not None:
         xs, length = crops.batch(idx, rng)
         labels = torch.from_numpy(y[idx])
-    sd = vd = (None, None)
+    targets = {}
     x = None
     if pool is not None:
         if state.u_pos + n_u > len(state.u_order):
             state.u_order, state.u_pos = rng.permutation(len(pool.ids)), 0
-        x, sd, vd = unlabeled_batch(pool, state.u_order[state.u_pos : state.u_pos + n_u], rng, length)
+        x, targets = unlabeled_batch(pool, state.u_order[state.u_pos : state.u_pos + n_u], rng, length)
         state.u_pos += n_u
     if xs:
         x = torch.from_numpy(np.stack(xs)) if x is None else torch.cat([torch.from_numpy(np.stack(xs)), x])
-    return x, labels, sd, vd
+    return x, labels, targets
 
 
 def run_epoch(cfg: Config, data: Data, model, opt, state: State, stage1: bool, crops: Crops, y: np.ndarray):
@@ -492,6 +498,7 @@ def run_epoch(cfg: Config, data: Data, model, opt, state: State, stage1: bool, c
     device = next(model.parameters()).device
     pool, rng = data.pool, state.rng
     options = loss_options(cfg, data)
+    teachers = [(e.name, e.weight, data.temperatures[e.name]) for e in cfg.distilling()]
     n_u = cfg.unlabeled_batch if pool is not None else 0
     use_l = not stage1
     use_u = pool is not None and (cfg.schedule == "joint" or stage1)
@@ -504,7 +511,7 @@ def run_epoch(cfg: Config, data: Data, model, opt, state: State, stage1: bool, c
     for s in range(n_steps):
         idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size] if use_l else None
         pairs = len(idx) if paired and idx is not None else 0  # items taken clean and as a view (Crops.pairs)
-        x, labels, sd, vd = next_batch(crops, y, idx, pool if use_u else None, n_u, state, pairs > 0)
+        x, labels, targets = next_batch(crops, y, idx, pool if use_u else None, n_u, state, pairs > 0)
         if aug.active:
             x = torch.from_numpy(augment_batch(x.numpy(), aug, rng))
         if cfg.aug_band_p and idx is not None:  # the view crops when paired (the clean ones teach), else all labeled
@@ -515,7 +522,8 @@ def run_epoch(cfg: Config, data: Data, model, opt, state: State, stage1: bool, c
                 g["lr"] = cfg.lr * lr_factor(cfg, state.epoch, s, n_steps)
         n_samples += len(x)
         x, labels = x.to(device, non_blocking=True), None if labels is None else labels.to(device)
-        loss, parts = step_loss(model, x, labels, _to(sd, device), _to(vd, device), options, cfg.precision, pairs)
+        targets = {name: _to(t, device) for name, t in targets.items()}
+        loss, parts = step_loss(model, x, labels, targets, teachers, options, cfg.precision, pairs)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -525,7 +533,7 @@ def run_epoch(cfg: Config, data: Data, model, opt, state: State, stage1: bool, c
     return sums, n_steps, n_samples, time.time() - t0
 
 
-def step_loss(model, x, labels, sd, vd, options, precision: str = "fp32", pairs: int = 0):
+def step_loss(model, x, labels, targets, teachers, options, precision: str = "fp32", pairs: int = 0):
     """Forward + joint loss of one training mini-batch, in `precision`: (loss, parts for logging).
 
     With `pairs` > 0 the first 2 x pairs labeled rows are items clean and
@@ -533,8 +541,9 @@ def step_loss(model, x, labels, sd, vd, options, precision: str = "fp32", pairs:
     options.consistency x the mean `consistency_term` over the pairs.
 
     x [B, 64, 94] on the model's device, labeled items first: labels [N_l]
-    int (None: no labeled item); sd and vd are (targets [B - N_l, K], mask
-    [B - N_l]) pairs or (None, None). Under "bf16" the forward runs in
+    int (None: no labeled item); `targets` maps a teacher's name to its
+    (targets [B - N_l, K_t], mask [B - N_l]) and `teachers` lists (name,
+    weight, temperature) of the terms, in order (liser.student.losses.Distill). Under "bf16" the forward runs in
     liser.core.device.training_autocast and the logits are cast back to float32,
     so the loss (softmax, CE, the distillation terms) is summed in float32;
     "fp32" is the plain step bit for bit (`.float()` of a float32 tensor is
@@ -542,13 +551,15 @@ def step_loss(model, x, labels, sd, vd, options, precision: str = "fp32", pairs:
     Raises LiserError for another precision.
     """
     from liser.core.device import training_autocast
-    from liser.student.losses import consistency_term, joint_loss
+    from liser.student.losses import Distill, consistency_term, joint_loss
 
     with training_autocast(x.device, precision):
-        sup, sd_logits, vd_logits = (out.float() for out in model(x))
+        sup, heads = model(x)
+        sup = sup.float()
         n_l = 0 if labels is None else len(labels)
-        loss, parts = joint_loss(sup[:n_l] if n_l else None, labels, sd_logits[n_l:], sd[0], sd[1],
-                                 vd_logits[n_l:], vd[0], vd[1], options=options)
+        terms = [Distill(name, heads[name].float()[n_l:], *targets.get(name, (None, None)), weight, temperature)
+                 for name, weight, temperature in teachers]
+        loss, parts = joint_loss(sup[:n_l] if n_l else None, labels, terms, options=options)
         if pairs and options.consistency:
             term = consistency_term(sup[:pairs], sup[pairs : 2 * pairs]).mean()
             loss = loss + options.consistency * term
@@ -576,13 +587,13 @@ def end_epoch(cfg: Config, data: Data, run: Path, model, opt, state: State, stag
            "val_uar": round(val["uar"], 5), "val_war": round(val["war"], 5),
            "train_s": round(train_s, 2), "epoch_s": round(train_s + time.time() - t_val, 2),
            "samples_per_s": round(n_samples / max(train_s, 1e-9), 1)}
-    _append_csv(run / "epochs.csv", row)
+    _append_csv(run / "epochs.csv", row, log_fields(cfg))
     if not stage1 and val["uar"] > state.best_uar:
         state.best_uar, state.best_epoch, state.stale = val["uar"], state.epoch, 0
-        atomic_save(student_checkpoint(model, data.classes, data.video_classes, cfg, state.epoch, val), run / "best.pt")
+        save(student_checkpoint(model, data.classes, data.teacher_classes, cfg, state.epoch, val), run / "best.pt")
     elif not stage1:
         state.stale += 1
-    atomic_save(state.to_checkpoint(model, opt), run / "last.pt")
+    save(state.to_checkpoint(model, opt), run / "last.pt")
     return row, val
 
 
@@ -612,22 +623,24 @@ def run_epochs(cfg: Config, data: Data, run: Path, model, opt, state: State, pro
 
 def finish(cfg: Config, data: Data, run: Path, model, best_epoch: int) -> None:
     """The best epoch on the test (and validation) speakers: metrics.json and confusion.png; drops last.pt."""
-    import torch
 
     from liser.student.evaluate import evaluate_items, head_by_class, plot_confusion
 
     if not (run / "best.pt").is_file():
         raise LiserError(f"{run}: no epoch finished a validation (epochs={cfg.epochs}, stage1_epochs={cfg.stage1_epochs})")
-    best = torch.load(run / "best.pt", weights_only=True, map_location="cpu")
+    best = load(run / "best.pt")
     model.load_state_dict(best["state_dict"])
     test, test_logits = evaluate_items(model, data.cache, data.test, data.classes, cfg.test_stride_s, cfg.windowing)
     val = best["val"]  # what end_epoch measured on these weights: the same evaluation, not run again
-    head = head_by_class(model, data.cache, data.test, data.classes, "vd") if cfg.lambda_vd > 0 else None
+    video = next((e.name for e in cfg.distilling() if e.kind == "video"), None)  # what the report shows of it
+    head = head_by_class(model, data.cache, data.test, data.classes, video) if video else None
     result = {"config": cfg.name, "fold": cfg.fold, "best_epoch": best_epoch, "classes": data.classes,
               "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test),
-              "n_unlabeled": 0 if data.pool is None else len(data.pool.ids), "temperature_sd": data.temperature_sd,
+              "n_unlabeled": 0 if data.pool is None else len(data.pool.ids),
+              "temperature_sd": next((data.temperatures[e.name] for e in cfg.teacher_entries() if e.kind == "speech"),
+                                     cfg.temperature_sd),
               "test": test, "val": {"uar": val["uar"], "war": val["war"]},
-              "video_classes": data.video_classes, "video_head_by_class": head,
+              "video_classes": data.teacher_classes.get(video or "vd", DEFAULT_VIDEO_CLASSES), "video_head_by_class": head,
               "test_ids": [it.id for it in data.test], "test_y": [data.classes.index(it.label) for it in data.test],
               "test_logits": np.round(test_logits, 4).tolist()}
     plot_confusion(test["confusion"], data.classes, run / "confusion.png",
@@ -669,13 +682,13 @@ def train(cfg: Config, run_dir: str | Path | None = None, progress: bool = True)
     return run
 
 
-def _append_csv(path: Path, row: dict) -> None:
-    """Append a row to epochs.csv; a file begun with fewer columns (an older run resumed) keeps its header."""
+def _append_csv(path: Path, row: dict, fields: tuple[str, ...]) -> None:
+    """Append a row to epochs.csv (a new file's header: `fields`, log_fields(cfg)); a file begun with fewer
+    columns (an older run resumed) keeps its header."""
     new = not path.exists()
-    fields = LOG_FIELDS
     if not new:
         with open(path, newline="") as f:
-            fields = next(csv.reader(f), None) or LOG_FIELDS
+            fields = next(csv.reader(f), None) or fields
     with open(path, "a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         if new:

@@ -28,7 +28,7 @@ from pathlib import Path
 from liser.core.config import Config
 from liser.core.errors import LiserError
 from liser.teachers.store import store_complete
-from liser.core.util import atomic_write_text
+from liser.core.atomic import atomic_write_text
 from liser.data.workspace import (claim_teacher_dir, class_mapped_manifest, faces_dir, fold_indices, fold_items,
                          labeled_manifest, speech_store, teacher_dir, training_record, unlabeled_pool, video_store)
 
@@ -112,8 +112,8 @@ def label_speech(cfg: Config, folds=None, shard=(0, 1), overrides=(), progress: 
     from liser.teachers.speech.teacher import SpeechTeacher
     from liser.teachers.speech.label import label_with_speech_teacher
 
-    if not cfg.speech_store:
-        raise LiserError("speech_store: the config names no store to write")
+    if not speech_store(cfg, 0):
+        raise LiserError("speech_store: the config names no store to write (speech_store, or a speech entry of teachers)")
     fit_speech_teachers(cfg, folds, overrides, progress)
     pool = unlabeled_pool(cfg)
     out = []
@@ -139,8 +139,8 @@ def label_video(cfg: Config, shard=(0, 1), progress: bool = True) -> str:
     """Faces (if not yet extracted) then the video teacher's store."""
     from liser.teachers.video.teacher import label_with_video_teacher, load_video_teacher
 
-    if not cfg.video_store:
-        raise LiserError("video_store: the config names no store to write")
+    if not video_store(cfg):
+        raise LiserError("video_store: the config names no store to write (video_store, or a video entry of teachers)")
     teacher = load_video_teacher(cfg.video_teacher)
     pool = unlabeled_pool(cfg, videos_only=True)
     store = video_store(cfg)

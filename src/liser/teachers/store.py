@@ -27,7 +27,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +34,7 @@ import numpy as np
 
 from liser.data.audio import CLIP_S, PIECE_S
 from liser.core.errors import LiserError
-from liser.core.util import atomic_write_text, follow_umask
+from liser.core.atomic import atomic_path, atomic_write_text, temp_folder
 
 
 def sha256_file(path: Path, h=None):
@@ -209,11 +208,8 @@ class StoreWriter:
         k = len(list((self.path / "parts").glob(f"part-{i}of{n}-*.npz")))
         # the pid keeps two processes on the same shard from overwriting each other's part
         final = self.path / "parts" / f"part-{i}of{n}-{k:05d}-{os.getpid()}.npz"
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=final.parent)  # not a part- name: see _parts
-        os.close(fd)
-        np.savez(tmp, ids=ids, lens=lens, durs=durs, probs=probs, valid=valid)
-        follow_umask(tmp)  # mkstemp made it 0600
-        os.replace(tmp, final)
+        with atomic_path(final, suffix=".npz") as tmp:  # a dot name, never a part- one: see _parts
+            np.savez(tmp, ids=ids, lens=lens, durs=durs, probs=probs, valid=valid)
         self._buf.clear()
 
     def finalize(self, expected_ids: list[str] | None = None) -> SoftLabelStore:
@@ -252,7 +248,7 @@ class StoreWriter:
             valid[r : r + len(p)] = v
             index.append((i, r, len(p), d))
             r += len(p)
-        tmp = Path(tempfile.mkdtemp(prefix=".final.", dir=self.path))
+        tmp = temp_folder(self.path, ".final.")
         try:
             np.save(tmp / "probs.npy", probs)
             np.save(tmp / "valid.npy", valid)

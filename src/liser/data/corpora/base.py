@@ -22,14 +22,12 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-import numpy as np
 
 from liser.core.errors import LiserError
-from liser.core.util import follow_umask
+from liser.core.atomic import temp_folder
 
 # Canonical emotion vocabulary, in this order everywhere. Each corpus maps its
 # own codes onto these names; RAVDESS's `calm` stays its own class (the 8-class
@@ -123,9 +121,8 @@ class Manifest:
     def _write_new(self, out_dir: Path) -> None:
         """The folder written under a temporary name beside it, renamed when complete."""
         out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.absolute().name}.", dir=out_dir.parent))
+        tmp = temp_folder(out_dir.parent, f".{out_dir.absolute().name}.")
         try:
-            follow_umask(tmp, directory=True)  # mkdtemp made it 0700; the files inside follow the umask already
             self._write_files(tmp)
             os.replace(tmp, out_dir)
         except BaseException:
@@ -135,7 +132,7 @@ class Manifest:
     def _replace_files(self, out_dir: Path) -> None:
         """An existing manifest folder: the three files written in a temporary folder inside it, then moved
         over the old ones (meta.json last); nothing else in the folder is touched."""
-        tmp = Path(tempfile.mkdtemp(prefix=".manifest-tmp-", dir=out_dir))
+        tmp = temp_folder(out_dir, ".manifest-tmp-")
         try:
             self._write_files(tmp)
             for name in ("manifest.csv", "rejected.csv", "meta.json"):

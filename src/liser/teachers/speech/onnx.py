@@ -41,12 +41,12 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from liser.core.atomic import temp_folder
 from liser.core.errors import LiserError
 from liser.teachers.speech.teacher import RUNTIMES, Backbone  # a plain class: importing it loads no torch
 
@@ -210,7 +210,7 @@ def ensure_export(teacher, check_waves=None, root: str | Path | None = None) -> 
                              "(no matching export.json); move it away")
         return final, meta
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key[:32]}.", dir=root))
+    tmp = temp_folder(root, f".{key[:32]}.")
     try:
         bb = teacher.encoder
         if bb.kind != "whisper":

@@ -33,13 +33,13 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
 
+from liser.core.atomic import atomic_path, atomic_save_npy, atomic_write_text
 from liser.data.audio import PIECE_S, SAMPLE_RATE, load_audio
 from liser.data.corpora.base import Item, Manifest
 from liser.core.device import autocast, resolve_device
@@ -575,21 +575,8 @@ def _ensemble_head(heads: list):
 def _atomic_save_tensors(tensors: dict, path: Path) -> None:
     from safetensors.torch import save_file
 
-    fd, tmp = tempfile.mkstemp(suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def teacher_hash(fingerprint: str, identity: dict, classes: list[str], tensors: dict) -> str:
@@ -716,7 +703,7 @@ class SpeechTeacher:
             "teacher_hash": self.hash,
             "record": self.record,
         }
-        _atomic_write_text(out / "teacher.json", json.dumps(meta, indent=2) + "\n")
+        atomic_write_text(out / "teacher.json", json.dumps(meta, indent=2) + "\n")
         self.path = out
         return out
 
@@ -820,8 +807,8 @@ def _cached_features_and_wave(backbone: Backbone, manifest: Manifest, item: Item
             arr = pieces.cpu().numpy().astype(np.float16)
             utt_path = _cache_path(cache_dir, backbone.fingerprint, file, "utt", piece_s)
             if len(wave) <= CHUNK_S * SAMPLE_RATE and not utt_path.is_file():
-                _save_npy(utt_path, utt.cpu().numpy().astype(np.float32))
-    _save_npy(path, arr)
+                atomic_save_npy(utt_path, utt.cpu().numpy().astype(np.float32))
+    atomic_save_npy(path, arr)
     return arr, wave
 
 
@@ -836,17 +823,6 @@ def piece_kind(cfg: SpeechTeacherConfig) -> str:
     return "ctx" if cfg.piece_context == "whole" else "pieces"
 
 
-def _save_npy(path: Path, arr: np.ndarray) -> None:
-    """np.save under a temporary name, renamed when complete (a crash leaves no half-written entry)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, arr)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _features_for(backbone, manifest, items, kind, cfg, progress=False, desc="features") -> list[np.ndarray]:
