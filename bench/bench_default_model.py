@@ -138,7 +138,7 @@ def distill_figures(config: Path) -> dict:
 
 def per_corpus(ids: list[str], y: list[int], pred: list[int], classes: list[str]) -> dict:
     """{corpus: {uar, war, files}} from test ids ("corpus/..."), true and predicted class indices."""
-    from liser.student.evaluate import metrics
+    from liser.core.metrics import metrics
 
     out = {}
     for c in sorted({i.split("/")[0] for i in ids}):
@@ -165,7 +165,7 @@ def onnx_figures(run: Path, onnx: Path, ids, y, classes, stride: float) -> dict:
     """The ONNX model on the run's test files (features from the run's cache): UAR, WAR, per corpus, size."""
     import liser
     from liser.core.config import Config
-    from liser.student.evaluate import metrics
+    from liser.core.metrics import metrics
     from liser.data.features import build_features
     from liser.data.workspace import labeled_manifest
 

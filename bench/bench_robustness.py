@@ -184,7 +184,7 @@ def condition_metrics(labels: list[str], preds: list[str], full: list[str]) -> d
     class (the first by name on a tie);
     no_speech_share; changed_vs_full: share of files whose prediction differs from `full`; n.
     """
-    from liser.student.evaluate import uar
+    from liser.core.metrics import uar
 
     n = len(labels)
     if n == 0:

@@ -92,7 +92,7 @@ def score_store(store, labels: dict[str, tuple[str, str]], maps: dict) -> dict[s
 
     from liser.teachers.calibration import ece
     from liser.experiments.cross import class_mapping
-    from liser.student.evaluate import uar
+    from liser.core.metrics import uar
 
     classes = list(store.classes)
     by_corpus: dict[str, list] = {}

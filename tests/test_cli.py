@@ -124,7 +124,7 @@ def test_quickstart_next_commands_run_where_liser_is_not_on_path(monkeypatch, tm
     import shutil
     import sys
 
-    from liser.experiments.quickstart import _liser_command
+    from liser.cli.quickstart import _liser_command
 
     monkeypatch.setattr(shutil, "which", lambda name: None)
     monkeypatch.chdir(tmp_path)

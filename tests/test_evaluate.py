@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from liser.core import metrics as M
 from liser.student import evaluate as ev
 
 
@@ -18,12 +19,12 @@ def test_uar_differs_from_war_on_imbalanced_classes():
     y_true = [0, 0, 0, 0, 0, 0, 1, 1]
     y_pred = [0, 0, 0, 0, 0, 0, 0, 1]
     # recall(0) = 6/6, recall(1) = 1/2 -> UAR 0.75; accuracy 7/8
-    assert ev.uar(y_true, y_pred, 2) == pytest.approx(0.75)
-    assert ev.war(y_true, y_pred) == pytest.approx(0.875)
+    assert M.uar(y_true, y_pred, 2) == pytest.approx(0.75)
+    assert M.war(y_true, y_pred) == pytest.approx(0.875)
 
 
 def test_confusion_rows_are_true_classes():
-    cm = ev.confusion([0, 0, 1, 2], [1, 1, 1, 0], 3)
+    cm = M.confusion([0, 0, 1, 2], [1, 1, 1, 0], 3)
     assert cm.tolist() == [[0, 2, 0], [0, 1, 0], [1, 0, 0]]
     assert cm[0, 1] == 2  # two items of true class 0 predicted as 1
 
@@ -31,10 +32,10 @@ def test_confusion_rows_are_true_classes():
 def test_class_absent_from_y_true_is_ignored_by_uar():
     y_true = [0, 0, 1, 1]
     y_pred = [0, 2, 1, 1]  # class 2 is predicted but never true
-    rec = ev.recalls(ev.confusion(y_true, y_pred, 3))
+    rec = M.recalls(M.confusion(y_true, y_pred, 3))
     assert rec[0] == 0.5 and rec[1] == 1.0 and math.isnan(rec[2])
-    assert ev.uar(y_true, y_pred, 3) == pytest.approx(0.75)  # mean of 0.5 and 1, not of 0.5, 1 and 0
-    m = ev.metrics(y_true, y_pred, ["a", "b", "c"])
+    assert M.uar(y_true, y_pred, 3) == pytest.approx(0.75)  # mean of 0.5 and 1, not of 0.5, 1 and 0
+    m = M.metrics(y_true, y_pred, ["a", "b", "c"])
     assert m["per_class_recall"] == {"a": 0.5, "b": 1.0, "c": None}
     assert m["uar"] == pytest.approx(0.75) and m["war"] == pytest.approx(0.75) and m["n"] == 4
     assert m["confusion"] == [[1, 0, 1], [0, 2, 0], [0, 0, 0]]
@@ -42,14 +43,14 @@ def test_class_absent_from_y_true_is_ignored_by_uar():
 
 
 def test_war_of_nothing_is_nan():
-    assert math.isnan(ev.war([], []))
+    assert math.isnan(M.war([], []))
 
 
 def test_bootstrap_ci_brackets_the_point_estimate():
     rng = np.random.default_rng(0)
     y_true = rng.integers(0, 3, 90)
     y_pred = np.where(rng.random(90) < 0.6, y_true, rng.integers(0, 3, 90))
-    u, w = ev.uar(y_true, y_pred, 3), ev.war(y_true, y_pred)
+    u, w = M.uar(y_true, y_pred, 3), M.war(y_true, y_pred)
     ci = ev.bootstrap_ci(y_true, y_pred, 3, n=300, seed=1)
     assert ci["uar"][0] < u < ci["uar"][1]
     assert ci["war"][0] < w < ci["war"][1]

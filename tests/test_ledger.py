@@ -97,7 +97,7 @@ def test_runs_finished_before_the_ledger_are_kept(small_config, tmp_path):
 
 
 def test_stale_keys_ignore_threads_and_device(small_config, tmp_path):
-    from liser.experiments.ledger import stale_keys
+    from liser.core.config import stale_keys
 
     small_config.save(tmp_path / "config.yaml")
     assert stale_keys(small_config.replace(threads=7, device="cpu"), tmp_path) == []

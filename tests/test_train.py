@@ -242,6 +242,27 @@ def speech_pool(small_ravdess, tmp_path_factory):
     return manifest_dir, base / "store", len(m.items)
 
 
+def test_named_teacher_entries_train_like_the_paper_keys(small_config, speech_pool, tmp_path):
+    """`teachers` is the same run as the paper's keys, weight for weight; a renamed teacher logs under its name."""
+    manifest_dir, store, _ = speech_pool
+    common = dict(unlabeled=(str(manifest_dir),), batch_size=48, unlabeled_batch=12, epochs=1)
+    legacy = tr.train(small_config.replace(name="keys", lambda_sd=1.0, speech_store=str(store), **common),
+                      run_dir=tmp_path / "keys", progress=False)
+    entries = ({"name": "sd", "kind": "speech", "store": str(store), "weight": 1.0},
+               {"name": "vd", "kind": "video", "store": "", "weight": 0.0})
+    named = tr.train(small_config.replace(name="entries", teachers=entries, **common),
+                     run_dir=tmp_path / "entries", progress=False)
+    a, b = (torch.load(r / "best.pt", weights_only=True)["state_dict"] for r in (legacy, named))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    other = tr.train(small_config.replace(name="other", teachers=({"name": "voice", "kind": "speech",
+                                                                   "store": str(store), "weight": 1.0},), **common),
+                     run_dir=tmp_path / "other", progress=False)
+    assert float(_rows(other)[0]["voice"]) > 0
+    assert "g_voice.2.weight" in torch.load(other / "best.pt", weights_only=True)["state_dict"]
+    with pytest.raises(LiserError, match="teachers\\[0\\]"):
+        small_config.replace(teachers=({"name": "x", "kind": "smell", "store": "s", "weight": 1.0},)).check_choices()
+
+
 def test_distillation_run(small_config, speech_pool, tmp_path):
     manifest_dir, store, n_items = speech_pool
     cfg = small_config.replace(name="sp-dstl", lambda_sd=1.0, speech_store=str(store), unlabeled=(str(manifest_dir),),

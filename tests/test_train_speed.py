@@ -64,7 +64,8 @@ def _steps(models, cache, ids, y, n_steps=3):
         x, labels = _crops(cache, ids, y, rng)
         for k, (m, opt) in enumerate(zip(models, opts)):
             m.train()
-            sup, sd, _ = m(x)
+            sup, heads = m(x)
+            sd = heads["sd"]
             loss = F.cross_entropy(sup, labels) + (F.softmax(sd, 1) - 1 / 8).abs().mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -104,8 +105,9 @@ def test_evaluation_in_chunks_equals_the_whole_batch(real):
     assert len(x) > 2 * EVAL_CHUNK and len(x) % EVAL_CHUNK  # several chunks and a partial one
     a.eval(), b.eval()
     with torch.inference_mode():
-        for out_a, out_b in zip(a(x), b(x)):
-            assert torch.equal(out_a, out_b)
+        (sup_a, heads_a), (sup_b, heads_b) = a(x), b(x)
+        assert torch.equal(sup_a, sup_b) and heads_a.keys() == heads_b.keys()
+        assert all(torch.equal(heads_a[n], heads_b[n]) for n in heads_a)
     # what validation and the test run: batches of 512 windows and the remainder
     assert np.array_equal(file_logits(a, frames, 0.1), file_logits(b, frames, 0.1))
     assert np.array_equal(file_logits(a, frames, 0.5, head="vd"), file_logits(b, frames, 0.5, head="vd"))

@@ -238,7 +238,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_quickstart(args) -> int:
-    from liser.experiments.quickstart import quickstart
+    from liser.cli.quickstart import quickstart
 
     quickstart(args.grid, args.set or [], progress=_progress())
     return 0

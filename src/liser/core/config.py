@@ -148,6 +148,10 @@ class Config:
         """The entries that give a loss term: a store and a weight > 0."""
         return tuple(e for e in self.teacher_entries() if e.weight > 0 and e.store)
 
+    def distils(self) -> bool:
+        """Whether any teacher has a weight > 0: a distillation row of a grid (its pool is built and reported)."""
+        return any(e.weight > 0 for e in self.teacher_entries())
+
     def replace(self, **kw) -> "Config":
         return dataclasses.replace(self, **kw)
 
@@ -187,6 +191,16 @@ class TeacherEntry:
     weight: float = 0.0  # lambda of its term in the joint loss; 0 = the head exists but gets no loss
     temperature: float = 1.0  # applied before its confidence weights, not its targets; 0 = the fold's speech
     #   teacher's own, fitted on its validation speakers (speech kind only)
+
+
+def stale_keys(cfg: "Config", ledger_dir: Path) -> list[str]:
+    """Config keys in which a run's (or a ledger entry's) config.yaml differs from `cfg` (threads and device ignored:
+    they change how a run is computed, not what); [] when equal. A missing config.yaml differs in everything."""
+    if not (ledger_dir / "config.yaml").is_file():
+        return ["config.yaml missing"]
+    old = Config.load(ledger_dir / "config.yaml").replace(threads=cfg.threads, device=cfg.device)
+    new = cfg.to_dict()
+    return [k for k, v in old.to_dict().items() if new.get(k) != v]
 
 
 # ---------------------------------------------------------------- an experiment grid

@@ -145,9 +145,12 @@ def _first_store(cfg: Config, kind: str, fold: int | None) -> str:
 
 def store_path(cfg: Config, entry, fold: int | None = None) -> str:
     """The soft-label store of one teacher entry (liser.core.config.TeacherEntry) for a fold (cfg.fold when
-    None); "" when it names none. Placeholders as speech_store's: {fold}, {teachers}, {work}."""
+    None); "" when it names none. Placeholders: a speech teacher's as speech_store's ({fold}, {teachers},
+    {work}), a video teacher's as video_store's ({work})."""
     legacy = {"sd": "speech_store", "vd": "video_store"}
     key = legacy[entry.name] if not cfg.teachers and entry.name in legacy else f"teachers.{entry.name}.store"
+    if entry.kind == "video":  # pretrained, never sees the labeled corpora: one store for every fold, only {work}
+        return fill_path(entry.store, key, work=cfg.work)
     return fill_path(entry.store, key, fold=cfg.fold if fold is None else fold, teachers=str(teachers_dir(cfg)),
                      work=cfg.work)
 

@@ -93,7 +93,7 @@ def score(logits: np.ndarray, labels: list[str], student_classes, mapping: dict[
     uar_any_output, confusion_any_output [tested x K]).
     Raises LiserError when no test file maps onto a student class.
     """
-    from liser.student.evaluate import confusion, metrics
+    from liser.core.metrics import confusion, metrics
 
     student = list(student_classes)
     dropped: dict[str, int] = {}

@@ -196,8 +196,8 @@ def load_grid(path: str | Path, overrides: list[str] | tuple = ()) -> dict:
 def check_finished(grid_path, runs: list[dict]) -> None:
     """LiserError (one line) when a finished run's directory holds another config than its row asks for now
     (the grid file or `--set` changed a setting): skipping it would report the old setting's result as the
-    new one's. threads and device are ignored (liser.experiments.ledger.stale_keys)."""
-    from liser.experiments.ledger import stale_keys
+    new one's. threads and device are ignored (liser.core.config.stale_keys)."""
+    from liser.core.config import stale_keys
 
     stale = []
     for r in runs:
@@ -280,7 +280,7 @@ def run_grid(grid_path: str | Path, overrides: list[str] | tuple = (), jobs: int
     manifest = labeled_manifest(base)
     build_features(manifest, base.work, threads=base.threads or os.cpu_count() or 1, progress=progress)
     runs = expand_grid(grid, fold_count(base, manifest))
-    distilling = [r["cfg"] for r in runs if r["cfg"].distilling()]
+    distilling = [r["cfg"] for r in runs if r["cfg"].distils()]
     for m in unlabeled_manifests(distilling[0]) if distilling else []:
         build_features(m, base.work, threads=base.threads or 2, progress=progress)  # once, before workers start
     build_views_once(manifest, [r["cfg"] for r in runs], progress)
@@ -319,7 +319,8 @@ def collect_grid(runs: list[dict]) -> dict:
     """
     import numpy as np
 
-    from liser.student.evaluate import bootstrap_ci, metrics
+    from liser.core.metrics import metrics
+    from liser.student.evaluate import bootstrap_ci
 
     seeds: dict[tuple, list] = {}  # (config, fraction, variant, fold): [metrics of each seed's finished run]
     for r in runs:

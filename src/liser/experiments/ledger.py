@@ -23,7 +23,8 @@ import os
 import shutil
 from pathlib import Path
 
-from liser.core.config import Config
+from liser.core.atomic import atomic_write_text
+from liser.core.config import Config, stale_keys
 
 KEPT = ("config.yaml", "metrics.json", "epochs.csv")  # what collect_grid, the report and the benches read
 TIMES = "times.json"  # the KEPT files' modification times: a run's span (config.yaml written at its start,
@@ -60,20 +61,8 @@ def keep(run: str | Path, ledger_dir: str | Path) -> bool:
         return False
     times = _times(run)
     _copy(run, ledger_dir, times)
-    tmp = ledger_dir / f".{TIMES}.tmp"
-    tmp.write_text(json.dumps(times, indent=1, sort_keys=True) + "\n")
-    tmp.replace(ledger_dir / TIMES)
+    atomic_write_text(ledger_dir / TIMES, json.dumps(times, indent=1, sort_keys=True) + "\n")
     return True
-
-
-def stale_keys(cfg: Config, ledger_dir: Path) -> list[str]:
-    """Config keys in which the ledger entry's config.yaml differs from `cfg` (threads and device ignored:
-    they change how a run is computed, not what); [] when equal. A missing config.yaml differs in everything."""
-    if not (ledger_dir / "config.yaml").is_file():
-        return ["config.yaml missing"]
-    old = Config.load(ledger_dir / "config.yaml").replace(threads=cfg.threads, device=cfg.device)
-    new = cfg.to_dict()
-    return [k for k, v in old.to_dict().items() if new.get(k) != v]
 
 
 def restore(cfgs: list[Config], ledger: str | Path, run_dir) -> dict:

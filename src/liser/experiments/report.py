@@ -249,7 +249,7 @@ def pool_curves(full: dict) -> dict[str, list[dict]]:
             if not ref or not cfg_path.is_file():
                 continue
             cfg = Config.load(cfg_path)
-            if not cfg.distilling():
+            if not cfg.distils():
                 continue
             pool = tuple(cfg.unlabeled)
             if pool not in hours:

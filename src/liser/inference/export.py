@@ -231,7 +231,7 @@ def _logits(fn, wins: list[np.ndarray]) -> list[np.ndarray]:
 
 def _uar(file_logits: list[np.ndarray], labels, classes, weights=None) -> float | None:
     """UAR of per-file window logits, each file's windows averaged (with `weights` [W] per file when given)."""
-    from liser.student.evaluate import metrics
+    from liser.core.metrics import metrics
 
     if labels is None:
         return None

@@ -585,8 +585,8 @@ def make_app(model, hop_s: float = HOP_S, max_upload_mb: float | None = None, li
 
     limits = limits.replace(max_upload_mb=max_upload_mb)
     limits.check()
-    page = resources.files("liser").joinpath("static/serve.html").read_text(encoding="utf-8")
-    device_js = resources.files("liser").joinpath("static/device.js").read_text(encoding="utf-8")
+    page = resources.files("liser.inference").joinpath("static/serve.html").read_text(encoding="utf-8")
+    device_js = resources.files("liser.inference").joinpath("static/device.js").read_text(encoding="utf-8")
     app = FastAPI(title="liser serve", docs_url=None, redoc_url=None, openapi_url=None)
     jobs = anyio.CapacityLimiter(limits.max_jobs)
     live_sessions = set()  # the open WebSockets (max_websockets)

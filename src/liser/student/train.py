@@ -323,7 +323,7 @@ def run_dir_of(cfg: Config) -> Path:
 def check_run(cfg: Config, run: Path) -> bool:
     """True if `run` already holds this config's finished run; LiserError if it holds another config's."""
     if (run / "config.yaml").is_file() and (run / "metrics.json").is_file() or (run / "last.pt").is_file():
-        from liser.experiments.ledger import stale_keys  # the one comparison of a run directory's config with a config
+        from liser.core.config import stale_keys  # the one comparison of a run directory's config with a config
 
         diff = stale_keys(cfg, run)
         if diff:

@@ -44,7 +44,7 @@ from liser.data.audio import PIECE_S, SAMPLE_RATE, load_audio
 from liser.data.corpora.base import Item, Manifest
 from liser.core.device import autocast, resolve_device
 from liser.core.errors import LiserError
-from liser.student.evaluate import uar, war  # the metrics every other stage reports
+from liser.core.metrics import uar, war  # the metrics every other stage reports
 from liser.teachers.store import n_pieces, sha256_file
 from liser.core.util import model_path
 
@@ -807,8 +807,8 @@ def _cached_features_and_wave(backbone: Backbone, manifest: Manifest, item: Item
             arr = pieces.cpu().numpy().astype(np.float16)
             utt_path = _cache_path(cache_dir, backbone.fingerprint, file, "utt", piece_s)
             if len(wave) <= CHUNK_S * SAMPLE_RATE and not utt_path.is_file():
-                atomic_save_npy(utt_path, utt.cpu().numpy().astype(np.float32))
-    atomic_save_npy(path, arr)
+                atomic_save_npy(utt.cpu().numpy().astype(np.float32), utt_path)
+    atomic_save_npy(arr, path)
     return arr, wave
 
 
