@@ -129,3 +129,50 @@ def test_pooling_gives_23_lstm_steps_of_128_features():
         h = m.conv(torch.zeros(1, 1, 64, 94))
     assert h.shape == (1, 64, 2, 23)
     assert m.lstm.input_size == 128 and m.lstm.hidden_size == 64
+
+
+def test_phone_band_student_reads_only_the_phone_band():
+    """input_band phone: what a telephone line removes (bands outside 300-3400 Hz) cannot change the output, and
+    level_norm still removes the level (the level of the bands it reads); full-band students are unchanged."""
+    from liser.student.model import band_mask
+
+    keep = torch.from_numpy(band_mask((300.0, 3400.0))) > 0
+    assert 30 < int(keep.sum()) < 50 and not keep[:4].any() and not keep[-8:].any()
+    torch.manual_seed(0)
+    m = Student(6, level_norm=True, band_hz=(300.0, 3400.0)).eval()
+    x = torch.randn(4, 64, 94) * 10 - 40
+    y = x.clone()
+    y[:, ~keep] = torch.randn(4, int((~keep).sum()), 94) * 30 - 90  # what a phone line does above and below
+    z = x.clone()
+    z[:, keep] += 12.0  # the level of what it reads
+    with torch.inference_mode():
+        ref = m.classify(x)
+        torch.testing.assert_close(m.classify(y), ref, atol=1e-5, rtol=0)
+        torch.testing.assert_close(m.classify(z), ref, atol=1e-4, rtol=0)
+        full = Student(6, level_norm=True).eval()
+        full.load_state_dict({k: v for k, v in m.state_dict().items() if k != "band_keep"}, strict=False)
+        assert not torch.allclose(full.classify(y), full.classify(x))  # a full-band student does see them
+    # a checkpoint written before the option loads as a full-band student
+    state = {k: v for k, v in full.state_dict().items() if k != "band_keep"}
+    again = Student(6, level_norm=True)
+    again.load_state_dict(state)
+    assert bool(again.band_keep.all())
+
+
+def test_phone_band_student_exports_with_its_band(tmp_path):
+    import numpy as np
+    import onnxruntime as ort
+
+    from liser.inference.export import _torch_export
+
+    torch.manual_seed(0)
+    m = Student(6, level_norm=True, band_hz=(300.0, 3400.0)).eval()
+    x = torch.randn(3, 64, 94) * 10 - 40
+    _torch_export(Classifier(m).eval(), tmp_path / "s.onnx", 17)  # what `liser export` runs
+    sess = ort.InferenceSession(str(tmp_path / "s.onnx"), providers=["CPUExecutionProvider"])
+    x2 = x.clone()
+    x2[:, :4] -= 50.0  # below the band: the graph ignores it as the torch student does
+    with torch.inference_mode():
+        ref = m.classify(x).numpy()
+    for inp in (x, x2):
+        np.testing.assert_allclose(sess.run(None, {"logmel": inp.numpy()})[0], ref, atol=1e-4)

@@ -33,7 +33,7 @@ from liser.core.errors import LiserError
 # settings with a fixed set of values (checked before a run starts)
 CHOICES = {"schedule": ("joint", "two-stage"), "distill_loss": ("mae", "ce"),
            "weighting": ("none", "confidence", "entropy"), "lr_schedule": ("constant", "cosine"),
-           "precision": PRECISIONS, "windowing": ("pad", "speech")}
+           "precision": PRECISIONS, "windowing": ("pad", "speech"), "input_band": ("full", "phone")}
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,9 @@ class Config:
     level_norm: bool = False  # student subtracts each window's mean log-Mel level: labels ignore recording level
     channel_norm: bool = False  # student subtracts each window's mean per Mel band (CMN; replaces level_norm's
     #   centring): labels ignore a fixed channel colouring too; an option to measure (grid-ravdess-field.yaml)
+    input_band: str = "full"  # Mel bands the student reads: full (the paper's) | phone (only those inside the
+    #   telephone band, 300-3400 Hz; the others read as their training mean, in training and in every export), so
+    #   a call and the clean recording look alike to it; an option to measure (grid-default-model-band-input.yaml)
     aug_gain_db: float = 0.0  # random level change per training crop, +- this many dB; 0 = off
     aug_noise_p: float = 0.0  # share of training crops that get noise at 10..30 dB SNR; 0 = off
     aug_freq_masks: int = 0  # SpecAugment frequency masks (<= 8 Mel bands each) per training crop; 0 = off

@@ -41,6 +41,7 @@ PIECE_S = 0.5  # teachers label 0.5 s pieces; targets average the pieces in a wi
 EVAL_STRIDE_S = 0.1  # sliding-window stride for evaluation
 F_MIN, F_MAX = 0.0, SAMPLE_RATE / 2  # Mel range
 LOG_FLOOR = 1e-10  # power floor before log10 (-100 dB)
+PHONE_BAND_HZ = (300.0, 3400.0)  # the telephone channel's pass band (ITU-T G.712), for `input_band: phone`
 MIN_SAMPLES = N_FFT  # shorter than one STFT window is refused
 # |sample| above this is not audio at any gain: 1000 x full scale (+60 dBFS); a float file scaled as int16
 # (32768) or x1e30 is refused rather than given a label (its log-Mel would be +90 dB or inf off the training range)
@@ -351,6 +352,11 @@ def _mel_to_hz(m: np.ndarray) -> np.ndarray:
     f_sp, min_log_hz = 200.0 / 3, 1000.0
     min_log_mel, logstep = min_log_hz / f_sp, math.log(6.4) / 27.0
     return np.where(m >= min_log_mel, min_log_hz * np.exp(logstep * (m - min_log_mel)), f_sp * m)
+
+
+def mel_centres(n_mels: int = N_MELS, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Centre frequency (Hz) of each Mel band of `mel_filters`: float64 [n_mels]."""
+    return _mel_to_hz(np.linspace(_hz_to_mel(F_MIN), _hz_to_mel(min(F_MAX, sr / 2)), n_mels + 2))[1:-1]
 
 
 @lru_cache(maxsize=4)

@@ -118,13 +118,15 @@ def build_features(manifest, work: str | Path = "work", threads: int = 2, progre
     return FeatureCache(out)
 
 
-def normalisation_stats(cache: FeatureCache, ids: list[str], center: bool | str = False) -> tuple[np.ndarray, np.ndarray]:
+def normalisation_stats(cache: FeatureCache, ids: list[str], center: bool | str = False,
+                        keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-Mel-band mean and std [n_mels] over the frames of the given (training) items.
 
     center=True first subtracts each item's mean level (over frames and
-    bands): the statistics of what a `level_norm` student sees after its own
-    per-window centring; center="band" subtracts each item's mean per band
-    (what a `channel_norm` student sees).
+    bands; over the `keep` bands only when given, bool [n_mels]): the
+    statistics of what a `level_norm` student sees after its own per-window
+    centring; center="band" subtracts each item's mean per band (what a
+    `channel_norm` student sees).
     """
     total = np.zeros(cache.feats.shape[1], np.float64)
     sq = np.zeros_like(total)
@@ -134,7 +136,7 @@ def normalisation_stats(cache: FeatureCache, ids: list[str], center: bool | str 
         if center == "band":
             x = x - x.mean(axis=0)
         elif center:
-            x = x - x.mean()
+            x = x - (x.mean() if keep is None else x[:, keep].mean())
         total += x.sum(0)
         sq += np.square(x).sum(0)
         n += len(x)

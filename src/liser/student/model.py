@@ -42,10 +42,11 @@ The exported ONNX graph keeps the plain order (`torch.jit.is_tracing`).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
-from liser.data.audio import CLIP_FRAMES, N_MELS
+from liser.data.audio import CLIP_FRAMES, N_MELS, mel_centres
 
 EVAL_CHUNK = 32  # windows per BN / pool / ReLU call in evaluation: 48 MB of block-1 activations, not 770 MB
 
@@ -60,12 +61,26 @@ def _block(c_in: int, c_out: int, kernel: tuple[int, int], pool: tuple[int, int]
     )
 
 
+def band_mask(band_hz: tuple[float, float] | None, n_mels: int = N_MELS) -> np.ndarray:
+    """float32 [n_mels]: 1 for the Mel bands whose centre lies inside band_hz (low, high) Hz, else 0; None = all 1.
+
+    Centres are the front end's (liser.data.audio.mel_centres). For the phone band (300-3400 Hz) that keeps
+    bands 6-46 of 64 (Slaney Mel centres 0.33-3.38 kHz): a telephone line passes what the student reads, so a call and the clean recording look
+    alike to it (configs/grid-default-model-band-input.yaml measures what that costs and buys).
+    """
+    if band_hz is None:
+        return np.ones(n_mels, np.float32)
+    centres = mel_centres(n_mels)
+    return ((centres >= band_hz[0]) & (centres <= band_hz[1])).astype(np.float32)
+
+
 class Student(nn.Module):
     def __init__(self, n_classes: int, n_video_classes: int = 7, channels: int = 64, hidden: int = 64,
                  n_mels: int = N_MELS, level_norm: bool = False, channel_norm: bool = False,
-                 heads: dict[str, int] | None = None):
+                 heads: dict[str, int] | None = None, band_hz: tuple[float, float] | None = None):
         """`heads`: one distillation head per named teacher, {name: its classes}, in order (g_<name>, each
-        Linear(hidden, 32), ReLU, Linear(32, K)); None = the paper's two, {"sd": n_classes, "vd": n_video_classes}."""
+        Linear(hidden, 32), ReLU, Linear(32, K)); None = the paper's two, {"sd": n_classes, "vd": n_video_classes}.
+        `band_hz`: (low, high) = the student reads only the Mel bands inside it (`input_band`; None = all)."""
         super().__init__()
         heads = {"sd": n_classes, "vd": n_video_classes} if heads is None else dict(heads)
         self.n_classes, self.heads = n_classes, heads
@@ -73,6 +88,7 @@ class Student(nn.Module):
         self.register_buffer("feat_std", torch.ones(n_mels))
         self.register_buffer("level_norm", torch.tensor(float(level_norm)))
         self.register_buffer("channel_norm", torch.tensor(float(channel_norm)))
+        self.register_buffer("band_keep", torch.from_numpy(band_mask(band_hz, n_mels)))
         self.conv = nn.Sequential(
             _block(1, channels, (3, 3), (2, 2)),
             _block(channels, channels, (3, 3), (4, 2)),
@@ -92,17 +108,24 @@ class Student(nn.Module):
         # checkpoints from before level_norm existed: the flag is off, as they were trained
         state_dict.setdefault(prefix + "level_norm", torch.tensor(0.0))
         state_dict.setdefault(prefix + "channel_norm", torch.tensor(0.0))
+        state_dict.setdefault(prefix + "band_keep", torch.ones(self.band_keep.shape))  # before input_band: all bands
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """[B, 64, T] log-Mel -> [B, hidden] (the LSTM's last hidden state)."""
         if x.dim() == 4:
             x = x[:, 0]
+        banded = not bool(self.band_keep.all())  # a constant when traced, as the flags below
         if bool(self.channel_norm):  # per Mel band over the window's frames (CMN); includes the level
             x = x - x.mean(dim=2, keepdim=True)
+        elif bool(self.level_norm) and banded:  # the level of the bands it reads, not of the ones it drops
+            keep = self.band_keep[:, None]
+            x = x - (x * keep).sum(dim=(1, 2), keepdim=True) / (keep.sum() * x.shape[2])
         elif bool(self.level_norm):  # a constant when traced for ONNX: the exported graph keeps the flag's path
             x = x - x.mean(dim=(1, 2), keepdim=True)
         x = (x - self.feat_mean[:, None]) / self.feat_std[:, None]
+        if banded:  # the dropped bands read as the training mean: what a phone line removed cannot count
+            x = x * self.band_keep[:, None]
         h = self.conv_blocks(x.unsqueeze(1).contiguous(memory_format=torch.channels_last))
         b, c, f, t = h.shape
         h = h.permute(0, 3, 1, 2).reshape(b, t, c * f)
