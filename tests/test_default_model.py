@@ -97,6 +97,55 @@ def test_loco_folds_hold_out_a_whole_corpus_without_speaker_leak(five):
         assert {it.speaker for it in train}.isdisjoint({it.speaker for it in val + test})
 
 
+def test_loco_adapt_halves_the_held_out_corpus_and_keeps_its_labels_out(five):
+    """Issue 24's adapted protocol: the held-out corpus's speakers split in two; one half's audio joins the
+    pool without its labels, the other half is the test; the training corpora's parts are loco's."""
+    from liser.data.workspace import adapt_manifest, fold_items, fold_pool, resolve_folds, teacher_set
+
+    cfg, m = five
+    adapt_cfg = cfg.replace(folds="loco-adapt")
+    loco, adapt = resolve_folds(cfg, m), resolve_folds(adapt_cfg, m)
+    check_folds(adapt, m)  # no speaker in two parts (adapt included), every speaker used
+    assert teacher_set(adapt_cfg) == teacher_set(cfg)  # same training speakers: the same teachers
+    for k, held in enumerate(CORPORA):
+        a, b = adapt[k], loco[k]
+        assert (a.train, a.val) == (b.train, b.val)
+        assert set(a.adapt) | set(a.test) == set(b.test) and not set(a.adapt) & set(a.test)
+        assert len(a.adapt) == len(b.test) // 2 and a.test
+        pool = adapt_manifest(adapt_cfg, k, m)
+        assert {it.speaker for it in pool.items} == set(a.adapt)
+        assert all(it.label == "" and Path(it.path).is_file() for it in pool.items)
+        _, _, test, _ = fold_items(adapt_cfg.replace(fold=k), m)
+        assert {it.speaker for it in test} == set(a.test)  # the adapted half is never scored
+        assert adapt_manifest(cfg, k, m) is None  # plain loco adapts to nothing
+    assert len(fold_pool(adapt_cfg.replace(unlabeled=()), 0).items) == len(adapt_manifest(adapt_cfg, 0, m).items)
+
+
+def test_loco_adapt_student_distils_on_the_unlabeled_half(five, tmp_path):
+    """A loco-adapt run reads the teacher's soft labels of the held-out corpus's adapted half (and only them,
+    besides the pool) and is tested on the other half."""
+    from liser.data.workspace import adapt_manifest
+    from liser.student.train import train
+    from liser.teachers.store import StoreWriter, n_pieces
+
+    cfg, m = five
+    acfg = cfg.replace(folds="loco-adapt", fold=4, unlabeled=(), lambda_sd=1.0, epochs=1,
+                       speech_store=str(tmp_path / "store-fold{fold}"), name="adapt")
+    pool = adapt_manifest(acfg, 4, m)
+    rng = np.random.default_rng(0)
+    w = StoreWriter(tmp_path / "store-fold4", "fake-teacher", DEFAULT_CLASSES, "fakehash", flush_every=64)
+    for it in pool.items:
+        n = n_pieces(it.duration)
+        w.add(it.id, rng.dirichlet(np.ones(len(DEFAULT_CLASSES)), size=n), np.ones(n, bool), it.duration)
+    w.finalize([it.id for it in pool.items])
+    run = train(acfg, run_dir=tmp_path / "run", progress=False)
+    res = json.loads((run / "metrics.json").read_text())
+    assert res["n_unlabeled"] == len(pool.items) > 0
+    adapted = {it.id for it in pool.items}
+    assert res["test_ids"] and not adapted & set(res["test_ids"])
+    assert {i.split("/")[0] for i in res["test_ids"]} == {"urdu"}
+
+
 def test_pooled_fold_tests_speakers_of_every_corpus(five):
     from liser.data.workspace import resolve_folds
 

@@ -46,7 +46,9 @@ class Config:
     root: str = "../shared/data/ravdess"  # labeled corpus root (prepared on first use)
     manifest: str = ""  # prepared manifest directory; "" = <work>/manifests/<corpus>
     folds: str = ""  # fold file: a shipped name (ravdess, emodb), a path, "" = the corpus name, or with
-    #   `labeled`: loco (fold k tests on the k-th corpus) | pooled (one fold, test speakers of every corpus)
+    #   `labeled`: loco (fold k tests on the k-th corpus) | pooled (one fold, test speakers of every corpus) |
+    #   loco-adapt (loco, but half of the k-th corpus's speakers join the unlabeled pool, unlabeled, and the other
+    #   half is the test: how much distillation on a domain's unlabeled audio buys; liser.data.folds)
     fold: int = 0  # which fold to train (0-based)
     work: str = "work"  # cache root: manifests, features, stores
     out: str = "runs"  # where run directories go: <out>/<name>/fold<k>

@@ -11,7 +11,10 @@ results are comparable across users and versions.
 A config that pools several labeled corpora (`labeled`) is split by corpus
 instead (`corpus_folds`): `loco` tests each fold on one whole corpus, so a
 figure says how the model does on a corpus it never heard; `pooled` is one
-fold with test speakers drawn from every corpus.
+fold with test speakers drawn from every corpus. `loco-adapt` is `loco` for
+adaptation (issue 24's adapted protocol): the held-out corpus's speakers are
+split in two halves, the first half's audio joins the unlabeled pool (its
+labels unused anywhere: `Fold.adapt`), the second half is the test.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ class Fold:
     train: tuple[str, ...]  # training speakers
     val: tuple[str, ...]  # validation speakers (best epoch, lambda choice)
     test: tuple[str, ...]  # test speakers
+    adapt: tuple[str, ...] = ()  # speakers whose audio joins the unlabeled pool, never their labels (loco-adapt)
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,8 @@ class Folds:
 
     def to_dict(self) -> dict:
         return {"corpus": self.corpus, "k": self.k, "seed": self.seed,
-                "folds": [{"train": list(f.train), "val": list(f.val), "test": list(f.test)} for f in self.folds]}
+                "folds": [{"train": list(f.train), "val": list(f.val), "test": list(f.test),
+                           **({"adapt": list(f.adapt)} if f.adapt else {})} for f in self.folds]}
 
     def save(self, path: str | Path) -> None:
         """Write the fold file `path`; LiserError for a folder or an existing file that is not a fold file."""
@@ -100,7 +105,7 @@ def folds_for_manifest(manifest, k: int = 5, seed: int = 0) -> Folds:
     return make_folds(genders, k, seed, manifest.corpus)
 
 
-POOLED_SCHEMES = ("loco", "pooled")  # fold schemes of a config that pools several labeled corpora
+POOLED_SCHEMES = ("loco", "pooled", "loco-adapt")  # fold schemes of a config that pools several labeled corpora
 
 
 def corpus_folds(speakers: dict[str, str], corpora: list[str], scheme: str = "loco",
@@ -115,6 +120,9 @@ def corpus_folds(speakers: dict[str, str], corpora: list[str], scheme: str = "lo
     least 1, from a shuffle seeded by `seed` and the corpus name), so they
     are the same in every fold and every corpus is validated on; a corpus
     with fewer than 3 speakers (TESS has 2) gives none and only trains.
+    scheme "loco-adapt": as loco, but the held-out corpus's shuffled speakers
+    are halved: the first n // 2 are `adapt` (their audio, unlabeled, joins
+    the pool), the rest the test.
     Raises LiserError for an unknown scheme or a corpus without speakers.
     """
     if scheme not in POOLED_SCHEMES:
@@ -128,17 +136,20 @@ def corpus_folds(speakers: dict[str, str], corpora: list[str], scheme: str = "lo
         drawn[c] = members
     n_val = {c: 0 if len(m) < 3 else max(1, round(val_fraction * len(m))) for c, m in drawn.items()}
     folds = []
-    for k, held in enumerate(corpora if scheme == "loco" else [None]):
-        train, val, test = [], [], []
+    for k, held in enumerate(corpora if scheme != "pooled" else [None]):
+        train, val, test, adapt = [], [], [], []
         for c, members in drawn.items():
             v = n_val[c]
-            if c == held:
+            if c == held and scheme == "loco-adapt":
+                half = len(members) // 2
+                adapt, test = adapt + members[:half], test + members[half:]
+            elif c == held:
                 test += members
             elif held is None:  # pooled: validation speakers, then as many test speakers, then training
                 val, test, train = val + members[:v], test + members[v : 2 * v], train + members[2 * v :]
             else:
                 val, train = val + members[:v], train + members[v:]
-        folds.append(Fold(k, tuple(sorted(train)), tuple(sorted(val)), tuple(sorted(test))))
+        folds.append(Fold(k, tuple(sorted(train)), tuple(sorted(val)), tuple(sorted(test)), tuple(sorted(adapt))))
     out = Folds("+".join(corpora), len(folds), seed, tuple(folds))
     check_folds(out, source=f"folds {scheme}")
     return out
@@ -154,7 +165,8 @@ def load_folds(name_or_path: str | Path) -> Folds:
         raise LiserError(f"{name_or_path}: no such fold file (shipped: {shipped})")
     try:
         d = json.loads(p.read_text())
-        folds = tuple(Fold(i, tuple(f["train"]), tuple(f["val"]), tuple(f["test"])) for i, f in enumerate(d["folds"]))
+        folds = tuple(Fold(i, tuple(f["train"]), tuple(f["val"]), tuple(f["test"]), tuple(f.get("adapt", ())))
+                      for i, f in enumerate(d["folds"]))
         out = Folds(d.get("corpus", p.stem), len(folds), int(d.get("seed", 0)), folds)
     except (KeyError, TypeError, ValueError) as e:
         raise LiserError(f"{p}: not a fold file ({e})") from None
@@ -165,8 +177,9 @@ def load_folds(name_or_path: str | Path) -> Folds:
 def check_folds(folds: Folds, manifest=None, source: str = "folds") -> None:
     """Fail loudly if a speaker is in two parts of a fold, or (with a manifest) is unknown or unused."""
     for f in folds:
-        parts = {"train": set(f.train), "val": set(f.val), "test": set(f.test)}
-        for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        parts = {"train": set(f.train), "val": set(f.val), "test": set(f.test), "adapt": set(f.adapt)}
+        for a, b in (("train", "val"), ("train", "test"), ("val", "test"), ("adapt", "train"), ("adapt", "val"),
+                     ("adapt", "test")):
             leak = parts[a] & parts[b]
             if leak:
                 raise LiserError(f"{source}: speaker leak in fold {f.index}: {sorted(leak)} in both {a} and {b}")
@@ -175,7 +188,7 @@ def check_folds(folds: Folds, manifest=None, source: str = "folds") -> None:
     if manifest is not None:
         known = set(manifest.speakers)
         for f in folds:
-            used = set(f.train) | set(f.val) | set(f.test)
+            used = set(f.train) | set(f.val) | set(f.test) | set(f.adapt)
             unknown = used - known
             if unknown:
                 raise LiserError(f"{source}: fold {f.index} names speakers not in the {manifest.corpus} manifest: {sorted(unknown)[:5]}")

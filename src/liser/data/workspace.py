@@ -80,7 +80,7 @@ def teacher_set(cfg: Config) -> str:
         return cfg.corpus
     corpora = sorted(labeled_corpora(cfg))
     ncls = f"{len(cfg.classes)}cls" if cfg.classes else "allcls"
-    scheme = cfg.folds or "loco"
+    scheme = {"loco-adapt": "loco"}.get(cfg.folds, cfg.folds) or "loco"  # the same training speakers: one set
     name = f"pool-{'+'.join(corpora)}-{ncls}-{scheme}"
     if len(name) > POOL_NAME_MAX:
         digest = hashlib.sha256("+".join(corpora).encode()).hexdigest()[:8]
@@ -344,6 +344,38 @@ def unlabeled_pool(cfg: Config, videos_only: bool = False):
         if not pool.items:
             raise LiserError(f"no video files among the unlabeled corpora {list(cfg.unlabeled)}")
     return pool
+
+
+def adapt_manifest(cfg: Config, fold: int, manifest=None):
+    """The unlabeled half of the held-out corpus that fold `fold` adapts to (folds: loco-adapt; Fold.adapt):
+    its items with their labels blanked and absolute paths, as one manifest; None when the fold adapts to none.
+
+    The labels are dropped here, once, so that no later stage can read them (issue 24's adapted protocol).
+    """
+    from liser.data.corpora import Manifest, merge_manifests
+
+    manifest = labeled_manifest(cfg) if manifest is None else manifest
+    speakers = set(resolve_folds(cfg, manifest)[fold].adapt)
+    if not speakers:
+        return None
+    items = [type(it)(**{**it.__dict__, "label": ""}) for it in manifest.items if it.speaker in speakers]
+    return merge_manifests([Manifest(manifest.corpus, manifest.root, items)], name=f"adapt-fold{fold}")
+
+
+def fold_pool(cfg: Config, fold: int):
+    """The unlabeled pool a fold's teacher labels and its student distils on: `unlabeled_pool(cfg)` plus, for
+    folds: loco-adapt, the fold's unlabeled half of its held-out corpus (adapt_manifest).
+
+    Raises LiserError when there is neither.
+    """
+    from liser.data.corpora import merge_manifests
+
+    extra = adapt_manifest(cfg, fold)
+    if extra is None:
+        return unlabeled_pool(cfg)
+    if not cfg.unlabeled:
+        return extra
+    return merge_manifests([unlabeled_pool(cfg), extra])
 
 
 # ---------------------------------------------------------------- folds

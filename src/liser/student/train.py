@@ -66,17 +66,24 @@ class Unlabeled:
     stores: dict  # teacher name -> SoftLabelStore, for the entries the config distils from, in entry order
 
 
-def load_unlabeled(cfg: Config, work: Path, progress: bool) -> Unlabeled | None:
-    """The pool items that have a soft label in a store the config distils from; None when not distilling."""
+def load_unlabeled(cfg: Config, work: Path, progress: bool, labeled=None) -> Unlabeled | None:
+    """The pool items that have a soft label in a store the config distils from; None when not distilling.
+
+    `labeled`: (manifest, features cache) of the labeled corpora, whose fold's unlabeled half of its held-out
+    corpus (folds: loco-adapt; liser.data.workspace.adapt_manifest) joins the pool, read from that cache.
+    """
     from liser.data.features import build_features
+    from liser.data.workspace import adapt_manifest
     from liser.teachers.store import SoftLabelStore
 
     stores = {e.name: SoftLabelStore(store_path(cfg, e)) for e in cfg.distilling()}
     if not stores:
         return None
+    adapt = adapt_manifest(cfg, cfg.fold, labeled[0]) if labeled is not None else None
+    sources = [(m, build_features(m, work, threads=cfg.threads or 2, progress=progress).load_into_memory())
+               for m in unlabeled_manifests(cfg)] + ([(adapt, labeled[1])] if adapt is not None else [])
     frames, ids = [], []
-    for m in unlabeled_manifests(cfg):
-        cache = build_features(m, work, threads=cfg.threads or 2, progress=progress).load_into_memory()
+    for m, cache in sources:
         for it in m.items:
             if any(it.id in st for st in stores.values()):
                 frames.append(cache.frames(it.id))
@@ -281,7 +288,7 @@ def load_data(cfg: Config, progress: bool) -> Data:
     manifest = labeled_manifest(cfg)
     train_items, val_items, test_items, classes = fold_items(cfg, manifest)
     cache = build_features(manifest, cfg.work, threads=cfg.threads or 2, progress=progress).load_into_memory()
-    pool = load_unlabeled(cfg, Path(cfg.work), progress)
+    pool = load_unlabeled(cfg, Path(cfg.work), progress, (manifest, cache))
     if pool is None and cfg.schedule == "two-stage":
         raise LiserError("schedule two-stage needs unlabeled data with soft labels "
                          "(unlabeled, and a teacher's store with a weight > 0: speech_store/video_store and "

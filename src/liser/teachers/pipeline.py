@@ -30,7 +30,8 @@ from liser.core.errors import LiserError
 from liser.teachers.store import store_complete
 from liser.core.atomic import atomic_write_text
 from liser.data.workspace import (claim_teacher_dir, class_mapped_manifest, faces_dir, fold_indices, fold_items,
-                         labeled_manifest, speech_store, teacher_dir, training_record, unlabeled_pool, video_store)
+                                   fold_pool, labeled_manifest, speech_store, teacher_dir, training_record,
+                                   unlabeled_pool, video_store)
 
 
 def speech_teacher_config(cfg: Config, overrides: list[str] | tuple = ()):
@@ -115,9 +116,9 @@ def label_speech(cfg: Config, folds=None, shard=(0, 1), overrides=(), progress: 
     if not speech_store(cfg, 0):
         raise LiserError("speech_store: the config names no store to write (speech_store, or a speech entry of teachers)")
     fit_speech_teachers(cfg, folds, overrides, progress)
-    pool = unlabeled_pool(cfg)
     out = []
     for k in fold_indices(cfg, labeled_manifest(cfg), folds):
+        pool = fold_pool(cfg, k)  # the pool, and for loco-adapt the fold's unlabeled half of its held-out corpus
         store = speech_store(cfg, k)
         teacher = SpeechTeacher.load(teacher_dir(cfg, k))
         out.append(store)
