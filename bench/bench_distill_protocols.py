@@ -1,0 +1,172 @@
+"""What distillation buys the default model: the unseen-domain and adapted tables of issue 24 §2.
+
+    scripts/run_distill_protocols.sh        # teachers, stores, then the runs of configs/grid-distill-protocols.yaml
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_distill_protocols.py [--json bench/results/distill_protocols.json]
+
+Leave one corpus out over the five labeled corpora (fold k holds out the k-th
+corpus of `labeled`). Per held-out corpus, on the SAME test files:
+
+- unseen domain: `unseen-dstl` (folds loco: nothing of the held-out corpus
+  anywhere) against the same recipe without distillation (the baseline
+  ledger, `speech-views-cons1` of configs/grid-default-model-consistency.yaml:
+  same recipe, seed and budget), on every file of the held-out corpus;
+- adapted: `adapted-dstl` (folds loco-adapt: the unlabeled audio of half of
+  the held-out corpus's speakers joined the pool) against the baseline, on
+  the other half (the baseline is re-scored there from its stored test logits);
+- the fold's speech teacher on the same files (`--teachers`: its eval.json
+  for the unseen table; the adapted half re-scored from the teacher's cached
+  encoder features): what the student was taught from.
+
+UAR is over the classes the held-out corpus has (URDU has 4 of the 6),
+arg-max over all six outputs, as bench_default_model.py. Targets (the
+issue's): unseen mean gain >= 3 points, better on >= 4 of 5, mean UAR >=
+0.45 and every corpus >= 0.35; adapted >= the unseen no-dstl + 8 points,
+better on 5 of 5, and at least half way from the student to its teacher.
+Runs are read from their run folders or, on a fresh clone, the ledgers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from liser.core.errors import LiserError  # noqa: E402
+
+GRID = ROOT / "configs" / "grid-distill-protocols.yaml"
+LEDGER = ROOT / "bench" / "ledger" / "grid-distill-protocols"
+BASELINE = ROOT / "bench" / "ledger" / "grid-default-model-consistency" / "speech-views-cons1" / "default"
+ROWS = ("unseen-dstl", "adapted-dstl")
+OUT = ROOT / "bench" / "results" / "distill_protocols.json"
+
+
+def finished(row_dir: Path, fold: int) -> dict | None:
+    """metrics.json of fold `fold` under a row's folder (runs/ or the ledger), or None when not finished."""
+    p = row_dir / f"fold{fold}" / "metrics.json"
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def uar_on(m: dict, ids: set[str] | None = None) -> tuple[float, int]:
+    """(UAR over the classes present, files) of a run's stored test predictions, restricted to `ids` if given."""
+    from liser.core.metrics import uar
+
+    keep = [i for i, t in enumerate(m["test_ids"]) if ids is None or t in ids]
+    if not keep:
+        raise LiserError(f"{m['config']} fold {m['fold']}: none of the requested test files among its test ids")
+    y = np.array(m["test_y"])[keep]
+    pred = np.array(m["test_logits"])[keep].argmax(1)
+    return uar(y, pred, len(m["classes"])), len(keep)
+
+
+def teacher_uar(cfg, fold: int, ids: list[str]) -> float | None:
+    """The fold's speech teacher's UAR (whole files) on `ids`; None when the teacher is not fitted here."""
+    from liser.data.workspace import class_mapped_manifest, labeled_manifest, teacher_dir
+    from liser.teachers.speech.teacher import SpeechTeacher, evaluate_speech_teacher
+
+    out = teacher_dir(cfg, fold)
+    if not (out / "teacher.json").is_file():
+        return None
+    manifest = class_mapped_manifest(cfg, labeled_manifest(cfg), list(cfg.classes))
+    return float(evaluate_speech_teacher(SpeechTeacher.load(out), manifest, ids, progress=False)["uar"])
+
+
+def protocol_rows(grid: dict, row: str, base_dir: Path, teachers: bool) -> dict:
+    """{held-out corpus: {student, no_dstl, gain_points, teacher, files}} of one row, folds that finished."""
+    from liser.data.workspace import labeled_corpora
+
+    cfgs = {r["cfg"].fold: r["cfg"] for r in grid["runs"] if r["cfg"].name.split("/")[0] == row}
+    out = {}
+    for k, cfg in sorted(cfgs.items()):
+        run_dir = Path(cfg.out) / cfg.name
+        m = finished(run_dir, k) or finished(LEDGER / cfg.name, k)
+        base = finished(base_dir, k)
+        if m is None or base is None:
+            continue
+        ids = set(m["test_ids"])
+        student, n = uar_on(m)
+        no_dstl, n_base = uar_on(base, ids)
+        if n_base != n:
+            raise LiserError(f"{row} fold {k}: the baseline holds {n_base} of the {n} test files")
+        t = teacher_uar(cfg, k, sorted(ids)) if teachers else None
+        out[labeled_corpora(cfg)[k]] = {"fold": k, "files": n, "student": round(student, 4),
+                                       "no_dstl": round(no_dstl, 4),
+                                       "gain_points": round(100 * (student - no_dstl), 2),
+                                       "teacher": None if t is None else round(t, 4)}
+    return out
+
+
+def targets(unseen: dict, adapted: dict) -> dict:
+    """The issue's targets, each True/False, or None while a table is incomplete (fewer than 5 corpora)."""
+    res = {}
+    if len(unseen) == 5:
+        g = [r["gain_points"] for r in unseen.values()]
+        s = [r["student"] for r in unseen.values()]
+        res["unseen_gain_ge_3"] = bool(np.mean(g) >= 3)
+        res["unseen_better_ge_4_of_5"] = sum(x > 0 for x in g) >= 4
+        res["unseen_mean_ge_0.45"] = bool(np.mean(s) >= 0.45)
+        res["unseen_every_ge_0.35"] = min(s) >= 0.35
+    if len(adapted) == 5 and len(unseen) == 5:
+        res["adapted_ge_unseen_no_dstl_plus_8"] = bool(
+            np.mean([adapted[c]["student"] for c in adapted]) >= np.mean([unseen[c]["no_dstl"] for c in unseen]) + 0.08)
+        res["adapted_better_5_of_5"] = all(r["gain_points"] > 0 for r in adapted.values())
+        if all(r["teacher"] is not None for r in adapted.values()):
+            res["adapted_half_way_to_teacher"] = all(
+                r["student"] - r["no_dstl"] >= 0.5 * (r["teacher"] - r["no_dstl"]) for r in adapted.values())
+    return res
+
+
+def table(name: str, rows: dict) -> str:
+    lines = [f"{name}", "| held out | files | no-dstl | distilled | gain (points) | teacher |", "|---|---|---|---|---|---|"]
+    for c, r in rows.items():
+        t = "-" if r["teacher"] is None else f"{r['teacher']:.3f}"
+        lines.append(f"| {c} | {r['files']} | {r['no_dstl']:.3f} | {r['student']:.3f} | {r['gain_points']:+.1f} | {t} |")
+    if rows:
+        lines.append(f"| mean | | {np.mean([r['no_dstl'] for r in rows.values()]):.3f} | "
+                     f"{np.mean([r['student'] for r in rows.values()]):.3f} | "
+                     f"{np.mean([r['gain_points'] for r in rows.values()]):+.1f} | |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    from liser.core.atomic import atomic_write_text
+    from liser.experiments.grid import expand_grid, load_grid
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--grid", default=str(GRID))
+    ap.add_argument("--baseline", default=str(BASELINE), help="folder of the no-dstl runs' fold<k>/metrics.json")
+    ap.add_argument("--no-teachers", action="store_true", help="leave the teachers' column out")
+    ap.add_argument("--json", default=str(OUT))
+    args = ap.parse_args(argv)
+    grid = load_grid(args.grid)
+    grid["runs"] = expand_grid(grid, 5)
+    res = {row: protocol_rows(grid, row, Path(args.baseline), not args.no_teachers) for row in ROWS}
+    if not any(res.values()):
+        raise LiserError(f"{args.grid}: no finished fold of {', '.join(ROWS)} yet (scripts/run_distill_protocols.sh)")
+    out = {"what": __doc__.split("\n")[0], "command": "python bench/bench_distill_protocols.py " + " ".join(argv or sys.argv[1:]),
+           "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+           "load_average": [round(x, 2) for x in os.getloadavg()], "grid": args.grid, "baseline": args.baseline,
+           "unseen": res["unseen-dstl"], "adapted": res["adapted-dstl"],
+           "targets": targets(res["unseen-dstl"], res["adapted-dstl"])}
+    print(table("unseen domain (every file of the held-out corpus)", res["unseen-dstl"]))
+    print(table("adapted (the held-out corpus's test half; the other half's audio was in the pool)", res["adapted-dstl"]))
+    print("targets:", json.dumps(out["targets"]))
+    atomic_write_text(args.json, json.dumps(out, indent=1) + "\n")
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except LiserError as e:
+        print(f"liser: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,64 @@
+"""bench/bench_distill_protocols.py: the two protocol tables, scored on the same test files."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import bench_distill_protocols as bench  # noqa: E402
+
+from liser.core.errors import LiserError  # noqa: E402
+
+
+def _baseline(k: int) -> dict:
+    return json.loads((bench.BASELINE / f"fold{k}" / "metrics.json").read_text())
+
+
+def test_uar_on_the_stored_predictions_is_the_run_s_own_and_a_subset_is_rescored():
+    m = _baseline(1)
+    u, n = bench.uar_on(m)
+    assert n == m["n_test"] and u == pytest.approx(m["test"]["uar"], abs=1e-9)
+    half = set(m["test_ids"][::2])
+    u_half, n_half = bench.uar_on(m, half)
+    assert n_half == len(half) and 0 < u_half < 1 and u_half != u
+    with pytest.raises(LiserError, match="none of the requested"):
+        bench.uar_on(m, {"nowhere/x"})
+
+
+def test_rows_pair_a_run_with_the_baseline_on_its_test_files(tmp_path, monkeypatch):
+    """A 'distilled' run that is the baseline itself on half the files: gain 0 on exactly those files."""
+    from liser.experiments.grid import expand_grid, load_grid
+
+    grid = load_grid(str(bench.GRID))
+    grid["runs"] = expand_grid(grid, 5)
+    for r in grid["runs"]:
+        r["cfg"] = r["cfg"].replace(out=str(tmp_path / "runs"))
+    m = _baseline(2)
+    keep = list(range(0, len(m["test_ids"]), 2))
+    half = {**m, "test_ids": [m["test_ids"][i] for i in keep], "test_y": [m["test_y"][i] for i in keep],
+            "test_logits": [m["test_logits"][i] for i in keep]}
+    run = tmp_path / "runs" / "adapted-dstl" / "default" / "fold2"
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps(half))
+    monkeypatch.setattr(bench, "LEDGER", tmp_path / "no-ledger")
+    rows = bench.protocol_rows(grid, "adapted-dstl", bench.BASELINE, teachers=False)
+    assert list(rows) == ["emodb"] and rows["emodb"]["files"] == len(keep)
+    assert rows["emodb"]["gain_points"] == 0 and rows["emodb"]["student"] == rows["emodb"]["no_dstl"]
+    assert bench.targets({}, rows) == {}  # incomplete tables decide nothing
+
+
+def test_targets_follow_the_issue():
+    row = lambda s, b, t=None: {"student": s, "no_dstl": b, "gain_points": round(100 * (s - b), 2), "teacher": t}
+    unseen = {c: row(0.46, 0.42) for c in "abcde"}
+    adapted = {c: row(0.52, 0.42, 0.60) for c in "abcde"}
+    t = bench.targets(unseen, adapted)
+    assert t["unseen_gain_ge_3"] and t["unseen_mean_ge_0.45"] and t["adapted_ge_unseen_no_dstl_plus_8"]
+    assert t["adapted_half_way_to_teacher"]  # 0.10 of the 0.18 between student and teacher
+    adapted["a"] = row(0.45, 0.42, 0.60)
+    assert not bench.targets(unseen, adapted)["adapted_half_way_to_teacher"]
+    unseen["a"] = row(0.30, 0.42)
+    assert not bench.targets(unseen, adapted)["unseen_every_ge_0.35"]
