@@ -42,7 +42,8 @@ def _plain_step_loss(model, x, labels, targets, teachers, options, precision="fp
     assert precision == "fp32" and pairs == 0
     sup, heads = model(x)
     n_l = 0 if labels is None else len(labels)
-    terms = [Distill(n, heads[n][n_l:], *targets.get(n, (None, None)), w, temp) for n, w, temp in teachers]
+    terms = [Distill(n, (sup if head == "sup" else heads[n])[n_l:], *targets.get(n, (None, None)), w, temp)
+             for n, w, temp, head in teachers]
     return joint_loss(sup[:n_l] if n_l else None, labels, terms, options=options)
 
 

@@ -263,6 +263,33 @@ def test_named_teacher_entries_train_like_the_paper_keys(small_config, speech_po
         small_config.replace(teachers=({"name": "x", "kind": "smell", "store": "s", "weight": 1.0},)).check_choices()
 
 
+def test_class_index_map_matches_teacher_classes_by_name():
+    fer = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+    ravdess = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
+    idx = tr.class_index_map(fer, ravdess)
+    assert idx.tolist() == [6, -1, 3, 4, 0, 2, 1, 5]  # calm has no FER class
+    p = np.array([0.1, 0.1, 0.2, 0.3, 0.1, 0.1, 0.1], np.float32)
+    t, ok = tr.map_target(p, tr.class_index_map(fer, ["happy", "sad", "calm"]))  # CREMA-D-like: the rest dropped
+    assert ok and t.tolist() == pytest.approx([0.75, 0.25, 0.0])
+    assert tr.map_target(np.zeros(7, np.float32), idx)[1] is False
+
+
+def test_a_teacher_taught_through_g_sup_has_no_head_of_its_own(small_config, speech_pool, tmp_path):
+    """head: sup distils into the supervised head (the student grows no g_<name>) and the term is logged."""
+    manifest_dir, store, _ = speech_pool
+    cfg = small_config.replace(name="via-sup", classes=("happy", "sad"), unlabeled=(str(manifest_dir),), batch_size=48,
+                               unlabeled_batch=12, epochs=1,
+                               teachers=({"name": "voice", "kind": "speech", "store": str(store.parent / "store2"),
+                                          "weight": 1.0, "head": "sup"},))
+    run = tr.train(cfg, run_dir=tmp_path / "via-sup", progress=False)
+    assert float(_rows(run)[0]["voice"]) > 0
+    state = torch.load(run / "best.pt", weights_only=True)["state_dict"]
+    assert not any(k.startswith("g_voice") for k in state)
+    with pytest.raises(LiserError, match="head own or sup"):
+        small_config.replace(teachers=({"name": "x", "kind": "video", "store": "s", "weight": 1.0, "head": "g"},)
+                             ).check_choices()
+
+
 def test_distillation_run(small_config, speech_pool, tmp_path):
     manifest_dir, store, n_items = speech_pool
     cfg = small_config.replace(name="sp-dstl", lambda_sd=1.0, speech_store=str(store), unlabeled=(str(manifest_dir),),

@@ -144,9 +144,11 @@ class Config:
                         for i, e in enumerate(self.teachers))
         names = [e.name for e in entries]
         for i, e in enumerate(entries):
-            if e.kind not in TEACHER_KINDS or not e.name.isidentifier() or names.count(e.name) > 1:
-                raise LiserError(f"teachers[{i}]: needs a unique name (an identifier; got {e.name!r}) and a kind "
-                                 f"in {', '.join(TEACHER_KINDS)} (got {e.kind!r})")
+            if e.kind not in TEACHER_KINDS or not e.name.isidentifier() or names.count(e.name) > 1 \
+                    or e.name == "sup" or e.head not in ("own", "sup"):
+                raise LiserError(f"teachers[{i}]: needs a unique name (an identifier other than sup; got {e.name!r}), "
+                                 f"a kind in {', '.join(TEACHER_KINDS)} (got {e.kind!r}) and a head own or sup "
+                                 f"(got {e.head!r})")
         return entries
 
     def distilling(self) -> tuple["TeacherEntry", ...]:
@@ -196,6 +198,8 @@ class TeacherEntry:
     weight: float = 0.0  # lambda of its term in the joint loss; 0 = the head exists but gets no loss
     temperature: float = 1.0  # applied before its confidence weights, not its targets; 0 = the fold's speech
     #   teacher's own, fitted on its validation speakers (speech kind only)
+    head: str = "own"  # own: its own head g_<name> (the paper's) | sup: the supervised head g_sup, the teacher's
+    #   classes matched to the labeled ones by name (fear = fearful), the others dropped and the target renormalised
 
 
 def stale_keys(cfg: "Config", ledger_dir: Path) -> list[str]:

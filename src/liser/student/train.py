@@ -64,6 +64,8 @@ class Unlabeled:
     frames: list  # per item [frames, 64] arrays
     ids: list[str]
     stores: dict  # teacher name -> SoftLabelStore, for the entries the config distils from, in entry order
+    maps: dict = field(default_factory=dict)  # teacher name -> its class of each student class (-1: none), for
+    #   entries taught through g_sup (head: sup; class_index_map); targets are mapped and renormalised
 
 
 def load_unlabeled(cfg: Config, work: Path, progress: bool, labeled=None) -> Unlabeled | None:
@@ -91,6 +93,24 @@ def load_unlabeled(cfg: Config, work: Path, progress: bool, labeled=None) -> Unl
     if not ids:
         raise LiserError(f"no unlabeled item has a soft label in {', '.join(str(st.path) for st in stores.values())}")
     return Unlabeled(frames, ids, stores)
+
+
+def class_index_map(teacher_classes: list[str], classes: list[str]) -> np.ndarray:
+    """int [K_student]: the teacher's class of each student class by name (canonical spelling: a FER teacher's
+    "fear" is "fearful"), -1 where the teacher has none. The paper's open question 3: the video teacher's
+    classes distilled through g_sup's space where the names agree, its other classes dropped."""
+    from liser.data.corpora import canonical_emotion
+
+    where = {canonical_emotion(c): i for i, c in enumerate(teacher_classes)}
+    return np.array([where.get(canonical_emotion(c), -1) for c in classes], dtype=np.int64)
+
+
+def map_target(p: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, bool]:
+    """A teacher's probabilities [K_t] on the student's classes [K]: the matched ones, renormalised; (target, valid)
+    with valid False when no matched class holds any probability."""
+    out = np.where(index >= 0, p[np.maximum(index, 0)], 0.0).astype(np.float32)
+    total = float(out.sum())
+    return (out / total, True) if total > 0 else (out, False)
 
 
 def check_store_teacher(cfg: Config, store) -> None:
@@ -181,8 +201,12 @@ def unlabeled_batch(pool: Unlabeled, idx: np.ndarray, rng: np.random.Generator, 
                 p, n = store.window(pool.ids[i], t0, length_s)
             else:
                 p, n = np.zeros(len(store.classes), np.float32), 0
+            valid = n > 0
+            if name in pool.maps:
+                p, matched = map_target(p, pool.maps[name])
+                valid = valid and matched
             got[name][0].append(p)
-            got[name][1].append(n > 0)
+            got[name][1].append(valid)
     targets = {name: (torch.from_numpy(np.stack(t)), torch.tensor(m)) for name, (t, m) in got.items()}
     return torch.from_numpy(np.stack(xs)), targets
 
@@ -304,8 +328,9 @@ def load_data(cfg: Config, progress: bool) -> Data:
 
 
 def teacher_settings(cfg: Config, pool: Unlabeled | None, classes: list[str]) -> tuple[dict, dict]:
-    """Each teacher entry's temperature and head classes, its store checked: a speech store must hold the
-    student's classes and come from the fold's own teacher (check_store_teacher)."""
+    """Each teacher entry's temperature and, for an own head, its classes, its store checked: a speech store
+    must hold the student's classes and come from the fold's own teacher (check_store_teacher). An entry taught
+    through g_sup gets its class map in pool.maps (LiserError when no class name agrees)."""
     temperatures, teacher_classes = {}, {}
     for e in cfg.teacher_entries():
         store = pool.stores.get(e.name) if pool is not None else None
@@ -315,6 +340,12 @@ def teacher_settings(cfg: Config, pool: Unlabeled | None, classes: list[str]) ->
             check_store_teacher(cfg, store)
         fitted = e.kind == "speech" and store is not None and e.temperature == 0
         temperatures[e.name] = fitted_temperature(cfg, store) if fitted else e.temperature
+        if e.head == "sup":
+            if store is not None:
+                pool.maps[e.name] = class_index_map(list(store.classes), classes)
+                if (pool.maps[e.name] < 0).all():
+                    raise LiserError(f"{store.path}: no class of {store.classes} is one of the student's {classes}")
+            continue
         teacher_classes[e.name] = list(store.classes) if store is not None else \
             (list(classes) if e.kind == "speech" else DEFAULT_VIDEO_CLASSES)
     return temperatures, teacher_classes
@@ -507,7 +538,7 @@ def run_epoch(cfg: Config, data: Data, model, opt, state: State, stage1: bool, c
     device = next(model.parameters()).device
     pool, rng = data.pool, state.rng
     options = loss_options(cfg, data)
-    teachers = [(e.name, e.weight, data.temperatures[e.name]) for e in cfg.distilling()]
+    teachers = [(e.name, e.weight, data.temperatures[e.name], e.head) for e in cfg.distilling()]
     n_u = cfg.unlabeled_batch if pool is not None else 0
     use_l = not stage1
     use_u = pool is not None and (cfg.schedule == "joint" or stage1)
@@ -552,7 +583,8 @@ def step_loss(model, x, labels, targets, teachers, options, precision: str = "fp
     x [B, 64, 94] on the model's device, labeled items first: labels [N_l]
     int (None: no labeled item); `targets` maps a teacher's name to its
     (targets [B - N_l, K_t], mask [B - N_l]) and `teachers` lists (name,
-    weight, temperature) of the terms, in order (liser.student.losses.Distill). Under "bf16" the forward runs in
+    weight, temperature, head) of the terms, in order (liser.student.losses.Distill;
+    head "sup": the term is on g_sup's logits, the targets mapped onto its classes). Under "bf16" the forward runs in
     liser.core.device.training_autocast and the logits are cast back to float32,
     so the loss (softmax, CE, the distillation terms) is summed in float32;
     "fp32" is the plain step bit for bit (`.float()` of a float32 tensor is
@@ -566,8 +598,8 @@ def step_loss(model, x, labels, targets, teachers, options, precision: str = "fp
         sup, heads = model(x)
         sup = sup.float()
         n_l = 0 if labels is None else len(labels)
-        terms = [Distill(name, heads[name].float()[n_l:], *targets.get(name, (None, None)), weight, temperature)
-                 for name, weight, temperature in teachers]
+        terms = [Distill(name, (sup if head == "sup" else heads[name].float())[n_l:], *targets.get(name, (None, None)),
+                         weight, temperature) for name, weight, temperature, head in teachers]
         loss, parts = joint_loss(sup[:n_l] if n_l else None, labels, terms, options=options)
         if pairs and options.consistency:
             term = consistency_term(sup[:pairs], sup[pairs : 2 * pairs]).mean()

@@ -9,7 +9,7 @@ from importlib import import_module
 from pathlib import Path
 
 from liser.core.errors import LiserError
-from liser.data.corpora.base import EMOTIONS, Candidate, Item, Manifest, build_manifest, merge_manifests
+from liser.data.corpora.base import EMOTIONS, Candidate, canonical_emotion, Item, Manifest, build_manifest, merge_manifests
 
 # name -> module that defines prepare_<name>; imported on demand.
 CORPORA = {
@@ -34,4 +34,4 @@ def prepare(corpus: str, root: str | Path, progress: bool = True, **kwargs) -> M
     return getattr(module, f"prepare_{key}")(root, progress=progress, **kwargs)
 
 
-__all__ = ["CORPORA", "EMOTIONS", "Candidate", "Item", "Manifest", "build_manifest", "merge_manifests", "prepare"]
+__all__ = ["CORPORA", "EMOTIONS", "Candidate", "canonical_emotion", "Item", "Manifest", "build_manifest", "merge_manifests", "prepare"]

@@ -33,6 +33,15 @@ from liser.core.atomic import temp_folder
 # own codes onto these names; RAVDESS's `calm` stays its own class (the 8-class
 # RAVDESS task is the benchmark) unless a config merges it.
 EMOTIONS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised", "boredom")
+# other spellings of those names in teachers' and datasets' class lists (FER2013: fear, surprise)
+EMOTION_ALIASES = {"fear": "fearful", "surprise": "surprised", "anger": "angry", "happiness": "happy",
+                   "sadness": "sad", "disgusted": "disgust", "bored": "boredom"}
+
+
+def canonical_emotion(name: str) -> str:
+    """The EMOTIONS spelling of a class name ("fear" -> "fearful"); other names unchanged, lower-cased."""
+    n = name.strip().lower()
+    return EMOTION_ALIASES.get(n, n)
 
 ROW_FIELDS = ("id", "path", "speaker", "label", "duration", "sample_rate", "channels", "corpus", "gender")
 # manifest.csv and rejected.csv are UTF-8; a file name that is not (Latin-1 bytes on Linux, which Python holds
