@@ -9,7 +9,7 @@ import pytest
 from liser import cli
 
 COMMANDS = {"quickstart", "prepare", "folds", "train", "cv", "evaluate", "experiment", "teacher", "faces",
-            "predict", "export", "serve"}
+            "predict", "export", "adapt", "serve"}
 
 
 def _commands() -> set[str]:

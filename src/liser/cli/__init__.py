@@ -7,6 +7,7 @@
     teacher     fit a speech teacher per fold; label the unlabeled pool into soft-label stores
     faces       face tracks of a video manifest      predict     labels with a student (default: the packaged one)
     export      a run's student to ONNX (fp32, int8), parity-checked
+    adapt       a student adapted to a folder of unlabeled recordings (a teacher labels them)
     serve       a web page: the microphone's emotion timeline, live, or an uploaded file's
 
 Heavy modules are imported inside the handlers, so `liser --help` stays fast
@@ -237,6 +238,19 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_adapt(args) -> int:
+    from liser.inference.adapt import adapt
+    from liser.student.adapt import AdaptOptions
+
+    report = adapt(args.folder, args.out, args.teacher, model=args.model,
+                   options=AdaptOptions(epochs=args.epochs, anchor=args.anchor), threads=args.threads,
+                   progress=_progress())
+    print(f"wrote {Path(args.out) / 'liser-adapted-int8.onnx'}: agreement with the teacher on {report['check_files']} "
+          f"held-out files {report['agreement_before']:.3f} -> {report['agreement_after']:.3f} "
+          f"(card: {Path(args.out) / 'MODEL_CARD.md'})")
+    return 0
+
+
 def cmd_quickstart(args) -> int:
     from liser.cli.quickstart import quickstart
 
@@ -409,6 +423,28 @@ def add_export(sub) -> None:
     sp.set_defaults(func=cmd_export, resumes=False)
 
 
+def add_adapt(sub) -> None:
+    from liser.student.adapt import AdaptOptions
+
+    d = AdaptOptions()
+    sp = sub.add_parser("adapt", help="adapt a student to a folder of your own unlabeled recordings (a teacher labels "
+                                      "them; int8 ONNX and a card out)",
+                        description="Label the recordings under FOLDER with a speech teacher, distil its soft labels "
+                                    "into a student (by default the packaged default model), keep the epoch that "
+                                    "agrees best with the teacher on held-out files, and export it as int8 ONNX with "
+                                    "a model card (liser.inference.adapt). Resumable: run it again to continue.")
+    sp.add_argument("folder", help="folder of audio or video recordings (searched recursively; others are skipped)")
+    sp.add_argument("-o", "--out", required=True, help="output folder (new, empty, or an earlier `liser adapt` one)")
+    sp.add_argument("--teacher", required=True,
+                    help="speech teacher folder (teacher.json; `liser teacher fit`), with the student's classes")
+    sp.add_argument("--model", help="student to start from: a run folder or best.pt (default: the default model)")
+    sp.add_argument("--epochs", type=int, default=d.epochs, help=f"passes over the folder (default {d.epochs})")
+    sp.add_argument("--anchor", type=float, default=d.anchor,
+                    help=f"weight that keeps the student near its start (default {d.anchor:g}; 0 = the teacher alone)")
+    sp.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    sp.set_defaults(func=cmd_adapt)
+
+
 SERVE_LIMIT_HELP = [  # (ServeLimits field, type, help)
     ("max_upload_mb", float, "largest upload, MB"),
     ("max_seconds", float, "most decoded audio per upload, seconds"),
@@ -478,11 +514,11 @@ def add_quickstart(sub) -> None:
 # own; every training step and its data preparation `train`. `--ray` also needs `ray` (checked in _run).
 COMMAND_EXTRAS = {"quickstart": "train", "prepare": "train", "folds": "train", "train": "train", "cv": "train",
                   "evaluate": "train", "experiment": "train", "teacher": "train", "faces": "train",
-                  "predict": None, "export": "train", "serve": "serve"}
+                  "predict": None, "export": "train", "adapt": "train", "serve": "serve"}
 
 # every command, in the order `liser --help` lists them
 COMMANDS = (add_quickstart, add_prepare, add_folds, add_train, add_cv, add_evaluate, add_experiment,
-            add_teacher, add_faces, add_predict, add_export, add_serve)
+            add_teacher, add_faces, add_predict, add_export, add_adapt, add_serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,6 +23,7 @@ from liser.core.errors import LiserError
 DEFAULT_DIR = Path(__file__).parent / "default"
 DEFAULT_ONNX = DEFAULT_DIR / "liser-default-int8.onnx"
 MODEL_CARD = DEFAULT_DIR / "MODEL_CARD.md"
+DEFAULT_PT = DEFAULT_DIR / "liser-default.pt"  # its torch checkpoint (best.pt of the pooled run), where `liser adapt` starts
 
 
 def default_model_path() -> Path:
@@ -35,6 +36,14 @@ def default_model_path() -> Path:
         raise LiserError(f"{DEFAULT_ONNX}: the default model is missing from this installation; "
                          "name a model instead (a run directory, best.pt or .onnx)")
     return DEFAULT_ONNX
+
+
+def default_checkpoint_path() -> Path:
+    """The packaged default model's torch checkpoint (the .onnx was exported from it); LiserError when missing."""
+    if not DEFAULT_PT.is_file():
+        raise LiserError(f"{DEFAULT_PT}: the default model's weights are missing from this installation; "
+                         "name a run folder or best.pt to start from (--model)")
+    return DEFAULT_PT
 
 
 def is_model(path: str | Path) -> bool:

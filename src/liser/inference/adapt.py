@@ -1,0 +1,189 @@
+"""`liser adapt FOLDER -o OUT`: a student adapted to a folder of the user's own unlabeled recordings.
+
+What it does, all under OUT (resumable: each step keeps what it finished):
+
+    work/manifest     every audio or video file of FOLDER (others listed and skipped: liser.data.corpora.generic)
+    work/store        the speech teacher's soft labels of every 0.5 s piece (VAD-masked; liser.teachers.store)
+    work/features     the log-Mel cache of the files
+    best.pt           the adapted student (liser.student.adapt: the teacher's labels through g_sup, anchored to
+                      the start), the epoch that agrees best with the teacher on held-out check files
+    liser-adapted.onnx, liser-adapted-int8.onnx    exported and checked on the check files (liser.inference.export)
+    adapt.json, MODEL_CARD.md                      what it was adapted on and what could be measured
+
+The start is the model named (`--model`: a run folder or its best.pt), by
+default the packaged default model's weights. One file in CHECK_EVERY is held
+out (chosen by a hash of its id, so a resumed run holds out the same files):
+the adapted student never trains on it, and its agreement with the teacher
+there chooses the epoch and is reported. With no labels, that agreement, the
+label shares and the files whose label changed are what can be measured;
+the card says so.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from liser.core.errors import LiserError
+from liser.core.outputs import Kind, check_out_dir
+
+CHECK_EVERY = 5  # one file in 5 is held out for the checks
+ADAPT = Kind("adapt folder", lambda d: (d / "adapt.json").is_file() or (d / "work" / "adapt-start.json").is_file(),
+             ("work", "best.pt", "liser-adapted*.onnx", "adapt.json", "MODEL_CARD.md", ".*tmp*"), resumable=True)
+
+
+def is_check(item_id: str) -> bool:
+    """Whether a file is held out from adaptation (stable across runs: crc32 of its id)."""
+    return zlib.crc32(item_id.encode()) % CHECK_EVERY == 0
+
+
+def split_ids(ids: list[str]) -> tuple[list[str], list[str]]:
+    """(adapt, check) ids; with fewer than 2 files the one file is both (nothing to hold out)."""
+    check = [i for i in ids if is_check(i)]
+    adapt = [i for i in ids if not is_check(i)]
+    if len(ids) >= 2 and (not check or not adapt):  # a tiny folder: hold out the last file
+        adapt, check = ids[:-1], ids[-1:]
+    return (adapt or ids), (check or ids)
+
+
+def start_checkpoint(model: str | Path | None) -> tuple[Path, dict]:
+    """(path, checkpoint) of the student to start from: `model`, or the packaged default model's weights."""
+    from liser.inference.default_model import default_checkpoint_path
+    from liser.student.checkpoint import read_checkpoint
+
+    path = Path(model) if model else default_checkpoint_path()
+    if path.is_dir():
+        path = path / "best.pt"
+    if not path.is_file():
+        raise LiserError(f"{path}: no such checkpoint (--model takes a run folder or its best.pt)")
+    return path, read_checkpoint(path)
+
+
+def label_folder(folder: str | Path, work: Path, teacher_dir: str | Path, progress: bool):
+    """(manifest, store) of the folder, labeled by the speech teacher at `teacher_dir` (resumable)."""
+    from liser.data.corpora import Manifest
+    from liser.data.corpora.generic import prepare_unlabeled
+    from liser.teachers.speech.label import label_with_speech_teacher
+    from liser.teachers.speech.teacher import SpeechTeacher
+    from liser.teachers.store import SoftLabelStore, store_complete
+
+    mdir = work / "manifest"
+    if (mdir / "meta.json").is_file():
+        manifest = Manifest.load(mdir)
+    else:
+        manifest = prepare_unlabeled(folder, progress=progress)
+        manifest.save(mdir)
+    for r in manifest.rejected:
+        print(f"liser: {Path(folder) / r['path']}: skipped ({r['reason']})", flush=True)
+    teacher = SpeechTeacher.load(teacher_dir)
+    store = work / "store"
+    if not store_complete(str(store), [it.id for it in manifest.items], teacher.hash):
+        label_with_speech_teacher(teacher, manifest, store, progress=progress)
+    return manifest, SoftLabelStore(store), teacher
+
+
+def adapt(folder: str | Path, out: str | Path, teacher: str | Path, model: str | Path | None = None,
+          options=None, threads: int = 2, progress: bool = True, say=print) -> dict:
+    """Adapt a student to the recordings under `folder` (see the module docstring); returns adapt.json's content.
+
+    `teacher`: a speech teacher folder (liser.teachers.speech.teacher.SpeechTeacher.save) whose classes are the
+    student's. Raises LiserError for an output folder liser may not write, a teacher of other classes, or a
+    folder with no readable recording.
+    """
+    import torch
+
+    from liser.core.atomic import atomic_write_text
+    from liser.data.features import build_features
+    from liser.student.adapt import AdaptOptions, adapt_student, teacher_file_labels
+    from liser.student.checkpoint import save, student_checkpoint, student_from_checkpoint
+    from liser.student.train import Unlabeled
+
+    out = check_out_dir(out, ADAPT, inputs=[(folder, "folder of recordings")])
+    work = out / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    options = options or AdaptOptions()
+    start_path, ck = start_checkpoint(model)
+    torch.set_num_threads(max(1, threads))
+    manifest, store, t = label_folder(folder, work, teacher, progress)
+    classes = list(ck["classes"])
+    if list(store.classes) != classes:
+        raise LiserError(f"{teacher}: the teacher's classes {store.classes} are not the student's {classes}")
+    cache = build_features(manifest, work, threads=threads, progress=progress).load_into_memory()
+    ids = [it.id for it in manifest.items if it.id in store]
+    if not ids:
+        raise LiserError(f"{folder}: no recording could be labeled (see the skipped files above)")
+    adapt_ids, check_ids = split_ids(ids)
+    windowing = (ck.get("front_end") or {}).get("windowing", "pad")
+    check = ([cache.frames(i) for i in check_ids], teacher_file_labels(store, check_ids))
+    pool = Unlabeled([cache.frames(i) for i in adapt_ids], adapt_ids, {"teacher": store})
+    adapted, rows = adapt_student(student_from_checkpoint(ck, str(start_path)), pool, check, windowing, options, say)
+    kept = max(rows, key=lambda r: r["agreement"])["epoch"]
+    heads = ck.get("teacher_classes") or {"sd": classes, "vd": list(ck.get("video_classes") or [])}
+    save(student_checkpoint(adapted, classes, heads, _start_config(ck), kept, {}), out / "best.pt")
+    report = {"folder": str(folder), "files": len(ids), "adapt_files": len(adapt_ids), "check_files": len(check_ids),
+              "skipped": len(manifest.rejected),
+              "audio_hours": round(sum(it.duration for it in manifest.items) / 3600, 3),
+              "start": str(start_path), "teacher": str(teacher), "teacher_hash": t.hash, "kept_epoch": kept,
+              "options": dict(options.__dict__), "epochs": rows,
+              **_measure(student_from_checkpoint(ck, str(start_path)), adapted, *check, windowing, classes)}
+    report["export"] = _export(out, manifest, check_ids, threads, say)
+    atomic_write_text(out / "adapt.json", json.dumps(report, indent=1) + "\n")
+    atomic_write_text(out / "MODEL_CARD.md", model_card(report))
+    return report
+
+
+def _export(out: Path, manifest, check_ids: list[str], threads: int, say) -> dict:
+    """The adapted student as fp32 and int8 ONNX, checked on the held-out files (liser.inference.export)."""
+    from liser.inference.export import export_onnx
+
+    by_id = {it.id: it for it in manifest.items}
+    files = [str(manifest.abspath(by_id[i])) for i in check_ids]
+    rep = export_onnx(out, out / "liser-adapted.onnx", int8=out / "liser-adapted-int8.onnx", check_files=files,
+                      threads=threads, say=say)
+    return {k: rep[k] for k in ("onnx", "int8", "int8_method", "int8_agreement") if k in rep}
+
+
+def model_card(r: dict) -> str:
+    """MODEL_CARD.md of an adapted student: what it was adapted on, from what, and what could be measured."""
+    lines = [f"# liser student adapted to {r['folder']}", "",
+             f"Started from `{r['start']}`, adapted on {r['adapt_files']} of {r['files']} files "
+             f"({r['audio_hours']} h; {r['skipped']} skipped) with the soft labels of the speech teacher "
+             f"`{r['teacher']}` (hash {r['teacher_hash'][:12]}), epoch {r['kept_epoch']} of {r['options']['epochs']} "
+             f"kept. `liser predict liser-adapted-int8.onnx FILE` runs it.", "",
+             "No file of the folder has a label, so its accuracy is not known. What could be measured, on the "
+             f"{r['check_files']} held-out files it never trained on:", "",
+             "| | start | adapted |", "|---|---|---|",
+             f"| agreement with the teacher (UAR against its labels) | {r['agreement_before']:.3f} | "
+             f"{r['agreement_after']:.3f} |"]
+    for c in r["label_share_before"]:
+        lines.append(f"| share labelled {c} (teacher {r['teacher_label_share'][c]:.2f}) | "
+                     f"{r['label_share_before'][c]:.2f} | {r['label_share_after'][c]:.2f} |")
+    lines += ["", f"{r['changed_vs_start']:.0%} of the held-out files changed label against the start. The teacher "
+              "is not ground truth: where it is wrong on these recordings, the adapted student learned its "
+              "mistakes too. Check a sample by ear before relying on it.", ""]
+    return "\n".join(lines)
+
+
+def _start_config(ck: dict):
+    """The start's Config (windowing and the rest travel into the adapted checkpoint)."""
+    from liser.core.config import Config
+
+    return Config.from_dict({k: v for k, v in (ck.get("config") or {}).items()}, "the start's checkpoint")
+
+
+def _measure(start, adapted, frames: list, teacher_labels: np.ndarray, windowing: str, classes: list[str]) -> dict:
+    """What can be measured without labels, on the check files: agreement with the teacher (UAR against its
+    labels) before and after, each model's share of each label, and the share of files whose label changed."""
+    from liser.student.adapt import agreement
+    from liser.student.evaluate import file_logits
+
+    a = file_logits(start, frames, 0.5, windowing=windowing).argmax(1)
+    b = file_logits(adapted, frames, 0.5, windowing=windowing).argmax(1)
+    share = lambda p: {c: round(float((p == k).mean()), 4) for k, c in enumerate(classes)}
+    return {"agreement_before": round(agreement(start, frames, teacher_labels, windowing, len(classes)), 4),
+            "agreement_after": round(agreement(adapted, frames, teacher_labels, windowing, len(classes)), 4),
+            "label_share_before": share(a), "label_share_after": share(b),
+            "teacher_label_share": share(teacher_labels), "changed_vs_start": round(float((a != b).mean()), 4)}
