@@ -133,6 +133,19 @@ def test_false_changes_count_a_second_change_near_one_true_change():
     assert bench.false_changes([2.0], [3.5]) == 1  # farther than FALSE_TOL_S
 
 
+def test_bootstrap_intervals_hold_the_estimate_and_pair_the_rows():
+    rng = np.random.default_rng(3)
+    rows = [{"seconds": 5, "right": int(k), "errors": [0.2, 2.0], "false": 1, "duration": 5.0}
+            for k in rng.integers(0, 6, 40)]
+    better = [{**r, "right": min(5, r["right"] + 1)} for r in rows]
+    ci = bench.bootstrap({"a": rows, "b": better}, "a", draws=500)
+    acc = sum(r["right"] for r in rows) / sum(r["seconds"] for r in rows)
+    assert ci["a"]["per_second_accuracy"][0] < acc < ci["a"]["per_second_accuracy"][1]
+    assert ci["a"]["per_second_accuracy_minus_a"] == [0.0, 0.0]
+    assert ci["b"]["per_second_accuracy_minus_a"][0] > 0  # paired: no sequence loses, most gain
+    assert ci["a"]["detected_within_1s"] == [0.5, 0.5] and ci["a"]["false_changes_per_min"] == [12.0, 12.0]
+
+
 # ---------------------------------------------------------------- the emulation
 def test_emulated_3s_windows_are_the_library_timeline(pieces):
     import liser
