@@ -41,6 +41,10 @@ labeled windows with different labels. Per condition and resolution:
 - `false_changes_per_min`: predicted changes left after each true change
   claims its nearest unclaimed predicted change within FALSE_TOL_S, per
   minute of sequence;
+- `no_speech_window_share`: windows given no label, and the share of all
+  windows where that happened although the same speech detector run on
+  the whole signal finds at least 0.5 s of speech in them (the detector's
+  local floor, FLOOR_WINDOW_S = 3 s, sees only a window's own frames);
 - two references: `whole_sequence` (one `model.predict` label over the
   whole sequence for every second: what averaging everything gives) and
   `per_clip` (each clip predicted alone and placed on its own span: the
@@ -242,14 +246,17 @@ def emulated_timeline(model, wave: np.ndarray, window_s: float, hop_s: float,
     """A timeline of window_s windows every hop_s: EmotionModel.timeline_frames's "speech" steps with
     another window length (each window's speech span by liser.data.windowing.window_span, the student
     on that span, no label under its 0.5 s). Triples, or (triple, logits | None) with `with_logits`."""
-    from liser.data.audio import frames_to_seconds
+    from liser.data.audio import HOP, frames_to_seconds
     from liser.data.windowing import Plan, gather, window_span
     from liser.inference.decode import features, prepare_waveform
 
     sig = prepare_waveform(wave, SR)
     frames, duration, length = features(sig), len(sig) / SR, window_frames(window_s)
+    # windows over the recording's frames, not the zero padding features() adds up to 3 s (a 3 s window
+    # still starts at 0 on a shorter signal, as in timeline)
+    total = max(length, min(len(frames), 1 + len(sig) // HOP))
     out = []
-    for s in window_starts(len(frames), length, hop_s):
+    for s in window_starts(total, length, hop_s):
         t0 = float(frames_to_seconds(s))
         t1 = min(t0 + window_s, duration)
         span = window_span(frames[s : s + length])
@@ -259,6 +266,20 @@ def emulated_timeline(model, wave: np.ndarray, window_s: float, hop_s: float,
         w = (t0, t1, None if z is None else model.classes[int(np.argmax(z))])
         out.append((w, z) if with_logits else w)
     return out
+
+
+def detector_misses(wave: np.ndarray, windows) -> int:
+    """No-speech windows in which the same detector run on the whole signal (liser.data.windowing.speech_frames,
+    its local floor seeing past the window's edges) finds at least MIN_WINDOW_FRAMES speech frames."""
+    from liser.data.audio import HOP_S
+    from liser.data.windowing import MIN_WINDOW_FRAMES, speech_frames
+    from liser.inference.decode import features, prepare_waveform
+
+    empty = [(a, b) for a, b, lab in windows if lab is None]
+    if not empty:
+        return 0
+    speech = speech_frames(features(prepare_waveform(wave, SR)))
+    return sum(int(speech[int(round(a / HOP_S)) : int(round(b / HOP_S))].sum() >= MIN_WINDOW_FRAMES) for a, b in empty)
 
 
 def emulation_check(model, wave: np.ndarray, hop_s: float = SHIPPED_HOP_S) -> dict:
@@ -385,6 +406,7 @@ def summarize(rows: list[dict]) -> dict:
     if rows and "windows" in rows[0]:
         windows = max(1, sum(r["windows"] for r in rows))
         out["no_speech_window_share"] = round(sum(r["no_speech"] for r in rows) / windows, 4)
+        out["no_speech_but_speech_in_whole_signal_share"] = round(sum(r["missed"] for r in rows) / windows, 4)
     return out
 
 
@@ -503,7 +525,8 @@ def score_condition(model, seqs: list[Sequence], clip_preds: dict[str, str], cor
         for s in seqs:
             wins = timeline_for(model, s.wave, window_s, hop_s)
             r = score_track(s, window_track(wins, grid(s.duration)), predicted_changes(wins))
-            rows.append({**r, "windows": len(wins), "no_speech": sum(w[2] is None for w in wins)})
+            rows.append({**r, "windows": len(wins), "no_speech": sum(w[2] is None for w in wins),
+                         "missed": detector_misses(s.wave, wins)})
         out[name] = {"window_s": window_s, "hop_s": hop_s, "emulated": window_s != 3.0, **summarize(rows),
                      "by_corpus": {c: summarize([r for r, corpus in zip(rows, corpora) if corpus == c])
                                    for c in dict.fromkeys(corpora)}}

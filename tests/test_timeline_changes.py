@@ -157,3 +157,27 @@ def test_emulated_3s_windows_are_the_library_timeline(pieces):
     assert check["max_abs_logit_diff"] < 0.1  # int8 backend: batch size moves logits by ~0.02
     short = bench.emulated_timeline(model, seq.wave, 1.0, 0.5)
     assert len(short) > check["windows"] and all(b - a <= 1.0 + 1e-9 for a, b, _ in short)
+
+
+def test_emulated_short_windows_stay_inside_the_recording(pieces):
+    import liser
+
+    model = liser.load(threads=1)
+    wave = pieces[0].wave[: int(1.8 * SR)]  # shorter than the 3 s features() pads to
+    seconds = len(wave) / SR
+    assert 1.0 < seconds < 3.0
+    wins = bench.emulated_timeline(model, wave, 1.0, 0.25)
+    assert wins[0][0] == 0.0 and wins[-1][1] == pytest.approx(seconds)
+    assert wins[-1][0] == pytest.approx(seconds - 1.0, abs=0.04)  # the last window flush with the end (32 ms grid)
+    assert all(b - a == pytest.approx(1.0) for a, b, _ in wins)  # none runs into the padding
+
+
+def test_detector_misses_count_unlabeled_windows_over_speech_only(pieces):
+    from liser.data.augment_audio import room_tone
+
+    tone = room_tone(2 * SR, bench.ROOM_TONE_DBFS, np.random.default_rng(0))
+    wave = np.concatenate([pieces[0].wave, tone])
+    end = len(pieces[0].wave) / SR
+    assert bench.detector_misses(wave, [(0.2, 1.2, "happy")]) == 0  # labeled windows are no miss
+    assert bench.detector_misses(wave, [(0.2, 1.2, None)]) == 1  # speech there: a miss
+    assert bench.detector_misses(wave, [(end + 0.5, end + 1.5, None)]) == 0  # room tone only: rightly unlabeled
