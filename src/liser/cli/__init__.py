@@ -212,7 +212,7 @@ def cmd_predict(args) -> int:
     model, inputs = model_and_inputs(args.inputs)  # [MODEL] AUDIO...: no model = the packaged default
     return run_predict(model, inputs, fmt="json" if args.json else "csv" if args.csv else "text",
                        timeline=args.timeline, stream_input=args.stream, stride=args.stride, threads=args.threads,
-                       raw=args.raw)
+                       raw=args.raw, window_s=args.window)
 
 
 def cmd_serve(args) -> int:
@@ -384,7 +384,10 @@ def add_predict(sub) -> None:
     g.add_argument("--json", action="store_true",
                    help="one JSON object per line for each file read: its label, or {path, error} when it got none")
     g.add_argument("--csv", action="store_true", help="CSV with a header row")
-    sp.add_argument("--timeline", action="store_true", help="also the per-window predictions (3 s windows, --stride apart)")
+    sp.add_argument("--timeline", action="store_true", help="also the per-window predictions (--window long, --stride apart)")
+    sp.add_argument("--window", type=float, default=3.0, metavar="S",
+                    help="--timeline windows, seconds (1-3; default 3): shorter ones follow changes of emotion more "
+                         "closely and change label more often (docs/results/timeline.md); speech-windowing models")
     sp.add_argument("--stream", action="store_true",
                     help="read incrementally (stdin raw PCM/WAV or a file in blocks); a prediction every --stride once 3 s are buffered")
     sp.add_argument("--raw", action="store_true",

@@ -127,10 +127,19 @@ def extent(frames: np.ndarray) -> int:
     return int(loud[-1]) + 1 if loud.size else len(frames)
 
 
-def window_span(window: np.ndarray) -> tuple[int, int] | None:
-    """The speech span [a, b) inside one timeline window ([T, 64] log-Mel, its own frames only), or None
-    when it is shorter than MIN_WINDOW_FRAMES: that window gets no label (liser.inference.predict timelines)."""
-    span = speech_span(window, speech_frames(window, open_ends=True))
+def window_span(window: np.ndarray, context: np.ndarray | None = None, offset: int = 0) -> tuple[int, int] | None:
+    """The speech span [a, b) inside one timeline window ([T, 64] log-Mel), or None when it is shorter than
+    MIN_WINDOW_FRAMES: that window gets no label (liser.inference.model timelines).
+
+    The detector reads the window's own frames, or, for a window shorter than 3 s, `context`: the 3 s of
+    frames around it, the window starting `offset` frames into them. A short window of continuous speech has
+    no pause of its own to set the noise floor from (local_floor), so alone it would be refused as no speech.
+    """
+    if context is None:
+        speech = speech_frames(window, open_ends=True)
+    else:
+        speech = speech_frames(context, open_ends=True)[offset : offset + len(window)]
+    span = speech_span(window, speech)
     return span if span is not None and span[1] - span[0] >= MIN_WINDOW_FRAMES else None
 
 

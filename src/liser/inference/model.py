@@ -164,47 +164,61 @@ class EmotionModel:
         frames, _ = file_frames(path)
         return _prediction(self.file_logits(frames, str(path)), self.classes)
 
-    def timeline(self, waveform, sample_rate: int, hop_s: float = 0.5, name: str = "waveform") -> list[Prediction]:
-        """One prediction per 3 s window every `hop_s` s, with start/end in seconds (end capped at the signal's end)."""
+    def timeline(self, waveform, sample_rate: int, hop_s: float = 0.5, name: str = "waveform",
+                 window_s: float = audio.CLIP_S) -> list[Prediction]:
+        """One prediction per `window_s` window (3 s) every `hop_s` s, with start/end in seconds (end capped
+        at the signal's end). Shorter windows (1-3 s, "speech" models) follow changes of emotion more closely
+        and change label more often (docs/results/timeline.md)."""
         sig = prepare_waveform(waveform, sample_rate, name)
-        return self.timeline_frames(features(sig), len(sig) / audio.SAMPLE_RATE, hop_s)
+        return self.timeline_frames(features(sig), len(sig) / audio.SAMPLE_RATE, hop_s, window_s)
 
-    def timeline_file(self, path: str | Path, hop_s: float = 0.5) -> list[Prediction]:
+    def timeline_file(self, path: str | Path, hop_s: float = 0.5, window_s: float = audio.CLIP_S) -> list[Prediction]:
         frames, duration = file_frames(path)
-        return self.timeline_frames(frames, duration, hop_s)
+        return self.timeline_frames(frames, duration, hop_s, window_s)
 
-    def timeline_frames(self, frames: np.ndarray, duration: float, hop_s: float) -> list[Prediction]:
+    def timeline_frames(self, frames: np.ndarray, duration: float, hop_s: float,
+                        window_s: float = audio.CLIP_S) -> list[Prediction]:
         """`timeline` of [frames, 64] features of a signal lasting `duration` seconds.
 
         "pad": the student on every 3 s window. "speech": on the speech span
-        inside each 3 s window (found on the window's own frames, so a live
-        stream gives what a file gives), and no label (`Prediction.no_speech`)
-        for a window with less than 0.5 s of it (liser.data.windowing.window_span).
+        inside each window (found on the 3 s around it, so a live stream
+        gives what a file gives), and no label (`Prediction.no_speech`) for a
+        window with less than 0.5 s of it (liser.data.windowing.window_span).
+        Raises LiserError for a hop <= 0, a window outside 1-3 s, or a window
+        other than 3 s for a "pad" model (it only knows 3 s windows).
         """
         if not hop_s > 0:
             raise LiserError(f"hop must be positive, got {hop_s}")
+        length = window_frames(window_s, self.windowing)
         if self.windowing == "pad":
             logits, starts = self.frames_logits(frames, hop_s)
         else:
-            starts = audio.window_starts(len(frames), hop_s)
-            logits = self._span_logits(frames, starts)
+            # shorter windows stop at the recording's end, not in the zero padding that makes a file 3 s long
+            n = len(frames) if length == audio.CLIP_FRAMES else \
+                max(length, min(len(frames), int(round(duration / audio.HOP_S)) + 1))
+            starts = audio.window_starts(n - length + audio.CLIP_FRAMES, hop_s)
+            logits = self._span_logits(frames, starts, length)
         out = []
         for s, z in zip(starts, logits):
             t0 = float(audio.frames_to_seconds(s))
-            t1 = min(t0 + audio.CLIP_S, duration)
+            t1 = min(t0 + length * audio.HOP_S if length < audio.CLIP_FRAMES else t0 + audio.CLIP_S, duration)
             out.append(_prediction(z, self.classes, t0, t1) if np.isfinite(z).all()
                        else Prediction(None, {}, np.zeros(0, np.float32), t0, t1))
         return out
 
-    def _span_logits(self, frames: np.ndarray, starts: np.ndarray) -> np.ndarray:
-        """Logits [W, K] of the speech span inside each 3 s window starting at `starts`; NaN rows where a
-        window holds too little speech. Spans of one length go through the backend together."""
+    def _span_logits(self, frames: np.ndarray, starts: np.ndarray, length: int = audio.CLIP_FRAMES) -> np.ndarray:
+        """Logits [W, K] of the speech span inside each `length`-frame window starting at `starts`; NaN rows
+        where a window holds too little speech. Spans of one length go through the backend together."""
         from liser.data.windowing import Plan, gather, window_span
 
         out = np.full((len(starts), len(self.classes)), np.nan, np.float32)
         by_length: dict[int, list[tuple[int, int]]] = {}
         for i, s in enumerate(starts):
-            span = window_span(frames[s : s + audio.CLIP_FRAMES])
+            if length == audio.CLIP_FRAMES:
+                span = window_span(frames[s : s + length])
+            else:  # the detector reads the 3 s around a shorter window (window_span)
+                c0 = int(min(max(0, s + length // 2 - audio.CLIP_FRAMES // 2), len(frames) - audio.CLIP_FRAMES))
+                span = window_span(frames[s : s + length], frames[c0 : c0 + audio.CLIP_FRAMES], int(s) - c0)
             if span is not None:
                 by_length.setdefault(span[1] - span[0], []).append((i, int(s) + span[0]))
         for n, rows in by_length.items():
@@ -213,6 +227,16 @@ class EmotionModel:
                 plan = Plan(np.array([f for _, f in part]), n, np.ones(len(part)))
                 out[[i for i, _ in part]] = self.backend(gather(frames, plan))
         return out
+
+def window_frames(window_s: float, windowing: str) -> int:
+    """A timeline window of `window_s` seconds in frames; LiserError outside 1-3 s, or other than 3 s for "pad"."""
+    if not 1.0 <= window_s <= audio.CLIP_S:
+        raise LiserError(f"timeline window must be 1-{audio.CLIP_S:g} s, got {window_s:g}")
+    if windowing == "pad" and window_s != audio.CLIP_S:
+        raise LiserError(f"this model scores {audio.CLIP_S:g} s windows only (windowing pad); "
+                         f"--window {window_s:g} needs a speech-windowing model such as the default one")
+    return 1 + int(round(window_s * audio.SAMPLE_RATE)) // audio.HOP  # the front end's frames of window_s (94 for 3 s)
+
 
 # ---------------------------------------------------------------- loading
 def load(path: str | Path | None = None, threads: int | None = None) -> EmotionModel:

@@ -27,7 +27,7 @@ import numpy as np
 from liser.data import audio
 from liser.core.errors import LiserError
 from liser.inference.decode import Blocks, decode_bytes, features, file_frames, prepare_waveform, stdin_bytes
-from liser.inference.model import EmotionModel, Prediction, _prediction, load
+from liser.inference.model import EmotionModel, Prediction, _prediction, load, window_frames
 
 INPUT_SUFFIXES = audio.INPUT_SUFFIXES  # what a folder argument is searched for (with content: audio.folder_files)
 
@@ -287,7 +287,7 @@ def in_order(fn, items: list, workers: int):
 _END = object()
 
 
-def _predict_path(model: EmotionModel, f: str, timeline_step: float | None, raw: bool):
+def _predict_path(model: EmotionModel, f: str, timeline_step: float | None, raw: bool, window_s: float = audio.CLIP_S):
     """The whole-file Prediction of one input (a path or - for stdin) and, with `timeline_step`, its windows."""
     if f == "-":
         sig = decode_bytes(stdin_bytes(), "-", raw=raw)
@@ -295,12 +295,12 @@ def _predict_path(model: EmotionModel, f: str, timeline_step: float | None, raw:
     else:
         frames, duration = file_frames(f)
     p = _prediction(model.file_logits(frames, f), model.classes)
-    return p, (model.timeline_frames(frames, duration, timeline_step) if timeline_step is not None else None)
+    return p, (model.timeline_frames(frames, duration, timeline_step, window_s) if timeline_step is not None else None)
 
 
 def run_predict(model_path: str, inputs: list[str], fmt: str = "text", timeline: bool = False,
                 stream_input: bool = False, stride: float | None = None, threads: int | None = None,
-                raw: bool = False) -> int:
+                raw: bool = False, window_s: float = audio.CLIP_S) -> int:
     """`liser predict`: per-file labels on stdout; returns 0 if every input succeeded, 1 if any failed.
 
     `stride` is the one window step, in seconds: whole-file scoring (default
@@ -311,6 +311,7 @@ def run_predict(model_path: str, inputs: list[str], fmt: str = "text", timeline:
     file is said in its turn and the rest go on.
     `raw`: stdin (`-`) is headerless 16 kHz mono 16-bit PCM; without it,
     stdin must be a recognisable audio or video file's bytes.
+    `window_s`: the --timeline windows' length (1-3 s; EmotionModel.timeline_frames).
     """
     from liser.core.outputs import StdoutError
 
@@ -320,6 +321,8 @@ def run_predict(model_path: str, inputs: list[str], fmt: str = "text", timeline:
     files, problems = expand_inputs(inputs)
     workers, per_file = plan_threads(threads, len(files), stream_input)
     model = load(model_path, threads=per_file)
+    if timeline:
+        window_frames(window_s, model.windowing)  # a bad --window is one line before any file is read
     if stride is not None:
         model.stride_s = stride
     for msg in problems:
@@ -340,7 +343,8 @@ def run_predict(model_path: str, inputs: list[str], fmt: str = "text", timeline:
                     failed += 1
                     _say_problem(f, e)
             return 1 if failed else 0
-        work = functools.partial(_predict_path, model, timeline_step=step if timeline else None, raw=raw)
+        work = functools.partial(_predict_path, model, timeline_step=step if timeline else None, raw=raw,
+                                 window_s=window_s)
         with contextlib.closing(in_order(work, files, workers)) as results:
             for f, res, err in results:
                 if err is not None:
