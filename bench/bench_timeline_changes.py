@@ -17,13 +17,10 @@ clips of different emotions of one speaker, drawn with a seed per sequence:
 
 Both conditions join the very same clips (paired). The model's timeline
 (`EmotionModel.timeline`, "speech" windowing: the speech span inside each
-window, no label under 0.5 s of speech) is run at the shipped 3 s windows
-every 0.25, 0.5 (the shipped hop) and 1.0 s. `timeline` has no window
-length argument (the 3 s is `liser.data.audio.CLIP_FRAMES`), so shorter
-windows are *emulated* here (`emulated_timeline`: the same steps as
-`EmotionModel._span_logits` with another window length: `window_span` of
-each window's frames, the student on that span); at 3 s the emulation is
-checked against `timeline` on every sequence (`emulation_check`).
+window, no label under 0.5 s of speech) is run with the shipped 3 s windows
+every 0.25, 0.5 (the shipped hop) and 1.0 s, and with 1, 1.5 and 2 s
+windows (`window_s`, `liser predict --timeline --window S`; their speech
+is found on the 3 s around each window) every 0.25 and 0.5 s.
 
 A timeline becomes a label track by giving each instant the label of the
 labeled window whose centre is nearest (no-speech windows are skipped);
@@ -44,7 +41,8 @@ labeled windows with different labels. Per condition and resolution:
 - `no_speech_window_share`: windows given no label, and the share of all
   windows where that happened although the same speech detector run on
   the whole signal finds at least 0.5 s of speech in them (the detector's
-  local floor, FLOOR_WINDOW_S = 3 s, sees only a window's own frames);
+  local floor, FLOOR_WINDOW_S = 3 s, sees only the 3 s of frames it is
+  given: a 3 s window's own, or the 3 s around a shorter window);
 - two references: `whole_sequence` (one `model.predict` label over the
   whole sequence for every second: what averaging everything gives) and
   `per_clip` (each clip predicted alone and placed on its own span: the
@@ -97,7 +95,7 @@ FADE_S = 0.01  # raised-cosine fade in and out of each cut clip (no clicks at th
 CONDITIONS = {"direct": 0.0, "pause": PAUSE_S}
 HOPS_S = (0.25, 0.5, 1.0)  # the library's timeline: 3 s windows every hop
 SHIPPED_HOP_S = 0.5  # `liser predict --timeline` and the live page
-SHORT_WINDOWS_S = (1.0, 1.5, 2.0)  # emulated shorter windows ...
+SHORT_WINDOWS_S = (1.0, 1.5, 2.0)  # the library's shorter windows (window_s) ...
 SHORT_HOPS_S = (0.25, 0.5)  # ... every these hops
 GRID_S = 0.01  # label tracks are compared on this grid
 BOOTSTRAP = 2000  # resamples of the sequences for the 95 % intervals (paired: the same draws for every resolution)
@@ -217,55 +215,9 @@ def draw_plans(by_speaker: dict[str, dict[str, dict[str, list[str]]]], n: int, s
 Window = tuple[float, float, "str | None"]  # (start s, end s, label or None for no speech)
 
 
-def api_timeline(model, wave: np.ndarray, hop_s: float) -> list[Window]:
-    """The library's timeline (3 s windows every hop_s) as (start, end, label) triples."""
-    return [(w.start, w.end, w.label) for w in model.timeline(wave, SR, hop_s=hop_s)]
-
-
-def window_frames(window_s: float) -> int:
-    """Frames of a window_s window on the front end's grid (94 for 3 s, as liser.data.audio.CLIP_FRAMES)."""
-    from liser.data import audio
-
-    return 1 + int(round(window_s * audio.SAMPLE_RATE)) // audio.HOP
-
-
-def window_starts(total: int, length: int, hop_s: float) -> np.ndarray:
-    """liser.data.audio.window_starts for windows of `length` frames instead of CLIP_FRAMES."""
-    from liser.data import audio
-
-    last = total - length
-    if last <= 0:
-        return np.zeros(1, np.int64)
-    starts = np.unique(np.round(np.arange(0, last + 1e-9, hop_s / audio.HOP_S)).astype(np.int64))
-    starts = starts[starts <= last]
-    return starts if starts[-1] == last else np.append(starts, last)
-
-
-def emulated_timeline(model, wave: np.ndarray, window_s: float, hop_s: float,
-                      with_logits: bool = False) -> list:
-    """A timeline of window_s windows every hop_s: EmotionModel.timeline_frames's "speech" steps with
-    another window length (each window's speech span by liser.data.windowing.window_span, the student
-    on that span, no label under its 0.5 s). Triples, or (triple, logits | None) with `with_logits`."""
-    from liser.data.audio import HOP, frames_to_seconds
-    from liser.data.windowing import Plan, gather, window_span
-    from liser.inference.decode import features, prepare_waveform
-
-    sig = prepare_waveform(wave, SR)
-    frames, duration, length = features(sig), len(sig) / SR, window_frames(window_s)
-    # windows over the recording's frames, not the zero padding features() adds up to 3 s (a 3 s window
-    # still starts at 0 on a shorter signal, as in timeline)
-    total = max(length, min(len(frames), 1 + len(sig) // HOP))
-    out = []
-    for s in window_starts(total, length, hop_s):
-        t0 = float(frames_to_seconds(s))
-        t1 = min(t0 + window_s, duration)
-        span = window_span(frames[s : s + length])
-        z = None
-        if span is not None:
-            z = model.backend(gather(frames, Plan(np.array([int(s) + span[0]]), span[1] - span[0], np.ones(1))))[0]
-        w = (t0, t1, None if z is None else model.classes[int(np.argmax(z))])
-        out.append((w, z) if with_logits else w)
-    return out
+def api_timeline(model, wave: np.ndarray, window_s: float, hop_s: float) -> list[Window]:
+    """The library's timeline (window_s windows every hop_s) as (start, end, label) triples."""
+    return [(w.start, w.end, w.label) for w in model.timeline(wave, SR, hop_s=hop_s, window_s=window_s)]
 
 
 def detector_misses(wave: np.ndarray, windows) -> int:
@@ -280,18 +232,6 @@ def detector_misses(wave: np.ndarray, windows) -> int:
         return 0
     speech = speech_frames(features(prepare_waveform(wave, SR)))
     return sum(int(speech[int(round(a / HOP_S)) : int(round(b / HOP_S))].sum() >= MIN_WINDOW_FRAMES) for a, b in empty)
-
-
-def emulation_check(model, wave: np.ndarray, hop_s: float = SHIPPED_HOP_S) -> dict:
-    """emulated_timeline at 3 s against model.timeline: {windows, same_windows, same_labels, max_abs_logit_diff}."""
-    api = model.timeline(wave, SR, hop_s=hop_s)
-    emu = emulated_timeline(model, wave, 3.0, hop_s, with_logits=True)
-    same = len(api) == len(emu) and all(abs(a.start - e[0]) < 1e-6 and abs(a.end - e[1]) < 1e-6
-                                        for a, (e, _) in zip(api, emu))
-    labels = same and all(a.label == e[2] for a, (e, _) in zip(api, emu))
-    diffs = [float(np.abs(a.logits - z).max()) for a, (_, z) in zip(api, emu) if z is not None and not a.no_speech]
-    return {"windows": len(api), "same_windows": bool(same), "same_labels": bool(labels),
-            "max_abs_logit_diff": max(diffs, default=0.0)}
 
 
 # ---------------------------------------------------------------- metrics
@@ -440,14 +380,9 @@ def bootstrap(rows_by: dict[str, list[dict]], base: str, draws: int = BOOTSTRAP,
 
 # ---------------------------------------------------------------- the run
 def resolutions() -> list[tuple[str, float, float]]:
-    """(name, window s, hop s): the library's 3 s windows at each hop, then the emulated shorter ones."""
+    """(name, window s, hop s): 3 s windows at each hop, then the shorter windows."""
     return ([(f"3s_hop{h:g}", 3.0, h) for h in HOPS_S]
-            + [f for w in SHORT_WINDOWS_S for f in [(f"{w:g}s_hop{h:g}_emulated", w, h) for h in SHORT_HOPS_S]])
-
-
-def timeline_for(model, wave: np.ndarray, window_s: float, hop_s: float) -> list[Window]:
-    """The library's timeline for 3 s windows, the emulation for shorter ones."""
-    return api_timeline(model, wave, hop_s) if window_s == 3.0 else emulated_timeline(model, wave, window_s, hop_s)
+            + [(f"{w:g}s_hop{h:g}", w, h) for w in SHORT_WINDOWS_S for h in SHORT_HOPS_S])
 
 
 def load_material(data: Path, corpora, classes: list[str]):
@@ -523,11 +458,11 @@ def score_condition(model, seqs: list[Sequence], clip_preds: dict[str, str], cor
     for name, window_s, hop_s in resolutions():
         rows = rows_by[name] = []
         for s in seqs:
-            wins = timeline_for(model, s.wave, window_s, hop_s)
+            wins = api_timeline(model, s.wave, window_s, hop_s)
             r = score_track(s, window_track(wins, grid(s.duration)), predicted_changes(wins))
             rows.append({**r, "windows": len(wins), "no_speech": sum(w[2] is None for w in wins),
                          "missed": detector_misses(s.wave, wins)})
-        out[name] = {"window_s": window_s, "hop_s": hop_s, "emulated": window_s != 3.0, **summarize(rows),
+        out[name] = {"window_s": window_s, "hop_s": hop_s, **summarize(rows),
                      "by_corpus": {c: summarize([r for r, corpus in zip(rows, corpora) if corpus == c])
                                    for c in dict.fromkeys(corpora)}}
     whole, clip = [], []
@@ -584,7 +519,6 @@ def run(args) -> dict:
     seq_corpora = [p["corpus"] for p in plans]
     clip_preds = {i: label_of(model, q.wave, i) for i, q in used.items()}
     print(f"{len(used)} clips in {args.sequences} sequences ({time.time() - t:.0f} s)", file=sys.stderr, flush=True)
-    check = [emulation_check(model, s.wave) for c in CONDITIONS for s in seqs[c]]
     results = {}
     for c in CONDITIONS:
         results[c] = score_condition(model, seqs[c], clip_preds, seq_corpora)
@@ -618,12 +552,6 @@ def run(args) -> dict:
                                            "min": round(float(durations.min()), 3),
                                            "max": round(float(durations.max()), 3)},
                      "sequences": [{"corpus": p["corpus"], "speaker": p["speaker"], "ids": p["ids"]} for p in plans]},
-        "emulation_check_3s": {"sequences": len(check), "all_same_windows": all(x["same_windows"] for x in check),
-                               "all_same_labels": all(x["same_labels"] for x in check),
-                               "max_abs_logit_diff": max(x["max_abs_logit_diff"] for x in check),
-                               "note": "timeline scores spans of one length in batches of up to 8, the emulation one "
-                                       "window at a time; the int8 ONNX backend's logits differ by up to ~0.02 "
-                                       "between batch sizes on the same windows"},
         "single_clips": single, "conditions": results}
 
 
@@ -657,7 +585,6 @@ def main(argv=None) -> int:
     print(table(res))
     for k, v in res["single_clips"].items():
         print(f"{k}: {v}")
-    print(f"emulation check at 3 s: {res['emulation_check_3s']}")
     from liser.core.atomic import atomic_write_text
 
     out = {"what": "does the timeline's 3 s averaging hide short emotional changes? (issue 27, open question 2; "
