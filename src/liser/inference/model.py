@@ -181,9 +181,11 @@ class EmotionModel:
         """`timeline` of [frames, 64] features of a signal lasting `duration` seconds.
 
         "pad": the student on every 3 s window. "speech": on the speech span
-        inside each window (found on the 3 s around it, so a live stream
-        gives what a file gives), and no label (`Prediction.no_speech`) for a
+        inside each window, and no label (`Prediction.no_speech`) for a
         window with less than 0.5 s of it (liser.data.windowing.window_span).
+        A 3 s window's speech is found on its own frames, so a live stream
+        gives what a file gives; a shorter window's on the 3 s centred on it
+        (up to 1 s past its end: a live version would need that look-ahead).
         Raises LiserError for a hop <= 0, a window outside 1-3 s, or a window
         other than 3 s for a "pad" model (it only knows 3 s windows).
         """
