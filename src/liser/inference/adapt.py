@@ -22,6 +22,7 @@ the card says so.
 from __future__ import annotations
 
 import json
+import sys
 import zlib
 from pathlib import Path
 
@@ -31,7 +32,8 @@ from liser.core.errors import LiserError
 from liser.core.outputs import Kind, check_out_dir
 
 CHECK_EVERY = 5  # one file in 5 is held out for the checks
-ADAPT = Kind("adapt folder", lambda d: (d / "adapt.json").is_file() or (d / "work" / "adapt-start.json").is_file(),
+# a finished adapt folder holds adapt.json; an interrupted one only the names below (resumable)
+ADAPT = Kind("adapt folder", lambda d: (d / "adapt.json").is_file(),
              ("work", "best.pt", "liser-adapted*.onnx", "adapt.json", "MODEL_CARD.md", ".*tmp*"), resumable=True)
 
 
@@ -63,7 +65,8 @@ def start_checkpoint(model: str | Path | None) -> tuple[Path, dict]:
 
 
 def label_folder(folder: str | Path, work: Path, teacher_dir: str | Path, progress: bool):
-    """(manifest, store) of the folder, labeled by the speech teacher at `teacher_dir` (resumable)."""
+    """(manifest, store, teacher) of the folder, labeled by the speech teacher at `teacher_dir` (resumable);
+    each file that is not a readable recording is said on stderr, one line, and left out."""
     from liser.data.corpora import Manifest
     from liser.data.corpora.generic import prepare_unlabeled
     from liser.teachers.speech.label import label_with_speech_teacher
@@ -77,7 +80,7 @@ def label_folder(folder: str | Path, work: Path, teacher_dir: str | Path, progre
         manifest = prepare_unlabeled(folder, progress=progress)
         manifest.save(mdir)
     for r in manifest.rejected:
-        print(f"liser: {Path(folder) / r['path']}: skipped ({r['reason']})", flush=True)
+        print(f"liser: {Path(folder) / r['path']}: skipped ({r['reason']})", file=sys.stderr, flush=True)
     teacher = SpeechTeacher.load(teacher_dir)
     store = work / "store"
     if not store_complete(str(store), [it.id for it in manifest.items], teacher.hash):
@@ -93,12 +96,11 @@ def adapt(folder: str | Path, out: str | Path, teacher: str | Path, model: str |
     student's. Raises LiserError for an output folder liser may not write, a teacher of other classes, or a
     folder with no readable recording.
     """
-    import torch
-
     from liser.core.atomic import atomic_write_text
     from liser.data.features import build_features
     from liser.student.adapt import AdaptOptions, adapt_student, teacher_file_labels
     from liser.student.checkpoint import save, student_checkpoint, student_from_checkpoint
+    from liser.core.util import torch_threads
     from liser.student.train import Unlabeled
 
     out = check_out_dir(out, ADAPT, inputs=[(folder, "folder of recordings")])
@@ -106,7 +108,6 @@ def adapt(folder: str | Path, out: str | Path, teacher: str | Path, model: str |
     work.mkdir(parents=True, exist_ok=True)
     options = options or AdaptOptions()
     start_path, ck = start_checkpoint(model)
-    torch.set_num_threads(max(1, threads))
     manifest, store, t = label_folder(folder, work, teacher, progress)
     classes = list(ck["classes"])
     if list(store.classes) != classes:
@@ -119,7 +120,8 @@ def adapt(folder: str | Path, out: str | Path, teacher: str | Path, model: str |
     windowing = (ck.get("front_end") or {}).get("windowing", "pad")
     check = ([cache.frames(i) for i in check_ids], teacher_file_labels(store, check_ids))
     pool = Unlabeled([cache.frames(i) for i in adapt_ids], adapt_ids, {"teacher": store})
-    adapted, rows = adapt_student(student_from_checkpoint(ck, str(start_path)), pool, check, windowing, options, say)
+    with torch_threads(max(1, threads)):  # torch's thread count for this call only
+        adapted, rows = adapt_student(student_from_checkpoint(ck, str(start_path)), pool, check, windowing, options, say)
     kept = max(rows, key=lambda r: r["agreement"])["epoch"]
     heads = ck.get("teacher_classes") or {"sd": classes, "vd": list(ck.get("video_classes") or [])}
     save(student_checkpoint(adapted, classes, heads, _start_config(ck), kept, {}), out / "best.pt")
