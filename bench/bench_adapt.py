@@ -1,0 +1,141 @@
+"""`liser adapt` measured with the adapted protocol: a corpus the student never heard, half of it unlabeled.
+
+    scripts/run_distill_protocols.sh      # (its first step) fits the five leave-one-corpus-out speech teachers
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_adapt.py [--folds 0 1 2 3 4] [--epochs 8]
+
+For fold k (the k-th corpus of configs/default-model-distill.yaml held out):
+the start is the field recipe's leave-one-corpus-out student without
+distillation (runs/grid-default-model-consistency/speech-views-cons1/default/fold<k>,
+restored from its ledger on a fresh clone), the teacher is fold k's speech
+teacher (fitted on the other four corpora), and the folder is the held-out
+corpus's first half of speakers (folds: loco-adapt), given to `liser adapt`
+as a folder of files without labels. Scored on the other half's files
+(their labels, used here only), each model through `liser.load` with the
+same windows: the start, the adapted int8 student, and the teacher itself.
+
+The issue's bar (its adapted protocol): the adapted student better than the
+start on every corpus, and at least half of the way from the start to the
+teacher. Writes bench/results/adapt.json (or --json) and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from liser.core.errors import LiserError  # noqa: E402
+
+CONFIG = ROOT / "configs" / "default-model-distill.yaml"
+START = "runs/grid-default-model-consistency/speech-views-cons1/default/fold{fold}"
+OUT = ROOT / "bench" / "results" / "adapt.json"
+
+
+def fold_material(cfg, fold: int):
+    """(adapt manifest: the unlabeled half, test items: the other half with labels, classes, held-out corpus)."""
+    from liser.data.workspace import adapt_manifest, fold_items, labeled_corpora, labeled_manifest
+
+    fcfg = cfg.replace(folds="loco-adapt", fold=fold)
+    manifest = labeled_manifest(fcfg)
+    _, _, test, classes = fold_items(fcfg, manifest)
+    return adapt_manifest(fcfg, fold, manifest), test, classes, labeled_corpora(fcfg)[fold], manifest
+
+
+def link_folder(manifest, folder: Path) -> Path:
+    """A folder of links to the manifest's files, one per item (its id as the name): what a user would hand over."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for it in manifest.items:
+        dst = folder / (it.id.replace("/", "__") + Path(it.path).suffix)
+        if not dst.exists():
+            dst.symlink_to(Path(it.path).resolve())
+    return folder
+
+
+def student_uar(model_path: str, manifest, items, classes: list[str]) -> float:
+    """UAR of a student (run folder, .pt or .onnx) on `items`, each file scored whole (no-speech files too)."""
+    import liser
+    from liser.core.metrics import uar
+    from liser.inference.decode import file_frames
+
+    m = liser.load(model_path, threads=1)
+    pred = [int(np.argmax(m.file_logits(file_frames(manifest.abspath(it))[0], strict=False))) for it in items]
+    return uar(np.array([classes.index(it.label) for it in items]), np.array(pred), len(classes))
+
+
+def teacher_uar(cfg, fold: int, manifest, items, classes: list[str]) -> float:
+    """The fold's speech teacher's UAR on the same files (whole files, cached encoder features)."""
+    from liser.data.workspace import class_mapped_manifest, teacher_dir
+    from liser.teachers.speech.teacher import SpeechTeacher, evaluate_speech_teacher
+
+    mapped = class_mapped_manifest(cfg, manifest, classes)
+    return float(evaluate_speech_teacher(SpeechTeacher.load(teacher_dir(cfg, fold)), mapped,
+                                         [it.id for it in items], progress=False)["uar"])
+
+
+def one_fold(cfg, fold: int, work: Path, epochs: int, start: str) -> dict:
+    from liser.data.workspace import teacher_dir
+    from liser.inference.adapt import adapt
+    from liser.student.adapt import AdaptOptions
+
+    pool, test, classes, corpus, manifest = fold_material(cfg, fold)
+    folder = link_folder(pool, work / f"fold{fold}" / "recordings")
+    t0 = time.time()
+    rep = adapt(folder, work / f"fold{fold}" / "out", teacher_dir(cfg, fold), model=start.format(fold=fold),
+                options=AdaptOptions(epochs=epochs), threads=1, progress=False, say=lambda m: None)
+    row = {"fold": fold, "corpus": corpus, "adapt_files": rep["files"], "test_files": len(test),
+           "adapt_s": round(time.time() - t0),
+           "start": round(student_uar(start.format(fold=fold), manifest, test, classes), 4),
+           "adapted": round(student_uar(str(work / f"fold{fold}" / "out" / "liser-adapted-int8.onnx"), manifest,
+                                        test, classes), 4),
+           "teacher": round(teacher_uar(cfg, fold, manifest, test, classes), 4),
+           "agreement_check_before_after": [rep["agreement_before"], rep["agreement_after"]],
+           "kept_epoch": rep["kept_epoch"]}
+    row["gain_points"] = round(100 * (row["adapted"] - row["start"]), 2)
+    row["share_of_gap"] = round((row["adapted"] - row["start"]) / (row["teacher"] - row["start"]), 3) \
+        if row["teacher"] > row["start"] else None
+    print(f"{corpus}: start {row['start']:.3f} -> adapted {row['adapted']:.3f} (teacher {row['teacher']:.3f}) "
+          f"on {len(test)} files", flush=True)
+    return row
+
+
+def main(argv=None) -> int:
+    from liser.core.atomic import atomic_write_text
+    from liser.core.config import Config
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--epochs", type=int, default=8, help="liser adapt --epochs (default 8, its default)")
+    ap.add_argument("--start", default=START, help="the start student per fold ({fold} filled in)")
+    ap.add_argument("--work", default="work/bench-adapt", help="where the folders and adapted students go")
+    ap.add_argument("--json", default=str(OUT))
+    args = ap.parse_args(argv)
+    cfg = Config.load(CONFIG)
+    rows = [one_fold(cfg, k, Path(args.work), args.epochs, args.start) for k in args.folds]
+    out = {"what": __doc__.split("\n")[0], "command": "python bench/bench_adapt.py " + " ".join(argv or sys.argv[1:]),
+           "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+           "load_average": [round(x, 2) for x in os.getloadavg()], "config": str(CONFIG.relative_to(ROOT)),
+           "start": args.start, "folds": rows,
+           "mean": {k: round(float(np.mean([r[k] for r in rows])), 4) for k in ("start", "adapted", "teacher")},
+           "better_on": sum(r["adapted"] > r["start"] for r in rows)}
+    print(f"mean: start {out['mean']['start']:.3f} -> adapted {out['mean']['adapted']:.3f} "
+          f"(teacher {out['mean']['teacher']:.3f}); better on {out['better_on']} of {len(rows)}")
+    atomic_write_text(args.json, json.dumps(out, indent=1) + "\n")
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except LiserError as e:
+        print(f"liser: {e}", file=sys.stderr)
+        sys.exit(2)
