@@ -258,7 +258,10 @@ def summary(folds: dict) -> dict:
         targets[f"changed_vs_full:{c}"] = {"value": changed[c], "max": CHANGED_MAX, "met": changed[c] <= CHANGED_MAX}
     return {"folds": list(folds), "uar_mean": mean_uar, "max_class_share_worst": max_share,
             "no_speech_share_worst": {c: worst("no_speech_share", c) for c in CONDITIONS},
-            "changed_vs_full_worst": changed, "targets": targets,
+            "changed_vs_full_worst": changed,
+            "changed_vs_full_mean": {c: round(float(np.mean([f["conditions"][c]["changed_vs_full"]
+                                                             for f in folds.values()])), 3) for c in CONDITIONS},
+            "targets": targets,
             "all_met": all(t["met"] for t in targets.values())}
 
 
