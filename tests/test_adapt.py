@@ -138,3 +138,27 @@ def test_the_command_says_a_wrong_teacher_in_one_line(folder, tmp_path, tiny_hub
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1].startswith("liser: ") and "not the student's" in err[-1]
     assert not list((tmp_path / "out").glob("*.onnx"))
+
+
+def test_a_changed_folder_is_read_again_and_what_is_not_a_folder_of_recordings_is_refused(folder, teacher, tmp_path):
+    """A resumed run sees the folder as it is now (new files labeled, removed ones gone); an output folder inside
+    the recordings, or a teacher that is not one, is refused in one line before anything is written."""
+    from liser.inference.adapt import adapt
+    from liser.student.adapt import AdaptOptions
+
+    src = sorted(f for f in folder.iterdir() if f.name != "notes.wav")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for f in src[:6]:
+        (mine / f.name).symlink_to(f.resolve())
+    opts = AdaptOptions(epochs=1)
+    first = adapt(mine, tmp_path / "out", teacher, options=opts, threads=1, progress=False, say=lambda m: None)
+    for f in src[6:9]:
+        (mine / f.name).symlink_to(f.resolve())
+    again = adapt(mine, tmp_path / "out", teacher, options=opts, threads=1, progress=False, say=lambda m: None)
+    assert (first["files"], again["files"]) == (6, 9) and again["skipped"] == 0
+    with pytest.raises(LiserError, match="inside the folder of recordings"):
+        adapt(mine, mine / "model", teacher, progress=False)
+    with pytest.raises(LiserError, match="not a speech teacher"):
+        adapt(mine, tmp_path / "out2", tmp_path, progress=False)
+    assert not (tmp_path / "out2" / "work").exists()

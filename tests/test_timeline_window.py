@@ -69,6 +69,8 @@ def test_bad_windows_are_one_line(model, speech, tmp_path, capsys):
     sf.write(f, speech, audio.SAMPLE_RATE)
     assert main(["predict", str(f), "--timeline", "--window", "4"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("liser: timeline window must be 1-3 s")
+    assert main(["predict", str(f), "--window", "1.5"]) == 2  # without --timeline it would do nothing: said
+    assert "add --timeline" in capsys.readouterr().err
     assert main(["predict", str(f), "--timeline", "--window", "1.5"]) == 0
     rows = [r for r in capsys.readouterr().out.splitlines() if "-" in r.split("\t")[1]]
     assert len(rows) >= 8

@@ -32,6 +32,7 @@ from liser.core.errors import LiserError
 from liser.core.outputs import Kind, check_out_dir
 
 CHECK_EVERY = 5  # one file in 5 is held out for the checks
+FEW_CHECK_FILES = 20  # fewer held-out files than this: the card says its figures mean little
 # a finished adapt folder holds adapt.json; an interrupted one only the names below (resumable)
 ADAPT = Kind("adapt folder", lambda d: (d / "adapt.json").is_file(),
              ("work", "best.pt", "liser-adapted*.onnx", "adapt.json", "MODEL_CARD.md", ".*tmp*"), resumable=True)
@@ -64,28 +65,22 @@ def start_checkpoint(model: str | Path | None) -> tuple[Path, dict]:
     return path, read_checkpoint(path)
 
 
-def label_folder(folder: str | Path, work: Path, teacher_dir: str | Path, progress: bool):
-    """(manifest, store, teacher) of the folder, labeled by the speech teacher at `teacher_dir` (resumable);
-    each file that is not a readable recording is said on stderr, one line, and left out."""
-    from liser.data.corpora import Manifest
+def label_folder(folder: str | Path, work: Path, teacher, progress: bool):
+    """(manifest, store) of the folder as it is now, labeled by `teacher` (a SpeechTeacher; resumable: files
+    already in the store keep their labels, new ones are labeled); each file that is not a readable recording
+    is said on stderr, one line, and left out."""
     from liser.data.corpora.generic import prepare_unlabeled
     from liser.teachers.speech.label import label_with_speech_teacher
-    from liser.teachers.speech.teacher import SpeechTeacher
     from liser.teachers.store import SoftLabelStore, store_complete
 
-    mdir = work / "manifest"
-    if (mdir / "meta.json").is_file():
-        manifest = Manifest.load(mdir)
-    else:
-        manifest = prepare_unlabeled(folder, progress=progress)
-        manifest.save(mdir)
+    manifest = prepare_unlabeled(folder, progress=progress)  # scanned every run: the folder may have changed
+    manifest.save(work / "manifest")
     for r in manifest.rejected:
-        print(f"liser: {Path(folder) / r['path']}: skipped ({r['reason']})", file=sys.stderr, flush=True)
-    teacher = SpeechTeacher.load(teacher_dir)
+        print(f"liser: {Path(folder) / r['path']}: {r['reason']}", file=sys.stderr, flush=True)
     store = work / "store"
     if not store_complete(str(store), [it.id for it in manifest.items], teacher.hash):
         label_with_speech_teacher(teacher, manifest, store, progress=progress)
-    return manifest, SoftLabelStore(store), teacher
+    return manifest, SoftLabelStore(store)
 
 
 def adapt(folder: str | Path, out: str | Path, teacher: str | Path, model: str | Path | None = None,
@@ -103,15 +98,20 @@ def adapt(folder: str | Path, out: str | Path, teacher: str | Path, model: str |
     from liser.core.util import torch_threads
     from liser.student.train import Unlabeled
 
+    from liser.teachers.speech.teacher import SpeechTeacher
+
+    if Path(folder).resolve() in Path(out).resolve().parents:
+        raise LiserError(f"{out}: inside the folder of recordings {folder}; write the adapted model elsewhere")
     out = check_out_dir(out, ADAPT, inputs=[(folder, "folder of recordings")])
-    work = out / "work"
-    work.mkdir(parents=True, exist_ok=True)
     options = options or AdaptOptions()
     start_path, ck = start_checkpoint(model)
-    manifest, store, t = label_folder(folder, work, teacher, progress)
+    t = SpeechTeacher.load(teacher)  # a wrong teacher is said before the folder is read
+    if list(t.classes) != list(ck["classes"]):
+        raise LiserError(f"{teacher}: the teacher's classes {t.classes} are not the student's {list(ck['classes'])}")
+    work = out / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    manifest, store = label_folder(folder, work, t, progress)
     classes = list(ck["classes"])
-    if list(store.classes) != classes:
-        raise LiserError(f"{teacher}: the teacher's classes {store.classes} are not the student's {classes}")
     cache = build_features(manifest, work, threads=threads, progress=progress).load_into_memory()
     ids = [it.id for it in manifest.items if it.id in store]
     if not ids:
@@ -129,6 +129,7 @@ def adapt(folder: str | Path, out: str | Path, teacher: str | Path, model: str |
               "skipped": len(manifest.rejected),
               "audio_hours": round(sum(it.duration for it in manifest.items) / 3600, 3),
               "start": str(start_path), "teacher": str(teacher), "teacher_hash": t.hash, "kept_epoch": kept,
+              "start_is_default_model": _is_default(start_path),
               "options": dict(options.__dict__), "epochs": rows,
               **_measure(student_from_checkpoint(ck, str(start_path)), adapted, *check, windowing, classes)}
     report["export"] = _export(out, manifest, check_ids, threads, say)
@@ -165,8 +166,24 @@ def model_card(r: dict) -> str:
                      f"{r['label_share_before'][c]:.2f} | {r['label_share_after'][c]:.2f} |")
     lines += ["", f"{r['changed_vs_start']:.0%} of the held-out files changed label against the start. The teacher "
               "is not ground truth: where it is wrong on these recordings, the adapted student learned its "
-              "mistakes too. Check a sample by ear before relying on it.", ""]
-    return "\n".join(lines)
+              "mistakes too (docs/results/adapt.md: on small folders of acted corpora adaptation lowered accuracy). "
+              "Check a sample by ear before relying on it."]
+    if r["kept_epoch"] == 0:
+        lines += ["", "**No epoch agreed with the teacher better than the start did: this model is the start, "
+                  "unchanged.**"]
+    if r["check_files"] < FEW_CHECK_FILES:
+        lines += ["", f"Only {r['check_files']} files were held out: too few for the figures above to mean much "
+                  f"(a folder of {FEW_CHECK_FILES * CHECK_EVERY} or more recordings gives {FEW_CHECK_FILES})."]
+    if r.get("start_is_default_model"):
+        lines += ["", "Built from the packaged default model's weights: its licence terms apply to this model too "
+                  "(research and non-commercial use; see the default model's card, liser/inference/default/MODEL_CARD.md)."]
+    return "\n".join(lines + [""])
+
+
+def _is_default(path: Path) -> bool:
+    from liser.inference.default_model import DEFAULT_PT
+
+    return Path(path).resolve() == DEFAULT_PT.resolve()
 
 
 def _start_config(ck: dict):

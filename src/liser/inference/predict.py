@@ -323,6 +323,8 @@ def run_predict(model_path: str, inputs: list[str], fmt: str = "text", timeline:
     model = load(model_path, threads=per_file)
     if timeline:
         window_frames(window_s, model.windowing)  # a bad --window is one line before any file is read
+    elif window_s != audio.CLIP_S:
+        raise LiserError(f"--window {window_s:g}: the length of --timeline windows; add --timeline")
     if stride is not None:
         model.stride_s = stride
     for msg in problems:
