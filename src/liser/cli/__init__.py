@@ -372,7 +372,7 @@ def add_faces(sub) -> None:
 
 
 def add_predict(sub) -> None:
-    sp = sub.add_parser("predict", help="emotion labels of audio files with a trained student (or its ONNX export)",
+    sp = sub.add_parser("predict", help="emotion labels of audio files: the packaged default model, or a trained student or its ONNX export",
                         description="Predict the emotion of audio files, folders (recursive) or stdin (-: the bytes of "
                                     "any file a path accepts, recognised by content; headerless PCM only with --raw). "
                                     "Exit status 0 if all inputs succeeded, 1 if any failed. It does not resume: "
