@@ -33,6 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from bench_distill_protocols import teacher_uar  # noqa: E402  (bench/ is on sys.path when this runs as a script)
 from liser.core.errors import LiserError  # noqa: E402
 
 CONFIG = ROOT / "configs" / "default-model-distill.yaml"
@@ -71,16 +72,6 @@ def student_uar(model_path: str, manifest, items, classes: list[str]) -> float:
     return uar(np.array([classes.index(it.label) for it in items]), np.array(pred), len(classes))
 
 
-def teacher_uar(cfg, fold: int, manifest, items, classes: list[str]) -> float:
-    """The fold's speech teacher's UAR on the same files (whole files, cached encoder features)."""
-    from liser.data.workspace import class_mapped_manifest, teacher_dir
-    from liser.teachers.speech.teacher import SpeechTeacher, evaluate_speech_teacher
-
-    mapped = class_mapped_manifest(cfg, manifest, classes)
-    return float(evaluate_speech_teacher(SpeechTeacher.load(teacher_dir(cfg, fold)), mapped,
-                                         [it.id for it in items], progress=False)["uar"])
-
-
 def one_fold(cfg, fold: int, work: Path, epochs: int, start: str) -> dict:
     from liser.data.workspace import teacher_dir
     from liser.inference.adapt import adapt
@@ -96,7 +87,7 @@ def one_fold(cfg, fold: int, work: Path, epochs: int, start: str) -> dict:
            "start": round(student_uar(start.format(fold=fold), manifest, test, classes), 4),
            "adapted": round(student_uar(str(work / f"fold{fold}" / "out" / "liser-adapted-int8.onnx"), manifest,
                                         test, classes), 4),
-           "teacher": round(teacher_uar(cfg, fold, manifest, test, classes), 4),
+           "teacher": round(teacher_uar(cfg, fold, [it.id for it in test]), 4),
            "agreement_check_before_after": [rep["agreement_before"], rep["agreement_after"]],
            "kept_epoch": rep["kept_epoch"]}
     row["gain_points"] = round(100 * (row["adapted"] - row["start"]), 2)

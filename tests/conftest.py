@@ -143,6 +143,21 @@ CORPORA = ("ravdess", "cremad", "emodb", "tess", "urdu")
 DEFAULT_CLASSES = ["neutral", "happy", "sad", "angry", "fearful", "disgust"]
 
 
+def fake_store(path, items, classes, rng, flush_every: int = 64) -> Path:
+    """A finished soft-label store at `path`: random (Dirichlet) probabilities for every 0.5 s piece of `items`,
+    all valid, from a teacher named fake-speech (hash fakehash)."""
+    import numpy as np
+
+    from liser.teachers.store import StoreWriter, n_pieces
+
+    w = StoreWriter(path, "fake-speech", list(classes), "fakehash", flush_every=flush_every)
+    for it in items:
+        n = n_pieces(it.duration)
+        w.add(it.id, rng.dirichlet(np.ones(len(classes)), size=n), np.ones(n, bool), it.duration)
+    w.finalize([it.id for it in items])
+    return Path(path)
+
+
 def _real(name: str) -> Path:
     if not (DATA / name).is_dir():
         pytest.skip(f"real data not found at {DATA / name}")

@@ -17,7 +17,7 @@ from liser.core.config import Config
 from liser.core.errors import LiserError
 from liser.data.folds import check_folds, corpus_folds
 
-from conftest import CORPORA, DEFAULT_CLASSES, _real, link_five_corpora
+from conftest import CORPORA, DEFAULT_CLASSES, _real, fake_store, link_five_corpora
 
 
 @pytest.fixture(scope="module")
@@ -126,18 +126,11 @@ def test_loco_adapt_student_distils_on_the_unlabeled_half(five, tmp_path):
     besides the pool) and is tested on the other half."""
     from liser.data.workspace import adapt_manifest
     from liser.student.train import train
-    from liser.teachers.store import StoreWriter, n_pieces
-
     cfg, m = five
     acfg = cfg.replace(folds="loco-adapt", fold=4, unlabeled=(), lambda_sd=1.0, epochs=1,
                        speech_store=str(tmp_path / "store-fold{fold}"), name="adapt")
     pool = adapt_manifest(acfg, 4, m)
-    rng = np.random.default_rng(0)
-    w = StoreWriter(tmp_path / "store-fold4", "fake-teacher", DEFAULT_CLASSES, "fakehash", flush_every=64)
-    for it in pool.items:
-        n = n_pieces(it.duration)
-        w.add(it.id, rng.dirichlet(np.ones(len(DEFAULT_CLASSES)), size=n), np.ones(n, bool), it.duration)
-    w.finalize([it.id for it in pool.items])
+    fake_store(tmp_path / "store-fold4", pool.items, DEFAULT_CLASSES, np.random.default_rng(0))
     run = train(acfg, run_dir=tmp_path / "run", progress=False)
     res = json.loads((run / "metrics.json").read_text())
     assert res["n_unlabeled"] == len(pool.items) > 0

@@ -17,7 +17,7 @@ from liser.data import workspace as ws
 from liser.core.errors import LiserError
 from liser.student.model import Student
 
-from conftest import SMALL_FOLD, real_root
+from conftest import SMALL_FOLD, fake_store, real_root
 
 
 def _rows(run: Path) -> list[dict]:
@@ -215,7 +215,6 @@ def speech_pool(small_ravdess, tmp_path_factory):
     """12 real TESS files as an unlabeled pool, their features, and a fake speech-teacher store over them."""
     from liser.data.corpora import prepare
     from liser.data.features import build_features
-    from liser.teachers.store import StoreWriter, n_pieces
 
     src = real_root("tess")
     base = tmp_path_factory.mktemp("pool")
@@ -229,16 +228,8 @@ def speech_pool(small_ravdess, tmp_path_factory):
     build_features(m, small_ravdess.work, threads=1, progress=False)
     classes = small_ravdess.manifest.classes
     rng = np.random.default_rng(0)
-    w = StoreWriter(base / "store", "fake-speech", classes, "fakehash", flush_every=4)
-    for it in m.items:
-        n = n_pieces(it.duration)
-        w.add(it.id, rng.dirichlet(np.ones(len(classes)), size=n), np.ones(n, bool), it.duration)
-    w.finalize([it.id for it in m.items])
-    w2 = StoreWriter(base / "store2", "fake-speech", ["happy", "sad"], "fakehash", flush_every=64)
-    for it in m.items:
-        n = n_pieces(it.duration)
-        w2.add(it.id, rng.dirichlet(np.ones(2), size=n), np.ones(n, bool), it.duration)
-    w2.finalize()
+    fake_store(base / "store", m.items, classes, rng, flush_every=4)
+    fake_store(base / "store2", m.items, ["happy", "sad"], rng)
     return manifest_dir, base / "store", len(m.items)
 
 

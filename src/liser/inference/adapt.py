@@ -196,13 +196,13 @@ def _start_config(ck: dict):
 def _measure(start, adapted, frames: list, teacher_labels: np.ndarray, windowing: str, classes: list[str]) -> dict:
     """What can be measured without labels, on the check files: agreement with the teacher (UAR against its
     labels) before and after, each model's share of each label, and the share of files whose label changed."""
-    from liser.student.adapt import agreement
+    from liser.core.metrics import uar
     from liser.student.evaluate import file_logits
 
-    a = file_logits(start, frames, 0.5, windowing=windowing).argmax(1)
+    a = file_logits(start, frames, 0.5, windowing=windowing).argmax(1)  # each model scored once
     b = file_logits(adapted, frames, 0.5, windowing=windowing).argmax(1)
     share = lambda p: {c: round(float((p == k).mean()), 4) for k, c in enumerate(classes)}
-    return {"agreement_before": round(agreement(start, frames, teacher_labels, windowing, len(classes)), 4),
-            "agreement_after": round(agreement(adapted, frames, teacher_labels, windowing, len(classes)), 4),
+    return {"agreement_before": round(uar(teacher_labels, a, len(classes)), 4),
+            "agreement_after": round(uar(teacher_labels, b, len(classes)), 4),
             "label_share_before": share(a), "label_share_after": share(b),
             "teacher_label_share": share(teacher_labels), "changed_vs_start": round(float((a != b).mean()), 4)}
