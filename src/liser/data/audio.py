@@ -24,8 +24,8 @@ import numpy as np
 from liser.data import formats
 from liser.core.errors import LiserError
 from liser.core.util import AUDIO_SUFFIXES
-from liser.data.channels import downmix, speech_band_power, speech_channel  # noqa: F401  (public names of liser.audio)
-from liser.core.util import pcm_to_float32  # noqa: F401  (liser.audio.pcm_to_float32 stays the public name)
+from liser.data.channels import downmix, speech_band_power, speech_channel  # noqa: F401  (public names of liser.data.audio)
+from liser.core.util import pcm_to_float32  # noqa: F401  (liser.data.audio.pcm_to_float32 stays the public name)
 
 # ---- the method's constants (SPEC "Student", "Protocol"; one place) ----
 SAMPLE_RATE = 16_000  # Hz: every signal is resampled to this

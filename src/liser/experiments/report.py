@@ -339,7 +339,7 @@ def _video_head_lines(full: dict) -> list[str]:
 def teacher_evals(base) -> list[dict]:
     """The speech teachers' eval.json of the base config's teacher folder, one dict per fold (sorted by
     folder): test UAR whole and in 0.5 s pieces, and `calibration` on the fold's validation speakers
-    (ece, temperature, ece_tempered; liser.teachers.calibrate). Empty when none was fitted."""
+    (ece, temperature, ece_tempered; liser.teachers.calibration). Empty when none was fitted."""
     return [{"dir": p.parent.name, **json.loads(p.read_text())}
             for p in sorted(teacher_dir(base, 0).parent.glob("*/eval.json"))]
 
