@@ -88,6 +88,26 @@ def test_augment_view_is_seeded_and_finite(clip):
     assert 0.5 * len(clip) < len(a) < len(clip) / 0.9 + 2 * A.MAX_PAD_S * audio.SAMPLE_RATE + 1
 
 
+def test_recorder_floor_fills_the_digital_silence(clip):
+    """aug_floor_p: each floor sits in FLOOR_DBFS, and far fewer views keep a second of digital silence (the
+    acted corpora's framing the floor is for) when it is drawn; a low-rate codec after it may still gate a
+    floor as quiet as -80 dBFS to zeros, as phones do."""
+    from liser.data.views import view_rng
+
+    x = np.concatenate([clip, np.zeros(audio.SAMPLE_RATE, np.float32)])  # 1 s of digital silence after the speech
+
+    def keeps_silence(y):  # at least 0.5 s of 32 ms frames under -90 dBFS
+        fr = y[: len(y) // audio.HOP * audio.HOP].reshape(-1, audio.HOP)
+        return (10 * np.log10(np.mean(fr.astype(np.float64) ** 2, axis=1) + 1e-20) < -90).sum() >= 16
+
+    silent = {p: sum(keeps_silence(A.augment_view(x, view_rng(0, v, "ravdess/Actor_01/x"), floor_p=p))
+                     for v in range(16)) for p in (0.0, 1.0)}
+    assert silent[0.0] >= 3 and silent[1.0] <= silent[0.0] // 2, silent
+    for s in range(20):
+        level = A.rms_dbfs(A.recorder_floor(np.zeros(audio.SAMPLE_RATE, np.float32), np.random.default_rng(s)))
+        assert A.FLOOR_DBFS[0] - 0.01 <= level <= A.FLOOR_DBFS[1] + 0.01
+
+
 def test_speech_crops_stay_in_the_recording(small_ravdess):
     from liser.data.features import build_features
     from liser.student.train import Crops

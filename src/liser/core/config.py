@@ -109,6 +109,8 @@ class Config:
     aug_views: int = 0  # waveform views per labeled training item (codecs, phone band, speed, reverb, noise, room
     #   tone; liser.data.augment_audio), computed once into features caches; a step draws the clean item or a view; 0 = off
     aug_noise_dir: str = ""  # folder of recordings whose non-speech parts are the views' background noise; "" = pink
+    aug_floor_p: float = 0.0  # share of views with a recorder's noise floor under the whole recording (white to
+    #   pink, -80..-50 dBFS; liser.data.augment_audio.recorder_floor); 0 = off (views as before, bit for bit)
     crop_full_p: float = 0.0  # "speech" windowing: share of training batches cropped at the longest length (3 s,
     #   capped by the batch's recordings): each item's whole span with context, as inference scores it; 0 = every
     #   batch's length uniform in 0.5-3 s
@@ -128,6 +130,9 @@ class Config:
                 names = f"{', '.join(allowed[:-1])} or {allowed[-1]}"
                 raise LiserError(f"{key} must be {names}, got {getattr(self, key)!r}")
         self.teacher_entries()  # each entry's keys and kind
+        if not 0.0 <= self.aug_floor_p <= 1.0 or (self.aug_floor_p and not self.aug_views):
+            raise LiserError(f"aug_floor_p must be a share of the views in 0..1 (with aug_views > 0), "
+                             f"got {self.aug_floor_p:g} with aug_views {self.aug_views}")
         if self.aug_consistency and not self.aug_views:
             raise LiserError(f"aug_consistency {self.aug_consistency:g} needs views to be consistent across "
                              f"(aug_views > 0)")

@@ -27,6 +27,8 @@ TELEPHONE_BAND_HZ = (300.0, 3400.0)  # the classic narrow-band telephone channel
 TELEPHONE_RATE = 8_000  # Hz: narrow-band codecs (GSM, AMR-NB) sample at 8 kHz
 ROOM_TONE_DBFS = (-70.0, -45.0)  # level range of the room tone put before / after speech in training views
 MAX_PAD_S = 2.0  # longest room tone added before or after an utterance in a training view
+FLOOR_DBFS = (-80.0, -50.0)  # level range of a recorder's noise floor under a whole training view (aug_floor_p)
+FLOOR_EXPONENT = (0.0, 1.0)  # its spectral slope: power ~ 1 / f^e, from white hiss (0) to pink (1)
 
 
 def _board(*plugins):
@@ -144,11 +146,25 @@ def room_tone(n: int, level_dbfs: float, rng: np.random.Generator, noise: np.nda
 
 def pink_noise(n: int, rng: np.random.Generator) -> np.ndarray:
     """[n] samples of pink (1/f power) noise, unit RMS."""
+    return coloured_noise(n, rng, 1.0)
+
+
+def coloured_noise(n: int, rng: np.random.Generator, exponent: float) -> np.ndarray:
+    """[n] samples of noise whose power falls as 1 / f^exponent (0 white, 1 pink, 2 brown), unit RMS."""
     spec = np.fft.rfft(rng.standard_normal(max(n, 2)))
     f = np.arange(len(spec), dtype=np.float64)
-    spec /= np.sqrt(np.maximum(f, 1.0))
+    spec /= np.maximum(f, 1.0) ** (exponent / 2.0)
     y = np.fft.irfft(spec, max(n, 2))[:n]
     return (y / max(float(np.sqrt(np.mean(y**2))), 1e-12)).astype(np.float32)
+
+
+def recorder_floor(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """x plus a recorder's self-noise under all of it: coloured noise (FLOOR_EXPONENT) at an RMS drawn from
+    FLOOR_DBFS, whatever x's own level. [N] -> [N]. A microphone and preamp add this to every recording;
+    the acted corpora's pauses are near digital silence, so a student that never heard a floor takes
+    it for part of the voice (issue 23: a -60 dBFS floor changed 15 % of the default model's labels)."""
+    level, exponent = float(rng.uniform(*FLOOR_DBFS)), float(rng.uniform(*FLOOR_EXPONENT))
+    return (x + coloured_noise(len(x), rng, exponent) * 10.0 ** (level / 20.0)).astype(np.float32)
 
 
 def pad_with(x: np.ndarray, before_s: float, after_s: float, level_dbfs: float, rng: np.random.Generator,
@@ -158,16 +174,19 @@ def pad_with(x: np.ndarray, before_s: float, after_s: float, level_dbfs: float, 
     return np.concatenate([room_tone(b, level_dbfs, rng, noise), x, room_tone(a, level_dbfs, rng, noise)])
 
 
-def augment_view(x: np.ndarray, rng: np.random.Generator, noise: np.ndarray | None = None) -> np.ndarray:
+def augment_view(x: np.ndarray, rng: np.random.Generator, noise: np.ndarray | None = None,
+                 floor_p: float = 0.0) -> np.ndarray:
     """One random field condition chain of a clean utterance (a training "view"). [N] -> [M] float32.
 
     In order, each drawn independently: speed 0.9-1.1 (p 0.5); reverberation
     (p 0.3); room tone of 0-2 s before and after at -70..-45 dBFS (p 0.5);
     background noise at 5-30 dB SNR, from `noise` (real non-speech audio)
-    when given, else pink (p 0.5); then one channel: telephone band, GSM,
-    low-rate MP3, or none (p 0.15 / 0.15 / 0.2 / 0.5). The recording level
-    is left to the log-Mel gain augmentation. Choices follow the issue's
-    list of field conditions (issue 23, section 2).
+    when given, else pink (p 0.5); a recorder's noise floor under all of it
+    (`recorder_floor`, p `floor_p`; with 0 nothing is drawn for it, so the
+    other steps' draws are those of a chain without it); then one channel:
+    telephone band, GSM, low-rate MP3, or none (p 0.15 / 0.15 / 0.2 / 0.5).
+    The recording level is left to the log-Mel gain augmentation. Choices
+    follow the issue's list of field conditions (issue 23, section 2).
     """
     y = np.asarray(x, np.float32)
     if rng.random() < 0.5:
@@ -183,6 +202,8 @@ def augment_view(x: np.ndarray, rng: np.random.Generator, noise: np.ndarray | No
             a = int(rng.integers(0, len(src) - len(y)))
             src = src[a : a + len(y)]
         y = add_noise(y, src if src is not None else pink_noise(len(y), rng), float(rng.uniform(5, 30)))
+    if floor_p and rng.random() < floor_p:
+        y = recorder_floor(y, rng)
     r = rng.random()
     if r < 0.15:
         y = telephone(y)

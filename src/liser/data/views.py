@@ -31,19 +31,21 @@ def view_rng(seed: int, view: int, item_id: str) -> np.random.Generator:
 
 
 def build_views(manifest, work: str | Path, k: int, seed: int = 0, noise_dir: str = "", threads: int = 2,
-                progress: bool = True) -> list:
-    """The features caches of views 1..k of a manifest (FeatureCache each; built once, then reused)."""
+                progress: bool = True, floor_p: float = 0.0) -> list:
+    """The features caches of views 1..k of a manifest (FeatureCache each; built once, then reused).
+    `floor_p`: share of views with a recorder's noise floor (augment_view); part of the caches' key."""
     from liser.data.audio import load_audio
     from liser.data.augment_audio import augment_view
     from liser.data.features import build_features
     from liser.data.frontend import features
 
     noise = noise_bank(noise_dir, work) if noise_dir else None
-    tag = f"-views{VIEWS_VERSION}-s{seed}" + (f"-n{_digest(noise)}" if noise is not None else "")
+    tag = (f"-views{VIEWS_VERSION}-s{seed}" + (f"-n{_digest(noise)}" if noise is not None else "")
+           + (f"-f{floor_p:g}" if floor_p else ""))
     caches = []
     for v in range(1, k + 1):
         def featurize(path, item, v=v):
-            return features(augment_view(load_audio(path), view_rng(seed, v, item.id), noise))
+            return features(augment_view(load_audio(path), view_rng(seed, v, item.id), noise, floor_p))
 
         caches.append(build_features(manifest, work, threads, progress, featurize, f"{tag}-v{v}", f"view {v}/{k}"))
     return caches

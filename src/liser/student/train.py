@@ -323,7 +323,8 @@ def load_data(cfg: Config, progress: bool) -> Data:
         from liser.data.views import build_views
 
         views = [v.load_into_memory() for v in build_views(manifest, cfg.work, cfg.aug_views, cfg.seed,
-                                                           cfg.aug_noise_dir, cfg.threads or 2, progress)]
+                                                           cfg.aug_noise_dir, cfg.threads or 2, progress,
+                                                           cfg.aug_floor_p)]
     return Data(train_items, val_items, test_items, classes, cache, pool, temperatures, teacher_classes, views)
 
 
