@@ -23,6 +23,11 @@ issue's): unseen mean gain >= 3 points, better on >= 4 of 5, mean UAR >=
 0.45 and every corpus >= 0.35; adapted >= the unseen no-dstl + 8 points,
 better on 5 of 5, and at least half way from the student to its teacher.
 Runs are read from their run folders or, on a fresh clone, the ledgers.
+
+The `*-views4` rows (teach_views 4: the teacher's labels on 4 waveform views
+of each pool item as well; issue 24 section 1) are set beside the row with
+the clean audio's labels, fold for fold ("views" in the JSON), once any of
+their folds has finished.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ GRID = ROOT / "configs" / "grid-distill-protocols.yaml"
 LEDGER = ROOT / "bench" / "ledger" / "grid-distill-protocols"
 BASELINE = ROOT / "bench" / "ledger" / "grid-default-model-consistency" / "speech-views-cons1" / "default"
 ROWS = ("unseen-dstl", "adapted-dstl")
+VIEW_ROWS = {"unseen-dstl-views4": "unseen-dstl", "adapted-dstl-views4": "adapted-dstl"}  # teach_views -> its clean row
 OUT = ROOT / "bench" / "results" / "distill_protocols.json"
 
 
@@ -124,6 +130,18 @@ def targets(unseen: dict, adapted: dict) -> dict:
     return res
 
 
+def against_clean(views: dict, clean: dict) -> dict:
+    """A teach_views row's corpora with the clean-label row's student beside it (same test files)."""
+    out = {}
+    for c, r in views.items():
+        if c in clean:
+            if clean[c]["files"] != r["files"]:
+                raise LiserError(f"{c}: the views row has {r['files']} test files, the clean-label row {clean[c]['files']}")
+            out[c] = {**r, "clean_labels": clean[c]["student"],
+                      "gain_over_clean_points": round(100 * (r["student"] - clean[c]["student"]), 2)}
+    return out
+
+
 def table(name: str, rows: dict) -> str:
     lines = [f"{name}", "| held out | files | no-dstl | distilled | gain (points) | teacher |", "|---|---|---|---|---|---|"]
     for c, r in rows.items():
@@ -156,8 +174,15 @@ def main(argv=None) -> int:
            "load_average": [round(x, 2) for x in os.getloadavg()], "grid": args.grid, "baseline": args.baseline,
            "unseen": res["unseen-dstl"], "adapted": res["adapted-dstl"],
            "targets": targets(res["unseen-dstl"], res["adapted-dstl"])}
+    views = {row: against_clean(protocol_rows(grid, row, Path(args.baseline), False), res[clean])
+             for row, clean in VIEW_ROWS.items() if any(r["cfg"].name.split("/")[0] == row for r in grid["runs"])}
+    if any(views.values()):
+        out["views"] = views
     print(table("unseen domain (every file of the held-out corpus)", res["unseen-dstl"]))
     print(table("adapted (the held-out corpus's test half; the other half's audio was in the pool)", res["adapted-dstl"]))
+    for row, rows in out.get("views", {}).items():
+        print(f"{row} against {VIEW_ROWS[row]}: " + ", ".join(
+            f"{c} {r['student']:.3f} vs {r['clean_labels']:.3f} ({r['gain_over_clean_points']:+.1f})" for c, r in rows.items()))
     print("targets:", json.dumps(out["targets"]))
     atomic_write_text(args.json, json.dumps(out, indent=1) + "\n")
     print(f"wrote {args.json}")

@@ -143,17 +143,19 @@ CORPORA = ("ravdess", "cremad", "emodb", "tess", "urdu")
 DEFAULT_CLASSES = ["neutral", "happy", "sad", "angry", "fearful", "disgust"]
 
 
-def fake_store(path, items, classes, rng, flush_every: int = 64) -> Path:
+def fake_store(path, items, classes, rng, flush_every: int = 64, views: int = 0, views_key: str = "") -> Path:
     """A finished soft-label store at `path`: random (Dirichlet) probabilities for every 0.5 s piece of `items`,
-    all valid, from a teacher named fake-speech (hash fakehash)."""
+    all valid, from a teacher named fake-speech (hash fakehash); with `views`, on that many views too."""
     import numpy as np
 
     from liser.teachers.store import StoreWriter, n_pieces
 
-    w = StoreWriter(path, "fake-speech", list(classes), "fakehash", flush_every=flush_every)
+    w = StoreWriter(path, "fake-speech", list(classes), "fakehash", flush_every=flush_every, views=views,
+                    views_key=views_key)
     for it in items:
         n = n_pieces(it.duration)
-        w.add(it.id, rng.dirichlet(np.ones(len(classes)), size=n), np.ones(n, bool), it.duration)
+        on_views = rng.dirichlet(np.ones(len(classes)), size=(views, n)) if views else None
+        w.add(it.id, rng.dirichlet(np.ones(len(classes)), size=n), np.ones(n, bool), it.duration, on_views)
     w.finalize([it.id for it in items])
     return Path(path)
 

@@ -158,11 +158,11 @@ def test_paired_crops_hold_the_same_speech(small_ravdess):
     """Crops.pairs: each item clean and as a view, the same length, about the same stretch of speech."""
     from liser.data.features import build_features
     from liser.student.train import Crops
-    from liser.data.views import build_views
+    from liser.data.views import ViewSpec, build_views
 
     items = small_ravdess.manifest.items[:24]
     caches = [build_features(small_ravdess.manifest, small_ravdess.work, threads=1, progress=False),
-              *build_views(small_ravdess.manifest, small_ravdess.work, 1, 0, "", 1, False)]
+              *build_views(small_ravdess.manifest, small_ravdess.work, ViewSpec(1), 1, False)]
     crops = Crops.of([[c.frames(it.id) for it in items] for c in caches], "speech")
     rng = np.random.default_rng(0)
     same, other = [], []

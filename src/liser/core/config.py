@@ -111,6 +111,10 @@ class Config:
     aug_noise_dir: str = ""  # folder of recordings whose non-speech parts are the views' background noise; "" = pink
     aug_floor_p: float = 0.0  # share of views with a recorder's noise floor under the whole recording (white to
     #   pink, -80..-50 dBFS; liser.data.augment_audio.recorder_floor); 0 = off (views as before, bit for bit)
+    teach_views: int = 0  # distilling: the speech teachers' soft labels on this many waveform views of each pool
+    #   item, in their stores (the views' chain without speed or room tone, so pieces keep their place;
+    #   liser.data.views.teaching_views); a step draws per pool item its clean audio or one view, with the
+    #   teacher's labels for that view (issue 24 section 1); 0 = the clean audio's labels only (the paper's)
     crop_full_p: float = 0.0  # "speech" windowing: share of training batches cropped at the longest length (3 s,
     #   capped by the batch's recordings): each item's whole span with context, as inference scores it; 0 = every
     #   batch's length uniform in 0.5-3 s
@@ -133,6 +137,8 @@ class Config:
         if not 0.0 <= self.aug_floor_p <= 1.0 or (self.aug_floor_p and not self.aug_views):
             raise LiserError(f"aug_floor_p must be a share of the views in 0..1 (with aug_views > 0), "
                              f"got {self.aug_floor_p:g} with aug_views {self.aug_views}")
+        if self.teach_views < 0:
+            raise LiserError(f"teach_views must be 0 or more views, got {self.teach_views}")
         if self.aug_consistency and not self.aug_views:
             raise LiserError(f"aug_consistency {self.aug_consistency:g} needs views to be consistent across "
                              f"(aug_views > 0)")

@@ -175,7 +175,7 @@ def pad_with(x: np.ndarray, before_s: float, after_s: float, level_dbfs: float, 
 
 
 def augment_view(x: np.ndarray, rng: np.random.Generator, noise: np.ndarray | None = None,
-                 floor_p: float = 0.0) -> np.ndarray:
+                 floor_p: float = 0.0, timing: bool = True) -> np.ndarray:
     """One random field condition chain of a clean utterance (a training "view"). [N] -> [M] float32.
 
     In order, each drawn independently: speed 0.9-1.1 (p 0.5); reverberation
@@ -187,13 +187,18 @@ def augment_view(x: np.ndarray, rng: np.random.Generator, noise: np.ndarray | No
     telephone band, GSM, low-rate MP3, or none (p 0.15 / 0.15 / 0.2 / 0.5).
     The recording level is left to the log-Mel gain augmentation. Choices
     follow the issue's list of field conditions (issue 23, section 2).
+
+    `timing` False leaves out the two steps that move the speech in time
+    (speed, room tone around it), without drawing for them: the view then has
+    x's length and its 0.5 s pieces are x's, which a teacher's soft labels on
+    the view need (teach_views; issue 24 section 1).
     """
     y = np.asarray(x, np.float32)
-    if rng.random() < 0.5:
+    if timing and rng.random() < 0.5:
         y = speed(y, float(rng.uniform(0.9, 1.1)))
     if rng.random() < 0.3:
         y = reverb(y, float(rng.uniform(0.1, 0.7)), float(rng.uniform(0.1, 0.4)))
-    if rng.random() < 0.5:
+    if timing and rng.random() < 0.5:
         y = pad_with(y, float(rng.uniform(0, MAX_PAD_S)), float(rng.uniform(0, MAX_PAD_S)),
                      float(rng.uniform(*ROOM_TONE_DBFS)), rng, noise)
     if rng.random() < 0.5:

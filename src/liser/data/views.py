@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,24 +31,48 @@ def view_rng(seed: int, view: int, item_id: str) -> np.random.Generator:
     return np.random.default_rng([seed, view, zlib.crc32(item_id.encode())])
 
 
-def build_views(manifest, work: str | Path, k: int, seed: int = 0, noise_dir: str = "", threads: int = 2,
-                progress: bool = True, floor_p: float = 0.0) -> list:
-    """The features caches of views 1..k of a manifest (FeatureCache each; built once, then reused).
-    `floor_p`: share of views with a recorder's noise floor (augment_view); part of the caches' key."""
+@dataclass(frozen=True)
+class ViewSpec:
+    """Which views: K seeded augment_view chains of every item, the same for the student's features and a
+    teacher's soft labels (teach_views)."""
+
+    k: int  # views 1..k of each item (0 = the clean recording, not a view)
+    seed: int = 0  # with the view number and the item id, seeds each view's chain (view_rng)
+    noise_dir: str = ""  # recordings whose non-speech audio is the background noise (noise_bank); "" = pink
+    floor_p: float = 0.0  # share of views with a recorder's noise floor (aug_floor_p)
+    timing: bool = True  # False: no speed change or room tone around the speech, so a view keeps its item's
+    #   length and 0.5 s pieces (what a teacher labels per piece needs)
+
+    def tag(self, noise: np.ndarray | None) -> str:
+        """The part of a cache's or store's key that names these views (with the noise bank's digest)."""
+        return (f"-views{VIEWS_VERSION}-s{self.seed}" + (f"-n{_digest(noise)}" if noise is not None else "")
+                + (f"-f{self.floor_p:g}" if self.floor_p else "") + ("" if self.timing else "-t0"))
+
+    def noise(self, work: str | Path) -> np.ndarray | None:
+        """The noise bank of noise_dir (built once into <work>/noise), None for pink noise."""
+        return noise_bank(self.noise_dir, work) if self.noise_dir else None
+
+    def wave(self, x: np.ndarray, view: int, item_id: str, noise: np.ndarray | None) -> np.ndarray:
+        """View `view` (1..k) of an item's 16 kHz waveform x [N] -> [M] (M = N when not timing)."""
+        from liser.data.augment_audio import augment_view
+
+        return augment_view(x, view_rng(self.seed, view, item_id), noise, self.floor_p, self.timing)
+
+
+def build_views(manifest, work: str | Path, spec: ViewSpec, threads: int = 2, progress: bool = True) -> list:
+    """The features caches of views 1..spec.k of a manifest (FeatureCache each; built once, then reused)."""
     from liser.data.audio import load_audio
-    from liser.data.augment_audio import augment_view
     from liser.data.features import build_features
     from liser.data.frontend import features
 
-    noise = noise_bank(noise_dir, work) if noise_dir else None
-    tag = (f"-views{VIEWS_VERSION}-s{seed}" + (f"-n{_digest(noise)}" if noise is not None else "")
-           + (f"-f{floor_p:g}" if floor_p else ""))
+    noise = spec.noise(work)
+    tag = spec.tag(noise)
     caches = []
-    for v in range(1, k + 1):
+    for v in range(1, spec.k + 1):
         def featurize(path, item, v=v):
-            return features(augment_view(load_audio(path), view_rng(seed, v, item.id), noise, floor_p))
+            return features(spec.wave(load_audio(path), v, item.id, noise))
 
-        caches.append(build_features(manifest, work, threads, progress, featurize, f"{tag}-v{v}", f"view {v}/{k}"))
+        caches.append(build_features(manifest, work, threads, progress, featurize, f"{tag}-v{v}", f"view {v}/{spec.k}"))
     return caches
 
 
@@ -103,3 +128,15 @@ def _non_speech(path: Path) -> np.ndarray:
 
 def _digest(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:8]
+
+
+def training_views(cfg) -> ViewSpec:
+    """The views a config's labeled items train on (aug_views; liser.core.config.Config)."""
+    return ViewSpec(cfg.aug_views, cfg.seed, cfg.aug_noise_dir, cfg.aug_floor_p)
+
+
+def teaching_views(cfg) -> ViewSpec | None:
+    """The views a config's pool is taught on (teach_views): the training views' chain without the steps that
+    move speech in time, so a view's pieces are its item's; None when teach_views is 0."""
+    return ViewSpec(cfg.teach_views, cfg.seed, cfg.aug_noise_dir, cfg.aug_floor_p, timing=False) if cfg.teach_views \
+        else None

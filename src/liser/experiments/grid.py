@@ -63,11 +63,10 @@ def _train_all(cfg_dicts: list[dict], jobs: int, threads: int, progress: bool, r
 
 def build_views_once(manifest, cfgs: list[Config], progress: bool) -> None:
     """The augmented views (liser.data.views) the configs train on, built once on every core before any worker starts."""
-    from liser.data.views import build_views
+    from liser.data.views import build_views, training_views
 
-    for views, seed, noise, work, floor in sorted({(c.aug_views, c.seed, c.aug_noise_dir, c.work, c.aug_floor_p)
-                                                   for c in cfgs if c.aug_views}):
-        build_views(manifest, work, views, seed, noise, os.cpu_count() or 1, progress, floor)
+    for spec, work in sorted({(training_views(c), c.work) for c in cfgs if c.aug_views}, key=repr):
+        build_views(manifest, work, spec, os.cpu_count() or 1, progress)
 
 
 def run_folds(cfg: Config, folds: list[int] | None = None, jobs: int = 1, progress: bool = True,

@@ -66,6 +66,9 @@ class Unlabeled:
     stores: dict  # teacher name -> SoftLabelStore, for the entries the config distils from, in entry order
     maps: dict = field(default_factory=dict)  # teacher name -> its class of each student class (-1: none), for
     #   entries taught through g_sup (head: sup; class_index_map); targets are mapped and renormalised
+    views: list = field(default_factory=list)  # teach_views: [view 1..K][item] features of each view, whose
+    #   targets are the speech stores' labels on that view (a video teacher's stay the clean ones: faces
+    #   do not change with the audio); [] = clean audio only
 
 
 def load_unlabeled(cfg: Config, work: Path, progress: bool, labeled=None) -> Unlabeled | None:
@@ -75,24 +78,43 @@ def load_unlabeled(cfg: Config, work: Path, progress: bool, labeled=None) -> Unl
     corpus (folds: loco-adapt; liser.data.workspace.adapt_manifest) joins the pool, read from that cache.
     """
     from liser.data.features import build_features
+    from liser.data.views import build_views, teaching_views
     from liser.data.workspace import adapt_manifest
     from liser.teachers.store import SoftLabelStore
 
     stores = {e.name: SoftLabelStore(store_path(cfg, e)) for e in cfg.distilling()}
     if not stores:
         return None
+    spec = teaching_views(cfg)
+    if spec is not None:
+        check_store_views(cfg, stores, spec.tag(spec.noise(work)))
     adapt = adapt_manifest(cfg, cfg.fold, labeled[0]) if labeled is not None else None
     sources = [(m, build_features(m, work, threads=cfg.threads or 2, progress=progress).load_into_memory())
                for m in unlabeled_manifests(cfg)] + ([(adapt, labeled[1])] if adapt is not None else [])
-    frames, ids = [], []
+    frames, ids, views = [], [], [[] for _ in range(cfg.teach_views)]
     for m, cache in sources:
+        view_caches = [c.load_into_memory() for c in build_views(m, work, spec, cfg.threads or 2, progress)] \
+            if spec is not None else []
         for it in m.items:
             if any(it.id in st for st in stores.values()):
                 frames.append(cache.frames(it.id))
                 ids.append(it.id)
+                for v, c in enumerate(view_caches):
+                    views[v].append(c.frames(it.id))
     if not ids:
         raise LiserError(f"no unlabeled item has a soft label in {', '.join(str(st.path) for st in stores.values())}")
-    return Unlabeled(frames, ids, stores)
+    return Unlabeled(frames, ids, stores, views=views)
+
+
+def check_store_views(cfg: Config, stores: dict, key: str) -> None:
+    """LiserError, one line, when a speech teacher's store lacks the teacher's labels on the views the config
+    teaches on (teach_views): a store of format 1, fewer views, or other chains (key: ViewSpec.tag)."""
+    for e in cfg.distilling():
+        st = stores[e.name]
+        if e.kind == "speech" and (st.views < cfg.teach_views or st.views_key != key):
+            have = f"{st.views} views ({st.views_key})" if st.views else "the clean audio only"
+            raise LiserError(f"{st.path}: holds the teacher's labels on {have}; teach_views {cfg.teach_views} "
+                             f"needs them on views {key}: label it with this config (liser teacher label speech)")
 
 
 def class_index_map(teacher_classes: list[str], classes: list[str]) -> np.ndarray:
@@ -187,18 +209,21 @@ def _at(lo: int, hi: int, u: float) -> int:
 
 
 def unlabeled_batch(pool: Unlabeled, idx: np.ndarray, rng: np.random.Generator, length: int = audio.CLIP_FRAMES):
-    """Crops and their window targets: x [B, 64, length] and {teacher name: (targets [B, K_t], mask [B] bool)}."""
+    """Crops and their window targets: x [B, 64, length] and {teacher name: (targets [B, K_t], mask [B] bool)}.
+    With teach views each item is drawn clean or as one of its views (uniformly), its targets the stores'
+    labels on what was drawn."""
     import torch
 
     xs, got = [], {name: ([], []) for name in pool.stores}
     length_s = audio.CLIP_S if length == audio.CLIP_FRAMES else length * audio.HOP_S
     for i in idx:
-        x, start = random_crop(pool.frames[i], rng, length)
+        v = int(rng.integers(0, len(pool.views) + 1)) if pool.views else 0  # 0: the clean audio
+        x, start = random_crop(pool.frames[i] if v == 0 else pool.views[v - 1][i], rng, length)
         xs.append(x)
         t0 = float(audio.frames_to_seconds(start))
         for name, store in pool.stores.items():
             if pool.ids[i] in store:
-                p, n = store.window(pool.ids[i], t0, length_s)
+                p, n = store.window(pool.ids[i], t0, length_s, v if store.views else 0)
             else:
                 p, n = np.zeros(len(store.classes), np.float32), 0
             valid = n > 0
@@ -320,11 +345,10 @@ def load_data(cfg: Config, progress: bool) -> Data:
     temperatures, teacher_classes = teacher_settings(cfg, pool, classes)
     views = []
     if cfg.aug_views:
-        from liser.data.views import build_views
+        from liser.data.views import build_views, training_views
 
-        views = [v.load_into_memory() for v in build_views(manifest, cfg.work, cfg.aug_views, cfg.seed,
-                                                           cfg.aug_noise_dir, cfg.threads or 2, progress,
-                                                           cfg.aug_floor_p)]
+        views = [v.load_into_memory() for v in build_views(manifest, cfg.work, training_views(cfg), cfg.threads or 2,
+                                                           progress)]
     return Data(train_items, val_items, test_items, classes, cache, pool, temperatures, teacher_classes, views)
 
 

@@ -12,7 +12,7 @@
   classes is refused (`claim_teacher_dir`), never reused.
 - `label_speech(cfg)`: the unlabeled pool (`cfg.unlabeled`, merged) labeled
   by each fold's teacher into `cfg.speech_store` ({fold}, {teachers}, {work}
-  filled in).
+  filled in), and with `teach_views` K its K views too.
 - `extract_pool_faces(cfg)`: face tracks of every video in the pool.
 - `label_video(cfg)`: the video teacher's store `cfg.video_store`.
 
@@ -110,21 +110,25 @@ def fit_speech_teachers(cfg: Config, folds=None, overrides=(), progress: bool = 
 
 def label_speech(cfg: Config, folds=None, shard=(0, 1), overrides=(), progress: bool = True) -> list[str]:
     """Label the unlabeled pool with each fold's speech teacher; returns the store paths."""
+    from liser.data.views import teaching_views
     from liser.teachers.speech.teacher import SpeechTeacher
     from liser.teachers.speech.label import label_with_speech_teacher
 
     if not speech_store(cfg, 0):
         raise LiserError("speech_store: the config names no store to write (speech_store, or a speech entry of teachers)")
     fit_speech_teachers(cfg, folds, overrides, progress)
+    views = teaching_views(cfg)  # teach_views: the teacher labels views of every pool item too
+    key = views.tag(views.noise(cfg.work)) if views is not None else ""
     out = []
     for k in fold_indices(cfg, labeled_manifest(cfg), folds):
         pool = fold_pool(cfg, k)  # the pool, and for loco-adapt the fold's unlabeled half of its held-out corpus
         store = speech_store(cfg, k)
         teacher = SpeechTeacher.load(teacher_dir(cfg, k))
         out.append(store)
-        if store_complete(store, [it.id for it in pool.items], teacher.hash):
+        if store_complete(store, [it.id for it in pool.items], teacher.hash, views.k if views else 0, key):
             continue
-        res = label_with_speech_teacher(teacher, pool, store, shard=shard, progress=progress)
+        res = label_with_speech_teacher(teacher, pool, store, shard=shard, progress=progress, views=views,
+                                        work=cfg.work)
         print(f"{store}: {'complete' if res is not None else 'shard done; other shards pending'}", flush=True)
     return out
 

@@ -5,6 +5,8 @@ One store per (teacher, corpus). On disk, a directory:
     meta.json    teacher name, class names, teacher hash, piece length, counts
     index.csv    item id, first row, number of pieces, duration
     probs.npy    float16 [total pieces, K]   (memory-mapped on open)
+    views.npy    float16 [V, total pieces, K] the teacher on V waveform views of each item, piece for piece
+                                              (format 2 with "views" > 0 in meta.json; teach_views)
     valid.npy    bool    [total pieces]      (False = the teacher had nothing to say:
                                               e.g. no face in that piece of video)
     rejected.csv item id, reason
@@ -18,6 +20,11 @@ a changed teacher gives a new store, never a silently mixed one.
 
 Reading the pieces of a 3 s window is O(window): the index gives the row
 range of the item, and the window's pieces are a slice of it.
+
+Format 2 adds the views: `views` (V) and `views_key` (which chains:
+liser.data.views.ViewSpec.tag) in meta.json and head.json. A view keeps its
+item's length, so its pieces share the item's rows and valid mask (the
+speech is where it was). A format-1 store (no views) still reads as V = 0.
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ import numpy as np
 from liser.data.audio import CLIP_S, PIECE_S
 from liser.core.errors import LiserError
 from liser.core.atomic import atomic_path, atomic_write_text, temp_folder
+
+STORE_FORMAT = 2  # 2: meta.json may name views (views.npy); stores without "format" are format 1 (no views)
 
 
 def sha256_file(path: Path, h=None):
@@ -85,6 +94,12 @@ class SoftLabelStore:
         self.teacher_hash: str = self.meta["teacher_hash"]
         self.probs = np.load(path / "probs.npy", mmap_mode="r")
         self.valid = np.load(path / "valid.npy", mmap_mode="r")
+        self.views: int = int(self.meta.get("views", 0))  # teacher labels on this many views (0: clean only)
+        self.views_key: str = self.meta.get("views_key", "")
+        self.view_probs = np.load(path / "views.npy", mmap_mode="r") if self.views else None
+        if self.views and self.view_probs.shape != (self.views, *self.probs.shape):
+            raise LiserError(f"{path}: views.npy is {self.view_probs.shape}, meta.json names {self.views} views "
+                             f"of {self.probs.shape}")
         if self.probs.shape[1] != len(self.classes):
             raise LiserError(f"{path}: probs have {self.probs.shape[1]} classes but meta.json names {len(self.classes)}")
         self.index: dict[str, _Entry] = {}
@@ -107,18 +122,22 @@ class SoftLabelStore:
         e = self.index[item_id]
         return self.probs[e.row : e.row + e.n], self.valid[e.row : e.row + e.n]
 
-    def window(self, item_id: str, start_s: float, length_s: float = CLIP_S) -> tuple[np.ndarray, int]:
+    def window(self, item_id: str, start_s: float, length_s: float = CLIP_S, view: int = 0) -> tuple[np.ndarray, int]:
         """Mean probabilities of the valid pieces inside a window, and how many there were.
 
         Returns (probs [K] float32, n_valid). With n_valid == 0 the window has
-        no target (the caller gives it no distillation loss).
+        no target (the caller gives it no distillation loss). `view`: 0 the
+        clean recording, 1..views the teacher on that view (IndexError beyond).
         """
         e = self.index[item_id]
         a, b = window_pieces(start_s, self.piece_s, length_s)
         a, b = min(a, e.n), min(b, e.n)
         if b <= a:  # window past the end (padding): use the last piece(s)
             a, b = max(e.n - 1, 0), e.n
-        p = np.asarray(self.probs[e.row + a : e.row + b], dtype=np.float32)
+        if not 0 <= view <= self.views:
+            raise IndexError(f"{self.path}: view {view} of a store with {self.views} views")
+        src = self.probs if view == 0 else self.view_probs[view - 1]
+        p = np.asarray(src[e.row + a : e.row + b], dtype=np.float32)
         v = np.asarray(self.valid[e.row + a : e.row + b])
         if not v.any():
             return np.zeros(len(self.classes), np.float32), 0
@@ -130,23 +149,27 @@ class StoreWriter:
 
     def __init__(self, path: str | Path, teacher: str, classes: list[str], teacher_hash: str,
                  piece_s: float = PIECE_S, shard: tuple[int, int] = (0, 1), extra: dict | None = None,
-                 flush_every: int = 64):
+                 flush_every: int = 64, views: int = 0, views_key: str = ""):
         from liser.core.outputs import STORE, check_out_dir
 
         self.path = check_out_dir(path, STORE)
-        self.meta = {"teacher": teacher, "classes": list(classes), "teacher_hash": teacher_hash,
-                     "piece_s": float(piece_s), **(extra or {})}
+        self.meta = {"format": STORE_FORMAT, "teacher": teacher, "classes": list(classes),
+                     "teacher_hash": teacher_hash, "piece_s": float(piece_s), **(extra or {})}
+        self.views = int(views)
+        if self.views:
+            self.meta.update(views=self.views, views_key=views_key)
         self.shard = shard
         self.flush_every = flush_every
         (self.path / "parts").mkdir(parents=True, exist_ok=True)
         head = self.path / "head.json"  # the identity of the store, fixed at creation
-        ident = {k: self.meta[k] for k in ("teacher", "classes", "teacher_hash", "piece_s")}
+        ident = {k: self.meta[k] for k in ("teacher", "classes", "teacher_hash", "piece_s", "views", "views_key")
+                 if k in self.meta}
         if head.is_file():
             old = json.loads(head.read_text())
-            for k, v in ident.items():
-                if old.get(k) != v:
-                    raise LiserError(f"{self.path}: store was made by another teacher ({k}: {old.get(k)!r} != {v!r}); "
-                                     "use a new store directory")
+            for k in [*ident, *(k for k in old if k not in ident)]:  # a key either side lacks differs too
+                if old.get(k) != ident.get(k):
+                    raise LiserError(f"{self.path}: store was made by another teacher or on other views ({k}: "
+                                     f"{old.get(k)!r} != {ident.get(k)!r}); use a new store directory")
         else:
             atomic_write_text(head, json.dumps(ident, indent=2) + "\n")
         self.done: set[str] = set()
@@ -156,7 +179,7 @@ class StoreWriter:
         self.rejected = self._read_rejected()
         self.done.update(self.rejected)
         self._rej_file = self.path / "parts" / f"rejected-{shard[0]}of{shard[1]}.csv"
-        self._buf: list[tuple[str, np.ndarray, np.ndarray, float]] = []
+        self._buf: list[tuple[str, np.ndarray, np.ndarray, float, np.ndarray | None]] = []
 
     def _parts(self) -> list[Path]:
         """Every shard's finished parts. Only `part-*.npz`: a part being written has a hidden
@@ -173,15 +196,20 @@ class StoreWriter:
                     out[row["id"]] = row["reason"]
         return out
 
-    def add(self, item_id: str, probs: np.ndarray, valid: np.ndarray, duration: float) -> None:
+    def add(self, item_id: str, probs: np.ndarray, valid: np.ndarray, duration: float,
+            views: np.ndarray | None = None) -> None:
+        """One item's pieces: probs [P, K], valid [P], and for a store with V views their probs [V, P, K]."""
         probs = np.asarray(probs, dtype=np.float32)
         valid = np.asarray(valid, dtype=bool)
+        if self.views and (views is None or np.shape(views) != (self.views, *probs.shape)):
+            raise ValueError(f"{self.path}: {item_id} needs its {self.views} views' probs {(self.views, *probs.shape)}, "
+                             f"got {None if views is None else np.shape(views)}")
         if probs.ndim != 2 or probs.shape[1] != len(self.meta["classes"]):
             raise LiserError(f"{self.path}: teacher gave {probs.shape[-1]} classes for {item_id}, "
                              f"the store holds {len(self.meta['classes'])}")
         if valid.shape != (probs.shape[0],):
             raise ValueError(f"valid mask shape {valid.shape} != ({probs.shape[0]},)")
-        self._buf.append((item_id, probs, valid, float(duration)))
+        self._buf.append((item_id, probs, valid, float(duration), None if views is None else np.asarray(views)))
         self.done.add(item_id)
         if len(self._buf) >= self.flush_every:
             self.flush()
@@ -204,12 +232,13 @@ class StoreWriter:
         durs = np.array([b[3] for b in self._buf], dtype=np.float64)
         probs = np.concatenate([b[1] for b in self._buf]).astype(np.float16)
         valid = np.concatenate([b[2] for b in self._buf])
+        extra = {"views": np.concatenate([b[4] for b in self._buf], axis=1).astype(np.float16)} if self.views else {}
         i, n = self.shard
         k = len(list((self.path / "parts").glob(f"part-{i}of{n}-*.npz")))
         # the pid keeps two processes on the same shard from overwriting each other's part
         final = self.path / "parts" / f"part-{i}of{n}-{k:05d}-{os.getpid()}.npz"
         with atomic_path(final, suffix=".npz") as tmp:  # a dot name, never a part- one: see _parts
-            np.savez(tmp, ids=ids, lens=lens, durs=durs, probs=probs, valid=valid)
+            np.savez(tmp, ids=ids, lens=lens, durs=durs, probs=probs, valid=valid, **extra)
         self._buf.clear()
 
     def finalize(self, expected_ids: list[str] | None = None) -> SoftLabelStore:
@@ -220,15 +249,17 @@ class StoreWriter:
         """
         self.flush()
         self.rejected = self._read_rejected()
-        rows: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
+        rows: dict[str, tuple[np.ndarray, np.ndarray, float, np.ndarray | None]] = {}
         for part in self._parts():
             # each z[...] access decompresses the whole member again: read every array once, and
             # copy the slices so that no row keeps a whole part alive (a 50 h store needed > 24 GB)
             with np.load(part) as z:
                 ids, lens, durs, probs_p, valid_p = z["ids"], z["lens"], z["durs"], z["probs"], z["valid"]
+                views_p = z["views"] if self.views else None
             off = 0
             for item_id, n, d in zip(ids, lens, durs):
-                rows[str(item_id)] = (probs_p[off : off + n].copy(), valid_p[off : off + n].copy(), float(d))
+                v = None if views_p is None else views_p[:, off : off + n].copy()
+                rows[str(item_id)] = (probs_p[off : off + n].copy(), valid_p[off : off + n].copy(), float(d), v)
                 off += n
         order = list(rows)
         if expected_ids is not None:
@@ -241,17 +272,24 @@ class StoreWriter:
         total = sum(len(rows[i][0]) for i in order)
         probs = np.zeros((total, k), np.float16)
         valid = np.zeros(total, bool)
+        views = np.zeros((self.views, total, k), np.float16) if self.views else None
         index, r = [], 0
         for i in order:
-            p, v, d = rows[i]
+            p, v, d, vp = rows[i]
             probs[r : r + len(p)] = p
             valid[r : r + len(p)] = v
+            if views is not None:
+                views[:, r : r + len(p)] = vp
             index.append((i, r, len(p), d))
             r += len(p)
         tmp = temp_folder(self.path, ".final.")
         try:
             np.save(tmp / "probs.npy", probs)
             np.save(tmp / "valid.npy", valid)
+            arrays = ("probs.npy", "valid.npy", "index.csv", "rejected.csv")
+            if views is not None:
+                np.save(tmp / "views.npy", views)
+                arrays += ("views.npy",)
             with open(tmp / "index.csv", "w", newline="") as f:
                 w = csv.writer(f)
                 w.writerow(["id", "row", "n", "duration"])
@@ -266,19 +304,21 @@ class StoreWriter:
                     "rejected": len(self.rejected), "liser_version": __version__}
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
             # meta.json last: a store is readable only once all its arrays are in place
-            for name in ("probs.npy", "valid.npy", "index.csv", "rejected.csv", "meta.json"):
+            for name in (*arrays, "meta.json"):
                 os.replace(tmp / name, self.path / name)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return SoftLabelStore(self.path)
 
 
-def store_complete(path: str | Path, ids, teacher_hash: str) -> bool:
-    """True when `path` is a finalized store of this teacher covering every id (labeled or rejected)."""
+def store_complete(path: str | Path, ids, teacher_hash: str, views: int = 0, views_key: str = "") -> bool:
+    """True when `path` is a finalized store of this teacher (and these views) covering every id (labeled or
+    rejected)."""
     path = Path(path)
     if not (path / "meta.json").is_file():
         return False
-    if json.loads((path / "meta.json").read_text()).get("teacher_hash") != teacher_hash:
+    meta = json.loads((path / "meta.json").read_text())
+    if meta.get("teacher_hash") != teacher_hash or (meta.get("views", 0), meta.get("views_key", "")) != (views, views_key):
         return False
     done = set()
     for name in ("index.csv", "rejected.csv"):

@@ -21,7 +21,8 @@ from liser.core.errors import LiserError
 from liser.teachers.store import SoftLabelStore, StoreWriter
 from liser.data.vad import speech_pieces
 from liser.teachers.speech import onnx as speech_onnx
-from liser.teachers.speech.teacher import Backbone, SpeechTeacher, _cached_features_and_wave, _set_threads, piece_kind
+from liser.teachers.speech.teacher import (Backbone, SpeechTeacher, _cached_features_and_wave, _set_threads,
+                                           cached_view_features, piece_kind)
 
 
 def label_encoder(teacher: SpeechTeacher, check_waves=None) -> tuple[Backbone, str]:
@@ -88,13 +89,20 @@ def _speech_mask(path: Path, n: int, piece_s: float, wave: np.ndarray | None = N
 
 
 def label_with_speech_teacher(teacher: SpeechTeacher, manifest: Manifest, store_dir: str | Path,
-                              shard: tuple[int, int] = (0, 1), progress: bool = True) -> SoftLabelStore | None:
+                              shard: tuple[int, int] = (0, 1), progress: bool = True,
+                              views=None, work: str | Path = "work") -> SoftLabelStore | None:
     """Label every piece of every item of `manifest` (this shard's share) into a soft-label store.
 
     Resumable (items already in the store are skipped); unreadable items are
     rejected with the reason. Shard i of n takes items i, i+n, ... in manifest
     order. When every item of the manifest (all shards) is done, the store is
     finalized and returned; otherwise the parts are flushed and None returned.
+
+    `views` (liser.data.views.ViewSpec with timing False, or None): the
+    teacher labels views 1..k of every item too, piece for piece (a store of
+    format 2; teach_views, issue 24 section 1); the noise bank is built in
+    `work`. A frozen encoder's features of each view are cached like the
+    file's, so the other folds' teachers encode no view again.
     """
     from tqdm import tqdm
 
@@ -105,11 +113,15 @@ def label_with_speech_teacher(teacher: SpeechTeacher, manifest: Manifest, store_
     vad = getattr(teacher.cfg, "vad", False)  # a store made with VAD masks must not be resumed without, and back
     todo_all = [it for k, it in enumerate(manifest.items) if k % n == i]
     encoder, runtime = label_encoder(teacher, _check_waves(manifest, todo_all))
+    if views is not None and views.timing:
+        raise LiserError("teacher labels on views need views that keep the pieces in place (ViewSpec timing False)")
+    noise = views.noise(work) if views is not None else None
     args = dict(teacher=f"speech:{teacher.backbone}" + ("+silero-vad" if vad else ""), classes=teacher.classes,
                 teacher_hash=teacher.hash,
                 piece_s=teacher.piece_s, shard=(i, n),
                 extra={"backbone": teacher.backbone, "mode": teacher.mode, "corpus": manifest.corpus,
-                       "runtime": runtime})
+                       "runtime": runtime},
+                views=views.k if views is not None else 0, views_key=views.tag(noise) if views is not None else "")
     writer = StoreWriter(store_dir, **args)
     todo = [it for it in todo_all if it.id not in writer.done]
     audio_s, t0 = 0.0, time.time()
@@ -124,12 +136,14 @@ def label_with_speech_teacher(teacher: SpeechTeacher, manifest: Manifest, store_
             else:
                 wave = load_audio(manifest.abspath(it))
                 probs, seconds = teacher.predict_pieces(wave, encoder=encoder), len(wave) / SAMPLE_RATE
+            view_probs = _view_probs(teacher, encoder, manifest, it, wave, views, noise, len(probs)) \
+                if views is not None else None
         except LiserError as e:
             writer.reject(it.id, str(e))
             continue
         valid = _speech_mask(manifest.abspath(it), len(probs), teacher.piece_s, wave) if vad \
             else np.ones(len(probs), dtype=bool)
-        writer.add(it.id, probs, valid, seconds)
+        writer.add(it.id, probs, valid, seconds, view_probs)
         audio_s += seconds
         bar.set_postfix(audio_s_per_s=f"{audio_s / max(time.time() - t0, 1e-9):.1f}")
     bar.close()
@@ -140,3 +154,30 @@ def label_with_speech_teacher(teacher: SpeechTeacher, manifest: Manifest, store_
     if all(x in check.done for x in ids):
         return check.finalize(expected_ids=ids)
     return None
+
+
+def _view_probs(teacher: SpeechTeacher, encoder, manifest: Manifest, item: Item, wave, views, noise,
+                n: int) -> np.ndarray:
+    """The teacher's piece probabilities on views 1..k of an item: [k, n, K]. LiserError when a view's pieces
+    are not the item's n (a view that moved the speech: the store could not say which piece is which)."""
+    file = manifest.abspath(item)
+    clean = {}
+
+    def clean_wave():  # the file is read once, only when some view is not cached yet
+        if "x" not in clean:
+            clean["x"] = wave if wave is not None else load_audio(file)
+        return clean["x"]
+
+    out = []
+    for v in range(1, views.k + 1):
+        make = lambda v=v: views.wave(clean_wave(), v, item.id, noise)  # noqa: E731
+        if teacher.mode == "frozen":
+            feats = cached_view_features(encoder, file, make, f"{views.tag(noise)}-v{v}", piece_kind(teacher.cfg),
+                                         teacher.piece_s, teacher.cfg.cache_dir)
+            p = teacher.probs_from_features(feats)
+        else:
+            p = teacher.predict_pieces(make(), encoder=encoder)
+        if len(p) != n:
+            raise LiserError(f"{file}: view {v} has {len(p)} pieces, the recording {n}")
+        out.append(p)
+    return np.stack(out)

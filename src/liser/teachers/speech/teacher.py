@@ -759,9 +759,11 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("LISER_CACHE", Path.home() / ".cache" / "liser")) / "speech-features"
 
 
-def _cache_path(cache_dir: Path, fingerprint: str, file: Path, kind: str, piece_s: float) -> Path:
+def _cache_path(cache_dir: Path, fingerprint: str, file: Path, kind: str, piece_s: float, tag: str = "") -> Path:
+    """Where a file's features live; `tag` names a transformed copy of its audio (a view), "" the file itself."""
     content = sha256_file(file).hexdigest()
-    key = hashlib.sha256(f"{FEATURE_VERSION}|{fingerprint}|{content}|{kind}|{piece_s}".encode()).hexdigest()[:32]
+    key = hashlib.sha256(f"{FEATURE_VERSION}|{fingerprint}|{content}|{kind}|{piece_s}{'|' + tag if tag else ''}"
+                         .encode()).hexdigest()[:32]
     return cache_dir / fingerprint[:16] / key[:2] / f"{key}.{kind}.npy"
 
 
@@ -782,8 +784,6 @@ def cached_features(backbone: Backbone, manifest: Manifest, item: Item, kind: st
 def _cached_features_and_wave(backbone: Backbone, manifest: Manifest, item: Item, kind: str = "utt",
                               piece_s: float = PIECE_S, cache_dir: str | Path | None = None):
     """`cached_features`, and the decoded waveform when it had to be read (else None): (array, wave | None)."""
-    import torch
-
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     file = manifest.abspath(item)
     if not file.is_file():
@@ -797,19 +797,46 @@ def _cached_features_and_wave(backbone: Backbone, manifest: Manifest, item: Item
     if kind not in FEATURE_KINDS:
         raise ValueError(f"unknown feature kind {kind!r} (known: {', '.join(FEATURE_KINDS)})")
     wave = load_audio(file)
-    with torch.no_grad():
-        if kind == "utt":
-            arr = backbone.pooled([wave])[0].cpu().numpy().astype(np.float32)
-        elif kind == "pieces":
-            arr = backbone.pieces(wave, piece_s).cpu().numpy().astype(np.float16)
-        else:
-            pieces, utt = backbone.context_pieces(wave, piece_s)
-            arr = pieces.cpu().numpy().astype(np.float16)
-            utt_path = _cache_path(cache_dir, backbone.fingerprint, file, "utt", piece_s)
-            if len(wave) <= CHUNK_S * SAMPLE_RATE and not utt_path.is_file():
-                atomic_save_npy(utt.cpu().numpy().astype(np.float32), utt_path)
+    arr, utt = _encode(backbone, wave, kind, piece_s)
+    utt_path = _cache_path(cache_dir, backbone.fingerprint, file, "utt", piece_s)
+    if utt is not None and len(wave) <= CHUNK_S * SAMPLE_RATE and not utt_path.is_file():
+        atomic_save_npy(utt, utt_path)
     atomic_save_npy(arr, path)
     return arr, wave
+
+
+def cached_view_features(backbone: Backbone, file: Path, make_wave, tag: str, kind: str = "ctx",
+                         piece_s: float = PIECE_S, cache_dir: str | Path | None = None) -> np.ndarray:
+    """Features (as `cached_features`) of a transformed copy of a file's audio, e.g. a view (teach_views):
+    `make_wave()` gives its 16 kHz waveform, called only when the cache lacks it; `tag` names the copy in
+    the key, so every fold's teacher head reuses one encoding of each view."""
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    path = _cache_path(cache_dir, backbone.fingerprint, Path(file), kind, piece_s, tag)
+    if path.is_file():
+        try:
+            return np.load(path)
+        except Exception:
+            pass  # a damaged cache entry is recomputed
+    if kind not in FEATURE_KINDS:
+        raise ValueError(f"unknown feature kind {kind!r} (known: {', '.join(FEATURE_KINDS)})")
+    arr = _encode(backbone, make_wave(), kind, piece_s)[0]
+    atomic_save_npy(arr, path)
+    return arr
+
+
+def _encode(backbone: Backbone, wave: np.ndarray, kind: str, piece_s: float) -> tuple[np.ndarray, np.ndarray | None]:
+    """A waveform's features of one kind, and (kind "ctx") the utterance's pooled states from the same pass."""
+    import torch
+
+    with torch.no_grad():
+        if kind == "utt":
+            return backbone.pooled([wave])[0].cpu().numpy().astype(np.float32), None
+        if kind == "pieces":
+            return backbone.pieces(wave, piece_s).cpu().numpy().astype(np.float16), None
+        pieces, utt = backbone.context_pieces(wave, piece_s)
+        return pieces.cpu().numpy().astype(np.float16), utt.cpu().numpy().astype(np.float32)
+
+
 
 
 FEATURE_KINDS = ("utt", "pieces", "ctx")
