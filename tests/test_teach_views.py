@@ -7,6 +7,7 @@ item its clean audio or a view with the labels for that view.
 
 from __future__ import annotations
 
+import csv
 from dataclasses import replace
 
 import numpy as np
@@ -147,3 +148,25 @@ def test_student_distils_on_teacher_views_and_refuses_a_store_without_them(small
     with pytest.raises(LiserError, match="needs them on views"):
         tr.train(cfg.replace(name="s", speech_store=str(base / "views"), seed=1), run_dir=base / "s", progress=False)
     assert len(SoftLabelStore(base / "views").pieces(m.items[0].id)[0]) == n_pieces(m.items[0].duration)
+
+
+def test_labeled_training_items_join_the_pool_for_their_teacher_labels(small_config, small_ravdess, tmp_path):
+    """pool_labeled: the fold's training items, labels blanked, are the pool the teacher labels and the student
+    distils on (besides learning their labels); no validation or test speaker is among them."""
+    from liser.data import workspace as ws
+    from liser.student import train as tr
+
+    cfg = small_config.replace(pool_labeled=True, lambda_sd=1.0, epochs=1, batch_size=48, unlabeled_batch=12,
+                               speech_store=str(tmp_path / "store"))
+    train, val, test, _ = ws.fold_items(cfg, ws.labeled_manifest(cfg))
+    pool = ws.fold_pool(cfg, cfg.fold)
+    assert {it.id for it in pool.items} == {it.id for it in train} and all(it.label == "" for it in pool.items)
+    assert not {it.speaker for it in pool.items} & {it.speaker for it in val + test}
+    fake_store(tmp_path / "store", pool.items, small_ravdess.manifest.classes, np.random.default_rng(0))
+    data = tr.load_data(cfg, progress=False)
+    assert sorted(data.pool.ids) == sorted(it.id for it in train)
+    run = tr.train(cfg, run_dir=tmp_path / "run", progress=False)
+    with open(run / "epochs.csv", newline="") as f:
+        assert float(next(csv.DictReader(f))["sd"]) > 0  # the distillation term ran on them
+    with pytest.raises(LiserError, match="unlabeled"):
+        ws.fold_pool(cfg.replace(pool_labeled=False), cfg.fold)  # neither a pool nor labeled items: said

@@ -362,20 +362,34 @@ def adapt_manifest(cfg: Config, fold: int, manifest=None):
     return merge_manifests([Manifest(manifest.corpus, manifest.root, items)], name=f"adapt-fold{fold}")
 
 
+def labeled_pool_manifest(cfg: Config, fold: int, manifest=None):
+    """The fold's labeled training items with their labels blanked and absolute paths, as one manifest, when
+    cfg.pool_labeled; else None. They join the pool, so the fold's teacher labels them (and their views, with
+    teach_views) and the student distils on them as well as learning their labels (issue 24 section 1)."""
+    from liser.data.corpora import Manifest, merge_manifests
+
+    if not cfg.pool_labeled:
+        return None
+    manifest = labeled_manifest(cfg) if manifest is None else manifest
+    train = fold_items(cfg.replace(fold=fold, label_fraction=1.0), manifest)[0]
+    items = [type(it)(**{**it.__dict__, "label": ""}) for it in train]
+    return merge_manifests([Manifest(manifest.corpus, manifest.root, items)], name=f"labeled-fold{fold}")
+
+
 def fold_pool(cfg: Config, fold: int):
     """The unlabeled pool a fold's teacher labels and its student distils on: `unlabeled_pool(cfg)` plus, for
-    folds: loco-adapt, the fold's unlabeled half of its held-out corpus (adapt_manifest).
+    folds: loco-adapt, the fold's unlabeled half of its held-out corpus (adapt_manifest), and with pool_labeled
+    the fold's labeled training items (labeled_pool_manifest).
 
-    Raises LiserError when there is neither.
+    Raises LiserError when there is none of them.
     """
     from liser.data.corpora import merge_manifests
 
-    extra = adapt_manifest(cfg, fold)
-    if extra is None:
+    extras = [m for m in (adapt_manifest(cfg, fold), labeled_pool_manifest(cfg, fold)) if m is not None]
+    if not extras:
         return unlabeled_pool(cfg)
-    if not cfg.unlabeled:
-        return extra
-    return merge_manifests([unlabeled_pool(cfg), extra])
+    parts = ([unlabeled_pool(cfg)] if cfg.unlabeled else []) + extras
+    return merge_manifests(parts) if len(parts) > 1 else parts[0]
 
 
 # ---------------------------------------------------------------- folds

@@ -75,11 +75,12 @@ def load_unlabeled(cfg: Config, work: Path, progress: bool, labeled=None) -> Unl
     """The pool items that have a soft label in a store the config distils from; None when not distilling.
 
     `labeled`: (manifest, features cache) of the labeled corpora, whose fold's unlabeled half of its held-out
-    corpus (folds: loco-adapt; liser.data.workspace.adapt_manifest) joins the pool, read from that cache.
+    corpus (folds: loco-adapt; liser.data.workspace.adapt_manifest) and, with pool_labeled, whose fold's training
+    items (labeled_pool_manifest) join the pool, read from that cache.
     """
     from liser.data.features import build_features
     from liser.data.views import build_views, teaching_views
-    from liser.data.workspace import adapt_manifest
+    from liser.data.workspace import adapt_manifest, labeled_pool_manifest
     from liser.teachers.store import SoftLabelStore
 
     stores = {e.name: SoftLabelStore(store_path(cfg, e)) for e in cfg.distilling()}
@@ -88,9 +89,11 @@ def load_unlabeled(cfg: Config, work: Path, progress: bool, labeled=None) -> Unl
     spec = teaching_views(cfg)
     if spec is not None:
         check_store_views(cfg, stores, spec.tag(spec.noise(work)))
-    adapt = adapt_manifest(cfg, cfg.fold, labeled[0]) if labeled is not None else None
+    # the fold's half of its held-out corpus (loco-adapt) and its own training items (pool_labeled): labeled audio
+    own = [] if labeled is None else [m for m in (adapt_manifest(cfg, cfg.fold, labeled[0]),
+                                                  labeled_pool_manifest(cfg, cfg.fold, labeled[0])) if m is not None]
     sources = [(m, build_features(m, work, threads=cfg.threads or 2, progress=progress).load_into_memory())
-               for m in unlabeled_manifests(cfg)] + ([(adapt, labeled[1])] if adapt is not None else [])
+               for m in unlabeled_manifests(cfg)] + [(m, labeled[1]) for m in own]
     frames, ids, views = [], [], [[] for _ in range(cfg.teach_views)]
     for m, cache in sources:
         view_caches = [c.load_into_memory() for c in build_views(m, work, spec, cfg.threads or 2, progress)] \
