@@ -27,7 +27,8 @@ Runs are read from their run folders or, on a fresh clone, the ledgers.
 The `*-views4` rows (teach_views 4: the teacher's labels on 4 waveform views
 of each pool item as well; issue 24 section 1) are set beside the row with
 the clean audio's labels, fold for fold ("views" in the JSON), once any of
-their folds has finished.
+their folds has finished; "view_labels" says per fold how often the teacher's
+top class on a view's piece is its top class on the clean piece.
 """
 
 from __future__ import annotations
@@ -130,6 +131,27 @@ def targets(unseen: dict, adapted: dict) -> dict:
     return res
 
 
+def view_labels(cfg) -> dict | None:
+    """How the teacher's labels on the views of a teach_views store differ from its labels on the clean audio,
+    over the valid pieces: top-1 agreement and total variation distance per view; None without such a store."""
+    from liser.data.workspace import store_path
+    from liser.teachers.store import SoftLabelStore
+
+    entry = next((e for e in cfg.distilling() if e.kind == "speech"), None)
+    path = Path(store_path(cfg, entry)) if entry is not None else None
+    if path is None or not (path / "meta.json").is_file():
+        return None
+    st = SoftLabelStore(path)
+    if not st.views:
+        return None
+    valid = np.asarray(st.valid)
+    clean = np.asarray(st.probs, np.float32)[valid]
+    views = [np.asarray(st.view_probs[v], np.float32)[valid] for v in range(st.views)]
+    return {"store": str(path), "pieces": int(valid.sum()),
+            "top1_agreement": [round(float((clean.argmax(1) == q.argmax(1)).mean()), 4) for q in views],
+            "total_variation": [round(float(np.abs(clean - q).sum(1).mean() / 2), 4) for q in views]}
+
+
 def against_clean(views: dict, clean: dict) -> dict:
     """A teach_views row's corpora with the clean-label row's student beside it (same test files)."""
     out = {}
@@ -178,6 +200,11 @@ def main(argv=None) -> int:
              for row, clean in VIEW_ROWS.items() if any(r["cfg"].name.split("/")[0] == row for r in grid["runs"])}
     if any(views.values()):
         out["views"] = views
+    labels = {row: {k: view_labels(r["cfg"]) for k, r in ((r["cfg"].fold, r) for r in grid["runs"])
+                    if r["cfg"].name.split("/")[0] == row} for row in VIEW_ROWS}
+    labels = {row: {k: v for k, v in folds.items() if v} for row, folds in labels.items()}
+    if any(labels.values()):
+        out["view_labels"] = labels  # the teacher on the views against the teacher on the clean audio
     print(table("unseen domain (every file of the held-out corpus)", res["unseen-dstl"]))
     print(table("adapted (the held-out corpus's test half; the other half's audio was in the pool)", res["adapted-dstl"]))
     for row, rows in out.get("views", {}).items():

@@ -62,3 +62,23 @@ def test_targets_follow_the_issue():
     assert not bench.targets(unseen, adapted)["adapted_half_way_to_teacher"]
     unseen["a"] = row(0.30, 0.42)
     assert not bench.targets(unseen, adapted)["unseen_every_ge_0.35"]
+
+
+def test_view_labels_compare_the_teacher_on_views_with_the_clean_audio(tmp_path):
+    """A store whose first view repeats the clean labels agrees on every piece; a view of other labels does
+    not; a store without views (or none at all) gives no figure."""
+    import numpy as np
+
+    from liser.core.config import Config
+    from liser.teachers.store import StoreWriter
+
+    clean = np.tile([0.7, 0.2, 0.1], (6, 1))
+    other = np.tile([0.1, 0.2, 0.7], (6, 1))
+    w = StoreWriter(tmp_path / "s", "t", ["a", "b", "c"], "h", views=2, views_key="k")
+    w.add("x", clean, np.ones(6, bool), 3.0, np.stack([clean, other]))
+    w.finalize(["x"])
+    cfg = Config(speech_store=str(tmp_path / "s"), lambda_sd=1.0, unlabeled=("u:x",), teach_views=2)
+    got = bench.view_labels(cfg)
+    assert got["pieces"] == 6 and got["top1_agreement"] == [1.0, 0.0]
+    assert got["total_variation"] == [0.0, pytest.approx(0.6, abs=1e-3)]
+    assert bench.view_labels(cfg.replace(speech_store=str(tmp_path / "none"))) is None
