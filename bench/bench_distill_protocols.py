@@ -207,7 +207,7 @@ def main(argv=None) -> int:
         out["view_labels"] = labels  # the teacher on the views against the teacher on the clean audio
     print(table("unseen domain (every file of the held-out corpus)", res["unseen-dstl"]))
     print(table("adapted (the held-out corpus's test half; the other half's audio was in the pool)", res["adapted-dstl"]))
-    for row, rows in out.get("views", {}).items():
+    for row, rows in ((r, v) for r, v in out.get("views", {}).items() if v):
         print(f"{row} against {VIEW_ROWS[row]}: " + ", ".join(
             f"{c} {r['student']:.3f} vs {r['clean_labels']:.3f} ({r['gain_over_clean_points']:+.1f})" for c, r in rows.items()))
     print("targets:", json.dumps(out["targets"]))
