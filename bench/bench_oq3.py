@@ -113,8 +113,8 @@ def g_vd_learned(runs: dict) -> dict | None:
             "mean_softmax": np.mean([m["video_head_by_class"] for m in ms], axis=0).round(4).tolist()}
 
 
-def shared_gradient(model, loss) -> "torch.Tensor":
-    """The loss's gradient over the layers every head shares (all but the g_* heads), flattened."""
+def shared_gradient(model, loss):
+    """The loss's gradient over the layers every head shares (all but the g_* heads), flattened: a 1-D tensor."""
     import torch
 
     params = [p for n, p in model.named_parameters() if not n.startswith("g_")]

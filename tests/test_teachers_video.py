@@ -16,6 +16,7 @@ cv2 = pytest.importorskip("cv2")
 from liser.data.corpora.base import Item, Manifest  # noqa: E402
 from liser.core.errors import LiserError  # noqa: E402
 from liser.teachers.store import SoftLabelStore, n_pieces  # noqa: E402
+from liser.teachers.video.keras_layers import tf_same_padding  # noqa: E402
 from liser.teachers.video.teacher import (  # noqa: E402
     FER2013_CLASSES,
     FER_FILES,
@@ -24,14 +25,12 @@ from liser.teachers.video.teacher import (  # noqa: E402
     Preprocess,
     S2DTeacher,
     VideoTeacher,
-    _build_keras_modules,
     fer_teacher,
     label_track,
     label_with_video_teacher,
     load_keras_h5,
     load_video_teacher,
     safe_id,
-    tf_same_padding,
 )
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -198,11 +197,11 @@ def test_folded_batchnorm_gives_the_same_numbers():
 @pytest.mark.parametrize("n", [7, 8])
 def test_stride2_same_conv_matches_tf_definition(n):
     """A 3x3 stride-2 'same' Conv2D: the extra padding row/column goes at the bottom/right."""
-    K = _build_keras_modules()
+    from liser.teachers.video import keras_layers as K
     rng = np.random.default_rng(n)
     kernel = rng.normal(size=(3, 3, 2, 4)).astype(np.float32)
     bias = rng.normal(size=4).astype(np.float32)
-    conv = K["KConv"]({"strides": [2, 2], "padding": "same", "activation": "linear"}, kernel, bias, "test")
+    conv = K.KConv({"strides": [2, 2], "padding": "same", "activation": "linear"}, kernel, bias, "test")
     x = rng.normal(size=(n, n, 2))
     ref = np_conv_valid(np_pad_same(x, 3, 3, (2, 2)), kernel.astype(np.float64), (2, 2)) + bias
     with torch.inference_mode():
@@ -213,11 +212,11 @@ def test_stride2_same_conv_matches_tf_definition(n):
 
 def test_separable_depth_multiplier_order():
     """Depthwise output channel c*mult + m is input channel c times depthwise[:, :, c, m] (Keras/TF order)."""
-    K = _build_keras_modules()
+    from liser.teachers.video import keras_layers as K
     rng = np.random.default_rng(3)
     dk = rng.normal(size=(3, 3, 2, 2)).astype(np.float32)
     pk = rng.normal(size=(1, 1, 4, 3)).astype(np.float32)
-    sep = K["KSeparable"]({"strides": [1, 1], "padding": "valid", "activation": "linear"}, dk, pk, None, "test")
+    sep = K.KSeparable({"strides": [1, 1], "padding": "valid", "activation": "linear"}, dk, pk, None, "test")
     x = rng.normal(size=(6, 6, 2))
     mid = np.concatenate([np_conv_valid(x[:, :, c : c + 1], dk[:, :, c : c + 1, m : m + 1].astype(np.float64))
                           for c in range(2) for m in range(2)], axis=2)
