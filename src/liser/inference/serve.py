@@ -577,19 +577,24 @@ def make_app(model, hop_s: float = HOP_S, max_upload_mb: float | None = None, li
     closing. `limits` bounds each client (`max_upload_mb`, when given,
     overrides its field).
     """
-    import anyio
-    from fastapi import FastAPI, Request, WebSocket
-    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
-    from starlette.concurrency import run_in_threadpool
-    from starlette.requests import ClientDisconnect
+    from fastapi import FastAPI
 
     limits = limits.replace(max_upload_mb=max_upload_mb)
     limits.check()
+    app = FastAPI(title="liser serve", docs_url=None, redoc_url=None, openapi_url=None)
+    _page_routes(app, model, hop_s, limits, ort_web)
+    _work_routes(app, model, hop_s, limits)
+    return SiteGuard(app, limits)
+
+
+def _page_routes(app, model, hop_s: float, limits: ServeLimits, ort_web: Path | None) -> None:
+    """GET /, /device.js, /api/info, and the on-device mode's /api/device/model.onnx and /ort/NAME (make_app)."""
+    import anyio
+    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+    from starlette.concurrency import run_in_threadpool
+
     page = resources.files("liser.inference").joinpath("static/serve.html").read_text(encoding="utf-8")
     device_js = resources.files("liser.inference").joinpath("static/device.js").read_text(encoding="utf-8")
-    app = FastAPI(title="liser serve", docs_url=None, redoc_url=None, openapi_url=None)
-    jobs = anyio.CapacityLimiter(limits.max_jobs)
-    live_sessions = set()  # the open WebSockets (max_websockets)
 
     @app.get("/", response_class=HTMLResponse)
     async def index():
@@ -626,6 +631,18 @@ def make_app(model, hop_s: float = HOP_S, max_upload_mb: float | None = None, li
             return JSONResponse({"error": f"/ort/{name[:80]}: not found"}, status_code=404)
         kind = "application/wasm" if name.endswith(".wasm") else "text/javascript"
         return FileResponse(ort_web / name, media_type=kind)
+
+
+def _work_routes(app, model, hop_s: float, limits: ServeLimits) -> None:
+    """POST /api/predict and the WebSocket /api/live (make_app), each client within `limits`."""
+    import anyio
+    from fastapi import Request, WebSocket
+    from fastapi.responses import JSONResponse
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import ClientDisconnect
+
+    jobs = anyio.CapacityLimiter(limits.max_jobs)
+    live_sessions = set()  # the open WebSockets (max_websockets)
 
     @app.post("/api/predict")
     async def upload(request: Request, name: str | None = None):
@@ -666,8 +683,6 @@ def make_app(model, hop_s: float = HOP_S, max_upload_mb: float | None = None, li
             await _live_session(ws, model, hop_s, run_in_threadpool, limits)
         finally:
             live_sessions.discard(ws)
-
-    return SiteGuard(app, limits)
 
 
 async def _live_session(ws, model, hop_s: float, run_in_threadpool, limits: ServeLimits = ServeLimits()) -> None:
