@@ -28,6 +28,10 @@ def test_unknown_keys_name_the_key_and_the_source(tmp_path):
         load_grid(p)
     with pytest.raises(LiserError, match="unknown config key 'nope'"):
         Config.load(None, ["nope=1"])
+    with pytest.raises(LiserError, match="did you mean 'teach_views'"):
+        Config.load(None, ["teach_view=4"])
+    with pytest.raises(LiserError, match="grid file's key"):
+        Config.load(None, ["base=no-dstl.yaml"])
 
 
 def test_set_several_pairs_in_one_flag_and_repeated():

@@ -145,8 +145,13 @@ def test_student_distils_on_teacher_views_and_refuses_a_store_without_them(small
     assert (run / "best.pt").is_file()
     with pytest.raises(LiserError, match="clean audio only"):
         tr.train(cfg.replace(name="c", speech_store=str(base / "clean")), run_dir=base / "c", progress=False)
-    with pytest.raises(LiserError, match="needs them on views"):
+    with pytest.raises(LiserError, match="views made another way"):
         tr.train(cfg.replace(name="s", speech_store=str(base / "views"), seed=1), run_dir=base / "s", progress=False)
+    with pytest.raises(LiserError, match="2 views, teach_views 3 needs 3"):
+        tr.train(cfg.replace(name="k", speech_store=str(base / "views"), teach_views=3), run_dir=base / "k",
+                 progress=False)
+    with pytest.raises(LiserError, match="liser teacher label speech CONFIG"):
+        tr.train(cfg.replace(name="m", speech_store=str(base / "missing")), run_dir=base / "m", progress=False)
     assert len(SoftLabelStore(base / "views").pieces(m.items[0].id)[0]) == n_pieces(m.items[0].duration)
 
 

@@ -265,7 +265,8 @@ def _with_config(sp, required: bool = False) -> None:
     else:
         sp.add_argument("config", nargs="?", help="YAML config (configs/*.yaml); omitted = defaults")
     sp.add_argument("--set", action="extend", nargs="+", metavar="KEY=VALUE",
-                    help="override config keys: --set a=1 b=2, or --set a=1 --set b=2")
+                    help="override config keys: --set a=1 b=2, or --set a=1 --set b=2 (every key, with a comment: "
+                         "src/liser/core/config.py; docs/guide.md)")
 
 
 def _with_ray(sp, what: str) -> None:

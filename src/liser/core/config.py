@@ -286,9 +286,19 @@ def from_dict(cls, d: dict, source: str = "config"):
     kw = {}
     for k, v in d.items():
         if k not in known:
-            raise LiserError(f"{source}: unknown {_schema_name(cls)} key {k!r}")
+            raise LiserError(f"{source}: unknown {_schema_name(cls)} key {k!r}{_key_hint(k, known)}")
         kw[k] = _coerce(known[k], v, source)
     return cls(**kw)
+
+
+def _key_hint(key: str, known) -> str:
+    """What an unknown key was probably meant to be: the closest known key, or where `base` belongs."""
+    import difflib
+
+    if key == "base":
+        return " (base: is a grid file's key, configs/grid-*.yaml; a run config lists all its keys)"
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def load_dataclass(cls, path: str | Path | None = None, overrides=(), extra: dict | None = None,

@@ -81,9 +81,8 @@ def load_unlabeled(cfg: Config, work: Path, progress: bool, labeled=None) -> Unl
     from liser.data.features import build_features
     from liser.data.views import build_views, teaching_views
     from liser.data.workspace import adapt_manifest, labeled_pool_manifest
-    from liser.teachers.store import SoftLabelStore
 
-    stores = {e.name: SoftLabelStore(store_path(cfg, e)) for e in cfg.distilling()}
+    stores = {e.name: open_store(e, store_path(cfg, e)) for e in cfg.distilling()}
     if not stores:
         return None
     spec = teaching_views(cfg)
@@ -109,15 +108,30 @@ def load_unlabeled(cfg: Config, work: Path, progress: bool, labeled=None) -> Unl
     return Unlabeled(frames, ids, stores, views=views)
 
 
+def open_store(entry, path: str):
+    """A teacher entry's finished store; LiserError naming the command that makes it when there is none."""
+    from liser.teachers.store import SoftLabelStore
+
+    if not (Path(path) / "meta.json").is_file():
+        raise LiserError(f"{path}: no finished soft-label store of teacher {entry.name!r} yet; make it with "
+                         f"liser teacher label {entry.kind} CONFIG")
+    return SoftLabelStore(path)
+
+
 def check_store_views(cfg: Config, stores: dict, key: str) -> None:
     """LiserError, one line, when a speech teacher's store lacks the teacher's labels on the views the config
     teaches on (teach_views): a store of format 1, fewer views, or other chains (key: ViewSpec.tag)."""
     for e in cfg.distilling():
         st = stores[e.name]
-        if e.kind == "speech" and (st.views < cfg.teach_views or st.views_key != key):
-            have = f"{st.views} views ({st.views_key})" if st.views else "the clean audio only"
-            raise LiserError(f"{st.path}: holds the teacher's labels on {have}; teach_views {cfg.teach_views} "
-                             f"needs them on views {key}: label it with this config (liser teacher label speech)")
+        if e.kind != "speech" or (st.views >= cfg.teach_views and st.views_key == key):
+            continue
+        if not st.views:
+            why = "the teacher's labels on the clean audio only"
+        elif st.views < cfg.teach_views:
+            why = f"the teacher's labels on {st.views} views, teach_views {cfg.teach_views} needs {cfg.teach_views}"
+        else:
+            why = f"views made another way ({st.views_key}; this config's: {key}, from seed, aug_noise_dir, aug_floor_p)"
+        raise LiserError(f"{st.path}: holds {why}; label it with this config (liser teacher label speech CONFIG)")
 
 
 def class_index_map(teacher_classes: list[str], classes: list[str]) -> np.ndarray:
