@@ -154,6 +154,18 @@ def test_pooled_fold_tests_speakers_of_every_corpus(five):
     assert set(loco[0].val) <= set(f.val)
 
 
+def test_split_seed_keeps_the_test_speakers_when_the_run_seed_changes(five):
+    """split_seed: the pooled split is drawn with it, not with the run's seed (None: the seed, as before)."""
+    from liser.data.workspace import resolve_folds, split_seed
+
+    cfg, m = five
+    pooled = cfg.replace(folds="pooled")
+    assert resolve_folds(pooled.replace(seed=1, split_seed=0), m) == resolve_folds(pooled, m)
+    assert split_seed(pooled.replace(seed=3)) == 3 and split_seed(pooled.replace(seed=3, split_seed=0)) == 0
+    speakers = {f"{c}/s{i}": c for c in ("a", "b") for i in range(40)}  # enough speakers for draws to differ
+    assert corpus_folds(speakers, ["a", "b"], "pooled", seed=0) != corpus_folds(speakers, ["a", "b"], "pooled", seed=1)
+
+
 def test_corpus_folds_errors():
     with pytest.raises(LiserError, match="folds 'lopo'"):
         corpus_folds({"a/1": "a"}, ["a"], "lopo")

@@ -60,6 +60,8 @@ class Config:
     label_fraction: float = 1.0  # fraction of the labeled training files used (stratified by class; Fig. 2)
     # ---- optimisation (SPEC "Protocol") ----
     seed: int = 0  # seeds python, numpy and torch; same seed, machine and thread count = the same run
+    split_seed: int | None = None  # seeds the speaker split where liser draws one (folds pooled, loco-adapt, or
+    #   generated folds); None = `seed`, so a run's seed can change without changing its test speakers
     epochs: int = 50  # at most this many epochs; the best validation-UAR epoch is kept
     batch_size: int = 25  # labeled items per mini-batch
     lr: float = 1e-4  # AdamW learning rate

@@ -395,7 +395,7 @@ def fold_pool(cfg: Config, fold: int):
 # ---------------------------------------------------------------- folds
 def resolve_folds(cfg: Config, manifest):
     """The one fold resolver: the fold file named by cfg.folds (a shipped name or a path), else the
-    corpus's shipped file, else folds generated from the manifest's speakers with cfg.seed.
+    corpus's shipped file, else folds generated from the manifest's speakers with split_seed(cfg).
 
     A fold file the config names explicitly must exist (a typo such as
     `folds: ravdes` is an error, never a silent fallback to generated folds).
@@ -405,7 +405,7 @@ def resolve_folds(cfg: Config, manifest):
 
     if cfg.labeled and cfg.folds in POOLED_SCHEMES + ("",):  # several corpora: folds by corpus (default loco)
         speakers = {it.speaker: it.corpus for it in manifest.items}
-        return corpus_folds(speakers, labeled_corpora(cfg), cfg.folds or "loco", seed=cfg.seed)
+        return corpus_folds(speakers, labeled_corpora(cfg), cfg.folds or "loco", seed=split_seed(cfg))
     if cfg.folds in POOLED_SCHEMES:
         raise LiserError(f"folds {cfg.folds!r} splits several corpora by corpus: it needs `labeled` (corpus:root, ...)")
     name = cfg.folds or manifest.corpus
@@ -414,9 +414,14 @@ def resolve_folds(cfg: Config, manifest):
     except LiserError:
         if cfg.folds:
             raise
-        folds = folds_for_manifest(manifest, seed=cfg.seed)
+        folds = folds_for_manifest(manifest, seed=split_seed(cfg))
     check_folds(folds, manifest, source=name)
     return folds
+
+
+def split_seed(cfg: Config) -> int:
+    """The seed of the speaker split liser draws: cfg.split_seed, or cfg.seed when that is None."""
+    return cfg.seed if cfg.split_seed is None else cfg.split_seed
 
 
 def fold_indices(cfg: Config, manifest, folds=None) -> list[int]:
