@@ -241,15 +241,9 @@ class StoreWriter:
             np.savez(tmp, ids=ids, lens=lens, durs=durs, probs=probs, valid=valid, **extra)
         self._buf.clear()
 
-    def finalize(self, expected_ids: list[str] | None = None) -> SoftLabelStore:
-        """Merge every part (all shards) into probs.npy / valid.npy / index.csv.
-
-        With `expected_ids`, refuses to finalize while some are neither labeled
-        nor rejected (e.g. another shard still running), and orders rows by it.
-        """
-        self.flush()
-        self.rejected = self._read_rejected()
-        rows: dict[str, tuple[np.ndarray, np.ndarray, float, np.ndarray | None]] = {}
+    def _read_rows(self) -> dict[str, tuple[np.ndarray, np.ndarray, float, np.ndarray | None]]:
+        """{item id: (probs [P, K], valid [P], duration, view probs [V, P, K] or None)} of every shard's parts."""
+        rows = {}
         for part in self._parts():
             # each z[...] access decompresses the whole member again: read every array once, and
             # copy the slices so that no row keeps a whole part alive (a 50 h store needed > 24 GB)
@@ -261,6 +255,17 @@ class StoreWriter:
                 v = None if views_p is None else views_p[:, off : off + n].copy()
                 rows[str(item_id)] = (probs_p[off : off + n].copy(), valid_p[off : off + n].copy(), float(d), v)
                 off += n
+        return rows
+
+    def finalize(self, expected_ids: list[str] | None = None) -> SoftLabelStore:
+        """Merge every part (all shards) into probs.npy / valid.npy / index.csv.
+
+        With `expected_ids`, refuses to finalize while some are neither labeled
+        nor rejected (e.g. another shard still running), and orders rows by it.
+        """
+        self.flush()
+        self.rejected = self._read_rejected()
+        rows = self._read_rows()
         order = list(rows)
         if expected_ids is not None:
             missing = [i for i in expected_ids if i not in rows and i not in self.rejected]

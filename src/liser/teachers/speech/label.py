@@ -112,16 +112,11 @@ def label_with_speech_teacher(teacher: SpeechTeacher, manifest: Manifest, store_
     _set_threads(teacher.cfg)
     vad = getattr(teacher.cfg, "vad", False)  # a store made with VAD masks must not be resumed without, and back
     todo_all = [it for k, it in enumerate(manifest.items) if k % n == i]
-    encoder, runtime = label_encoder(teacher, _check_waves(manifest, todo_all))
     if views is not None and views.timing:
         raise LiserError("teacher labels on views need views that keep the pieces in place (ViewSpec timing False)")
+    encoder, runtime = label_encoder(teacher, _check_waves(manifest, todo_all))
     noise = views.noise(work) if views is not None else None
-    args = dict(teacher=f"speech:{teacher.backbone}" + ("+silero-vad" if vad else ""), classes=teacher.classes,
-                teacher_hash=teacher.hash,
-                piece_s=teacher.piece_s, shard=(i, n),
-                extra={"backbone": teacher.backbone, "mode": teacher.mode, "corpus": manifest.corpus,
-                       "runtime": runtime},
-                views=views.k if views is not None else 0, views_key=views.tag(noise) if views is not None else "")
+    args = _store_args(teacher, manifest, (i, n), runtime, vad, views, noise)
     writer = StoreWriter(store_dir, **args)
     todo = [it for it in todo_all if it.id not in writer.done]
     audio_s, t0 = 0.0, time.time()
@@ -154,6 +149,15 @@ def label_with_speech_teacher(teacher: SpeechTeacher, manifest: Manifest, store_
     if all(x in check.done for x in ids):
         return check.finalize(expected_ids=ids)
     return None
+
+
+def _store_args(teacher: SpeechTeacher, manifest: Manifest, shard, runtime: str, vad: bool, views, noise) -> dict:
+    """StoreWriter's arguments: the store's identity (teacher, classes, hash, pieces, views) and what it records."""
+    return dict(teacher=f"speech:{teacher.backbone}" + ("+silero-vad" if vad else ""), classes=teacher.classes,
+                teacher_hash=teacher.hash, piece_s=teacher.piece_s, shard=shard,
+                extra={"backbone": teacher.backbone, "mode": teacher.mode, "corpus": manifest.corpus,
+                       "runtime": runtime},
+                views=views.k if views is not None else 0, views_key=views.tag(noise) if views is not None else "")
 
 
 def _view_probs(teacher: SpeechTeacher, encoder, manifest: Manifest, item: Item, wave, views, noise,
