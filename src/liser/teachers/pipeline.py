@@ -118,7 +118,8 @@ def label_speech(cfg: Config, folds=None, shard=(0, 1), overrides=(), progress: 
         raise LiserError("speech_store: the config names no store to write (speech_store, or a speech entry of teachers)")
     fit_speech_teachers(cfg, folds, overrides, progress)
     views = teaching_views(cfg)  # teach_views: the teacher labels views of every pool item too
-    key = views.tag(views.noise(cfg.work)) if views is not None else ""
+    noise = views.noise(cfg.work) if views is not None else None  # the background noise bank, loaded once
+    key = views.tag(noise) if views is not None else ""
     out = []
     for k in fold_indices(cfg, labeled_manifest(cfg), folds):
         pool = fold_pool(cfg, k)  # the pool, and for loco-adapt the fold's unlabeled half of its held-out corpus
@@ -128,7 +129,7 @@ def label_speech(cfg: Config, folds=None, shard=(0, 1), overrides=(), progress: 
         if store_complete(store, [it.id for it in pool.items], teacher.hash, views.k if views else 0, key):
             continue
         res = label_with_speech_teacher(teacher, pool, store, shard=shard, progress=progress, views=views,
-                                        work=cfg.work)
+                                        noise=noise)
         print(f"{store}: {'complete' if res is not None else 'shard done; other shards pending'}", flush=True)
     return out
 

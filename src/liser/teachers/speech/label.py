@@ -90,7 +90,7 @@ def _speech_mask(path: Path, n: int, piece_s: float, wave: np.ndarray | None = N
 
 def label_with_speech_teacher(teacher: SpeechTeacher, manifest: Manifest, store_dir: str | Path,
                               shard: tuple[int, int] = (0, 1), progress: bool = True,
-                              views=None, work: str | Path = "work") -> SoftLabelStore | None:
+                              views=None, noise: np.ndarray | None = None) -> SoftLabelStore | None:
     """Label every piece of every item of `manifest` (this shard's share) into a soft-label store.
 
     Resumable (items already in the store are skipped); unreadable items are
@@ -100,9 +100,10 @@ def label_with_speech_teacher(teacher: SpeechTeacher, manifest: Manifest, store_
 
     `views` (liser.data.views.ViewSpec with timing False, or None): the
     teacher labels views 1..k of every item too, piece for piece (a store of
-    format 2; teach_views, issue 24 section 1); the noise bank is built in
-    `work`. A frozen encoder's features of each view are cached like the
-    file's, so the other folds' teachers encode no view again.
+    format 2; teach_views, issue 24 section 1), with `noise` as their
+    background (views.noise(work), loaded once by the caller; None = pink).
+    A frozen encoder's features of each view are cached like the file's, so
+    the other folds' teachers encode no view again.
     """
     from tqdm import tqdm
 
@@ -115,8 +116,8 @@ def label_with_speech_teacher(teacher: SpeechTeacher, manifest: Manifest, store_
     if views is not None and views.timing:
         raise LiserError("teacher labels on views need views that keep the pieces in place (ViewSpec timing False)")
     encoder, runtime = label_encoder(teacher, _check_waves(manifest, todo_all))
-    noise = views.noise(work) if views is not None else None
-    args = _store_args(teacher, manifest, (i, n), runtime, vad, views, noise)
+    key = views.tag(noise) if views is not None else ""  # digests the noise bank: once, not per item
+    args = _store_args(teacher, manifest, (i, n), runtime, vad, views, key)
     writer = StoreWriter(store_dir, **args)
     todo = [it for it in todo_all if it.id not in writer.done]
     audio_s, t0 = 0.0, time.time()
@@ -131,7 +132,7 @@ def label_with_speech_teacher(teacher: SpeechTeacher, manifest: Manifest, store_
             else:
                 wave = load_audio(manifest.abspath(it))
                 probs, seconds = teacher.predict_pieces(wave, encoder=encoder), len(wave) / SAMPLE_RATE
-            view_probs = _view_probs(teacher, encoder, manifest, it, wave, views, noise, len(probs)) \
+            view_probs = _view_probs(teacher, encoder, manifest, it, wave, views, noise, key, len(probs)) \
                 if views is not None else None
         except LiserError as e:
             writer.reject(it.id, str(e))
@@ -151,19 +152,20 @@ def label_with_speech_teacher(teacher: SpeechTeacher, manifest: Manifest, store_
     return None
 
 
-def _store_args(teacher: SpeechTeacher, manifest: Manifest, shard, runtime: str, vad: bool, views, noise) -> dict:
+def _store_args(teacher: SpeechTeacher, manifest: Manifest, shard, runtime: str, vad: bool, views, key: str) -> dict:
     """StoreWriter's arguments: the store's identity (teacher, classes, hash, pieces, views) and what it records."""
     return dict(teacher=f"speech:{teacher.backbone}" + ("+silero-vad" if vad else ""), classes=teacher.classes,
                 teacher_hash=teacher.hash, piece_s=teacher.piece_s, shard=shard,
                 extra={"backbone": teacher.backbone, "mode": teacher.mode, "corpus": manifest.corpus,
                        "runtime": runtime},
-                views=views.k if views is not None else 0, views_key=views.tag(noise) if views is not None else "")
+                views=views.k if views is not None else 0, views_key=key)
 
 
-def _view_probs(teacher: SpeechTeacher, encoder, manifest: Manifest, item: Item, wave, views, noise,
+def _view_probs(teacher: SpeechTeacher, encoder, manifest: Manifest, item: Item, wave, views, noise, key: str,
                 n: int) -> np.ndarray:
-    """The teacher's piece probabilities on views 1..k of an item: [k, n, K]. LiserError when a view's pieces
-    are not the item's n (a view that moved the speech: the store could not say which piece is which)."""
+    """The teacher's piece probabilities on views 1..k of an item: [k, n, K] (`key`: views.tag(noise), the views'
+    part of the feature cache's key). LiserError when a view's pieces are not the item's n (a view that moved
+    the speech: the store could not say which piece is which)."""
     file = manifest.abspath(item)
     clean = {}
 
@@ -176,7 +178,7 @@ def _view_probs(teacher: SpeechTeacher, encoder, manifest: Manifest, item: Item,
     for v in range(1, views.k + 1):
         make = lambda v=v: views.wave(clean_wave(), v, item.id, noise)  # noqa: E731
         if teacher.mode == "frozen":
-            feats = cached_view_features(encoder, file, make, f"{views.tag(noise)}-v{v}", piece_kind(teacher.cfg),
+            feats = cached_view_features(encoder, file, make, f"{key}-v{v}", piece_kind(teacher.cfg),
                                          teacher.piece_s, teacher.cfg.cache_dir)
             p = teacher.probs_from_features(feats)
         else:
