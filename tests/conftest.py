@@ -143,6 +143,26 @@ CORPORA = ("ravdess", "cremad", "emodb", "tess", "urdu")
 DEFAULT_CLASSES = ["neutral", "happy", "sad", "angry", "fearful", "disgust"]
 
 
+def tess_pool(base: Path, work, folders=("OAF_angry", "YAF_happy"), per_folder: int = 3):
+    """An unlabeled pool of real TESS files (`per_folder` from each of `folders`, linked under `base`/tess), its
+    labels blanked, its features built in `work`; (manifest, saved manifest dir). Skips without the data."""
+    from dataclasses import replace
+
+    from liser.data.corpora import prepare
+    from liser.data.features import build_features
+
+    src = real_root("tess")
+    for folder in folders:
+        (base / "tess" / folder).mkdir(parents=True)
+        for f in sorted((src / folder).glob("*.opus"))[:per_folder]:
+            (base / "tess" / folder / f.name).symlink_to(f)
+    m = prepare("tess", base / "tess", progress=False)
+    m.items = [replace(it, label="") for it in m.items]  # unlabeled: labels are ignored
+    manifest_dir = m.save(base / "manifest")
+    build_features(m, work, threads=1, progress=False)
+    return m, manifest_dir
+
+
 def fake_store(path, items, classes, rng, flush_every: int = 64, views: int = 0, views_key: str = "") -> Path:
     """A finished soft-label store at `path`: random (Dirichlet) probabilities for every 0.5 s piece of `items`,
     all valid, from a teacher named fake-speech (hash fakehash); with `views`, on that many views too."""

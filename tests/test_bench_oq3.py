@@ -2,7 +2,6 @@
 
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import bench_oq3 as bench  # noqa: E402
 
-from conftest import fake_store, real_root  # noqa: E402
+from conftest import fake_store, tess_pool  # noqa: E402
 from liser.core.errors import LiserError  # noqa: E402
 
 FER = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
@@ -44,20 +43,12 @@ def test_tables_pair_the_rows_fold_by_fold(tmp_path):
 @pytest.fixture(scope="module")
 def video_run(small_config, small_ravdess, tmp_path_factory):
     """A student trained one epoch with a 7-class video-like teacher (random soft labels) on 6 real TESS files."""
-    from liser.data.corpora import prepare
-    from liser.data.features import build_features
     from liser.student import train as tr
 
-    src, base = real_root("tess"), tmp_path_factory.mktemp("oq3")
-    for folder in ("OAF_angry", "YAF_happy"):
-        (base / "tess" / folder).mkdir(parents=True)
-        for f in sorted((src / folder).glob("*.opus"))[:3]:
-            (base / "tess" / folder / f.name).symlink_to(f)
-    m = prepare("tess", base / "tess", progress=False)
-    m.items = [replace(it, label="") for it in m.items]
-    build_features(m, small_ravdess.work, threads=1, progress=False)
+    base = tmp_path_factory.mktemp("oq3")
+    m, manifest_dir = tess_pool(base, small_ravdess.work)
     fake_store(base / "store", m.items, FER, np.random.default_rng(0))
-    cfg = small_config.replace(unlabeled=(str(m.save(base / "manifest")),), batch_size=48, unlabeled_batch=12,
+    cfg = small_config.replace(unlabeled=(str(manifest_dir),), batch_size=48, unlabeled_batch=12,
                                epochs=1, teachers=({"name": "vd", "kind": "video", "store": str(base / "store"),
                                                     "weight": 1.0},))
     return cfg, tr.train(cfg, run_dir=base / "run", progress=False)

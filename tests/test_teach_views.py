@@ -13,7 +13,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from conftest import fake_store, ravdess_sample, real_root
+from conftest import fake_store, ravdess_sample, tess_pool
 from liser.core.errors import LiserError
 from liser.data.views import ViewSpec, teaching_views
 from liser.teachers.store import SoftLabelStore, StoreWriter, n_pieces, store_complete
@@ -79,7 +79,7 @@ def test_teacher_labels_each_view_as_it_would_the_waveform(frozen_teacher, tmp_p
     teacher, m, base = frozen_teacher
     pool = replace(m, items=[replace(it, label="") for it in m.items[:3]])
     spec = ViewSpec(2, seed=0, timing=False)
-    store = label_with_speech_teacher(teacher, pool, tmp_path / "s", progress=False, views=spec, work=tmp_path)
+    store = label_with_speech_teacher(teacher, pool, tmp_path / "s", progress=False, views=spec)
     assert store.views == 2 and store.views_key == spec.tag(None)
     it = pool.items[1]
     x = load_audio(pool.abspath(it))
@@ -89,10 +89,10 @@ def test_teacher_labels_each_view_as_it_would_the_waveform(frozen_teacher, tmp_p
         np.testing.assert_allclose(got, want, atol=2e-3)
     assert not np.allclose(np.asarray(store.view_probs[0], np.float32), np.asarray(store.probs, np.float32), atol=1e-3)
     cached = sorted((base / "cache").rglob("*.npy"))
-    label_with_speech_teacher(teacher, pool, tmp_path / "s2", progress=False, views=spec, work=tmp_path)
+    label_with_speech_teacher(teacher, pool, tmp_path / "s2", progress=False, views=spec)
     assert sorted((base / "cache").rglob("*.npy")) == cached
     with pytest.raises(LiserError, match="in place"):
-        label_with_speech_teacher(teacher, pool, tmp_path / "s3", progress=False, views=ViewSpec(2), work=tmp_path)
+        label_with_speech_teacher(teacher, pool, tmp_path / "s3", progress=False, views=ViewSpec(2))
 
 
 def test_pool_batch_targets_follow_the_drawn_view(tmp_path):
@@ -116,18 +116,9 @@ def test_pool_batch_targets_follow_the_drawn_view(tmp_path):
 @pytest.fixture(scope="module")
 def view_pool(small_ravdess, tmp_path_factory):
     """6 real TESS files as an unlabeled pool, with their features."""
-    from liser.data.corpora import prepare
-    from liser.data.features import build_features
-
-    src, base = real_root("tess"), tmp_path_factory.mktemp("view-pool")
-    for folder in ("OAF_angry", "YAF_happy"):
-        (base / "tess" / folder).mkdir(parents=True)
-        for f in sorted((src / folder).glob("*.opus"))[:3]:
-            (base / "tess" / folder / f.name).symlink_to(f)
-    m = prepare("tess", base / "tess", progress=False)
-    m.items = [replace(it, label="") for it in m.items]
-    build_features(m, small_ravdess.work, threads=1, progress=False)
-    return m, m.save(base / "manifest"), base
+    base = tmp_path_factory.mktemp("view-pool")
+    m, manifest_dir = tess_pool(base, small_ravdess.work)
+    return m, manifest_dir, base
 
 
 def test_student_distils_on_teacher_views_and_refuses_a_store_without_them(small_config, small_ravdess, view_pool):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ from liser.data import workspace as ws
 from liser.core.errors import LiserError
 from liser.student.model import Student
 
-from conftest import SMALL_FOLD, fake_store, real_root
+from conftest import SMALL_FOLD, fake_store, tess_pool
 
 
 def _rows(run: Path) -> list[dict]:
@@ -213,19 +212,8 @@ def test_two_stage_without_unlabeled_data_is_a_user_error(small_config, tmp_path
 @pytest.fixture(scope="module")
 def speech_pool(small_ravdess, tmp_path_factory):
     """12 real TESS files as an unlabeled pool, their features, and a fake speech-teacher store over them."""
-    from liser.data.corpora import prepare
-    from liser.data.features import build_features
-
-    src = real_root("tess")
     base = tmp_path_factory.mktemp("pool")
-    for folder in ("OAF_angry", "OAF_Sad", "YAF_happy", "YAF_neutral"):
-        (base / "tess" / folder).mkdir(parents=True)
-        for f in sorted((src / folder).glob("*.opus"))[:3]:
-            (base / "tess" / folder / f.name).symlink_to(f)
-    m = prepare("tess", base / "tess", progress=False)
-    m.items = [replace(it, label="") for it in m.items]  # unlabeled: labels are ignored
-    manifest_dir = m.save(base / "manifest")
-    build_features(m, small_ravdess.work, threads=1, progress=False)
+    m, manifest_dir = tess_pool(base, small_ravdess.work, ("OAF_angry", "OAF_Sad", "YAF_happy", "YAF_neutral"))
     classes = small_ravdess.manifest.classes
     rng = np.random.default_rng(0)
     fake_store(base / "store", m.items, classes, rng, flush_every=4)
