@@ -72,7 +72,7 @@ def batch(cfg, data, frames, state):
     from liser.student import train as tr
 
     idx = state.rng.choice(len(data.train), cfg.batch_size, replace=False)
-    x, labels, _, _ = tr.next_batch(tr.Crops([frames]), data.labels, idx, None, 0, state)
+    x, labels, _ = tr.next_batch(tr.Crops([frames]), data.labels, idx, None, 0, state)
     return x, labels
 
 
@@ -80,7 +80,7 @@ def step(model, opt, options, x, labels, precision: str) -> float:
     """One training step (liser.student.train's forward + loss, backward, AdamW); returns the loss."""
     from liser.student import train as tr
 
-    loss, _ = tr.step_loss(model, x, labels, (None, None), (None, None), options, precision)
+    loss, _ = tr.step_loss(model, x, labels, {}, [], options, precision)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()

@@ -119,6 +119,10 @@ class Config:
     #   item, in their stores (the views' chain without speed or room tone, so pieces keep their place;
     #   liser.data.views.teaching_views); a step draws per pool item its clean audio or one view, with the
     #   teacher's labels for that view (issue 24 section 1); 0 = the clean audio's labels only (the paper's)
+    piece_targets: bool = False  # distilling: each own-head teacher's head also reads every LSTM step and learns the
+    #   teacher's 0.5 s piece under that step (the utterance label still from the last step: g_sup), so the student
+    #   follows changes inside a window (the paper's open question 2; liser.student.losses.step_term); False = the
+    #   window's mean of the pieces only (the paper's)
     crop_full_p: float = 0.0  # "speech" windowing: share of training batches cropped at the longest length (3 s,
     #   capped by the batch's recordings): each item's whole span with context, as inference scores it; 0 = every
     #   batch's length uniform in 0.5-3 s
@@ -141,6 +145,9 @@ class Config:
         if not 0.0 <= self.aug_floor_p <= 1.0 or (self.aug_floor_p and not self.aug_views):
             raise LiserError(f"aug_floor_p must be a share of the views in 0..1 (with aug_views > 0), "
                              f"got {self.aug_floor_p:g} with aug_views {self.aug_views}")
+        if self.piece_targets and not any(e.head != "sup" for e in self.distilling()):
+            raise LiserError("piece_targets needs a teacher to distil from through its own head "
+                             "(lambda_sd or lambda_vd > 0, or a `teachers` entry without head: sup)")
         if self.teach_views < 0:
             raise LiserError(f"teach_views must be 0 or more views, got {self.teach_views}")
         if self.aug_consistency and not self.aug_views:

@@ -49,6 +49,7 @@ from torch import nn
 from liser.data.audio import CLIP_FRAMES, N_MELS, mel_centres
 
 EVAL_CHUNK = 32  # windows per BN / pool / ReLU call in evaluation: 48 MB of block-1 activations, not 770 MB
+TIME_POOL = 4  # log-Mel frames per LSTM step: the conv blocks pool time by 2, 2 and 1
 
 
 def _block(c_in: int, c_out: int, kernel: tuple[int, int], pool: tuple[int, int]) -> nn.Sequential:
@@ -111,8 +112,9 @@ class Student(nn.Module):
         state_dict.setdefault(prefix + "band_keep", torch.ones(self.band_keep.shape))  # before input_band: all bands
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, 64, T] log-Mel -> [B, hidden] (the LSTM's last hidden state)."""
+    def embed(self, x: torch.Tensor, keep_steps: bool = False):
+        """[B, 64, T] log-Mel -> [B, hidden] (the LSTM's last hidden state); with `keep_steps` also the LSTM's
+        output at every step, [B, T // TIME_POOL, hidden] (step s reads frames up to TIME_POOL x (s + 1))."""
         if x.dim() == 4:
             x = x[:, 0]
         banded = not bool(self.band_keep.all())  # a constant when traced, as the flags below
@@ -129,7 +131,9 @@ class Student(nn.Module):
         h = self.conv_blocks(x.unsqueeze(1).contiguous(memory_format=torch.channels_last))
         b, c, f, t = h.shape
         h = h.permute(0, 3, 1, 2).reshape(b, t, c * f)
-        _, (h_n, _) = self.lstm(h)
+        out, (h_n, _) = self.lstm(h)
+        if keep_steps:
+            return h_n[-1], out
         return h_n[-1]
 
     def conv_blocks(self, h: torch.Tensor) -> torch.Tensor:
@@ -152,6 +156,19 @@ class Student(nn.Module):
         z = self.embed(x)
         return self.g_sup(z), {name: getattr(self, f"g_{name}")(z) for name in self.heads}
 
+    def forward_steps(self, x: torch.Tensor, names) -> tuple[torch.Tensor, dict, dict]:
+        """As `forward`, plus the heads `names` on every LSTM step: {name: [B, T // TIME_POOL, K_name]} logits.
+        A head's last step is its window output (the LSTM's last output is its last hidden state)."""
+        z, steps = self.embed(x, keep_steps=True)
+        heads = {name: getattr(self, f"g_{name}")(z) for name in self.heads}
+        return self.g_sup(z), heads, {name: getattr(self, f"g_{name}")(steps) for name in names}
+
+    def step_probs(self, x: torch.Tensor, name: str = "sd") -> torch.Tensor:
+        """Head g_<name>'s probabilities at every LSTM step: [B, 64, T] log-Mel -> [B, T // TIME_POOL, K].
+        What a student trained with `piece_targets` follows inside a window (`step_times` gives each step's time)."""
+        _, steps = self.embed(x, keep_steps=True)
+        return torch.softmax(getattr(self, f"g_{name}")(steps), dim=-1)
+
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         """Supervised logits only: what inference and export use."""
         return self.g_sup(self.embed(x))
@@ -166,6 +183,17 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.student.classify(x)
+
+
+def step_times(n_steps: int) -> np.ndarray:
+    """Seconds from a window's first frame to the centre of the frames each LSTM step reads last: [n_steps].
+
+    Step s pools frames TIME_POOL x s ... TIME_POOL x (s + 1) - 1 (one hop, liser.data.audio.HOP_S, apart);
+    its output has heard everything before them too (the LSTM runs forward).
+    """
+    from liser.data.audio import HOP_S
+
+    return (TIME_POOL * np.arange(n_steps) + (TIME_POOL - 1) / 2) * HOP_S
 
 
 def count_parameters(model: nn.Module) -> int:

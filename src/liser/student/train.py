@@ -225,13 +225,19 @@ def _at(lo: int, hi: int, u: float) -> int:
     return lo + int(round(u * (hi - lo)))
 
 
-def unlabeled_batch(pool: Unlabeled, idx: np.ndarray, rng: np.random.Generator, length: int = audio.CLIP_FRAMES):
+def unlabeled_batch(pool: Unlabeled, idx: np.ndarray, rng: np.random.Generator, length: int = audio.CLIP_FRAMES,
+                    steps: bool = False):
     """Crops and their window targets: x [B, 64, length] and {teacher name: (targets [B, K_t], mask [B] bool)}.
     With teach views each item is drawn clean or as one of its views (uniformly), its targets the stores'
-    labels on what was drawn."""
+    labels on what was drawn. With `steps` (Config.piece_targets) a teacher with its own head gets two more:
+    the piece under each LSTM step [B, length // TIME_POOL, K_t] and their validity [B, length // TIME_POOL]."""
     import torch
 
+    from liser.student.model import TIME_POOL, step_times
+
     xs, got = [], {name: ([], []) for name in pool.stores}
+    at_steps = {name: ([], []) for name in pool.stores if steps and name not in pool.maps}
+    offsets = step_times(length // TIME_POOL)
     length_s = audio.CLIP_S if length == audio.CLIP_FRAMES else length * audio.HOP_S
     for i in idx:
         v = int(rng.integers(0, len(pool.views) + 1)) if pool.views else 0  # 0: the clean audio
@@ -249,7 +255,15 @@ def unlabeled_batch(pool: Unlabeled, idx: np.ndarray, rng: np.random.Generator, 
                 valid = valid and matched
             got[name][0].append(p)
             got[name][1].append(valid)
+            if name in at_steps:
+                ps, vs = store.at_times(pool.ids[i], t0 + offsets, v if store.views else 0) \
+                    if pool.ids[i] in store else (np.zeros((len(offsets), len(store.classes)), np.float32),
+                                                  np.zeros(len(offsets), bool))
+                at_steps[name][0].append(ps)
+                at_steps[name][1].append(vs)
     targets = {name: (torch.from_numpy(np.stack(t)), torch.tensor(m)) for name, (t, m) in got.items()}
+    for name, (ps, vs) in at_steps.items():
+        targets[name] += (torch.from_numpy(np.stack(ps)), torch.from_numpy(np.stack(vs)))
     return torch.from_numpy(np.stack(xs)), targets
 
 
@@ -533,12 +547,13 @@ def lr_factor(cfg: Config, epoch: int, step: int, n_steps: int) -> float:
     return 1.0
 
 
-def next_batch(crops: Crops, y: np.ndarray, idx, pool, n_u: int, state: State, paired: bool = False):
+def next_batch(crops: Crops, y: np.ndarray, idx, pool, n_u: int, state: State, paired: bool = False,
+               steps: bool = False):
     """One mini-batch: crops of the labeled items `idx` (None: none; `Crops.batch`, or `Crops.pairs` when
     `paired`: each item clean, then each as a view, labels repeated), then `n_u` pool items
     (pool None: none) with their window targets, cropped to the same length. Returns (x [B, 64, L], labels
-    [N_l] or None, {teacher name: (targets, mask)}). The pool is walked in a permutation
-    kept in `state`."""
+    [N_l] or None, {teacher name: (targets, mask)}; with `steps` the per-step pieces too, `unlabeled_batch`).
+    The pool is walked in a permutation kept in `state`."""
     import torch
 
     rng, xs, labels, length = state.rng, [], None, audio.CLIP_FRAMES
@@ -553,7 +568,7 @@ def next_batch(crops: Crops, y: np.ndarray, idx, pool, n_u: int, state: State, p
     if pool is not None:
         if state.u_pos + n_u > len(state.u_order):
             state.u_order, state.u_pos = rng.permutation(len(pool.ids)), 0
-        x, targets = unlabeled_batch(pool, state.u_order[state.u_pos : state.u_pos + n_u], rng, length)
+        x, targets = unlabeled_batch(pool, state.u_order[state.u_pos : state.u_pos + n_u], rng, length, steps)
         state.u_pos += n_u
     if xs:
         x = torch.from_numpy(np.stack(xs)) if x is None else torch.cat([torch.from_numpy(np.stack(xs)), x])
@@ -593,7 +608,8 @@ def run_epoch(cfg: Config, data: Data, model, opt, state: State, stage1: bool, c
     for s in range(n_steps):
         idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size] if use_l else None
         pairs = len(idx) if paired and idx is not None else 0  # items taken clean and as a view (Crops.pairs)
-        x, labels, targets = next_batch(crops, y, idx, pool if use_u else None, n_u, state, pairs > 0)
+        x, labels, targets = next_batch(crops, y, idx, pool if use_u else None, n_u, state, pairs > 0,
+                                        cfg.piece_targets)
         if aug.active:
             x = torch.from_numpy(augment_batch(x.numpy(), aug, rng))
         if cfg.aug_band_p and idx is not None:  # the view crops when paired (the clean ones teach), else all labeled
@@ -624,7 +640,8 @@ def step_loss(model, x, labels, targets, teachers, options, precision: str = "fp
 
     x [B, 64, 94] on the model's device, labeled items first: labels [N_l]
     int (None: no labeled item); `targets` maps a teacher's name to its
-    (targets [B - N_l, K_t], mask [B - N_l]) and `teachers` lists (name,
+    (targets [B - N_l, K_t], mask [B - N_l]), plus (pieces under each LSTM step [B - N_l, T, K_t], valid
+    [B - N_l, T]) for piece targets (`unlabeled_batch`; liser.student.losses.step_term), and `teachers` lists (name,
     weight, temperature, head) of the terms, in order (liser.student.losses.Distill;
     head "sup": the term is on g_sup's logits, the targets mapped onto its classes). Under "bf16" the forward runs in
     liser.core.device.training_autocast and the logits are cast back to float32,
@@ -636,12 +653,17 @@ def step_loss(model, x, labels, targets, teachers, options, precision: str = "fp
     from liser.core.device import training_autocast
     from liser.student.losses import Distill, consistency_term, joint_loss
 
+    stepped = [name for name, t in targets.items() if len(t) == 4]
     with training_autocast(x.device, precision):
-        sup, heads = model(x)
+        sup, heads, at_steps = model.forward_steps(x, stepped) if stepped else (*model(x), {})
         sup = sup.float()
         n_l = 0 if labels is None else len(labels)
-        terms = [Distill(name, (sup if head == "sup" else heads[name].float())[n_l:], *targets.get(name, (None, None)),
-                         weight, temperature) for name, weight, temperature, head in teachers]
+        terms = []
+        for name, weight, temperature, head in teachers:
+            target, mask, *pieces = targets.get(name, (None, None))
+            steps = (at_steps[name][n_l:].float(), *pieces) if pieces else None
+            logits = (sup if head == "sup" else heads[name].float())[n_l:]
+            terms.append(Distill(name, logits, target, mask, weight, temperature, steps))
         loss, parts = joint_loss(sup[:n_l] if n_l else None, labels, terms, options=options)
         if pairs and options.consistency:
             term = consistency_term(sup[:pairs], sup[pairs : 2 * pairs]).mean()

@@ -143,6 +143,25 @@ class SoftLabelStore:
             return np.zeros(len(self.classes), np.float32), 0
         return p[v].mean(axis=0), int(v.sum())
 
+    def at_times(self, item_id: str, times_s: np.ndarray, view: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """The teacher's piece under each instant: (probs [T, K] float32, valid [T] bool).
+
+        `times_s` [T] are seconds from the recording's start; an instant past
+        the last piece, or on a piece without speech, is not valid (zeros).
+        `view` as in `window`. For per-step targets (Config.piece_targets).
+        """
+        e = self.index[item_id]
+        if not 0 <= view <= self.views:
+            raise IndexError(f"{self.path}: view {view} of a store with {self.views} views")
+        src = self.probs if view == 0 else self.view_probs[view - 1]
+        j = np.floor(np.asarray(times_s, np.float64) / self.piece_s).astype(np.int64)
+        inside = (j >= 0) & (j < e.n)
+        rows = e.row + np.clip(j, 0, max(e.n - 1, 0))
+        p = np.asarray(src[rows], dtype=np.float32)
+        valid = inside & np.asarray(self.valid[rows], dtype=bool)
+        p[~valid] = 0.0
+        return p, valid
+
 
 class StoreWriter:
     """Write side: resumable, shardable labeling into a store directory."""
