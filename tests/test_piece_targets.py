@@ -62,7 +62,7 @@ def test_pool_batch_step_targets_are_the_pieces_under_the_steps(tmp_path):
     frames = np.arange(5 / HOP_S, dtype=np.float32)[:, None].repeat(64, 1)  # a frame's value is its index
     pool = Unlabeled([frames], ["x"], {"sd": st})
     x, targets = unlabeled_batch(pool, np.zeros(8, int), np.random.default_rng(0), steps=True)
-    t, m, pieces, valid = targets["sd"]
+    _, _, pieces, valid = targets["sd"]
     assert pieces.shape == (8, 94 // TIME_POOL, 3) and valid.all()
     for k in range(8):
         start_s = float(x[k, 0, 0]) * HOP_S
@@ -109,7 +109,7 @@ def test_a_student_with_step_targets_follows_a_change_inside_the_window():
 def test_training_with_piece_targets_runs_the_step_term(small_config, small_ravdess, tmp_path, monkeypatch):
     """A real run with piece_targets: the sd term is the step term (logged, > 0), and the checkpoint still
     classifies (g_sup from the last step, as without it)."""
-    import liser.student.losses as losses
+    from liser.student import losses
     from liser.inference.model import load
     from liser.student import train as tr
 
