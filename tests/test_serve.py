@@ -80,6 +80,9 @@ def assert_same_windows(live: list[dict], offline: list[dict]) -> None:
     """The module docstring's comparison, window by window (dicts as Prediction.to_dict gives them)."""
     assert [(w["start"], w["end"]) for w in live] == [(w["start"], w["end"]) for w in offline]
     for a, b in zip(live, offline):
+        if b["label"] is None or a["label"] is None:  # a window with too little speech: no label either way
+            assert a["label"] is b["label"] is None, (a["start"], a["label"], b["label"])
+            continue
         dp = dprob(a, b)
         assert dp <= PROB_TOL, (a["start"], dp)
         assert a["label"] == b["label"] or gap(b) <= 2 * dp, (a["start"], a["label"], b["label"], gap(b), dp)
@@ -105,6 +108,26 @@ def test_live_timeline_is_the_offline_timeline(model, speech, tmp_path, rate, bl
     n = sum(len(early.push(x[a : a + block])) for a in range(0, len(x), block))
     assert n == len(offline) - 1 and len(early.finish()) == 1
     assert len(early.buf) <= (audio.CLIP_S + HOP + 0.2) * audio.SAMPLE_RATE  # memory bounded by one window
+
+
+@pytest.mark.parametrize("window", [1.5, 1.0])
+def test_live_timeline_of_short_windows_is_the_offline_timeline(speech, tmp_path, window):
+    """`--window` live: each window scored from the 3 s around it, given once that audio has arrived (the
+    shipped default model: shorter windows need a "speech" model)."""
+    import liser
+
+    model = liser.load(threads=1)
+    x = wav_at(speech, FAKE_MIC_RATE, tmp_path / "speech.wav")
+    live = stream(serve.LiveTimeline(model, FAKE_MIC_RATE, HOP, window_s=window), x, 4_410)
+    offline = model.timeline(x, FAKE_MIC_RATE, HOP, window_s=window)
+    assert len(live) == len(offline) > 20 and live[0].end - live[0].start == pytest.approx(window, abs=0.04)
+    assert_same_windows([w.to_dict() for w in live], [w.to_dict() for w in offline])
+    early = serve.LiveTimeline(model, FAKE_MIC_RATE, HOP, window_s=window)
+    n = sum(len(early.push(x[a : a + 4_410])) for a in range(0, len(x), 4_410))
+    assert len(offline) - 5 <= n < len(offline)  # the windows whose 3 s have arrived, before finish()
+    assert len(early.buf) <= (audio.CLIP_S + HOP + 0.2) * audio.SAMPLE_RATE
+    with pytest.raises(serve.LiserError, match="timeline window must be"):
+        serve.LiveTimeline(model, FAKE_MIC_RATE, HOP, window_s=0.5)
 
 
 def test_live_timeline_of_a_short_stream_is_one_padded_window(model, speech):
@@ -189,6 +212,35 @@ def test_live_session_streams_the_offline_timeline(client, model, speech, tmp_pa
     assert m == {"type": "done", "seconds": pytest.approx(len(x) / 48_000, abs=1e-3)}
     want = [w.to_dict() for w in model.timeline(x, 48_000, HOP)]
     assert_same_windows([{k: v for k, v in w.items() if k != "type"} for w in got], want)
+
+
+def test_serve_window_gives_the_short_window_timeline_live_and_for_uploads(model, speech, tmp_path):
+    """liser serve --window 1.5: the page says it, uploads and live sessions get `timeline(window_s=1.5)`, the
+    on-device mode (3 s windows only) is off with the reason, and a model that cannot score it is one line."""
+    from fastapi.testclient import TestClient
+
+    import liser
+
+    default = liser.load(threads=1)
+    x = wav_at(speech, 48_000, tmp_path / "speech.wav")
+    want = [w.to_dict() for w in default.timeline(x, 48_000, HOP, window_s=1.5)]
+    with TestClient(serve.make_app(default, HOP, max_upload_mb=2.0, window_s=1.5)) as c:
+        info = c.get("/api/info").json()
+        assert info["window_s"] == 1.5 and not info["device"]["ready"] and "--window" in info["device"]["why"]
+        r = c.post("/api/predict", params={"name": "speech.wav"}, content=(tmp_path / "speech.wav").read_bytes())
+        assert r.status_code == 200, r.text
+        assert r.json()["timeline"] == want
+        got = []
+        with c.websocket_connect("/api/live?rate=48000") as ws:
+            assert ws.receive_json()["window_s"] == 1.5
+            for a in range(0, len(x), 4_800):
+                ws.send_bytes(x[a : a + 4_800].astype("<f4").tobytes())
+            ws.send_text("stop")
+            while (m := ws.receive_json())["type"] == "window":
+                got.append({k: v for k, v in m.items() if k != "type"})
+    assert_same_windows(got, want)
+    with pytest.raises(serve.LiserError, match="windowing pad"):  # a 3 s-only model (the small trained run)
+        serve.LiveTimeline(model, 16_000, window_s=1.5)
 
 
 @pytest.mark.parametrize("path,send,words", [

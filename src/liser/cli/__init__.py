@@ -224,7 +224,7 @@ def cmd_serve(args) -> int:
                                    allow_origins=tuple(args.allow_origin or ()) or None,
                                    allow_hosts=tuple(args.allow_host or ()) or None)
     return run_serve(args.model, host=args.host, port=args.port, hop_s=args.hop, threads=args.threads, limits=limits,
-                     ort_web=args.ort_web)
+                     ort_web=args.ort_web, window_s=args.window)
 
 
 def cmd_export(args) -> int:
@@ -485,7 +485,11 @@ def add_serve(sub) -> None:
                     help="run directory, best.pt or exported .onnx (default: the packaged default model)")
     sp.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0 = a free one)")
     sp.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    sp.add_argument("--hop", type=float, default=0.5, help="seconds between 3 s windows (default 0.5)")
+    sp.add_argument("--hop", type=float, default=0.5, help="seconds between windows (default 0.5)")
+    sp.add_argument("--window", type=float, default=3.0, metavar="S",
+                    help="the timeline's window, 1-3 s (default 3); 1.5 follows changes of emotion more closely, "
+                         "at more label changes (docs/results/timeline.md); live, a window comes once the 3 s "
+                         "around it have arrived; the on-device mode scores 3 s windows only")
     sp.add_argument("--threads", type=int, default=None, help="CPU threads for inference (default: library default)")
     sp.add_argument("--ort-web", metavar="DIR", default=None,
                     help="onnxruntime-web (its package folder or dist/) for the page's 'on this device' mode, where "

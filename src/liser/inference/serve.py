@@ -87,17 +87,26 @@ class LiveTimeline:
     seconds of the stream. Memory is bounded: only the samples the next
     window needs (3 s + hop + 2 x 64 ms at 16 kHz) are kept.
 
+    `window_s` (1-3 s, a "speech" model for less than 3 s) is `timeline`'s
+    window: a shorter window's speech is found on the 3 s of frames around
+    it, so it is given once the audio reaches 3 s - (3 s - window) / 2 past
+    its start, about 0.75 s after its end for 1.5 s (docs/results/timeline.md).
+
     Raises LiserError for NaN/inf samples or samples over MAX_AMPLITUDE, a
     stream that ends before any audio or is silent throughout (finish), a
-    hop outside [0.1, 3] s, a rate outside [min_rate, max_rate] Hz.
+    hop outside [0.1, 3] s, a window the model cannot score (window_frames),
+    a rate outside [min_rate, max_rate] Hz.
     """
 
     def __init__(self, model, sample_rate: int, hop_s: float = HOP_S, min_rate: int = MIN_RATE,
-                 max_rate: int = MAX_RATE):
+                 max_rate: int = MAX_RATE, window_s: float = audio.CLIP_S):
         import soxr
+
+        from liser.inference.model import window_frames
 
         if not 0.1 <= hop_s <= audio.CLIP_S:
             raise LiserError(f"hop {hop_s}: must be in [0.1, {audio.CLIP_S}] seconds")
+        self.window_s, self.length = window_s, window_frames(window_s, model.windowing)
         if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or not min_rate <= sample_rate <= max_rate:
             raise LiserError(f"sample rate {sample_rate!r}: must be an integer in [{min_rate}, {max_rate}] Hz")
         self.model, self.sample_rate, self.hop_s = model, sample_rate, hop_s
@@ -121,6 +130,14 @@ class LiveTimeline:
         """Start frame of window k: np.arange(0, ., step)[k] rounded, as liser.data.audio.window_starts."""
         return int(np.round(np.float64(k) * self.step))
 
+    def _context(self, f: int, n_frames: int | None = None) -> int:
+        """First frame of the 3 s the window starting at frame f is scored from: f itself for a 3 s window, else
+        the 3 s centred on it (EmotionModel._span_logits), clamped to the signal's n_frames once it is known."""
+        if self.length == audio.CLIP_FRAMES:
+            return f
+        c = max(0, f + self.length // 2 - audio.CLIP_FRAMES // 2)
+        return c if n_frames is None else int(min(c, n_frames - audio.CLIP_FRAMES))
+
     def _segment_start(self, frame: int) -> int:
         return max(0, frame * audio.HOP - CONTEXT)  # a multiple of HOP: the segment's frames are on the grid
 
@@ -139,15 +156,16 @@ class LiveTimeline:
         out = []
         while True:
             f = self._start(self.k)
-            if self.total < (f + audio.CLIP_FRAMES - 1) * audio.HOP + CONTEXT:
-                return out  # the STFT of window k's last frame still lacks samples
-            out.append(self._window(f, self._features(f, f + audio.CLIP_FRAMES)))
+            c = self._context(f)
+            if self.total < (c + audio.CLIP_FRAMES - 1) * audio.HOP + CONTEXT:
+                return out  # the STFT of the last frame window k is scored from still lacks samples
+            out.append(self._window(f, c, self._features(c, c + audio.CLIP_FRAMES)))
             self.last = f
             self.k += 1
             # keep what the next grid window needs, and what a last window flush with the end (added by
-            # finish, as window_starts adds it) may need: it starts at least 94 frames before today's end
+            # finish, as window_starts adds it) may need: its 3 s start at least 94 frames before today's end
             flush = 1 + self.total // audio.HOP - audio.CLIP_FRAMES
-            self._drop_before(self._segment_start(min(self._start(self.k), flush)))
+            self._drop_before(self._segment_start(min(self._context(self._start(self.k)), flush)))
 
     def finish(self) -> list:
         """The remaining windows once the stream has ended: what `model.timeline` gives on the whole stream."""
@@ -162,14 +180,18 @@ class LiveTimeline:
             raise LiserError(f"the stream was silent throughout ({self.seconds:.1f} s below -100 dBFS): "
                              "is the microphone muted?")
         if self.total < audio.CLIP_SAMPLES:  # one zero-padded window over everything, as the offline path
-            return self.model.timeline(self.buf, audio.SAMPLE_RATE, self.hop_s, name="the stream")
+            return self.model.timeline(self.buf, audio.SAMPLE_RATE, self.hop_s, name="the stream",
+                                       window_s=self.window_s)
         frames_total = 1 + self.total // audio.HOP
-        starts = audio.window_starts(frames_total, self.hop_s)
+        # the grid of EmotionModel.timeline_frames: windows of `length` frames up to the signal's end
+        n = frames_total if self.length == audio.CLIP_FRAMES else \
+            max(self.length, min(frames_total, int(round(self.seconds / audio.HOP_S)) + 1))
+        starts = audio.window_starts(n - self.length + audio.CLIP_FRAMES, self.hop_s)
         starts = starts[starts > self.last]
         if not len(starts):
             return []
-        frames = self._features(int(starts[0]), frames_total)
-        return [self._window(int(f), frames) for f in starts]
+        frames = self._features(self._context(int(starts[0]), frames_total), frames_total)
+        return [self._window(int(f), self._context(int(f), frames_total), frames) for f in starts]
 
     def _append(self, x: np.ndarray) -> None:
         if len(x):
@@ -194,18 +216,26 @@ class LiveTimeline:
         b = min(self.total, (stop - 1) * audio.HOP + CONTEXT)
         return a // audio.HOP, features(self.buf[a - self.buf_start : b - self.buf_start])
 
-    def _window(self, f: int, frames: tuple[int, np.ndarray]):
-        """The prediction of the window starting at stream frame f (through model.timeline_frames)."""
+    def _window(self, f: int, c: int, frames: tuple[int, np.ndarray]):
+        """The prediction of the window starting at stream frame f, scored from the 3 s starting at frame c
+        (`_context`), as model.timeline_frames scores it."""
+        from liser.inference.model import Prediction, _prediction
+
         row0, x = frames
-        w = x[f - row0 : f - row0 + audio.CLIP_FRAMES]
-        (p,) = self.model.timeline_frames(w, audio.CLIP_S, audio.CLIP_S)  # exactly one window
+        w = x[c - row0 : c - row0 + audio.CLIP_FRAMES]
         t0 = float(audio.frames_to_seconds(f))
-        return dataclasses.replace(p, start=t0, end=min(t0 + audio.CLIP_S, self.seconds))
+        if self.length == audio.CLIP_FRAMES:
+            (p,) = self.model.timeline_frames(w, audio.CLIP_S, audio.CLIP_S)  # exactly one window
+            return dataclasses.replace(p, start=t0, end=min(t0 + audio.CLIP_S, self.seconds))
+        (z,) = self.model._span_logits(w, np.array([f - c]), self.length)
+        t1 = min(t0 + self.length * audio.HOP_S, self.seconds)
+        return _prediction(z, self.model.classes, t0, t1) if np.isfinite(z).all() else \
+            Prediction(None, {}, np.zeros(0, np.float32), t0, t1)
 
 
 # ---------------------------------------------------------------- uploads
 def predict_upload(model, upload, name: str, hop_s: float = HOP_S, limits: ServeLimits = ServeLimits(),
-                   budget: WorkBudget | None = None) -> dict:
+                   budget: WorkBudget | None = None, window_s: float = audio.CLIP_S) -> dict:
     """The whole-file prediction and timeline of an upload, as `liser predict --timeline` gives them.
 
     `upload` is the received file (a Path) or its bytes. It is decoded
@@ -214,7 +244,7 @@ def predict_upload(model, upload, name: str, hop_s: float = HOP_S, limits: Serve
     track), its log-Mel computed once, and the network run on it through
     `budget` (checked between batches of windows). Returns a dict: name,
     duration (s), label, p, probabilities, logits and timeline (one dict
-    per 3 s window every `hop_s` s). Raises LimitError (413/415/422) past
+    per `window_s` window every `hop_s` s). Raises LimitError (413/415/422) past
     a limit, LiserError naming `name` for empty, unreadable, too short or
     silent input, Cancelled once `budget` is cancelled.
     """
@@ -228,7 +258,7 @@ def predict_upload(model, upload, name: str, hop_s: float = HOP_S, limits: Serve
         path = upload_file(_suffix(name))
         try:
             path.write_bytes(upload)
-            return predict_upload(model, path, name, hop_s, limits, budget)
+            return predict_upload(model, path, name, hop_s, limits, budget, window_s)
         finally:
             path.unlink(missing_ok=True)
     try:
@@ -243,7 +273,7 @@ def predict_upload(model, upload, name: str, hop_s: float = HOP_S, limits: Serve
     check_signal(sig, name)
     frames = _features(sig, budget)
     m = guarded_model(model, budget)
-    windows = m.timeline_frames(frames, len(sig) / audio.SAMPLE_RATE, hop_s)
+    windows = m.timeline_frames(frames, len(sig) / audio.SAMPLE_RATE, hop_s, window_s)
     p = _prediction(m.file_logits(frames, name), m.classes)
     return {"name": name, "duration": round(windows[-1].end, 3), **p.to_dict(),
             "timeline": [w.to_dict() for w in windows]}
@@ -539,8 +569,11 @@ def find_ort_web(path: str | Path | None = None) -> Path | None:
     return None
 
 
-def device_refusal(model, ort_web: Path | None) -> str | None:
+def device_refusal(model, ort_web: Path | None, window_s: float = audio.CLIP_S) -> str | None:
     """Why the page cannot run `model` on the device (one line), or None when it can."""
+    if window_s != audio.CLIP_S:
+        return (f"on this device scores 3 s windows; this server's timeline has {window_s:g} s windows "
+                "(liser serve --window): the server scores them")
     if ort_web is None:
         return ORT_WEB_INSTALL
     if model.info.get("kind") != "onnx":
@@ -559,7 +592,7 @@ def device_model_bytes(model) -> bytes:
 
 # ---------------------------------------------------------------- the app
 def make_app(model, hop_s: float = HOP_S, max_upload_mb: float | None = None, limits: ServeLimits = ServeLimits(),
-             ort_web: Path | None = None):
+             ort_web: Path | None = None, window_s: float = audio.CLIP_S):
     """The FastAPI app: GET / (the page), GET /api/info, POST /api/predict (upload), WebSocket /api/live, and
     for the page's on-device mode GET /api/device/model.onnx and GET /ort/NAME (onnxruntime-web's files from
     the folder `ort_web`, find_ort_web's; None: the mode says what to install).
@@ -582,12 +615,13 @@ def make_app(model, hop_s: float = HOP_S, max_upload_mb: float | None = None, li
     limits = limits.replace(max_upload_mb=max_upload_mb)
     limits.check()
     app = FastAPI(title="liser serve", docs_url=None, redoc_url=None, openapi_url=None)
-    _page_routes(app, model, hop_s, limits, ort_web)
-    _work_routes(app, model, hop_s, limits)
+    _page_routes(app, model, hop_s, limits, ort_web, window_s)
+    _work_routes(app, model, hop_s, limits, window_s)
     return SiteGuard(app, limits)
 
 
-def _page_routes(app, model, hop_s: float, limits: ServeLimits, ort_web: Path | None) -> None:
+def _page_routes(app, model, hop_s: float, limits: ServeLimits, ort_web: Path | None,
+                 window_s: float = audio.CLIP_S) -> None:
     """GET /, /device.js, /api/info, and the on-device mode's /api/device/model.onnx and /ort/NAME (make_app)."""
     import anyio
     from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
@@ -607,11 +641,11 @@ def _page_routes(app, model, hop_s: float, limits: ServeLimits, ort_web: Path | 
     @app.get("/api/info")
     async def info():
         return {"model": Path(model.source).name, "kind": model.info.get("kind"), "classes": model.classes,
-                "hop_s": hop_s, "max_upload_mb": limits.max_upload_mb, "max_seconds": limits.max_seconds,
+                "hop_s": hop_s, "window_s": window_s, "max_upload_mb": limits.max_upload_mb, "max_seconds": limits.max_seconds,
                 "device": {"ready": refusal is None, "why": refusal, "script": f"/ort/{ORT_WEB_SCRIPT}",
                            "model": "/api/device/model.onnx"}}
 
-    refusal = device_refusal(model, ort_web)
+    refusal = device_refusal(model, ort_web, window_s)
     device_graph = {}  # built on the first request, then kept: {"bytes": ...}
     build_lock = anyio.Lock()
 
@@ -633,7 +667,7 @@ def _page_routes(app, model, hop_s: float, limits: ServeLimits, ort_web: Path | 
         return FileResponse(ort_web / name, media_type=kind)
 
 
-def _work_routes(app, model, hop_s: float, limits: ServeLimits) -> None:
+def _work_routes(app, model, hop_s: float, limits: ServeLimits, window_s: float = audio.CLIP_S) -> None:
     """POST /api/predict and the WebSocket /api/live (make_app), each client within `limits`."""
     import anyio
     from fastapi import Request, WebSocket
@@ -650,7 +684,7 @@ def _work_routes(app, model, hop_s: float, limits: ServeLimits) -> None:
         try:
             path, shown = await receive_upload(request, name, limits)
             budget = WorkBudget(shown, limits)
-            return await _run_job(request, budget, lambda: predict_upload(model, path, shown, hop_s, limits, budget),
+            return await _run_job(request, budget, lambda: predict_upload(model, path, shown, hop_s, limits, budget, window_s),
                                   jobs)
         except LimitError as e:
             _log().info("upload refused: %s", e)
@@ -680,12 +714,13 @@ def _work_routes(app, model, hop_s: float, limits: ServeLimits) -> None:
         live_sessions.add(ws)
         try:
             await ws.accept()
-            await _live_session(ws, model, hop_s, run_in_threadpool, limits)
+            await _live_session(ws, model, hop_s, run_in_threadpool, limits, window_s)
         finally:
             live_sessions.discard(ws)
 
 
-async def _live_session(ws, model, hop_s: float, run_in_threadpool, limits: ServeLimits = ServeLimits()) -> None:
+async def _live_session(ws, model, hop_s: float, run_in_threadpool, limits: ServeLimits = ServeLimits(),
+                        window_s: float = audio.CLIP_S) -> None:
     """One microphone session on an accepted WebSocket; every way it can end leaves the server serving.
 
     Closed when no message comes for limits.idle_timeout_s; audio is taken
@@ -702,8 +737,9 @@ async def _live_session(ws, model, hop_s: float, run_in_threadpool, limits: Serv
         if not (rate.isascii() and rate.isdigit() and len(rate) <= 9):
             raise LiserError(f"rate={rate[:20]!r}: the stream's sample rate must be given as an integer "
                              "(/api/live?rate=48000)")
-        timeline = LiveTimeline(model, int(rate), hop_s, limits.min_rate_hz, limits.max_rate_hz)
-        await ws.send_json({"type": "ready", "classes": model.classes, "hop_s": hop_s, "rate": int(rate)})
+        timeline = LiveTimeline(model, int(rate), hop_s, limits.min_rate_hz, limits.max_rate_hz, window_s)
+        await ws.send_json({"type": "ready", "classes": model.classes, "hop_s": hop_s, "window_s": window_s,
+                            "rate": int(rate)})
         t0, heard, waited = time.monotonic(), 0.0, 0.0
         while True:
             try:
@@ -887,7 +923,7 @@ def listen(host: str, port: int) -> socket.socket:
 
 def run_serve(model_path: str | None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, hop_s: float = HOP_S,
               max_upload_mb: float | None = None, threads: int | None = None,
-              limits: ServeLimits = ServeLimits(), ort_web: str | None = None) -> int:
+              limits: ServeLimits = ServeLimits(), ort_web: str | None = None, window_s: float = audio.CLIP_S) -> int:
     """`liser serve`: load the model (None: the packaged default), listen, serve the page until Ctrl-C; returns 0.
 
     `ort_web`: onnxruntime-web's folder for the page's on-device mode (find_ort_web; None: the checkout's
@@ -905,7 +941,7 @@ def run_serve(model_path: str | None, host: str = DEFAULT_HOST, port: int = DEFA
     require("serve", "liser serve")  # fastapi, uvicorn, websockets, python-multipart: one line naming the extra
     import uvicorn
 
-    from liser.inference.model import load
+    from liser.inference.model import load, window_frames
 
     if not 0.1 <= hop_s <= audio.CLIP_S:
         raise LiserError(f"--hop {hop_s}: must be in [0.1, {audio.CLIP_S}] seconds")
@@ -916,6 +952,7 @@ def run_serve(model_path: str | None, host: str = DEFAULT_HOST, port: int = DEFA
     ort_dir = find_ort_web(ort_web)
     started = time.time()
     model = load(model_path, threads=threads)  # None: the packaged default model (liser.inference.default_model)
+    window_frames(window_s, model.windowing)  # a window this model cannot score: one line before listening
     sock = listen(host, port)
     stale = remove_stale_uploads(before=started)
     if stale:
@@ -931,9 +968,9 @@ def run_serve(model_path: str | None, host: str = DEFAULT_HOST, port: int = DEFA
     if host not in ("127.0.0.1", "localhost", "::1"):
         print("liser serve: listening beyond this machine; browsers give the microphone only to https or "
               "localhost pages, so remote visitors can upload files but not record", file=sys.stderr, flush=True)
-    why = device_refusal(model, ort_dir)
+    why = device_refusal(model, ort_dir, window_s)
     print(f"liser serve: on-device mode {'off: ' + why if why else 'on (onnxruntime-web from ' + str(ort_dir) + ')'}",
           file=sys.stderr, flush=True)
-    server = uvicorn.Server(server_config(make_app(model, hop_s, limits=limits, ort_web=ort_dir), limits))
+    server = uvicorn.Server(server_config(make_app(model, hop_s, limits=limits, ort_web=ort_dir, window_s=window_s), limits))
     server.run(sockets=[sock])
     return 0
