@@ -58,13 +58,14 @@ def finished(row_dir: Path, fold: int) -> dict | None:
 
 
 def row_runs(grid: dict) -> dict[str, dict[int, tuple]]:
-    """{row: {fold: (config, metrics)}} of the grid's finished runs (run folder first, then the ledger)."""
+    """{row: {fold: (config, metrics)}} of the grid's finished runs (run folder first, then the grid's ledger)."""
+    ledger = ROOT / grid["ledger"] if grid.get("ledger") else LEDGER
     out: dict[str, dict[int, tuple]] = {r: {} for r in ROWS}
     for r in grid["runs"]:
         cfg = r["cfg"]
         row = cfg.name.split("/")[0]
         if row in out:
-            m = finished(Path(cfg.out) / cfg.name, cfg.fold) or finished(LEDGER / cfg.name, cfg.fold)
+            m = finished(Path(cfg.out) / cfg.name, cfg.fold) or finished(ledger / cfg.name, cfg.fold)
             if m is not None:
                 out[row][cfg.fold] = (cfg, m)
     return out
