@@ -253,15 +253,18 @@ def test_class_index_map_matches_teacher_classes_by_name():
     assert tr.map_target(np.zeros(7, np.float32), idx)[1] is False
 
 
-def test_a_teacher_taught_through_g_sup_has_no_head_of_its_own(small_config, speech_pool, tmp_path):
-    """head: sup distils into the supervised head (the student grows no g_<name>) and the term is logged."""
+@pytest.mark.parametrize("kind", ["speech", "video"])
+def test_a_teacher_taught_through_g_sup_has_no_head_of_its_own(small_config, speech_pool, tmp_path, kind):
+    """head: sup distils into the supervised head (the student grows no g_<name>) and the term is logged; a
+    video teacher so taught has no head to report on either (metrics.json has no video_head_by_class)."""
     manifest_dir, store, _ = speech_pool
     cfg = small_config.replace(name="via-sup", classes=("happy", "sad"), unlabeled=(str(manifest_dir),), batch_size=48,
                                unlabeled_batch=12, epochs=1,
-                               teachers=({"name": "voice", "kind": "speech", "store": str(store.parent / "store2"),
+                               teachers=({"name": "voice", "kind": kind, "store": str(store.parent / "store2"),
                                           "weight": 1.0, "head": "sup"},))
-    run = tr.train(cfg, run_dir=tmp_path / "via-sup", progress=False)
+    run = tr.train(cfg, run_dir=tmp_path / f"via-sup-{kind}", progress=False)
     assert float(_rows(run)[0]["voice"]) > 0
+    assert _metrics(run)["video_head_by_class"] is None
     state = torch.load(run / "best.pt", weights_only=True)["state_dict"]
     assert not any(k.startswith("g_voice") for k in state)
     with pytest.raises(LiserError, match="head own or sup"):

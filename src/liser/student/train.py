@@ -737,7 +737,8 @@ def finish(cfg: Config, data: Data, run: Path, model, best_epoch: int) -> None:
     model.load_state_dict(best["state_dict"])
     test, test_logits = evaluate_items(model, data.cache, data.test, data.classes, cfg.test_stride_s, cfg.windowing)
     val = best["val"]  # what end_epoch measured on these weights: the same evaluation, not run again
-    video = next((e.name for e in cfg.distilling() if e.kind == "video"), None)  # what the report shows of it
+    # what the report shows of the video teacher: its own head's answer per class (none when taught through g_sup)
+    video = next((e.name for e in cfg.distilling() if e.kind == "video" and e.head != "sup"), None)
     head = head_by_class(model, data.cache, data.test, data.classes, video) if video else None
     result = {"config": cfg.name, "fold": cfg.fold, "best_epoch": best_epoch, "classes": data.classes,
               "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test),
