@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -47,6 +46,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from liser.core.errors import LiserError  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from machine import describe, env_command  # noqa: E402
 
 GRID = ROOT / "configs" / "grid-distill-protocols.yaml"
 LEDGER = ROOT / "bench" / "ledger" / "grid-distill-protocols"
@@ -191,8 +193,8 @@ def main(argv=None) -> int:
     res = {row: protocol_rows(grid, row, Path(args.baseline), not args.no_teachers) for row in ROWS}
     if not any(res.values()):
         raise LiserError(f"{args.grid}: no finished fold of {', '.join(ROWS)} yet (scripts/run_distill_protocols.sh)")
-    out = {"what": __doc__.split("\n")[0], "command": "python bench/bench_distill_protocols.py " + " ".join(argv or sys.argv[1:]),
-           "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+    out = {"what": __doc__.split("\n")[0], "command": env_command("bench/bench_distill_protocols.py", list(argv or sys.argv[1:])),
+           "date": time.strftime("%Y-%m-%d"), "machine": describe(),
            "load_average": [round(x, 2) for x in os.getloadavg()], "grid": args.grid, "baseline": args.baseline,
            "unseen": res["unseen-dstl"], "adapted": res["adapted-dstl"],
            "targets": targets(res["unseen-dstl"], res["adapted-dstl"])}

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -40,6 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from liser.core.errors import LiserError  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from machine import describe, env_command  # noqa: E402
 
 GRID = ROOT / "configs" / "grid-ravdess-oq3.yaml"
 LEDGER = ROOT / "bench" / "ledger" / "grid-ravdess-oq3"
@@ -184,8 +186,8 @@ def main(argv=None) -> int:
     if not table:
         raise LiserError(f"{args.grid}: no fold with both rows finished yet (liser experiment {args.grid})")
     classes = next(iter(runs["vid-dstl"].values()))[1]["classes"]
-    out = {"what": __doc__.split("\n")[0], "command": "python bench/bench_oq3.py " + " ".join(argv or sys.argv[1:]),
-           "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+    out = {"what": __doc__.split("\n")[0], "command": env_command("bench/bench_oq3.py", list(argv or sys.argv[1:])),
+           "date": time.strftime("%Y-%m-%d"), "machine": describe(),
            "load_average": [round(x, 2) for x in os.getloadavg()], "grid": args.grid, "baseline": args.baseline,
            "classes": classes, "per_fold": table, "summary": summary(table, classes), "g_vd_learned": g_vd_learned(runs)}
     if not args.no_gradients:
