@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+CODE = ("src", "configs", "scripts", "bench", ":!bench/results", ":!bench/ledger")  # what decides a figure; results do not
 
 
 def cpu_model() -> str:
@@ -32,10 +33,10 @@ def git(*args: str) -> str:
 
 def describe(threads: int = 1) -> dict:
     """{cpu, cores, threads, python, load_average, git_commit, git_dirty}: what a results JSON records beside its
-    figures (the load matters for timings; the commit for re-running)."""
+    figures (the load matters for timings; the commit for re-running; dirty = code differs from it, results aside)."""
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": threads, "python": platform.python_version(),
             "load_average": [round(x, 2) for x in os.getloadavg()], "git_commit": git("rev-parse", "HEAD"),
-            "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+            "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", *CODE))}
 
 
 def env_command(script: str, argv: list[str], env: tuple[str, ...] = ("OMP_NUM_THREADS", "LISER_CACHE")) -> str:
