@@ -85,9 +85,15 @@ def uar_table(runs: dict, base_dir: Path) -> dict:
         ids = {name: m["test_ids"] for name, m in ms.items()}
         if any(v != ids["no-dstl"] for v in ids.values()):
             raise LiserError(f"fold {k}: the rows were tested on different files")
-        table[k] = {name: {"uar": round(m["test"]["uar"], 4),
-                           "recall": [round(x, 4) for x in m["test"]["per_class_recall"]]} for name, m in ms.items()}
+        table[k] = {name: {"uar": round(m["test"]["uar"], 4), "recall": recalls(m)} for name, m in ms.items()}
     return table
+
+
+def recalls(m: dict) -> list[float]:
+    """A run's test recall per class, in its classes' order (metrics.json keeps them by class name; NaN for a
+    class without test files)."""
+    r = m["test"]["per_class_recall"]
+    return [float("nan") if r.get(c) is None else round(float(r[c]), 4) for c in m["classes"]]
 
 
 def summary(table: dict, classes: list[str]) -> dict:
@@ -97,7 +103,7 @@ def summary(table: dict, classes: list[str]) -> dict:
     rows = ("no-dstl", *ROWS)
     uar = {r: float(np.mean([t[r]["uar"] for t in table.values()])) for r in rows}
     d = lambda a, b: [100 * (t[a]["uar"] - t[b]["uar"]) for t in table.values()]  # noqa: E731
-    recall = {r: dict(zip(classes, np.mean([t[r]["recall"] for t in table.values()], axis=0).round(4).tolist()))
+    recall = {r: dict(zip(classes, np.nanmean([t[r]["recall"] for t in table.values()], axis=0).round(4).tolist()))
               for r in rows}
     return {"folds": len(table), "uar_mean": {r: round(v, 4) for r, v in uar.items()},
             "vid_dstl_minus_no_dstl_points": round(float(np.mean(d("vid-dstl", "no-dstl"))), 2),
