@@ -262,6 +262,9 @@ def test_cli_stream(tiny, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(raw)))
     assert main(["predict", str(tiny["run"]), "-", "--stream", "--hop", "1", "--raw"]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 8  # 3 s .. 10 s every 1 s
+    for extra in (["--window", "1.5"], ["--timeline", "--window", "1.5"]):  # 3 s only: said, not ignored
+        assert main(["predict", str(tiny["run"]), str(f), "--stream", *extra]) != 0
+        assert "--stream scores the last 3 s" in capsys.readouterr().err
 
 
 def test_stride_setting_matches_training_evaluation(tiny, model):

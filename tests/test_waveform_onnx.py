@@ -241,8 +241,8 @@ def test_timeline_window_graph_is_the_servers_window(signals):
                                         - self.buf_start].copy())
             return super()._features(first, stop)
 
-        def _window(self, f, frames):
-            p = super()._window(f, frames)
+        def _window(self, f, c, frames):  # c: the window's 3 s context start, f itself for 3 s windows
+            p = super()._window(f, c, frames)
             a, seg = self.segment
             got.append((p, waveform_onnx.run_window(sess, seg, f - a // audio.HOP)))
             return p

@@ -321,6 +321,9 @@ def run_predict(model_path: str, inputs: list[str], fmt: str = "text", timeline:
     files, problems = expand_inputs(inputs)
     workers, per_file = plan_threads(threads, len(files), stream_input)
     model = load(model_path, threads=per_file)
+    if stream_input and window_s != audio.CLIP_S:  # its ring buffer is 3 s; silently ignoring it would mislead
+        raise LiserError(f"--window {window_s:g}: --stream scores the last 3 s every step; for shorter windows "
+                         "use --timeline on a file, or liser serve --window for a live stream")
     if timeline:
         window_frames(window_s, model.windowing)  # a bad --window is one line before any file is read
     elif window_s != audio.CLIP_S:

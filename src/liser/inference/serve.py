@@ -572,8 +572,8 @@ def find_ort_web(path: str | Path | None = None) -> Path | None:
 def device_refusal(model, ort_web: Path | None, window_s: float = audio.CLIP_S) -> str | None:
     """Why the page cannot run `model` on the device (one line), or None when it can."""
     if window_s != audio.CLIP_S:
-        return (f"on this device scores 3 s windows; this server's timeline has {window_s:g} s windows "
-                "(liser serve --window): the server scores them")
+        return (f"the on-device mode scores 3 s windows only, and this server's timeline has {window_s:g} s "
+                "windows (liser serve --window): recordings are scored on the server")
     if ort_web is None:
         return ORT_WEB_INSTALL
     if model.info.get("kind") != "onnx":
