@@ -281,3 +281,16 @@ def test_stride_setting_matches_training_evaluation(tiny, model):
     ref = file_logits(model.classifier.student, [cache.frames(it.id)], 3.0)[0]
     np.testing.assert_allclose(p.logits, ref, atol=1e-4)
     assert main(["predict", str(tiny["run"]), str(_file(tiny)), "--stride", "0"]) == 2
+
+
+def test_cli_inputs_on_both_sides_of_options(tiny, capsys):
+    """`liser predict MODEL --timeline FILE`: the file after the option is an input, as before it; an unknown
+    option is still the usual one-line usage error."""
+    f = _file(tiny, 0)
+    assert main(["predict", str(tiny["run"]), "--json", str(f)]) == 0
+    after = json.loads(capsys.readouterr().out)
+    assert main(["predict", str(tiny["run"]), str(f), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == after
+    with pytest.raises(SystemExit) as e:
+        main(["predict", str(tiny["run"]), "--json", str(f), "--no-such-option"])
+    assert e.value.code == 2 and "unrecognized arguments: --no-such-option" in capsys.readouterr().err

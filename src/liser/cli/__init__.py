@@ -557,10 +557,24 @@ def _one_blas_thread_at_load() -> None:
         os.environ["MKL_NUM_THREADS"] = "1"  # numpy built on MKL (conda)
 
 
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line's arguments. `predict`'s inputs may sit on both sides of its options
+    (`liser predict MODEL --timeline a.wav b.wav`): argparse takes positionals in one run only, so the ones left
+    over join `inputs`; anything else left over is the usual "unrecognized arguments" error (exit 2)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    options = [x for x in extra if x.startswith("-") and x != "-"]  # "-" alone is stdin, an input
+    if extra and getattr(args, "func", None) is cmd_predict and not options:
+        args.inputs += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(options or extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     if (sys.argv[1:] if argv is None else list(argv))[:1] == ["predict"]:
         _one_blas_thread_at_load()  # before the parser, whose serve defaults load numpy (and with it BLAS)
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     from liser.core.device import tune_malloc
 
     # the command owns its process: large training temporaries stay in the heap (see tune_malloc); predict
