@@ -18,4 +18,6 @@ VIEWS=(teach_views=4 aug_noise_dir=../shared/data/av/interviews)
 liser teacher label speech "$CFG" --set threads="${THREADS:-1}" "${VIEWS[@]}" 'speech_store={teachers}/store-av-views4-fold{fold}'
 liser teacher label speech "$CFG" --set threads="${THREADS:-1}" "${VIEWS[@]}" folds=loco-adapt \
   'speech_store={teachers}/store-adapt-views4-fold{fold}'
+liser teacher label speech "$CFG" --set threads="${THREADS:-1}" teach_views=8 aug_noise_dir=../shared/data/av/interviews \
+  'speech_store={teachers}/store-av-views8-fold{fold}'   # K by measurement: views 1-4 are the 4-view stores' own
 liser experiment configs/grid-distill-protocols.yaml --set threads=1
