@@ -85,6 +85,14 @@ def _prediction(logits: np.ndarray, classes: list[str], start=None, end=None) ->
     return Prediction(classes[k], {c: float(v) for c, v in zip(classes, p)}, np.asarray(logits, np.float32), start, end)
 
 
+def _window_prediction(logits: np.ndarray, classes: list[str], start: float, end: float) -> Prediction:
+    """One timeline window's Prediction: a label from its logits, or no label when they are NaN (too little
+    speech in the window; EmotionModel._span_logits)."""
+    if np.isfinite(logits).all():
+        return _prediction(logits, classes, start, end)
+    return Prediction(None, {}, np.zeros(0, np.float32), start, end)
+
+
 # ---------------------------------------------------------------- the model
 class EmotionModel:
     """A loaded student (PyTorch or ONNX backend) with the feature pipeline around it."""
@@ -204,8 +212,7 @@ class EmotionModel:
         for s, z in zip(starts, logits):
             t0 = float(audio.frames_to_seconds(s))
             t1 = min(t0 + length * audio.HOP_S if length < audio.CLIP_FRAMES else t0 + audio.CLIP_S, duration)
-            out.append(_prediction(z, self.classes, t0, t1) if np.isfinite(z).all()
-                       else Prediction(None, {}, np.zeros(0, np.float32), t0, t1))
+            out.append(_window_prediction(z, self.classes, t0, t1))
         return out
 
     def _span_logits(self, frames: np.ndarray, starts: np.ndarray, length: int = audio.CLIP_FRAMES) -> np.ndarray:

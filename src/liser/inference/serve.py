@@ -219,7 +219,7 @@ class LiveTimeline:
     def _window(self, f: int, c: int, frames: tuple[int, np.ndarray]):
         """The prediction of the window starting at stream frame f, scored from the 3 s starting at frame c
         (`_context`), as model.timeline_frames scores it."""
-        from liser.inference.model import Prediction, _prediction
+        from liser.inference.model import _window_prediction
 
         row0, x = frames
         w = x[c - row0 : c - row0 + audio.CLIP_FRAMES]
@@ -228,9 +228,7 @@ class LiveTimeline:
             (p,) = self.model.timeline_frames(w, audio.CLIP_S, audio.CLIP_S)  # exactly one window
             return dataclasses.replace(p, start=t0, end=min(t0 + audio.CLIP_S, self.seconds))
         (z,) = self.model._span_logits(w, np.array([f - c]), self.length)
-        t1 = min(t0 + self.length * audio.HOP_S, self.seconds)
-        return _prediction(z, self.model.classes, t0, t1) if np.isfinite(z).all() else \
-            Prediction(None, {}, np.zeros(0, np.float32), t0, t1)
+        return _window_prediction(z, self.model.classes, t0, min(t0 + self.length * audio.HOP_S, self.seconds))
 
 
 # ---------------------------------------------------------------- uploads
