@@ -132,13 +132,10 @@ def score_steps(student, classes, seqs, span_s: float) -> dict:
     return rows
 
 
-def score_row(run: Path, seqs: dict) -> dict:
-    """Every readout of one student on both conditions, with paired intervals against its own 3 s row."""
-    import liser
-    from liser.student.checkpoint import read_checkpoint, student_from_checkpoint
-
-    model = liser.load(run, threads=1)
-    student = student_from_checkpoint(read_checkpoint(run / "best.pt"), str(run)).eval()
+def score_row(model, seqs: dict) -> dict:
+    """Every readout of one student (a run loaded by liser.load: its torch Student reads the steps) on both
+    conditions, with paired intervals against its own 3 s row."""
+    student = model.classifier.student
     out = {}
     for cond, ss in seqs.items():
         rows_by, res = {}, {}
@@ -181,7 +178,7 @@ def run(args) -> dict:
             fold_out["rows"][r] = {
                 "run": str(d), "test_uar": metrics["test"]["uar"], "val_uar": metrics["val"]["uar"],
                 "cut_clips": tl.single_clip_uar(model, [q.label for q in used.values()], list(preds.values())),
-                "conditions": score_row(d, seqs)}
+                "conditions": score_row(model, seqs)}
             print(f"fold {fold} ({corpus}) {r} scored", file=sys.stderr, flush=True)
         results[f"fold{fold}"] = fold_out
     return results

@@ -68,7 +68,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -79,6 +78,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))  # bench/machine.py
 
 from liser.core.errors import LiserError  # noqa: E402
 
@@ -484,21 +484,9 @@ def score_condition(model, seqs: list[Sequence], clip_preds: dict[str, str], cor
 
 def machine() -> dict:
     """CPU model, cores, git commit (and whether tracked files differ from it)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    from machine import cpu_model, git
 
-    def git(*a) -> str:
-        try:
-            done = subprocess.run(["git", "-C", str(ROOT), *a], capture_output=True, text=True, check=True)
-            return done.stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return ""
-
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": 1, "python": platform.python_version(),
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": 1, "python": platform.python_version(),
             "git_commit": git("rev-parse", "HEAD"),
             "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
 
