@@ -397,6 +397,42 @@ def locate(received: np.ndarray, x: np.ndarray, skip: int) -> tuple[int, int]:
     return z, int(np.argmin(e - 2 * c)) - skip
 
 
+# Chromium's fake microphone is played by its audio thread; on a loaded machine (CI's 2 cores) that thread
+# can fall behind and the capture then carries exact zeros for a stretch of the file (a CI run: from 5.3 s
+# on). That is the browser's capture, not the page or the server (the test checks the server got exactly
+# the page's samples), so such a recording is made again, at most MIC_TRIES times in all.
+MIC_TRIES = 3
+DROPOUT = 0.005  # s of exact zeros inside the file (where the file itself is not silent) that mark a dropout
+
+
+def record_fake_mic(d, seconds: float) -> list[dict]:
+    """Record `seconds` of the fake microphone on the page (keeping the samples it heard); its windows."""
+    from selenium.webdriver.common.by import By
+
+    d.execute_script("liser.keep = true; liser.heard = []")
+    d.find_element(By.ID, "record").click()
+    wait_for(d, "document.getElementById('status').textContent.startsWith('recording')")
+    time.sleep(seconds)
+    d.find_element(By.ID, "stop").click()
+    wait_for(d, "liser.done")
+    return d.execute_script("return liser.points")
+
+
+def capture_dropout(received: np.ndarray, x: np.ndarray, z: int, k: int, skip: int) -> int | None:
+    """The first sample of a run of >= DROPOUT s of exact zeros in the stream where x (aligned by
+    locate's z, k) is not silent there, or None."""
+    run = int(DROPOUT * FAKE_MIC_RATE)
+    s0 = max(0, -k)
+    got = received[z + s0 + skip : z + len(x) - k]
+    want = x[k + s0 + skip : k + s0 + skip + len(got)]
+    zero = np.concatenate([[0], (got == 0).astype(np.int64), [0]])
+    starts, ends = np.flatnonzero(np.diff(zero) == 1), np.flatnonzero(np.diff(zero) == -1)
+    for a, b in zip(starts, ends):
+        if b - a >= run and np.abs(want[a:b]).max() > 1e-3:
+            return z + s0 + skip + int(a)
+    return None
+
+
 def test_browser_records_a_fake_microphone_and_shows_predicts_timeline(chrome_paths, trained_run, speech, tmp_path,
                                                                        capsys, monkeypatch):
     """The page, recording Chromium's fake microphone fed a RAVDESS WAV, shows `liser predict --timeline` of it.
@@ -427,15 +463,25 @@ def test_browser_records_a_fake_microphone_and_shows_predicts_timeline(chrome_pa
         return push(self, samples)
 
     monkeypatch.setattr(serve.LiveTimeline, "push", spy)
+    settle = int(0.05 * FAKE_MIC_RATE)
     with running(serve.make_app(model, HOP)) as url, chromium(chrome_paths, tmp_path / "mic.wav") as d:
         d.get(url)
         wait_for(d, "liser.classes.length")
-        d.find_element(By.ID, "record").click()
-        wait_for(d, "document.getElementById('status').textContent.startsWith('recording')")
-        time.sleep(len(x) / FAKE_MIC_RATE + 1.0)  # the whole file, and a second of the silence after it
-        d.find_element(By.ID, "stop").click()
-        wait_for(d, "liser.done")
-        points = d.execute_script("return liser.points")
+        for attempt in range(MIC_TRIES):
+            heard.clear(), rates.clear()
+            points = record_fake_mic(d, len(x) / FAKE_MIC_RATE + 1.0)  # the file, and a second of silence after it
+            received = np.concatenate(heard)
+            # the server got exactly the samples the page's tap produced: what the page sends is not changed
+            np.testing.assert_array_equal(received, _heard(d))
+            assert rates == {FAKE_MIC_RATE}
+            z, k = locate(received, x, settle)
+            drop = capture_dropout(received, x, z, k, settle)
+            if drop is None:
+                break
+            print(f"try {attempt + 1}: Chromium's capture gave zeros from {drop / FAKE_MIC_RATE:.2f} s where the "
+                  "file is not silent (its audio thread fell behind); recording again")
+        else:
+            pytest.fail(f"Chromium's capture dropped out in each of {MIC_TRIES} recordings")
         # the table of windows (in a closed <details>: read its text, not what is on screen)
         rows = d.execute_script("return [...document.querySelectorAll('#rows tr')].map(r => [...r.cells].map(c => c.textContent))")
         covered = d.execute_script("""const c = document.getElementById('chart'), g = c.getContext('2d');
@@ -465,10 +511,6 @@ def test_browser_records_a_fake_microphone_and_shows_predicts_timeline(chrome_pa
     # what reached the server: a few ms of zeros while the capture started, then the file from sample k on,
     # equal to 16-bit rounding (Chromium reads the WAV's positive samples as k/32767, not k/32768) after
     # the capture's first 50 ms (where a run once had 3 samples 2 LSB off, in the file's near-silent start)
-    received = np.concatenate(heard)
-    assert rates == {FAKE_MIC_RATE}
-    settle = int(0.05 * FAKE_MIC_RATE)
-    z, k = locate(received, x, settle)
     n = len(x) - k
     # k < 0: under load the capture once sent 10 ms of non-zero pre-roll before the file began
     # (k = -441); the file then starts s0 = -k samples after z, and the comparison starts there
