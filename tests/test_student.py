@@ -176,3 +176,55 @@ def test_phone_band_student_exports_with_its_band(tmp_path):
         ref = m.classify(x).numpy()
     for inp in (x, x2):
         np.testing.assert_allclose(sess.run(None, {"logmel": inp.numpy()})[0], ref, atol=1e-4)
+
+
+def test_range_student_ignores_what_lies_below_its_dynamic_range():
+    """input_range_db R: cells more than R dB below a window's loudest cell cannot change the output, the
+    output still depends on what lies inside the range, and a checkpoint from before the option loads with it
+    off (0: no clamp)."""
+    torch.manual_seed(0)
+    m = Student(6, level_norm=True, range_db=35.0).eval()
+    x = torch.randn(4, 64, 94) * 10 - 40
+    x[:, 0, 0] = 0.0  # the loudest cell: the floor is at -35 dB
+    quiet = x < -35.0
+    y = x.clone()
+    y[quiet] = -35.0 - torch.rand(int(quiet.sum())) * 60  # a hiss or a codec's dropped detail below the range
+    z = x.clone()
+    z[~quiet] -= torch.rand(int((~quiet).sum())) * 3  # what the range keeps
+    z[:, 0, 0] = 0.0
+    with torch.inference_mode():
+        ref = m.classify(x)
+        torch.testing.assert_close(m.classify(y), ref, atol=1e-5, rtol=0)
+        assert not torch.allclose(m.classify(z), ref, atol=1e-3)
+        plain = Student(6, level_norm=True).eval()
+        plain.load_state_dict({k: v for k, v in m.state_dict().items() if k != "range_db"})
+        assert float(plain.range_db) == 0.0 and not torch.allclose(plain.classify(y), plain.classify(x))
+
+
+def test_range_student_holds_a_real_clip_under_a_noise_floor_and_exports_with_it(tmp_path):
+    """On a real RAVDESS clip, a -60 dBFS white noise floor moves few of the cells a 35 dB range student
+    reads by more than 1 dB (against most of the quiet cells without the range), and the ONNX graph
+    clamps as the torch student does."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from liser.data import audio, frontend
+    from liser.inference.export import _torch_export
+    from tests.conftest import real_root
+
+    clip = audio.load_audio(real_root("ravdess") / "Actor_01" / "03-01-05-01-01-01-01.flac")[: audio.CLIP_SAMPLES]
+    hiss = np.random.default_rng(0).standard_normal(len(clip)).astype(np.float32) * 10 ** (-60 / 20)
+    a, b = (torch.from_numpy(frontend.features(s).T[None].astype(np.float32)) for s in (clip, clip + hiss))
+    clamp = lambda t: torch.maximum(t, t.amax(dim=(1, 2), keepdim=True) - 35.0)  # noqa: E731
+    moved_plain = float(((a - b).abs() > 1.0).float().mean())
+    moved_range = float(((clamp(a) - clamp(b)).abs() > 1.0).float().mean())
+    assert moved_range < 0.1 and moved_plain > 3 * moved_range, (moved_plain, moved_range)
+
+    torch.manual_seed(0)
+    m = Student(6, level_norm=True, range_db=35.0).eval()
+    _torch_export(Classifier(m).eval(), tmp_path / "s.onnx", 17)
+    sess = ort.InferenceSession(str(tmp_path / "s.onnx"), providers=["CPUExecutionProvider"])
+    with torch.inference_mode():
+        for inp in (a, b):
+            np.testing.assert_allclose(sess.run(None, {"logmel": inp.numpy()})[0], m.classify(inp).numpy(), atol=1e-4)
+        torch.testing.assert_close(m.classify(b), m.classify(a), atol=0.05, rtol=0)

@@ -100,6 +100,10 @@ class Config:
     input_band: str = "full"  # Mel bands the student reads: full (the paper's) | phone (only those inside the
     #   telephone band, 300-3400 Hz; the others read as their training mean, in training and in every export), so
     #   a call and the clean recording look alike to it; an option to measure (grid-default-model-band-input.yaml)
+    input_range_db: float = 0.0  # student raises every log-Mel cell of a window to at least its loudest cell minus
+    #   this many dB (a dynamic range, as Whisper's 80 dB clamp), in training and in every export: what lies further
+    #   below the speech (a recorder's hiss, room tone, what a codec drops) cannot change a label; 0 = off (the
+    #   paper's); an option to measure (configs/grid-default-model-range.yaml)
     aug_gain_db: float = 0.0  # random level change per training crop, +- this many dB; 0 = off
     aug_noise_p: float = 0.0  # share of training crops that get noise at 10..30 dB SNR; 0 = off
     aug_freq_masks: int = 0  # SpecAugment frequency masks (<= 8 Mel bands each) per training crop; 0 = off

@@ -119,10 +119,12 @@ def build_features(manifest, work: str | Path = "work", threads: int = 2, progre
 
 
 def normalisation_stats(cache: FeatureCache, ids: list[str], center: bool | str = False,
-                        keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                        keep: np.ndarray | None = None, range_db: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Per-Mel-band mean and std [n_mels] over the frames of the given (training) items.
 
-    center=True first subtracts each item's mean level (over frames and
+    range_db > 0 first raises each item's cells to at least its loudest cell minus range_db dB: what an
+    `input_range_db` student sees (it clamps per window; the item's loudest cell stands in for each window's,
+    close enough for a standardisation that BatchNorm follows). center=True first subtracts each item's mean level (over frames and
     bands; over the `keep` bands only when given, bool [n_mels]): the
     statistics of what a `level_norm` student sees after its own per-window
     centring; center="band" subtracts each item's mean per band (what a
@@ -133,6 +135,8 @@ def normalisation_stats(cache: FeatureCache, ids: list[str], center: bool | str 
     n = 0
     for i in ids:
         x = np.asarray(cache.frames(i), dtype=np.float64)
+        if range_db > 0:
+            x = np.maximum(x, x.max() - range_db)
         if center == "band":
             x = x - x.mean(axis=0)
         elif center:

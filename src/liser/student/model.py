@@ -17,6 +17,10 @@ log-Mel level is subtracted first. Scaling a waveform by g adds 20 log10 g dB
 to every cell above the log floor, so the label no longer depends on the
 recording level. The flag is a buffer too: checkpoints and the ONNX graph
 carry it, and checkpoints written before it existed load with it off.
+`input_range_db` R (an option, measured in configs/grid-default-model-range.yaml)
+first raises every cell to at least the window's loudest cell minus R dB, so
+a hiss, room tone or a codec's dropped detail further below the speech cannot
+change a label (Whisper clamps its log-Mel to 80 dB below the maximum).
 `channel_norm` (an option, measured in configs/grid-ravdess-field.yaml)
 subtracts each window's mean per Mel band instead (cepstral mean
 normalisation in the log-Mel domain): a fixed microphone or channel
@@ -78,10 +82,13 @@ def band_mask(band_hz: tuple[float, float] | None, n_mels: int = N_MELS) -> np.n
 class Student(nn.Module):
     def __init__(self, n_classes: int, n_video_classes: int = 7, channels: int = 64, hidden: int = 64,
                  n_mels: int = N_MELS, level_norm: bool = False, channel_norm: bool = False,
-                 heads: dict[str, int] | None = None, band_hz: tuple[float, float] | None = None):
+                 heads: dict[str, int] | None = None, band_hz: tuple[float, float] | None = None,
+                 range_db: float = 0.0):
         """`heads`: one distillation head per named teacher, {name: its classes}, in order (g_<name>, each
         Linear(hidden, 32), ReLU, Linear(32, K)); None = the paper's two, {"sd": n_classes, "vd": n_video_classes}.
-        `band_hz`: (low, high) = the student reads only the Mel bands inside it (`input_band`; None = all)."""
+        `band_hz`: (low, high) = the student reads only the Mel bands inside it (`input_band`; None = all).
+        `range_db` > 0: each window's cells are raised to at least its loudest cell minus range_db dB
+        (`input_range_db`; 0 = off)."""
         super().__init__()
         heads = {"sd": n_classes, "vd": n_video_classes} if heads is None else dict(heads)
         self.n_classes, self.heads = n_classes, heads
@@ -90,6 +97,7 @@ class Student(nn.Module):
         self.register_buffer("level_norm", torch.tensor(float(level_norm)))
         self.register_buffer("channel_norm", torch.tensor(float(channel_norm)))
         self.register_buffer("band_keep", torch.from_numpy(band_mask(band_hz, n_mels)))
+        self.register_buffer("range_db", torch.tensor(float(range_db)))
         self.conv = nn.Sequential(
             _block(1, channels, (3, 3), (2, 2)),
             _block(channels, channels, (3, 3), (4, 2)),
@@ -110,6 +118,7 @@ class Student(nn.Module):
         state_dict.setdefault(prefix + "level_norm", torch.tensor(0.0))
         state_dict.setdefault(prefix + "channel_norm", torch.tensor(0.0))
         state_dict.setdefault(prefix + "band_keep", torch.ones(self.band_keep.shape))  # before input_band: all bands
+        state_dict.setdefault(prefix + "range_db", torch.tensor(0.0))  # before input_range_db: no clamp
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def embed(self, x: torch.Tensor, keep_steps: bool = False):
@@ -118,6 +127,8 @@ class Student(nn.Module):
         if x.dim() == 4:
             x = x[:, 0]
         banded = not bool(self.band_keep.all())  # a constant when traced, as the flags below
+        if float(self.range_db) > 0:  # a dynamic range below the window's loudest cell: quieter cells read as its floor
+            x = torch.maximum(x, x.amax(dim=(1, 2), keepdim=True) - self.range_db)
         if bool(self.channel_norm):  # per Mel band over the window's frames (CMN); includes the level
             x = x - x.mean(dim=2, keepdim=True)
         elif bool(self.level_norm) and banded:  # the level of the bands it reads, not of the ones it drops

@@ -463,10 +463,11 @@ def build_model(cfg: Config, data: Data):
 
     band = audio.PHONE_BAND_HZ if cfg.input_band == "phone" else None
     model = Student(len(data.classes), heads={n: len(c) for n, c in data.teacher_classes.items()},
-                    level_norm=cfg.level_norm, channel_norm=cfg.channel_norm, band_hz=band)
+                    level_norm=cfg.level_norm, channel_norm=cfg.channel_norm, band_hz=band, range_db=cfg.input_range_db)
     center = "band" if cfg.channel_norm else cfg.level_norm
     keep = model.band_keep.numpy() > 0 if band else None
-    mean, std = normalisation_stats(data.cache, [it.id for it in data.train], center=center, keep=keep)
+    mean, std = normalisation_stats(data.cache, [it.id for it in data.train], center=center, keep=keep,
+                                    range_db=cfg.input_range_db)
     model.set_normalisation(torch.from_numpy(mean), torch.from_numpy(std))
     model = model.to(resolve_device(cfg.device), memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
