@@ -55,7 +55,7 @@ LEDGER = ROOT / "bench" / "ledger" / "grid-distill-protocols"
 BASELINE = ROOT / "bench" / "ledger" / "grid-default-model-consistency" / "speech-views-cons1" / "default"
 ROWS = ("unseen-dstl", "adapted-dstl")
 VIEW_ROWS = {"unseen-dstl-views4": "unseen-dstl", "adapted-dstl-views4": "adapted-dstl",  # teach_views -> its clean row
-             "unseen-dstl-views2": "unseen-dstl"}
+             "unseen-dstl-views2": "unseen-dstl", "unseen-dstl-views8": "unseen-dstl"}
 OUT = ROOT / "bench" / "results" / "distill_protocols.json"
 
 
