@@ -57,8 +57,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+sys.path.insert(0, str(ROOT / "bench"))
+
 from liser.data.audio import SAMPLE_RATE  # noqa: E402
 from liser.core.errors import LiserError  # noqa: E402
+from machine import describe  # noqa: E402
 
 NO_SPEECH = "no-speech"  # pseudo-class of a file a model refuses (LiserError: not enough speech)
 CENTRAL_S = (0.5, 1.0, 1.5, 2.0)  # seconds of central speech kept
@@ -367,9 +370,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     t0, load_start = time.time(), os.getloadavg()
     models = run(args)
-    for r in models.values():
+    for r in models.values():  # each model its own record: --merge keeps older models beside this run's
         r["command"] = "OMP_NUM_THREADS=1 python bench/bench_robustness.py " + " ".join(argv or sys.argv[1:])
         r["date"] = time.strftime("%Y-%m-%d")
+        r["machine"] = {**describe(), "load_average_start": [round(x, 2) for x in load_start]}
     path = Path(args.json)
     if args.merge and path.is_file():
         models = {**{m: r for m, r in json.loads(path.read_text()).get("models", {}).items() if m not in models},
