@@ -166,3 +166,16 @@ def test_labeled_training_items_join_the_pool_for_their_teacher_labels(small_con
         assert float(next(csv.DictReader(f))["sd"]) > 0  # the distillation term ran on them
     with pytest.raises(LiserError, match="unlabeled"):
         ws.fold_pool(cfg.replace(pool_labeled=False), cfg.fold)  # neither a pool nor labeled items: said
+
+
+def test_views_seed_keeps_the_views_when_the_training_seed_changes(small_config):
+    """views_seed: a second training seed reads the first seed's views (training and teaching), so its stores
+    and features caches are the ones already made; without it the views follow the seed."""
+    from liser.data.views import training_views
+
+    cfg = replace(small_config, aug_views=3, teach_views=2)
+    other = replace(cfg, seed=cfg.seed + 1)
+    pinned = replace(other, views_seed=cfg.seed)
+    for views in (training_views, teaching_views):
+        assert views(pinned).tag(None) == views(cfg).tag(None)
+        assert views(other).tag(None) != views(cfg).tag(None)

@@ -117,6 +117,8 @@ class Config:
     aug_noise_dir: str = ""  # folder of recordings whose non-speech parts are the views' background noise; "" = pink
     aug_floor_p: float = 0.0  # share of views with a recorder's noise floor under the whole recording (white to
     #   pink, -80..-50 dBFS; liser.data.augment_audio.recorder_floor); 0 = off (views as before, bit for bit)
+    views_seed: int | None = None  # seeds the views (aug_views, teach_views) instead of `seed`; None = `seed`, so a
+    #   run's training seed can change while it reads the same views and the same teacher stores (grid-distill-seeds)
     pool_labeled: bool = False  # distilling: the fold's labeled training items also join the pool (labels blanked),
     #   so the teacher labels them and the student distils on them too; with teach_views, on their views as well
     teach_views: int = 0  # distilling: the speech teachers' soft labels on this many waveform views of each pool

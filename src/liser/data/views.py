@@ -130,13 +130,18 @@ def _digest(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:8]
 
 
+def views_seed(cfg) -> int:
+    """The seed of a config's views: `views_seed`, else the run's `seed`."""
+    return cfg.seed if cfg.views_seed is None else cfg.views_seed
+
+
 def training_views(cfg) -> ViewSpec:
     """The views a config's labeled items train on (aug_views; liser.core.config.Config)."""
-    return ViewSpec(cfg.aug_views, cfg.seed, cfg.aug_noise_dir, cfg.aug_floor_p)
+    return ViewSpec(cfg.aug_views, views_seed(cfg), cfg.aug_noise_dir, cfg.aug_floor_p)
 
 
 def teaching_views(cfg) -> ViewSpec | None:
     """The views a config's pool is taught on (teach_views): the training views' chain without the steps that
     move speech in time, so a view's pieces are its item's; None when teach_views is 0."""
-    return ViewSpec(cfg.teach_views, cfg.seed, cfg.aug_noise_dir, cfg.aug_floor_p, timing=False) if cfg.teach_views \
+    return ViewSpec(cfg.teach_views, views_seed(cfg), cfg.aug_noise_dir, cfg.aug_floor_p, timing=False) if cfg.teach_views \
         else None
