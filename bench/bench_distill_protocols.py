@@ -57,6 +57,8 @@ ROWS = ("unseen-dstl", "adapted-dstl")
 VIEW_ROWS = {"unseen-dstl-views4": "unseen-dstl", "adapted-dstl-views4": "adapted-dstl",  # teach_views -> its clean row
              "unseen-dstl-views2": "unseen-dstl", "unseen-dstl-views8": "unseen-dstl"}
 OUT = ROOT / "bench" / "results" / "distill_protocols.json"
+SEED_GRID = ROOT / "configs" / "grid-distill-seeds.yaml"  # seed 1 of no-dstl and unseen-dstl-views4
+SEED_ROWS = {"no-dstl-s1": None, "unseen-dstl-views4-s1": "unseen-dstl-views4"}  # -> the seed-0 row (None: baseline)
 
 
 def finished(row_dir: Path, fold: int) -> dict | None:
@@ -167,6 +169,51 @@ def against_clean(views: dict, clean: dict) -> dict:
     return out
 
 
+def seed_rows(grid: dict, base_dir: Path, seed_grid: Path) -> dict:
+    """{held-out corpus: {no_dstl: [seed 0, seed 1], views4: [...], gain_points: mean over seeds}} for the folds
+    where both seeds of both rows finished; the unseen domain (every test file of the held-out corpus)."""
+    from liser.data.workspace import labeled_corpora
+    from liser.experiments.grid import expand_grid, load_grid
+
+    if not seed_grid.is_file():
+        return {}
+    sg = load_grid(seed_grid)
+    ledger = ROOT / sg["ledger"] if sg.get("ledger") else None
+    runs = {(r["cfg"].name.split("/")[0], r["cfg"].fold): r["cfg"] for r in expand_grid(sg, 5)}
+    zero = {r["cfg"].fold: r["cfg"] for r in grid["runs"] if r["cfg"].name.split("/")[0] == "unseen-dstl-views4"}
+    out = {}
+    for k in range(5):
+        got = {}
+        for row, seed0 in SEED_ROWS.items():
+            cfg = runs[(row, k)]
+            s1 = finished(Path(cfg.out) / cfg.name, k) or (finished(ledger / cfg.name, k) if ledger else None)
+            z = zero[k]
+            s0 = finished(base_dir, k) if seed0 is None else (finished(Path(z.out) / z.name, k)
+                                                               or finished(LEDGER / z.name, k))
+            if s0 is None or s1 is None:
+                break
+            if s0["test_ids"] != s1["test_ids"]:
+                raise LiserError(f"{row} fold {k}: seed 1 was tested on other files than seed 0")
+            got["no_dstl" if seed0 is None else "views4"] = [round(uar_on(m)[0], 4) for m in (s0, s1)]
+        if len(got) == 2:
+            gain = 100 * (np.mean(got["views4"]) - np.mean(got["no_dstl"]))
+            out[labeled_corpora(zero[k])[k]] = {"fold": k, **got, "gain_points": round(float(gain), 2)}
+    return out
+
+
+def seeds_table(rows: dict) -> str:
+    """The seeds comparison as a Markdown table: each row's two seeds and their mean, the gain of the means."""
+    lines = ["unseen domain, seeds 0 and 1", "| held out | no-dstl (s0, s1) | view labels K=4 (s0, s1) | gain of the means (points) |",
+             "|---|---|---|---|"]
+    for c, r in rows.items():
+        a, b = r["no_dstl"], r["views4"]
+        lines.append(f"| {c} | {a[0]:.3f}, {a[1]:.3f} | {b[0]:.3f}, {b[1]:.3f} | {r['gain_points']:+.1f} |")
+    means = [np.mean([r[k][i] for r in rows.values()]) for k in ("no_dstl", "views4") for i in (0, 1)]
+    lines.append(f"| mean | {means[0]:.3f}, {means[1]:.3f} | {means[2]:.3f}, {means[3]:.3f} | "
+                 f"{np.mean([r['gain_points'] for r in rows.values()]):+.1f} |")
+    return "\n".join(lines)
+
+
 def table(name: str, rows: dict) -> str:
     lines = [f"{name}", "| held out | files | no-dstl | distilled | gain (points) | teacher |", "|---|---|---|---|---|---|"]
     for c, r in rows.items():
@@ -188,6 +235,7 @@ def main(argv=None) -> int:
     ap.add_argument("--baseline", default=str(BASELINE), help="folder of the no-dstl runs' fold<k>/metrics.json")
     ap.add_argument("--no-teachers", action="store_true", help="leave the teachers' column out")
     ap.add_argument("--json", default=str(OUT))
+    ap.add_argument("--seed-grid", default=str(SEED_GRID), help="the grid of the seed-1 runs")
     args = ap.parse_args(argv)
     grid = load_grid(args.grid)
     grid["runs"] = expand_grid(grid, 5)
@@ -213,6 +261,10 @@ def main(argv=None) -> int:
     for row, rows in ((r, v) for r, v in out.get("views", {}).items() if v):
         print(f"{row} against {VIEW_ROWS[row]}: " + ", ".join(
             f"{c} {r['student']:.3f} vs {r['clean_labels']:.3f} ({r['gain_over_clean_points']:+.1f})" for c, r in rows.items()))
+    seeds = seed_rows(grid, Path(args.baseline), Path(args.seed_grid))
+    if seeds:
+        out["seeds"] = seeds  # unseen domain, no-dstl against view labels (K = 4), seeds 0 and 1
+        print(seeds_table(seeds))
     print("targets:", json.dumps(out["targets"]))
     atomic_write_text(args.json, json.dumps(out, indent=1) + "\n")
     print(f"wrote {args.json}")

@@ -82,3 +82,36 @@ def test_view_labels_compare_the_teacher_on_views_with_the_clean_audio(tmp_path)
     assert got["pieces"] == 6 and got["top1_agreement"] == [1.0, 0.0]
     assert got["total_variation"] == [0.0, pytest.approx(0.6, abs=1e-3)]
     assert bench.view_labels(cfg.replace(speech_store=str(tmp_path / "none"))) is None
+
+
+def test_seed_rows_pair_both_seeds_of_both_rows_on_the_same_files(tmp_path, monkeypatch):
+    """Seed 1 of each row is read beside its seed-0 run (no-dstl: the baseline; views: the protocol grid's row);
+    a fold counts only when all four finished, and a seed-1 run tested on other files is refused."""
+    from liser.experiments.grid import expand_grid, load_grid
+
+    grid = load_grid(str(bench.GRID))
+    grid["runs"] = expand_grid(grid, 5)
+    for r in grid["runs"]:
+        r["cfg"] = r["cfg"].replace(out=str(tmp_path / "runs"))
+    seeds = tmp_path / "grid-seeds.yaml"
+    seeds.write_text(bench.SEED_GRID.read_text().replace("out: runs/grid-distill-seeds", f"out: {tmp_path}/seeds")
+                     .replace("ledger: bench/ledger/grid-distill-seeds", f"ledger: {tmp_path}/no-ledger")
+                     .replace("base: default-model.yaml", f"base: {ROOT / 'configs' / 'default-model.yaml'}"))
+    monkeypatch.setattr(bench, "LEDGER", tmp_path / "no-ledger")
+    m = _baseline(3)
+    flipped = {**m, "test_logits": [[-x for x in row] for row in m["test_logits"]]}  # another model, same files
+    for path, metrics in ((tmp_path / "runs" / "unseen-dstl-views4" / "default" / "fold3", flipped),
+                          (tmp_path / "seeds" / "no-dstl-s1" / "default" / "fold3", m),
+                          (tmp_path / "seeds" / "unseen-dstl-views4-s1" / "default" / "fold3", flipped)):
+        path.mkdir(parents=True)
+        (path / "metrics.json").write_text(json.dumps(metrics))
+    rows = bench.seed_rows(grid, bench.BASELINE, seeds)
+    u, u_flipped = bench.uar_on(m)[0], bench.uar_on(flipped)[0]
+    assert list(rows) == ["tess"]  # fold 3 only: the others have no seed-1 runs
+    assert rows["tess"]["no_dstl"] == [round(u, 4)] * 2 and rows["tess"]["views4"] == [round(u_flipped, 4)] * 2
+    assert rows["tess"]["gain_points"] == pytest.approx(100 * (u_flipped - u), abs=0.01)
+    assert "tess" in bench.seeds_table(rows)
+    other = {**m, "test_ids": m["test_ids"][1:] + m["test_ids"][:1]}
+    (tmp_path / "seeds" / "no-dstl-s1" / "default" / "fold3" / "metrics.json").write_text(json.dumps(other))
+    with pytest.raises(LiserError, match="other files"):
+        bench.seed_rows(grid, bench.BASELINE, seeds)
