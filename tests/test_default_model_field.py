@@ -12,10 +12,11 @@ the other six map onto the model's six classes (TESS `fear` = fearful).
   half of the answers (a model that says one class for every short input
   fails this, whatever its UAR on whole files).
 
-Reference values on the 120 files drawn here: the field default model (not
-trained on TESS) gives UAR 0.492 on whole files and 0.467 on 1.0 s cuts,
-with 56 of 120 cut answers `neutral`, near the bound (MODEL_CARD.md "Known
-limits"). The model trained on these very files that shipped before the
+Reference values on the 120 files drawn here: the shipped default model (not
+trained on TESS; 45 dB input range) gives UAR 0.492 on whole files and 0.467
+on 1.0 s cuts, with 58 of 120 cut answers `neutral`, near the bound
+(MODEL_CARD.md "Known limits"; the consistency model before it: the same
+UARs, 56 `neutral`). The model trained on these very files that shipped before the
 field models gave 0.917 and 0.425 with 61 of 120 `fearful` and failed the
 second test.
 """
