@@ -99,11 +99,11 @@ def graphs_vs_server(model, window_sess, whole_sess, x: np.ndarray) -> tuple[dic
                                         - self.buf_start].copy())
             return super()._features(first, stop)
 
-        def _window(self, f, frames):
-            p = super()._window(f, frames)
+        def _window(self, f, c, frames):  # c: the first frame of the 3 s the window is scored from (= f at 3 s)
+            p = super()._window(f, c, frames)
             a, seg = self.segment
-            rows.append(((p.label, p.probabilities), _graph(waveform_onnx.run_window(window_sess, seg, f - a // audio.HOP)),
-                         _graph(waveform_onnx.run(whole_sess, x[f * audio.HOP : f * audio.HOP + audio.CLIP_SAMPLES]))))
+            rows.append(((p.label, p.probabilities), _graph(waveform_onnx.run_window(window_sess, seg, c - a // audio.HOP)),
+                         _graph(waveform_onnx.run(whole_sess, x[c * audio.HOP : c * audio.HOP + audio.CLIP_SAMPLES]))))
             return p
 
     def _graph(out):
