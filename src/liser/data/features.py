@@ -124,11 +124,11 @@ def normalisation_stats(cache: FeatureCache, ids: list[str], center: bool | str 
 
     range_db > 0 first raises each item's cells to at least its loudest cell minus range_db dB: what an
     `input_range_db` student sees (it clamps per window; the item's loudest cell stands in for each window's,
-    close enough for a standardisation that BatchNorm follows). center=True first subtracts each item's mean level (over frames and
-    bands; over the `keep` bands only when given, bool [n_mels]): the
-    statistics of what a `level_norm` student sees after its own per-window
-    centring; center="band" subtracts each item's mean per band (what a
-    `channel_norm` student sees).
+    close enough for a standardisation that BatchNorm follows).
+
+    center=True then subtracts each item's mean level (over frames and bands; over the `keep` bands only when
+    given, bool [n_mels]): the statistics of what a `level_norm` student sees after its own per-window
+    centring; center="band" subtracts each item's mean per band (what a `channel_norm` student sees).
     """
     total = np.zeros(cache.feats.shape[1], np.float64)
     sq = np.zeros_like(total)
