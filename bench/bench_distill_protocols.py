@@ -67,6 +67,12 @@ def finished(row_dir: Path, fold: int) -> dict | None:
     return json.loads(p.read_text()) if p.is_file() else None
 
 
+def run_metrics(cfg, ledger: Path | None) -> dict | None:
+    """metrics.json of a grid run (a Config of expand_grid): from its run folder, else from the grid's ledger
+    (a fresh clone), else None."""
+    return finished(Path(cfg.out) / cfg.name, cfg.fold) or (finished(ledger / cfg.name, cfg.fold) if ledger else None)
+
+
 def uar_on(m: dict, ids: set[str] | None = None) -> tuple[float, int]:
     """(UAR over the classes present, files) of a run's stored test predictions, restricted to `ids` if given."""
     from liser.core.metrics import uar
@@ -98,8 +104,7 @@ def protocol_rows(grid: dict, row: str, base_dir: Path, teachers: bool) -> dict:
     cfgs = {r["cfg"].fold: r["cfg"] for r in grid["runs"] if r["cfg"].name.split("/")[0] == row}
     out = {}
     for k, cfg in sorted(cfgs.items()):
-        run_dir = Path(cfg.out) / cfg.name
-        m = finished(run_dir, k) or finished(LEDGER / cfg.name, k)
+        m = run_metrics(cfg, LEDGER)
         base = finished(base_dir, k)
         if m is None or base is None:
             continue
@@ -185,11 +190,8 @@ def seed_rows(grid: dict, base_dir: Path, seed_grid: Path) -> dict:
     for k in range(5):
         got = {}
         for row, seed0 in SEED_ROWS.items():
-            cfg = runs[(row, k)]
-            s1 = finished(Path(cfg.out) / cfg.name, k) or (finished(ledger / cfg.name, k) if ledger else None)
-            z = zero[k]
-            s0 = finished(base_dir, k) if seed0 is None else (finished(Path(z.out) / z.name, k)
-                                                               or finished(LEDGER / z.name, k))
+            s1 = run_metrics(runs[(row, k)], ledger)
+            s0 = finished(base_dir, k) if seed0 is None else run_metrics(zero[k], LEDGER)
             if s0 is None or s1 is None:
                 break
             if s0["test_ids"] != s1["test_ids"]:

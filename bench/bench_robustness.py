@@ -56,8 +56,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "bench"))  # bench/machine.py
 
 from liser.data.audio import SAMPLE_RATE  # noqa: E402
 from liser.core.errors import LiserError  # noqa: E402

@@ -468,7 +468,8 @@ def test_browser_records_a_fake_microphone_and_shows_predicts_timeline(chrome_pa
         d.get(url)
         wait_for(d, "liser.classes.length")
         for attempt in range(MIC_TRIES):
-            heard.clear(), rates.clear()
+            heard.clear()
+            rates.clear()
             points = record_fake_mic(d, len(x) / FAKE_MIC_RATE + 1.0)  # the file, and a second of silence after it
             received = np.concatenate(heard)
             # the server got exactly the samples the page's tap produced: what the page sends is not changed

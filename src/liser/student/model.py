@@ -79,6 +79,12 @@ def band_mask(band_hz: tuple[float, float] | None, n_mels: int = N_MELS) -> np.n
     return ((centres >= band_hz[0]) & (centres <= band_hz[1])).astype(np.float32)
 
 
+def range_floor(x: torch.Tensor, range_db: float | torch.Tensor) -> torch.Tensor:
+    """[B, n_mels, T] log-Mel (dB) with every cell raised to at least its window's loudest cell minus range_db dB
+    (`input_range_db`; Whisper clamps its log-Mel 80 dB below the maximum the same way)."""
+    return torch.maximum(x, x.amax(dim=(1, 2), keepdim=True) - range_db)
+
+
 class Student(nn.Module):
     def __init__(self, n_classes: int, n_video_classes: int = 7, channels: int = 64, hidden: int = 64,
                  n_mels: int = N_MELS, level_norm: bool = False, channel_norm: bool = False,
@@ -128,7 +134,7 @@ class Student(nn.Module):
             x = x[:, 0]
         banded = not bool(self.band_keep.all())  # a constant when traced, as the flags below
         if float(self.range_db) > 0:  # a dynamic range below the window's loudest cell: quieter cells read as its floor
-            x = torch.maximum(x, x.amax(dim=(1, 2), keepdim=True) - self.range_db)
+            x = range_floor(x, self.range_db)
         if bool(self.channel_norm):  # per Mel band over the window's frames (CMN); includes the level
             x = x - x.mean(dim=2, keepdim=True)
         elif bool(self.level_norm) and banded:  # the level of the bands it reads, not of the ones it drops
