@@ -29,6 +29,11 @@ of each pool item as well; issue 24 section 1) are set beside the row with
 the clean audio's labels, fold for fold ("views" in the JSON), once any of
 their folds has finished; "view_labels" says per fold how often the teacher's
 top class on a view's piece is its top class on the clean piece.
+
+A second training seed (configs/grid-distill-seeds.yaml: seed 1 of no-dstl,
+`unseen-dstl-views4` and `adapted-dstl`, everything else as seed 0) is paired
+with seed 0 fold by fold on the same files: "seeds" (unseen domain, view
+labels) and "seeds_adapted" (the adapted test halves, clean-audio labels).
 """
 
 from __future__ import annotations
@@ -57,8 +62,7 @@ ROWS = ("unseen-dstl", "adapted-dstl")
 VIEW_ROWS = {"unseen-dstl-views4": "unseen-dstl", "adapted-dstl-views4": "adapted-dstl",  # teach_views -> its clean row
              "unseen-dstl-views2": "unseen-dstl", "unseen-dstl-views8": "unseen-dstl"}
 OUT = ROOT / "bench" / "results" / "distill_protocols.json"
-SEED_GRID = ROOT / "configs" / "grid-distill-seeds.yaml"  # seed 1 of no-dstl and unseen-dstl-views4
-SEED_ROWS = {"no-dstl-s1": None, "unseen-dstl-views4-s1": "unseen-dstl-views4"}  # -> the seed-0 row (None: baseline)
+SEED_GRID = ROOT / "configs" / "grid-distill-seeds.yaml"  # seed 1 of no-dstl, unseen-dstl-views4, adapted-dstl
 
 
 def finished(row_dir: Path, fold: int) -> dict | None:
@@ -174,9 +178,12 @@ def against_clean(views: dict, clean: dict) -> dict:
     return out
 
 
-def seed_rows(grid: dict, base_dir: Path, seed_grid: Path) -> dict:
-    """{held-out corpus: {no_dstl: [seed 0, seed 1], views4: [...], gain_points: mean over seeds}} for the folds
-    where both seeds of both rows finished; the unseen domain (every test file of the held-out corpus)."""
+def seed_rows(grid: dict, base_dir: Path, seed_grid: Path, row: str = "unseen-dstl-views4",
+              key: str = "views4") -> dict:
+    """{held-out corpus: {no_dstl: [seed 0, seed 1], <key>: [...], gain_points: mean over seeds}} for the folds
+    where both seeds of no-dstl and of `row` (a protocol grid row; its seed 1 is `row`-s1 in the seed grid)
+    finished, on `row`'s test files (the unseen domain: every file of the held-out corpus; adapted: the test half).
+    LiserError when a seed-1 run was tested on other files than its seed-0 run."""
     from liser.data.workspace import labeled_corpora
     from liser.experiments.grid import expand_grid, load_grid
 
@@ -185,32 +192,34 @@ def seed_rows(grid: dict, base_dir: Path, seed_grid: Path) -> dict:
     sg = load_grid(seed_grid)
     ledger = ROOT / sg["ledger"] if sg.get("ledger") else None
     runs = {(r["cfg"].name.split("/")[0], r["cfg"].fold): r["cfg"] for r in expand_grid(sg, 5)}
-    zero = {r["cfg"].fold: r["cfg"] for r in grid["runs"] if r["cfg"].name.split("/")[0] == "unseen-dstl-views4"}
+    zero = {r["cfg"].fold: r["cfg"] for r in grid["runs"] if r["cfg"].name.split("/")[0] == row}
     out = {}
-    for k in range(5):
-        got = {}
-        for row, seed0 in SEED_ROWS.items():
-            s1 = run_metrics(runs[(row, k)], ledger)
-            s0 = finished(base_dir, k) if seed0 is None else run_metrics(zero[k], LEDGER)
-            if s0 is None or s1 is None:
-                break
+    for k in sorted(zero):
+        if (f"{row}-s1", k) not in runs:
+            continue
+        pairs = {"no_dstl": (finished(base_dir, k), run_metrics(runs[("no-dstl-s1", k)], ledger)),
+                 key: (run_metrics(zero[k], LEDGER), run_metrics(runs[(f"{row}-s1", k)], ledger))}
+        if any(m is None for pair in pairs.values() for m in pair):
+            continue
+        for name, (s0, s1) in pairs.items():
             if s0["test_ids"] != s1["test_ids"]:
-                raise LiserError(f"{row} fold {k}: seed 1 was tested on other files than seed 0")
-            got["no_dstl" if seed0 is None else "views4"] = [round(uar_on(m)[0], 4) for m in (s0, s1)]
-        if len(got) == 2:
-            gain = 100 * (np.mean(got["views4"]) - np.mean(got["no_dstl"]))
-            out[labeled_corpora(zero[k])[k]] = {"fold": k, **got, "gain_points": round(float(gain), 2)}
+                raise LiserError(f"{name} fold {k}: seed 1 was tested on other files than seed 0")
+        ids = set(pairs[key][0]["test_ids"])
+        got = {name: [round(uar_on(m, ids)[0], 4) for m in pair] for name, pair in pairs.items()}
+        gain = 100 * (np.mean(got[key]) - np.mean(got["no_dstl"]))
+        out[labeled_corpora(zero[k])[k]] = {"fold": k, **got, "gain_points": round(float(gain), 2)}
     return out
 
 
-def seeds_table(rows: dict) -> str:
+def seeds_table(rows: dict, key: str = "views4", title: str = "unseen domain, seeds 0 and 1",
+                name: str = "view labels K=4") -> str:
     """The seeds comparison as a Markdown table: each row's two seeds and their mean, the gain of the means."""
-    lines = ["unseen domain, seeds 0 and 1", "| held out | no-dstl (s0, s1) | view labels K=4 (s0, s1) | gain of the means (points) |",
+    lines = [title, f"| held out | no-dstl (s0, s1) | {name} (s0, s1) | gain of the means (points) |",
              "|---|---|---|---|"]
     for c, r in rows.items():
-        a, b = r["no_dstl"], r["views4"]
+        a, b = r["no_dstl"], r[key]
         lines.append(f"| {c} | {a[0]:.3f}, {a[1]:.3f} | {b[0]:.3f}, {b[1]:.3f} | {r['gain_points']:+.1f} |")
-    means = [np.mean([r[k][i] for r in rows.values()]) for k in ("no_dstl", "views4") for i in (0, 1)]
+    means = [np.mean([r[k][i] for r in rows.values()]) for k in ("no_dstl", key) for i in (0, 1)]
     lines.append(f"| mean | {means[0]:.3f}, {means[1]:.3f} | {means[2]:.3f}, {means[3]:.3f} | "
                  f"{np.mean([r['gain_points'] for r in rows.values()]):+.1f} |")
     return "\n".join(lines)
@@ -267,6 +276,10 @@ def main(argv=None) -> int:
     if seeds:
         out["seeds"] = seeds  # unseen domain, no-dstl against view labels (K = 4), seeds 0 and 1
         print(seeds_table(seeds))
+    adapted = seed_rows(grid, Path(args.baseline), Path(args.seed_grid), "adapted-dstl", "dstl")
+    if adapted:
+        out["seeds_adapted"] = adapted  # adapted protocol's test halves, no-dstl against clean-audio labels, seeds 0 and 1
+        print(seeds_table(adapted, "dstl", "adapted, seeds 0 and 1 (the test halves)", "distilled, clean labels"))
     print("targets:", json.dumps(out["targets"]))
     atomic_write_text(args.json, json.dumps(out, indent=1) + "\n")
     print(f"wrote {args.json}")

@@ -115,3 +115,39 @@ def test_seed_rows_pair_both_seeds_of_both_rows_on_the_same_files(tmp_path, monk
     (tmp_path / "seeds" / "no-dstl-s1" / "default" / "fold3" / "metrics.json").write_text(json.dumps(other))
     with pytest.raises(LiserError, match="other files"):
         bench.seed_rows(grid, bench.BASELINE, seeds)
+
+
+def test_adapted_seed_rows_score_both_no_dstl_seeds_on_the_distilled_run_s_test_half(tmp_path, monkeypatch):
+    """Adapted seeds: the no-dstl runs (tested on the whole held-out corpus) are re-scored on the adapted run's
+    test half, and each seed-1 distilled run must have been tested on its seed-0 run's half."""
+    from liser.experiments.grid import expand_grid, load_grid
+
+    grid = load_grid(str(bench.GRID))
+    grid["runs"] = expand_grid(grid, 5)
+    for r in grid["runs"]:
+        r["cfg"] = r["cfg"].replace(out=str(tmp_path / "runs"))
+    seeds = tmp_path / "grid-seeds.yaml"
+    seeds.write_text(bench.SEED_GRID.read_text().replace("out: runs/grid-distill-seeds", f"out: {tmp_path}/seeds")
+                     .replace("ledger: bench/ledger/grid-distill-seeds", f"ledger: {tmp_path}/no-ledger")
+                     .replace("base: default-model.yaml", f"base: {ROOT / 'configs' / 'default-model.yaml'}"))
+    monkeypatch.setattr(bench, "LEDGER", tmp_path / "no-ledger")
+    m = _baseline(2)
+    keep = list(range(0, m["n_test"], 2))
+    half = {**m, **{k: [m[k][i] for i in keep] for k in ("test_ids", "test_y", "test_logits")}, "n_test": len(keep)}
+    flipped = {**half, "test_logits": [[-x for x in row] for row in half["test_logits"]]}
+    for path, metrics in ((tmp_path / "runs" / "adapted-dstl" / "default" / "fold2", half),
+                          (tmp_path / "seeds" / "no-dstl-s1" / "default" / "fold2", m),
+                          (tmp_path / "seeds" / "adapted-dstl-s1" / "default" / "fold2", flipped)):
+        path.mkdir(parents=True)
+        (path / "metrics.json").write_text(json.dumps(metrics))
+    rows = bench.seed_rows(grid, bench.BASELINE, seeds, "adapted-dstl", "dstl")
+    assert list(rows) == ["emodb"]
+    u_half = bench.uar_on(m, set(half["test_ids"]))[0]
+    assert u_half != bench.uar_on(m)[0]  # re-scored on the half, not the whole corpus
+    assert rows["emodb"]["no_dstl"] == [round(u_half, 4)] * 2
+    assert rows["emodb"]["dstl"] == [round(bench.uar_on(half)[0], 4), round(bench.uar_on(flipped)[0], 4)]
+    assert "emodb" in bench.seeds_table(rows, "dstl", "adapted", "distilled")
+    assert bench.seed_rows(grid, bench.BASELINE, seeds) == {}  # no unseen-dstl-views4 runs: the unseen table is empty
+    (tmp_path / "seeds" / "adapted-dstl-s1" / "default" / "fold2" / "metrics.json").write_text(json.dumps(m))
+    with pytest.raises(LiserError, match="other files"):
+        bench.seed_rows(grid, bench.BASELINE, seeds, "adapted-dstl", "dstl")
