@@ -136,3 +136,22 @@ def test_int8_agrees_with_fp32_on_unseen_real_files(exported):
     assert np.mean(same) >= AGREEMENT_MIN, (np.mean(same), report["int8_method"])
     assert diff.mean() < PROB_DIFF_MEAN, (diff.mean(), diff.max(), report["int8_method"])
     assert diff.max() < PROB_DIFF_MAX, (diff.mean(), diff.max(), report["int8_method"])
+
+
+def test_min_steps_raises_the_epochs_of_a_small_training_set(small_config, tmp_path):
+    """min_steps: 48 training files are 2 steps an epoch at batch 25, so 5 steps take 3 epochs, not the 1 asked
+    for; the run's config keeps what was asked, metrics.json says what ran."""
+    from liser.core.errors import LiserError
+    from liser.student.train import epochs_for, train
+
+    cfg = small_config.replace(epochs=1, min_steps=5)
+    assert epochs_for(cfg, 48) == 3 and epochs_for(cfg, 500) == 1  # a large set: `epochs` already gives the steps
+    assert epochs_for(cfg.replace(min_steps=0), 48) == 1
+    assert epochs_for(cfg.replace(schedule="two-stage", stage1_epochs=2), 48) == 5  # labeled steps come after stage 1
+    run = train(cfg, run_dir=tmp_path / "run", progress=False)
+    with open(run / "epochs.csv") as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["0", "1", "2"]
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 3
+    assert "min_steps: 5" in (run / "config.yaml").read_text() and "epochs: 1\n" in (run / "config.yaml").read_text()
+    with pytest.raises(LiserError, match="min_steps"):
+        cfg.replace(min_steps=-1).check_choices()

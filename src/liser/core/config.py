@@ -63,6 +63,8 @@ class Config:
     split_seed: int | None = None  # seeds the speaker split where liser draws one (folds pooled, loco-adapt, or
     #   generated folds); None = `seed`, so a run's seed can change without changing its test speakers
     epochs: int = 50  # at most this many epochs; the best validation-UAR epoch is kept
+    min_steps: int = 0  # at least this many labeled optimiser steps: on a small training set `epochs` rises to
+    #   what gives them (liser.student.train.epochs_for), so a fold that holds a large corpus out is not under-trained; 0 = off
     batch_size: int = 25  # labeled items per mini-batch
     lr: float = 1e-4  # AdamW learning rate
     weight_decay: float = 0.01  # AdamW weight decay (PyTorch's default)
@@ -154,6 +156,8 @@ class Config:
         if self.piece_targets and not any(e.head != "sup" for e in self.distilling()):
             raise LiserError("piece_targets needs a teacher to distil from through its own head "
                              "(lambda_sd or lambda_vd > 0, or a `teachers` entry without head: sup)")
+        if self.min_steps < 0:
+            raise LiserError(f"min_steps must be 0 (off) or more steps, got {self.min_steps}")
         if self.teach_views < 0:
             raise LiserError(f"teach_views must be 0 or more views, got {self.teach_views}")
         if self.aug_consistency and not self.aug_views:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import math
 import random
 import sys
 import time
@@ -535,10 +536,20 @@ def augment_options(cfg: Config):
                           time_masks=cfg.aug_time_masks)
 
 
+def epochs_for(cfg: Config, n_train: int) -> int:
+    """How many epochs a run trains: `epochs`, raised so that the labeled steps (ceil(n_train / batch_size) an
+    epoch, after stage 1 in the two-stage schedule) reach `min_steps`. A fixed epoch count gives a fold that holds
+    a large corpus out a fraction of the other folds' steps (leave one corpus out: CREMA-D held out leaves a third
+    of the training files); a step floor gives every fold the same optimisation budget."""
+    if not cfg.min_steps:
+        return cfg.epochs
+    per_epoch = max(1, math.ceil(n_train / cfg.batch_size))
+    first = cfg.stage1_epochs if cfg.schedule == "two-stage" else 0
+    return max(cfg.epochs, first + math.ceil(cfg.min_steps / per_epoch))
+
+
 def lr_factor(cfg: Config, epoch: int, step: int, n_steps: int) -> float:
     """Learning-rate multiplier at a step: linear warm-up over warmup_epochs, then constant or cosine to 0."""
-    import math
-
     t = epoch + step / max(n_steps, 1)  # epochs done, fractional
     if cfg.warmup_epochs > 0 and t < cfg.warmup_epochs:
         return (t + 1 / max(n_steps, 1)) / cfg.warmup_epochs
@@ -741,7 +752,7 @@ def finish(cfg: Config, data: Data, run: Path, model, best_epoch: int) -> None:
     # what the report shows of the video teacher: its own head's answer per class (none when taught through g_sup)
     video = next((e.name for e in cfg.distilling() if e.kind == "video" and e.head != "sup"), None)
     head = head_by_class(model, data.cache, data.test, data.classes, video) if video else None
-    result = {"config": cfg.name, "fold": cfg.fold, "best_epoch": best_epoch, "classes": data.classes,
+    result = {"config": cfg.name, "fold": cfg.fold, "best_epoch": best_epoch, "epochs": cfg.epochs, "classes": data.classes,
               "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test),
               "n_unlabeled": 0 if data.pool is None else len(data.pool.ids),
               "temperature_sd": next((data.temperatures[e.name] for e in cfg.teacher_entries() if e.kind == "speech"),
@@ -782,6 +793,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, progress: bool = True)
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         data = load_data(cfg, progress)
+        cfg = cfg.replace(epochs=epochs_for(cfg, len(data.train)))  # config.yaml keeps the epochs asked for
         model, opt = build_model(cfg, data)
         state = resume(run, cfg, model, opt)
         run_epochs(cfg, data, run, model, opt, state, progress)
