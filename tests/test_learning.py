@@ -138,7 +138,7 @@ def test_int8_agrees_with_fp32_on_unseen_real_files(exported):
     assert diff.max() < PROB_DIFF_MAX, (diff.mean(), diff.max(), report["int8_method"])
 
 
-def test_min_steps_raises_the_epochs_of_a_small_training_set(small_config, tmp_path):
+def test_min_steps_raises_the_epochs_of_a_small_training_set(small_config, tmp_path, capsys):
     """min_steps: 48 training files are 2 steps an epoch at batch 25, so 5 steps take 3 epochs, not the 1 asked
     for; the run's config keeps what was asked, metrics.json says what ran."""
     from liser.core.errors import LiserError
@@ -151,6 +151,7 @@ def test_min_steps_raises_the_epochs_of_a_small_training_set(small_config, tmp_p
     run = train(cfg, run_dir=tmp_path / "run", progress=False)
     with open(run / "epochs.csv") as f:
         assert [r["epoch"] for r in csv.DictReader(f)] == ["0", "1", "2"]
+    assert "3 epochs instead of 1, to train at least min_steps 5 steps on 48 files" in capsys.readouterr().err
     assert json.loads((run / "metrics.json").read_text())["epochs"] == 3
     assert "min_steps: 5" in (run / "config.yaml").read_text() and "epochs: 1\n" in (run / "config.yaml").read_text()
     with pytest.raises(LiserError, match="min_steps"):

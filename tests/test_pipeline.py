@@ -132,3 +132,17 @@ def test_grid_report(setup):
     assert (base / "grid" / "label_fraction.png").is_file()
     # re-running finds every run finished and trains nothing
     assert run_grid(grid, progress=False)["runs_trained"] == 0
+
+
+def test_report_of_a_multi_corpus_grid_names_its_corpora(tmp_path):
+    """A grid over `labeled` corpora (the default model's) is reported under those corpora, not the single-corpus
+    default, and without the paper's RAVDESS line."""
+    from liser.core.config import Config
+    from liser.experiments.report import write_report
+
+    cfg = Config.load(Path(__file__).resolve().parents[1] / "configs" / "default-model-field.yaml")
+    results = {"configs": {}, "runs_total": 0, "runs_trained": 0, "wall_s": 0, "jobs": 1}
+    text = write_report(tmp_path, results, cfg, "configs/grid-default-model-min-steps.yaml").read_text()
+    assert text.startswith("# liser experiment report: ravdess, cremad, emodb, tess, urdu\n")
+    assert "- labeled data: ravdess:../shared/data/ravdess, cremad:" in text and "folds `loco`" in text
+    assert "The paper's RAVDESS figures" not in text

@@ -130,7 +130,7 @@ def write_report(out: str | Path, results: dict, base, grid_path, overrides=()) 
     out.mkdir(parents=True, exist_ok=True)
     configs = results["configs"]
     full = {name: by_frac.get("1") for name, by_frac in configs.items() if by_frac.get("1")}
-    lines = [f"# liser experiment report: {base.corpus}", ""]
+    lines = [f"# liser experiment report: {', '.join(_corpora(base))}", ""]
     lines += _provenance_lines(results, base, grid_path, overrides)
     lines += _store_lines(base)
     lines += _table_lines(full, base)
@@ -149,6 +149,13 @@ def write_report(out: str | Path, results: dict, base, grid_path, overrides=()) 
     return path
 
 
+def _corpora(base) -> list[str]:
+    """The labeled corpora a grid's base config trains on: each of `labeled`, else its one corpus."""
+    from liser.data.workspace import labeled_corpora
+
+    return labeled_corpora(base) if base.labeled else [base.corpus]
+
+
 def _provenance_lines(results: dict, base, grid_path, overrides) -> list[str]:
     """The command, time, code version, data and the base config."""
     import yaml
@@ -157,7 +164,8 @@ def _provenance_lines(results: dict, base, grid_path, overrides) -> list[str]:
              f"- command: `liser experiment {grid_path}{''.join(f' --set {o}' for o in overrides)}`",
              f"- written: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
              f"- code: {_code_version()}, Python {sys.version.split()[0]}",
-             f"- labeled data: {base.corpus} at `{base.root}`; folds `{base.folds or base.corpus}`",
+             (f"- labeled data: {', '.join(base.labeled)}; folds `{base.folds}`" if base.labeled else
+              f"- labeled data: {base.corpus} at `{base.root}`; folds `{base.folds or base.corpus}`"),
              f"- unlabeled data: {', '.join(base.unlabeled) or '(per run)'}",
              f"- runs: {results.get('runs_total')} in the grid, {results.get('runs_trained')} trained by this call "
              f"in {results.get('wall_s', 0) / 60:.1f} min "
@@ -182,7 +190,7 @@ def _table_lines(full: dict, base) -> list[str]:
              "", "| configuration | UAR | WAR | UAR 95% CI | Δ UAR | folds | values |", "|---|---|---|---|---|---|---|"]
     for name in [n for n in TABLE2 if n in full] + [n for n in full if n not in TABLE2 and n not in TABLE3]:
         lines.append(_row(name, full[name], ref(name)))
-    if base.corpus == "ravdess":
+    if _corpora(base) == ["ravdess"]:
         lines += ["", "The paper's RAVDESS figures (UAR / WAR): " +
                   "; ".join(f"{k} {u:.3f} / {w:.3f}" for k, (u, w) in PAPER_RAVDESS.items()) + "."]
     t3 = [n for n in TABLE3 if n in full]

@@ -793,7 +793,11 @@ def train(cfg: Config, run_dir: str | Path | None = None, progress: bool = True)
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         data = load_data(cfg, progress)
-        cfg = cfg.replace(epochs=epochs_for(cfg, len(data.train)))  # config.yaml keeps the epochs asked for
+        epochs = epochs_for(cfg, len(data.train))
+        if epochs != cfg.epochs:  # config.yaml keeps the epochs asked for; metrics.json the epochs run
+            print(f"{cfg.name} fold{cfg.fold}: {epochs} epochs instead of {cfg.epochs}, to train at least "
+                  f"min_steps {cfg.min_steps} steps on {len(data.train)} files", file=sys.stderr, flush=True)
+            cfg = cfg.replace(epochs=epochs)
         model, opt = build_model(cfg, data)
         state = resume(run, cfg, model, opt)
         run_epochs(cfg, data, run, model, opt, state, progress)
