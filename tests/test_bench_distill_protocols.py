@@ -18,6 +18,40 @@ def _baseline(k: int) -> dict:
     return json.loads((bench.BASELINE / f"fold{k}" / "metrics.json").read_text())
 
 
+def _protocol_grid(tmp_path, monkeypatch) -> dict:
+    """The protocol grid expanded over 5 folds, its runs under tmp_path/runs and no ledger to fall back on."""
+    from liser.experiments.grid import expand_grid, load_grid
+
+    grid = load_grid(str(bench.GRID))
+    grid["runs"] = expand_grid(grid, 5)
+    for r in grid["runs"]:
+        r["cfg"] = r["cfg"].replace(out=str(tmp_path / "runs"))
+    monkeypatch.setattr(bench, "LEDGER", tmp_path / "no-ledger")
+    return grid
+
+
+def _seed_grid(tmp_path) -> Path:
+    """The seed grid with its runs under tmp_path/seeds and no ledger."""
+    seeds = tmp_path / "grid-seeds.yaml"
+    seeds.write_text(bench.SEED_GRID.read_text().replace("out: runs/grid-distill-seeds", f"out: {tmp_path}/seeds")
+                     .replace("ledger: bench/ledger/grid-distill-seeds", f"ledger: {tmp_path}/no-ledger")
+                     .replace("base: default-model.yaml", f"base: {ROOT / 'configs' / 'default-model.yaml'}"))
+    return seeds
+
+
+def _half(m: dict) -> dict:
+    """A run's metrics on every other test file (what an adapted run's test half looks like)."""
+    keep = list(range(0, m["n_test"], 2))
+    return {**m, **{k: [m[k][i] for i in keep] for k in ("test_ids", "test_y", "test_logits")}, "n_test": len(keep)}
+
+
+def _write_runs(*runs) -> None:
+    """(run folder, metrics) pairs as finished runs."""
+    for path, metrics in runs:
+        path.mkdir(parents=True)
+        (path / "metrics.json").write_text(json.dumps(metrics))
+
+
 def test_uar_on_the_stored_predictions_is_the_run_s_own_and_a_subset_is_rescored():
     m = _baseline(1)
     u, n = bench.uar_on(m)
@@ -31,22 +65,11 @@ def test_uar_on_the_stored_predictions_is_the_run_s_own_and_a_subset_is_rescored
 
 def test_rows_pair_a_run_with_the_baseline_on_its_test_files(tmp_path, monkeypatch):
     """A 'distilled' run that is the baseline itself on half the files: gain 0 on exactly those files."""
-    from liser.experiments.grid import expand_grid, load_grid
-
-    grid = load_grid(str(bench.GRID))
-    grid["runs"] = expand_grid(grid, 5)
-    for r in grid["runs"]:
-        r["cfg"] = r["cfg"].replace(out=str(tmp_path / "runs"))
-    m = _baseline(2)
-    keep = list(range(0, len(m["test_ids"]), 2))
-    half = {**m, "test_ids": [m["test_ids"][i] for i in keep], "test_y": [m["test_y"][i] for i in keep],
-            "test_logits": [m["test_logits"][i] for i in keep]}
-    run = tmp_path / "runs" / "adapted-dstl" / "default" / "fold2"
-    run.mkdir(parents=True)
-    (run / "metrics.json").write_text(json.dumps(half))
-    monkeypatch.setattr(bench, "LEDGER", tmp_path / "no-ledger")
+    grid = _protocol_grid(tmp_path, monkeypatch)
+    half = _half(_baseline(2))
+    _write_runs((tmp_path / "runs" / "adapted-dstl" / "default" / "fold2", half))
     rows = bench.protocol_rows(grid, "adapted-dstl", bench.BASELINE, teachers=False)
-    assert list(rows) == ["emodb"] and rows["emodb"]["files"] == len(keep)
+    assert list(rows) == ["emodb"] and rows["emodb"]["files"] == len(half["test_ids"])
     assert rows["emodb"]["gain_points"] == 0 and rows["emodb"]["student"] == rows["emodb"]["no_dstl"]
     assert bench.targets({}, rows) == {}  # incomplete tables decide nothing
 
@@ -87,24 +110,12 @@ def test_view_labels_compare_the_teacher_on_views_with_the_clean_audio(tmp_path)
 def test_seed_rows_pair_both_seeds_of_both_rows_on_the_same_files(tmp_path, monkeypatch):
     """Seed 1 of each row is read beside its seed-0 run (no-dstl: the baseline; views: the protocol grid's row);
     a fold counts only when all four finished, and a seed-1 run tested on other files is refused."""
-    from liser.experiments.grid import expand_grid, load_grid
-
-    grid = load_grid(str(bench.GRID))
-    grid["runs"] = expand_grid(grid, 5)
-    for r in grid["runs"]:
-        r["cfg"] = r["cfg"].replace(out=str(tmp_path / "runs"))
-    seeds = tmp_path / "grid-seeds.yaml"
-    seeds.write_text(bench.SEED_GRID.read_text().replace("out: runs/grid-distill-seeds", f"out: {tmp_path}/seeds")
-                     .replace("ledger: bench/ledger/grid-distill-seeds", f"ledger: {tmp_path}/no-ledger")
-                     .replace("base: default-model.yaml", f"base: {ROOT / 'configs' / 'default-model.yaml'}"))
-    monkeypatch.setattr(bench, "LEDGER", tmp_path / "no-ledger")
+    grid, seeds = _protocol_grid(tmp_path, monkeypatch), _seed_grid(tmp_path)
     m = _baseline(3)
     flipped = {**m, "test_logits": [[-x for x in row] for row in m["test_logits"]]}  # another model, same files
-    for path, metrics in ((tmp_path / "runs" / "unseen-dstl-views4" / "default" / "fold3", flipped),
-                          (tmp_path / "seeds" / "no-dstl-s1" / "default" / "fold3", m),
-                          (tmp_path / "seeds" / "unseen-dstl-views4-s1" / "default" / "fold3", flipped)):
-        path.mkdir(parents=True)
-        (path / "metrics.json").write_text(json.dumps(metrics))
+    _write_runs((tmp_path / "runs" / "unseen-dstl-views4" / "default" / "fold3", flipped),
+                (tmp_path / "seeds" / "no-dstl-s1" / "default" / "fold3", m),
+                (tmp_path / "seeds" / "unseen-dstl-views4-s1" / "default" / "fold3", flipped))
     rows = bench.seed_rows(grid, bench.BASELINE, seeds)
     u, u_flipped = bench.uar_on(m)[0], bench.uar_on(flipped)[0]
     assert list(rows) == ["tess"]  # fold 3 only: the others have no seed-1 runs
@@ -120,26 +131,13 @@ def test_seed_rows_pair_both_seeds_of_both_rows_on_the_same_files(tmp_path, monk
 def test_adapted_seed_rows_score_both_no_dstl_seeds_on_the_distilled_run_s_test_half(tmp_path, monkeypatch):
     """Adapted seeds: the no-dstl runs (tested on the whole held-out corpus) are re-scored on the adapted run's
     test half, and each seed-1 distilled run must have been tested on its seed-0 run's half."""
-    from liser.experiments.grid import expand_grid, load_grid
-
-    grid = load_grid(str(bench.GRID))
-    grid["runs"] = expand_grid(grid, 5)
-    for r in grid["runs"]:
-        r["cfg"] = r["cfg"].replace(out=str(tmp_path / "runs"))
-    seeds = tmp_path / "grid-seeds.yaml"
-    seeds.write_text(bench.SEED_GRID.read_text().replace("out: runs/grid-distill-seeds", f"out: {tmp_path}/seeds")
-                     .replace("ledger: bench/ledger/grid-distill-seeds", f"ledger: {tmp_path}/no-ledger")
-                     .replace("base: default-model.yaml", f"base: {ROOT / 'configs' / 'default-model.yaml'}"))
-    monkeypatch.setattr(bench, "LEDGER", tmp_path / "no-ledger")
+    grid, seeds = _protocol_grid(tmp_path, monkeypatch), _seed_grid(tmp_path)
     m = _baseline(2)
-    keep = list(range(0, m["n_test"], 2))
-    half = {**m, **{k: [m[k][i] for i in keep] for k in ("test_ids", "test_y", "test_logits")}, "n_test": len(keep)}
+    half = _half(m)
     flipped = {**half, "test_logits": [[-x for x in row] for row in half["test_logits"]]}
-    for path, metrics in ((tmp_path / "runs" / "adapted-dstl" / "default" / "fold2", half),
-                          (tmp_path / "seeds" / "no-dstl-s1" / "default" / "fold2", m),
-                          (tmp_path / "seeds" / "adapted-dstl-s1" / "default" / "fold2", flipped)):
-        path.mkdir(parents=True)
-        (path / "metrics.json").write_text(json.dumps(metrics))
+    _write_runs((tmp_path / "runs" / "adapted-dstl" / "default" / "fold2", half),
+                (tmp_path / "seeds" / "no-dstl-s1" / "default" / "fold2", m),
+                (tmp_path / "seeds" / "adapted-dstl-s1" / "default" / "fold2", flipped))
     rows = bench.seed_rows(grid, bench.BASELINE, seeds, "adapted-dstl", "dstl")
     assert list(rows) == ["emodb"]
     u_half = bench.uar_on(m, set(half["test_ids"]))[0]
