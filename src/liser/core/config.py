@@ -131,6 +131,10 @@ class Config:
     #   teacher's 0.5 s piece under that step (the utterance label still from the last step: g_sup), so the student
     #   follows changes inside a window (the paper's open question 2; liser.student.losses.step_term); False = the
     #   window's mean of the pieces only (the paper's)
+    target_context_s: float = 0.0  # distilling: each pool crop's target is the teacher's mean over at least this many
+    #   seconds of its recording around the crop (centred, inside the recording), so a crop of a short utterance
+    #   learns the teacher's answer for the whole utterance, as a labeled crop learns its file's label, and a crop of
+    #   a long recording its neighbourhood's; 0 = the pieces inside the crop only (the paper's)
     crop_full_p: float = 0.0  # "speech" windowing: share of training batches cropped at the longest length (3 s,
     #   capped by the batch's recordings): each item's whole span with context, as inference scores it; 0 = every
     #   batch's length uniform in 0.5-3 s
@@ -158,6 +162,8 @@ class Config:
                              "(lambda_sd or lambda_vd > 0, or a `teachers` entry without head: sup)")
         if self.min_steps < 0:
             raise LiserError(f"min_steps must be 0 (off) or more steps, got {self.min_steps}")
+        if self.target_context_s < 0:
+            raise LiserError(f"target_context_s must be 0 (off) or more seconds, got {self.target_context_s:g}")
         if self.teach_views < 0:
             raise LiserError(f"teach_views must be 0 or more views, got {self.teach_views}")
         if self.aug_consistency and not self.aug_views:

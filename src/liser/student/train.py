@@ -227,10 +227,12 @@ def _at(lo: int, hi: int, u: float) -> int:
 
 
 def unlabeled_batch(pool: Unlabeled, idx: np.ndarray, rng: np.random.Generator, length: int = audio.CLIP_FRAMES,
-                    steps: bool = False):
+                    steps: bool = False, context_s: float = 0.0):
     """Crops and their window targets: x [B, 64, length] and {teacher name: (targets [B, K_t], mask [B] bool)}.
     With teach views each item is drawn clean or as one of its views (uniformly), its targets the stores'
-    labels on what was drawn. With `steps` (Config.piece_targets) a teacher with its own head gets two more:
+    labels on what was drawn. A target is the mean of the teacher's pieces inside the crop, or with
+    `context_s` (Config.target_context_s) inside at least that many seconds around it (SoftLabelStore.context).
+    With `steps` (Config.piece_targets) a teacher with its own head gets two more:
     the piece under each LSTM step [B, length // TIME_POOL, K_t] and their validity [B, length // TIME_POOL]."""
     import torch
 
@@ -247,7 +249,8 @@ def unlabeled_batch(pool: Unlabeled, idx: np.ndarray, rng: np.random.Generator, 
         t0 = float(audio.frames_to_seconds(start))
         for name, store in pool.stores.items():
             if pool.ids[i] in store:
-                p, n = store.window(pool.ids[i], t0, length_s, v if store.views else 0)
+                p, n = store.window(pool.ids[i], *store.context(pool.ids[i], t0, length_s, context_s),
+                                    view=v if store.views else 0)
             else:
                 p, n = np.zeros(len(store.classes), np.float32), 0
             valid = n > 0
@@ -560,11 +563,12 @@ def lr_factor(cfg: Config, epoch: int, step: int, n_steps: int) -> float:
 
 
 def next_batch(crops: Crops, y: np.ndarray, idx, pool, n_u: int, state: State, paired: bool = False,
-               steps: bool = False):
+               steps: bool = False, context_s: float = 0.0):
     """One mini-batch: crops of the labeled items `idx` (None: none; `Crops.batch`, or `Crops.pairs` when
     `paired`: each item clean, then each as a view, labels repeated), then `n_u` pool items
-    (pool None: none) with their window targets, cropped to the same length. Returns (x [B, 64, L], labels
-    [N_l] or None, {teacher name: (targets, mask)}; with `steps` the per-step pieces too, `unlabeled_batch`).
+    (pool None: none) with their window targets (over `context_s`: `unlabeled_batch`), cropped to the same
+    length. Returns (x [B, 64, L], labels [N_l] or None, {teacher name: (targets, mask)}; with `steps` the
+    per-step pieces too, `unlabeled_batch`).
     The pool is walked in a permutation kept in `state`."""
     import torch
 
@@ -580,7 +584,8 @@ def next_batch(crops: Crops, y: np.ndarray, idx, pool, n_u: int, state: State, p
     if pool is not None:
         if state.u_pos + n_u > len(state.u_order):
             state.u_order, state.u_pos = rng.permutation(len(pool.ids)), 0
-        x, targets = unlabeled_batch(pool, state.u_order[state.u_pos : state.u_pos + n_u], rng, length, steps)
+        x, targets = unlabeled_batch(pool, state.u_order[state.u_pos : state.u_pos + n_u], rng, length, steps,
+                                     context_s)
         state.u_pos += n_u
     if xs:
         x = torch.from_numpy(np.stack(xs)) if x is None else torch.cat([torch.from_numpy(np.stack(xs)), x])
@@ -621,7 +626,7 @@ def run_epoch(cfg: Config, data: Data, model, opt, state: State, stage1: bool, c
         idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size] if use_l else None
         pairs = len(idx) if paired and idx is not None else 0  # items taken clean and as a view (Crops.pairs)
         x, labels, targets = next_batch(crops, y, idx, pool if use_u else None, n_u, state, pairs > 0,
-                                        cfg.piece_targets)
+                                        cfg.piece_targets, cfg.target_context_s)
         if aug.active:
             x = torch.from_numpy(augment_batch(x.numpy(), aug, rng))
         if cfg.aug_band_p and idx is not None:  # the view crops when paired (the clean ones teach), else all labeled

@@ -143,6 +143,15 @@ class SoftLabelStore:
             return np.zeros(len(self.classes), np.float32), 0
         return p[v].mean(axis=0), int(v.sum())
 
+    def context(self, item_id: str, start_s: float, length_s: float, context_s: float) -> tuple[float, float]:
+        """The window of at least `context_s` seconds around [start_s, start_s + length_s), inside the item:
+        (start, length) in seconds. A shorter item gives the whole item; `context_s` <= length_s the window itself."""
+        if context_s <= length_s:
+            return start_s, length_s
+        duration = self.index[item_id].duration
+        start = min(max(start_s + length_s / 2 - context_s / 2, 0.0), max(duration - context_s, 0.0))
+        return start, min(context_s, max(duration - start, length_s))
+
     def at_times(self, item_id: str, times_s: np.ndarray, view: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """The teacher's piece under each instant: (probs [T, K] float32, valid [T] bool).
 
