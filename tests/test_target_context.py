@@ -50,3 +50,44 @@ def test_a_negative_context_is_one_clear_line(small_config):
 
     with pytest.raises(LiserError, match="target_context_s must be 0"):
         small_config.replace(target_context_s=-1.0).check_choices()
+
+
+def test_alignment_evens_out_each_source_s_prior_on_its_own(tmp_path):
+    """target_prior uniform: a source whose teacher labels lean to class a gets its targets pulled towards an
+    equal share; a source whose labels are balanced keeps them (factors of 1), whatever the other source does."""
+    from liser.student.train import Unlabeled, prior_factors, unlabeled_batch
+
+    eye = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]], np.float32)
+    items = {"a1": eye[[0] * 4], "a2": eye[[0] * 4], "a3": eye[[0] * 4], "a4": eye[[1] * 4],  # leaning to a
+             "b1": eye[[0] * 4], "b2": eye[[1] * 4], "b3": eye[[2] * 4]}  # balanced
+    st = _store(tmp_path / "s", items)
+    ids, source = list(items), np.array([0, 0, 0, 0, 1, 1, 1])
+    f = prior_factors(st, ids, source)
+    assert np.allclose(f[4:], 1.0, atol=1e-3) and f[0, 0] < 1 < f[0, 2]
+    frames = [np.zeros((int(2.0 / HOP_S), 64), np.float32)] * len(ids)
+    plain = Unlabeled(frames, ids, {"sd": st})
+    aligned = Unlabeled(frames, ids, {"sd": st}, align={"sd": f})
+    idx = np.arange(4)
+    _, t0 = unlabeled_batch(plain, idx, np.random.default_rng(0), context_s=6.0)
+    _, t1 = unlabeled_batch(aligned, idx, np.random.default_rng(0), context_s=6.0)
+    before, after = t0["sd"][0].numpy().mean(0), t1["sd"][0].numpy().mean(0)
+    assert np.abs(after - 1 / 3).sum() < 0.5 * np.abs(before - 1 / 3).sum()
+    assert np.allclose(t1["sd"][0].numpy().sum(1), 1.0, atol=1e-5)
+
+
+def test_a_run_passes_its_context_and_alignment_to_the_pool(small_config, small_ravdess, tmp_path, monkeypatch):
+    """The config reaches the pool batches: every pool batch of a real run gets the run's context, and its pool
+    the alignment factors of the speech store (one row of 8 per pool item)."""
+    from conftest import fake_store, tess_pool
+    from liser.student import train as tr
+
+    m, manifest_dir = tess_pool(tmp_path, small_ravdess.work)
+    fake_store(tmp_path / "store", m.items, small_ravdess.manifest.classes, np.random.default_rng(0))
+    cfg = small_config.replace(unlabeled=(str(manifest_dir),), lambda_sd=1.0, epochs=1, batch_size=48,
+                               unlabeled_batch=12, speech_store=str(tmp_path / "store"), target_context_s=6.0,
+                               target_prior="uniform")
+    seen, orig = [], tr.unlabeled_batch
+    monkeypatch.setattr(tr, "unlabeled_batch", lambda pool, *a: seen.append((a[4], pool.align)) or orig(pool, *a))
+    tr.train(cfg, run_dir=tmp_path / "run", progress=False)
+    assert seen and all(c == 6.0 for c, _ in seen)
+    assert seen[0][1]["sd"].shape == (len(m.items), 8)

@@ -33,7 +33,8 @@ from liser.core.errors import LiserError
 # settings with a fixed set of values (checked before a run starts)
 CHOICES = {"schedule": ("joint", "two-stage"), "distill_loss": ("mae", "ce"),
            "weighting": ("none", "confidence", "entropy"), "lr_schedule": ("constant", "cosine"),
-           "precision": PRECISIONS, "windowing": ("pad", "speech"), "input_band": ("full", "phone")}
+           "precision": PRECISIONS, "windowing": ("pad", "speech"), "input_band": ("full", "phone"),
+           "target_prior": ("teacher", "uniform")}
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,11 @@ class Config:
     #   seconds of its recording around the crop (centred, inside the recording), so a crop of a short utterance
     #   learns the teacher's answer for the whole utterance, as a labeled crop learns its file's label, and a crop of
     #   a long recording its neighbourhood's; 0 = the pieces inside the crop only (the paper's)
+    target_prior: str = "teacher"  # distilling: the class prior of the speech teachers' soft labels on each pool
+    #   source (an unlabeled corpus, or the held-out half of loco-adapt): teacher (as given; the paper's) | uniform
+    #   (distribution alignment, ReMixMatch (Berthelot et al. 2020): each source's labels are divided by their mean
+    #   over the source's files and renormalised, so no class takes more than its share where the teacher's prior
+    #   drifted on a new domain); video teachers' labels stay as given
     crop_full_p: float = 0.0  # "speech" windowing: share of training batches cropped at the longest length (3 s,
     #   capped by the batch's recordings): each item's whole span with context, as inference scores it; 0 = every
     #   batch's length uniform in 0.5-3 s

@@ -70,6 +70,8 @@ class Unlabeled:
     views: list = field(default_factory=list)  # teach_views: [view 1..K][item] features of each view, whose
     #   targets are the speech stores' labels on that view (a video teacher's stay the clean ones: faces
     #   do not change with the audio); [] = clean audio only
+    align: dict = field(default_factory=dict)  # teacher name -> [items, K_t] factors its targets are multiplied by
+    #   (then renormalised): target_prior uniform, `prior_factors`; {} = the teacher's labels as given
 
 
 def load_unlabeled(cfg: Config, work: Path, progress: bool, labeled=None) -> Unlabeled | None:
@@ -94,19 +96,37 @@ def load_unlabeled(cfg: Config, work: Path, progress: bool, labeled=None) -> Unl
                                                   labeled_pool_manifest(cfg, cfg.fold, labeled[0])) if m is not None]
     sources = [(m, build_features(m, work, threads=cfg.threads or 2, progress=progress).load_into_memory())
                for m in unlabeled_manifests(cfg)] + [(m, labeled[1]) for m in own]
-    frames, ids, views = [], [], [[] for _ in range(cfg.teach_views)]
-    for m, cache in sources:
+    frames, ids, views, source = [], [], [[] for _ in range(cfg.teach_views)], []
+    for k, (m, cache) in enumerate(sources):
         view_caches = [c.load_into_memory() for c in build_views(m, work, spec, cfg.threads or 2, progress)] \
             if spec is not None else []
         for it in m.items:
             if any(it.id in st for st in stores.values()):
                 frames.append(cache.frames(it.id))
                 ids.append(it.id)
+                source.append(k)
                 for v, c in enumerate(view_caches):
                     views[v].append(c.frames(it.id))
     if not ids:
         raise LiserError(f"no unlabeled item has a soft label in {', '.join(str(st.path) for st in stores.values())}")
-    return Unlabeled(frames, ids, stores, views=views)
+    align = {e.name: prior_factors(stores[e.name], ids, np.array(source)) for e in cfg.distilling()
+             if e.kind == "speech"} if cfg.target_prior == "uniform" else {}
+    return Unlabeled(frames, ids, stores, views=views, align=align)
+
+
+def prior_factors(store, ids: list[str], source: np.ndarray) -> np.ndarray:
+    """[items, K] float32: per pool item, 1 / (K x the teacher's mean label over the item's source), the factor
+    of distribution alignment (ReMixMatch, Berthelot et al. 2020) towards a uniform class prior. A file's label
+    is the mean of its valid pieces (clean audio); items without a label in the store get factors of 1."""
+    k = len(store.classes)
+    labels = np.array([store.window(i, 0.0, store.index[i].duration)[0] if i in store else np.zeros(k, np.float32)
+                       for i in ids], np.float32).reshape(len(ids), k)
+    out = np.ones((len(ids), k), np.float32)
+    for s in np.unique(source):
+        rows = (source == s) & (labels.sum(1) > 0)
+        if rows.any():
+            out[source == s] = 1.0 / (k * np.maximum(labels[rows].mean(0), 1e-3))
+    return out
 
 
 def open_store(entry, path: str):
@@ -231,7 +251,8 @@ def unlabeled_batch(pool: Unlabeled, idx: np.ndarray, rng: np.random.Generator, 
     """Crops and their window targets: x [B, 64, length] and {teacher name: (targets [B, K_t], mask [B] bool)}.
     With teach views each item is drawn clean or as one of its views (uniformly), its targets the stores'
     labels on what was drawn. A target is the mean of the teacher's pieces inside the crop, or with
-    `context_s` (Config.target_context_s) inside at least that many seconds around it (SoftLabelStore.context).
+    `context_s` (Config.target_context_s) inside at least that many seconds around it (SoftLabelStore.context),
+    times the pool's alignment factors where it has them (Config.target_prior, renormalised).
     With `steps` (Config.piece_targets) a teacher with its own head gets two more:
     the piece under each LSTM step [B, length // TIME_POOL, K_t] and their validity [B, length // TIME_POOL]."""
     import torch
@@ -254,6 +275,9 @@ def unlabeled_batch(pool: Unlabeled, idx: np.ndarray, rng: np.random.Generator, 
             else:
                 p, n = np.zeros(len(store.classes), np.float32), 0
             valid = n > 0
+            if name in pool.align and valid:  # distribution alignment (target_prior: uniform)
+                p = p * pool.align[name][i]
+                p = p / p.sum()
             if name in pool.maps:
                 p, matched = map_target(p, pool.maps[name])
                 valid = valid and matched
