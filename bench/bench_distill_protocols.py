@@ -30,6 +30,12 @@ the clean audio's labels, fold for fold ("views" in the JSON), once any of
 their folds has finished; "view_labels" says per fold how often the teacher's
 top class on a view's piece is its top class on the clean piece.
 
+Rows whose pool targets are made another way (TARGET_GRIDS: the teacher's mean
+over 6 s around each crop, target_context_s; with distribution alignment,
+target_prior uniform) are set beside `adapted-dstl` on the same test halves,
+with the adapted targets recomputed for each ("target_rows"; in its tables
+"clean_labels" is adapted-dstl's student).
+
 A second training seed (configs/grid-distill-seeds.yaml: seed 1 of no-dstl,
 `unseen-dstl-views4` and `adapted-dstl`, everything else as seed 0) is paired
 with seed 0 fold by fold on the same files: "seeds" (unseen domain, view
@@ -63,6 +69,8 @@ VIEW_ROWS = {"unseen-dstl-views4": "unseen-dstl", "adapted-dstl-views4": "adapte
              "unseen-dstl-views2": "unseen-dstl", "unseen-dstl-views8": "unseen-dstl"}
 OUT = ROOT / "bench" / "results" / "distill_protocols.json"
 SEED_GRID = ROOT / "configs" / "grid-distill-seeds.yaml"  # seed 1 of no-dstl, unseen-dstl-views4, adapted-dstl
+TARGET_GRIDS = {"adapted-dstl-ctx6": ROOT / "configs" / "grid-distill-context.yaml",  # target_context_s 6
+                "adapted-dstl-ctx6-align": ROOT / "configs" / "grid-distill-align.yaml"}  # + target_prior uniform
 
 
 def finished(row_dir: Path, fold: int) -> dict | None:
@@ -101,14 +109,15 @@ def teacher_uar(cfg, fold: int, ids: list[str]) -> float | None:
     return float(evaluate_speech_teacher(SpeechTeacher.load(out), manifest, ids, progress=False)["uar"])
 
 
-def protocol_rows(grid: dict, row: str, base_dir: Path, teachers: bool) -> dict:
-    """{held-out corpus: {student, no_dstl, gain_points, teacher, files}} of one row, folds that finished."""
+def protocol_rows(grid: dict, row: str, base_dir: Path, teachers: bool, ledger: Path | None = None) -> dict:
+    """{held-out corpus: {student, no_dstl, gain_points, teacher, files}} of one row, folds that finished
+    (read from their run folders or `ledger`, by default the protocol grid's)."""
     from liser.data.workspace import labeled_corpora
 
     cfgs = {r["cfg"].fold: r["cfg"] for r in grid["runs"] if r["cfg"].name.split("/")[0] == row}
     out = {}
     for k, cfg in sorted(cfgs.items()):
-        m = run_metrics(cfg, LEDGER)
+        m = run_metrics(cfg, LEDGER if ledger is None else ledger)
         base = finished(base_dir, k)
         if m is None or base is None:
             continue
@@ -211,6 +220,26 @@ def seed_rows(grid: dict, base_dir: Path, seed_grid: Path, row: str = "unseen-ds
     return out
 
 
+def target_rows(base_dir: Path, adapted: dict, unseen: dict, teachers: bool) -> dict:
+    """{row: {"corpora": its table beside adapted-dstl's student (same files), "targets": the adapted targets with
+    it in adapted-dstl's place}} of the rows of TARGET_GRIDS (how the teacher's labels reach the pool) with a
+    finished fold."""
+    from liser.experiments.grid import expand_grid, load_grid
+
+    out = {}
+    for row, path in TARGET_GRIDS.items():
+        if not path.is_file():
+            continue
+        g = load_grid(path)
+        g["runs"] = expand_grid(g, 5)
+        rows = protocol_rows(g, row, base_dir, teachers, ROOT / g["ledger"])
+        if rows:
+            name = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+            out[row] = {"grid": name, "corpora": against_clean(rows, adapted),
+                        "targets": {k: v for k, v in targets(unseen, rows).items() if k.startswith("adapted")}}
+    return out
+
+
 def seeds_table(rows: dict, key: str = "views4", title: str = "unseen domain, seeds 0 and 1",
                 name: str = "view labels K=4") -> str:
     """The seeds comparison as a Markdown table: each row's two seeds and their mean, the gain of the means."""
@@ -280,6 +309,13 @@ def main(argv=None) -> int:
     if adapted:
         out["seeds_adapted"] = adapted  # adapted protocol's test halves, no-dstl against clean-audio labels, seeds 0 and 1
         print(seeds_table(adapted, "dstl", "adapted, seeds 0 and 1 (the test halves)", "distilled, clean labels"))
+    teaching = target_rows(Path(args.baseline), res["adapted-dstl"], res["unseen-dstl"], not args.no_teachers)
+    if teaching:
+        out["target_rows"] = teaching  # adapted rows whose targets are made another way, against adapted-dstl
+        for row, r in teaching.items():
+            print(table(f"{row} ({r['grid']})", r["corpora"]))
+            print(f"{row} against adapted-dstl: " + ", ".join(
+                f"{c} {x['gain_over_clean_points']:+.1f}" for c, x in r["corpora"].items()), "targets:", r["targets"])
     print("targets:", json.dumps(out["targets"]))
     atomic_write_text(args.json, json.dumps(out, indent=1) + "\n")
     print(f"wrote {args.json}")

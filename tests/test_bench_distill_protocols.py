@@ -149,3 +149,31 @@ def test_adapted_seed_rows_score_both_no_dstl_seeds_on_the_distilled_run_s_test_
     (tmp_path / "seeds" / "adapted-dstl-s1" / "default" / "fold2" / "metrics.json").write_text(json.dumps(m))
     with pytest.raises(LiserError, match="other files"):
         bench.seed_rows(grid, bench.BASELINE, seeds, "adapted-dstl", "dstl")
+
+
+def test_target_rows_set_a_row_beside_adapted_dstl_on_the_same_half(tmp_path, monkeypatch):
+    """A row of TARGET_GRIDS (pool targets made another way) is read from its own grid and ledger and paired with
+    adapted-dstl's student on the same test half; one tested on another number of files is refused."""
+    grid = _protocol_grid(tmp_path, monkeypatch)
+    ctx = tmp_path / "grid-context.yaml"
+    ctx.write_text(bench.TARGET_GRIDS["adapted-dstl-ctx6"].read_text()
+                   .replace("out: runs/grid-distill-context", f"out: {tmp_path}/ctx")
+                   .replace("ledger: bench/ledger/grid-distill-context", f"ledger: {tmp_path}/no-ledger")
+                   .replace("base: default-model-distill.yaml",
+                            f"base: {ROOT / 'configs' / 'default-model-distill.yaml'}"))
+    monkeypatch.setattr(bench, "TARGET_GRIDS", {"adapted-dstl-ctx6": ctx, "missing-row": tmp_path / "none.yaml"})
+    half = _half(_baseline(2))
+    flipped = {**half, "test_logits": [[-x for x in row] for row in half["test_logits"]]}
+    _write_runs((tmp_path / "runs" / "adapted-dstl" / "default" / "fold2", half),
+                (tmp_path / "ctx" / "adapted-dstl-ctx6" / "default" / "fold2", flipped))
+    adapted = bench.protocol_rows(grid, "adapted-dstl", bench.BASELINE, teachers=False)
+    rows = bench.target_rows(bench.BASELINE, adapted, {}, teachers=False)
+    assert list(rows) == ["adapted-dstl-ctx6"] and rows["adapted-dstl-ctx6"]["targets"] == {}  # one fold decides nothing
+    r = rows["adapted-dstl-ctx6"]["corpora"]["emodb"]
+    u, u_flipped = bench.uar_on(half)[0], bench.uar_on(flipped)[0]
+    assert r["clean_labels"] == round(u, 4) and r["student"] == round(u_flipped, 4)
+    assert r["gain_over_clean_points"] == pytest.approx(100 * (r["student"] - r["clean_labels"]), abs=0.01)
+    other = _half(half)  # a quarter of the corpus: not adapted-dstl's test half
+    (tmp_path / "ctx" / "adapted-dstl-ctx6" / "default" / "fold2" / "metrics.json").write_text(json.dumps(other))
+    with pytest.raises(LiserError):
+        bench.target_rows(bench.BASELINE, adapted, {}, teachers=False)
