@@ -32,7 +32,8 @@ top class on a view's piece is its top class on the clean piece.
 
 Rows whose pool targets are made another way (TARGET_GRIDS: the teacher's mean
 over 6 s around each crop, target_context_s; with distribution alignment,
-target_prior uniform) are set beside `adapted-dstl` on the same test halves,
+target_prior uniform; with the pool's crops inside its speech spans,
+pool_crops speech) are set beside `adapted-dstl` on the same test halves,
 with the adapted targets recomputed for each ("target_rows"; in its tables
 "clean_labels" is adapted-dstl's student).
 
@@ -70,7 +71,8 @@ VIEW_ROWS = {"unseen-dstl-views4": "unseen-dstl", "adapted-dstl-views4": "adapte
 OUT = ROOT / "bench" / "results" / "distill_protocols.json"
 SEED_GRID = ROOT / "configs" / "grid-distill-seeds.yaml"  # seed 1 of no-dstl, unseen-dstl-views4, adapted-dstl
 TARGET_GRIDS = {"adapted-dstl-ctx6": ROOT / "configs" / "grid-distill-context.yaml",  # target_context_s 6
-                "adapted-dstl-ctx6-align": ROOT / "configs" / "grid-distill-align.yaml"}  # + target_prior uniform
+                "adapted-dstl-ctx6-align": ROOT / "configs" / "grid-distill-align.yaml",  # + target_prior uniform
+                "adapted-dstl-ctx6-speech": ROOT / "configs" / "grid-distill-speech-crops.yaml"}  # + pool_crops speech
 
 
 def finished(row_dir: Path, fold: int) -> dict | None:

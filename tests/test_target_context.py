@@ -91,3 +91,28 @@ def test_a_run_passes_its_context_and_alignment_to_the_pool(small_config, small_
     tr.train(cfg, run_dir=tmp_path / "run", progress=False)
     assert seen and all(c == 6.0 for c, _ in seen)
     assert seen[0][1]["sd"].shape == (len(m.items), 8)
+
+
+def test_pool_crops_inside_the_speech_span_of_a_real_clip(tmp_path):
+    """pool_crops speech: 0.5 s pool crops of a real RAVDESS clip (about 1 s of silence, speech, silence) all lie
+    inside its speech span, and their targets are the pieces there; crops anywhere also fall in the silence."""
+    from conftest import real_root
+    from liser.data import audio
+    from liser.data.frontend import features_numpy
+    from liser.data.windowing import speech_span
+    from liser.student.train import Unlabeled, pool_spans, unlabeled_batch
+
+    x = audio.load_audio(real_root("ravdess") / "Actor_01/03-01-05-01-01-01-01.flac")
+    frames = features_numpy(x).astype(np.float32)
+    a, b = speech_span(frames)
+    n = int(np.ceil(len(x) / audio.SAMPLE_RATE / PIECE_S))
+    st = _store(tmp_path / "s", {"u": np.full((n, 3), 1 / 3, np.float32)})
+    length = int(0.5 / HOP_S)
+    starts = {}
+    for name, spans in (("speech", pool_spans([frames])), ("any", [])):
+        pool = Unlabeled([frames], ["u"], {"sd": st}, spans=spans)
+        x_, _ = unlabeled_batch(pool, np.zeros(64, int), np.random.default_rng(0), length)
+        starts[name] = [int(np.flatnonzero((frames[:, 0] == c[0, 0]) & (frames[:, 1] == c[1, 0]))[0]) for c in x_.numpy()]
+    assert pool_spans([frames])[0][0] == (a, b)
+    assert all(a <= s and s + length <= b for s in starts["speech"])
+    assert any(s + length <= a or s >= b for s in starts["any"])  # without it: crops of silence alone

@@ -34,7 +34,7 @@ from liser.core.errors import LiserError
 CHOICES = {"schedule": ("joint", "two-stage"), "distill_loss": ("mae", "ce"),
            "weighting": ("none", "confidence", "entropy"), "lr_schedule": ("constant", "cosine"),
            "precision": PRECISIONS, "windowing": ("pad", "speech"), "input_band": ("full", "phone"),
-           "target_prior": ("teacher", "uniform")}
+           "target_prior": ("teacher", "uniform"), "pool_crops": ("any", "speech")}
 
 
 @dataclass(frozen=True)
@@ -141,6 +141,9 @@ class Config:
     #   (distribution alignment, ReMixMatch (Berthelot et al. 2020): each source's labels are divided by their mean
     #   over the source's files and renormalised, so no class takes more than its share where the teacher's prior
     #   drifted on a new domain); video teachers' labels stay as given
+    pool_crops: str = "any"  # distilling: where a pool item's training crops lie: any (anywhere in the recording;
+    #   the paper's) | speech (inside its speech span, as the "speech" windowing crops labeled items, so a short
+    #   crop of an utterance is not its leading silence taught the utterance's emotion)
     crop_full_p: float = 0.0  # "speech" windowing: share of training batches cropped at the longest length (3 s,
     #   capped by the batch's recordings): each item's whole span with context, as inference scores it; 0 = every
     #   batch's length uniform in 0.5-3 s

@@ -72,6 +72,8 @@ class Unlabeled:
     #   do not change with the audio); [] = clean audio only
     align: dict = field(default_factory=dict)  # teacher name -> [items, K_t] factors its targets are multiplied by
     #   (then renormalised): target_prior uniform, `prior_factors`; {} = the teacher's labels as given
+    spans: list = field(default_factory=list)  # pool_crops speech: per item (speech span (a, b), extent) in frames
+    #   of its clean features, where its crops lie (`speech_crop`); [] = crops anywhere in the recording
 
 
 def load_unlabeled(cfg: Config, work: Path, progress: bool, labeled=None) -> Unlabeled | None:
@@ -111,7 +113,21 @@ def load_unlabeled(cfg: Config, work: Path, progress: bool, labeled=None) -> Unl
         raise LiserError(f"no unlabeled item has a soft label in {', '.join(str(st.path) for st in stores.values())}")
     align = {e.name: prior_factors(stores[e.name], ids, np.array(source)) for e in cfg.distilling()
              if e.kind == "speech"} if cfg.target_prior == "uniform" else {}
-    return Unlabeled(frames, ids, stores, views=views, align=align)
+    return Unlabeled(frames, ids, stores, views=views, align=align,
+                     spans=pool_spans(frames) if cfg.pool_crops == "speech" else [])
+
+
+def pool_spans(frames: list) -> list:
+    """Per pool item ((a, b) speech span, extent) in frames (liser.data.windowing; a recording without speech
+    frames: all of it). A teaching view keeps its item's timing (liser.data.views.teaching_views), so the clean
+    features' span holds for its views too."""
+    from liser.data.windowing import extent, speech_span
+
+    out = []
+    for fr in frames:
+        n = extent(fr)
+        out.append((speech_span(fr[:n]) or (0, n), n))
+    return out
 
 
 def prior_factors(store, ids: list[str], source: np.ndarray) -> np.ndarray:
@@ -229,16 +245,20 @@ def speech_crop(frames: np.ndarray, span: tuple[int, int], extent: int, length: 
     than `length`. The crop inference would score (liser.data.windowing). `u` in
     [0, 1] places it at that fraction of the room instead of drawing it.
     """
+    start = speech_start(span, extent, len(frames), length, rng, u)
+    return np.asarray(frames[start : start + length], dtype=np.float32).T
+
+
+def speech_start(span: tuple[int, int], extent: int, n_frames: int, length: int, rng: np.random.Generator,
+                 u: float | None = None) -> int:
+    """The first frame of `speech_crop`'s crop of a recording of `n_frames` frames (arguments as there)."""
     a, b = span
     if b - a >= length:
-        start = _at(a, b - length, u) if u is not None else int(rng.integers(a, b - length + 1))
-    else:
-        lo, hi = max(0, b - length), min(a, max(extent, length) - length)
-        if hi < lo:
-            start = max(0, min(a, len(frames) - length))
-        else:
-            start = _at(lo, hi, u) if u is not None else int(rng.integers(lo, hi + 1))
-    return np.asarray(frames[start : start + length], dtype=np.float32).T
+        return _at(a, b - length, u) if u is not None else int(rng.integers(a, b - length + 1))
+    lo, hi = max(0, b - length), min(a, max(extent, length) - length)
+    if hi < lo:
+        return max(0, min(a, n_frames - length))
+    return _at(lo, hi, u) if u is not None else int(rng.integers(lo, hi + 1))
 
 
 def _at(lo: int, hi: int, u: float) -> int:
@@ -252,7 +272,8 @@ def unlabeled_batch(pool: Unlabeled, idx: np.ndarray, rng: np.random.Generator, 
     With teach views each item is drawn clean or as one of its views (uniformly), its targets the stores'
     labels on what was drawn. A target is the mean of the teacher's pieces inside the crop, or with
     `context_s` (Config.target_context_s) inside at least that many seconds around it (SoftLabelStore.context),
-    times the pool's alignment factors where it has them (Config.target_prior, renormalised).
+    times the pool's alignment factors where it has them (Config.target_prior, renormalised). Crops lie
+    anywhere in the recording, or with the pool's spans (Config.pool_crops) inside its speech span.
     With `steps` (Config.piece_targets) a teacher with its own head gets two more:
     the piece under each LSTM step [B, length // TIME_POOL, K_t] and their validity [B, length // TIME_POOL]."""
     import torch
@@ -265,7 +286,12 @@ def unlabeled_batch(pool: Unlabeled, idx: np.ndarray, rng: np.random.Generator, 
     length_s = audio.CLIP_S if length == audio.CLIP_FRAMES else length * audio.HOP_S
     for i in idx:
         v = int(rng.integers(0, len(pool.views) + 1)) if pool.views else 0  # 0: the clean audio
-        x, start = random_crop(pool.frames[i] if v == 0 else pool.views[v - 1][i], rng, length)
+        fr = pool.frames[i] if v == 0 else pool.views[v - 1][i]
+        if pool.spans:  # pool_crops speech: inside the speech span, as the labeled crops
+            start = speech_start(*pool.spans[i], len(fr), length, rng)
+            x = np.asarray(fr[start : start + length], dtype=np.float32).T
+        else:
+            x, start = random_crop(fr, rng, length)
         xs.append(x)
         t0 = float(audio.frames_to_seconds(start))
         for name, store in pool.stores.items():
