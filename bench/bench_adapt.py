@@ -72,7 +72,7 @@ def student_uar(model_path: str, manifest, items, classes: list[str]) -> float:
     return uar(np.array([classes.index(it.label) for it in items]), np.array(pred), len(classes))
 
 
-def one_fold(cfg, fold: int, work: Path, epochs: int, start: str) -> dict:
+def one_fold(cfg, fold: int, work: Path, epochs: int, start: str, options=None) -> dict:
     from liser.data.workspace import teacher_dir
     from liser.inference.adapt import adapt
     from liser.student.adapt import AdaptOptions
@@ -81,7 +81,7 @@ def one_fold(cfg, fold: int, work: Path, epochs: int, start: str) -> dict:
     folder = link_folder(pool, work / f"fold{fold}" / "recordings")
     t0 = time.time()
     rep = adapt(folder, work / f"fold{fold}" / "out", teacher_dir(cfg, fold), model=start.format(fold=fold),
-                options=AdaptOptions(epochs=epochs), threads=1, progress=False, say=lambda m: None)
+                options=options or AdaptOptions(epochs=epochs), threads=1, progress=False, say=lambda m: None)
     row = {"fold": fold, "corpus": corpus, "adapt_files": rep["files"], "test_files": len(test),
            "adapt_s": round(time.time() - t0),
            "start": round(student_uar(start.format(fold=fold), manifest, test, classes), 4),
@@ -107,14 +107,19 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=8, help="liser adapt --epochs (default 8, its default)")
     ap.add_argument("--start", default=START, help="the start student per fold ({fold} filled in)")
     ap.add_argument("--work", default="work/bench-adapt", help="where the folders and adapted students go")
+    ap.add_argument("--context-s", type=float, default=0.0, help="liser adapt --context-s (default 0)")
+    ap.add_argument("--speech-crops", action="store_true", help="liser adapt --speech-crops")
     ap.add_argument("--json", default=str(OUT))
     args = ap.parse_args(argv)
+    from liser.student.adapt import AdaptOptions
+
     cfg = Config.load(CONFIG)
-    rows = [one_fold(cfg, k, Path(args.work), args.epochs, args.start) for k in args.folds]
+    options = AdaptOptions(epochs=args.epochs, context_s=args.context_s, speech_crops=args.speech_crops)
+    rows = [one_fold(cfg, k, Path(args.work), args.epochs, args.start, options) for k in args.folds]
     out = {"what": __doc__.split("\n")[0], "command": "python bench/bench_adapt.py " + " ".join(argv or sys.argv[1:]),
            "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
            "load_average": [round(x, 2) for x in os.getloadavg()], "config": str(CONFIG.relative_to(ROOT)),
-           "start": args.start, "folds": rows,
+           "start": args.start, "options": dict(options.__dict__), "folds": rows,
            "mean": {k: round(float(np.mean([r[k] for r in rows])), 4) for k in ("start", "adapted", "teacher")},
            "better_on": sum(r["adapted"] > r["start"] for r in rows)}
     print(f"mean: start {out['mean']['start']:.3f} -> adapted {out['mean']['adapted']:.3f} "

@@ -116,3 +116,30 @@ def test_pool_crops_inside_the_speech_span_of_a_real_clip(tmp_path):
     assert pool_spans([frames])[0][0] == (a, b)
     assert all(a <= s and s + length <= b for s in starts["speech"])
     assert any(s + length <= a or s >= b for s in starts["any"])  # without it: crops of silence alone
+
+
+def test_adapt_passes_its_context_and_speech_crops_to_the_pool(tmp_path, monkeypatch):
+    """liser adapt's options reach the pool batches: the context on every batch, and for a "speech" student the
+    pool's speech spans (crops inside them); without them neither."""
+    import torch
+
+    from liser.student import train as tr
+    from liser.student.adapt import AdaptOptions, adapt_student
+    from liser.student.model import Student
+
+    rng = np.random.default_rng(0)
+    items = {f"u{k}": rng.dirichlet(np.ones(3), size=6).astype(np.float32) for k in range(4)}
+    st = _store(tmp_path / "s", items)
+    frames = [rng.normal(-40, 10, (int(3.0 / HOP_S), 64)).astype(np.float32) for _ in items]
+    pool = tr.Unlabeled(frames, list(items), {"teacher": st})
+    seen, orig = [], tr.unlabeled_batch
+    monkeypatch.setattr(tr, "unlabeled_batch", lambda p, *a, **kw: seen.append((kw.get("context_s"), len(p.spans)))
+                        or orig(p, *a, **kw))
+    torch.manual_seed(0)
+    check = (frames[:2], np.array([0, 1]))
+    adapt_student(Student(n_classes=3), pool, check, "speech", AdaptOptions(epochs=1, context_s=6.0, speech_crops=True),
+                  say=lambda m: None)
+    assert seen and all(c == 6.0 and n == len(items) for c, n in seen)
+    seen.clear()
+    adapt_student(Student(n_classes=3), pool, check, "speech", AdaptOptions(epochs=1), say=lambda m: None)
+    assert seen and all(c == 0.0 and n == 0 for c, n in seen)

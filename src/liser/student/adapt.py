@@ -35,6 +35,9 @@ class AdaptOptions:
     batch_size: int = 32  # crops per step
     anchor: float = 1.0  # weight of KL(start || adapted) on the same crops; 0 = the teacher's labels alone
     seed: int = 0  # crops and order
+    context_s: float = 0.0  # a crop's target: the teacher's mean over at least this many seconds around it (the whole
+    #   recording when shorter; Config.target_context_s); 0 = the teacher's pieces inside the crop
+    speech_crops: bool = False  # "speech" students: crops inside each recording's speech span (Config.pool_crops)
 
 
 def teacher_file_labels(store, ids: list[str]) -> np.ndarray:
@@ -71,6 +74,12 @@ def adapt_student(model, pool, check: tuple[list, np.ndarray], windowing: str, o
 
     if not pool.ids:
         raise LiserError("adapt: no file of the folder has a soft label")
+    if options.speech_crops and windowing == "speech" and not pool.spans:
+        from dataclasses import replace
+
+        from liser.student.train import pool_spans
+
+        pool = replace(pool, spans=pool_spans(pool.frames))
     rng = np.random.default_rng(options.seed)
     torch.manual_seed(options.seed)
     start = copy.deepcopy(model).eval()
@@ -85,7 +94,8 @@ def adapt_student(model, pool, check: tuple[list, np.ndarray], windowing: str, o
         order, sums, steps = rng.permutation(len(pool.ids)), {"loss": 0.0, "kd": 0.0, "anchor": 0.0}, 0
         for s in range(0, len(order), options.batch_size):
             length = audio.CLIP_FRAMES if windowing == "pad" else int(rng.integers(MIN_WINDOW_FRAMES, audio.CLIP_FRAMES + 1))
-            x, targets = unlabeled_batch(pool, order[s : s + options.batch_size], rng, length)
+            x, targets = unlabeled_batch(pool, order[s : s + options.batch_size], rng, length,
+                                         context_s=options.context_s)
             t, mask = targets[name]
             logits = model.classify(x)
             logp = F.log_softmax(logits, dim=1)
