@@ -35,7 +35,9 @@ over 6 s around each crop, target_context_s; with distribution alignment,
 target_prior uniform; with the pool's crops inside its speech spans,
 pool_crops speech) are set beside `adapted-dstl` on the same test halves,
 with the adapted targets recomputed for each ("target_rows"; in its tables
-"clean_labels" is adapted-dstl's student).
+"clean_labels" is adapted-dstl's student). "pool_priors" says, per fold, how
+the teacher's file labels fall on each source of the adapted pool (the
+interviews, the held-out half): no label is read.
 
 A second training seed (configs/grid-distill-seeds.yaml: seed 1 of no-dstl,
 `unseen-dstl-views4` and `adapted-dstl`, everything else as seed 0) is paired
@@ -177,6 +179,32 @@ def view_labels(cfg) -> dict | None:
             "total_variation": [round(float(np.abs(clean - q).sum(1).mean() / 2), 4) for q in views]}
 
 
+def pool_priors(cfg, fold: int) -> dict | None:
+    """The teacher's class prior on each source of a fold's adapted pool (no label read): {source: {files,
+    label_share: the share of files whose mean over valid pieces peaks at each class, mean: that mean averaged}};
+    source = the held-out corpus's half (ids under its name) or "interviews" (the rest). None without the store."""
+    from liser.data.workspace import labeled_corpora, store_path
+    from liser.teachers.store import SoftLabelStore
+
+    entry = next((e for e in cfg.distilling() if e.kind == "speech"), None)
+    path = Path(store_path(cfg, entry)) if entry is not None else None
+    if path is None or not (path / "meta.json").is_file():
+        return None
+    st, corpus = SoftLabelStore(path), labeled_corpora(cfg)[fold]
+    groups: dict[str, list] = {}
+    for i in st.ids:
+        probs, valid = st.pieces(i)
+        p = np.asarray(probs[valid] if valid.any() else probs, np.float32).mean(0)
+        groups.setdefault(corpus if i.startswith(corpus + "/") else "interviews", []).append(p)
+    out = {}
+    for name, ps in groups.items():
+        ps = np.array(ps)
+        share = np.bincount(ps.argmax(1), minlength=len(st.classes)) / len(ps)
+        out[name] = {"files": len(ps), "label_share": dict(zip(st.classes, np.round(share, 3).tolist())),
+                     "mean": dict(zip(st.classes, np.round(ps.mean(0), 3).tolist()))}
+    return out
+
+
 def against_clean(views: dict, clean: dict) -> dict:
     """A teach_views row's corpora with the clean-label row's student beside it (same test files)."""
     out = {}
@@ -311,6 +339,14 @@ def main(argv=None) -> int:
     if adapted:
         out["seeds_adapted"] = adapted  # adapted protocol's test halves, no-dstl against clean-audio labels, seeds 0 and 1
         print(seeds_table(adapted, "dstl", "adapted, seeds 0 and 1 (the test halves)", "distilled, clean labels"))
+    priors = {r["cfg"].fold: pool_priors(r["cfg"], r["cfg"].fold) for r in grid["runs"]
+              if r["cfg"].name.split("/")[0] == "adapted-dstl"}
+    if any(priors.values()):
+        out["pool_priors"] = {k: v for k, v in priors.items() if v}  # the teacher's label shares per pool source
+        for k, v in out["pool_priors"].items():
+            print(f"fold {k} teacher's label shares: " + "; ".join(
+                f"{src} ({r['files']} files) " + " ".join(f"{c} {x:.2f}" for c, x in r["label_share"].items())
+                for src, r in v.items()))
     teaching = target_rows(Path(args.baseline), res["adapted-dstl"], res["unseen-dstl"], not args.no_teachers)
     if teaching:
         out["target_rows"] = teaching  # adapted rows whose targets are made another way, against adapted-dstl

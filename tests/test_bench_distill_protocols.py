@@ -177,3 +177,28 @@ def test_target_rows_set_a_row_beside_adapted_dstl_on_the_same_half(tmp_path, mo
     (tmp_path / "ctx" / "adapted-dstl-ctx6" / "default" / "fold2" / "metrics.json").write_text(json.dumps(other))
     with pytest.raises(LiserError):
         bench.target_rows(bench.BASELINE, adapted, {}, teachers=False)
+
+
+def test_pool_priors_count_the_teacher_s_file_labels_per_source(tmp_path):
+    """Files of the held-out corpus and the rest (interviews) are counted apart, each file by the arg-max of its
+    valid pieces' mean; a config without a store gives None."""
+    import numpy as np
+
+    from liser.core.config import Config
+    from liser.teachers.store import StoreWriter
+
+    classes = ["neutral", "happy", "sad", "angry", "fearful", "disgust"]
+    eye = np.eye(6)
+    w = StoreWriter(tmp_path / "s", "t", classes, "h")
+    w.add("emodb/a", eye[[2, 2, 0]], np.array([True, True, False]), 1.5)  # sad (the neutral piece is not valid)
+    w.add("emodb/b", eye[[1, 1]], np.ones(2, bool), 1.0)
+    w.add("videos/x", eye[[5, 5]], np.ones(2, bool), 1.0)
+    w.finalize(["emodb/a", "emodb/b", "videos/x"])
+    labeled = ("ravdess:r", "cremad:c", "emodb:e", "tess:t", "urdu:u")
+    cfg = Config(speech_store=str(tmp_path / "s"), lambda_sd=0.5, unlabeled=("u:x",), labeled=labeled,
+                 folds="loco-adapt", classes=tuple(classes))
+    got = bench.pool_priors(cfg, 2)
+    assert got["emodb"]["files"] == 2 and got["emodb"]["label_share"]["sad"] == 0.5
+    assert got["emodb"]["label_share"]["happy"] == 0.5 and got["emodb"]["label_share"]["neutral"] == 0
+    assert got["interviews"]["label_share"]["disgust"] == 1.0
+    assert bench.pool_priors(cfg.replace(speech_store=str(tmp_path / "none")), 2) is None
