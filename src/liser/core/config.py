@@ -140,7 +140,7 @@ class Config:
     #   source (an unlabeled corpus, or the held-out half of loco-adapt): teacher (as given; the paper's) | uniform
     #   (distribution alignment, ReMixMatch (Berthelot et al. 2020): each source's labels are divided by their mean
     #   over the source's files and renormalised, so no class takes more than its share where the teacher's prior
-    #   drifted on a new domain); video teachers' labels stay as given
+    #   drifted on a new domain); video teachers' labels, and piece_targets' per-step pieces, stay as given
     pool_crops: str = "any"  # distilling: where a pool item's training crops lie: any (anywhere in the recording;
     #   the paper's) | speech (inside its speech span, as the "speech" windowing crops labeled items, so a short
     #   crop of an utterance is not its leading silence taught the utterance's emotion)
