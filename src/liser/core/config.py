@@ -139,11 +139,11 @@ class Config:
     target_prior: str = "teacher"  # distilling: the class prior of the speech teachers' soft labels on each pool
     #   source (an unlabeled corpus, or the held-out half of loco-adapt): teacher (as given; the paper's) | uniform
     #   (distribution alignment, ReMixMatch (Berthelot et al. 2020): each source's labels are divided by their mean
-    #   over the source's files and renormalised, so no class takes more than its share where the teacher's prior
-    #   drifted on a new domain); video teachers' labels, and piece_targets' per-step pieces, stay as given
+    #   over the source's files and renormalised, pulling them towards an equal share of each class where the
+    #   teacher's prior drifted on a new domain); video teachers' labels, and piece_targets' per-step pieces, stay as given
     pool_crops: str = "any"  # distilling: where a pool item's training crops lie: any (anywhere in the recording;
-    #   the paper's) | speech (inside its speech span, as the "speech" windowing crops labeled items, so a short
-    #   crop of an utterance is not its leading silence taught the utterance's emotion)
+    #   the paper's) | speech (inside its speech span, as the "speech" windowing crops labeled items, under either
+    #   windowing: a short crop is then speech, not the silence before or after it)
     crop_full_p: float = 0.0  # "speech" windowing: share of training batches cropped at the longest length (3 s,
     #   capped by the batch's recordings): each item's whole span with context, as inference scores it; 0 = every
     #   batch's length uniform in 0.5-3 s
