@@ -72,16 +72,16 @@ def student_uar(model_path: str, manifest, items, classes: list[str]) -> float:
     return uar(np.array([classes.index(it.label) for it in items]), np.array(pred), len(classes))
 
 
-def one_fold(cfg, fold: int, work: Path, epochs: int, start: str, options=None) -> dict:
+def one_fold(cfg, fold: int, work: Path, start: str, options) -> dict:
+    """One held-out corpus adapted with `options` (liser.student.adapt.AdaptOptions) and scored."""
     from liser.data.workspace import teacher_dir
     from liser.inference.adapt import adapt
-    from liser.student.adapt import AdaptOptions
 
     pool, test, classes, corpus, manifest = fold_material(cfg, fold)
     folder = link_folder(pool, work / f"fold{fold}" / "recordings")
     t0 = time.time()
     rep = adapt(folder, work / f"fold{fold}" / "out", teacher_dir(cfg, fold), model=start.format(fold=fold),
-                options=options or AdaptOptions(epochs=epochs), threads=1, progress=False, say=lambda m: None)
+                options=options, threads=1, progress=False, say=lambda m: None)
     row = {"fold": fold, "corpus": corpus, "adapt_files": rep["files"], "test_files": len(test),
            "adapt_s": round(time.time() - t0),
            "start": round(student_uar(start.format(fold=fold), manifest, test, classes), 4),
@@ -115,7 +115,7 @@ def main(argv=None) -> int:
 
     cfg = Config.load(CONFIG)
     options = AdaptOptions(epochs=args.epochs, context_s=args.context_s, speech_crops=args.speech_crops)
-    rows = [one_fold(cfg, k, Path(args.work), args.epochs, args.start, options) for k in args.folds]
+    rows = [one_fold(cfg, k, Path(args.work), args.start, options) for k in args.folds]
     out = {"what": __doc__.split("\n")[0], "command": "python bench/bench_adapt.py " + " ".join(argv or sys.argv[1:]),
            "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
            "load_average": [round(x, 2) for x in os.getloadavg()], "config": str(CONFIG.relative_to(ROOT)),

@@ -193,9 +193,7 @@ def pool_priors(cfg, fold: int) -> dict | None:
     st, corpus = SoftLabelStore(path), labeled_corpora(cfg)[fold]
     groups: dict[str, list] = {}
     for i in st.ids:
-        probs, valid = st.pieces(i)
-        p = np.asarray(probs[valid] if valid.any() else probs, np.float32).mean(0)
-        groups.setdefault(corpus if i.startswith(corpus + "/") else "interviews", []).append(p)
+        groups.setdefault(corpus if i.startswith(corpus + "/") else "interviews", []).append(st.file_probs(i))
     out = {}
     for name, ps in groups.items():
         ps = np.array(ps)

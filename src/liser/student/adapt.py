@@ -42,12 +42,7 @@ class AdaptOptions:
 
 def teacher_file_labels(store, ids: list[str]) -> np.ndarray:
     """int [N]: the teacher's label of each file, the arg-max of its valid pieces' mean (all pieces if none)."""
-    out = []
-    for i in ids:
-        probs, valid = store.pieces(i)
-        p = probs[valid] if valid.any() else probs
-        out.append(int(np.asarray(p, np.float32).mean(0).argmax()))
-    return np.array(out)
+    return np.array([int(store.file_probs(i).argmax()) for i in ids])
 
 
 def agreement(model, frames: list, teacher_labels: np.ndarray, windowing: str, n_classes: int) -> float:

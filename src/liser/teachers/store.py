@@ -122,6 +122,12 @@ class SoftLabelStore:
         e = self.index[item_id]
         return self.probs[e.row : e.row + e.n], self.valid[e.row : e.row + e.n]
 
+    def file_probs(self, item_id: str) -> np.ndarray:
+        """The teacher's answer for a whole item: the mean of its valid pieces (of all, when none is valid),
+        [K] float32."""
+        probs, valid = self.pieces(item_id)
+        return np.asarray(probs[valid] if valid.any() else probs, np.float32).mean(0)
+
     def window(self, item_id: str, start_s: float, length_s: float = CLIP_S, view: int = 0) -> tuple[np.ndarray, int]:
         """Mean probabilities of the valid pieces inside a window, and how many there were.
 
