@@ -152,6 +152,9 @@ class Config:
     aug_consistency: float = 0.0  # with aug_views: each step takes every item clean and as one view, cropped alike,
     #   and adds this weight x KL(clean || view) to the loss, the clean prediction (no gradient) teaching the view's;
     #   0 = off (a step draws the clean item or a view)
+    ema_decay: float = 0.0  # the weights validated, kept (best.pt) and exported are an exponential moving average of
+    #   the trained ones, updated after every step with this decay (Polyak averaging; weight averaging for domain
+    #   generalisation, SWAD, Cha et al. 2021): the epoch choice reads a smoothed student, not one step's; 0 = off
     # ---- where it runs (not part of what the run is: a run resumes on another device) ----
     device: str = "auto"  # auto (CUDA when torch sees a GPU) | cpu | cuda | cuda:N
 
@@ -171,6 +174,8 @@ class Config:
                              "(lambda_sd or lambda_vd > 0, or a `teachers` entry without head: sup)")
         if self.min_steps < 0:
             raise LiserError(f"min_steps must be 0 (off) or more steps, got {self.min_steps}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise LiserError(f"ema_decay must be in 0..1 (0 = off; e.g. 0.999), got {self.ema_decay:g}")
         if self.target_context_s < 0:
             raise LiserError(f"target_context_s must be 0 (off) or more seconds, got {self.target_context_s:g}")
         if self.teach_views < 0:

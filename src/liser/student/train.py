@@ -34,6 +34,7 @@ import random
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -539,11 +540,17 @@ class State:
     stale: int = 0  # epochs since the best validation UAR
     u_order: np.ndarray = field(default_factory=lambda: np.array([], dtype=np.int64))  # pool permutation
     u_pos: int = 0  # position in u_order
+    ema: Any = None  # the moving average of the weights (`averaged`; cfg.ema_decay), None when off
+
+    def judged(self, model):
+        """The student that is validated and kept: the moving average when there is one, else `model`."""
+        return model if self.ema is None else self.ema.module
 
     def to_checkpoint(self, model, opt) -> dict:
         import torch
 
-        return {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": self.epoch,
+        ema = {} if self.ema is None else {"ema": self.ema.state_dict()}
+        return {"model": model.state_dict(), "optimizer": opt.state_dict(), **ema, "epoch": self.epoch,
                 "best_uar": self.best_uar, "best_epoch": self.best_epoch, "stale": self.stale,
                 "np_rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
                 "u_order": torch.from_numpy(np.asarray(self.u_order, dtype=np.int64)), "u_pos": self.u_pos}
@@ -553,12 +560,14 @@ def resume(run: Path, cfg: Config, model, opt) -> State:
     """A fresh State, or the one of last.pt (restoring model, optimiser and RNGs); trims epochs.csv to match."""
     import torch
 
-    state = State(np.random.default_rng(cfg.seed))
+    state = State(np.random.default_rng(cfg.seed), ema=averaged(model, cfg.ema_decay))
     last = run / "last.pt"
     if last.is_file():  # resume after the last completed epoch
         st = load(last)
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
+        if state.ema is not None:  # (a run directory of another config is refused before: check_run)
+            state.ema.load_state_dict(st["ema"])
         state.epoch, state.best_uar, state.best_epoch, state.stale = \
             st["epoch"] + 1, st["best_uar"], st["best_epoch"], st["stale"]
         state.u_order, state.u_pos = st["u_order"].numpy(), int(st["u_pos"])
@@ -572,6 +581,17 @@ def resume(run: Path, cfg: Config, model, opt) -> State:
         for r in kept:
             _append_csv(log_path, r, log_fields(cfg))
     return state
+
+
+def averaged(model, decay: float):
+    """An exponential moving average of `model`'s parameters and buffers (BatchNorm statistics too), updated by
+    `.update_parameters(model)` after each step: W_ema <- decay W_ema + (1 - decay) W, the first update a copy
+    (torch.optim.swa_utils.AveragedModel with get_ema_multi_avg_fn); None when decay is 0 (off)."""
+    if not decay:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def loss_options(cfg: Config, data: Data):
@@ -692,6 +712,8 @@ def run_epoch(cfg: Config, data: Data, model, opt, state: State, stage1: bool, c
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if state.ema is not None:
+            state.ema.update_parameters(model)
         for k, v in parts.items():
             sums[k] = sums.get(k, 0.0) + v
         sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
@@ -753,7 +775,8 @@ def end_epoch(cfg: Config, data: Data, run: Path, model, opt, state: State, stag
     if stage1:  # distillation-only stage: no model selection yet
         val = {"uar": float("nan"), "war": float("nan")}
     else:
-        val, _ = evaluate_items(model, data.cache, data.val, data.classes, cfg.val_stride_s, cfg.windowing)
+        val, _ = evaluate_items(state.judged(model), data.cache, data.val, data.classes, cfg.val_stride_s,
+                                cfg.windowing)
     row = {"epoch": state.epoch, "stage": "distil" if stage1 else "train",
            **{k: round(v / n_steps, 5) for k, v in sums.items()},
            "val_uar": round(val["uar"], 5), "val_war": round(val["war"], 5),
@@ -762,7 +785,8 @@ def end_epoch(cfg: Config, data: Data, run: Path, model, opt, state: State, stag
     _append_csv(run / "epochs.csv", row, log_fields(cfg))
     if not stage1 and val["uar"] > state.best_uar:
         state.best_uar, state.best_epoch, state.stale = val["uar"], state.epoch, 0
-        save(student_checkpoint(model, data.classes, data.teacher_classes, cfg, state.epoch, val), run / "best.pt")
+        save(student_checkpoint(state.judged(model), data.classes, data.teacher_classes, cfg, state.epoch, val),
+             run / "best.pt")
     elif not stage1:
         state.stale += 1
     save(state.to_checkpoint(model, opt), run / "last.pt")
