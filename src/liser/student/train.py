@@ -224,6 +224,11 @@ def fitted_temperature(cfg: Config, store) -> float:
     return float(t)
 
 
+def window_at(frames: np.ndarray, start: int, length: int) -> np.ndarray:
+    """Frames [start, start + length) of an item's features [frames, 64] as a window: [64, <= length] float32."""
+    return np.asarray(frames[start : start + length], dtype=np.float32).T
+
+
 def random_crop(frames: np.ndarray, rng: np.random.Generator,
                 length: int = audio.CLIP_FRAMES, u: float | None = None) -> tuple[np.ndarray, int]:
     """A random `length`-frame window of an item's features: ([64, length] float32, start frame).
@@ -233,7 +238,7 @@ def random_crop(frames: np.ndarray, rng: np.random.Generator,
     """
     last = len(frames) - length
     start = (_at(0, last, u) if u is not None else int(rng.integers(0, last + 1))) if last > 0 else 0
-    return np.asarray(frames[start : start + length], dtype=np.float32).T, start
+    return window_at(frames, start, length), start
 
 
 def speech_crop(frames: np.ndarray, span: tuple[int, int], extent: int, length: int,
@@ -246,8 +251,7 @@ def speech_crop(frames: np.ndarray, span: tuple[int, int], extent: int, length: 
     than `length`. The crop inference would score (liser.data.windowing). `u` in
     [0, 1] places it at that fraction of the room instead of drawing it.
     """
-    start = speech_start(span, extent, len(frames), length, rng, u)
-    return np.asarray(frames[start : start + length], dtype=np.float32).T
+    return window_at(frames, speech_start(span, extent, len(frames), length, rng, u), length)
 
 
 def speech_start(span: tuple[int, int], extent: int, n_frames: int, length: int, rng: np.random.Generator,
@@ -290,7 +294,7 @@ def unlabeled_batch(pool: Unlabeled, idx: np.ndarray, rng: np.random.Generator, 
         fr = pool.frames[i] if v == 0 else pool.views[v - 1][i]
         if pool.spans:  # pool_crops speech: inside the speech span, as the labeled crops
             start = speech_start(*pool.spans[i], len(fr), length, rng)
-            x = np.asarray(fr[start : start + length], dtype=np.float32).T
+            x = window_at(fr, start, length)
         else:
             x, start = random_crop(fr, rng, length)
         xs.append(x)
