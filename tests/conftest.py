@@ -143,6 +143,23 @@ CORPORA = ("ravdess", "cremad", "emodb", "tess", "urdu")
 DEFAULT_CLASSES = ["neutral", "happy", "sad", "angry", "fearful", "disgust"]
 
 
+def interrupt_at_second_validation(monkeypatch):
+    """Make training raise KeyboardInterrupt (Ctrl-C) in its second validation (epoch 1's); returns a function
+    that puts the real evaluate_items back, so the run can then be resumed."""
+    import liser.student.evaluate as ev
+
+    real, calls = ev.evaluate_items, []
+
+    def interrupted(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(ev, "evaluate_items", interrupted)
+    return lambda: monkeypatch.setattr(ev, "evaluate_items", real)
+
+
 def tess_pool(base: Path, work, folders=("OAF_angry", "YAF_happy"), per_folder: int = 3):
     """An unlabeled pool of real TESS files (`per_folder` from each of `folders`, linked under `base`/tess), its
     labels blanked, its features built in `work`; (manifest, saved manifest dir). Skips without the data."""

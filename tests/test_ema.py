@@ -17,6 +17,8 @@ from liser.core.config import Config
 from liser.core.errors import LiserError
 from liser.student import train as tr
 
+from conftest import interrupt_at_second_validation
+
 DECAY = 0.8  # short enough that 10 steps of 2 epochs move the average well away from the first step's weights
 
 
@@ -65,22 +67,12 @@ def test_best_student_is_the_moving_average_of_the_steps(small_config, tmp_path,
 
 
 def test_resumed_run_keeps_the_average(small_config, tmp_path, monkeypatch):
-    import liser.student.evaluate as ev
-
     cfg = small_config.replace(ema_decay=DECAY)
     whole = tr.train(cfg, run_dir=tmp_path / "whole", progress=False)
-    real, calls = ev.evaluate_items, []
-
-    def interrupted(*a, **kw):  # Ctrl-C during the validation of epoch 1
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*a, **kw)
-
-    monkeypatch.setattr(ev, "evaluate_items", interrupted)
+    restore = interrupt_at_second_validation(monkeypatch)  # Ctrl-C during the validation of epoch 1
     with pytest.raises(KeyboardInterrupt):
         tr.train(cfg, run_dir=tmp_path / "resumed", progress=False)
-    monkeypatch.setattr(ev, "evaluate_items", real)
+    restore()
     resumed = tr.train(cfg, run_dir=tmp_path / "resumed", progress=False)
     assert _rows(resumed) == _rows(whole)
     a = torch.load(whole / "best.pt", weights_only=True)["state_dict"]

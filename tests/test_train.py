@@ -16,7 +16,7 @@ from liser.data import workspace as ws
 from liser.core.errors import LiserError
 from liser.student.model import Student
 
-from conftest import SMALL_FOLD, fake_store, tess_pool
+from conftest import SMALL_FOLD, fake_store, interrupt_at_second_validation, tess_pool
 
 
 def _rows(run: Path) -> list[dict]:
@@ -168,24 +168,14 @@ def test_another_seed_another_run(small_config, trained_run, tmp_path):
 
 
 def test_resume_after_interruption(small_config, trained_run, tmp_path, monkeypatch):
-    import liser.student.evaluate as ev
-
-    real, calls = ev.evaluate_items, []
-
-    def interrupted(*a, **kw):  # Ctrl-C during the validation of epoch 1
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*a, **kw)
-
-    monkeypatch.setattr(ev, "evaluate_items", interrupted)
+    restore = interrupt_at_second_validation(monkeypatch)  # Ctrl-C during the validation of epoch 1
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         tr.train(small_config, run_dir=run, progress=False)
     assert (run / "last.pt").is_file() and not (run / "metrics.json").exists()
     first = _rows(run)
     assert len(first) == 1
-    monkeypatch.setattr(ev, "evaluate_items", real)
+    restore()
 
     tr.train(small_config, run_dir=run, progress=False)
     rows = _rows(run)
@@ -321,21 +311,6 @@ def test_two_stage_with_no_finetuning_epoch_is_an_error(small_config, speech_poo
         tr.train(cfg, run_dir=tmp_path / "r", progress=False)
 
 
-def _interrupt_at_second_validation(monkeypatch):
-    import liser.student.evaluate as ev
-
-    real, calls = ev.evaluate_items, []
-
-    def interrupted(*a, **kw):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*a, **kw)
-
-    monkeypatch.setattr(ev, "evaluate_items", interrupted)
-    return lambda: monkeypatch.setattr(ev, "evaluate_items", real)
-
-
 def test_resumed_distillation_run_equals_the_uninterrupted_one(small_config, speech_pool, tmp_path, monkeypatch):
     manifest_dir, store, _ = speech_pool
     # 2 classes (12 labeled training files: one step per epoch), 5 of the 12 unlabeled items per step,
@@ -343,7 +318,7 @@ def test_resumed_distillation_run_equals_the_uninterrupted_one(small_config, spe
     cfg = small_config.replace(classes=("happy", "sad"), lambda_sd=1.0, speech_store=str(store.parent / "store2"),
                                unlabeled=(str(manifest_dir),), batch_size=25, unlabeled_batch=5, epochs=2)
     whole = tr.train(cfg, run_dir=tmp_path / "whole", progress=False)
-    restore = _interrupt_at_second_validation(monkeypatch)
+    restore = interrupt_at_second_validation(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         tr.train(cfg, run_dir=tmp_path / "resumed", progress=False)
     restore()
