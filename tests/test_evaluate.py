@@ -58,6 +58,36 @@ def test_bootstrap_ci_brackets_the_point_estimate():
     assert ci == ev.bootstrap_ci(y_true, y_pred, 3, n=300, seed=1)
 
 
+def _fold(rng, n: int, acc: float, k: int = 3):
+    y = rng.integers(0, k, n)
+    return y, np.where(rng.random(n) < acc, y, (y + 1) % k)
+
+
+def test_fold_mean_ci_brackets_the_mean_of_folds_where_a_pooled_interval_does_not():
+    """Leave one corpus out: one big hard fold (CREMA-D-like) and four small easy ones. The table reports the
+    mean of the five folds' UARs; the pooled-file interval is dominated by the big fold and misses it."""
+    rng = np.random.default_rng(0)
+    folds = [_fold(rng, 3000, 0.3)] + [_fold(rng, 200, 0.8) for _ in range(4)]
+    mean_u = np.mean([M.uar(t, p, 3) for t, p in folds])
+    ci = ev.fold_mean_ci(folds, 3, n=200, seed=0)
+    assert ci["uar"][0] < mean_u < ci["uar"][1]
+    assert ci["uar"][1] - ci["uar"][0] < 0.1
+    pooled = ev.bootstrap_ci(np.concatenate([t for t, _ in folds]), np.concatenate([p for _, p in folds]), 3, n=200)
+    assert pooled["uar"][1] < mean_u  # the statistic beside it is outside the pooled interval
+    assert ci == ev.fold_mean_ci(folds, 3, n=200, seed=0)
+
+
+def test_fold_mean_ci_takes_the_seeds_mean_of_a_fold():
+    """A fold with two seeds' predictions of the same files counts the mean of their UARs."""
+    rng = np.random.default_rng(1)
+    y, good = _fold(rng, 400, 0.9)
+    bad = np.where(rng.random(400) < 0.5, y, (y + 2) % 3)
+    ci = ev.fold_mean_ci([(y, np.stack([good, bad]))], 3, n=200)
+    mean_u = (M.uar(y, good, 3) + M.uar(y, bad, 3)) / 2
+    assert ci["uar"][0] < mean_u < ci["uar"][1]
+    assert ci["uar"][1] < M.uar(y, good, 3)
+
+
 def test_perfect_predictions_have_a_degenerate_interval():
     y = [0, 1, 2, 0, 1, 2]
     ci = ev.bootstrap_ci(y, y, 3, n=50)

@@ -128,6 +128,33 @@ def test_seeds_repeat_rows_and_a_fold_counts_their_mean(tmp_path):
     assert t["folds"][0]["seeds"] == [0, 1] and t["folds"][0]["variant"] == "lsd5"  # (0.50+0.65)/2 > 0.50
 
 
+def test_the_table_interval_is_of_the_fold_mean(tmp_path):
+    """collect_grid's ci95 brackets uar_mean (the mean of the folds' UARs) when every fold kept its predictions,
+    and says when it fell back to the pooled files."""
+    import json
+
+    import numpy as np
+
+    from liser.experiments.grid import collect_grid, run_dir
+
+    rng = np.random.default_rng(0)
+    runs = [_run(tmp_path, "r/default", k, 0.0) for k in range(3)]
+    for r, (n, acc) in zip(runs, [(2000, 0.35), (150, 0.9), (150, 0.9)]):
+        y = rng.integers(0, 2, n)
+        pred = np.where(rng.random(n) < acc, y, 1 - y)
+        logits = np.eye(2)[pred].tolist()
+        u = float(np.mean([(pred[y == c] == c).mean() for c in (0, 1)]))
+        (run_dir(r["cfg"]) / "metrics.json").write_text(json.dumps(
+            {"val": {"uar": u}, "test": {"uar": u, "war": u}, "classes": ["a", "b"],
+             "test_y": y.tolist(), "test_logits": logits}))
+    t = collect_grid(runs)["configs"]["r"]["1"]
+    assert t["ci95_of"] == "fold mean" and t["ci95"]["uar"][0] < t["uar_mean"] < t["ci95"]["uar"][1]
+    m = json.loads((run_dir(runs[2]["cfg"]) / "metrics.json").read_text())
+    del m["test_logits"]  # a fold without kept predictions: the interval is over the files that have them
+    (run_dir(runs[2]["cfg"]) / "metrics.json").write_text(json.dumps(m))
+    assert collect_grid(runs)["configs"]["r"]["1"]["ci95_of"] == "pooled files"
+
+
 def test_seed_runs_must_name_rows_of_the_grid(tmp_path):
     import yaml
 

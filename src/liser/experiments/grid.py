@@ -320,7 +320,7 @@ def collect_grid(runs: list[dict]) -> dict:
     import numpy as np
 
     from liser.core.metrics import metrics
-    from liser.student.evaluate import bootstrap_ci
+    from liser.student.evaluate import bootstrap_ci, fold_mean_ci
 
     seeds: dict[tuple, list] = {}  # (config, fraction, variant, fold): [metrics of each seed's finished run]
     for r in runs:
@@ -342,7 +342,8 @@ def collect_grid(runs: list[dict]) -> dict:
             chosen[(name, frac, fold)] = one
     table: dict = {}
     for (name, frac, fold), c in sorted(chosen.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
-        t = table.setdefault(name, {}).setdefault(_fmt(frac), {"folds": [], "y_true": [], "y_pred": []})
+        t = table.setdefault(name, {}).setdefault(_fmt(frac), {"folds": [], "y_true": [], "y_pred": [],
+                                                                   "by_fold": []})
         m = c["runs"][0]
         t["folds"].append({"fold": fold, "variant": c["variant"], "uar": c["uar"], "war": c["war"],
                            "val_uar": c["val_uar"], "run_dir": m["run_dir"],
@@ -351,9 +352,12 @@ def collect_grid(runs: list[dict]) -> dict:
             t["folds"][-1].update({"seeds": [r["seed"] for r in c["runs"]],
                                    "uar_per_seed": [r["test"]["uar"] for r in c["runs"]]})
         t["classes"] = m["classes"]
-        for r in c["runs"]:
-            t["y_true"] += r.get("test_y", [])
-            t["y_pred"] += np.asarray(r["test_logits"]).argmax(1).tolist() if r.get("test_logits") else []
+        for r in c["runs"]:  # labels and predictions in pairs: a run that kept only one adds neither
+            if r.get("test_y") and r.get("test_logits"):
+                t["y_true"] += r["test_y"]
+                t["y_pred"] += np.asarray(r["test_logits"]).argmax(1).tolist()
+        if all(r.get("test_y") and r.get("test_logits") for r in c["runs"]):
+            t["by_fold"].append((c["runs"][0]["test_y"], [np.asarray(r["test_logits"]).argmax(1) for r in c["runs"]]))
     for name, by_frac in table.items():
         for frac, t in by_frac.items():
             u = np.array([f["uar"] for f in t["folds"]])
@@ -363,8 +367,10 @@ def collect_grid(runs: list[dict]) -> dict:
             if t["y_true"]:
                 k = len(t["classes"])
                 t["pooled"] = metrics(t["y_true"], t["y_pred"], t["classes"])
-                t["ci95"] = bootstrap_ci(t["y_true"], t["y_pred"], k)
-            del t["y_true"], t["y_pred"]
+                t["ci95"] = (fold_mean_ci(t["by_fold"], k) if len(t["by_fold"]) == len(t["folds"])
+                             else bootstrap_ci(t["y_true"], t["y_pred"], k))
+                t["ci95_of"] = "fold mean" if len(t["by_fold"]) == len(t["folds"]) else "pooled files"
+            del t["y_true"], t["y_pred"], t["by_fold"]
     for (name, frac, variant), vt in by_variant.items():  # each searched value held fixed on every fold
         vt = sorted(vt)
         v, te = np.array([x[1] for x in vt]), np.array([x[2] for x in vt])

@@ -2,7 +2,7 @@
 
 Written by `liser experiment` from the grid's
 results: the Table 2 and Table 3 analogues (UAR / WAR mean +- std over folds,
-bootstrap 95% intervals of the pooled test predictions, the values chosen on
+bootstrap 95% intervals of that fold mean (files resampled within each fold), the values chosen on
 validation), the label-fraction curve, the pooled confusion matrix of each
 configuration, the teachers' own UAR and calibration where their evaluation
 files exist, the correspondence the student learned between the video
@@ -182,7 +182,8 @@ def _table_lines(full: dict, base) -> list[str]:
         return full.get(r) if r else None
 
     lines = ["## Table 2 analogue", "",
-             "Test UAR / WAR, mean ± std over folds; the 95% interval is a bootstrap over the pooled test files; "
+             "Test UAR / WAR, mean ± std over folds; the 95% interval is a bootstrap of the mean over folds, each fold's "
+             "test files resampled on their own (over the pooled files where a fold's predictions were not kept); "
              "Δ is the test UAR minus its recipe's no-dstl (`liser-…` rows against liser-no-dstl, the others against "
              "no-dstl), in points, fold by fold on the folds both finished (same folds, seed "
              "and budget): mean ± std over those folds, and on how many the row beats no-dstl. `values` lists what "
