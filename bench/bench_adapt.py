@@ -2,6 +2,7 @@
 
     scripts/run_distill_protocols.sh      # (its first step) fits the five leave-one-corpus-out speech teachers
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_adapt.py [--folds 0 1 2 3 4] [--epochs 8]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_adapt.py --batchnorm --start RUNS/fold{fold}   # no teacher
 
 For fold k (the k-th corpus of configs/default-model-distill.yaml held out):
 the start is the field recipe's leave-one-corpus-out student without
@@ -16,6 +17,11 @@ same windows: the start, the adapted int8 student, and the teacher itself.
 The issue's bar (its adapted protocol): the adapted student better than the
 start on every corpus, and at least half of the way from the start to the
 teacher. Writes bench/results/adapt.json (or --json) and prints the table.
+
+With --batchnorm, `liser adapt` runs without a teacher (the start's
+BatchNorm statistics re-estimated on the unlabeled half: AdaBN), and the
+table is the start and the adapted student, UAR and the largest share of
+answers one class takes, in bench/results/adapt_batchnorm.json.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from liser.core.errors import LiserError  # noqa: E402
 CONFIG = ROOT / "configs" / "default-model-distill.yaml"
 START = "runs/grid-default-model-consistency/speech-views-cons1/default/fold{fold}"
 OUT = ROOT / "bench" / "results" / "adapt.json"
+OUT_BATCHNORM = ROOT / "bench" / "results" / "adapt_batchnorm.json"
 
 
 def fold_material(cfg, fold: int):
@@ -61,15 +68,22 @@ def link_folder(manifest, folder: Path) -> Path:
     return folder
 
 
-def student_uar(model_path: str, manifest, items, classes: list[str]) -> float:
-    """UAR of a student (run folder, .pt or .onnx) on `items`, each file scored whole (no-speech files too)."""
+def student_scores(model_path: str, manifest, items, classes: list[str]) -> tuple[float, float]:
+    """(UAR, the largest share of the answers one class takes) of a student (run folder, .pt or .onnx) on
+    `items`, each file scored whole (no-speech files too)."""
     import liser
     from liser.core.metrics import uar
     from liser.inference.decode import file_frames
 
     m = liser.load(model_path, threads=1)
-    pred = [int(np.argmax(m.file_logits(file_frames(manifest.abspath(it))[0], strict=False))) for it in items]
-    return uar(np.array([classes.index(it.label) for it in items]), np.array(pred), len(classes))
+    pred = np.array([int(np.argmax(m.file_logits(file_frames(manifest.abspath(it))[0], strict=False))) for it in items])
+    share = np.bincount(pred, minlength=len(classes)).max() / len(pred)
+    return uar(np.array([classes.index(it.label) for it in items]), pred, len(classes)), float(share)
+
+
+def student_uar(model_path: str, manifest, items, classes: list[str]) -> float:
+    """UAR of a student on `items` (student_scores)."""
+    return student_scores(model_path, manifest, items, classes)[0]
 
 
 def one_fold(cfg, fold: int, work: Path, start: str, options) -> dict:
@@ -98,6 +112,29 @@ def one_fold(cfg, fold: int, work: Path, start: str, options) -> dict:
     return row
 
 
+def one_fold_batchnorm(cfg, fold: int, work: Path, start: str) -> dict:
+    """One held-out corpus adapted without a teacher (`liser adapt` without --teacher: BatchNorm statistics of the
+    unlabeled half) and scored on the other half: UAR and the largest class share, start and adapted."""
+    from liser.inference.adapt import adapt
+
+    pool, test, classes, corpus, manifest = fold_material(cfg, fold)
+    folder = link_folder(pool, work / f"fold{fold}" / "recordings")
+    t0 = time.time()
+    rep = adapt(folder, work / f"fold{fold}" / "out-batchnorm", None, model=start.format(fold=fold), threads=1,
+                progress=False, say=lambda m: None)
+    adapt_s = round(time.time() - t0)
+    s_uar, s_share = student_scores(start.format(fold=fold), manifest, test, classes)
+    a_uar, a_share = student_scores(str(work / f"fold{fold}" / "out-batchnorm" / "liser-adapted-int8.onnx"),
+                                    manifest, test, classes)
+    row = {"fold": fold, "corpus": corpus, "adapt_files": rep["adapt_files"], "test_files": len(test),
+           "adapt_s": adapt_s, "start": round(s_uar, 4), "adapted": round(a_uar, 4),
+           "gain_points": round(100 * (a_uar - s_uar), 2),
+           "largest_share_start": round(s_share, 3), "largest_share_adapted": round(a_share, 3)}
+    print(f"{corpus}: start {s_uar:.3f} -> BatchNorm-adapted {a_uar:.3f} on {len(test)} files "
+          f"(largest class share {s_share:.2f} -> {a_share:.2f})", flush=True)
+    return row
+
+
 def main(argv=None) -> int:
     from liser.core.atomic import atomic_write_text
     from liser.core.config import Config
@@ -109,21 +146,31 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default="work/bench-adapt", help="where the folders and adapted students go")
     ap.add_argument("--context-s", type=float, default=0.0, help="liser adapt --context-s (default 0)")
     ap.add_argument("--speech-crops", action="store_true", help="liser adapt --speech-crops")
-    ap.add_argument("--json", default=str(OUT))
+    ap.add_argument("--batchnorm", action="store_true",
+                    help="liser adapt without a teacher: the start's BatchNorm statistics re-estimated on the folder")
+    ap.add_argument("--json", default=None, help=f"default {OUT.relative_to(ROOT)}, with --batchnorm "
+                                                 f"{OUT_BATCHNORM.relative_to(ROOT)}")
     args = ap.parse_args(argv)
     from liser.student.adapt import AdaptOptions
 
     cfg = Config.load(CONFIG)
     options = AdaptOptions(epochs=args.epochs, context_s=args.context_s, speech_crops=args.speech_crops)
-    rows = [one_fold(cfg, k, Path(args.work), args.start, options) for k in args.folds]
+    if args.batchnorm:
+        rows = [one_fold_batchnorm(cfg, k, Path(args.work), args.start) for k in args.folds]
+    else:
+        rows = [one_fold(cfg, k, Path(args.work), args.start, options) for k in args.folds]
+    args.json = args.json or str(OUT_BATCHNORM if args.batchnorm else OUT)
+    keys = ("start", "adapted") + (("largest_share_start", "largest_share_adapted") if args.batchnorm else ("teacher",))
     out = {"what": __doc__.split("\n")[0], "command": "python bench/bench_adapt.py " + " ".join(argv or sys.argv[1:]),
            "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
            "load_average": [round(x, 2) for x in os.getloadavg()], "config": str(CONFIG.relative_to(ROOT)),
-           "start": args.start, "options": dict(options.__dict__), "folds": rows,
-           "mean": {k: round(float(np.mean([r[k] for r in rows])), 4) for k in ("start", "adapted", "teacher")},
+           "start": args.start, "method": "batchnorm" if args.batchnorm else "distillation",
+           "options": {} if args.batchnorm else dict(options.__dict__), "folds": rows,
+           "mean": {k: round(float(np.mean([r[k] for r in rows])), 4) for k in keys},
            "better_on": sum(r["adapted"] > r["start"] for r in rows)}
-    print(f"mean: start {out['mean']['start']:.3f} -> adapted {out['mean']['adapted']:.3f} "
-          f"(teacher {out['mean']['teacher']:.3f}); better on {out['better_on']} of {len(rows)}")
+    print(f"mean: start {out['mean']['start']:.3f} -> adapted {out['mean']['adapted']:.3f}"
+          + ("" if args.batchnorm else f" (teacher {out['mean']['teacher']:.3f})")
+          + f"; better on {out['better_on']} of {len(rows)}")
     atomic_write_text(args.json, json.dumps(out, indent=1) + "\n")
     print(f"wrote {args.json}")
     return 0

@@ -171,3 +171,66 @@ def test_a_changed_folder_is_read_again_and_what_is_not_a_folder_of_recordings_i
     with pytest.raises(LiserError, match="not a speech teacher"):
         adapt(mine, tmp_path / "out2", tmp_path, progress=False)
     assert not (tmp_path / "out2" / "work").exists()
+
+
+# ---------------------------------------------------------------- without a teacher: BatchNorm statistics (AdaBN)
+def _start_student():
+    from liser.inference.default_model import default_checkpoint_path
+    from liser.student.checkpoint import read_checkpoint, student_from_checkpoint
+
+    return student_from_checkpoint(read_checkpoint(default_checkpoint_path()), "the default model").eval()
+
+
+def test_renormalise_takes_the_folder_s_statistics_and_nothing_else():
+    """Every BatchNorm layer's statistics become those of the windows, as torch's own BatchNorm measures them on
+    the whole set in one batch (each layer seeing the layers below already adapted); every weight, the input's
+    normalisation and the start itself are unchanged."""
+    import copy
+
+    import torch
+
+    from liser.inference.decode import file_frames
+    from liser.student.adapt import renormalise, speech_windows
+
+    files = sorted(_real("tess").rglob("*.opus"))[::70][:12]
+    frames = [file_frames(f)[0] for f in files]
+    start = _start_student()
+    before = copy.deepcopy(start.state_dict())
+    adapted = renormalise(start, frames, "pad")  # pad: every window 3 s, so one batch holds them all
+    ref = copy.deepcopy(start).train()
+    bns = [m for m in ref.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn in bns:
+        bn.momentum = 1.0  # running statistics = this batch's
+    with torch.no_grad():
+        ref.embed(torch.from_numpy(np.concatenate(speech_windows(frames, "pad"))))
+    got = {k: v for k, v in adapted.state_dict().items()}
+    for name, v in ref.state_dict().items():
+        if name.endswith(("running_mean", "running_var")):
+            assert not torch.allclose(v, before[name], atol=1e-3), name  # the folder's are not training's
+            assert torch.allclose(got[name], v, rtol=1e-3, atol=1e-4), name
+        elif not name.endswith("num_batches_tracked"):
+            assert torch.equal(got[name], before[name]), name
+    assert all(torch.equal(v, before[k]) for k, v in start.state_dict().items())  # the start is not touched
+    assert not adapted.training
+
+
+def test_adapt_without_a_teacher_writes_a_checked_int8_student_and_a_card(folder, tmp_path, capsys):
+    """`liser adapt FOLDER -o OUT` with no teacher: the default model with the folder's BatchNorm statistics,
+    exported int8 and checked, a card that says what was done; unreadable files listed and skipped."""
+    import liser
+    from liser.cli import main
+
+    out = tmp_path / "mine"
+    assert main(["adapt", str(folder), "-o", str(out), "--threads", "1"]) == 0
+    said = capsys.readouterr()
+    assert "notes.wav" in said.err and "BatchNorm statistics of" in said.out
+    report = json.loads((out / "adapt.json").read_text())
+    assert report["method"] == "batchnorm" and report["files"] == 14 and report["skipped"] == 1
+    assert "teacher" not in report and report["start_is_default_model"]
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "BatchNorm statistics" in card and "agreement with the teacher" not in card
+    f = next(f for f in sorted(folder.iterdir()) if f.name != "notes.wav")
+    mine, default = liser.load(out / "liser-adapted-int8.onnx", threads=1), liser.load(threads=1)
+    p, q = mine.predict_file(f), default.predict_file(f)
+    assert p.label in DEFAULT_CLASSES
+    assert max(abs(p.probabilities[c] - q.probabilities[c]) for c in DEFAULT_CLASSES) > 1e-3  # not the start

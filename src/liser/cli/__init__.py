@@ -245,9 +245,11 @@ def cmd_adapt(args) -> int:
     report = adapt(args.folder, args.out, args.teacher, model=args.model,
                    options=AdaptOptions(epochs=args.epochs, anchor=args.anchor), threads=args.threads,
                    progress=_progress())
-    print(f"wrote {Path(args.out) / 'liser-adapted-int8.onnx'}: agreement with the teacher on {report['check_files']} "
-          f"held-out files {report['agreement_before']:.3f} -> {report['agreement_after']:.3f} "
-          f"(card: {Path(args.out) / 'MODEL_CARD.md'})")
+    measured = (f"agreement with the teacher on {report['check_files']} held-out files {report['agreement_before']:.3f}"
+                f" -> {report['agreement_after']:.3f}" if args.teacher else
+                f"BatchNorm statistics of {report['adapt_files']} files; {report['changed_vs_start']:.0%} of "
+                f"{report['check_files']} held-out files changed label")
+    print(f"wrote {Path(args.out) / 'liser-adapted-int8.onnx'}: {measured} (card: {Path(args.out) / 'MODEL_CARD.md'})")
     return 0
 
 
@@ -431,20 +433,25 @@ def add_adapt(sub) -> None:
     from liser.student.adapt import AdaptOptions
 
     d = AdaptOptions()
-    sp = sub.add_parser("adapt", help="adapt a student to a folder of your own unlabeled recordings (a teacher labels "
-                                      "them; int8 ONNX and a card out)",
-                        description="Label the recordings under FOLDER with a speech teacher, distil its soft labels "
-                                    "into a student (by default the packaged default model), keep the epoch that "
-                                    "agrees best with the teacher on held-out files, and export it as int8 ONNX with "
-                                    "a model card (liser.inference.adapt). Resumable: run it again to continue.")
+    sp = sub.add_parser("adapt", help="adapt a student to a folder of your own unlabeled recordings (int8 ONNX and "
+                                      "a card out)",
+                        description="Adapt a student (by default the packaged default model) to the recordings under "
+                                    "FOLDER, which need no labels. Without --teacher, its BatchNorm statistics are "
+                                    "re-estimated on them (AdaBN: no teacher, no training, seconds). With --teacher, "
+                                    "the teacher labels them, its soft labels are distilled into the student and the "
+                                    "epoch that agrees best with it on held-out files is kept. Either way the result "
+                                    "is exported as int8 ONNX with a model card (liser.inference.adapt). Resumable: "
+                                    "run it again to continue.")
     sp.add_argument("folder", help="folder of audio or video recordings (searched recursively; others are skipped)")
     sp.add_argument("-o", "--out", required=True, help="output folder (new, empty, or an earlier `liser adapt` one)")
-    sp.add_argument("--teacher", required=True,
-                    help="speech teacher folder (teacher.json; `liser teacher fit`), with the student's classes")
+    sp.add_argument("--teacher", help="speech teacher folder (teacher.json; `liser teacher fit`), with the student's "
+                                      "classes: distil its labels (default: none, BatchNorm statistics only)")
     sp.add_argument("--model", help="student to start from: a run folder or best.pt (default: the default model)")
-    sp.add_argument("--epochs", type=int, default=d.epochs, help=f"passes over the folder (default {d.epochs})")
+    sp.add_argument("--epochs", type=int, default=d.epochs,
+                    help=f"with --teacher: passes over the folder (default {d.epochs})")
     sp.add_argument("--anchor", type=float, default=d.anchor,
-                    help=f"weight that keeps the student near its start (default {d.anchor:g}; 0 = the teacher alone)")
+                    help=f"with --teacher: weight that keeps the student near its start (default {d.anchor:g}; "
+                         "0 = the teacher alone)")
     sp.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     sp.set_defaults(func=cmd_adapt)
 

@@ -3,20 +3,21 @@
 What it does, all under OUT (resumable: each step keeps what it finished):
 
     work/manifest     every audio or video file of FOLDER (others listed and skipped: liser.data.corpora.generic)
-    work/store        the speech teacher's soft labels of every 0.5 s piece (VAD-masked; liser.teachers.store)
+    work/store        with --teacher: its soft labels of every 0.5 s piece (VAD-masked; liser.teachers.store)
     work/features     the log-Mel cache of the files
-    best.pt           the adapted student (liser.student.adapt: the teacher's labels through g_sup, anchored to
-                      the start), the epoch that agrees best with the teacher on held-out check files
+    best.pt           the adapted student (liser.student.adapt). With a teacher: its labels through g_sup,
+                      anchored to the start, the epoch that agrees best with the teacher on held-out check
+                      files. Without one: the start with the folder's BatchNorm statistics (AdaBN)
     liser-adapted.onnx, liser-adapted-int8.onnx    exported and checked on the check files (liser.inference.export)
     adapt.json, MODEL_CARD.md                      what it was adapted on and what could be measured
 
 The start is the model named (`--model`: a run folder or its best.pt), by
 default the packaged default model's weights. One file in CHECK_EVERY is held
 out (chosen by a hash of its id, so a resumed run holds out the same files):
-the adapted student never trains on it, and its agreement with the teacher
-there chooses the epoch and is reported. With no labels, that agreement, the
-label shares and the files whose label changed are what can be measured;
-the card says so.
+the adapted student never trains on (or reads) it; with a teacher, its
+agreement with the teacher there chooses the epoch and is reported. With no
+labels, that agreement, the label shares and the files whose label changed
+are what can be measured; the card says so.
 """
 
 from __future__ import annotations
@@ -65,77 +66,121 @@ def start_checkpoint(model: str | Path | None) -> tuple[Path, dict]:
     return path, read_checkpoint(path)
 
 
-def label_folder(folder: str | Path, work: Path, teacher, progress: bool):
-    """(manifest, store) of the folder as it is now, labeled by `teacher` (a SpeechTeacher; resumable: files
-    already in the store keep their labels, new ones are labeled); each file that is not a readable recording
-    is said on stderr, one line, and left out."""
+def scan_folder(folder: str | Path, work: Path, progress: bool):
+    """The folder's manifest as it is now (scanned every run: the folder may have changed), kept in work/manifest;
+    each file that is not a readable recording is said on stderr, one line, and left out."""
     from liser.data.corpora.generic import prepare_unlabeled
-    from liser.teachers.speech.label import label_with_speech_teacher
-    from liser.teachers.store import SoftLabelStore, store_complete
 
-    manifest = prepare_unlabeled(folder, progress=progress)  # scanned every run: the folder may have changed
+    manifest = prepare_unlabeled(folder, progress=progress)
     manifest.save(work / "manifest")
     for r in manifest.rejected:
         print(f"liser: {Path(folder) / r['path']}: {r['reason']}", file=sys.stderr, flush=True)
+    return manifest
+
+
+def label_folder(folder: str | Path, work: Path, teacher, progress: bool):
+    """(manifest, store) of the folder as it is now (scan_folder), labeled by `teacher` (a SpeechTeacher;
+    resumable: files already in the store keep their labels, new ones are labeled)."""
+    from liser.teachers.speech.label import label_with_speech_teacher
+    from liser.teachers.store import SoftLabelStore, store_complete
+
+    manifest = scan_folder(folder, work, progress)
     store = work / "store"
     if not store_complete(str(store), [it.id for it in manifest.items], teacher.hash):
         label_with_speech_teacher(teacher, manifest, store, progress=progress)
     return manifest, SoftLabelStore(store)
 
 
-def adapt(folder: str | Path, out: str | Path, teacher: str | Path, model: str | Path | None = None,
+def load_teacher(teacher: str | Path | None, classes: list[str]):
+    """The speech teacher (None without one); raises LiserError for a teacher of other classes than the student's."""
+    if teacher is None:
+        return None
+    from liser.teachers.speech.teacher import SpeechTeacher
+
+    t = SpeechTeacher.load(teacher)
+    if list(t.classes) != list(classes):
+        raise LiserError(f"{teacher}: the teacher's classes {t.classes} are not the student's {list(classes)}")
+    return t
+
+
+def adapt(folder: str | Path, out: str | Path, teacher: str | Path | None = None, model: str | Path | None = None,
           options=None, threads: int = 2, progress: bool = True, say=print) -> dict:
     """Adapt a student to the recordings under `folder` (see the module docstring); returns adapt.json's content.
 
     `teacher`: a speech teacher folder (liser.teachers.speech.teacher.SpeechTeacher.save) whose classes are the
-    student's. Raises LiserError for an output folder liser may not write, a teacher of other classes, or a
-    folder with no readable recording.
+    student's: its soft labels are distilled (liser.student.adapt.adapt_student). None: only the student's
+    BatchNorm statistics are re-estimated on the folder (liser.student.adapt.renormalise; no training).
+    Raises LiserError for an output folder liser may not write, a teacher of other classes, or a folder with no
+    readable recording.
     """
     from liser.core.atomic import atomic_write_text
-    from liser.data.features import build_features
-    from liser.student.adapt import AdaptOptions, adapt_student, teacher_file_labels
-    from liser.student.checkpoint import save, student_checkpoint, student_from_checkpoint
     from liser.core.util import torch_threads
-    from liser.student.train import Unlabeled
-
-    from liser.teachers.speech.teacher import SpeechTeacher
+    from liser.data.features import build_features
+    from liser.student.adapt import AdaptOptions
+    from liser.student.checkpoint import save, student_checkpoint, student_from_checkpoint
 
     if Path(folder).resolve() in Path(out).resolve().parents:
         raise LiserError(f"{out}: inside the folder of recordings {folder}; write the adapted model elsewhere")
     out = check_out_dir(out, ADAPT, inputs=[(folder, "folder of recordings")])
     options = options or AdaptOptions()
     start_path, ck = start_checkpoint(model)
-    t = SpeechTeacher.load(teacher)  # a wrong teacher is said before the folder is read
-    if list(t.classes) != list(ck["classes"]):
-        raise LiserError(f"{teacher}: the teacher's classes {t.classes} are not the student's {list(ck['classes'])}")
+    classes = list(ck["classes"])
+    t = load_teacher(teacher, classes)  # a wrong teacher is said before the folder is read
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
-    manifest, store = label_folder(folder, work, t, progress)
-    classes = list(ck["classes"])
+    manifest, store = label_folder(folder, work, t, progress) if t else (scan_folder(folder, work, progress), None)
     cache = build_features(manifest, work, threads=threads, progress=progress).load_into_memory()
-    ids = [it.id for it in manifest.items if it.id in store]
+    ids = [it.id for it in manifest.items if store is None or it.id in store]
     if not ids:
-        raise LiserError(f"{folder}: no recording could be labeled (see the skipped files above)")
+        raise LiserError(f"{folder}: no recording could be {'labeled' if t else 'read'} (see the skipped files above)")
     adapt_ids, check_ids = split_ids(ids)
     windowing = (ck.get("front_end") or {}).get("windowing", "pad")
-    check = ([cache.frames(i) for i in check_ids], teacher_file_labels(store, check_ids))
-    pool = Unlabeled([cache.frames(i) for i in adapt_ids], adapt_ids, {"teacher": store})
+    check = [cache.frames(i) for i in check_ids]
+    start = student_from_checkpoint(ck, str(start_path))
     with torch_threads(max(1, threads)):  # torch's thread count for this call only
-        adapted, rows = adapt_student(student_from_checkpoint(ck, str(start_path)), pool, check, windowing, options, say)
-    kept = max(rows, key=lambda r: r["agreement"])["epoch"]
+        if t is None:
+            adapted, done = _renormalise(start, [cache.frames(i) for i in adapt_ids], windowing, say)
+        else:
+            adapted, done = _distil(start, store, [cache.frames(i) for i in adapt_ids], adapt_ids, check, check_ids,
+                                    windowing, options, say)
+            done = {"teacher": str(teacher), "teacher_hash": t.hash, **done}
+    teacher_labels = done.pop("teacher_labels", None)
     heads = ck.get("teacher_classes") or {"sd": classes, "vd": list(ck.get("video_classes") or [])}
-    save(student_checkpoint(adapted, classes, heads, _start_config(ck), kept, {}), out / "best.pt")
-    report = {"folder": str(folder), "files": len(ids), "adapt_files": len(adapt_ids), "check_files": len(check_ids),
-              "skipped": len(manifest.rejected),
+    save(student_checkpoint(adapted, classes, heads, _start_config(ck), done.get("kept_epoch", 0), {}), out / "best.pt")
+    report = {"method": "distillation" if t else "batchnorm", "folder": str(folder), "files": len(ids),
+              "adapt_files": len(adapt_ids), "check_files": len(check_ids), "skipped": len(manifest.rejected),
               "audio_hours": round(sum(it.duration for it in manifest.items) / 3600, 3),
-              "start": str(start_path), "teacher": str(teacher), "teacher_hash": t.hash, "kept_epoch": kept,
-              "start_is_default_model": _is_default(start_path),
-              "options": dict(options.__dict__), "epochs": rows,
-              **_measure(student_from_checkpoint(ck, str(start_path)), adapted, *check, windowing, classes)}
+              "start": str(start_path), "start_is_default_model": _is_default(start_path), **done,
+              **label_shares(start, adapted, check, windowing, classes, teacher_labels)}
     report["export"] = _export(out, manifest, check_ids, threads, say)
     atomic_write_text(out / "adapt.json", json.dumps(report, indent=1) + "\n")
     atomic_write_text(out / "MODEL_CARD.md", model_card(report))
     return report
+
+
+def _renormalise(start, frames: list, windowing: str, say) -> tuple[object, dict]:
+    """(the start with the folder's BatchNorm statistics, what adapt.json records of it)."""
+    from liser.student.adapt import renormalise
+
+    say(f"adapt: BatchNorm statistics of {len(frames)} recordings (no teacher)")
+    return renormalise(start, frames, windowing), {}
+
+
+def _distil(start, store, frames: list, ids: list[str], check: list, check_ids: list[str], windowing: str, options,
+            say) -> tuple[object, dict]:
+    """(the student distilled from the teacher's labels in `store`, what adapt.json records of it)."""
+    import copy
+
+    from liser.student.adapt import adapt_student, teacher_file_labels
+    from liser.student.train import Unlabeled
+
+    labels = teacher_file_labels(store, check_ids)
+    pool = Unlabeled(frames, ids, {"teacher": store})
+    adapted, rows = adapt_student(copy.deepcopy(start), pool, (check, labels), windowing, options, say)
+    kept = max(rows, key=lambda r: r["agreement"])  # the epoch adapt_student kept (the first of the best)
+    return adapted, {"kept_epoch": kept["epoch"], "options": dict(options.__dict__), "epochs": rows,
+                     "agreement_before": rows[0]["agreement"], "agreement_after": kept["agreement"],
+                     "teacher_labels": labels}
 
 
 def _export(out: Path, manifest, check_ids: list[str], threads: int, say) -> dict:
@@ -151,24 +196,33 @@ def _export(out: Path, manifest, check_ids: list[str], threads: int, say) -> dic
 
 def model_card(r: dict) -> str:
     """MODEL_CARD.md of an adapted student: what it was adapted on, from what, and what could be measured."""
+    taught = r["method"] == "distillation"
+    how = (f"with the soft labels of the speech teacher `{r['teacher']}` (hash {r['teacher_hash'][:12]}), epoch "
+           f"{r['kept_epoch']} of {r['options']['epochs']} kept" if taught else
+           "by re-estimating its BatchNorm statistics on them (AdaBN, Li et al. 2016): no teacher and no training, "
+           "the weights are the start's")
     lines = [f"# liser student adapted to {r['folder']}", "",
              f"Started from `{r['start']}`, adapted on {r['adapt_files']} of {r['files']} files "
-             f"({r['audio_hours']} h; {r['skipped']} skipped) with the soft labels of the speech teacher "
-             f"`{r['teacher']}` (hash {r['teacher_hash'][:12]}), epoch {r['kept_epoch']} of {r['options']['epochs']} "
-             f"kept. `liser predict liser-adapted-int8.onnx FILE` runs it.", "",
+             f"({r['audio_hours']} h; {r['skipped']} skipped) {how}. `liser predict liser-adapted-int8.onnx FILE` "
+             "runs it.", "",
              "No file of the folder has a label, so its accuracy is not known. What could be measured, on the "
-             f"{r['check_files']} held-out files it never trained on:", "",
-             "| | start | adapted |", "|---|---|---|",
-             f"| agreement with the teacher (UAR against its labels) | {r['agreement_before']:.3f} | "
-             f"{r['agreement_after']:.3f} |"]
+             f"{r['check_files']} held-out files it never {'trained on' if taught else 'read'}:", "",
+             "| | start | adapted |", "|---|---|---|"]
+    if taught:
+        lines.append(f"| agreement with the teacher (UAR against its labels) | {r['agreement_before']:.3f} | "
+                     f"{r['agreement_after']:.3f} |")
     for c in r["label_share_before"]:
-        lines.append(f"| share labelled {c} (teacher {r['teacher_label_share'][c]:.2f}) | "
-                     f"{r['label_share_before'][c]:.2f} | {r['label_share_after'][c]:.2f} |")
-    lines += ["", f"{r['changed_vs_start']:.0%} of the held-out files changed label against the start. The teacher "
-              "is not ground truth: where it is wrong on these recordings, the adapted student learned its "
-              "mistakes too (docs/results/adapt.md: on small folders of acted corpora adaptation lowered accuracy). "
-              "Check a sample by ear before relying on it."]
-    if r["kept_epoch"] == 0:
+        of_teacher = f" (teacher {r['teacher_label_share'][c]:.2f})" if taught else ""
+        lines.append(f"| share labelled {c}{of_teacher} | {r['label_share_before'][c]:.2f} | "
+                     f"{r['label_share_after'][c]:.2f} |")
+    lines += ["", f"{r['changed_vs_start']:.0%} of the held-out files changed label against the start. " + (
+        "The teacher is not ground truth: where it is wrong on these recordings, the adapted student learned its "
+        "mistakes too (docs/results/adapt.md: on small folders of acted corpora adaptation lowered accuracy). "
+        if taught else
+        "The statistics are the folder's: use the model on recordings like them (the same microphones, rooms and "
+        "voices); on corpora it never heard this raised accuracy on most and lowered it where the folder held "
+        "other voices than the test (docs/results/adapt.md). ") + "Check a sample by ear before relying on it."]
+    if taught and r["kept_epoch"] == 0:
         lines += ["", "**No epoch agreed with the teacher better than the start did: this model is the start, "
                   "unchanged.**"]
     if r["check_files"] < FEW_CHECK_FILES:
@@ -193,16 +247,15 @@ def _start_config(ck: dict):
     return Config.from_dict({k: v for k, v in (ck.get("config") or {}).items()}, "the start's checkpoint")
 
 
-def _measure(start, adapted, frames: list, teacher_labels: np.ndarray, windowing: str, classes: list[str]) -> dict:
-    """What can be measured without labels, on the check files: agreement with the teacher (UAR against its
-    labels) before and after, each model's share of each label, and the share of files whose label changed."""
-    from liser.core.metrics import uar
+def label_shares(start, adapted, frames: list, windowing: str, classes: list[str], teacher_labels=None) -> dict:
+    """What can be measured without labels, on the check files: each model's (and the teacher's, when given: int
+    [N]) share of each label, and the share of files whose label changed against the start."""
     from liser.student.evaluate import file_logits
 
     a = file_logits(start, frames, 0.5, windowing=windowing).argmax(1)  # each model scored once
     b = file_logits(adapted, frames, 0.5, windowing=windowing).argmax(1)
     share = lambda p: {c: round(float((p == k).mean()), 4) for k, c in enumerate(classes)}
-    return {"agreement_before": round(uar(teacher_labels, a, len(classes)), 4),
-            "agreement_after": round(uar(teacher_labels, b, len(classes)), 4),
-            "label_share_before": share(a), "label_share_after": share(b),
-            "teacher_label_share": share(teacher_labels), "changed_vs_start": round(float((a != b).mean()), 4)}
+    out = {"label_share_before": share(a), "label_share_after": share(b), "changed_vs_start": round(float((a != b).mean()), 4)}
+    if teacher_labels is not None:
+        out["teacher_label_share"] = share(np.asarray(teacher_labels))
+    return out

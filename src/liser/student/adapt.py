@@ -1,6 +1,10 @@
-"""Adapting a trained student to unlabeled recordings: distillation of a teacher's soft labels into g_sup.
+"""Adapting a trained student to unlabeled recordings: its BatchNorm statistics, or a teacher's soft labels.
 
-The method's answer to a new domain (issue 24): the teacher labels the
+Without a teacher (`renormalise`): the student's BatchNorm layers take the
+recordings' own statistics (AdaBN), a label-free correction for a new
+microphone, room or voice that costs one pass over the windows.
+
+With a teacher (`adapt_student`), the method's answer to a new domain (issue 24): the teacher labels the
 user's own recordings (0.5 s pieces, VAD-masked; liser.teachers.store) and
 the student learns those soft labels on crops of the same recordings,
 through the head users get (g_sup), starting from a trained student. A second
@@ -38,6 +42,59 @@ class AdaptOptions:
     context_s: float = 0.0  # a crop's target: the teacher's mean over at least this many seconds around it (the whole
     #   recording when shorter; Config.target_context_s); 0 = the teacher's pieces inside the crop
     speech_crops: bool = False  # "speech" students: crops inside each recording's speech span (Config.pool_crops)
+
+
+def speech_windows(frames: list, windowing: str, stride_s: float = 0.5) -> list[np.ndarray]:
+    """The windows the student scores, grouped by length: [[W, 64, length] float32, ...] over all files.
+
+    liser.data.windowing's plan for each file ("speech": its speech span, the whole file where none is found)."""
+    from liser.data.windowing import gather, plan
+
+    groups: dict[int, list] = {}
+    for fr in frames:
+        p = plan(fr, stride_s, windowing, strict=False)
+        groups.setdefault(p.length, []).append(gather(fr, p))
+    return [np.concatenate(v) for _, v in sorted(groups.items())]
+
+
+def renormalise(model, frames: list, windowing: str, batch: int = 256):
+    """A copy of `model` (a Student) whose BatchNorm statistics are those of `frames`' windows: AdaBN.
+
+    Li, Wang, Shi, Liu & Hou (2016), "Revisiting Batch Normalization For Practical Domain Adaptation": a
+    network's BatchNorm layers hold its training domain's per-channel means and variances, and replacing
+    them with a new domain's, estimated on its unlabeled data, adapts the network to that domain with no
+    label and no training. Each layer's statistics are estimated in forward order, exactly over every
+    position of every window, with the layers below it already adapted. The weights, the input's
+    normalisation and the heads are unchanged. `frames`: [T, 64] log-Mel per file; the windows are those
+    `windowing` scores (speech_windows). Returns the copy in eval mode; raises LiserError without frames.
+    """
+    import torch
+
+    if not frames:
+        raise LiserError("adapt: no recording to estimate statistics on")
+    model = copy.deepcopy(model).eval()
+    windows = speech_windows(frames, windowing)
+    for bn in [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]:
+        acc = {"n": 0, "sum": 0.0, "sq": 0.0}
+
+        def take(_, inputs, acc=acc):  # the layer's input [B, C, F, T], before it normalises
+            x = inputs[0].detach().double()
+            acc["n"] += x.numel() // x.shape[1]
+            acc["sum"] = acc["sum"] + x.sum(dim=(0, 2, 3))
+            acc["sq"] = acc["sq"] + (x * x).sum(dim=(0, 2, 3))
+
+        hook = bn.register_forward_pre_hook(take)
+        with torch.no_grad():
+            for w in windows:
+                for a in range(0, len(w), batch):
+                    model.embed(torch.from_numpy(w[a : a + batch]))
+        hook.remove()
+        n = acc["n"]
+        mean = acc["sum"] / n
+        var = (acc["sq"] / n - mean * mean).clamp(min=0) * n / max(n - 1, 1)  # unbiased, as BatchNorm keeps it
+        bn.running_mean.copy_(mean.float())
+        bn.running_var.copy_(var.float())
+    return model
 
 
 def teacher_file_labels(store, ids: list[str]) -> np.ndarray:
