@@ -21,7 +21,10 @@ teacher. Writes bench/results/adapt.json (or --json) and prints the table.
 With --batchnorm, `liser adapt` runs without a teacher (the start's
 BatchNorm statistics re-estimated on the unlabeled half: AdaBN), and the
 table is the start and the adapted student, UAR and the largest share of
-answers one class takes, in bench/results/adapt_batchnorm.json.
+answers one class takes, in bench/results/adapt_batchnorm.json. With
+--whole the folder is every file of the held-out corpus and the test the
+files `liser adapt` held out of it (never read): what a user gets who
+adapts to the recordings they will label.
 """
 
 from __future__ import annotations
@@ -112,20 +115,49 @@ def one_fold(cfg, fold: int, work: Path, start: str, options) -> dict:
     return row
 
 
-def one_fold_batchnorm(cfg, fold: int, work: Path, start: str) -> dict:
+def whole_corpus(cfg, fold: int):
+    """(the held-out corpus as one unlabeled manifest, its items with labels, classes, corpus, manifest): the
+    folder a user hands over is every recording of the corpus (folds: loco, fold `fold`)."""
+    from liser.data.corpora import Manifest, merge_manifests
+    from liser.data.workspace import fold_items, labeled_corpora, labeled_manifest
+
+    fcfg = cfg.replace(folds="loco", fold=fold)
+    manifest = labeled_manifest(fcfg)
+    _, _, test, classes = fold_items(fcfg, manifest)
+    blank = [type(it)(**{**it.__dict__, "label": ""}) for it in test]
+    pool = merge_manifests([Manifest(manifest.corpus, manifest.root, blank)], name=f"whole-fold{fold}")
+    return pool, test, classes, labeled_corpora(fcfg)[fold], manifest
+
+
+def held_out_items(out: Path, items: list) -> list:
+    """The labeled `items` that `liser adapt` held out of its folder (its manifest's ids, split_ids; the folder's
+    files are link_folder's, named by item id)."""
+    from liser.data.corpora import Manifest
+    from liser.inference.adapt import split_ids
+
+    scanned = Manifest.load(out / "work" / "manifest")
+    _, check = split_ids([it.id for it in scanned.items])
+    by_id = {it.id: it for it in items}
+    return [by_id[Path(i).name.replace("__", "/")] for i in check]
+
+
+def one_fold_batchnorm(cfg, fold: int, work: Path, start: str, whole: bool = False) -> dict:
     """One held-out corpus adapted without a teacher (`liser adapt` without --teacher: BatchNorm statistics of the
-    unlabeled half) and scored on the other half: UAR and the largest class share, start and adapted."""
+    folder) and scored: UAR and the largest class share, start and adapted. The folder is the unlabeled half of
+    the corpus's speakers and the test the other half (the adapted protocol), or with `whole` every file of the
+    corpus and the test the files `liser adapt` held out (never read): a user adapting to the recordings to label."""
     from liser.inference.adapt import adapt
 
-    pool, test, classes, corpus, manifest = fold_material(cfg, fold)
-    folder = link_folder(pool, work / f"fold{fold}" / "recordings")
+    pool, test, classes, corpus, manifest = whole_corpus(cfg, fold) if whole else fold_material(cfg, fold)
+    name = "whole" if whole else "half"
+    folder = link_folder(pool, work / f"fold{fold}" / f"recordings-{name}")
+    out = work / f"fold{fold}" / f"out-batchnorm-{name}"
     t0 = time.time()
-    rep = adapt(folder, work / f"fold{fold}" / "out-batchnorm", None, model=start.format(fold=fold), threads=1,
-                progress=False, say=lambda m: None)
+    rep = adapt(folder, out, None, model=start.format(fold=fold), threads=1, progress=False, say=lambda m: None)
     adapt_s = round(time.time() - t0)
+    test = held_out_items(out, test) if whole else test
     s_uar, s_share = student_scores(start.format(fold=fold), manifest, test, classes)
-    a_uar, a_share = student_scores(str(work / f"fold{fold}" / "out-batchnorm" / "liser-adapted-int8.onnx"),
-                                    manifest, test, classes)
+    a_uar, a_share = student_scores(str(out / "liser-adapted-int8.onnx"), manifest, test, classes)
     row = {"fold": fold, "corpus": corpus, "adapt_files": rep["adapt_files"], "test_files": len(test),
            "adapt_s": adapt_s, "start": round(s_uar, 4), "adapted": round(a_uar, 4),
            "gain_points": round(100 * (a_uar - s_uar), 2),
@@ -148,6 +180,9 @@ def main(argv=None) -> int:
     ap.add_argument("--speech-crops", action="store_true", help="liser adapt --speech-crops")
     ap.add_argument("--batchnorm", action="store_true",
                     help="liser adapt without a teacher: the start's BatchNorm statistics re-estimated on the folder")
+    ap.add_argument("--whole", action="store_true",
+                    help="with --batchnorm: the folder is every file of the held-out corpus, scored on the files "
+                         "liser adapt held out (a user labeling the recordings it adapted to)")
     ap.add_argument("--json", default=None, help=f"default {OUT.relative_to(ROOT)}, with --batchnorm "
                                                  f"{OUT_BATCHNORM.relative_to(ROOT)}")
     args = ap.parse_args(argv)
@@ -156,7 +191,7 @@ def main(argv=None) -> int:
     cfg = Config.load(CONFIG)
     options = AdaptOptions(epochs=args.epochs, context_s=args.context_s, speech_crops=args.speech_crops)
     if args.batchnorm:
-        rows = [one_fold_batchnorm(cfg, k, Path(args.work), args.start) for k in args.folds]
+        rows = [one_fold_batchnorm(cfg, k, Path(args.work), args.start, args.whole) for k in args.folds]
     else:
         rows = [one_fold(cfg, k, Path(args.work), args.start, options) for k in args.folds]
     args.json = args.json or str(OUT_BATCHNORM if args.batchnorm else OUT)
@@ -165,6 +200,7 @@ def main(argv=None) -> int:
            "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
            "load_average": [round(x, 2) for x in os.getloadavg()], "config": str(CONFIG.relative_to(ROOT)),
            "start": args.start, "method": "batchnorm" if args.batchnorm else "distillation",
+           "protocol": "whole corpus, held-out files" if args.whole else "adapted: two halves of the speakers",
            "options": {} if args.batchnorm else dict(options.__dict__), "folds": rows,
            "mean": {k: round(float(np.mean([r[k] for r in rows])), 4) for k in keys},
            "better_on": sum(r["adapted"] > r["start"] for r in rows)}
