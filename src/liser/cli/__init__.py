@@ -437,7 +437,7 @@ def add_adapt(sub) -> None:
                                       "a card out)",
                         description="Adapt a student (by default the packaged default model) to the recordings under "
                                     "FOLDER, which need no labels. Without --teacher, its BatchNorm statistics are "
-                                    "re-estimated on them (AdaBN: no teacher, no training, seconds). With --teacher, "
+                                    "re-estimated on them (AdaBN: no teacher and no training). With --teacher, "
                                     "the teacher labels them, its soft labels are distilled into the student and the "
                                     "epoch that agrees best with it on held-out files is kept. Either way the result "
                                     "is exported as int8 ONNX with a model card (liser.inference.adapt). Resumable: "
