@@ -34,6 +34,7 @@ from liser.core.outputs import Kind, check_out_dir
 
 CHECK_EVERY = 5  # one file in 5 is held out for the checks
 FEW_CHECK_FILES = 20  # fewer held-out files than this: the card says its figures mean little
+FEW_ADAPT_FILES = 20  # BatchNorm statistics of fewer recordings than this: the card says they describe those files
 # a finished adapt folder holds adapt.json; an interrupted one only the names below (resumable)
 ADAPT = Kind("adapt folder", lambda d: (d / "adapt.json").is_file(),
              ("work", "best.pt", "liser-adapted*.onnx", "adapt.json", "MODEL_CARD.md", ".*tmp*"), resumable=True)
@@ -222,6 +223,9 @@ def model_card(r: dict) -> str:
         "The statistics are the folder's: use the model on recordings like them (the same microphones, rooms and "
         "voices); on corpora it never heard this raised accuracy on most and lowered it where the folder held "
         "other voices than the test (docs/results/adapt.md). ") + "Check a sample by ear before relying on it."]
+    if not taught and r["adapt_files"] < FEW_ADAPT_FILES:
+        lines += ["", f"**The statistics come from {r['adapt_files']} recordings only**: they describe those "
+                  "recordings more than the place they were made in. Adapt on more of them if you can."]
     if taught and r["kept_epoch"] == 0:
         lines += ["", "**No epoch agreed with the teacher better than the start did: this model is the start, "
                   "unchanged.**"]
