@@ -24,7 +24,7 @@ table is the start and the adapted student, UAR and the largest share of
 answers one class takes, in bench/results/adapt_batchnorm.json. With
 --whole the folder is every file of the held-out corpus and the test the
 files `liser adapt` held out of it (never read): what a user gets who
-adapts to the recordings they will label.
+adapts to the recordings they will label (bench/results/adapt_batchnorm_whole.json).
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ CONFIG = ROOT / "configs" / "default-model-distill.yaml"
 START = "runs/grid-default-model-consistency/speech-views-cons1/default/fold{fold}"
 OUT = ROOT / "bench" / "results" / "adapt.json"
 OUT_BATCHNORM = ROOT / "bench" / "results" / "adapt_batchnorm.json"
+OUT_WHOLE = ROOT / "bench" / "results" / "adapt_batchnorm_whole.json"
 
 
 def fold_material(cfg, fold: int):
@@ -176,16 +177,19 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=8, help="liser adapt --epochs (default 8, its default)")
     ap.add_argument("--start", default=START, help="the start student per fold ({fold} filled in)")
     ap.add_argument("--work", default="work/bench-adapt", help="where the folders and adapted students go")
-    ap.add_argument("--context-s", type=float, default=0.0, help="liser adapt --context-s (default 0)")
-    ap.add_argument("--speech-crops", action="store_true", help="liser adapt --speech-crops")
+    ap.add_argument("--context-s", type=float, default=0.0, help="AdaptOptions.context_s (default 0)")
+    ap.add_argument("--speech-crops", action="store_true", help="AdaptOptions.speech_crops")
     ap.add_argument("--batchnorm", action="store_true",
                     help="liser adapt without a teacher: the start's BatchNorm statistics re-estimated on the folder")
     ap.add_argument("--whole", action="store_true",
                     help="with --batchnorm: the folder is every file of the held-out corpus, scored on the files "
                          "liser adapt held out (a user labeling the recordings it adapted to)")
     ap.add_argument("--json", default=None, help=f"default {OUT.relative_to(ROOT)}, with --batchnorm "
-                                                 f"{OUT_BATCHNORM.relative_to(ROOT)}")
+                                                 f"{OUT_BATCHNORM.relative_to(ROOT)}, with --whole too "
+                                                 f"{OUT_WHOLE.relative_to(ROOT)}")
     args = ap.parse_args(argv)
+    if args.whole and not args.batchnorm:
+        ap.error("--whole is a --batchnorm protocol (the teacher runs use the two halves)")
     from liser.student.adapt import AdaptOptions
 
     cfg = Config.load(CONFIG)
@@ -194,7 +198,7 @@ def main(argv=None) -> int:
         rows = [one_fold_batchnorm(cfg, k, Path(args.work), args.start, args.whole) for k in args.folds]
     else:
         rows = [one_fold(cfg, k, Path(args.work), args.start, options) for k in args.folds]
-    args.json = args.json or str(OUT_BATCHNORM if args.batchnorm else OUT)
+    args.json = args.json or str(OUT_WHOLE if args.whole else OUT_BATCHNORM if args.batchnorm else OUT)
     keys = ("start", "adapted") + (("largest_share_start", "largest_share_adapted") if args.batchnorm else ("teacher",))
     out = {"what": __doc__.split("\n")[0], "command": "python bench/bench_adapt.py " + " ".join(argv or sys.argv[1:]),
            "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",

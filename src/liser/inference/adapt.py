@@ -192,7 +192,8 @@ def _export(out: Path, manifest, check_ids: list[str], threads: int, say) -> dic
     files = [str(manifest.abspath(by_id[i])) for i in check_ids]
     rep = export_onnx(out, out / "liser-adapted.onnx", int8=out / "liser-adapted-int8.onnx", check_files=files,
                       threads=threads, say=say)
-    return {k: rep[k] for k in ("onnx", "int8", "int8_method", "int8_agreement") if k in rep}
+    return {k: rep[k] for k in ("onnx", "int8", "int8_method", "int8_agreement", "int8_ms_per_window",
+                                "fp32_ms_per_window") if k in rep}
 
 
 def model_card(r: dict) -> str:
@@ -203,11 +204,12 @@ def model_card(r: dict) -> str:
            "by re-estimating its BatchNorm statistics on them (AdaBN, Li et al. 2016): no teacher and no training, "
            "the weights are the start's")
     lines = [f"# liser student adapted to {r['folder']}", "",
-             f"Started from `{r['start']}`, adapted on {r['adapt_files']} of {r['files']} files "
-             f"({r['audio_hours']} h; {r['skipped']} skipped) {how}. `liser predict liser-adapted-int8.onnx FILE` "
-             "runs it.", "",
+             f"Started from `{r['start']}`, adapted on {r['adapt_files']} of the folder's {r['files']} files "
+             f"({r['audio_hours']} h in all; {r['skipped']} skipped) {how}. `liser predict liser-adapted-int8.onnx "
+             f"FILE` runs it{_speed(r.get('export') or {})}.", "",
              "No file of the folder has a label, so its accuracy is not known. What could be measured, on the "
-             f"{r['check_files']} held-out files it never {'trained on' if taught else 'read'}:", "",
+             f"{r['check_files']} held-out files it never {'trained on' if taught else 'read'} (both models in "
+             "PyTorch):", "",
              "| | start | adapted |", "|---|---|---|"]
     if taught:
         lines.append(f"| agreement with the teacher (UAR against its labels) | {r['agreement_before']:.3f} | "
@@ -230,12 +232,22 @@ def model_card(r: dict) -> str:
         lines += ["", "**No epoch agreed with the teacher better than the start did: this model is the start, "
                   "unchanged.**"]
     if r["check_files"] < FEW_CHECK_FILES:
-        lines += ["", f"Only {r['check_files']} files were held out: too few for the figures above to mean much "
+        lines += ["", f"Only {r['check_files']} file{'s were' if r['check_files'] != 1 else ' was'} held out: too "
+                  "few for the figures above to mean much "
                   f"(a folder of {FEW_CHECK_FILES * CHECK_EVERY} or more recordings gives {FEW_CHECK_FILES})."]
     if r.get("start_is_default_model"):
         lines += ["", "Built from the packaged default model's weights: its licence terms apply to this model too "
                   "(research and non-commercial use; see the default model's card, liser/inference/default/MODEL_CARD.md)."]
     return "\n".join(lines + [""])
+
+
+def _speed(export: dict) -> str:
+    """The int8 file's kind and speed against fp32, as the export measured them ("" when it did not)."""
+    if "int8_ms_per_window" not in export:
+        return ""
+    return (f" (int8 {export['int8_method']}: {export['int8_ms_per_window']:.2f} ms a window on one thread, "
+            f"label agreement with fp32 {export['int8_agreement']:.1%}; `liser-adapted.onnx`, fp32: "
+            f"{export['fp32_ms_per_window']:.2f} ms)")
 
 
 def _is_default(path: Path) -> bool:
