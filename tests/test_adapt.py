@@ -190,7 +190,7 @@ def test_renormalise_takes_the_folder_s_statistics_and_nothing_else():
     import torch
 
     from liser.inference.decode import file_frames
-    from liser.student.adapt import renormalise, speech_windows
+    from liser.student.adapt import renormalise, scored_windows
 
     files = sorted(_real("tess").rglob("*.opus"))[::70][:12]
     frames = [file_frames(f)[0] for f in files]
@@ -202,7 +202,7 @@ def test_renormalise_takes_the_folder_s_statistics_and_nothing_else():
     for bn in bns:
         bn.momentum = 1.0  # running statistics = this batch's
     with torch.no_grad():
-        ref.embed(torch.from_numpy(np.concatenate(speech_windows(frames, "pad"))))
+        ref.embed(torch.from_numpy(np.concatenate(scored_windows(frames, "pad"))))
     got = {k: v for k, v in adapted.state_dict().items()}
     for name, v in ref.state_dict().items():
         if name.endswith(("running_mean", "running_var")):

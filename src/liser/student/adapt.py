@@ -2,7 +2,8 @@
 
 Without a teacher (`renormalise`): the student's BatchNorm layers take the
 recordings' own statistics (AdaBN), a label-free correction for a new
-microphone, room or voice that costs one pass over the windows.
+microphone, room or voice that costs a forward pass over the windows per
+BatchNorm layer.
 
 With a teacher (`adapt_student`), the method's answer to a new domain (issue 24): the teacher labels the
 user's own recordings (0.5 s pieces, VAD-masked; liser.teachers.store) and
@@ -44,7 +45,7 @@ class AdaptOptions:
     speech_crops: bool = False  # "speech" students: crops inside each recording's speech span (Config.pool_crops)
 
 
-def speech_windows(frames: list, windowing: str, stride_s: float = 0.5) -> list[np.ndarray]:
+def scored_windows(frames: list, windowing: str, stride_s: float = 0.5) -> list[np.ndarray]:
     """The windows the student scores, grouped by length: [[W, 64, length] float32, ...] over all files.
 
     liser.data.windowing's plan for each file ("speech": its speech span, the whole file where none is found)."""
@@ -66,14 +67,14 @@ def renormalise(model, frames: list, windowing: str, batch: int = 256):
     label and no training. Each layer's statistics are estimated in forward order, exactly over every
     position of every window, with the layers below it already adapted. The weights, the input's
     normalisation and the heads are unchanged. `frames`: [T, 64] log-Mel per file; the windows are those
-    `windowing` scores (speech_windows). Returns the copy in eval mode; raises LiserError without frames.
+    `windowing` scores (scored_windows). Returns the copy in eval mode; raises LiserError without frames.
     """
     import torch
 
     if not frames:
         raise LiserError("adapt: no recording to estimate statistics on")
     model = copy.deepcopy(model).eval()
-    windows = speech_windows(frames, windowing)
+    windows = scored_windows(frames, windowing)
     for bn in [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]:
         acc = {"n": 0, "sum": 0.0, "sq": 0.0}
 
