@@ -20,16 +20,8 @@ from liser.core.util import softmax
 
 
 def bootstrap_ci(y_true, y_pred, n_classes: int, n: int = 1000, seed: int = 0) -> dict:
-    """95% percentile intervals of UAR and WAR by resampling files with replacement."""
-    rng = np.random.default_rng(seed)
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    u, w = [], []
-    for _ in range(n):
-        idx = rng.integers(0, len(y_true), len(y_true))
-        u.append(uar(y_true[idx], y_pred[idx], n_classes))
-        w.append(war(y_true[idx], y_pred[idx]))
-    return {"uar": [float(np.percentile(u, 2.5)), float(np.percentile(u, 97.5))],
-            "war": [float(np.percentile(w, 2.5)), float(np.percentile(w, 97.5))]}
+    """95% percentile intervals of UAR and WAR by resampling files with replacement (fold_mean_ci of one fold)."""
+    return fold_mean_ci([(y_true, y_pred)], n_classes, n, seed)
 
 
 def fold_mean_ci(folds, n_classes: int, n: int = 1000, seed: int = 0) -> dict:
