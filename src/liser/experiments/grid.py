@@ -352,12 +352,13 @@ def collect_grid(runs: list[dict]) -> dict:
             t["folds"][-1].update({"seeds": [r["seed"] for r in c["runs"]],
                                    "uar_per_seed": [r["test"]["uar"] for r in c["runs"]]})
         t["classes"] = m["classes"]
-        for r in c["runs"]:  # labels and predictions in pairs: a run that kept only one adds neither
-            if r.get("test_y") and r.get("test_logits"):
-                t["y_true"] += r["test_y"]
-                t["y_pred"] += np.asarray(r["test_logits"]).argmax(1).tolist()
-        if all(r.get("test_y") and r.get("test_logits") for r in c["runs"]):
-            t["by_fold"].append((c["runs"][0]["test_y"], [np.asarray(r["test_logits"]).argmax(1) for r in c["runs"]]))
+        kept = [r for r in c["runs"] if r.get("test_y") and r.get("test_logits")]  # labels and predictions in pairs
+        preds = [np.asarray(r["test_logits"]).argmax(1) for r in kept]
+        for r, pred in zip(kept, preds):
+            t["y_true"] += r["test_y"]
+            t["y_pred"] += pred.tolist()
+        if len(kept) == len(c["runs"]):
+            t["by_fold"].append((kept[0]["test_y"], preds))
     for name, by_frac in table.items():
         for frac, t in by_frac.items():
             u = np.array([f["uar"] for f in t["folds"]])
@@ -367,9 +368,9 @@ def collect_grid(runs: list[dict]) -> dict:
             if t["y_true"]:
                 k = len(t["classes"])
                 t["pooled"] = metrics(t["y_true"], t["y_pred"], t["classes"])
-                t["ci95"] = (fold_mean_ci(t["by_fold"], k) if len(t["by_fold"]) == len(t["folds"])
-                             else bootstrap_ci(t["y_true"], t["y_pred"], k))
-                t["ci95_of"] = "fold mean" if len(t["by_fold"]) == len(t["folds"]) else "pooled files"
+                every_fold = len(t["by_fold"]) == len(t["folds"])
+                t["ci95"] = fold_mean_ci(t["by_fold"], k) if every_fold else bootstrap_ci(t["y_true"], t["y_pred"], k)
+                t["ci95_of"] = "fold mean" if every_fold else "pooled files"
             del t["y_true"], t["y_pred"], t["by_fold"]
     for (name, frac, variant), vt in by_variant.items():  # each searched value held fixed on every fold
         vt = sorted(vt)
