@@ -117,7 +117,7 @@ def adapt(folder: str | Path, out: str | Path, teacher: str | Path | None = None
     from liser.core.atomic import atomic_write_text
     from liser.core.util import torch_threads
     from liser.data.features import build_features
-    from liser.student.adapt import AdaptOptions
+    from liser.student.adapt import AdaptOptions, teacher_file_labels
     from liser.student.checkpoint import save, student_checkpoint, student_from_checkpoint
 
     if Path(folder).resolve() in Path(out).resolve().parents:
@@ -136,16 +136,15 @@ def adapt(folder: str | Path, out: str | Path, teacher: str | Path | None = None
         raise LiserError(f"{folder}: no recording could be {'labeled' if t else 'read'} (see the skipped files above)")
     adapt_ids, check_ids = split_ids(ids)
     windowing = (ck.get("front_end") or {}).get("windowing", "pad")
-    check = [cache.frames(i) for i in check_ids]
+    check, frames = [cache.frames(i) for i in check_ids], [cache.frames(i) for i in adapt_ids]
+    teacher_labels = teacher_file_labels(store, check_ids) if t else None
     start = student_from_checkpoint(ck, str(start_path))
     with torch_threads(max(1, threads)):  # torch's thread count for this call only
         if t is None:
-            adapted, done = _renormalise(start, [cache.frames(i) for i in adapt_ids], windowing, say)
+            adapted, done = _renormalise(start, frames, windowing, say)
         else:
-            adapted, done = _distil(start, store, [cache.frames(i) for i in adapt_ids], adapt_ids, check, check_ids,
-                                    windowing, options, say)
+            adapted, done = _distil(start, store, frames, adapt_ids, (check, teacher_labels), windowing, options, say)
             done = {"teacher": str(teacher), "teacher_hash": t.hash, **done}
-    teacher_labels = done.pop("teacher_labels", None)
     heads = ck.get("teacher_classes") or {"sd": classes, "vd": list(ck.get("video_classes") or [])}
     save(student_checkpoint(adapted, classes, heads, _start_config(ck), done.get("kept_epoch", 0), {}), out / "best.pt")
     report = {"method": "distillation" if t else "batchnorm", "folder": str(folder), "files": len(ids),
@@ -167,21 +166,20 @@ def _renormalise(start, frames: list, windowing: str, say) -> tuple[object, dict
     return renormalise(start, frames, windowing), {}
 
 
-def _distil(start, store, frames: list, ids: list[str], check: list, check_ids: list[str], windowing: str, options,
+def _distil(start, store, frames: list, ids: list[str], check: tuple[list, np.ndarray], windowing: str, options,
             say) -> tuple[object, dict]:
-    """(the student distilled from the teacher's labels in `store`, what adapt.json records of it)."""
+    """(the student distilled from the teacher's labels in `store`, what adapt.json records of it); `check`:
+    the held-out files' frames and the teacher's labels of them."""
     import copy
 
-    from liser.student.adapt import adapt_student, teacher_file_labels
+    from liser.student.adapt import adapt_student
     from liser.student.train import Unlabeled
 
-    labels = teacher_file_labels(store, check_ids)
     pool = Unlabeled(frames, ids, {"teacher": store})
-    adapted, rows = adapt_student(copy.deepcopy(start), pool, (check, labels), windowing, options, say)
+    adapted, rows = adapt_student(copy.deepcopy(start), pool, check, windowing, options, say)
     kept = max(rows, key=lambda r: r["agreement"])  # the epoch adapt_student kept (the first of the best)
     return adapted, {"kept_epoch": kept["epoch"], "options": dict(options.__dict__), "epochs": rows,
-                     "agreement_before": rows[0]["agreement"], "agreement_after": kept["agreement"],
-                     "teacher_labels": labels}
+                     "agreement_before": rows[0]["agreement"], "agreement_after": kept["agreement"]}
 
 
 def _export(out: Path, manifest, check_ids: list[str], threads: int, say) -> dict:
