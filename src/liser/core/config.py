@@ -34,6 +34,7 @@ from liser.core.errors import LiserError
 CHOICES = {"schedule": ("joint", "two-stage"), "distill_loss": ("mae", "ce"),
            "weighting": ("none", "confidence", "entropy"), "lr_schedule": ("constant", "cosine"),
            "precision": PRECISIONS, "windowing": ("pad", "speech"), "input_band": ("full", "phone"),
+           "level_band": ("full", "phone"),
            "target_prior": ("teacher", "uniform"), "pool_crops": ("any", "speech")}
 
 
@@ -103,6 +104,9 @@ class Config:
     input_band: str = "full"  # Mel bands the student reads: full (the paper's) | phone (only those inside the
     #   telephone band, 300-3400 Hz; the others read as their training mean, in training and in every export), so
     #   a call and the clean recording look alike to it; an option to measure (grid-default-model-band-input.yaml)
+    level_band: str = "full"  # with level_norm, the bands whose mean is the window's level: full (all it reads) |
+    #   phone (those inside 300-3400 Hz), so a channel that cuts the bands outside the phone band moves no band it
+    #   keeps; an option to measure (configs/grid-default-model-level-band.yaml)
     input_range_db: float = 0.0  # student raises every log-Mel cell of a window to at least its loudest cell minus
     #   this many dB (a dynamic range, as Whisper's 80 dB clamp), in training and in every export: what lies further
     #   below the speech (a recorder's hiss, room tone, what a codec drops) cannot change a label; 0 = off (the
@@ -149,6 +153,9 @@ class Config:
     #   batch's length uniform in 0.5-3 s
     aug_band_p: float = 0.0  # share of training crops band-limited like a phone line in the log-Mel domain
     #   (liser.data.augment.band_limit); with aug_consistency only the view crops, so the clean crop teaches them; 0 = off
+    aug_eq_db: float = 0.0  # a random smooth equaliser on training crops (liser.data.augment.equalise): a gain
+    #   curve through 5 knots over the Mel bands, each uniform in +- this/2 dB; with aug_consistency only the view
+    #   crops, so the clean crop teaches them; 0 = off
     aug_consistency: float = 0.0  # with aug_views: each step takes every item clean and as one view, cropped alike,
     #   and adds this weight x KL(clean || view) to the loss, the clean prediction (no gradient) teaching the view's;
     #   0 = off (a step draws the clean item or a view)

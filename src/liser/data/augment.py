@@ -16,6 +16,10 @@ per step. All take a numpy Generator: a run stays reproducible for its seed.
   random cut-off near 3.4 kHz lose 30-60 dB and the lowest ones a few dB, as
   the telephone channel's log-Mel measurably does (ravdess clips through
   liser.data.augment_audio.telephone: -50 dB above 3.9 kHz, -18 dB in band 0).
+- `equalise`: a random smooth equaliser: a gain curve over the Mel bands
+  through a few random knots, as a microphone, a phone's speaker path or a
+  codec colours a recording (a fixed gain per band, a few dB, slowly varying
+  with frequency).
 """
 
 from __future__ import annotations
@@ -102,6 +106,18 @@ def band_limit(x: np.ndarray, p: float, rng: np.random.Generator) -> np.ndarray:
         ramp = LOW_DROP_DB * rng.uniform(0.3, 1.0) * np.linspace(1.0, 0.0, LOW_BANDS, endpoint=False)
         out[i, :LOW_BANDS, :] = np.maximum(out[i, :LOW_BANDS, :] - ramp[:, None], floor)
     return out
+
+
+EQ_KNOTS = 5  # knots of the random equaliser's gain curve, evenly spaced over the Mel bands
+
+
+def equalise(x: np.ndarray, range_db: float, rng: np.random.Generator) -> np.ndarray:
+    """x [B, F, T] dB plus one random smooth gain curve per crop: linear between EQ_KNOTS knots over the F bands,
+    each knot uniform in +-range_db / 2 dB. Returns a new float32 array; x is left as it is."""
+    knots = rng.uniform(-range_db / 2, range_db / 2, size=(len(x), EQ_KNOTS))
+    at = np.linspace(0, x.shape[1] - 1, EQ_KNOTS)
+    curve = np.stack([np.interp(np.arange(x.shape[1]), at, k) for k in knots])  # [B, F]
+    return (x + curve[:, :, None]).astype(np.float32)
 
 
 def augment_batch(x: np.ndarray, opts: AugmentOptions, rng: np.random.Generator) -> np.ndarray:

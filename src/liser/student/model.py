@@ -25,6 +25,11 @@ change a label (Whisper clamps its log-Mel to 80 dB below the maximum).
 subtracts each window's mean per Mel band instead (cepstral mean
 normalisation in the log-Mel domain): a fixed microphone or channel
 colouring is a constant per band, so it goes too, and so does the level.
+`level_band` (an option, measured in configs/grid-default-model-level-band.yaml)
+takes the level `level_norm` subtracts over the Mel bands inside a pass band
+only (the phone band): a channel that removes what lies outside it (a
+telephone line cuts the bands above 3.4 kHz by 90 dB and the lowest ones by
+3-16 dB) then leaves the level of every band the student reads unchanged.
 
 Two changes to the way through the conv blocks give the same numbers bit
 for bit as the plain `conv -> BN -> ReLU -> pool` Sequential, for less memory
@@ -89,12 +94,14 @@ class Student(nn.Module):
     def __init__(self, n_classes: int, n_video_classes: int = 7, channels: int = 64, hidden: int = 64,
                  n_mels: int = N_MELS, level_norm: bool = False, channel_norm: bool = False,
                  heads: dict[str, int] | None = None, band_hz: tuple[float, float] | None = None,
-                 range_db: float = 0.0):
+                 range_db: float = 0.0, level_hz: tuple[float, float] | None = None):
         """`heads`: one distillation head per named teacher, {name: its classes}, in order (g_<name>, each
         Linear(hidden, 32), ReLU, Linear(32, K)); None = the paper's two, {"sd": n_classes, "vd": n_video_classes}.
         `band_hz`: (low, high) = the student reads only the Mel bands inside it (`input_band`; None = all).
         `range_db` > 0: each window's cells are raised to at least its loudest cell minus range_db dB
-        (`input_range_db`; 0 = off)."""
+        (`input_range_db`; 0 = off).
+        `level_hz`: (low, high) = level_norm's level is the mean of the Mel bands inside it (`level_band`;
+        None = of all the bands the student reads)."""
         super().__init__()
         heads = {"sd": n_classes, "vd": n_video_classes} if heads is None else dict(heads)
         self.n_classes, self.heads = n_classes, heads
@@ -104,6 +111,7 @@ class Student(nn.Module):
         self.register_buffer("channel_norm", torch.tensor(float(channel_norm)))
         self.register_buffer("band_keep", torch.from_numpy(band_mask(band_hz, n_mels)))
         self.register_buffer("range_db", torch.tensor(float(range_db)))
+        self.register_buffer("level_keep", torch.from_numpy(band_mask(level_hz, n_mels)))
         self.conv = nn.Sequential(
             _block(1, channels, (3, 3), (2, 2)),
             _block(channels, channels, (3, 3), (4, 2)),
@@ -125,6 +133,7 @@ class Student(nn.Module):
         state_dict.setdefault(prefix + "channel_norm", torch.tensor(0.0))
         state_dict.setdefault(prefix + "band_keep", torch.ones(self.band_keep.shape))  # before input_band: all bands
         state_dict.setdefault(prefix + "range_db", torch.tensor(0.0))  # before input_range_db: no clamp
+        state_dict.setdefault(prefix + "level_keep", torch.ones(self.level_keep.shape))  # before level_band: all
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def embed(self, x: torch.Tensor, keep_steps: bool = False):
@@ -137,8 +146,8 @@ class Student(nn.Module):
             x = range_floor(x, self.range_db)
         if bool(self.channel_norm):  # per Mel band over the window's frames (CMN); includes the level
             x = x - x.mean(dim=2, keepdim=True)
-        elif bool(self.level_norm) and banded:  # the level of the bands it reads, not of the ones it drops
-            keep = self.band_keep[:, None]
+        elif bool(self.level_norm) and not bool(self.level_bands().all()):  # the level of the bands it reads
+            keep = self.level_bands()[:, None]  # (input_band), or of a pass band (level_band), not of the others
             x = x - (x * keep).sum(dim=(1, 2), keepdim=True) / (keep.sum() * x.shape[2])
         elif bool(self.level_norm):  # a constant when traced for ONNX: the exported graph keeps the flag's path
             x = x - x.mean(dim=(1, 2), keepdim=True)
@@ -152,6 +161,10 @@ class Student(nn.Module):
         if keep_steps:
             return h_n[-1], out
         return h_n[-1]
+
+    def level_bands(self) -> torch.Tensor:
+        """float32 [n_mels]: 1 for the bands level_norm's level is taken over (read by the student, inside level_band)."""
+        return self.band_keep * self.level_keep
 
     def conv_blocks(self, h: torch.Tensor) -> torch.Tensor:
         """[B, 1, 64, T] -> [B, 64, 2, T / 4]: `self.conv`, in the order that is cheapest here (module docstring)."""

@@ -521,10 +521,12 @@ def build_model(cfg: Config, data: Data):
     from liser.student.model import Student
 
     band = audio.PHONE_BAND_HZ if cfg.input_band == "phone" else None
+    level = audio.PHONE_BAND_HZ if cfg.level_band == "phone" else None
     model = Student(len(data.classes), heads={n: len(c) for n, c in data.teacher_classes.items()},
-                    level_norm=cfg.level_norm, channel_norm=cfg.channel_norm, band_hz=band, range_db=cfg.input_range_db)
+                    level_norm=cfg.level_norm, channel_norm=cfg.channel_norm, band_hz=band, range_db=cfg.input_range_db,
+                    level_hz=level)
     center = "band" if cfg.channel_norm else cfg.level_norm
-    keep = model.band_keep.numpy() > 0 if band else None
+    keep = model.level_bands().numpy() > 0 if band or level else None
     mean, std = normalisation_stats(data.cache, [it.id for it in data.train], center=center, keep=keep,
                                     range_db=cfg.input_range_db)
     model.set_normalisation(torch.from_numpy(mean), torch.from_numpy(std))
@@ -678,7 +680,7 @@ def run_epoch(cfg: Config, data: Data, model, opt, state: State, stage1: bool, c
     """
     import torch
 
-    from liser.data.augment import augment_batch, band_limit
+    from liser.data.augment import augment_batch, band_limit, equalise
 
     t0 = time.time()
     aug = augment_options(cfg)
@@ -703,9 +705,12 @@ def run_epoch(cfg: Config, data: Data, model, opt, state: State, stage1: bool, c
                                         cfg.piece_targets, cfg.target_context_s)
         if aug.active:
             x = torch.from_numpy(augment_batch(x.numpy(), aug, rng))
-        if cfg.aug_band_p and idx is not None:  # the view crops when paired (the clean ones teach), else all labeled
-            a, b = (pairs, 2 * pairs) if pairs else (0, len(idx))
-            x[a:b] = torch.from_numpy(band_limit(x[a:b].numpy(), cfg.aug_band_p, rng))
+        if (cfg.aug_band_p or cfg.aug_eq_db) and idx is not None:  # the view crops when paired (the clean ones
+            a, b = (pairs, 2 * pairs) if pairs else (0, len(idx))  # teach), else all labeled
+            if cfg.aug_band_p:
+                x[a:b] = torch.from_numpy(band_limit(x[a:b].numpy(), cfg.aug_band_p, rng))
+            if cfg.aug_eq_db:
+                x[a:b] = torch.from_numpy(equalise(x[a:b].numpy(), cfg.aug_eq_db, rng))
         if scheduled:
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * lr_factor(cfg, state.epoch, s, n_steps)
