@@ -107,3 +107,19 @@ def test_band_limit_draws_a_phone_band_closer_to_a_real_one():
     assert np.abs(drawn[:, high] - phone[:, high]).mean() < 0.5 * np.abs(clean[:, high] - phone[:, high]).mean()
     np.testing.assert_array_equal(drawn[:, 8:BAND_CUT[0]], np.repeat(clean, 8, axis=0)[:, 8:BAND_CUT[0]])
     assert drawn.min() >= -100.0
+
+
+def test_equalise_adds_one_smooth_bounded_curve_per_crop(crops):
+    """aug_eq_db: each crop gets a gain per Mel band, the same in every frame, within +-range/2 dB, smooth over
+    the bands (a straight line between 5 knots), different for each crop, seeded."""
+    from liser.data.augment import equalise
+
+    out = equalise(crops, 6.0, np.random.default_rng(0))
+    assert out.shape == crops.shape and out.dtype == np.float32
+    d = out - crops
+    np.testing.assert_allclose(d, d[:, :, :1].repeat(d.shape[2], axis=2), atol=1e-4)  # one gain per band
+    curve = d[:, :, 0]
+    assert np.abs(curve).max() <= 3.0 + 1e-4 and np.abs(curve).max() > 1.0
+    assert np.abs(np.diff(curve, axis=1)).max() < 6.0 / 15  # no step larger than a knot's span allows
+    assert not np.allclose(curve[0], curve[1])
+    np.testing.assert_array_equal(equalise(crops, 6.0, np.random.default_rng(0)), out)

@@ -229,3 +229,45 @@ def test_range_student_holds_a_real_clip_under_a_noise_floor_and_exports_with_it
         for inp in (a, b):
             np.testing.assert_allclose(sess.run(None, {"logmel": inp.numpy()})[0], m.classify(inp).numpy(), atol=1e-4)
         torch.testing.assert_close(m.classify(b), m.classify(a), atol=0.05, rtol=0)
+
+
+def test_level_band_student_takes_the_level_of_the_phone_band_only(tmp_path):
+    """level_band phone: a channel that moves only the bands outside 300-3400 Hz (a phone line's cut) leaves the
+    level subtracted from every band unchanged, so the bands it keeps read as before; with the full band's level
+    they all move. The level of the phone band itself is still removed; the ONNX graph does the same; a
+    checkpoint from before the option loads with the full band's level."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from liser.inference.export import _torch_export
+    from liser.student.model import band_mask
+
+    keep = torch.from_numpy(band_mask((300.0, 3400.0))) > 0
+    torch.manual_seed(0)
+    m = Student(6, level_norm=True, level_hz=(300.0, 3400.0)).eval()
+    inputs = []
+    m.conv_blocks = lambda h, conv=m.conv_blocks: inputs.append(h[:, 0].clone()) or conv(h)  # what the convs read
+    x = torch.randn(4, 64, 94) * 10 - 40
+    cut = x.clone()
+    cut[:, ~keep] -= 40.0  # the phone line's cut outside its band
+    louder = x + 6.0
+    with torch.inference_mode():
+        for v in (x, cut, louder):
+            m.classify(v)
+    torch.testing.assert_close(inputs[1][:, keep], inputs[0][:, keep], atol=1e-4, rtol=0)
+    torch.testing.assert_close(inputs[2], inputs[0], atol=1e-4, rtol=0)
+    full = Student(6, level_norm=True).eval()
+    full.load_state_dict({k: v for k, v in m.state_dict().items() if k != "level_keep"})
+    assert bool(full.level_keep.all())
+    seen = []
+    full.conv_blocks = lambda h, conv=full.conv_blocks: seen.append(h[:, 0].clone()) or conv(h)
+    with torch.inference_mode():
+        full.classify(x), full.classify(cut)
+    assert (seen[1][:, keep] - seen[0][:, keep]).abs().min() > 0.1  # the full band's level moved every band
+
+    del m.conv_blocks  # the class's own method again, for the export
+    _torch_export(Classifier(m).eval(), tmp_path / "s.onnx", 17)
+    sess = ort.InferenceSession(str(tmp_path / "s.onnx"), providers=["CPUExecutionProvider"])
+    with torch.inference_mode():
+        for v in (x, cut):
+            np.testing.assert_allclose(sess.run(None, {"logmel": v.numpy()})[0], m.classify(v).numpy(), atol=1e-4)

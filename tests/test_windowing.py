@@ -132,7 +132,7 @@ def speech_run(small_config, tmp_path_factory):
     from liser.student.train import train
 
     cfg = small_config.replace(name="speech", windowing="speech", aug_views=1, level_norm=True, epochs=2, lr=1e-3,
-                               aug_consistency=1.0, aug_band_p=0.5)
+                               aug_consistency=1.0, aug_band_p=0.5, aug_eq_db=6.0, level_band="phone")
     return train(cfg, run_dir=tmp_path_factory.mktemp("speech") / "run", progress=False)
 
 
@@ -201,6 +201,17 @@ def test_consistency_run_logs_its_term(speech_run):
     rows = list(csv.DictReader(open(speech_run / "epochs.csv")))
     terms = [float(r["consistency"]) for r in rows]
     assert all(np.isfinite(terms)) and terms[0] > 0
+
+
+def test_level_band_travels_with_the_checkpoint(speech_run):
+    """level_band phone: the trained student's level bands are the phone band's, in best.pt (the export test
+    below checks the ONNX graph against it)."""
+    import torch
+
+    from liser.student.model import band_mask
+
+    state = torch.load(speech_run / "best.pt", map_location="cpu", weights_only=False)["state_dict"]
+    np.testing.assert_array_equal(state["level_keep"].numpy(), band_mask((300.0, 3400.0)))
 
 
 def test_speech_student_ignores_silence_around_the_clip(speech_run, clip):
