@@ -155,7 +155,7 @@ class Config:
     #   (liser.data.augment.band_limit); with aug_consistency only the view crops, so the clean crop teaches them; 0 = off
     aug_eq_db: float = 0.0  # a random smooth equaliser on training crops (liser.data.augment.equalise): a gain
     #   curve through 5 knots over the Mel bands, each uniform in +- this/2 dB; with aug_consistency only the view
-    #   crops, so the clean crop teaches them; 0 = off
+    #   crops, so the clean crop teaches them; 0 = off; an option to measure (configs/grid-default-model-eq.yaml)
     aug_consistency: float = 0.0  # with aug_views: each step takes every item clean and as one view, cropped alike,
     #   and adds this weight x KL(clean || view) to the loss, the clean prediction (no gradient) teaching the view's;
     #   0 = off (a step draws the clean item or a view)
