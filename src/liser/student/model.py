@@ -28,8 +28,8 @@ colouring is a constant per band, so it goes too, and so does the level.
 `level_band` (an option, measured in configs/grid-default-model-level-band.yaml)
 takes the level `level_norm` subtracts over the Mel bands inside a pass band
 only (the phone band): a channel that removes what lies outside it (a
-telephone line cuts the bands above 3.4 kHz by 90 dB and the lowest ones by
-3-16 dB) then leaves the level of every band the student reads unchanged.
+telephone line cuts the bands above 4 kHz by about 90 dB and the ones under
+300 Hz by 3-16 dB) then leaves the level of every band inside it unchanged.
 
 Two changes to the way through the conv blocks give the same numbers bit
 for bit as the plain `conv -> BN -> ReLU -> pool` Sequential, for less memory
