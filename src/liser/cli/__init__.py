@@ -381,8 +381,9 @@ def add_predict(sub) -> None:
                                     "Exit status 0 if all inputs succeeded, 1 if any failed. It does not resume: "
                                     "an interrupted run starts over.")
     sp.add_argument("inputs", nargs="+", metavar="[MODEL] AUDIO",
-                    help="a model first (run directory, best.pt or .onnx; omitted = the default model that ships "
-                         "with liser), then audio/video files, folders, or - for stdin")
+                    help="a model first (run directory, best.pt or .onnx; `phone` = the packaged model for telephone "
+                         "calls; omitted = the default model that ships with liser), then audio/video files, "
+                         "folders, or - for stdin")
     g = sp.add_mutually_exclusive_group()
     g.add_argument("--json", action="store_true",
                    help="one JSON object per line for each file read: its label, or {path, error} when it got none")
@@ -446,7 +447,7 @@ def add_adapt(sub) -> None:
     sp.add_argument("-o", "--out", required=True, help="output folder (new, empty, or an earlier `liser adapt` one)")
     sp.add_argument("--teacher", help="speech teacher folder (teacher.json; `liser teacher fit`), with the student's "
                                       "classes: distil its labels (default: none, BatchNorm statistics only)")
-    sp.add_argument("--model", help="student to start from: a run folder or best.pt (default: the default model)")
+    sp.add_argument("--model", help="student to start from: a run folder, best.pt or `phone` (default: the default model)")
     sp.add_argument("--epochs", type=int, default=d.epochs,
                     help=f"with --teacher: passes over the folder (default {d.epochs})")
     sp.add_argument("--anchor", type=float, default=d.anchor,
@@ -489,7 +490,8 @@ def add_serve(sub) -> None:
                                     "timeline live (what `liser predict --timeline` gives on the same audio), or "
                                     "takes a file upload. Needs the extra: pip install 'liser[serve]'.")
     sp.add_argument("model", nargs="?", default=None,
-                    help="run directory, best.pt or exported .onnx (default: the packaged default model)")
+                    help="run directory, best.pt or exported .onnx, or `phone` (the packaged model for telephone "
+                         "calls; default: the packaged default model)")
     sp.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0 = a free one)")
     sp.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     sp.add_argument("--hop", type=float, default=0.5, help="seconds between windows (default 0.5)")

@@ -47,6 +47,11 @@ CACHE_SETTINGS = {
     "dc": "mean removed",
 }
 CHUNK_FRAMES = 256  # frames per STFT pass of the numpy front end: 4 MB of windowed frames, 4 MB of spectrum
+HIGH_BAND_HZ = 4200.0  # Mel bands above this lie beyond a telephone line's 4 kHz (8 kHz sampling)
+# high-band power against the phone band's, dB, below which a file came through a telephone line or an 8 kHz
+# recording: clean speech of the five corpora and the interviews measured -19 to -35 dB, the same files through
+# the 8 kHz telephone band -69 to -100 dB, and through the GSM codec at 16 kHz (its aliasing left in) -36 to -52
+NARROW_BAND_DB = -55.0
 
 
 def features(signal: np.ndarray) -> np.ndarray:
@@ -59,6 +64,17 @@ def features(signal: np.ndarray) -> np.ndarray:
 def file_features(path: str | Path) -> np.ndarray:
     """`features` of an audio file (or a video's audio track); LiserError names an unreadable file."""
     return features(audio.load_audio(path))
+
+
+def high_band_db(frames: np.ndarray) -> float:
+    """Power in the Mel bands above HIGH_BAND_HZ against that in the phone band (300-3400 Hz), in dB, over a
+    file's [frames, 64] log-Mel frames (dB). Under NARROW_BAND_DB the file is narrow-band: a phone call or an
+    8 kHz recording, for which the packaged `phone` model is made (liser.inference.default_model)."""
+    centres = audio.mel_centres()
+    lo, hi = audio.PHONE_BAND_HZ
+    power = np.mean(10.0 ** (np.asarray(frames, np.float64) / 10.0), axis=0)  # [64]
+    phone = power[(centres > lo) & (centres < hi)].mean()
+    return float(10.0 * np.log10(max(power[centres > HIGH_BAND_HZ].mean(), 1e-30) / max(phone, 1e-30)))
 
 
 def window_index(n_frames: int, stride_s: float = audio.EVAL_STRIDE_S) -> tuple[np.ndarray, np.ndarray]:

@@ -55,11 +55,12 @@ def split_ids(ids: list[str]) -> tuple[list[str], list[str]]:
 
 
 def start_checkpoint(model: str | Path | None) -> tuple[Path, dict]:
-    """(path, checkpoint) of the student to start from: `model`, or the packaged default model's weights."""
-    from liser.inference.default_model import default_checkpoint_path
+    """(path, checkpoint) of the student to start from: `model` (a run folder, a best.pt, or a packaged
+    model's name: "phone"), or the packaged default model's weights."""
+    from liser.inference.default_model import default_checkpoint_path, packaged
     from liser.student.checkpoint import read_checkpoint
 
-    path = Path(model) if model else default_checkpoint_path()
+    path = Path((packaged(model, "pt") or model) if model else default_checkpoint_path())
     if path.is_dir():
         path = path / "best.pt"
     if not path.is_file():

@@ -10,7 +10,13 @@ it transfers to a corpus it never saw and how it holds up under field
 conditions. It was trained by `scripts/train_default_model_field.sh pooled`
 (`configs/default-model-field.yaml`).
 
-A user replaces it by naming a model: a run directory, a best.pt or an
+A second packaged model, `phone`, is the same recipe reading only the
+300-3400 Hz Mel bands (`configs/default-model-phone.yaml`): for recordings
+made through a telephone line, whose labels it keeps where the default model
+changes about one in five (`default/MODEL_CARD_PHONE.md`). A user names it as
+a model: `liser predict phone FILE...`, `liser.load("phone")`.
+
+A user replaces either by naming a model: a run directory, a best.pt or an
 exported .onnx (`liser predict MODEL FILE...`, `liser.load(MODEL)`).
 """
 
@@ -24,6 +30,10 @@ DEFAULT_DIR = Path(__file__).parent / "default"
 DEFAULT_ONNX = DEFAULT_DIR / "liser-default-int8.onnx"
 MODEL_CARD = DEFAULT_DIR / "MODEL_CARD.md"
 DEFAULT_PT = DEFAULT_DIR / "liser-default.pt"  # its torch checkpoint (best.pt of the pooled run), where `liser adapt` starts
+PHONE_ONNX = DEFAULT_DIR / "liser-phone-int8.onnx"  # the phone-call model (input_band: phone), int8
+PHONE_PT = DEFAULT_DIR / "liser-phone.pt"  # its torch checkpoint
+PHONE_CARD = DEFAULT_DIR / "MODEL_CARD_PHONE.md"
+PACKAGED = {"default": (DEFAULT_ONNX, DEFAULT_PT), "phone": (PHONE_ONNX, PHONE_PT)}  # models named, not pathed
 
 
 def default_model_path() -> Path:
@@ -44,6 +54,20 @@ def default_checkpoint_path() -> Path:
         raise LiserError(f"{DEFAULT_PT}: the default model's weights are missing from this installation; "
                          "name a run folder or best.pt to start from (--model)")
     return DEFAULT_PT
+
+
+def packaged(name: str | Path, kind: str = "onnx") -> Path | None:
+    """The file of a packaged model named `name` ("default" or "phone"; see PACKAGED): its int8 .onnx
+    (`kind` "onnx") or torch checkpoint ("pt"). None when `name` is an existing path (a user's own folder
+    or file always wins) or not such a name. Raises LiserError when the named model's file is missing
+    from this installation."""
+    if str(name) not in PACKAGED or Path(name).exists():
+        return None
+    path = PACKAGED[str(name)][0 if kind == "onnx" else 1]
+    if not path.is_file():
+        raise LiserError(f"{path}: the packaged model '{name}' is missing from this installation; "
+                         "name a model instead (a run directory, best.pt or .onnx)")
+    return path
 
 
 def is_model(path: str | Path) -> bool:

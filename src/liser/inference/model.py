@@ -250,15 +250,14 @@ def window_frames(window_s: float, windowing: str) -> int:
 # ---------------------------------------------------------------- loading
 def load(path: str | Path | None = None, threads: int | None = None) -> EmotionModel:
     """A trained student from a run directory, a best.pt checkpoint or an exported .onnx;
-    None = the packaged default model (liser.inference.default_model).
+    None = the packaged default model, "phone" = the packaged phone-call model (liser.inference.default_model;
+    an existing path of that name wins).
 
     `threads` sets torch's (process-wide) or the onnxruntime session's CPU thread count; None leaves the default.
     """
-    if path is None:
-        from liser.inference.default_model import default_model_path
+    from liser.inference.default_model import default_model_path, packaged
 
-        path = default_model_path()
-    path = Path(path)
+    path = Path(default_model_path() if path is None else packaged(path) or path)
     if path.is_dir():
         if not (path / "best.pt").is_file():
             raise LiserError(f"{path}: no best.pt (not a finished run directory)")

@@ -24,9 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from liser.data import audio
+from liser.data import audio, frontend
 from liser.core.errors import LiserError
 from liser.inference.decode import Blocks, decode_bytes, features, file_frames, prepare_waveform, stdin_bytes
+from liser.inference.default_model import DEFAULT_ONNX
 from liser.inference.model import EmotionModel, Prediction, _prediction, load, window_frames
 
 INPUT_SUFFIXES = audio.INPUT_SUFFIXES  # what a folder argument is searched for (with content: audio.folder_files)
@@ -288,14 +289,16 @@ _END = object()
 
 
 def _predict_path(model: EmotionModel, f: str, timeline_step: float | None, raw: bool, window_s: float = audio.CLIP_S):
-    """The whole-file Prediction of one input (a path or - for stdin) and, with `timeline_step`, its windows."""
+    """(the whole-file Prediction of one input (a path or - for stdin), with `timeline_step` its windows else
+    None, whether the input is narrow-band: a phone call or an 8 kHz recording (frontend.high_band_db))."""
     if f == "-":
         sig = decode_bytes(stdin_bytes(), "-", raw=raw)
         frames, duration = features(sig), len(sig) / audio.SAMPLE_RATE
     else:
         frames, duration = file_frames(f)
     p = _prediction(model.file_logits(frames, f), model.classes)
-    return p, (model.timeline_frames(frames, duration, timeline_step, window_s) if timeline_step is not None else None)
+    timeline = model.timeline_frames(frames, duration, timeline_step, window_s) if timeline_step is not None else None
+    return p, timeline, frontend.high_band_db(frames) < frontend.NARROW_BAND_DB
 
 
 def run_predict(model_path: str, inputs: list[str], fmt: str = "text", timeline: bool = False,
@@ -350,6 +353,7 @@ def run_predict(model_path: str, inputs: list[str], fmt: str = "text", timeline:
             return 1 if failed else 0
         work = functools.partial(_predict_path, model, timeline_step=step if timeline else None, raw=raw,
                                  window_s=window_s)
+        narrow = 0
         with contextlib.closing(in_order(work, files, workers)) as results:
             for f, res, err in results:
                 if err is not None:
@@ -357,5 +361,10 @@ def run_predict(model_path: str, inputs: list[str], fmt: str = "text", timeline:
                     _say_problem(f, err)
                     out.refused(f, _problem_line(f, err))
                 else:
-                    out.file(f, *res)
+                    out.file(f, *res[:2])
+                    narrow += res[2]
+    if narrow and Path(model_path) == DEFAULT_ONNX:
+        print(f"liser: note: {narrow} of {len(files)} inputs are narrow-band (phone calls or 8 kHz recordings), which "
+              "change about one in five of the default model's labels; `liser predict phone FILE...` is the model "
+              "for calls (liser/inference/default/MODEL_CARD_PHONE.md)", file=sys.stderr, flush=True)
     return 1 if failed else 0
