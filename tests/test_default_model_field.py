@@ -199,8 +199,12 @@ def test_a_path_named_like_a_packaged_model_wins(tmp_path, monkeypatch):
     from liser.core.errors import LiserError
     from liser.inference import default_model as D
 
+    from liser.inference.adapt import start_checkpoint
+
     assert D.packaged("phone") == D.PHONE_ONNX and D.packaged("phone", "pt") == D.PHONE_PT
     assert D.packaged("elsewhere") is None
+    assert start_checkpoint("phone")[0] == D.PHONE_PT  # `liser adapt --model phone` starts from its weights
+    assert "input_band: phone" in D.PHONE_CARD.read_text()  # the card predict's narrow-band note names
     monkeypatch.chdir(tmp_path)
     (tmp_path / "phone").mkdir()
     assert D.packaged("phone") is None  # the user's own folder `phone`
