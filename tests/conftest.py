@@ -40,6 +40,24 @@ def load_bench(name: str):
     return mod
 
 
+def int8_ties(pt, onnx, files, dp_max: float = 0.05) -> int:
+    """Predict each real file with a checkpoint (`pt`) and the int8 ONNX exported from it; assert their
+    probabilities are within int8 rounding (`dp_max`) and any label they disagree on is a near tie of fp32's
+    top two (closer than twice that file's |dp|). Returns the number of such ties."""
+    import numpy as np
+
+    ties = 0
+    for f in files:
+        a, b = pt.predict_file(f), onnx.predict_file(f)
+        pa, pb = np.array(list(a.probabilities.values())), np.array(list(b.probabilities.values()))
+        dp, top2 = np.abs(pa - pb).max(), np.sort(pa)[-2:]
+        assert dp <= dp_max, (Path(f).name, dp)
+        if a.label != b.label:
+            assert top2[1] - top2[0] <= 2 * dp, (Path(f).name, a.label, b.label, top2, dp)
+            ties += 1
+    return ties
+
+
 def real_root(name: str) -> Path:
     """`../shared/data/<name>`, or skip the test when the real data is not there."""
     root = DATA / name
