@@ -211,6 +211,8 @@ def test_predict_phone_names_the_packaged_model(capsys):
     assert main(["predict", "phone", str(f), "--json"]) == 0
     out = json.loads(capsys.readouterr().out.splitlines()[0])
     assert out["path"] == str(f) and out["label"] in out["probabilities"]
+    assert main(["predict", "phone"]) == 2  # a model and no audio: said as such, not "no such file"
+    assert "phone: a model, but no audio to predict was given after it" in capsys.readouterr().err
 
 
 def test_predict_points_narrow_band_inputs_to_the_phone_model(tmp_path, capsys):
@@ -227,6 +229,6 @@ def test_predict_points_narrow_band_inputs_to_the_phone_model(tmp_path, capsys):
     assert main(["predict", str(call), str(f)]) == 0
     out, err = capsys.readouterr()
     assert len(out.splitlines()) == 2
-    assert err.count("\n") == 1 and "1 of 2 inputs are narrow-band" in err and "liser predict phone" in err
+    assert err.count("\n") == 1 and "1 of 2 inputs is narrow-band" in err and "liser predict phone" in err
     assert main(["predict", str(f)]) == 0 and capsys.readouterr().err == ""
     assert main(["predict", "phone", str(call)]) == 0 and capsys.readouterr().err == ""

@@ -12,8 +12,9 @@ conditions. It was trained by `scripts/train_default_model_field.sh pooled`
 
 A second packaged model, `phone`, is the same recipe reading only the
 300-3400 Hz Mel bands (`configs/default-model-phone.yaml`): for recordings
-made through a telephone line, whose labels it keeps where the default model
-changes about one in five (`default/MODEL_CARD_PHONE.md`). A user names it as
+made through a telephone line that must be labelled as the same speech
+recorded in full band would be: the telephone band changes about one in
+five of the default model's labels and 7.5 % of its (`default/MODEL_CARD_PHONE.md`). A user names it as
 a model: `liser predict phone FILE...`, `liser.load("phone")`.
 
 A user replaces either by naming a model: a run directory, a best.pt or an
@@ -93,9 +94,9 @@ def model_and_inputs(args: list[str]) -> tuple[str, list[str]]:
     `[MODEL] INPUT...`: with two or more arguments the first is the model
     when it is one (is_model); otherwise every argument is an input and the
     model is the packaged default. Raises LiserError for a lone argument
-    that is an existing model (no audio after it).
+    that is an existing or packaged model (no audio after it).
     """
-    if len(args) == 1 and Path(args[0]).exists() and is_model(args[0]):
+    if len(args) == 1 and is_model(args[0]) and (Path(args[0]).exists() or args[0] in PACKAGED):
         raise LiserError(f"{args[0]}: a model, but no audio to predict was given after it")
     if len(args) > 1 and is_model(args[0]):
         return args[0], list(args[1:])

@@ -364,7 +364,9 @@ def run_predict(model_path: str, inputs: list[str], fmt: str = "text", timeline:
                     out.file(f, *res[:2])
                     narrow += res[2]
     if narrow and Path(model_path) == DEFAULT_ONNX:
-        print(f"liser: note: {narrow} of {len(files)} inputs are narrow-band (phone calls or 8 kHz recordings), which "
-              "change about one in five of the default model's labels; `liser predict phone FILE...` is the model "
-              "for calls (liser/inference/default/MODEL_CARD_PHONE.md)", file=sys.stderr, flush=True)
+        print(f"liser: note: {narrow} of {len(files)} input{'s' if len(files) > 1 else ''} "
+              f"{'is' if narrow == 1 else 'are'} narrow-band (a phone line or 8 kHz audio). The telephone band "
+              "changes about one in five of the default model's labels, so they compare poorly with full-band "
+              "recordings; `liser predict phone FILE...` labels both alike (MODEL_CARD_PHONE.md beside the "
+              "default model)", file=sys.stderr, flush=True)
     return 1 if failed else 0
