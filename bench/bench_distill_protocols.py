@@ -304,10 +304,14 @@ def main(argv=None) -> int:
     ap.add_argument("--no-teachers", action="store_true", help="leave the teachers' column out")
     ap.add_argument("--json", default=str(OUT))
     ap.add_argument("--seed-grid", default=str(SEED_GRID), help="the grid of the seed-1 runs")
+    ap.add_argument("--protocols-only", action="store_true",
+                    help="only --grid's two tables (and its pool priors): no seed pairs or target rows, which "
+                         "read the CPU teacher's grids (bench/gpu_distill.sh)")
     args = ap.parse_args(argv)
     grid = load_grid(args.grid)
     grid["runs"] = expand_grid(grid, 5)
-    res = {row: protocol_rows(grid, row, Path(args.baseline), not args.no_teachers) for row in ROWS}
+    ledger = ROOT / grid["ledger"] if grid.get("ledger") else None  # --grid's own: never another grid's runs
+    res = {row: protocol_rows(grid, row, Path(args.baseline), not args.no_teachers, ledger) for row in ROWS}
     if not any(res.values()):
         raise LiserError(f"{args.grid}: no finished fold of {', '.join(ROWS)} yet (scripts/run_distill_protocols.sh)")
     out = {"what": __doc__.split("\n")[0], "command": env_command("bench/bench_distill_protocols.py", list(argv or sys.argv[1:])),
@@ -315,7 +319,7 @@ def main(argv=None) -> int:
            "load_average": [round(x, 2) for x in os.getloadavg()], "grid": args.grid, "baseline": args.baseline,
            "unseen": res["unseen-dstl"], "adapted": res["adapted-dstl"],
            "targets": targets(res["unseen-dstl"], res["adapted-dstl"])}
-    views = {row: against_clean(protocol_rows(grid, row, Path(args.baseline), False), res[clean])
+    views = {row: against_clean(protocol_rows(grid, row, Path(args.baseline), False, ledger), res[clean])
              for row, clean in VIEW_ROWS.items() if any(r["cfg"].name.split("/")[0] == row for r in grid["runs"])}
     if any(views.values()):
         out["views"] = views
@@ -329,11 +333,12 @@ def main(argv=None) -> int:
     for row, rows in ((r, v) for r, v in out.get("views", {}).items() if v):
         print(f"{row} against {VIEW_ROWS[row]}: " + ", ".join(
             f"{c} {r['student']:.3f} vs {r['clean_labels']:.3f} ({r['gain_over_clean_points']:+.1f})" for c, r in rows.items()))
-    seeds = seed_rows(grid, Path(args.baseline), Path(args.seed_grid))
+    seeds = {} if args.protocols_only else seed_rows(grid, Path(args.baseline), Path(args.seed_grid))
     if seeds:
         out["seeds"] = seeds  # unseen domain, no-dstl against view labels (K = 4), seeds 0 and 1
         print(seeds_table(seeds))
-    adapted = seed_rows(grid, Path(args.baseline), Path(args.seed_grid), "adapted-dstl", "dstl")
+    adapted = {} if args.protocols_only else seed_rows(grid, Path(args.baseline), Path(args.seed_grid),
+                                                      "adapted-dstl", "dstl")
     if adapted:
         out["seeds_adapted"] = adapted  # adapted protocol's test halves, no-dstl against clean-audio labels, seeds 0 and 1
         print(seeds_table(adapted, "dstl", "adapted, seeds 0 and 1 (the test halves)", "distilled, clean labels"))
@@ -345,7 +350,8 @@ def main(argv=None) -> int:
             print(f"fold {k} teacher's label shares: " + "; ".join(
                 f"{src} ({r['files']} files) " + " ".join(f"{c} {x:.2f}" for c, x in r["label_share"].items())
                 for src, r in v.items()))
-    teaching = target_rows(Path(args.baseline), res["adapted-dstl"], res["unseen-dstl"], not args.no_teachers)
+    teaching = {} if args.protocols_only else target_rows(Path(args.baseline), res["adapted-dstl"],
+                                                          res["unseen-dstl"], not args.no_teachers)
     if teaching:
         out["target_rows"] = teaching  # adapted rows whose targets are made another way, against adapted-dstl
         for row, r in teaching.items():
