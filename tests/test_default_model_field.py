@@ -232,3 +232,20 @@ def test_predict_points_narrow_band_inputs_to_the_phone_model(tmp_path, capsys):
     assert err.count("\n") == 1 and "1 of 2 inputs is narrow-band" in err and "liser predict phone" in err
     assert main(["predict", str(f)]) == 0 and capsys.readouterr().err == ""
     assert main(["predict", "phone", str(call)]) == 0 and capsys.readouterr().err == ""
+
+
+def test_export_phone_names_the_packaged_model(tmp_path, monkeypatch):
+    """`liser export phone --waveform` wraps the packaged phone model's int8 graph: samples in, the same label
+    and probabilities as `liser.load("phone")` out."""
+    import liser
+    from liser.cli import main
+    from liser.data.audio import load_audio
+    from liser.inference import waveform_onnx
+
+    files = [f for f, _ in tess_files(["angry", "sad"], per_class=2)]
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", "phone", "--onnx", "wave.onnx", "--waveform", "--check-files", *map(str, files)]) == 0
+    sess, model = waveform_onnx.session(tmp_path / "wave.onnx"), liser.load("phone")
+    for f in files:
+        out, p = waveform_onnx.run(sess, load_audio(f)), model.predict_file(f)
+        assert np.abs(out["probabilities"] - np.array(list(p.probabilities.values()))).max() < 1e-3, f.name

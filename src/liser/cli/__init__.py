@@ -231,9 +231,13 @@ def cmd_export(args) -> int:
     from liser.inference.export import export_onnx
     from liser.core.outputs import check_onnx_outputs
 
+    from liser.inference.default_model import packaged
+
     int8 = True if args.int8 == "" else args.int8
     check_onnx_outputs(args.onnx, int8)
-    export_onnx(args.run, args.onnx, int8=int8, opset=args.opset, check_files=args.check_files, threads=args.threads,
+    # a packaged model by name: its int8 graph wrapped as it is (--waveform), else its checkpoint re-exported
+    run = packaged(args.run, "onnx" if args.waveform else "pt") or args.run
+    export_onnx(run, args.onnx, int8=int8, opset=args.opset, check_files=args.check_files, threads=args.threads,
                 waveform=args.waveform, dft=args.dft)
     return 0
 
@@ -414,7 +418,7 @@ def add_export(sub) -> None:
                         description="Export the student's inference graph (log-Mel windows [B,64,94] -> logits [B,K]) "
                                     "to ONNX; the log-Mel front end stays a separate step (liser.data.frontend).")
     sp.add_argument("run", help="run directory (holds best.pt) or a best.pt checkpoint (with --waveform also an "
-                                "exported log-Mel .onnx, wrapped as it is)")
+                                "exported log-Mel .onnx, wrapped as it is), or `phone`/`default`: a packaged model")
     sp.add_argument("--onnx", required=True, metavar="OUT.onnx", help="fp32 model to write")
     sp.add_argument("--waveform", action="store_true",
                     help="write waveform-in graphs: 16 kHz mono samples of any length -> the file's probabilities, "
