@@ -69,7 +69,8 @@ def file_features(path: str | Path) -> np.ndarray:
 def high_band_db(frames: np.ndarray) -> float:
     """Power in the Mel bands above HIGH_BAND_HZ against that in the phone band (300-3400 Hz), in dB, over a
     file's [frames, 64] log-Mel frames (dB). Under NARROW_BAND_DB the file is narrow-band: a phone call or an
-    8 kHz recording, for which the packaged `phone` model is made (liser.inference.default_model)."""
+    8 kHz recording, whose labels the packaged `phone` model keeps close to those of full band
+    (liser.inference.default_model)."""
     centres = audio.mel_centres()
     lo, hi = audio.PHONE_BAND_HZ
     power = np.mean(10.0 ** (np.asarray(frames, np.float64) / 10.0), axis=0)  # [64]

@@ -11,11 +11,11 @@ conditions. It was trained by `scripts/train_default_model_field.sh pooled`
 (`configs/default-model-field.yaml`).
 
 A second packaged model, `phone`, is the same recipe reading only the
-300-3400 Hz Mel bands (`configs/default-model-phone.yaml`): for recordings
-made through a telephone line that must be labelled as the same speech
-recorded in full band would be: the telephone band changes about one in
-five of the default model's labels and 7.5 % of its (`default/MODEL_CARD_PHONE.md`). A user names it as
-a model: `liser predict phone FILE...`, `liser.load("phone")`.
+300-3400 Hz Mel bands (`configs/default-model-phone.yaml`), for telephone
+recordings that must get the labels the same speech would get in full band:
+the telephone band changes about one in five of the default model's labels
+and 7.5 % of the phone model's (`default/MODEL_CARD_PHONE.md`). A user names
+it as a model: `liser predict phone FILE...`, `liser.load("phone")`.
 
 A user replaces either by naming a model: a run directory, a best.pt or an
 exported .onnx (`liser predict MODEL FILE...`, `liser.load(MODEL)`).

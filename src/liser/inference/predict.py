@@ -289,8 +289,10 @@ _END = object()
 
 
 def _predict_path(model: EmotionModel, f: str, timeline_step: float | None, raw: bool, window_s: float = audio.CLIP_S):
-    """(the whole-file Prediction of one input (a path or - for stdin), with `timeline_step` its windows else
-    None, whether the input is narrow-band: a phone call or an 8 kHz recording (frontend.high_band_db))."""
+    """(whole-file Prediction, timeline windows or None, narrow-band or not) of one input (a path or - for stdin).
+
+    The windows come with `timeline_step`; narrow-band is a phone call or an 8 kHz recording (frontend.high_band_db).
+    """
     if f == "-":
         sig = decode_bytes(stdin_bytes(), "-", raw=raw)
         frames, duration = features(sig), len(sig) / audio.SAMPLE_RATE
@@ -367,6 +369,6 @@ def run_predict(model_path: str, inputs: list[str], fmt: str = "text", timeline:
         print(f"liser: note: {narrow} of {len(files)} input{'s' if len(files) > 1 else ''} "
               f"{'is' if narrow == 1 else 'are'} narrow-band (a phone line or 8 kHz audio). The telephone band "
               "changes about one in five of the default model's labels, so they compare poorly with full-band "
-              "recordings; `liser predict phone FILE...` labels both alike (MODEL_CARD_PHONE.md beside the "
-              "default model)", file=sys.stderr, flush=True)
+              "recordings; `liser predict phone FILE...` labels both far more alike (MODEL_CARD_PHONE.md beside "
+              "the default model)", file=sys.stderr, flush=True)
     return 1 if failed else 0
