@@ -217,6 +217,7 @@ def main(argv=None) -> int:
     ap.add_argument("--stride", type=float, default=0.1, help="--onnx: window stride in seconds (0.1, as the runs' test)")
     ap.add_argument("--teachers", default="", metavar="CONFIG",
                     help="the distilled config (configs/default-model-distill.yaml): its LOCO runs and teachers too")
+    ap.add_argument("--model-name", default="default model", help="what the runs are, for the JSON's `what`")
     ap.add_argument("--as", dest="section", default="", metavar="KEY",
                     help="write the figures under this key of the existing JSON, keeping the figures already in it "
                          "(the earlier default model's beside a new one's)")
@@ -233,7 +234,7 @@ def main(argv=None) -> int:
     dist = distill_figures(Path(args.teachers)) if args.teachers else None
     # the no-dstl runs are required unless the distilled table is what was asked for
     loco = loco_table(Path(args.loco)) if dist is None or any(Path(args.loco).glob("fold*/metrics.json")) else {}
-    res = {"what": "default model, leave-one-corpus-out: trained on four corpora, tested on every file of the fifth",
+    res = {"what": f"{args.model_name}, leave-one-corpus-out: trained on four corpora, tested on every file of the fifth",
            "command": "OMP_NUM_THREADS=1 python bench/bench_default_model.py " + " ".join(argv or sys.argv[1:]),
            "trained_by": args.trained_by,
            "machine": f"{platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} now; "

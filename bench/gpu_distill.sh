@@ -7,7 +7,7 @@
 #   2. the same teachers label the pool plus each fold's unlabeled half of its held-out corpus
 #   3. the grid's 15 students; 4. bench/bench_distill_protocols.py --protocols-only on that grid
 # Needs a CUDA torch with transformers and peft, facebook/hubert-base-ls960 from the hub (offline: TEACHER=a copy of
-# the teacher config whose backbone is a local folder), and ../shared/data (the five labeled corpora, av/interviews).
+# the teacher config whose backbone is a local folder), and ../shared/data (the five labeled corpora, av/ as the pool).
 # Resumable: a fitted teacher, a complete store and a finished run are skipped. Not yet run: no GPU has been lent
 # to this project's sessions since bench/results/gpu.json (2026-11-30), and the weights cannot reach its device.
 # From that JSON's LoRA step (8 crops of 8 s in 0.049 s on an H200), one teacher epoch over a fold's 2-7.7 h of

@@ -368,7 +368,8 @@ def run_predict(model_path: str, inputs: list[str], fmt: str = "text", timeline:
     if narrow and Path(model_path) == DEFAULT_ONNX:
         print(f"liser: note: {narrow} of {len(files)} input{'s' if len(files) > 1 else ''} "
               f"{'is' if narrow == 1 else 'are'} narrow-band (a phone line or 8 kHz audio). The telephone band "
-              "changes about one in five of the default model's labels, so they compare poorly with full-band "
-              "recordings; `liser predict phone FILE...` labels both far more alike (MODEL_CARD_PHONE.md beside "
-              "the default model)", file=sys.stderr, flush=True)
+              "changes about one in five of the default model's labels, so its labels for such files do not compare "
+              "well with its labels for full-band audio; `liser predict phone FILE...` labels narrow-band and "
+              "full-band audio far more alike (MODEL_CARD_PHONE.md beside the default model)",
+              file=sys.stderr, flush=True)
     return 1 if failed else 0
