@@ -230,7 +230,6 @@ def cmd_serve(args) -> int:
 def cmd_export(args) -> int:
     from liser.inference.export import export_onnx
     from liser.core.outputs import check_onnx_outputs
-
     from liser.inference.default_model import packaged
 
     int8 = True if args.int8 == "" else args.int8

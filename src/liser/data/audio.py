@@ -359,6 +359,20 @@ def mel_centres(n_mels: int = N_MELS, sr: int = SAMPLE_RATE) -> np.ndarray:
     return _mel_to_hz(np.linspace(_hz_to_mel(F_MIN), _hz_to_mel(min(F_MAX, sr / 2)), n_mels + 2))[1:-1]
 
 
+def band_mask(band_hz: tuple[float, float] | None, n_mels: int = N_MELS) -> np.ndarray:
+    """float32 [n_mels]: 1 for the Mel bands whose centre lies inside band_hz (low, high) Hz, else 0; None = all 1.
+
+    Centres are the front end's (mel_centres). For the phone band (300-3400 Hz) that keeps
+    bands 6-46 of 64 (Slaney Mel centres 0.33-3.38 kHz): a telephone line passes what a student with
+    `input_band: phone` reads, so a call and the clean recording look alike to it
+    (configs/grid-default-model-band-input.yaml measures what that costs and buys).
+    """
+    if band_hz is None:
+        return np.ones(n_mels, np.float32)
+    centres = mel_centres(n_mels)
+    return ((centres >= band_hz[0]) & (centres <= band_hz[1])).astype(np.float32)
+
+
 @lru_cache(maxsize=4)
 def mel_filters(n_mels: int = N_MELS, n_fft: int = N_FFT, sr: int = SAMPLE_RATE) -> np.ndarray:
     """Slaney-normalised triangular Mel filterbank [n_mels, n_fft//2+1] (= librosa.filters.mel)."""

@@ -363,8 +363,9 @@ def run_predict(model_path: str, inputs: list[str], fmt: str = "text", timeline:
                     _say_problem(f, err)
                     out.refused(f, _problem_line(f, err))
                 else:
-                    out.file(f, *res[:2])
-                    narrow += res[2]
+                    p, windows, is_narrow = res
+                    out.file(f, p, windows)
+                    narrow += is_narrow
     if narrow and Path(model_path) == DEFAULT_ONNX:
         print(f"liser: note: {narrow} of {len(files)} input{'s' if len(files) > 1 else ''} "
               f"{'is' if narrow == 1 else 'are'} narrow-band (a phone line or 8 kHz audio). The telephone band "

@@ -55,7 +55,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from liser.data.audio import CLIP_FRAMES, N_MELS, mel_centres
+from liser.data.audio import CLIP_FRAMES, N_MELS, band_mask  # band_mask: the input_band / level_band masks
 
 EVAL_CHUNK = 32  # windows per BN / pool / ReLU call in evaluation: 48 MB of block-1 activations, not 770 MB
 TIME_POOL = 4  # log-Mel frames per LSTM step: the conv blocks pool time by 2, 2 and 1
@@ -69,19 +69,6 @@ def _block(c_in: int, c_out: int, kernel: tuple[int, int], pool: tuple[int, int]
         nn.ReLU(inplace=True),
         nn.MaxPool2d(pool),
     )
-
-
-def band_mask(band_hz: tuple[float, float] | None, n_mels: int = N_MELS) -> np.ndarray:
-    """float32 [n_mels]: 1 for the Mel bands whose centre lies inside band_hz (low, high) Hz, else 0; None = all 1.
-
-    Centres are the front end's (liser.data.audio.mel_centres). For the phone band (300-3400 Hz) that keeps
-    bands 6-46 of 64 (Slaney Mel centres 0.33-3.38 kHz): a telephone line passes what the student reads, so a call and the clean recording look
-    alike to it (configs/grid-default-model-band-input.yaml measures what that costs and buys).
-    """
-    if band_hz is None:
-        return np.ones(n_mels, np.float32)
-    centres = mel_centres(n_mels)
-    return ((centres >= band_hz[0]) & (centres <= band_hz[1])).astype(np.float32)
 
 
 def range_floor(x: torch.Tensor, range_db: float | torch.Tensor) -> torch.Tensor:
