@@ -122,13 +122,6 @@ TEL_KEEP_MIN = 0.90  # labels the phone model keeps through the telephone band (
 TEL_KEEP_MARGIN = 0.08  # ... at least this much more than the default model keeps (measured: 0.13)
 
 
-def phone_call(wave: np.ndarray) -> np.ndarray:
-    """A phone call: the 8 kHz 300-3400 Hz telephone band, then the GSM full-rate codec. [N] -> [N]."""
-    from liser.data import augment_audio as A
-
-    return A.gsm(A.telephone(wave))
-
-
 @pytest.fixture(scope="module")
 def calls():
     """(classes, true labels, {model: {"clean"|"telephone"|"call": labels}}) of both packaged models."""
@@ -142,7 +135,8 @@ def calls():
     y, out = [], {name: {"clean": [], "telephone": [], "call": []} for name in models}
     for f, label in tess_files(models["default"].classes):
         wave = load_audio(f)
-        versions = {"clean": wave, "telephone": A.telephone(wave), "call": phone_call(wave)}
+        band = A.telephone(wave)  # the 8 kHz 300-3400 Hz telephone band; a call is that, then the GSM codec
+        versions = {"clean": wave, "telephone": band, "call": A.gsm(band)}
         y.append(label)
         for name, m in models.items():
             for v, x in versions.items():
