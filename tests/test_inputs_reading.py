@@ -102,6 +102,36 @@ def test_samples_after_the_wav_data_chunk_are_said(tmp_path):
 
 
 # ---------------------------------------------------------------- 2: a folder of voice notes
+AMR_MR122 = (7, 31)  # AMR-NB 12.2 kbit/s: frame type and payload bytes per 20 ms frame (3GPP TS 26.101)
+
+
+def amr_nb_3gp(sig8k: np.ndarray, path: Path, seed: int = 0) -> Path:
+    """An Android voice note: AMR-NB in a .3gp, from 8 kHz speech where PyAV's wheel has an AMR-NB encoder.
+
+    PyAV 18.1.1's wheels dropped libopencore-amrnb (the encoder); FFmpeg's own AMR-NB decoder, which is all
+    liser needs, is still in them. Without the encoder the note holds as many 12.2 kbit/s frames as the speech
+    would have, with seeded random codec parameters (RFC 4867 storage format, remuxed into 3GP): the same
+    container and decoder path, but a noise-like signal instead of the voice.
+    """
+    try:
+        return encode(sig8k, 8000, path, "libopencore_amrnb", "3gp")
+    except av.codec.codec.UnknownCodecError:
+        pass
+    ft, size = AMR_MR122
+    rng = np.random.default_rng(seed)
+    raw = path.with_suffix(".amr.tmp")
+    frames = [bytes([ft << 3 | 0x04]) + rng.bytes(size) for _ in range(len(sig8k) // 160)]
+    raw.write_bytes(b"#!AMR\n" + b"".join(frames))
+    with av.open(str(raw), format="amr") as src, av.open(str(path), "w", format="3gp") as out:
+        stream = out.add_stream_from_template(src.streams.audio[0])
+        for pkt in src.demux(src.streams.audio[0]):
+            if pkt.dts is not None:
+                pkt.stream = stream
+                out.mux(pkt)
+    raw.unlink()
+    return path
+
+
 def voice_notes(folder: Path) -> list[str]:
     """.oga, .3gp (AMR-NB), .wma, .flac, .m4a and a suffix-less Ogg of real speech, and a notes.txt; the audio names."""
     folder.mkdir()
@@ -109,7 +139,7 @@ def voice_notes(folder: Path) -> list[str]:
     (s0, sr) = clips[0]
     sf.write(folder / "telegram.oga", s0, sr, format="OGG", subtype="OPUS")
     s8 = audio.resample(clips[1][0], sr, 8000)
-    encode(s8, 8000, folder / "android.3gp", "libopencore_amrnb", "3gp")
+    amr_nb_3gp(s8, folder / "android.3gp")
     encode(clips[2][0], sr, folder / "windows.wma", "wmav2", "asf", bit_rate=32_000)
     sf.write(folder / "studio.flac", clips[3][0], sr)
     encode(clips[4][0], sr, folder / "iphone.m4a", "aac", "ipod")
