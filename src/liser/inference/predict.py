@@ -288,10 +288,12 @@ def in_order(fn, items: list, workers: int):
 _END = object()
 
 
-def _predict_path(model: EmotionModel, f: str, timeline_step: float | None, raw: bool, window_s: float = audio.CLIP_S):
+def _predict_path(model: EmotionModel, f: str, timeline_step: float | None, raw: bool, window_s: float = audio.CLIP_S,
+                  band_check: bool = False):
     """(whole-file Prediction, timeline windows or None, narrow-band or not) of one input (a path or - for stdin).
 
-    The windows come with `timeline_step`; narrow-band is a phone call or an 8 kHz recording (frontend.high_band_db).
+    The windows come with `timeline_step`; narrow-band (a phone call or an 8 kHz recording,
+    frontend.high_band_db) is measured only with `band_check`, else False.
     """
     if f == "-":
         sig = decode_bytes(stdin_bytes(), "-", raw=raw)
@@ -300,7 +302,7 @@ def _predict_path(model: EmotionModel, f: str, timeline_step: float | None, raw:
         frames, duration = file_frames(f)
     p = _prediction(model.file_logits(frames, f), model.classes)
     timeline = model.timeline_frames(frames, duration, timeline_step, window_s) if timeline_step is not None else None
-    return p, timeline, frontend.high_band_db(frames) < frontend.NARROW_BAND_DB
+    return p, timeline, band_check and frontend.high_band_db(frames) < frontend.NARROW_BAND_DB
 
 
 def run_predict(model_path: str, inputs: list[str], fmt: str = "text", timeline: bool = False,
@@ -353,8 +355,9 @@ def run_predict(model_path: str, inputs: list[str], fmt: str = "text", timeline:
                     failed += 1
                     _say_problem(f, e)
             return 1 if failed else 0
+        note_band = Path(model_path) == DEFAULT_ONNX  # the narrow-band note is for the default model's users
         work = functools.partial(_predict_path, model, timeline_step=step if timeline else None, raw=raw,
-                                 window_s=window_s)
+                                 window_s=window_s, band_check=note_band)
         narrow = 0
         with contextlib.closing(in_order(work, files, workers)) as results:
             for f, res, err in results:
@@ -366,7 +369,7 @@ def run_predict(model_path: str, inputs: list[str], fmt: str = "text", timeline:
                     p, windows, is_narrow = res
                     out.file(f, p, windows)
                     narrow += is_narrow
-    if narrow and Path(model_path) == DEFAULT_ONNX:
+    if narrow:
         print(f"liser: note: {narrow} of {len(files)} input{'s' if len(files) > 1 else ''} "
               f"{'is' if narrow == 1 else 'are'} narrow-band (a phone line or 8 kHz audio). The telephone band "
               "changes about one in five of the default model's labels, so its labels for such files do not compare "
