@@ -11,6 +11,7 @@ RAVDESS files (soundfile and PyAV; ffmpeg is not needed).
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import warnings
@@ -119,16 +120,14 @@ def amr_nb_3gp(sig8k: np.ndarray, path: Path, seed: int = 0) -> Path:
         pass
     ft, size = AMR_MR122
     rng = np.random.default_rng(seed)
-    raw = path.with_suffix(".amr.tmp")
     frames = [bytes([ft << 3 | 0x04]) + rng.bytes(size) for _ in range(len(sig8k) // 160)]
-    raw.write_bytes(b"#!AMR\n" + b"".join(frames))
-    with av.open(str(raw), format="amr") as src, av.open(str(path), "w", format="3gp") as out:
+    raw = io.BytesIO(b"#!AMR\n" + b"".join(frames))
+    with av.open(raw, format="amr") as src, av.open(str(path), "w", format="3gp") as out:
         stream = out.add_stream_from_template(src.streams.audio[0])
         for pkt in src.demux(src.streams.audio[0]):
             if pkt.dts is not None:
                 pkt.stream = stream
                 out.mux(pkt)
-    raw.unlink()
     return path
 
 
